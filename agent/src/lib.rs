@@ -1,0 +1,1 @@
+//! cis490-agent: capability detection and the claim/run/heartbeat/upload loop.

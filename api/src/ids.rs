@@ -1,0 +1,240 @@
+//! Validated identifiers. Every ID that crosses a process boundary is parsed into one of
+//! these once, at the edge, so nothing downstream touches the disk or the database with an
+//! unchecked string.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a string is not a valid identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// A sha256 must be exactly 64 lowercase hex digits.
+    #[error("{what} must be 64 lowercase hex digits, got {got:?}")]
+    NotSha256 { what: &'static str, got: String },
+    /// An ID prefix must be 1 to 64 lowercase hex digits.
+    #[error("ID prefix must be 1 to 64 hex digits, got {0:?}")]
+    BadPrefix(String),
+    /// A worker name is 1 to 128 characters of `[A-Za-z0-9_.-]`, starting with a letter or digit.
+    #[error("worker name must be 1 to 128 characters of [A-Za-z0-9_.-] starting with a letter or digit, got {0:?}")]
+    BadWorkerName(String),
+}
+
+/// How many hex digits a short ID shows, like git's abbreviated hashes.
+pub const SHORT_ID_LEN: usize = 12;
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn parse_sha256(what: &'static str, s: &str) -> Result<String, IdError> {
+    let lower = s.to_ascii_lowercase();
+    if lower.len() == 64 && is_lower_hex(&lower) {
+        Ok(lower)
+    } else {
+        Err(IdError::NotSha256 {
+            what,
+            got: s.to_string(),
+        })
+    }
+}
+
+macro_rules! sha256_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Parses a full 64-digit hex sha256 (upper case is accepted and lowered).
+            pub fn parse(s: &str) -> Result<Self, IdError> {
+                parse_sha256($what, s).map(Self)
+            }
+
+            /// The full 64-digit lowercase hex form.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// The first 12 hex digits, for tables and logs.
+            pub fn short(&self) -> &str {
+                &self.0[..SHORT_ID_LEN]
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                Self::parse(s)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+    };
+}
+
+sha256_id!(
+    /// A job's identity: sha256 (hex) of the canonical JSON of
+    /// (model, mode, hyper, split_recipe, train_hosts, seed).
+    JobId,
+    "job ID"
+);
+
+sha256_id!(
+    /// An artifact's identity: sha256 (hex) of the uploaded tar.zst bytes.
+    ArtifactId,
+    "artifact ID"
+);
+
+/// A possibly abbreviated job or artifact ID, as operators type it (git-style prefixes).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdPrefix(String);
+
+impl IdPrefix {
+    /// Parses 1 to 64 hex digits (lowered).
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        let lower = s.to_ascii_lowercase();
+        if !lower.is_empty() && lower.len() <= 64 && is_lower_hex(&lower) {
+            Ok(Self(lower))
+        } else {
+            Err(IdError::BadPrefix(s.to_string()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True when this prefix is a complete 64-digit ID.
+    pub fn is_full(&self) -> bool {
+        self.0.len() == 64
+    }
+}
+
+impl fmt::Display for IdPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for IdPrefix {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        Self::parse(s)
+    }
+}
+
+/// A worker (node) name: usually the host name. Safe to use in paths and URLs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct WorkerName(String);
+
+impl WorkerName {
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        let ok = s.len() <= 128
+            && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(IdError::BadWorkerName(s.to_string()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WorkerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for WorkerName {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        Self::parse(s)
+    }
+}
+
+impl TryFrom<String> for WorkerName {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<WorkerName> for String {
+    fn from(w: WorkerName) -> String {
+        w.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn job_id_accepts_hex_and_lowers_case() {
+        let id = JobId::parse(&A.to_uppercase()).unwrap();
+        assert_eq!(id.as_str(), A);
+        assert_eq!(id.short(), "0123456789ab");
+    }
+
+    #[test]
+    fn job_id_rejects_wrong_length_and_non_hex() {
+        assert!(JobId::parse(&A[..63]).is_err());
+        assert!(JobId::parse(&format!("{}g", &A[..63])).is_err());
+        assert!(JobId::parse("../../etc/passwd").is_err());
+    }
+
+    #[test]
+    fn job_id_round_trips_through_json_and_rejects_bad_json() {
+        let id = JobId::parse(A).unwrap();
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(serde_json::from_str::<JobId>(&json).unwrap(), id);
+        assert!(serde_json::from_str::<JobId>("\"abc\"").is_err());
+    }
+
+    #[test]
+    fn prefix_rules() {
+        assert!(IdPrefix::parse("0123ab").is_ok());
+        assert!(IdPrefix::parse("").is_err());
+        assert!(IdPrefix::parse("xyz").is_err());
+        assert!(IdPrefix::parse(A).unwrap().is_full());
+    }
+
+    #[test]
+    fn worker_names_are_path_safe() {
+        assert!(WorkerName::parse("gpu-box.lab_1").is_ok());
+        assert!(WorkerName::parse("").is_err());
+        assert!(WorkerName::parse("a/b").is_err());
+        assert!(WorkerName::parse("..").is_err());
+        assert!(WorkerName::parse(".hidden").is_err());
+        assert!(WorkerName::parse(&"x".repeat(129)).is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! cis490-api: the contract between the cis490 programs. Wire types (serde) and a typed
+//! HTTP client that the agent and cis490ctl share. No server code lives here.
+
+pub mod client;
+pub mod ids;
+pub mod job;
+pub mod node;
+pub mod wire;
+
+pub use client::{Client, ClientError};
+pub use ids::{ArtifactId, IdError, IdPrefix, JobId, WorkerName, SHORT_ID_LEN};
+pub use job::{Constraints, Event, Hyper, JobError, JobSpec, JobStatus, JobView, Lease, RetryPolicy};
+pub use node::{Capability, Gpu, NodeState, WorkerView};
+pub use wire::*;
+
+/// This build's version, reported by every binary and the health route.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

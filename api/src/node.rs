@@ -1,0 +1,134 @@
+//! Nodes: what an agent can run (`Capability`), and how the API shows a worker.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{JobId, WorkerName};
+
+/// MiB in one GiB, for comparing manifest constraints (GiB) with capability (MiB).
+pub const MIB_PER_GIB: f64 = 1024.0;
+
+/// One NVIDIA GPU.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Gpu {
+    /// NVML index; what CUDA_VISIBLE_DEVICES names.
+    pub index: u32,
+    pub name: String,
+    #[serde(default)]
+    pub uuid: Option<String>,
+    pub vram_total_mib: u64,
+    /// Free VRAM as NVML reports it right now (observation).
+    pub vram_free_mib: u64,
+    /// VRAM the agent can still hand to a job: total minus what its running jobs declared
+    /// (or what `--advertise` says). The server matches `min_vram_gib` against this.
+    pub vram_allocatable_mib: u64,
+}
+
+/// What a host is and what it can take right now. Agents report it as node status
+/// (`PUT /v1/worker/{name}`) and send it with every claim; on a claim the allocatable
+/// fields describe what is free at that moment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Capability {
+    pub hostname: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub arch: String,
+    pub cores: u32,
+    pub ram_total_mib: u64,
+    /// Available RAM as the OS reports it right now (observation).
+    #[serde(default)]
+    pub ram_available_mib: u64,
+    /// RAM the agent can still hand to a job. The server matches `min_ram_gib` against this.
+    pub ram_allocatable_mib: u64,
+    /// GPUs the agent can hand to a job now (on a claim: only those with room left).
+    #[serde(default)]
+    pub gpus: Vec<Gpu>,
+    /// True when CUDA jobs can run here (an NVIDIA GPU and driver were found, or advertised).
+    #[serde(default)]
+    pub cuda: bool,
+    #[serde(default)]
+    pub driver_version: Option<String>,
+    #[serde(default)]
+    pub cuda_version: Option<String>,
+    #[serde(default)]
+    pub torch_version: Option<String>,
+    #[serde(default)]
+    pub torch_cuda: Option<bool>,
+    /// Why no GPU was found, in one line (e.g. "NVML library not found").
+    #[serde(default)]
+    pub gpu_note: Option<String>,
+    #[serde(default)]
+    pub git_commit: Option<String>,
+    #[serde(default)]
+    pub agent_version: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// How many jobs the agent runs at once.
+    #[serde(default = "one")]
+    pub max_concurrent: u32,
+    /// Jobs the agent is running now.
+    #[serde(default)]
+    pub running_jobs: Vec<JobId>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Capability {
+    /// The most allocatable VRAM on any one GPU, in GiB.
+    pub fn max_gpu_allocatable_gib(&self) -> f64 {
+        self.gpus
+            .iter()
+            .map(|g| g.vram_allocatable_mib as f64 / MIB_PER_GIB)
+            .fold(0.0, f64::max)
+    }
+
+    pub fn ram_allocatable_gib(&self) -> f64 {
+        self.ram_allocatable_mib as f64 / MIB_PER_GIB
+    }
+}
+
+/// A node's condition, as `cis490ctl get workers` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NodeState {
+    /// Heartbeats are fresh and the node takes new jobs.
+    Ready,
+    /// No report within the lease length.
+    NotReady,
+    /// An operator stopped new jobs going to it.
+    Cordoned,
+    /// Cordoned and waiting for its running jobs to finish.
+    Draining,
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeState::Ready => "Ready",
+            NodeState::NotReady => "NotReady",
+            NodeState::Cordoned => "Cordoned",
+            NodeState::Draining => "Draining",
+        })
+    }
+}
+
+/// A worker as the API serves it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerView {
+    pub name: WorkerName,
+    pub state: NodeState,
+    /// Heartbeats fresh (independent of cordon).
+    pub ready: bool,
+    pub cordoned: bool,
+    pub draining: bool,
+    pub capability: Capability,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    /// Jobs the queue says this worker holds (claimed or running).
+    pub running_jobs: Vec<JobId>,
+}

@@ -1,0 +1,232 @@
+//! Request and response bodies of the HTTP API (`/v1/...`). Extend, never break: new fields
+//! get `#[serde(default)]` so older agents and clients keep working.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ArtifactId, JobId, WorkerName};
+use crate::job::{JobSpec, Lease};
+use crate::node::Capability;
+
+/// Header carrying the operator token on operator routes.
+pub const OPERATOR_TOKEN_HEADER: &str = "X-Operator-Token";
+/// Header carrying the lease token on `PUT /v1/model/{job_id}`.
+pub const LEASE_TOKEN_HEADER: &str = "X-Lease-Token";
+/// Header carrying the lease attempt on `PUT /v1/model/{job_id}`.
+pub const LEASE_ATTEMPT_HEADER: &str = "X-Lease-Attempt";
+/// Header carrying the uploading worker's name on `PUT /v1/model/{job_id}`.
+pub const WORKER_HEADER: &str = "X-Worker";
+/// Header carrying the expected sha256 of an upload.
+pub const CONTENT_SHA256_HEADER: &str = "X-Content-Sha256";
+/// Longest long-poll a claim may ask for (`?wait=`), in seconds.
+pub const MAX_CLAIM_WAIT_S: u64 = 60;
+
+/// The body of every error answer: a stable machine code and a human sentence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Stable code: bad_request, unauthorized, forbidden, not_found, ambiguous_id,
+    /// lease_lost, conflict, invalid_state, payload_too_large, sha_mismatch,
+    /// invalid_manifest, internal.
+    pub error: String,
+    pub message: String,
+}
+
+/// `POST /v1/job/claim[?wait=SECONDS]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    pub worker: WorkerName,
+    pub capability: Capability,
+}
+
+/// 200 answer to a claim (204 when nothing is eligible).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimResponse {
+    pub job: JobSpec,
+    pub lease: Lease,
+}
+
+/// `POST /v1/job/{id}/heartbeat`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    pub worker: WorkerName,
+    pub lease: Lease,
+    /// The tail of the trainer's output so far, so `cis490ctl logs` can show a running job.
+    #[serde(default)]
+    pub log_tail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// An operator cancelled the job: stop the trainer and discard its output.
+    pub cancel: bool,
+}
+
+/// `POST /v1/job/{id}/complete`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompleteRequest {
+    pub worker: WorkerName,
+    pub lease: Lease,
+    #[serde(default)]
+    pub artifact_id: Option<ArtifactId>,
+}
+
+/// `POST /v1/job/{id}/fail`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailRequest {
+    pub worker: WorkerName,
+    pub lease: Lease,
+    pub reason: String,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub log_tail: Option<String>,
+    /// True when the failure is not the job's fault (e.g. `agent-shutdown`): the job goes
+    /// back to pending without using up an attempt.
+    #[serde(default)]
+    pub retryable: bool,
+}
+
+/// Answer to complete, fail, cancel and requeue: where the job now stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatusResponse {
+    pub id: JobId,
+    pub status: crate::job::JobStatus,
+}
+
+/// Whether an upload stored new bytes or matched an artifact already present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UploadStatus {
+    Stored,
+    AlreadyPresent,
+}
+
+/// Answer to `PUT /v1/model/{job_id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadResponse {
+    pub artifact_id: ArtifactId,
+    pub status: UploadStatus,
+    pub size_bytes: u64,
+}
+
+/// One stored artifact (`GET /v1/models`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactView {
+    pub artifact_id: ArtifactId,
+    pub job_id: JobId,
+    pub model: String,
+    pub mode: String,
+    pub worker: String,
+    pub size_bytes: u64,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Where a manifest error is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestError {
+    pub path: String,
+    pub line: Option<u32>,
+    pub column: Option<u32>,
+    pub message: String,
+}
+
+/// `GET /v1/manifest`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestStatus {
+    pub path: String,
+    /// sha256 of the last applied manifest text.
+    pub sha256: Option<String>,
+    /// Increments on every apply that changed something.
+    pub generation: u64,
+    pub last_applied_at: Option<DateTime<Utc>>,
+    /// The last reload's errors; empty when the last reload succeeded.
+    #[serde(default)]
+    pub last_errors: Vec<ManifestError>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// One job in a plan, as a reader needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanEntry {
+    pub id: JobId,
+    pub model: String,
+    pub mode: String,
+    /// For updates: which fields change.
+    #[serde(default)]
+    pub changes: Vec<String>,
+}
+
+/// What a reload does (or would do): `POST /v1/manifest/reload` and `/v1/manifest/diff`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanSummary {
+    pub create: Vec<PlanEntry>,
+    pub update: Vec<PlanEntry>,
+    pub tombstone: Vec<PlanEntry>,
+    pub revive: Vec<PlanEntry>,
+    pub keep: u64,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// True when the plan was applied (reload), false for a diff.
+    #[serde(default)]
+    pub applied: bool,
+    #[serde(default)]
+    pub generation: u64,
+}
+
+/// Why one worker cannot take a pending job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerFit {
+    pub worker: WorkerName,
+    /// Empty when the worker could take the job now.
+    pub reasons: Vec<String>,
+}
+
+/// Why a pending job is not running, like `condor_q -better-analyze`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explain {
+    pub job_id: JobId,
+    /// 1-based position among claimable pending jobs in queue order; None when not pending.
+    pub queue_position: Option<u64>,
+    pub pending_total: u64,
+    pub workers: Vec<WorkerFit>,
+    /// One-line summary ("no Ready worker has CUDA", ...).
+    pub summary: String,
+}
+
+/// `GET /v1/health`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    /// Jobs per status.
+    #[serde(default)]
+    pub jobs: std::collections::BTreeMap<String, u64>,
+}
+
+/// `GET /v1/events?since=SEQ&wait=SECONDS`: events after `since`, long-polled. Watchers
+/// (`get jobs -w`, `wait`, `logs -f`) follow the fleet through it without busy polling.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsPage {
+    pub events: Vec<crate::job::Event>,
+    /// Pass as `since` on the next call.
+    pub next: u64,
+}
+
+/// Filters of `GET /v1/jobs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<crate::job::JobStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// `key=value` label selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Include tombstoned jobs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+}

@@ -1,0 +1,4 @@
+//! The `cis490-reconciler` subcommands; `main.rs` only parses arguments and dispatches here.
+
+pub mod check;
+pub mod serve;

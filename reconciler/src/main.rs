@@ -1,0 +1,36 @@
+//! `cis490-reconciler`: thin entry point; the work is in `cis490_reconciler::cli`.
+
+use clap::{Parser, Subcommand};
+
+use cis490_reconciler::cli;
+
+/// The cis490 fleet's control plane.
+#[derive(Debug, Parser)]
+#[command(name = "cis490-reconciler", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a manifest and print its expanded jobs (like `nomad job validate`).
+    Check(cli::check::CheckArgs),
+    /// Run the control plane: HTTP API, manifest watch, sweeper.
+    Serve(cli::serve::ServeArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(args) => cli::check::run(args),
+        Command::Serve(args) => cli::serve::run(args),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            eprintln!("cis490-reconciler: {err:#}");
+            std::process::exit(1);
+        }
+    }
+}

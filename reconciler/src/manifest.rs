@@ -1,0 +1,1 @@
+//! The manifest model: parse, validate and expand `etc/training_manifest.toml`.

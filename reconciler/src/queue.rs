@@ -1,0 +1,1 @@
+//! The SQLite job queue: every state change of a job is one transaction.

@@ -1,0 +1,1 @@
+//! The HTTP API (axum) and the background loops of `serve`.

@@ -1,0 +1,1 @@
+//! Helpers for black-box tests that start the real cis490 binaries.
