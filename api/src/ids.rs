@@ -25,7 +25,8 @@ pub enum IdError {
 pub const SHORT_ID_LEN: usize = 12;
 
 fn is_lower_hex(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn parse_sha256(what: &'static str, s: &str) -> Result<String, IdError> {

@@ -139,7 +139,9 @@ impl fmt::Display for JobStatus {
 
 /// An unknown status name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown job status {0:?} (expected pending, claimed, running, completed, failed or cancelled)")]
+#[error(
+    "unknown job status {0:?} (expected pending, claimed, running, completed, failed or cancelled)"
+)]
 pub struct UnknownStatus(pub String);
 
 impl FromStr for JobStatus {

@@ -9,7 +9,9 @@ pub mod wire;
 
 pub use client::{Client, ClientError};
 pub use ids::{ArtifactId, IdError, IdPrefix, JobId, WorkerName, SHORT_ID_LEN};
-pub use job::{Constraints, Event, Hyper, JobError, JobSpec, JobStatus, JobView, Lease, RetryPolicy};
+pub use job::{
+    Constraints, Event, Hyper, JobError, JobSpec, JobStatus, JobView, Lease, RetryPolicy,
+};
 pub use node::{Capability, Gpu, NodeState, WorkerView};
 pub use wire::*;
 

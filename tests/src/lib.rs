@@ -1,1 +1,258 @@
 //! Helpers for black-box tests that start the real cis490 binaries.
+//!
+//! The binaries are found beside the test executable (`target/<profile>/`). `cargo test
+//! --workspace` builds them, because each binary's package has integration tests of its own;
+//! when one is missing, the helper says which command builds it.
+//!
+//! Contract with `cis490-reconciler serve`: once it is accepting connections it prints one
+//! line `cis490-reconciler listening on http://ADDR` to stdout, so tests can pass
+//! `--listen 127.0.0.1:0` and learn the port without sleeping.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// The line prefix `serve` prints once it listens.
+pub const LISTENING_PREFIX: &str = "cis490-reconciler listening on ";
+
+/// `target/<profile>`, the folder that holds the workspace's binaries.
+pub fn target_profile_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    // target/<profile>/deps/<test-binary>
+    let deps = exe.parent().context("test executable has no parent")?;
+    let profile = deps.parent().context("deps folder has no parent")?;
+    Ok(profile.to_path_buf())
+}
+
+/// The path of one of the workspace's binaries (`cis490-reconciler`, `cis490-agent`,
+/// `cis490ctl`), checked to exist.
+pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let path = target_profile_dir()?.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        bail!(
+            "{} is not built: run `cargo test --workspace` (or `cargo build --workspace --bins`)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The workspace root (for `etc/...` files).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A child process that is killed (with its process group on Unix) when dropped, so a
+/// failing test never leaves processes behind.
+pub struct ChildGuard {
+    pub child: Child,
+    pub name: String,
+}
+
+impl ChildGuard {
+    /// Starts `cmd` in its own process group (Unix) so that the whole tree can be killed.
+    pub fn spawn(name: &str, mut cmd: Command) -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        Ok(Self {
+            child,
+            name: name.to_string(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal to the process (Unix): "TERM", "INT", "KILL", "STOP", "CONT".
+    #[cfg(unix)]
+    pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -{sig} {} failed", self.child.id());
+        }
+        Ok(())
+    }
+
+    /// Kills the whole process group at once (SIGKILL) and reaps the child.
+    pub fn kill_now(&mut self) {
+        #[cfg(unix)]
+        {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(format!("-{}", self.child.id()))
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the child to exit by itself, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not exit within {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill_now();
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or fails after `timeout` with `what`.
+pub fn wait_until<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `cis490-reconciler serve` child.
+pub struct Reconciler {
+    pub process: ChildGuard,
+    /// e.g. `http://127.0.0.1:40123`
+    pub url: String,
+}
+
+impl Reconciler {
+    /// Starts `cis490-reconciler serve --listen 127.0.0.1:0 <extra args>` with `envs`, and
+    /// waits (up to 30 s) for its listening line. Its stderr goes to `stderr_log`.
+    pub fn start(
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+        stderr_log: &Path,
+    ) -> anyhow::Result<Self> {
+        Self::start_on("127.0.0.1:0", extra_args, envs, stderr_log)
+    }
+
+    /// Like `start`, on a chosen address (to restart a server on the same port).
+    pub fn start_on(
+        listen: &str,
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+        stderr_log: &Path,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bin("cis490-reconciler")?);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(listen)
+            .args(extra_args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let log = std::fs::File::create(stderr_log)
+            .with_context(|| format!("creating {}", stderr_log.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        let mut process = ChildGuard::spawn("cis490-reconciler", cmd)?;
+        let stdout = process
+            .child
+            .stdout
+            .take()
+            .context("reconciler stdout not piped")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if !sent {
+                    if let Some(url) = line.strip_prefix(LISTENING_PREFIX) {
+                        let _ = tx.send(url.trim().to_string());
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let url = rx.recv_timeout(Duration::from_secs(30)).with_context(|| {
+            let log = std::fs::read_to_string(stderr_log).unwrap_or_default();
+            format!("reconciler did not print its listening line; its stderr:\n{log}")
+        })?;
+        Ok(Self { process, url })
+    }
+
+    /// The `host:port` part of the URL.
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+}
+
+/// sha256 (hex) of a file's bytes.
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_until_returns_value_or_times_out() {
+        let mut n = 0;
+        let v = wait_until(Duration::from_secs(1), "n to reach 3", || {
+            n += 1;
+            (n >= 3).then_some(n)
+        })
+        .unwrap();
+        assert_eq!(v, 3);
+        let err = wait_until::<()>(Duration::from_millis(50), "never", || None).unwrap_err();
+        assert!(err.to_string().contains("never"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn child_guard_kills_on_drop() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let guard = ChildGuard::spawn("sleep", cmd).unwrap();
+        let pid = guard.pid();
+        drop(guard);
+        let alive = Command::new("kill")
+            .arg("-0")
+            .arg(pid.to_string())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(!alive, "process {pid} still alive after drop");
+    }
+}
