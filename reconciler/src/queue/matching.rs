@@ -141,13 +141,13 @@ pub(crate) fn i_worker_blocked(
     Ok(None)
 }
 
-const CLAIM_CUDA: &str = "SELECT id, model, prefer_cuda, allowed_hosts, pending_since \
+pub(crate) const CLAIM_CUDA: &str = "SELECT id, model, prefer_cuda, allowed_hosts, pending_since \
      FROM jobs INDEXED BY jobs_claim_cuda \
      WHERE status = 'pending' AND tombstoned = 0 AND (require_cuda = 0 OR ?1) \
        AND min_vram_gib <= ?2 AND min_ram_gib <= ?3 \
      ORDER BY priority DESC, prefer_cuda DESC, manifest_order, id";
 
-const CLAIM_CPU: &str = "SELECT id, model, prefer_cuda, allowed_hosts, pending_since \
+pub(crate) const CLAIM_CPU: &str = "SELECT id, model, prefer_cuda, allowed_hosts, pending_since \
      FROM jobs INDEXED BY jobs_claim_cpu \
      WHERE status = 'pending' AND tombstoned = 0 AND (require_cuda = 0 OR ?1) \
        AND min_vram_gib <= ?2 AND min_ram_gib <= ?3 \
