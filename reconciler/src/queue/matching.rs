@@ -141,17 +141,30 @@ pub(crate) fn i_worker_blocked(
     Ok(None)
 }
 
-pub(crate) const CLAIM_CUDA: &str = "SELECT id, model, prefer_cuda, allowed_hosts, pending_since \
-     FROM jobs INDEXED BY jobs_claim_cuda \
-     WHERE status = 'pending' AND tombstoned = 0 AND (require_cuda = 0 OR ?1) \
-       AND min_vram_gib <= ?2 AND min_ram_gib <= ?3 \
-     ORDER BY priority DESC, prefer_cuda DESC, manifest_order, id";
+/// The claim query's filter. `?4`: models the host policy denies (JSON list), `?5`: models
+/// it allows (`[]` = all), `?6`: the worker's name (for allowed_hosts).
+macro_rules! claim_query {
+    ($index:literal, $prefer:literal) => {
+        concat!(
+            "SELECT id, model, prefer_cuda, allowed_hosts, pending_since FROM jobs INDEXED BY ",
+            $index,
+            " WHERE status = 'pending' AND tombstoned = 0 AND (require_cuda = 0 OR ?1) \
+               AND min_vram_gib <= ?2 AND min_ram_gib <= ?3 \
+               AND NOT EXISTS (SELECT 1 FROM json_each(?4) WHERE value = jobs.model) \
+               AND (?5 = '[]' OR EXISTS (SELECT 1 FROM json_each(?5) WHERE value = jobs.model)) \
+               AND (jobs.allowed_hosts = '[]' \
+                    OR EXISTS (SELECT 1 FROM json_each(jobs.allowed_hosts) WHERE value = ?6)) \
+             ORDER BY priority DESC, prefer_cuda ",
+            $prefer,
+            ", manifest_order, id"
+        )
+    };
+}
 
-pub(crate) const CLAIM_CPU: &str = "SELECT id, model, prefer_cuda, allowed_hosts, pending_since \
-     FROM jobs INDEXED BY jobs_claim_cpu \
-     WHERE status = 'pending' AND tombstoned = 0 AND (require_cuda = 0 OR ?1) \
-       AND min_vram_gib <= ?2 AND min_ram_gib <= ?3 \
-     ORDER BY priority DESC, prefer_cuda ASC, manifest_order, id";
+/// Queue order for a CUDA worker: prefer_cuda jobs first within a priority.
+pub(crate) const CLAIM_CUDA: &str = claim_query!("jobs_claim_cuda", "DESC");
+/// Queue order for a non-CUDA worker: prefer_cuda jobs last within a priority.
+pub(crate) const CLAIM_CPU: &str = claim_query!("jobs_claim_cpu", "ASC");
 
 /// One candidate as the claim query returns it.
 struct Candidate {
@@ -184,6 +197,21 @@ pub(crate) fn i_claim(
     i_lease(tx, &id, worker).map(Some)
 }
 
+/// The host policy as the claim query's JSON lists: (denied models, allowed models or `[]`
+/// for all). A `*` in deny_jobs is handled before the query (nothing matches).
+fn policy_lists(policy: Option<&HostPolicy>) -> (String, String) {
+    let Some(p) = policy else {
+        return ("[]".to_string(), "[]".to_string());
+    };
+    let json = |v: &[String]| serde_json::to_string(v).unwrap_or_else(|_| "[]".to_string());
+    let allowed = if p.allow_jobs.iter().any(|m| m == "*") {
+        "[]".to_string()
+    } else {
+        json(&p.allow_jobs)
+    };
+    (json(&p.deny_jobs), allowed)
+}
+
 /// The best pending job for this worker, if any.
 fn i_pick(
     tx: &Tx<'_>,
@@ -191,14 +219,21 @@ fn i_pick(
     cap: &Capability,
     policy: Option<&HostPolicy>,
 ) -> Result<Option<JobId>, QueueError> {
+    if policy.is_some_and(|p| p.deny_jobs.iter().any(|m| m == "*")) {
+        return Ok(None);
+    }
     let cuda = has_cuda(cap);
     let mut stmt = tx
         .db
         .prepare_cached(if cuda { CLAIM_CUDA } else { CLAIM_CPU })?;
+    let (denied, allowed) = policy_lists(policy);
     let mut rows = stmt.query(params![
         cuda,
         cap.max_gpu_allocatable_gib(),
-        cap.ram_allocatable_gib()
+        cap.ram_allocatable_gib(),
+        denied,
+        allowed,
+        worker,
     ])?;
     let mut alternatives: Option<Vec<CudaAlternative>> = None;
     while let Some(r) = rows.next()? {

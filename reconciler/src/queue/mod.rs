@@ -106,6 +106,9 @@ pub enum QueueError {
     /// The operation is not allowed from the job's (or worker's) current state.
     #[error("{message}")]
     InvalidState { message: String },
+    /// The request itself is malformed (e.g. a label selector that is not `key=value`).
+    #[error("{message}")]
+    BadRequest { message: String },
     /// SQLite failed.
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
@@ -118,13 +121,15 @@ pub enum QueueError {
 }
 
 impl QueueError {
-    /// The API error code: not_found, ambiguous_id, lease_lost, invalid_state, internal.
+    /// The API error code: not_found, ambiguous_id, lease_lost, invalid_state, bad_request,
+    /// internal.
     pub fn code(&self) -> &'static str {
         match self {
             QueueError::NotFound { .. } => "not_found",
             QueueError::Ambiguous { .. } => "ambiguous_id",
             QueueError::LeaseLost { .. } => "lease_lost",
             QueueError::InvalidState { .. } => "invalid_state",
+            QueueError::BadRequest { .. } => "bad_request",
             QueueError::Db(_) | QueueError::Io(_) | QueueError::Corrupt(_) => "internal",
         }
     }

@@ -238,7 +238,10 @@ fn the_claim_walks_an_index_without_sorting() {
         let details: Vec<String> = q
             .read(|tx| {
                 let mut stmt = tx.db.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-                let rows = stmt.query_map(rusqlite::params![true, 1.0, 1.0], |r| r.get(3))?;
+                let rows = stmt
+                    .query_map(rusqlite::params![true, 1.0, 1.0, "[]", "[]", "w"], |r| {
+                        r.get(3)
+                    })?;
                 Ok(rows.collect::<Result<Vec<String>, _>>()?)
             })
             .unwrap();
@@ -311,6 +314,36 @@ fn host_policy_denies_models_and_unlisted_hosts_allow_all() {
     assert_eq!(claim(&q, "pi", &cpu(8)).unwrap().job.id, mlp.id);
     assert!(claim(&q, "pi", &cpu(8)).is_none());
     assert_eq!(claim(&q, "other", &cpu(8)).unwrap().job.id, gbt.id);
+}
+
+#[test]
+fn host_allow_lists_and_deny_all() {
+    let q = queue();
+    let gbt = spec("gbt");
+    let mlp = JobSpec {
+        model: "mlp".to_string(),
+        manifest_order: 1,
+        ..spec("mlp")
+    };
+    let only_mlp = HostPolicy {
+        name: "picky".to_string(),
+        allow_jobs: vec!["mlp".to_string()],
+        ..HostPolicy::default()
+    };
+    let wildcard = HostPolicy {
+        name: "any".to_string(),
+        allow_jobs: vec!["*".to_string()],
+        ..HostPolicy::default()
+    };
+    load_hosts(
+        &q,
+        &[gbt.clone(), mlp.clone()],
+        &[only_mlp, wildcard, host("none", &["*"], None)],
+    );
+    assert!(claim(&q, "none", &cpu(8)).is_none());
+    assert_eq!(claim(&q, "picky", &cpu(8)).unwrap().job.id, mlp.id);
+    assert!(claim(&q, "picky", &cpu(8)).is_none());
+    assert_eq!(claim(&q, "any", &cpu(8)).unwrap().job.id, gbt.id);
 }
 
 #[test]
