@@ -700,12 +700,9 @@ pub(crate) fn i_job_view(
 pub(crate) fn i_jobs(tx: &mut Tx<'_>, filter: &JobFilter) -> Result<Vec<JobView>, QueueError> {
     let label = match filter.label.as_deref() {
         None => None,
-        Some(sel) => Some(
-            sel.split_once('=')
-                .ok_or_else(|| QueueError::InvalidState {
-                    message: format!("label selector {sel:?} is not key=value"),
-                })?,
-        ),
+        Some(sel) => Some(sel.split_once('=').ok_or_else(|| QueueError::BadRequest {
+            message: format!("label selector {sel:?} is not key=value"),
+        })?),
     };
     let sql = format!(
         "SELECT {JOB_COLUMNS} FROM jobs \

@@ -1004,12 +1004,13 @@ fn counts_and_filters() {
         }),
         1
     );
-    assert!(q
+    let bad = q
         .jobs(&JobFilter {
             label: Some("team".to_string()),
             ..JobFilter::default()
         })
-        .is_err());
+        .unwrap_err();
+    assert_eq!(bad.code(), "bad_request");
 }
 
 #[test]
