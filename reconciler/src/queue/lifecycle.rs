@@ -484,8 +484,10 @@ pub(crate) fn i_fail(
             kind::RETRYING,
             format!(
                 "attempt {} of {max} failed on {worker}: {}{exit}; retrying (retry {failures} \
-                 of {retries})",
-                req.lease.attempt, req.reason
+                 of {retries}){}",
+                req.lease.attempt,
+                req.reason,
+                tail_note(req.log_tail.as_deref())
             ),
         )?;
         return Ok(JobStatusResponse {
@@ -507,14 +509,35 @@ pub(crate) fn i_fail(
         Some(worker),
         kind::FAILED,
         format!(
-            "attempt {} of {max} failed on {worker}: {}{exit}; {why}",
-            req.lease.attempt, req.reason
+            "attempt {} of {max} failed on {worker}: {}{exit}; {why}{}",
+            req.lease.attempt,
+            req.reason,
+            tail_note(req.log_tail.as_deref())
         ),
     )?;
     Ok(JobStatusResponse {
         id: id.clone(),
         status: JobStatus::Failed,
     })
+}
+
+/// The end of a failure's log tail for its event, so every failure's output stays in the
+/// job's history even after a later attempt replaces the job's `error`.
+fn tail_note(log_tail: Option<&str>) -> String {
+    const KEEP_LINES: usize = 20;
+    const KEEP_CHARS: usize = 4000;
+    let Some(tail) = log_tail.map(str::trim_end).filter(|t| !t.is_empty()) else {
+        return String::new();
+    };
+    let lines: Vec<&str> = tail.lines().collect();
+    let mut kept = lines[lines.len().saturating_sub(KEEP_LINES)..].join("\n");
+    if kept.chars().count() > KEEP_CHARS {
+        kept = kept
+            .chars()
+            .skip(kept.chars().count() - KEEP_CHARS)
+            .collect();
+    }
+    format!("\n--- log tail ---\n{kept}")
 }
 
 pub(crate) fn i_cancel(tx: &mut Tx<'_>, id: &JobId) -> Result<JobStatusResponse, QueueError> {

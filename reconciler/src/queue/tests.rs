@@ -620,6 +620,13 @@ fn a_trainer_failure_fails_the_job_without_a_retry_policy() {
     let failed = view.events.last().unwrap();
     assert_eq!(failed.kind, "Failed");
     assert!(failed.message.contains("exit code 3"), "{}", failed.message);
+    assert!(
+        failed
+            .message
+            .ends_with("--- log tail ---\nTraceback: boom"),
+        "{}",
+        failed.message
+    );
 }
 
 #[test]
