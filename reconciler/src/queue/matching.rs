@@ -6,6 +6,8 @@
 //! deferral) in Rust. It stops at the first job that fits, so a claim costs an index seek
 //! plus the jobs it has to skip, not a scan of the queue.
 
+use std::collections::HashMap;
+
 use cis490_api::{Capability, ClaimResponse, Constraints, JobId, Lease, WorkerName};
 use rand::Rng;
 use rusqlite::params;
@@ -91,23 +93,23 @@ pub(crate) fn i_cuda_alternatives(
     Ok(out)
 }
 
-/// True when a non-CUDA worker must leave this prefer_cuda job to a CUDA worker: it has
-/// not waited `prefer_cuda_wait_s` yet and some Ready CUDA worker could run it. A CUDA
-/// worker's capability is its last report; a busy one still counts (it will get the job
-/// when it frees up, which is what "prefer" means).
-pub(crate) fn defers_to_cuda(
-    tx: &Tx<'_>,
-    model: &str,
-    c: &Constraints,
-    pending_since: i64,
-    alternatives: &[CudaAlternative],
-) -> bool {
+/// True once a job has been pending for `prefer_cuda_wait_s`: from then on any worker that
+/// can run it may take it.
+pub(crate) fn waited_long(tx: &Tx<'_>, pending_since: i64) -> bool {
     let wait_ms = i64::try_from(tx.config.prefer_cuda_wait_s)
         .unwrap_or(i64::MAX / 1000)
         .saturating_mul(1000);
-    if tx.now.saturating_sub(pending_since) >= wait_ms {
-        return false;
-    }
+    tx.now.saturating_sub(pending_since) >= wait_ms
+}
+
+/// True when some Ready CUDA worker could run a job of `model` with `c`. A CUDA worker's
+/// capability is its last report; a busy one still counts (it gets the job when it frees
+/// up, which is what "prefer" means).
+pub(crate) fn any_cuda_could_run(
+    model: &str,
+    c: &Constraints,
+    alternatives: &[CudaAlternative],
+) -> bool {
     alternatives.iter().any(|alt| {
         hard_reasons(
             model,
@@ -118,6 +120,18 @@ pub(crate) fn defers_to_cuda(
         )
         .is_empty()
     })
+}
+
+/// True when a non-CUDA worker must leave this prefer_cuda job to a CUDA worker: it has
+/// not waited `prefer_cuda_wait_s` yet and some Ready CUDA worker could run it.
+pub(crate) fn defers_to_cuda(
+    tx: &Tx<'_>,
+    model: &str,
+    c: &Constraints,
+    pending_since: i64,
+    alternatives: &[CudaAlternative],
+) -> bool {
+    !waited_long(tx, pending_since) && any_cuda_could_run(model, c, alternatives)
 }
 
 /// Worker-level reasons it takes nothing now: cordon, drain, or host max_concurrent.
@@ -146,7 +160,8 @@ pub(crate) fn i_worker_blocked(
 macro_rules! claim_query {
     ($index:literal, $prefer:literal) => {
         concat!(
-            "SELECT id, model, prefer_cuda, allowed_hosts, pending_since FROM jobs INDEXED BY ",
+            "SELECT id, model, prefer_cuda, allowed_hosts, pending_since, require_cuda, \
+             min_vram_gib, min_ram_gib FROM jobs INDEXED BY ",
             $index,
             " WHERE status = 'pending' AND tombstoned = 0 AND (require_cuda = 0 OR ?1) \
                AND min_vram_gib <= ?2 AND min_ram_gib <= ?3 \
@@ -173,6 +188,40 @@ struct Candidate {
     prefer_cuda: bool,
     allowed_hosts: String,
     pending_since: i64,
+    require_cuda: bool,
+    min_vram_gib: f64,
+    min_ram_gib: f64,
+}
+
+impl Candidate {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Candidate> {
+        Ok(Candidate {
+            id: r.get(0)?,
+            model: r.get(1)?,
+            prefer_cuda: r.get(2)?,
+            allowed_hosts: r.get(3)?,
+            pending_since: r.get(4)?,
+            require_cuda: r.get(5)?,
+            min_vram_gib: r.get(6)?,
+            min_ram_gib: r.get(7)?,
+        })
+    }
+
+    fn constraints(&self) -> Result<Constraints, QueueError> {
+        let allowed_hosts = if self.allowed_hosts == "[]" {
+            Vec::new()
+        } else {
+            serde_json::from_str(&self.allowed_hosts)
+                .map_err(|e| QueueError::corrupt(format!("allowed_hosts of {}: {e}", self.id)))?
+        };
+        Ok(Constraints {
+            require_cuda: self.require_cuda,
+            prefer_cuda: self.prefer_cuda,
+            min_vram_gib: self.min_vram_gib,
+            min_ram_gib: self.min_ram_gib,
+            allowed_hosts,
+        })
+    }
 }
 
 /// The claim: records the node status, picks the best job `worker` may run, leases it.
@@ -236,38 +285,40 @@ fn i_pick(
         worker,
     ])?;
     let mut alternatives: Option<Vec<CudaAlternative>> = None;
+    // Whether a CUDA worker could run jobs with these needs, per distinct needs: a CPU
+    // worker may skip many prefer_cuda jobs that all look alike.
+    let mut cuda_could_run: HashMap<String, bool> = HashMap::new();
     while let Some(r) = rows.next()? {
-        let cand = Candidate {
-            id: r.get(0)?,
-            model: r.get(1)?,
-            prefer_cuda: r.get(2)?,
-            allowed_hosts: r.get(3)?,
-            pending_since: r.get(4)?,
-        };
-        if cand.allowed_hosts != "[]" {
-            let allowed: Vec<String> = serde_json::from_str(&cand.allowed_hosts)
-                .map_err(|e| QueueError::corrupt(format!("allowed_hosts of {}: {e}", cand.id)))?;
-            if !allowed.iter().any(|h| h == worker) {
-                continue;
-            }
-        }
-        if policy.and_then(|p| p.denies_model(&cand.model)).is_some() {
+        let cand = Candidate::read(r)?;
+        let constraints = cand.constraints()?;
+        // The query filtered these already; checked again so that the SQL and
+        // `hard_reasons` (which explain uses) can never disagree silently.
+        if !hard_reasons(&cand.model, &constraints, worker, cap, policy).is_empty() {
             continue;
         }
-        let id = JobId::parse(&cand.id).map_err(QueueError::corrupt)?;
-        if cand.prefer_cuda && !cuda {
+        if cand.prefer_cuda && !cuda && !waited_long(tx, cand.pending_since) {
             let alts = match &alternatives {
                 Some(a) => a,
                 None => alternatives.insert(i_cuda_alternatives(tx, worker)?),
             };
-            if !alts.is_empty() {
-                let spec = i_existing_job(tx, &id)?.spec;
-                if defers_to_cuda(tx, &cand.model, &spec.constraints, cand.pending_since, alts) {
-                    continue;
-                }
+            let key = format!(
+                "{}|{}|{}|{}|{}",
+                cand.model,
+                cand.require_cuda,
+                cand.min_vram_gib,
+                cand.min_ram_gib,
+                cand.allowed_hosts
+            );
+            let defer = *cuda_could_run
+                .entry(key)
+                .or_insert_with(|| any_cuda_could_run(&cand.model, &constraints, alts));
+            if defer {
+                continue;
             }
         }
-        return Ok(Some(id));
+        return JobId::parse(&cand.id)
+            .map(Some)
+            .map_err(QueueError::corrupt);
     }
     Ok(None)
 }

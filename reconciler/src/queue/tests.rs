@@ -1059,3 +1059,26 @@ fn apply_rechecks_jobs_claimed_since_planning() {
     );
     assert_eq!(q.job(&jobs[0].id).unwrap().priority, 0);
 }
+
+#[test]
+fn a_cpu_worker_skips_deferred_prefer_cuda_jobs_to_reach_others() {
+    let q = queue();
+    let mut desired: Vec<JobSpec> = specs("pref", 50)
+        .into_iter()
+        .map(|mut s| {
+            s.priority = 1;
+            s.constraints.prefer_cuda = true;
+            s
+        })
+        .collect();
+    let plain = JobSpec {
+        manifest_order: 99,
+        ..spec("plain")
+    };
+    desired.push(plain.clone());
+    load(&q, &desired);
+    q.report_node(&worker("gpu"), &gpu(24)).unwrap();
+    assert_eq!(claim(&q, "cpu", &cpu(8)).unwrap().job.id, plain.id);
+    assert!(claim(&q, "cpu", &cpu(8)).is_none());
+    assert_eq!(claim(&q, "gpu", &gpu(24)).unwrap().job.id, desired[0].id);
+}
