@@ -1082,3 +1082,30 @@ fn a_cpu_worker_skips_deferred_prefer_cuda_jobs_to_reach_others() {
     assert!(claim(&q, "cpu", &cpu(8)).is_none());
     assert_eq!(claim(&q, "gpu", &gpu(24)).unwrap().job.id, desired[0].id);
 }
+
+#[test]
+fn a_database_from_a_newer_build_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let q = Queue::open(&path, QueueConfig::default()).unwrap();
+    q.write(|tx| {
+        Ok(tx
+            .db
+            .execute("UPDATE schema_version SET version = 99", [])?)
+    })
+    .unwrap();
+    drop(q);
+    let err = Queue::open(&path, QueueConfig::default()).unwrap_err();
+    assert_eq!(err.code(), "internal");
+    assert!(err.to_string().contains("newer than this program"), "{err}");
+}
+
+#[test]
+fn ages_read_like_kubectl() {
+    use super::explain::ago;
+    assert_eq!(ago(42_000), "42s");
+    assert_eq!(ago(300_000), "5m");
+    assert_eq!(ago(3 * 3_600_000), "3h");
+    assert_eq!(ago(3 * 86_400_000), "3d");
+    assert_eq!(ago(-5), "0s");
+}
