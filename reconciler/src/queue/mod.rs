@@ -11,7 +11,8 @@
 //!
 //! Job lifecycle and attempt counting (see `lifecycle.rs`):
 //! - `claim` moves pending -> claimed and uses one attempt; the lease is (attempt, token).
-//! - the first `heartbeat` moves claimed -> running.
+//! - the first `heartbeat` moves claimed -> running. A lease is valid until `sweep` expires
+//!   it, so a heartbeat that arrives late but before the sweep still extends it.
 //! - `complete` -> completed (a tombstoned job also gets an `Orphaned` event).
 //! - `fail` with `retryable` (agent shutting down) -> pending, the attempt is refunded.
 //! - `fail` without `retryable` (trainer failure) -> failed, unless
