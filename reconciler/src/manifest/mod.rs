@@ -169,3 +169,6 @@ pub fn load_manifest(path: &Path) -> Result<LoadedManifest, ManifestErrors> {
         }])),
     }
 }
+
+#[cfg(test)]
+mod tests;
