@@ -80,6 +80,14 @@ pub(crate) fn build(text: &str, path: &str) -> Result<(Manifest, Vec<String>), M
     let jobs = find(entries, "jobs")
         .map(|e| read_jobs(&mut d, e, &context))
         .unwrap_or_default();
+    if let Some(hosts_entry) = find(entries, "hosts") {
+        let known: BTreeSet<&str> = models
+            .keys()
+            .map(String::as_str)
+            .chain(jobs.iter().map(|j| j.model.as_str()))
+            .collect();
+        warn_unknown_policy_models(&mut d, hosts_entry, &known);
+    }
 
     let (errors, warnings) = d.finish();
     if !errors.is_empty() {
@@ -207,6 +215,37 @@ fn read_hosts(d: &mut Diagnostics, entry: &Entry) -> Vec<HostPolicy> {
         hosts.push(host);
     }
     hosts
+}
+
+/// A host policy naming a model that no `[models]` entry declares and no job uses is
+/// probably a typo; it is harmless, so only a warning.
+fn warn_unknown_policy_models(d: &mut Diagnostics, hosts: &Entry, known: &BTreeSet<&str>) {
+    let Kind::Array(items) = &hosts.value.kind else {
+        return;
+    };
+    for item in items {
+        for e in item.entries().unwrap_or(&[]) {
+            if e.key != "allow_jobs" && e.key != "deny_jobs" {
+                continue;
+            }
+            let Kind::Array(names) = &e.value.kind else {
+                continue;
+            };
+            for name in names {
+                if let Kind::Str(model) = &name.kind {
+                    if model != "*" && !known.contains(model.as_str()) {
+                        d.warning(
+                            name.at,
+                            format!(
+                                "{} names model `{model}`, which no [models] entry declares and no job uses",
+                                e.key
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn read_models(d: &mut Diagnostics, entry: &Entry) -> BTreeMap<String, ModelDef> {
@@ -638,6 +677,16 @@ fn read_hyper(
         return hyper;
     };
     for e in entries {
+        if !is_flag_name(&e.key) {
+            d.error(
+                e.key_at,
+                format!(
+                    "hyper key {:?} cannot be passed to the trainer as --{} VALUE: use letters, digits, '_', '-' and '.', starting with a letter, digit or '_'",
+                    e.key, e.key
+                ),
+            );
+            continue;
+        }
         if let Some(schema) = schema {
             let Some(ty) = schema.get(&e.key) else {
                 let known: Vec<&str> = schema.keys().map(String::as_str).collect();
@@ -681,6 +730,16 @@ fn read_hyper(
         }
     }
     hyper
+}
+
+/// Whether `key` works as an argparse-style `--key` flag.
+fn is_flag_name(key: &str) -> bool {
+    key.bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 /// A hyper value as JSON. Scalars and lists of scalars only: the trainer receives each one

@@ -445,6 +445,28 @@ fn hyper_values_must_fit_the_schema() {
 }
 
 #[test]
+fn hyper_keys_must_work_as_trainer_flags() {
+    assert_one_error(
+        "version = 1\n[models.x]\ncommand = [\"t\"]\n[[jobs]]\nmodel = \"x\"\nmode = \"m\"\n[jobs.hyper]\n\"learning rate\" = 1\n",
+        8,
+        "cannot be passed to the trainer as --learning rate VALUE",
+    );
+}
+
+#[test]
+fn a_host_policy_naming_an_unknown_model_is_a_warning() {
+    let loaded = ok(&with_prelude(
+        "[[hosts]]\nname = \"a\"\nallow_jobs = [\"gbt\", \"*\", \"xgboost\"]\n",
+    ));
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert!(
+        loaded.warnings[0].starts_with("m.toml:7:27: allow_jobs names model `xgboost`"),
+        "{:?}",
+        loaded.warnings
+    );
+}
+
+#[test]
 fn hyper_tables_are_rejected() {
     assert_one_error(
         "version = 1\n[models.x]\ncommand = [\"t\"]\n[[jobs]]\nmodel = \"x\"\nmode = \"m\"\nhyper = { opt = { lr = 1 } }\n",
