@@ -31,9 +31,12 @@ pub const DEFAULT_STALE_AFTER_S: u64 = 90;
 /// A validated manifest with every job expanded (matrix applied, defaults filled in).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
+    /// Always `SUPPORTED_VERSION` (any other is an error).
     pub version: u32,
     pub defaults: Defaults,
+    /// `[[hosts]]` in file order; names are unique.
     pub hosts: Vec<crate::policy::HostPolicy>,
+    /// `[models.NAME]` by name.
     pub models: BTreeMap<String, ModelDef>,
     /// In expansion order; `manifest_order` is the index in this list.
     pub jobs: Vec<JobSpec>,
@@ -42,11 +45,15 @@ pub struct Manifest {
 /// `[defaults]`: what a job gets when neither it nor its model says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Defaults {
+    /// Attempts before a job fails for good (at least 1).
     pub max_attempts: u32,
+    /// Lease length in seconds (at least 1).
     pub stale_after_s: u64,
     /// The trainer argv for models that name none.
     pub command: Option<Vec<String>>,
+    /// From `retries_on_failure`.
     pub retry: RetryPolicy,
+    /// Higher runs first.
     pub priority: i32,
 }
 
@@ -75,10 +82,13 @@ pub struct ModelDef {
 /// The type a hyperparameter schema declares for one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HyperType {
+    /// `"int"`: a TOML integer.
     Int,
-    /// Integers are accepted too (and kept as written, so `1` and `1.0` stay different IDs).
+    /// `"float"`: a TOML float; integers are accepted too (and kept as written, so `1` and `1.0` stay different IDs).
     Float,
+    /// `"string"`.
     String,
+    /// `"bool"`.
     Bool,
 }
 
@@ -107,11 +117,13 @@ impl HyperType {
 /// A manifest that parsed and validated, with what the operator should know about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadedManifest {
+    /// The validated, expanded manifest.
     pub manifest: Manifest,
     /// Each as `FILE:LINE:COL: message` (e.g. an `allowed_hosts` entry no `[[hosts]]` names).
     pub warnings: Vec<String>,
     /// sha256 (hex) of the manifest text.
     pub sha256: String,
+    /// The file it came from (as given to `parse_manifest`/`load_manifest`).
     pub path: PathBuf,
 }
 
