@@ -41,12 +41,16 @@ def make_dataset(seed, split_recipe, mode, n=600, dims=4):
         y = 1.0 if score > 0 else 0.0
         observed = [v + rng.gauss(0, noise) for v in x]
         rows.append((observed, y))
+    # "holdout-<percent>" sets the test share; any other recipe name (by_subject, ...) only
+    # selects the data set through the random seed above and keeps a 20% holdout.
     train_fraction = 0.8
     if split_recipe and split_recipe.startswith("holdout-"):
         try:
             train_fraction = 1 - int(split_recipe.split("-", 1)[1]) / 100
         except ValueError:
             fail(f"split_recipe {split_recipe!r}: expected holdout-<percent>")
+        if not (0 < train_fraction < 1):
+            fail(f"split_recipe {split_recipe!r}: the percent must be between 1 and 99")
     cut = int(len(rows) * train_fraction)
     return rows[:cut], rows[cut:]
 
