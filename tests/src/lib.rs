@@ -15,16 +15,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub mod bench;
+
 /// The line prefix `serve` prints once it listens.
 pub const LISTENING_PREFIX: &str = "cis490-reconciler listening on ";
 
 /// `target/<profile>`, the folder that holds the workspace's binaries.
 pub fn target_profile_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the test executable")?;
-    // target/<profile>/deps/<test-binary>
-    let deps = exe.parent().context("test executable has no parent")?;
-    let profile = deps.parent().context("deps folder has no parent")?;
-    Ok(profile.to_path_buf())
+    // target/<profile>/deps/<test-binary>, or target/<profile>/<binary> for this crate's
+    // own binaries (the benchmark harness).
+    let dir = exe.parent().context("test executable has no parent")?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        let profile = dir.parent().context("deps folder has no parent")?;
+        return Ok(profile.to_path_buf());
+    }
+    Ok(dir.to_path_buf())
 }
 
 /// The path of one of the workspace's binaries (`cis490-reconciler`, `cis490-agent`,

@@ -1,0 +1,115 @@
+//! Figure 6: footprint. The reconciler holding 100,000 jobs with 1,000 simulated workers,
+//! each heartbeating its job every 30 s: CPU (% of one core) and RSS over 60 s. The idle
+//! agent's RSS and CPU need the agent.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cis490_api::{ClaimRequest, HeartbeatRequest};
+
+use super::claim_throughput::wait_pending;
+use super::proc_stats::{cpu_seconds, rss_mib};
+use super::server::BenchServer;
+use super::workload::{capability, manifest_text, worker};
+use super::{Ctx, Row};
+
+pub async fn run(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
+    let cpu_name = "6. footprint: reconciler CPU, 100k jobs, 1000 workers";
+    let rss_name = "6. footprint: reconciler RSS, 100k jobs, 1000 workers";
+    let mut rows = Vec::new();
+    if let Some(why) = server_missing {
+        rows.push(Row::not_measured(cpu_name, "<= 5% of a core", why));
+        rows.push(Row::not_measured(rss_name, "<= 100 MiB", why));
+    } else {
+        match reconciler(ctx).await {
+            Ok((cpu_pct, rss)) => {
+                rows.push(Row::measured(
+                    ctx,
+                    cpu_name,
+                    "<= 5% of a core",
+                    cpu_pct,
+                    "%",
+                    cpu_pct <= 5.0,
+                ));
+                rows.push(Row::measured(
+                    ctx,
+                    rss_name,
+                    "<= 100 MiB",
+                    rss,
+                    "MiB",
+                    rss <= 100.0,
+                ));
+            }
+            Err(e) => rows.push(Row::error(cpu_name, "<= 5% of a core", &e)),
+        }
+    }
+    let why = "the agent binary is not on this branch yet";
+    rows.push(Row::not_measured(
+        "6. footprint: idle agent RSS",
+        "<= 10 MiB",
+        why,
+    ));
+    rows.push(Row::not_measured(
+        "6. footprint: idle agent CPU over 60 s",
+        "<= 0.1%",
+        why,
+    ));
+    rows
+}
+
+/// Returns (CPU % of one core, RSS MiB at the end) over the window.
+async fn reconciler(ctx: &Ctx) -> anyhow::Result<(f64, f64)> {
+    let jobs = ctx.size(100_000, 2_000);
+    let workers = ctx.size(1_000, 50);
+    let window = Duration::from_secs(ctx.size(60, 5) as u64);
+    let period = Duration::from_secs(30);
+    let dir = ctx.dir("footprint")?;
+    let server = BenchServer::start(&dir, &manifest_text(jobs, 10, &["true"], 0))?;
+    let client = server.client()?;
+    wait_pending(&client, jobs as u64).await?;
+    // Every worker claims one job (the running fleet), then heartbeats it every 30 s, the
+    // workers spread evenly over the period.
+    let mut leases = Vec::new();
+    for k in 0..workers {
+        let req = ClaimRequest {
+            worker: worker(k)?,
+            capability: capability(k),
+        };
+        let c = client
+            .claim(&req, None)
+            .await?
+            .context("a worker got no job")?;
+        leases.push((req.worker, c.job.id, c.lease));
+    }
+    let pid = server.pid();
+    let cpu_before = cpu_seconds(pid)?;
+    let start = Instant::now();
+    let deadline = start + window;
+    let mut tasks = Vec::new();
+    for (i, (name, id, lease)) in leases.into_iter().enumerate() {
+        let client = client.clone();
+        let offset = period.mul_f64(i as f64 / workers as f64);
+        let req = Arc::new(HeartbeatRequest {
+            worker: name,
+            lease,
+            log_tail: Some("epoch 3/10 loss 0.412".to_string()),
+        });
+        tasks.push(tokio::spawn(async move {
+            let mut next = start + offset;
+            while next < deadline {
+                tokio::time::sleep_until(next.into()).await;
+                client.heartbeat(&id, &req).await?;
+                next += period;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await.context("a heartbeat task panicked")??;
+    }
+    tokio::time::sleep_until(deadline.into()).await;
+    let cpu = cpu_seconds(pid)? - cpu_before;
+    let pct = 100.0 * cpu / start.elapsed().as_secs_f64();
+    Ok((pct, rss_mib(pid)?))
+}

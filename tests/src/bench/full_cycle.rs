@@ -1,0 +1,147 @@
+//! Figure 2: claim + heartbeat + complete per job, no trainer: jobs/s. 64 simulated agents
+//! each loop over the three calls until nothing is left for them.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cis490_api::{ClaimRequest, CompleteRequest, HeartbeatRequest, JobId};
+use cis490_reconciler::queue::Queue;
+
+use super::claim_throughput::{check_exactly_once, load_queue, wait_pending, AGENTS};
+use super::server::BenchServer;
+use super::workload::{capability, manifest_text, worker};
+use super::{Ctx, Row};
+
+const TARGET: f64 = 2_000.0;
+const TARGET_TEXT: &str = ">= 2000 jobs/s";
+
+fn rows(
+    ctx: &Ctx,
+    name: &str,
+    done: &[JobId],
+    ids: &HashSet<JobId>,
+    elapsed: Duration,
+) -> Vec<Row> {
+    let rate = done.len() as f64 / elapsed.as_secs_f64().max(1e-9);
+    match check_exactly_once(done, ids) {
+        Ok(()) => vec![Row::measured(
+            ctx,
+            name,
+            TARGET_TEXT,
+            rate,
+            "jobs/s",
+            rate >= TARGET,
+        )],
+        Err(e) => vec![Row::error(name, TARGET_TEXT, &e)],
+    }
+}
+
+/// In-process: 64 threads on the `Queue`.
+pub fn run_queue(ctx: &Ctx) -> Vec<Row> {
+    let name = "2q. full cycle, in-process Queue";
+    let result = (|| -> anyhow::Result<Vec<Row>> {
+        let dir = ctx.dir("cycle-queue")?;
+        let (queue, ids) = load_queue(&dir, ctx.size(10_000, 500))?;
+        let start = Instant::now();
+        let handles: Vec<_> = (0..AGENTS)
+            .map(|k| {
+                let queue = queue.clone();
+                std::thread::spawn(move || cycle_thread(&queue, k))
+            })
+            .collect();
+        let mut done = Vec::new();
+        for h in handles {
+            done.extend(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("an agent thread panicked"))??,
+            );
+        }
+        let elapsed = start.elapsed();
+        let completed = queue.counts()?.get("completed").copied().unwrap_or(0);
+        if completed != ids.len() as u64 {
+            bail!("{completed} of {} jobs completed", ids.len());
+        }
+        Ok(rows(ctx, name, &done, &ids, elapsed))
+    })();
+    result.unwrap_or_else(|e| vec![Row::error(name, TARGET_TEXT, &e)])
+}
+
+fn cycle_thread(queue: &Queue, k: usize) -> anyhow::Result<Vec<JobId>> {
+    let me = worker(k)?;
+    let cap = capability(k);
+    let mut done = Vec::new();
+    while let Some(c) = queue.claim(&me, &cap)? {
+        let hb = HeartbeatRequest {
+            worker: me.clone(),
+            lease: c.lease.clone(),
+            log_tail: None,
+        };
+        queue.heartbeat(&c.job.id, &hb)?;
+        let req = CompleteRequest {
+            worker: me.clone(),
+            lease: c.lease,
+            artifact_id: None,
+        };
+        queue.complete(&c.job.id, &req)?;
+        done.push(c.job.id);
+    }
+    Ok(done)
+}
+
+/// The figure: through the real server over loopback.
+pub async fn run_http(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
+    let name = "2. full cycle over HTTP, 64 agents";
+    if let Some(why) = server_missing {
+        return vec![Row::not_measured(name, TARGET_TEXT, why)];
+    }
+    let result = async {
+        let jobs = ctx.size(10_000, 500);
+        let dir = ctx.dir("cycle-http")?;
+        let text = manifest_text(jobs, 10, &["true"], 0);
+        let loaded =
+            cis490_reconciler::manifest::parse_manifest(&text, std::path::Path::new("bench.toml"))
+                .map_err(anyhow::Error::msg)?;
+        let ids: HashSet<JobId> = loaded.manifest.jobs.iter().map(|j| j.id.clone()).collect();
+        let server = BenchServer::start(&dir, &text)?;
+        let client = server.client()?;
+        wait_pending(&client, jobs as u64).await?;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for k in 0..AGENTS {
+            let client = client.clone();
+            let req = Arc::new(ClaimRequest {
+                worker: worker(k)?,
+                capability: capability(k),
+            });
+            tasks.push(tokio::spawn(async move {
+                let mut done = Vec::new();
+                while let Some(c) = client.claim(&req, None).await? {
+                    let hb = HeartbeatRequest {
+                        worker: req.worker.clone(),
+                        lease: c.lease.clone(),
+                        log_tail: None,
+                    };
+                    client.heartbeat(&c.job.id, &hb).await?;
+                    let complete = CompleteRequest {
+                        worker: req.worker.clone(),
+                        lease: c.lease,
+                        artifact_id: None,
+                    };
+                    client.complete(&c.job.id, &complete).await?;
+                    done.push(c.job.id);
+                }
+                Ok::<_, anyhow::Error>(done)
+            }));
+        }
+        let mut done = Vec::new();
+        for t in tasks {
+            done.extend(t.await.context("an agent task panicked")??);
+        }
+        let elapsed = start.elapsed();
+        Ok::<_, anyhow::Error>(rows(ctx, name, &done, &ids, elapsed))
+    }
+    .await;
+    result.unwrap_or_else(|e| vec![Row::error(name, TARGET_TEXT, &e)])
+}

@@ -1,0 +1,94 @@
+//! Starting the real `cis490-reconciler serve` for a figure, and the load generator's
+//! client.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use cis490_api::Client;
+
+use crate::Reconciler;
+
+/// The operator token the benchmark's servers use.
+pub const OPERATOR_TOKEN: &str = "bench-operator-token";
+/// The worker token the benchmark's servers use.
+pub const WORKER_TOKEN: &str = "bench-worker-token";
+
+/// A running server with its manifest and state directory.
+pub struct BenchServer {
+    pub reconciler: Reconciler,
+    pub manifest: PathBuf,
+    pub state_dir: PathBuf,
+    pub stderr_log: PathBuf,
+}
+
+impl BenchServer {
+    /// Writes `manifest_text` to `dir/training_manifest.toml` and starts
+    /// `cis490-reconciler serve` on a loopback port with its state in `dir/state`.
+    pub fn start(dir: &Path, manifest_text: &str) -> anyhow::Result<BenchServer> {
+        let manifest = dir.join("training_manifest.toml");
+        std::fs::write(&manifest, manifest_text)
+            .with_context(|| format!("writing {}", manifest.display()))?;
+        let state_dir = dir.join("state");
+        std::fs::create_dir_all(&state_dir)?;
+        let stderr_log = dir.join("reconciler.log");
+        let manifest_arg = manifest.display().to_string();
+        let state_arg = state_dir.display().to_string();
+        let reconciler = Reconciler::start(
+            &["--manifest", &manifest_arg, "--state-dir", &state_arg],
+            &[
+                ("CIS490_OPERATOR_TOKEN", OPERATOR_TOKEN),
+                ("CIS490_WORKER_TOKEN", WORKER_TOKEN),
+                ("RUST_LOG", "warn"),
+            ],
+            &stderr_log,
+        )
+        .context("starting cis490-reconciler serve")?;
+        Ok(BenchServer {
+            reconciler,
+            manifest,
+            state_dir,
+            stderr_log,
+        })
+    }
+
+    /// A client with both tokens.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(&self.reconciler.url)?
+            .with_worker_token(Some(WORKER_TOKEN.to_string()))
+            .with_operator_token(Some(OPERATOR_TOKEN.to_string())))
+    }
+
+    /// The server's process ID.
+    pub fn pid(&self) -> u32 {
+        self.reconciler.process.pid()
+    }
+}
+
+/// Why the HTTP figures cannot run, or None when a server starts and answers a health
+/// check. Run once before the HTTP figures so each can say "not measured: <why>".
+pub async fn unavailable(dir: &Path) -> Option<String> {
+    let text = super::workload::manifest_text(1, 1, &["true"], 0);
+    let server = match BenchServer::start(dir, &text) {
+        Ok(s) => s,
+        Err(e) => {
+            let first = format!("{e:#}");
+            let first = first.lines().next().unwrap_or_default();
+            let first = first
+                .split("; its stderr")
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            return Some(format!(
+                "the reconciler's HTTP server does not start ({first})"
+            ));
+        }
+    };
+    let client = match server.client() {
+        Ok(c) => c,
+        Err(e) => return Some(format!("client: {e:#}")),
+    };
+    match client.health().await {
+        Ok(_) => None,
+        Err(e) => Some(format!("the reconciler's /v1/health fails ({e})")),
+    }
+}

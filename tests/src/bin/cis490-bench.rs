@@ -1,0 +1,139 @@
+//! `cis490-bench`: the benchmark figures of cis490 fleet (see BENCHMARKS.md).
+//!
+//!     cargo run --release -p cis490-tests --bin cis490-bench -- all [--quick] [--json FILE]
+//!
+//! Drives the real `cis490-reconciler serve` over loopback with simulated agents, and the
+//! queue and reconcile path in-process. Prints one table (figure, target, measured, ok).
+//! With `--quick` (small sizes, under a minute) it checks only that every figure ran; it
+//! exits non-zero when a figure errors (and, without `--quick`, never for a missed target:
+//! the table says so).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use cis490_tests::bench::{self, Ctx, Machine, Report, Row, Status};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cis490-bench", about = "Benchmark figures of cis490 fleet")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs every figure (or those named with --only).
+    All {
+        /// Small sizes, under a minute: checks that each figure runs, never a time.
+        #[arg(long)]
+        quick: bool,
+        /// Also writes the table as JSON to FILE.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Only these figures (numbers 1-8, comma separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<u8>,
+        /// Scratch directory (on the disk to measure; default: the system temp dir).
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
+    },
+    /// Internal: one reconcile-at-scale run in its own process (for its peak RSS).
+    #[command(hide = true)]
+    ReconcileChild { jobs: usize, dir: PathBuf },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::ReconcileChild { jobs, dir } => bench::reconcile_scale::child_main(jobs, &dir),
+        Cmd::All {
+            quick,
+            json,
+            only,
+            work_dir,
+        } => {
+            let scratch = match work_dir {
+                Some(d) => tempfile::Builder::new()
+                    .prefix("cis490-bench-")
+                    .tempdir_in(d),
+                None => tempfile::Builder::new().prefix("cis490-bench-").tempdir(),
+            }
+            .context("creating the scratch directory")?;
+            let ctx = Ctx {
+                quick,
+                work: scratch.path().to_path_buf(),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            let rows = runtime.block_on(run_all(&ctx, &only))?;
+            print!("{}", bench::render_table(&rows));
+            if let Some(path) = json {
+                let report = Report {
+                    quick,
+                    machine: Machine::detect(&ctx.work),
+                    rows: &rows,
+                };
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            let errors = rows.iter().filter(|r| r.status == Status::Error).count();
+            if errors > 0 {
+                anyhow::bail!("{errors} figure(s) failed");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn run_all(ctx: &Ctx, only: &[u8]) -> anyhow::Result<Vec<Row>> {
+    let want = |n: u8| only.is_empty() || only.contains(&n);
+    let needs_server = [1u8, 2, 3, 5, 6, 7].iter().any(|&n| want(n));
+    let missing = if needs_server {
+        bench::server::unavailable(&ctx.dir("probe")?).await
+    } else {
+        None
+    };
+    let missing = missing.as_deref();
+    let mut rows = Vec::new();
+    let mut add = |figure: Vec<Row>| {
+        for r in &figure {
+            eprintln!("  {} | {} | {}", r.figure, r.target, r.measured);
+        }
+        rows.extend(figure);
+    };
+    if want(1) {
+        add(bench::claim_throughput::run_http(ctx, missing).await);
+        add(blocking(ctx, bench::claim_throughput::run_queue).await);
+    }
+    if want(2) {
+        add(bench::full_cycle::run_http(ctx, missing).await);
+        add(blocking(ctx, bench::full_cycle::run_queue).await);
+    }
+    if want(3) {
+        add(bench::dispatch_latency::run(ctx, missing).await);
+    }
+    if want(4) {
+        add(blocking(ctx, bench::reconcile_scale::run).await);
+    }
+    if want(5) {
+        add(bench::artifacts::run(ctx, missing).await);
+    }
+    if want(6) {
+        add(bench::footprint::run(ctx, missing).await);
+    }
+    if want(7) {
+        add(bench::makespan::run(ctx, missing).await);
+    }
+    if want(8) {
+        add(blocking(ctx, bench::growth::run).await);
+    }
+    Ok(rows)
+}
+
+/// Runs a figure that blocks (threads on the queue, child processes) off the runtime.
+async fn blocking(ctx: &Ctx, figure: fn(&Ctx) -> Vec<Row>) -> Vec<Row> {
+    tokio::task::block_in_place(|| figure(ctx))
+}
