@@ -15,7 +15,10 @@ use super::error::ApiFailure;
 use super::AppState;
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -73,7 +76,8 @@ pub fn check_reader(headers: &HeaderMap, config: &ServerConfig) -> Result<(), Ap
              (X-Operator-Token) to read",
         ));
     }
-    let worker_ok = worker.is_some_and(|t| config.worker_token.as_ref().is_some_and(|s| s.matches(t)));
+    let worker_ok =
+        worker.is_some_and(|t| config.worker_token.as_ref().is_some_and(|s| s.matches(t)));
     let operator_ok =
         operator.is_some_and(|t| config.operator_token.as_ref().is_some_and(|s| s.matches(t)));
     if worker_ok || operator_ok {
@@ -151,7 +155,11 @@ mod tests {
         let open = ServerConfig::new("m.toml", "state");
         let err = check_operator(&headers(&[("x-operator-token", "anything")]), &open).unwrap_err();
         assert_eq!(err.status, StatusCode::FORBIDDEN);
-        assert!(err.message.contains("CIS490_OPERATOR_TOKEN"), "{}", err.message);
+        assert!(
+            err.message.contains("CIS490_OPERATOR_TOKEN"),
+            "{}",
+            err.message
+        );
         let c = config();
         assert_eq!(
             check_operator(&headers(&[]), &c).unwrap_err().status,

@@ -371,7 +371,10 @@ mod tests {
         assert!(c.operator_token.as_ref().unwrap().matches("from-env"));
         assert!(!c.operator_token.as_ref().unwrap().matches("from-file"));
         let debug = format!("{c:?}");
-        assert!(!debug.contains("from-env") && !debug.contains("w-secret"), "{debug}");
+        assert!(
+            !debug.contains("from-env") && !debug.contains("w-secret"),
+            "{debug}"
+        );
         assert!(debug.contains("redacted"));
     }
 

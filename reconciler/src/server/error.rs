@@ -184,6 +184,9 @@ mod tests {
             expected: "a".into(),
             actual: "b".into(),
         });
-        assert_eq!((f.status, f.code), (StatusCode::UNPROCESSABLE_ENTITY, "sha_mismatch"));
+        assert_eq!(
+            (f.status, f.code),
+            (StatusCode::UNPROCESSABLE_ENTITY, "sha_mismatch")
+        );
     }
 }

@@ -183,12 +183,15 @@ impl Server {
         let config = Arc::clone(&state.config);
         let watch_loop = async {
             match watch {
-                Some(w) => w.run(Arc::clone(&state.reconciler), config.watch_debounce).await,
+                Some(w) => {
+                    w.run(Arc::clone(&state.reconciler), config.watch_debounce)
+                        .await
+                }
                 None => std::future::pending().await,
             }
         };
         let result = tokio::select! {
-            r = serve.into_future() => r.map_err(ServerError::Serve),
+            r = serve => r.map_err(ServerError::Serve),
             _ = watch_loop => Err(ServerError::LoopStopped("manifest watch")),
             _ = watch::resync(Arc::clone(&state.reconciler), config.resync_interval) => {
                 Err(ServerError::LoopStopped("manifest resync"))

@@ -44,7 +44,9 @@ pub async fn requeue(
 
 /// `POST /v1/manifest/reload`: reconcile now; 422 `invalid_manifest` changes nothing.
 pub async fn reload(State(state): State<AppState>) -> Result<Json<PlanSummary>, ApiFailure> {
-    Ok(Json(state.reconciler.reconcile(Trigger::ReloadRoute).await?))
+    Ok(Json(
+        state.reconciler.reconcile(Trigger::ReloadRoute).await?,
+    ))
 }
 
 /// `POST /v1/manifest/diff`: body = manifest text; the plan, not applied.

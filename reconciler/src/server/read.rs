@@ -147,9 +147,9 @@ pub async fn download(
     let store = state.store.clone();
     let lookup = id.clone();
     let (path, size) = tokio::task::spawn_blocking(move || store.locate(&lookup)).await??;
-    let file = tokio::fs::File::open(&path).await.map_err(|e| {
-        ApiFailure::internal(format!("cannot open artifact {}: {e}", id.short()))
-    })?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiFailure::internal(format!("cannot open artifact {}: {e}", id.short())))?;
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
     Ok((
         [

@@ -72,7 +72,10 @@ impl Reconciler {
     }
 
     /// Runs [`Reconciler::reconcile_blocking`] on the blocking pool.
-    pub async fn reconcile(self: &Arc<Self>, trigger: Trigger) -> Result<PlanSummary, ReconcileError> {
+    pub async fn reconcile(
+        self: &Arc<Self>,
+        trigger: Trigger,
+    ) -> Result<PlanSummary, ReconcileError> {
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || this.reconcile_blocking(trigger))
             .await
@@ -108,11 +111,13 @@ impl Reconciler {
             sha256: loaded.sha256.clone(),
             warnings: loaded.warnings.clone(),
         };
-        let summary = self
-            .queue
-            .apply(&plan, &loaded.manifest.hosts, &source)?;
+        let summary = self.queue.apply(&plan, &loaded.manifest.hosts, &source)?;
         if plan.is_empty() {
-            tracing::debug!(trigger = trigger.as_str(), generation = summary.generation, "manifest unchanged");
+            tracing::debug!(
+                trigger = trigger.as_str(),
+                generation = summary.generation,
+                "manifest unchanged"
+            );
         } else {
             tracing::info!(
                 trigger = trigger.as_str(),

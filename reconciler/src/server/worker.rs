@@ -158,10 +158,7 @@ pub async fn upload(
         expected_sha256,
         content_length,
     };
-    let stored = state
-        .store
-        .ingest(&upload, body.into_data_stream())
-        .await?;
+    let stored = state.store.ingest(&upload, body.into_data_stream()).await?;
     Ok(Json(UploadResponse {
         artifact_id: stored.artifact_id,
         status: stored.status,
