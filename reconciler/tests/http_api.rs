@@ -668,3 +668,65 @@ async fn graceful_shutdown_answers_waiting_claims() {
         .unwrap();
     assert!(answer.is_none(), "204 at shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_disconnects_mid_upload_leaves_no_partial_file() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let app = spawn_app(AppOptions::default()).await;
+    let claimed = app
+        .client
+        .claim(&cpu_claim("w1"), None)
+        .await
+        .unwrap()
+        .unwrap();
+    let incoming = app.store_root.join(".incoming");
+    let saw_partial = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&saw_partial);
+    // Some bytes, then (once the server is writing its partial file) the client breaks off.
+    let body = futures_util::stream::unfold(0u32, move |i| {
+        let (incoming, seen) = (incoming.clone(), Arc::clone(&seen));
+        async move {
+            if i < 4 {
+                return Some((Ok(bytes::Bytes::from(vec![9u8; 64 * 1024])), i + 1));
+            }
+            if i > 4 {
+                return None;
+            }
+            for _ in 0..1000 {
+                let present = std::fs::read_dir(&incoming)
+                    .map(|mut rd| rd.next().is_some())
+                    .unwrap_or(false);
+                if present {
+                    seen.store(true, Ordering::SeqCst);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Some((Err(std::io::Error::other("client gives up")), i + 1))
+        }
+    });
+    let result = app
+        .client
+        .upload(
+            &claimed.job.id,
+            &worker("w1"),
+            &claimed.lease,
+            &"ab".repeat(32),
+            reqwest::Body::wrap_stream(body),
+        )
+        .await;
+    assert!(result.is_err(), "the upload was broken off");
+    assert!(
+        saw_partial.load(Ordering::SeqCst),
+        "the server had started writing"
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "the partial file to go",
+        || async { app.partial_files().is_empty().then_some(()) },
+    )
+    .await;
+    assert!(app.anon.artifacts().await.unwrap().is_empty());
+}

@@ -158,12 +158,12 @@ impl Drop for TestApp {
 /// A manifest with one gbt/realistic job per seed (none: a valid manifest with no jobs).
 pub fn jobs_manifest(seeds: impl IntoIterator<Item = i64>) -> String {
     let seeds: Vec<String> = seeds.into_iter().map(|s| s.to_string()).collect();
+    let header = "version = 1\n\n[defaults]\ncommand = [\"true\"]\n\n[models.gbt]\n";
     if seeds.is_empty() {
-        return "version = 1\n".to_string();
+        return header.to_string();
     }
     format!(
-        "version = 1\n\n[defaults]\ncommand = [\"true\"]\n\n[models.gbt]\n\n\
-         [[jobs]]\nmodel = \"gbt\"\nmode = \"realistic\"\nmatrix = {{ seed = [{}] }}\n",
+        "{header}\n[[jobs]]\nmodel = \"gbt\"\nmode = \"realistic\"\nmatrix = {{ seed = [{}] }}\n",
         seeds.join(", ")
     )
 }
