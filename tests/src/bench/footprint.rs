@@ -1,6 +1,6 @@
 //! Figure 6: footprint. The reconciler holding 100,000 jobs with 1,000 simulated workers,
-//! each heartbeating its job every 30 s: CPU (% of one core) and RSS over 60 s. The idle
-//! agent's RSS and CPU need the agent.
+//! each heartbeating its job every 30 s: CPU (% of one core) and RSS over 60 s. And a real
+//! idle agent's RSS and CPU.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,8 +10,8 @@ use cis490_api::{ClaimRequest, HeartbeatRequest};
 
 use super::claim_throughput::wait_pending;
 use super::proc_stats::{cpu_seconds, rss_mib};
-use super::server::BenchServer;
-use super::workload::{capability, manifest_text, worker};
+use super::server::{start_agent, wait_registered, BenchServer};
+use super::workload::{capability, manifest_text, plain_manifest_text, worker};
 use super::{Ctx, Row};
 
 pub async fn run(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
@@ -44,18 +44,55 @@ pub async fn run(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
             Err(e) => rows.push(Row::error(cpu_name, "<= 5% of a core", &e)),
         }
     }
-    let why = "the agent binary is not on this branch yet";
-    rows.push(Row::not_measured(
-        "6. footprint: idle agent RSS",
-        "<= 10 MiB",
-        why,
-    ));
-    rows.push(Row::not_measured(
-        "6. footprint: idle agent CPU over 60 s",
-        "<= 0.1%",
-        why,
-    ));
+    let rss_name = "6. footprint: idle agent RSS";
+    let cpu_name = "6. footprint: idle agent CPU over 60 s";
+    if let Some(why) = server_missing {
+        rows.push(Row::not_measured(rss_name, "<= 10 MiB", why));
+        rows.push(Row::not_measured(cpu_name, "<= 0.1%", why));
+        return rows;
+    }
+    match idle_agent(ctx).await {
+        Ok((rss, cpu_pct)) => {
+            rows.push(Row::measured(
+                ctx,
+                rss_name,
+                "<= 10 MiB",
+                rss,
+                "MiB",
+                rss <= 10.0,
+            ));
+            rows.push(Row::measured(
+                ctx,
+                cpu_name,
+                "<= 0.1%",
+                cpu_pct,
+                "%",
+                cpu_pct <= 0.1,
+            ));
+        }
+        Err(e) => rows.push(Row::error(rss_name, "<= 10 MiB", &e)),
+    }
     rows
+}
+
+/// A real agent with nothing to do (the only job is parked for another host), default
+/// heartbeat and long-poll settings: (RSS MiB at the end, CPU % of one core over the
+/// window, after a settling time).
+async fn idle_agent(ctx: &Ctx) -> anyhow::Result<(f64, f64)> {
+    let dir = ctx.dir("idle-agent")?;
+    let server = BenchServer::start(&dir, &plain_manifest_text(0, &["true"]))?;
+    let client = server.client()?;
+    let agent = start_agent(&server, &dir, "idle-agent", &[])?;
+    wait_registered(&client, "idle-agent").await?;
+    tokio::time::sleep(Duration::from_secs(ctx.size(5, 1) as u64)).await;
+    let pid = agent.pid();
+    let window = Duration::from_secs(ctx.size(60, 3) as u64);
+    let cpu_before = cpu_seconds(pid)?;
+    let start = Instant::now();
+    tokio::time::sleep(window).await;
+    let cpu = cpu_seconds(pid)? - cpu_before;
+    let pct = 100.0 * cpu / start.elapsed().as_secs_f64();
+    Ok((rss_mib(pid)?, pct))
 }
 
 /// Returns (CPU % of one core, RSS MiB at the end) over the window.

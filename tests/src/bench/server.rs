@@ -92,3 +92,48 @@ pub async fn unavailable(dir: &Path) -> Option<String> {
         Err(e) => Some(format!("the reconciler's /v1/health fails ({e})")),
     }
 }
+
+/// Starts the real `cis490-agent run` named `name` against `server`, its work and state
+/// under `dir`, with `extra` flags; its stderr goes to `dir/<name>.log`.
+pub fn start_agent(
+    server: &BenchServer,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> anyhow::Result<crate::ChildGuard> {
+    let mut cmd = std::process::Command::new(crate::bin("cis490-agent")?);
+    let work = dir.join(format!("{name}-work"));
+    let state = dir.join(format!("{name}-state"));
+    std::fs::create_dir_all(&work)?;
+    cmd.arg("run")
+        .args(["--server", &server.reconciler.url, "--name", name])
+        .arg("--work-dir")
+        .arg(&work)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(extra)
+        .env("CIS490_WORKER_TOKEN", WORKER_TOKEN)
+        .env_remove("CIS490_SERVER")
+        .env_remove("CIS490_AGENT_CONFIG")
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log")))?);
+    crate::ChildGuard::spawn(name, cmd)
+}
+
+/// Polls the server's worker list until `name` is there (the agent registered).
+pub async fn wait_registered(client: &Client, name: &str) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Ok(workers) = client.workers().await {
+            if workers.iter().any(|w| w.name.as_str() == name) {
+                return Ok(());
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("agent {name} did not register within 60 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

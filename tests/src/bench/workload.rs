@@ -129,6 +129,27 @@ pub fn manifest_text(
     text
 }
 
+/// A manifest of `jobs` plain jobs (no constraints) running `command`, plus one parked
+/// job no agent may run (`allowed_hosts = ["nobody"]`), so that the manifest is never
+/// empty and a real agent facing it stays idle.
+pub fn plain_manifest_text(jobs: usize, command: &[&str]) -> String {
+    let argv: Vec<String> = command.iter().map(|a| format!("{a:?}")).collect();
+    let mut text = format!(
+        "version = 1\n\n[defaults]\ncommand = [{}]\n\n\
+         [[jobs]]\nmodel = \"parked\"\nmode = \"idle\"\nseed = 0\nallowed_hosts = [\"nobody\"]\n\n",
+        argv.join(", ")
+    );
+    if jobs > 0 {
+        let seeds: Vec<String> = (0..jobs).map(|s| s.to_string()).collect();
+        let _ = write!(
+            text,
+            "[[jobs]]\nmodel = \"trivial\"\nmode = \"bench\"\nmatrix = {{ seed = [{}] }}\n",
+            seeds.join(", ")
+        );
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -147,6 +168,17 @@ mod tests {
             assert_eq!(loaded.manifest.jobs.len(), jobs);
             let ids: HashSet<_> = loaded.manifest.jobs.iter().map(|j| j.id.clone()).collect();
             assert_eq!(ids.len(), jobs);
+        }
+    }
+
+    #[test]
+    fn plain_manifest_has_the_parked_job_and_the_asked_jobs() {
+        for jobs in [0, 1, 1000] {
+            let text = plain_manifest_text(jobs, &["sh", "-c", "true"]);
+            let loaded =
+                cis490_reconciler::manifest::parse_manifest(&text, Path::new("plain.toml"))
+                    .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(loaded.manifest.jobs.len(), jobs + 1);
         }
     }
 
