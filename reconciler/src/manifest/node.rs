@@ -128,15 +128,22 @@ fn from_value(value: &toml_edit::Value, fallback: usize) -> Node {
 pub(crate) struct Diagnostics<'a> {
     path: String,
     text: &'a str,
+    /// Byte offset of the start of each line, so a position costs a binary search, not a
+    /// scan of the text before it (a big manifest can carry thousands of warnings).
+    line_starts: Vec<usize>,
     pub errors: Vec<(usize, ManifestError)>,
     pub warnings: Vec<(usize, String)>,
 }
 
 impl<'a> Diagnostics<'a> {
     pub fn new(path: String, text: &'a str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
         Self {
             path,
             text,
+            line_starts,
             errors: Vec::new(),
             warnings: Vec::new(),
         }
@@ -148,10 +155,10 @@ impl<'a> Diagnostics<'a> {
         while !self.text.is_char_boundary(at) {
             at -= 1;
         }
-        let before = &self.text[..at];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let column = before[line_start..].chars().count() + 1;
+        // The last line start at or before `at` (a '\n' at `at` belongs to its line).
+        let line = self.line_starts.partition_point(|&start| start <= at);
+        let line_start = self.line_starts[line.saturating_sub(1)];
+        let column = self.text[line_start..at].chars().count() + 1;
         (
             u32::try_from(line).unwrap_or(u32::MAX),
             u32::try_from(column).unwrap_or(u32::MAX),
@@ -193,12 +200,14 @@ impl<'a> Diagnostics<'a> {
             }
         }
         self.warnings.sort_by_key(|(at, _)| *at);
-        let mut warnings: Vec<String> = Vec::new();
-        for (_, w) in self.warnings {
-            if !warnings.contains(&w) {
-                warnings.push(w);
-            }
-        }
+        // A set, not `Vec::contains`: thousands of warnings must not cost their square.
+        let mut seen = std::collections::HashSet::new();
+        let warnings = self
+            .warnings
+            .into_iter()
+            .map(|(_, w)| w)
+            .filter(|w| seen.insert(w.clone()))
+            .collect();
         (errors, warnings)
     }
 }

@@ -31,9 +31,10 @@ enum Cmd {
         /// Also writes the table as JSON to FILE.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
-        /// Only these figures (numbers 1-8, comma separated).
+        /// Only these figures, comma separated: 1-8 (each with its in-process variant),
+        /// or 1q / 2q for only the in-process variant of figure 1 or 2.
         #[arg(long, value_delimiter = ',')]
-        only: Vec<u8>,
+        only: Vec<String>,
         /// Scratch directory (on the disk to measure; default: the system temp dir).
         #[arg(long, value_name = "DIR")]
         work_dir: Option<PathBuf>,
@@ -88,9 +89,11 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn run_all(ctx: &Ctx, only: &[u8]) -> anyhow::Result<Vec<Row>> {
-    let want = |n: u8| only.is_empty() || only.contains(&n);
-    let needs_server = [1u8, 2, 3, 5, 6, 7].iter().any(|&n| want(n));
+async fn run_all(ctx: &Ctx, only: &[String]) -> anyhow::Result<Vec<Row>> {
+    let want = |n: &str| only.is_empty() || only.iter().any(|o| o == n);
+    // "1" selects figure 1 and its in-process variant "1q".
+    let want_q = |n: &str| want(n) || want(n.trim_end_matches('q'));
+    let needs_server = ["1", "2", "3", "5", "6", "7"].iter().any(|&n| want(n));
     let missing = if needs_server {
         bench::server::unavailable(&ctx.dir("probe")?).await
     } else {
@@ -104,30 +107,34 @@ async fn run_all(ctx: &Ctx, only: &[u8]) -> anyhow::Result<Vec<Row>> {
         }
         rows.extend(figure);
     };
-    if want(1) {
+    if want("1") {
         add(bench::claim_throughput::run_http(ctx, missing).await);
+    }
+    if want_q("1q") {
         add(blocking(ctx, bench::claim_throughput::run_queue).await);
     }
-    if want(2) {
+    if want("2") {
         add(bench::full_cycle::run_http(ctx, missing).await);
+    }
+    if want_q("2q") {
         add(blocking(ctx, bench::full_cycle::run_queue).await);
     }
-    if want(3) {
+    if want("3") {
         add(bench::dispatch_latency::run(ctx, missing).await);
     }
-    if want(4) {
+    if want("4") {
         add(blocking(ctx, bench::reconcile_scale::run).await);
     }
-    if want(5) {
+    if want("5") {
         add(bench::artifacts::run(ctx, missing).await);
     }
-    if want(6) {
+    if want("6") {
         add(bench::footprint::run(ctx, missing).await);
     }
-    if want(7) {
+    if want("7") {
         add(bench::makespan::run(ctx, missing).await);
     }
-    if want(8) {
+    if want("8") {
         add(blocking(ctx, bench::growth::run).await);
     }
     Ok(rows)
