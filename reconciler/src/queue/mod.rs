@@ -172,6 +172,8 @@ struct Inner {
     last_event: tokio::sync::watch::Sender<u64>,
     /// Worker calls waiting for a group commit (see `batch.rs`).
     waiting: batch::Waiting,
+    /// Dropping it stops the checkpoint thread (file databases only).
+    checkpointer: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
 /// One open transaction and what it did, passed to every `i_*` helper.
@@ -199,7 +201,41 @@ impl Queue {
             std::fs::create_dir_all(dir)?;
         }
         let conn = Connection::open(path)?;
-        Self::with_connection(conn, config, true)
+        let queue = Self::with_connection(conn, config, true)?;
+        queue.start_checkpointer(path)?;
+        Ok(queue)
+    }
+
+    /// Moves WAL checkpoints off the commit path: a thread with its own connection runs a
+    /// PASSIVE checkpoint (which never blocks writers) every 100 ms, and the writing
+    /// connection no longer checkpoints inside its commits. Otherwise every ~1000 pages one
+    /// unlucky commit copied the WAL into the database (and fsynced it) while holding the
+    /// write lock, stalling every waiting claim (profile: 10-13% of claim time).
+    /// Durability is the WAL's, unchanged; checkpoints only move committed pages.
+    fn start_checkpointer(&self, path: &Path) -> Result<(), QueueError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("cis490-checkpoint".to_string())
+            .spawn(move || {
+                // Ends when the queue is dropped (its sender with it).
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stop_rx.recv_timeout(std::time::Duration::from_millis(100))
+                {
+                    // A failed checkpoint is retried on the next tick; the WAL keeps
+                    // every committed page meanwhile.
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+            })?;
+        self.lock().pragma_update(None, "wal_autocheckpoint", 0)?;
+        *self
+            .inner
+            .checkpointer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(stop_tx);
+        Ok(())
     }
 
     /// A queue in memory, for tests and `--dry-run` tools. Nothing survives the process.
@@ -224,6 +260,14 @@ impl Queue {
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Each operation of a group commit runs in a SAVEPOINT, whose undo pages go to a
+        // statement journal: in memory, not a temp file written (and read back) for every
+        // page a claim touches. It only serves rollbacks inside an open transaction, so
+        // crash safety (the WAL) is untouched. (Profile: 17% of claim time was writing it.)
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // The default 2 MiB page cache re-reads the claim indexes from the OS on every
+        // batch once a queue holds tens of thousands of jobs; 32 MiB holds the hot pages.
+        conn.pragma_update(None, "cache_size", -32 * 1024)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         schema::migrate(&mut conn)?;
         let last: i64 =
@@ -236,6 +280,7 @@ impl Queue {
                 clock_offset_ms: AtomicI64::new(0),
                 last_event: sender,
                 waiting: batch::Waiting::default(),
+                checkpointer: Mutex::new(None),
             }),
         })
     }

@@ -92,6 +92,23 @@ CREATE TABLE manifest (
 ) STRICT;
 INSERT INTO manifest (id) VALUES (1);
 "#,
+    // 2: the claim indexes hold only claimable jobs (partial) and every column the claim
+    // query filters on (covering), so a claim that skips jobs this worker cannot run
+    // (pinned to other hosts, needing CUDA or more RAM) skips them inside the index
+    // instead of looking each one up in the table. Profile at 50,000 jobs: the table
+    // lookups of skipped rows were the largest cost of a claim.
+    r#"
+DROP INDEX jobs_claim_cuda;
+DROP INDEX jobs_claim_cpu;
+CREATE INDEX jobs_claim_cuda ON jobs
+    (priority DESC, prefer_cuda DESC, manifest_order, id, require_cuda, min_vram_gib,
+     min_ram_gib, model, allowed_hosts, pending_since)
+    WHERE status = 'pending' AND tombstoned = 0;
+CREATE INDEX jobs_claim_cpu ON jobs
+    (priority DESC, prefer_cuda ASC, manifest_order, id, require_cuda, min_vram_gib,
+     min_ram_gib, model, allowed_hosts, pending_since)
+    WHERE status = 'pending' AND tombstoned = 0;
+"#,
 ];
 
 /// Brings the database to the newest schema, each migration in its own transaction.

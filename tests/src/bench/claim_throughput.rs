@@ -201,7 +201,7 @@ fn drain_rows(ctx: &Ctx, name: &str, mut drain: Drain, expected: &HashSet<JobId>
 pub fn run_queue(ctx: &Ctx) -> Vec<Row> {
     let name = "1q. claim, in-process Queue, 64 threads";
     let result = (|| -> anyhow::Result<Vec<Row>> {
-        let jobs = ctx.size(20_000, 1_000);
+        let jobs = ctx.jobs(20_000, 1_000);
         let dir = ctx.dir("claim-queue")?;
         let (queue, ids) = load_queue(&dir, jobs)?;
         let drain = drain_queue(&queue, AGENTS)?;
@@ -225,7 +225,7 @@ pub async fn run_http(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
         )];
     }
     let result = async {
-        let jobs = ctx.size(20_000, 1_000);
+        let jobs = ctx.jobs(20_000, 1_000);
         let dir = ctx.dir("claim-http")?;
         let text = manifest_text(jobs, 10, &["true"], 0);
         let loaded = parse_manifest(&text, Path::new("bench.toml")).map_err(anyhow::Error::msg)?;

@@ -43,7 +43,7 @@ pub fn run_queue(ctx: &Ctx) -> Vec<Row> {
     let name = "2q. full cycle, in-process Queue";
     let result = (|| -> anyhow::Result<Vec<Row>> {
         let dir = ctx.dir("cycle-queue")?;
-        let (queue, ids) = load_queue(&dir, ctx.size(10_000, 500))?;
+        let (queue, ids) = load_queue(&dir, ctx.jobs(10_000, 500))?;
         let start = Instant::now();
         let handles: Vec<_> = (0..AGENTS)
             .map(|k| {
@@ -97,7 +97,7 @@ pub async fn run_http(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
         return vec![Row::not_measured(name, TARGET_TEXT, why)];
     }
     let result = async {
-        let jobs = ctx.size(10_000, 500);
+        let jobs = ctx.jobs(10_000, 500);
         let dir = ctx.dir("cycle-http")?;
         let text = manifest_text(jobs, 10, &["true"], 0);
         let loaded =

@@ -29,6 +29,8 @@ pub struct Ctx {
     pub quick: bool,
     /// Scratch space for databases, manifests and stores; removed at exit.
     pub work: PathBuf,
+    /// Overrides the job count of figures 1 and 2 (for profiling at other sizes).
+    pub jobs: Option<usize>,
 }
 
 impl Ctx {
@@ -40,6 +42,11 @@ impl Ctx {
         }
         std::fs::create_dir_all(&dir)?;
         Ok(dir)
+    }
+
+    /// Jobs for figures 1 and 2: `--jobs`, else `full` or `quick`.
+    pub fn jobs(&self, full: usize, quick: usize) -> usize {
+        self.jobs.unwrap_or_else(|| self.size(full, quick))
     }
 
     /// `full` normally, `quick` with `--quick`.
@@ -305,6 +312,7 @@ mod tests {
         let ctx = Ctx {
             quick: true,
             work: PathBuf::from("."),
+            jobs: None,
         };
         let row = Row::measured(&ctx, "f", ">= 1", 0.5, "x/s", false);
         assert_eq!(row.status, Status::Ran);

@@ -35,6 +35,9 @@ enum Cmd {
         /// or 1q / 2q for only the in-process variant of figure 1 or 2.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Job count for figures 1 and 2 (default 20,000 and 10,000), to profile other sizes.
+        #[arg(long)]
+        jobs: Option<usize>,
         /// Scratch directory (on the disk to measure; default: the system temp dir).
         #[arg(long, value_name = "DIR")]
         work_dir: Option<PathBuf>,
@@ -52,6 +55,7 @@ fn main() -> anyhow::Result<()> {
             quick,
             json,
             only,
+            jobs,
             work_dir,
         } => {
             let scratch = match work_dir {
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<()> {
             let ctx = Ctx {
                 quick,
                 work: scratch.path().to_path_buf(),
+                jobs,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
