@@ -238,6 +238,9 @@ pub struct Machine {
     pub kernel: String,
     pub disk: String,
     pub at: String,
+    /// /proc/loadavg when the run ended: the machine is shared, so this says how quiet
+    /// it was.
+    pub load_average: String,
 }
 
 impl Machine {
@@ -271,6 +274,9 @@ impl Machine {
             ram_mib,
             kernel,
             disk: disk_of(work),
+            load_average: std::fs::read_to_string("/proc/loadavg")
+                .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_else(|_| "unknown".to_string()),
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         }
     }

@@ -36,17 +36,28 @@ pub struct ReconcileTimes {
     /// ... in `apply` (s).
     pub apply_s: [f64; 3],
     pub peak_rss_mib: f64,
+    /// Peak RSS after the first reload's parse, after its plan, after its apply (MiB):
+    /// where the peak comes from.
+    pub peak_rss_by_phase_mib: [f64; 3],
 }
 
 /// One reload: (parse, plan, apply) times; fails unless the plan changed `expect_changes`
 /// jobs.
-fn reload(queue: &Queue, path: &Path, expect_changes: usize) -> anyhow::Result<[Duration; 3]> {
+fn reload(
+    queue: &Queue,
+    path: &Path,
+    expect_changes: usize,
+    peaks: &mut [f64; 3],
+) -> anyhow::Result<[Duration; 3]> {
+    let peak = || super::proc_stats::peak_rss_mib(std::process::id()).unwrap_or(0.0);
     let t0 = Instant::now();
     let loaded = load_manifest(path).map_err(anyhow::Error::msg)?;
     let t1 = Instant::now();
+    peaks[0] = peak();
     let actual = queue.actual()?;
     let p = plan(&loaded.manifest.jobs, &actual);
     let t2 = Instant::now();
+    peaks[1] = peak();
     let source = ManifestSource {
         path: path.display().to_string(),
         sha256: loaded.sha256.clone(),
@@ -54,6 +65,7 @@ fn reload(queue: &Queue, path: &Path, expect_changes: usize) -> anyhow::Result<[
     };
     queue.apply(&p, &loaded.manifest.hosts, &source)?;
     let t3 = Instant::now();
+    peaks[2] = peak();
     let changes = p.create.len() + p.update.len() + p.tombstone.len() + p.revive.len();
     if changes != expect_changes {
         bail!("the reload changed {changes} jobs, expected {expect_changes}");
@@ -69,11 +81,13 @@ pub fn child_main(jobs: usize, dir: &Path) -> anyhow::Result<()> {
     std::fs::write(&edited, manifest_text(jobs, SEEDS_PER_ENTRY, &["true"], 1))?;
     let manifest_bytes = std::fs::metadata(&path)?.len();
     let queue = Queue::open(&dir.join("queue.db"), QueueConfig::default())?;
-    let first = reload(&queue, &path, jobs)?;
-    let noop = reload(&queue, &path, 0)?;
+    let mut peaks = [0.0; 3];
+    let first = reload(&queue, &path, jobs, &mut peaks)?;
+    let peak_rss_by_phase_mib = peaks;
+    let noop = reload(&queue, &path, 0, &mut peaks)?;
     // The editor's save: the file is replaced by rename, as the watcher sees it.
     std::fs::rename(&edited, &path)?;
-    let edit = reload(&queue, &path, 1)?;
+    let edit = reload(&queue, &path, 1, &mut peaks)?;
     let sum = |d: &[Duration; 3]| d.iter().map(Duration::as_secs_f64).sum::<f64>();
     let times = ReconcileTimes {
         jobs,
@@ -85,6 +99,7 @@ pub fn child_main(jobs: usize, dir: &Path) -> anyhow::Result<()> {
         plan_s: [first[1], noop[1], edit[1]].map(|d| d.as_secs_f64()),
         apply_s: [first[2], noop[2], edit[2]].map(|d| d.as_secs_f64()),
         peak_rss_mib: super::proc_stats::peak_rss_mib(std::process::id())?,
+        peak_rss_by_phase_mib,
     };
     println!("{}", serde_json::to_string(&times)?);
     Ok(())
