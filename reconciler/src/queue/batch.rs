@@ -208,16 +208,19 @@ impl Queue {
 /// Runs one operation so that its failure undoes only its own changes. The outer error
 /// means the savepoint machinery itself failed.
 fn run_in_savepoint(tx: &mut Tx<'_>, op: &Op) -> Result<Result<Done, QueueError>, rusqlite::Error> {
-    tx.db.execute_batch("SAVEPOINT op")?;
+    // Cached statements: `execute_batch` would parse the SQL again for every operation.
+    let exec = |tx: &Tx<'_>, sql: &str| tx.db.prepare_cached(sql)?.execute([]).map(|_| ());
+    exec(tx, "SAVEPOINT op")?;
     let events_before = tx.last_event;
     match run(tx, op) {
         Ok(done) => {
-            tx.db.execute_batch("RELEASE op")?;
+            exec(tx, "RELEASE op")?;
             Ok(Ok(done))
         }
         Err(err) => {
             tx.last_event = events_before;
-            tx.db.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            exec(tx, "ROLLBACK TO op")?;
+            exec(tx, "RELEASE op")?;
             Ok(Err(err))
         }
     }
