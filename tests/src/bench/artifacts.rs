@@ -19,6 +19,9 @@ use super::workload::{capability, manifest_text, worker};
 use super::{Ctx, Row};
 
 /// Bytes/s of `dd if=/dev/zero of=FILE bs=1M count=MIB conv=fsync` (timed here).
+/// Note: the upload figure is measured with the agent's own body stream (64 KiB chunks);
+/// a `reqwest::Body` made from a `tokio::fs::File` reads 8 KiB per blocking-pool hop and
+/// capped the upload near 70 MB/s on the client side.
 fn dd_speed(path: &Path, mib: usize) -> anyhow::Result<f64> {
     let start = Instant::now();
     let status = Command::new("dd")
@@ -131,8 +134,8 @@ fn output_dir(dir: &Path, mib: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Returns (tar --zstd time / agent packing time, detail). Each is run twice and the
-/// faster run kept (the first warms the page cache for both).
+/// Returns (tar --zstd time / agent packing time, detail). Each is run three times,
+/// alternating, and its fastest run kept (the first warms the page cache for both).
 fn packing(ctx: &Ctx) -> anyhow::Result<(f64, String)> {
     let mib = ctx.size(256, 8);
     let dir = ctx.dir("packing")?;
@@ -140,7 +143,7 @@ fn packing(ctx: &Ctx) -> anyhow::Result<(f64, String)> {
     output_dir(&out, mib)?;
     let mut agent = f64::INFINITY;
     let mut tar = f64::INFINITY;
-    for _ in 0..2 {
+    for _ in 0..3 {
         let bundle = dir.join("agent.tar.zst");
         let start = Instant::now();
         cis490_agent::pack::pack_dir(&out, &bundle)?;
@@ -173,7 +176,8 @@ fn packing(ctx: &Ctx) -> anyhow::Result<(f64, String)> {
 async fn upload(ctx: &Ctx) -> anyhow::Result<(f64, f64, String)> {
     let mib = ctx.size(1024, 32);
     let dir = ctx.dir("artifacts")?;
-    let dd = dd_speed(&dir.join("dd.bin"), mib)?;
+    // Best of two: the disk's speed, not one unlucky moment on a shared machine.
+    let dd = dd_speed(&dir.join("dd.bin"), mib)?.max(dd_speed(&dir.join("dd.bin"), mib)?);
     let data = dir.join("bundle.tar.zst");
     let sha = payload(&data, mib)?;
     let server = BenchServer::start(&dir, &manifest_text(1, 1, &["true"], 0))?;
@@ -202,7 +206,8 @@ async fn upload(ctx: &Ctx) -> anyhow::Result<(f64, f64, String)> {
             peak
         })
     };
-    let file = tokio::fs::File::open(&data).await?;
+    // The agent's own upload body (64 KiB chunks), so the figure is what an agent sees.
+    let body = cis490_agent::pack::upload_body(&data).await?;
     let start = Instant::now();
     let answer = client
         .upload(
@@ -210,7 +215,7 @@ async fn upload(ctx: &Ctx) -> anyhow::Result<(f64, f64, String)> {
             &req.worker,
             &claim.lease,
             &sha,
-            reqwest::Body::from(file),
+            body,
         )
         .await;
     let secs = start.elapsed().as_secs_f64();
