@@ -2,7 +2,8 @@
 //!
 //! With `synchronous=FULL` every commit waits for an fsync, which costs far more than the
 //! work of a claim. So concurrent worker calls share commits: each call queues its
-//! operation and then takes the connection lock; whoever gets the lock first (the leader)
+//! operation; a caller that finds no leader becomes the leader (and each leader hands the
+//! lead to the oldest caller still waiting), and the leader
 //! runs every queued operation in one IMMEDIATE transaction, each inside its own SAVEPOINT
 //! (so each operation is still all-or-nothing and a refused one rolls back alone), commits
 //! once, and hands every caller its result. A caller whose operation a leader already ran
@@ -41,19 +42,42 @@ pub(crate) enum Done {
     Status(JobStatusResponse),
 }
 
-type Slot = Arc<Mutex<Option<Result<Done, QueueError>>>>;
+/// Where a caller waits: for its answer, or for its turn to lead. Each caller has its own
+/// condition variable, so a commit wakes exactly the callers it answered plus the next
+/// leader (one shared `notify_all` woke every waiting caller after every commit).
+#[derive(Default)]
+pub(crate) struct SlotCell {
+    state: Mutex<SlotState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct SlotState {
+    answer: Option<Result<Done, QueueError>>,
+    /// Set when the previous leader hands the next batch to this caller.
+    lead: bool,
+}
+
+type Slot = Arc<SlotCell>;
+
+impl SlotCell {
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 /// Operations waiting for a leader, and whether one is at work.
 #[derive(Default)]
 pub(crate) struct Waiting {
     state: Mutex<WaitState>,
-    /// Signalled when a leader has answered its batch.
-    answered: Condvar,
 }
 
 #[derive(Default)]
 struct WaitState {
     ops: Vec<(Op, Slot)>,
+    /// A leader is at work or has been chosen; it stays true across a hand-off.
     leading: bool,
 }
 
@@ -66,7 +90,7 @@ impl Waiting {
 }
 
 /// Ends a leader's turn: answers whatever it left unanswered (only if it panicked), then
-/// lets the next leader start and wakes the callers it answered.
+/// hands leadership to the caller of the oldest waiting operation, or ends it.
 struct EndTurn<'a> {
     waiting: &'a Waiting,
     slots: Vec<Slot>,
@@ -75,15 +99,50 @@ struct EndTurn<'a> {
 impl Drop for EndTurn<'_> {
     fn drop(&mut self) {
         for slot in &self.slots {
-            let mut answer = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if answer.is_none() {
-                *answer = Some(Err(QueueError::Commit(
+            let mut state = slot.lock();
+            if state.answer.is_none() {
+                state.answer = Some(Err(QueueError::Commit(
                     "the group commit was interrupted".to_string(),
                 )));
+                slot.ready.notify_one();
             }
         }
-        self.waiting.lock().leading = false;
-        self.waiting.answered.notify_all();
+        let mut waiting = self.waiting.lock();
+        match waiting.ops.first() {
+            Some((_, next)) => {
+                next.lock().lead = true;
+                next.ready.notify_one();
+            }
+            None => waiting.leading = false,
+        }
+    }
+}
+
+/// Takes the lead when nobody has it (false), or says the caller must wait (true).
+fn claim_or_wait(state: &mut WaitState) -> bool {
+    if state.leading {
+        true
+    } else {
+        state.leading = true;
+        false
+    }
+}
+
+/// Waits on the caller's own slot: Some(answer), or None when it was handed the lead.
+fn wait_for_answer_or_turn(slot: &Slot) -> Option<Result<Done, QueueError>> {
+    let mut mine = slot.lock();
+    loop {
+        if let Some(result) = mine.answer.take() {
+            return Some(result);
+        }
+        if mine.lead {
+            mine.lead = false;
+            return None;
+        }
+        mine = slot
+            .ready
+            .wait(mine)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
     }
 }
 
@@ -97,48 +156,53 @@ fn run(tx: &mut Tx<'_>, op: &Op) -> Result<Done, QueueError> {
 }
 
 fn take(slot: &Slot) -> Option<Result<Done, QueueError>> {
-    slot.lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .take()
+    slot.lock().answer.take()
 }
 
 fn put(slot: &Slot, result: Result<Done, QueueError>) {
-    *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(result);
+    slot.lock().answer = Some(result);
+    slot.ready.notify_one();
 }
 
 impl Queue {
     /// Runs `op` in a group commit and returns its result once it is durable.
     ///
-    /// Callers wait on a condition variable, not on the connection: a caller whose
-    /// operation a leader ran is woken with its answer at once, and the next leader takes
-    /// everything that queued up meanwhile.
+    /// The first caller to find no leader leads: it commits everything queued (its own
+    /// operation first), answers each caller, and hands leadership to the caller of the
+    /// oldest operation that queued up meanwhile. Others wait on their own slot for their
+    /// answer or their turn to lead. A leader's own operation is always in its batch:
+    /// a caller becomes leader only with its operation at the head of the queue.
     pub(crate) fn batched(&self, op: Op) -> Result<Done, QueueError> {
         let waiting = &self.inner.waiting;
-        let slot: Slot = Arc::new(Mutex::new(None));
-        let mut state = waiting.lock();
-        state.ops.push((op, slot.clone()));
+        let slot: Slot = Arc::default();
+        let mut must_wait = {
+            let mut state = waiting.lock();
+            state.ops.push((op, slot.clone()));
+            claim_or_wait(&mut state)
+        };
         loop {
-            if let Some(result) = take(&slot) {
-                return result;
+            if must_wait {
+                if let Some(result) = wait_for_answer_or_turn(&slot) {
+                    return result;
+                }
             }
-            if state.leading {
-                state = waiting
-                    .answered
-                    .wait(state)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                continue;
-            }
-            state.leading = true;
-            let n = state.ops.len().min(MAX_BATCH);
-            let batch: Vec<(Op, Slot)> = state.ops.drain(..n).collect();
-            drop(state);
+            let batch: Vec<(Op, Slot)> = {
+                let mut state = waiting.lock();
+                let n = state.ops.len().min(MAX_BATCH);
+                state.ops.drain(..n).collect()
+            };
             let turn = EndTurn {
                 waiting,
                 slots: batch.iter().map(|(_, s)| s.clone()).collect(),
             };
             self.lead(&batch);
             drop(turn);
-            state = waiting.lock();
+            if let Some(result) = take(&slot) {
+                return result;
+            }
+            // Not reached while the invariant above holds; waiting again keeps the caller
+            // answered even if it did not.
+            must_wait = claim_or_wait(&mut waiting.lock());
         }
     }
 

@@ -210,13 +210,7 @@ async fn upload(ctx: &Ctx) -> anyhow::Result<(f64, f64, String)> {
     let body = cis490_agent::pack::upload_body(&data).await?;
     let start = Instant::now();
     let answer = client
-        .upload(
-            &claim.job.id,
-            &req.worker,
-            &claim.lease,
-            &sha,
-            body,
-        )
+        .upload(&claim.job.id, &req.worker, &claim.lease, &sha, body)
         .await;
     let secs = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
