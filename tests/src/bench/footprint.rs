@@ -15,8 +15,9 @@ use super::workload::{capability, manifest_text, plain_manifest_text, worker};
 use super::{Ctx, Row};
 
 pub async fn run(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
-    let cpu_name = "6. footprint: reconciler CPU, 100k jobs, 1000 workers";
-    let rss_name = "6. footprint: reconciler RSS, 100k jobs, 1000 workers";
+    let (jobs, workers) = (ctx.size(100_000, 2_000), ctx.size(1_000, 50));
+    let cpu_name = &format!("6. footprint: reconciler CPU, {jobs} jobs, {workers} workers");
+    let rss_name = &format!("6. footprint: reconciler RSS, {jobs} jobs, {workers} workers");
     let mut rows = Vec::new();
     if let Some(why) = server_missing {
         rows.push(Row::not_measured(cpu_name, "<= 5% of a core", why));
@@ -45,7 +46,7 @@ pub async fn run(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
         }
     }
     let rss_name = "6. footprint: idle agent RSS";
-    let cpu_name = "6. footprint: idle agent CPU over 60 s";
+    let cpu_name = &format!("6. footprint: idle agent CPU over {} s", ctx.size(60, 3));
     if let Some(why) = server_missing {
         rows.push(Row::not_measured(rss_name, "<= 10 MiB", why));
         rows.push(Row::not_measured(cpu_name, "<= 0.1%", why));

@@ -16,7 +16,10 @@ use super::{Ctx, Row};
 const TRAINER: [&str; 3] = ["sh", "-c", "echo done > \"$CIS490_OUTPUT_DIR/result.txt\""];
 
 pub async fn run(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
-    let name = "7. makespan: trivial jobs, one agent, 2 slots";
+    let name = &format!(
+        "7. makespan: {} trivial jobs, one agent, 2 slots",
+        ctx.size(1_000, 50)
+    );
     if let Some(why) = server_missing {
         return vec![Row::not_measured(name, ">= 500 jobs/s", why)];
     }
