@@ -11,7 +11,6 @@
 //! retried with capped exponential backoff and jitter until it answers.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -122,6 +121,19 @@ fn is_transient(e: &ClientError) -> bool {
 /// The job is no longer ours: its lease moved on, or the server no longer has it.
 fn is_gone(e: &ClientError) -> bool {
     e.is_lease_lost() || matches!(e.code(), Some("not_found") | Some("invalid_state"))
+}
+
+/// The server will not take this agent's calls: a wrong or missing worker token.
+fn is_refusal(e: &ClientError) -> bool {
+    matches!(e.status().map(|s| s.as_u16()), Some(401) | Some(403))
+}
+
+/// Why the agent stopped without being asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The server refused the agent's node report (401/403): retrying cannot help.
+    #[error("the reconciler refused this worker ({0}); check worker_token / CIS490_WORKER_TOKEN")]
+    Refused(String),
 }
 
 /// How a job ended for this agent.
@@ -584,7 +596,7 @@ impl Agent {
     }
 
     /// Runs until shutdown is signalled and every job has been released.
-    pub async fn run(mut self) -> RunSummary {
+    pub async fn run(mut self) -> Result<RunSummary, AgentError> {
         let mut summary = RunSummary::default();
         let mut stage = AgentStage::Register;
         let mut failures = 0u32;
@@ -599,6 +611,9 @@ impl Agent {
                                 tracing::info!(worker = %self.shared.worker(), server = self.shared.client.base_url(), "registered");
                                 failures = 0;
                                 AgentStage::Claim
+                            }
+                            Err(e) if is_refusal(&e) => {
+                                return Err(AgentError::Refused(e.to_string()));
                             }
                             Err(e) => {
                                 failures += 1;
@@ -655,7 +670,7 @@ impl Agent {
                         self.finished(done, &mut summary).await;
                     }
                     tracing::info!("all jobs released; stopping");
-                    return summary;
+                    return Ok(summary);
                 }
             };
         }
@@ -782,11 +797,6 @@ impl Agent {
             }
         }
     }
-}
-
-/// Where attempt directories live for this config (for messages).
-pub fn jobs_dir(cfg: &AgentConfig) -> PathBuf {
-    cfg.state_dir.join("jobs")
 }
 
 #[cfg(test)]

@@ -222,7 +222,9 @@ fn capability() -> Capability {
 struct Harness {
     mock: Shared,
     shutdown: watch::Sender<bool>,
-    agent: tokio::task::JoinHandle<cis490_agent::worker::RunSummary>,
+    agent: tokio::task::JoinHandle<
+        Result<cis490_agent::worker::RunSummary, cis490_agent::worker::AgentError>,
+    >,
     work: tempfile::TempDir,
     _state: tempfile::TempDir,
 }
@@ -322,6 +324,7 @@ async fn completed_job_uploads_its_output_with_matching_sha256() {
     let summary = tokio::time::timeout(Duration::from_secs(10), h.agent)
         .await
         .unwrap()
+        .unwrap()
         .unwrap();
     assert!(matches!(summary.jobs[0].1, JobOutcome::Completed(_)));
 }
@@ -347,6 +350,7 @@ async fn non_zero_exit_fails_with_the_code_and_the_last_stderr_line() {
     h.shutdown.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(10), h.agent)
         .await
+        .unwrap()
         .unwrap()
         .unwrap();
 }
@@ -388,6 +392,7 @@ async fn cancel_on_heartbeat_kills_trainer_and_child_and_reports_nothing() {
     let summary = tokio::time::timeout(Duration::from_secs(10), h.agent)
         .await
         .unwrap()
+        .unwrap()
         .unwrap();
     assert_eq!(summary.jobs[0].1, JobOutcome::Cancelled);
     let m = h.mock.lock().unwrap();
@@ -401,6 +406,7 @@ async fn shutdown_stops_the_trainer_and_releases_the_job_as_retryable() {
     h.shutdown.send(true).unwrap();
     let summary = tokio::time::timeout(Duration::from_secs(10), h.agent)
         .await
+        .unwrap()
         .unwrap()
         .unwrap();
     assert_eq!(summary.jobs[0].1, JobOutcome::Released);
@@ -426,6 +432,32 @@ async fn lost_lease_stops_the_trainer() {
     let summary = tokio::time::timeout(Duration::from_secs(10), h.agent)
         .await
         .unwrap()
+        .unwrap()
         .unwrap();
     assert_eq!(summary.jobs[0].1, JobOutcome::LeaseLost);
+}
+
+#[tokio::test]
+async fn a_refused_worker_token_stops_the_agent_with_a_clear_error() {
+    let app = Router::new().route(
+        "/v1/worker/{name}",
+        put(|| async { api_error(StatusCode::UNAUTHORIZED, "unauthorized") }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let work = tempfile::tempdir().unwrap();
+    let (_tx, rx) = watch::channel(false);
+    let agent = Agent::new(
+        config(work.path(), work.path(), &url),
+        Client::new(&url).unwrap(),
+        capability(),
+        rx,
+        TrainerRegistry::default(),
+    );
+    let err = tokio::time::timeout(Duration::from_secs(10), agent.run())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("worker_token"), "{err}");
 }

@@ -21,6 +21,8 @@ struct Fleet {
     dir: tempfile::TempDir,
     rt: tokio::runtime::Runtime,
     server: Option<Reconciler>,
+    /// The server's URL; stays valid while the server is down between restarts.
+    url: String,
     client: Client,
     agents: Vec<ChildGuard>,
 }
@@ -42,6 +44,7 @@ impl Fleet {
             dir,
             rt,
             server: None,
+            url: String::new(),
             agents: Vec::new(),
         };
         fleet.start_server("127.0.0.1:0");
@@ -71,13 +74,14 @@ impl Fleet {
         self.client = Client::new(&server.url)
             .unwrap()
             .with_operator_token(Some(OPERATOR_TOKEN.into()));
+        self.url = server.url.clone();
         self.server = Some(server);
     }
 
     /// Starts `cis490-agent run` named `name` with extra flags; its stderr goes to
     /// `<name>.log`.
     fn start_agent(&mut self, name: &str, extra: &[&str]) -> usize {
-        let url = self.server.as_ref().unwrap().url.clone();
+        let url = self.url.clone();
         let mut cmd = Command::new(bin("cis490-agent").unwrap());
         cmd.arg("run")
             .args(["--server", &url, "--name", name])
@@ -85,16 +89,18 @@ impl Fleet {
             .arg(self.path("work"))
             .arg("--state-dir")
             .arg(self.path(&format!("agent-{name}")))
-            .args([
-                "--heartbeat-s",
-                "1",
-                "--grace-s",
-                "2",
-                "--claim-wait-s",
-                "2",
-            ])
-            .args(extra)
-            .env_remove("CIS490_SERVER")
+            .args(extra);
+        // Fast defaults, unless the test sets the flag itself.
+        for (flag, value) in [
+            ("--heartbeat-s", "1"),
+            ("--grace-s", "2"),
+            ("--claim-wait-s", "2"),
+        ] {
+            if !extra.contains(&flag) {
+                cmd.args([flag, value]);
+            }
+        }
+        cmd.env_remove("CIS490_SERVER")
             .env_remove("CIS490_WORKER_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -241,7 +247,17 @@ fn cancelled_jobs_trainer_and_its_child_are_stopped() {
     let id = fleet.wait_jobs(1)[0].id.clone();
     fleet.start_agent("canceller", &[]);
     let (leader, child) = trainer_pids(&fleet, &id);
-    fleet.wait_status(&id, JobStatus::Running);
+    // The log tail rides on heartbeats, so a running job's output is visible.
+    wait_until(WAIT, "the running job's log tail", || {
+        let job = fleet.job(&id);
+        (job.status == JobStatus::Running
+            && job
+                .log_tail
+                .as_deref()
+                .is_some_and(|t| t.contains("running")))
+        .then_some(())
+    })
+    .unwrap();
     assert!(alive(leader) && alive(child));
     let prefix = IdPrefix::parse(id.short()).unwrap();
     fleet.rt.block_on(fleet.client.cancel(&prefix)).unwrap();
@@ -372,4 +388,57 @@ fn job_survives_the_server_being_killed_and_restarted_mid_job() {
     let job = fleet.wait_status(&id, JobStatus::Completed);
     assert!(job.artifact_id.is_some());
     assert_eq!(job.attempts, 1);
+}
+
+#[test]
+fn a_second_sigint_kills_the_trainers_and_exits_at_once() {
+    let mut fleet = Fleet::start(
+        &manifest("", "[[jobs]]\nmodel = \"m\"\nmode = \"long\"\nseed = 3\n"),
+        STUBBORN,
+    );
+    let id = fleet.wait_jobs(1)[0].id.clone();
+    // A grace period far longer than the wait below: only the second SIGINT can end it.
+    let agent = fleet.start_agent("impatient", &["--grace-s", "600"]);
+    let (leader, child) = trainer_pids(&fleet, &id);
+    fleet.wait_status(&id, JobStatus::Running);
+    fleet.agents[agent].signal("INT").unwrap();
+    wait_until(WAIT, "the agent to start shutting down", || {
+        fleet
+            .agent_log("impatient")
+            .contains("shutting down")
+            .then_some(())
+    })
+    .unwrap();
+    fleet.agents[agent].signal("INT").unwrap();
+    let status = fleet.agents[agent]
+        .wait_exit(Duration::from_secs(30))
+        .unwrap();
+    assert!(!status.success());
+    wait_until(WAIT, "trainer and child to be gone", || {
+        (!alive(leader) && !alive(child)).then_some(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn agent_started_before_the_server_waits_for_it_then_runs_the_job() {
+    let trainer = "#!/bin/sh\necho late > \"$CIS490_OUTPUT_DIR/o.txt\"\n";
+    let mut fleet = Fleet::start(
+        &manifest("", "[[jobs]]\nmodel = \"m\"\nmode = \"late\"\nseed = 1\n"),
+        trainer,
+    );
+    let id = fleet.wait_jobs(1)[0].id.clone();
+    let addr = fleet.server.as_ref().unwrap().addr().to_string();
+    fleet.server.take().unwrap().process.kill_now();
+    fleet.start_agent("early", &[]);
+    wait_until(WAIT, "the agent to find no server", || {
+        fleet
+            .agent_log("early")
+            .contains("cannot report node status")
+            .then_some(())
+    })
+    .unwrap();
+    fleet.start_server(&addr);
+    let job = fleet.wait_status(&id, JobStatus::Completed);
+    assert_eq!(job.worker.as_ref().map(WorkerName::as_str), Some("early"));
 }
