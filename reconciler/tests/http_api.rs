@@ -402,8 +402,10 @@ async fn uploads_check_the_lease_the_cap_and_the_sha() {
         attempt: claimed.lease.attempt,
         token: "not-the-token".into(),
     };
+    // Bodies far larger than socket buffers: the refusal must still reach the client.
+    let big = vec![1u8; 16 << 20];
     let err = c
-        .upload(id, &worker("w1"), &stale, &sha, bytes.clone().into())
+        .upload(id, &worker("w1"), &stale, &sha, big.clone().into())
         .await
         .unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::CONFLICT));
@@ -421,8 +423,17 @@ async fn uploads_check_the_lease_the_cap_and_the_sha() {
         .unwrap_err();
     assert!(err.is_lease_lost(), "{err}");
 
+    // A wrong worker token: 403, read by the client.
+    let wrong = Client::new(&app.url)
+        .unwrap()
+        .with_worker_token(Some("wrong".into()));
+    let err = wrong
+        .upload(id, &worker("w1"), &claimed.lease, &sha, big.clone().into())
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::FORBIDDEN));
+
     // Over the cap: 413 (announced by Content-Length, and streamed without one).
-    let big = vec![1u8; 2048];
     let err = c
         .upload(
             id,
@@ -435,7 +446,7 @@ async fn uploads_check_the_lease_the_cap_and_the_sha() {
         .unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::PAYLOAD_TOO_LARGE));
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        big.chunks(100).map(|c| Ok(c.to_vec())).collect();
+        big.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
     let streamed = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
     let err = c
         .upload(

@@ -22,7 +22,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/worker/{name}", get(read::worker))
         .route("/v1/manifest", get(read::manifest))
         .route("/v1/models", get(read::models))
-        .route("/v1/model/{artifact_id}", get(read::download))
+        .route("/v1/model/{id}", get(read::download))
         .route_layer(from_fn_with_state(state.clone(), auth::require_reader));
 
     let workers = Router::new()
@@ -30,7 +30,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/job/{id}/heartbeat", post(worker::heartbeat))
         .route("/v1/job/{id}/complete", post(worker::complete))
         .route("/v1/job/{id}/fail", post(worker::fail))
-        .route("/v1/model/{artifact_id}", put(worker::upload))
+        .route("/v1/model/{id}", put(worker::upload))
         .route("/v1/worker/{name}", put(worker::report_node))
         .route_layer(from_fn_with_state(state.clone(), auth::require_worker));
 
