@@ -741,3 +741,59 @@ async fn a_client_that_disconnects_mid_upload_leaves_no_partial_file() {
     .await;
     assert!(app.anon.artifacts().await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_started_on_an_invalid_manifest_serves_and_reports_it() {
+    let app = spawn_app(AppOptions {
+        manifest: "version = 1\n[[jobs]]\nmodel = \"gbt\"\nmode = \"realistic\"\nwat = 1\n".into(),
+        watch: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let status = app.anon.manifest().await.unwrap();
+    assert!(!status.last_errors.is_empty());
+    assert!(status.sha256.is_none(), "nothing was ever applied");
+    assert!(app
+        .anon
+        .jobs(&JobFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+    // Fixing the file and reloading recovers.
+    std::fs::write(&app.manifest, jobs_manifest([1])).unwrap();
+    app.client.reload().await.unwrap();
+    assert!(app.anon.manifest().await.unwrap().last_errors.is_empty());
+    assert_eq!(app.anon.jobs(&JobFilter::default()).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn protected_reads_need_a_token() {
+    let app = spawn_app(AppOptions {
+        protect_reads: true,
+        ..AppOptions::default()
+    })
+    .await;
+    // `cis490_api::Client` sends no token on read routes, so this speaks HTTP directly.
+    let http = reqwest::Client::new();
+    let jobs = format!("{}/v1/jobs", app.url);
+    let resp = http.get(&jobs).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = http.get(&jobs).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = http
+        .get(&jobs)
+        .bearer_auth(WORKER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = http
+        .get(&jobs)
+        .header("X-Operator-Token", OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let listed: Vec<cis490_api::JobView> = resp.json().await.unwrap();
+    assert_eq!(listed.len(), 3);
+}
