@@ -230,6 +230,10 @@ struct Harness {
 }
 
 async fn start(jobs: Vec<JobSpec>, script: &str) -> Harness {
+    start_with(jobs, script, capability()).await
+}
+
+async fn start_with(jobs: Vec<JobSpec>, script: &str, cap: Capability) -> Harness {
     let work = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("train.sh"), script).unwrap();
@@ -239,9 +243,10 @@ async fn start(jobs: Vec<JobSpec>, script: &str) -> Harness {
     }));
     let url = start_mock(mock.clone()).await;
     let (tx, rx) = watch::channel(false);
-    let cfg = config(work.path(), state.path(), &url);
+    let mut cfg = config(work.path(), state.path(), &url);
+    cfg.max_concurrent = cap.max_concurrent;
     let client = Client::new(&url).unwrap();
-    let agent = Agent::new(cfg, client, capability(), rx, TrainerRegistry::default());
+    let agent = Agent::new(cfg, client, cap, rx, TrainerRegistry::default());
     Harness {
         mock,
         shutdown: tx,
@@ -460,4 +465,60 @@ async fn a_refused_worker_token_stops_the_agent_with_a_clear_error() {
         .unwrap()
         .unwrap_err();
     assert!(err.to_string().contains("worker_token"), "{err}");
+}
+
+#[tokio::test]
+async fn concurrent_cuda_jobs_get_a_gpu_each_and_claims_advertise_only_what_is_free() {
+    let mut cap = capability();
+    cap.max_concurrent = 2;
+    Advertise {
+        gpus: Some(2),
+        vram_gib: Some(24.0),
+        ..Advertise::default()
+    }
+    .apply(&mut cap);
+    let cuda = |n| {
+        let mut j = job(n, sh("./train.sh"));
+        j.constraints.require_cuda = true;
+        j
+    };
+    let (a, b) = (cuda(6), cuda(7));
+    let script = "#!/bin/sh\necho \"$CUDA_VISIBLE_DEVICES\" > \"gpu-$CIS490_JOB_ID\"\nwhile [ ! -e go ]; do sleep 0.05; done\n";
+    let h = start_with(vec![a.clone(), b.clone()], script, cap).await;
+    let gpu_of = |id: &JobId| {
+        let path = h.work.path().join(format!("gpu-{id}"));
+        move || {
+            std::fs::read_to_string(&path)
+                .ok()
+                .map(|s| s.trim().to_string())
+        }
+    };
+    let gpu_a = wait_for("job A's GPU", gpu_of(&a.id)).await;
+    let gpu_b = wait_for("job B's GPU", gpu_of(&b.id)).await;
+    assert_eq!(gpu_a, "0");
+    assert_eq!(gpu_b, "1");
+    {
+        let m = h.mock.lock().unwrap();
+        // The claim made while A ran offered only the other GPU, and said A was running.
+        let second = &m.claims[1];
+        assert_eq!(second.running_jobs, vec![a.id.clone()]);
+        assert_eq!(
+            second.gpus.iter().map(|g| g.index).collect::<Vec<_>>(),
+            vec![1]
+        );
+        assert_eq!(second.gpus[0].vram_allocatable_mib, 24 * 1024);
+        // With both slots taken the agent stops asking for work.
+        assert_eq!(m.claims.len(), 2, "claimed with no free slot");
+    }
+    std::fs::write(h.work.path().join("go"), b"").unwrap();
+    wait_for("both completions", || {
+        (h.mock.lock().unwrap().completed.len() == 2).then_some(())
+    })
+    .await;
+    h.shutdown.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), h.agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
