@@ -442,3 +442,45 @@ fn agent_started_before_the_server_waits_for_it_then_runs_the_job() {
     let job = fleet.wait_status(&id, JobStatus::Completed);
     assert_eq!(job.worker.as_ref().map(WorkerName::as_str), Some("early"));
 }
+
+#[test]
+fn capability_self_test_prints_json_and_refuses_a_missing_work_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("cis490-agent").unwrap())
+        .args([
+            "capability",
+            "-o",
+            "json",
+            "--advertise",
+            "cuda=true,vram_gib=24,ram_gib=8",
+        ])
+        .arg("--work-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cap: cis490_api::Capability = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(cap.cuda);
+    assert_eq!(cap.gpus.len(), 1);
+    assert_eq!(cap.gpus[0].vram_allocatable_mib, 24 * 1024);
+    assert_eq!(cap.ram_allocatable_mib, 8 * 1024);
+    assert_eq!(cap.agent_version, cis490_api::VERSION);
+
+    let missing = dir.path().join("no-such-dir");
+    let out = Command::new(bin("cis490-agent").unwrap())
+        .arg("capability")
+        .arg("--work-dir")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("work dir") && stderr.contains("no-such-dir"),
+        "{stderr}"
+    );
+}
