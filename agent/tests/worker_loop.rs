@@ -31,6 +31,9 @@ struct Mock {
     completed: Vec<CompleteRequest>,
     failed: Vec<FailRequest>,
     claims: Vec<Capability>,
+    /// Answers for the next uploads, before they are accepted (e.g. 503, 413).
+    upload_refusals: VecDeque<StatusCode>,
+    upload_attempts: u32,
 }
 
 type Shared = Arc<Mutex<Mock>>;
@@ -95,6 +98,18 @@ async fn upload(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    {
+        let mut m = m.lock().unwrap();
+        m.upload_attempts += 1;
+        if let Some(status) = m.upload_refusals.pop_front() {
+            let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "payload_too_large"
+            } else {
+                "unavailable"
+            };
+            return api_error(status, code);
+        }
+    }
     let sha = hex::encode(Sha256::digest(&body));
     let claimed = headers
         .get(CONTENT_SHA256_HEADER)
@@ -234,13 +249,18 @@ async fn start(jobs: Vec<JobSpec>, script: &str) -> Harness {
 }
 
 async fn start_with(jobs: Vec<JobSpec>, script: &str, cap: Capability) -> Harness {
+    let mock = Mock {
+        pending: jobs.into(),
+        ..Mock::default()
+    };
+    start_mock_state(mock, script, cap).await
+}
+
+async fn start_mock_state(mock: Mock, script: &str, cap: Capability) -> Harness {
     let work = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("train.sh"), script).unwrap();
-    let mock: Shared = Arc::new(Mutex::new(Mock {
-        pending: jobs.into(),
-        ..Mock::default()
-    }));
+    let mock: Shared = Arc::new(Mutex::new(mock));
     let url = start_mock(mock.clone()).await;
     let (tx, rx) = watch::channel(false);
     let mut cfg = config(work.path(), state.path(), &url);
@@ -515,6 +535,58 @@ async fn concurrent_cuda_jobs_get_a_gpu_each_and_claims_advertise_only_what_is_f
         (h.mock.lock().unwrap().completed.len() == 2).then_some(())
     })
     .await;
+    h.shutdown.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), h.agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+const WRITES_OUTPUT: &str = "#!/bin/sh\necho weights > \"$CIS490_OUTPUT_DIR/w.txt\"\n";
+
+#[tokio::test]
+async fn upload_is_retried_after_server_errors() {
+    let mock = Mock {
+        pending: [job(8, sh("./train.sh"))].into(),
+        upload_refusals: [StatusCode::SERVICE_UNAVAILABLE, StatusCode::BAD_GATEWAY].into(),
+        ..Mock::default()
+    };
+    let h = start_mock_state(mock, WRITES_OUTPUT, capability()).await;
+    wait_for("completion", || {
+        h.mock.lock().unwrap().completed.first().cloned()
+    })
+    .await;
+    assert_eq!(h.mock.lock().unwrap().upload_attempts, 3);
+    h.shutdown.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), h.agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn upload_refused_as_too_large_fails_the_job_with_that_reason() {
+    let mock = Mock {
+        pending: [job(9, sh("./train.sh"))].into(),
+        upload_refusals: [StatusCode::PAYLOAD_TOO_LARGE].into(),
+        ..Mock::default()
+    };
+    let h = start_mock_state(mock, WRITES_OUTPUT, capability()).await;
+    let failed = wait_for("failure", || h.mock.lock().unwrap().failed.first().cloned()).await;
+    assert!(
+        failed.reason.starts_with("upload refused"),
+        "{}",
+        failed.reason
+    );
+    assert!(failed.reason.contains("413"), "{}", failed.reason);
+    assert!(!failed.retryable);
+    {
+        let m = h.mock.lock().unwrap();
+        assert_eq!(m.upload_attempts, 1);
+        assert!(m.completed.is_empty());
+    }
     h.shutdown.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(10), h.agent)
         .await
