@@ -152,6 +152,19 @@ pub enum JobOutcome {
     Unreported(String),
 }
 
+impl std::fmt::Display for JobOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobOutcome::Completed(a) => write!(f, "completed (artifact {})", a.short()),
+            JobOutcome::Failed(reason) => write!(f, "failed: {reason}"),
+            JobOutcome::Cancelled => f.write_str("cancelled; output discarded"),
+            JobOutcome::LeaseLost => f.write_str("lease lost; output discarded"),
+            JobOutcome::Released => f.write_str("released for another worker (agent-shutdown)"),
+            JobOutcome::Unreported(why) => write!(f, "not reported: {why}"),
+        }
+    }
+}
+
 /// The stages of one job.
 enum JobStage {
     Start,
@@ -788,7 +801,7 @@ impl Agent {
                 (id, JobOutcome::Unreported(format!("job task failed: {e}")))
             }
         };
-        tracing::info!(job = %id.short(), outcome = ?outcome, "job ended");
+        tracing::info!(job = %id.short(), "job ended: {outcome}");
         self.shared.slots().release(&id);
         summary.jobs.push((id, outcome));
         if !self.shutting_down() {
