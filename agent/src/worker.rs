@@ -390,15 +390,25 @@ impl JobRun {
                     ))
                 }
             };
-            let result = client
-                .upload(
-                    &self.spec.id,
-                    self.shared.worker(),
-                    &self.lease,
-                    &packed.sha256,
-                    body,
-                )
-                .await;
+            let (id, worker, lease) = (
+                self.spec.id.clone(),
+                self.shared.worker().clone(),
+                self.lease.clone(),
+            );
+            let upload = client.upload(&id, &worker, &lease, &packed.sha256, body);
+            tokio::pin!(upload);
+            let mut shutdown = self.shutdown.clone();
+            // On shutdown an upload in flight gets the grace period to finish; a slower one
+            // is abandoned and the job released, so the agent still stops in time.
+            let result = tokio::select! {
+                r = &mut upload => r,
+                _ = shutdown_signalled(&mut shutdown) => {
+                    match tokio::time::timeout(self.shared.cfg.grace, &mut upload).await {
+                        Ok(r) => r,
+                        Err(_) => return self.release_on_shutdown(),
+                    }
+                }
+            };
             match result {
                 Ok(resp) if resp.artifact_id.as_str() == packed.sha256 => {
                     tracing::info!(job = %self.spec.id.short(), artifact = %resp.artifact_id.short(), bytes = resp.size_bytes, "uploaded");
