@@ -165,6 +165,15 @@ impl std::fmt::Display for JobOutcome {
     }
 }
 
+/// What happened while a trainer runs.
+enum RunEvent {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    Shutdown,
+    BeatDue,
+    /// The heartbeat's answer: `Ok(true)` means cancelled.
+    Answer(Result<bool, ClientError>),
+}
+
 /// The stages of one job.
 enum JobStage {
     Start,
@@ -272,34 +281,48 @@ impl JobRun {
         let mut retry_at: Option<Instant> = None;
         let mut shutdown = self.shutdown.clone();
         loop {
-            let beat_now = tokio::select! {
-                status = trainer.wait() => {
+            // Wait for the next heartbeat, then send it; the trainer's exit and shutdown are
+            // watched throughout, so a slow server never delays either.
+            let event = tokio::select! {
+                status = trainer.wait() => RunEvent::Exited(status),
+                _ = shutdown_signalled(&mut shutdown) => RunEvent::Shutdown,
+                _ = tick.tick(), if retry_at.is_none() => RunEvent::BeatDue,
+                _ = sleep_until_opt(retry_at), if retry_at.is_some() => RunEvent::BeatDue,
+            };
+            let event = match event {
+                RunEvent::BeatDue => tokio::select! {
+                    status = trainer.wait() => RunEvent::Exited(status),
+                    _ = shutdown_signalled(&mut shutdown) => RunEvent::Shutdown,
+                    answer = self.heartbeat() => RunEvent::Answer(answer),
+                },
+                other => other,
+            };
+            match event {
+                RunEvent::BeatDue => {}
+                RunEvent::Exited(status) => {
                     self.shared.trainers.remove(trainer.pid());
                     return match status {
                         Ok(s) if s.success() => JobStage::Pack,
                         Ok(s) => JobStage::Report(self.exit_failure(s)),
-                        Err(e) => JobStage::Report(self.fail(format!("agent lost the trainer: {e}"), None, true)),
+                        Err(e) => JobStage::Report(self.fail(
+                            format!("agent lost the trainer: {e}"),
+                            None,
+                            true,
+                        )),
                     };
                 }
-                _ = tick.tick(), if retry_at.is_none() => true,
-                _ = sleep_until_opt(retry_at), if retry_at.is_some() => true,
-                _ = shutdown_signalled(&mut shutdown) => {
+                RunEvent::Shutdown => {
                     tracing::info!(job = %self.spec.id.short(), "shutdown: stopping the trainer");
                     self.stop(&mut trainer).await;
                     self.report_deadline = Some(Instant::now() + SHUTDOWN_REPORT_WINDOW);
                     return JobStage::Report(self.fail(SHUTDOWN_REASON.into(), None, true));
                 }
-            };
-            if !beat_now {
-                continue;
-            }
-            match self.heartbeat().await {
-                Ok(true) => {
+                RunEvent::Answer(Ok(true)) => {
                     tracing::info!(job = %self.spec.id.short(), "cancelled by an operator: stopping the trainer");
                     self.stop(&mut trainer).await;
                     return JobStage::Done(JobOutcome::Cancelled);
                 }
-                Ok(false) => {
+                RunEvent::Answer(Ok(false)) => {
                     if failures > 0 {
                         tracing::info!(job = %self.spec.id.short(), "server is back");
                     }
@@ -307,12 +330,12 @@ impl JobRun {
                     retry_at = None;
                     tick.reset();
                 }
-                Err(e) if is_gone(&e) => {
+                RunEvent::Answer(Err(e)) if is_gone(&e) => {
                     tracing::warn!(job = %self.spec.id.short(), "lease lost ({e}): stopping the trainer");
                     self.stop(&mut trainer).await;
                     return JobStage::Done(JobOutcome::LeaseLost);
                 }
-                Err(e) => {
+                RunEvent::Answer(Err(e)) => {
                     failures += 1;
                     let wait = backoff(failures, Duration::from_secs(1), period.min(MAX_BACKOFF));
                     tracing::warn!(job = %self.spec.id.short(), "heartbeat failed ({e}); trainer keeps running, retry in {wait:?}");
