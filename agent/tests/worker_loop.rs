@@ -435,7 +435,10 @@ async fn shutdown_stops_the_trainer_and_releases_the_job_as_retryable() {
         .unwrap()
         .unwrap();
     assert_eq!(summary.jobs[0].1, JobOutcome::Released);
-    assert!(!pid_alive(leader) && !pid_alive(child));
+    wait_for("trainer and child gone", || {
+        (!pid_alive(leader) && !pid_alive(child)).then_some(())
+    })
+    .await;
     let m = h.mock.lock().unwrap();
     assert_eq!(m.failed.len(), 1);
     assert_eq!(m.failed[0].reason, "agent-shutdown");
