@@ -494,3 +494,38 @@ fn capability_self_test_prints_json_and_refuses_a_missing_work_dir() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_example_trainer_runs_through_the_agent_with_its_hyperparameters() {
+    let trainer = cis490_tests::workspace_root().join("etc/examples/trainer.py");
+    let manifest = format!(
+        "version = 1\n\n[defaults]\nmax_attempts = 1\nstale_after_s = 60\ncommand = [\"python3\", {:?}]\n\n\
+         [models.gbt]\nhyper = {{ n_estimators = \"int\", max_depth = \"int\", learning_rate = \"float\" }}\n\n\
+         [[jobs]]\nmodel = \"gbt\"\nmode = \"oracle\"\nseed = 4\nsplit_recipe = \"by_subject\"\n\
+         hyper = {{ n_estimators = 5, max_depth = 2, learning_rate = 0.3 }}\n",
+        trainer.display().to_string()
+    );
+    let mut fleet = Fleet::start(&manifest, "");
+    let id = fleet.wait_jobs(1)[0].id.clone();
+    fleet.start_agent("example", &[]);
+    let job = fleet.wait_status(&id, JobStatus::Completed);
+    let artifact = job.artifact_id.expect("artifact");
+    let bytes = fleet
+        .rt
+        .block_on(async {
+            let resp = fleet.client.download(&artifact).await?;
+            Ok::<_, anyhow::Error>(resp.bytes().await?)
+        })
+        .unwrap();
+    let bundle = fleet.path("example.tar.zst");
+    std::fs::write(&bundle, &bytes).unwrap();
+    let out = fleet.path("example-out");
+    cis490_agent::pack::unpack(&bundle, &out).unwrap();
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["hyper"]["n_estimators"], 5);
+    assert_eq!(metrics["hyper"]["max_depth"], 2);
+    assert_eq!(metrics["seed"], 4);
+    assert_eq!(metrics["split_recipe"], "by_subject");
+    assert!(out.join("model.json").exists());
+}
