@@ -529,3 +529,35 @@ fn the_example_trainer_runs_through_the_agent_with_its_hyperparameters() {
     assert_eq!(metrics["split_recipe"], "by_subject");
     assert!(out.join("model.json").exists());
 }
+
+#[test]
+fn gpu_sharing_by_vram_runs_two_declared_jobs_on_one_gpu_at_once() {
+    let trainer = "#!/bin/sh\necho \"$CUDA_VISIBLE_DEVICES\" > \"gpu-$CIS490_JOB_ID\"\nwhile [ ! -e go ]; do sleep 0.05; done\necho ok > \"$CIS490_OUTPUT_DIR/o.txt\"\n";
+    let jobs = "[[jobs]]\nmodel = \"m\"\nmode = \"share\"\nrequire_cuda = true\nmin_vram_gib = 10\nmatrix = { seed = [1, 2] }\n";
+    let mut fleet = Fleet::start(&manifest("", jobs), trainer);
+    let all = fleet.wait_jobs(2);
+    fleet.start_agent(
+        "shared-gpu",
+        &[
+            "--advertise",
+            "gpus=1,vram_gib=24",
+            "--gpu-sharing",
+            "vram",
+            "--max-concurrent",
+            "2",
+        ],
+    );
+    // Both run at once (the trainers block until `go`), each on GPU 0.
+    for job in &all {
+        fleet.wait_status(&job.id, JobStatus::Running);
+        let gpu = wait_until(WAIT, "the trainer's GPU", || {
+            std::fs::read_to_string(fleet.path(&format!("work/gpu-{}", job.id))).ok()
+        })
+        .unwrap();
+        assert_eq!(gpu.trim(), "0");
+    }
+    std::fs::write(fleet.path("work/go"), b"").unwrap();
+    for job in &all {
+        fleet.wait_status(&job.id, JobStatus::Completed);
+    }
+}
