@@ -860,3 +860,18 @@ async fn metrics_count_jobs_and_workers() {
     assert!(text.contains("cis490_workers{state=\"Ready\"} 1"), "{text}");
     assert!(text.contains("cis490_manifest_errors 0"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_removes_partial_uploads_a_crash_left() {
+    use cis490_reconciler::server::{Server, ServerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.toml");
+    std::fs::write(&manifest, jobs_manifest([1])).unwrap();
+    let config = ServerConfig::new(&manifest, dir.path().join("state"));
+    let incoming = config.store_root().join(".incoming");
+    std::fs::create_dir_all(&incoming).unwrap();
+    std::fs::write(incoming.join("abc-0123.partial"), b"half an upload").unwrap();
+    let server = Server::build(config).await.unwrap();
+    assert_eq!(server.recovery().removed_partials, 1);
+    assert_eq!(std::fs::read_dir(&incoming).unwrap().count(), 0);
+}
