@@ -25,13 +25,14 @@ pub async fn run(ctx: &Ctx, args: &DescribeArgs) -> anyhow::Result<()> {
                 .job(&prefix)
                 .await
                 .with_context(|| format!("describing job {id}"))?;
+            // The job is shown even when the server cannot say why it waits.
             let explain = if job.status == JobStatus::Pending && !job.tombstoned {
                 let full = parse_prefix(job.id.as_str())?;
                 Some(
                     client
                         .explain(&full)
                         .await
-                        .with_context(|| format!("asking why job {} is pending", job.id.short()))?,
+                        .map_err(|e| crate::errors::describe_client_error(&e)),
                 )
             } else {
                 None
@@ -82,7 +83,7 @@ fn indented(out: &mut String, text: &str) {
 /// The job page: spec, status, lease, attempts, artifact, error, why pending, events.
 pub fn describe_job(
     job: &JobView,
-    explain: Option<&Explain>,
+    explain: Option<&Result<Explain, String>>,
     now: DateTime<Utc>,
     term: Terminal,
 ) -> String {
@@ -172,7 +173,10 @@ pub fn describe_job(
             indented(&mut out, tail.trim_end());
         }
     }
-    if let Some(ex) = explain {
+    if let Some(Err(why)) = explain {
+        line(&mut out, "Why Not Running", format!("<unknown: {why}>"));
+    }
+    if let Some(Ok(ex)) = explain {
         let _ = writeln!(out, "Why Not Running:");
         let position = match ex.queue_position {
             Some(p) => format!("{p} of {} pending", ex.pending_total),
@@ -433,7 +437,7 @@ mod tests {
             ],
             summary: "no Ready worker has CUDA".into(),
         };
-        let text = describe_job(&j, Some(&ex), now(), Terminal::plain());
+        let text = describe_job(&j, Some(&Ok(ex)), now(), Terminal::plain());
         assert!(text.contains("Queue Position:  2 of 5 pending"), "{text}");
         assert!(
             text.contains("Summary:         no Ready worker has CUDA"),

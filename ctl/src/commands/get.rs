@@ -55,8 +55,15 @@ pub async fn jobs(ctx: &Ctx, args: &GetJobsArgs) -> anyhow::Result<()> {
         }
         let text = match args.output {
             OutputFormat::Table | OutputFormat::Wide => {
-                jobs_table(&changed, args.output == OutputFormat::Wide, Utc::now())
-                    .render_rows(&widths, ctx.term)
+                let rows = jobs_table(&changed, args.output == OutputFormat::Wide, Utc::now());
+                // Keep the first listing's columns, widening where a new row needs it.
+                let fitted: Vec<usize> = rows
+                    .widths(ctx.term.width)
+                    .iter()
+                    .zip(&widths)
+                    .map(|(new, old)| *new.max(old))
+                    .collect();
+                rows.render_rows(&fitted, ctx.term)
             }
             // One document per change, like `kubectl get -w -o json`.
             other => render_jobs(&changed, other, &table, ctx.term)?,

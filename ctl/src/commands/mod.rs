@@ -119,11 +119,7 @@ where
         let done = action(prefix)
             .await
             .with_context(|| format!("{word} job {only}"))?;
-        return crate::output::print(&format!(
-            "job/{} {word} ({})\n",
-            done.id.short(),
-            done.status
-        ));
+        return crate::output::print(&done_line(&done, word));
     }
     let mut failed = 0;
     for typed in ids {
@@ -132,11 +128,7 @@ where
             Err(e) => Err(e.into()),
         };
         match result {
-            Ok(done) => crate::output::print(&format!(
-                "job/{} {word} ({})\n",
-                done.id.short(),
-                done.status
-            ))?,
+            Ok(done) => crate::output::print(&done_line(&done, word))?,
             Err(e) => {
                 failed += 1;
                 eprintln!("error: {word} job {typed}: {}", crate::errors::one_line(&e));
@@ -147,4 +139,13 @@ where
         anyhow::bail!("{failed} of {} jobs not {word}", ids.len());
     }
     Ok(())
+}
+
+/// `job/abc123def456 requeued (pending)`; the status is left out when the word says it.
+fn done_line(done: &cis490_api::JobStatusResponse, word: &str) -> String {
+    if done.status.as_str() == word {
+        format!("job/{} {word}\n", done.id.short())
+    } else {
+        format!("job/{} {word} ({})\n", done.id.short(), done.status)
+    }
 }
