@@ -50,7 +50,7 @@ fn api_error(status: StatusCode, code: &str, message: String) -> Response {
 }
 
 impl Fake {
-    fn find(&self, prefix: &str) -> Result<JobView, Response> {
+    fn find(&self, prefix: &str) -> Result<JobView, Box<Response>> {
         let data = self.data.lock().unwrap();
         let found: Vec<&JobView> = data
             .jobs
@@ -59,12 +59,12 @@ impl Fake {
             .collect();
         match found.as_slice() {
             [one] => Ok((*one).clone()),
-            [] => Err(api_error(
+            [] => Err(Box::new(api_error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!("no job matches {prefix}"),
-            )),
-            many => Err(api_error(
+            ))),
+            many => Err(Box::new(api_error(
                 StatusCode::CONFLICT,
                 "ambiguous_id",
                 format!(
@@ -75,7 +75,7 @@ impl Fake {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-            )),
+            ))),
         }
     }
 
@@ -117,7 +117,7 @@ async fn jobs(State(f): State<Fake>, Query(filter): Query<JobFilter>) -> Json<Ve
 async fn job(State(f): State<Fake>, Path(id): Path<String>) -> Response {
     match f.find(&id) {
         Ok(j) => Json(j).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
