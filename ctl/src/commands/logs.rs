@@ -43,6 +43,12 @@ pub fn new_output<'a>(old: &str, new: &'a str) -> &'a str {
 
 pub async fn run(ctx: &Ctx, args: &LogsArgs) -> anyhow::Result<()> {
     let client = ctx.client()?;
+    // Take the event position first, so a change right after the first read still wakes us.
+    let mut since = if args.follow {
+        events_head(&client).await?
+    } else {
+        0
+    };
     let job = client
         .job(&parse_prefix(&args.job)?)
         .await
@@ -61,7 +67,6 @@ pub async fn run(ctx: &Ctx, args: &LogsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let full = parse_prefix(job.id.as_str())?;
-    let mut since = events_head(&client).await?;
     loop {
         let page = client
             .events(since, REFRESH)
