@@ -1,19 +1,232 @@
-//! `cis490-reconciler check FILE [-o json]`: validate a manifest and print its expanded jobs.
+//! `cis490-reconciler check FILE [-o table|json]`: validate a manifest and print its
+//! expanded jobs, like `nomad job validate`. Exit 0 when valid; 1 with every error on stderr
+//! as `FILE:LINE:COL: message`, one per line.
 
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
+
+use anyhow::Context;
+use cis490_api::{Hyper, JobSpec};
+use serde::Serialize;
+
+use crate::manifest::{self, LoadedManifest};
 
 /// Arguments of `check`.
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
     /// The manifest to validate.
     pub file: PathBuf,
-    /// Output format: table (default) or json.
-    #[arg(short = 'o', long = "output", default_value = "table")]
-    pub output: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
 }
 
-/// Returns the process exit code.
-pub fn run(_args: CheckArgs) -> anyhow::Result<i32> {
-    eprintln!("cis490-reconciler check: not yet implemented");
-    Ok(2)
+/// How `check` prints the expanded jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns with a header and a summary line.
+    Table,
+    /// A JSON list with one flat object per job.
+    Json,
+}
+
+/// Validates the manifest and prints its jobs. Returns the process exit code.
+pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
+    let loaded = match manifest::load_manifest(&args.file) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            let mut stderr = std::io::stderr().lock();
+            for error in &errors.0 {
+                writeln!(stderr, "{}", manifest::format_error(error))?;
+            }
+            return Ok(1);
+        }
+    };
+    let mut stderr = std::io::stderr().lock();
+    for warning in &loaded.warnings {
+        writeln!(stderr, "warning: {warning}")?;
+    }
+    let text = match args.output {
+        OutputFormat::Table => render_table(&loaded),
+        OutputFormat::Json => {
+            let jobs: Vec<CheckedJob> = loaded.manifest.jobs.iter().map(CheckedJob::from).collect();
+            let mut json = serde_json::to_string_pretty(&jobs).context("rendering jobs as JSON")?;
+            json.push('\n');
+            json
+        }
+    };
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("writing to stdout")?;
+    Ok(0)
+}
+
+/// One job of `check -o json`: identity and constraints flat, for `jq` and scripts.
+#[derive(Debug, Serialize)]
+struct CheckedJob<'a> {
+    id: &'a str,
+    short_id: &'a str,
+    model: &'a str,
+    mode: &'a str,
+    hyper: &'a Hyper,
+    split_recipe: Option<&'a str>,
+    train_hosts: &'a [String],
+    seed: i64,
+    require_cuda: bool,
+    prefer_cuda: bool,
+    min_vram_gib: f64,
+    min_ram_gib: f64,
+    allowed_hosts: &'a [String],
+    priority: i32,
+    max_attempts: u32,
+    stale_after_s: u64,
+    retries_on_failure: u32,
+    command: &'a [String],
+    labels: &'a BTreeMap<String, String>,
+    manifest_order: u64,
+}
+
+impl<'a> From<&'a JobSpec> for CheckedJob<'a> {
+    fn from(job: &'a JobSpec) -> Self {
+        Self {
+            id: job.id.as_str(),
+            short_id: job.id.short(),
+            model: &job.model,
+            mode: &job.mode,
+            hyper: &job.hyper,
+            split_recipe: job.split_recipe.as_deref(),
+            train_hosts: &job.train_hosts,
+            seed: job.seed,
+            require_cuda: job.constraints.require_cuda,
+            prefer_cuda: job.constraints.prefer_cuda,
+            min_vram_gib: job.constraints.min_vram_gib,
+            min_ram_gib: job.constraints.min_ram_gib,
+            allowed_hosts: &job.constraints.allowed_hosts,
+            priority: job.priority,
+            max_attempts: job.max_attempts,
+            stale_after_s: job.stale_after_s,
+            retries_on_failure: job.retry.retries_on_failure,
+            command: &job.command,
+            labels: &job.labels,
+            manifest_order: job.manifest_order,
+        }
+    }
+}
+
+fn render_table(loaded: &LoadedManifest) -> String {
+    let header = [
+        "ID",
+        "MODEL",
+        "MODE",
+        "SEED",
+        "SPLIT",
+        "HYPER",
+        "CONSTRAINTS",
+    ];
+    let rows: Vec<[String; 7]> = loaded
+        .manifest
+        .jobs
+        .iter()
+        .map(|job| {
+            [
+                job.id.short().to_string(),
+                job.model.clone(),
+                job.mode.clone(),
+                job.seed.to_string(),
+                job.split_recipe.clone().unwrap_or_else(|| "-".into()),
+                render_hyper(&job.hyper),
+                render_constraints(job),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[String]| {
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&header.map(String::from));
+    for row in &rows {
+        line(row);
+    }
+    let m = &loaded.manifest;
+    out.push_str(&format!(
+        "{} {}, {} {}, {} {}\n",
+        m.jobs.len(),
+        plural(m.jobs.len(), "job", "jobs"),
+        m.hosts.len(),
+        plural(m.hosts.len(), "host", "hosts"),
+        m.models.len(),
+        plural(m.models.len(), "model", "models"),
+    ));
+    out
+}
+
+fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
+}
+
+/// `key=value,...` with strings unquoted, as the trainer will see them.
+fn render_hyper(hyper: &Hyper) -> String {
+    if hyper.is_empty() {
+        return "-".into();
+    }
+    hyper
+        .iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn render_constraints(job: &JobSpec) -> String {
+    let c = &job.constraints;
+    let mut parts = Vec::new();
+    if c.require_cuda {
+        parts.push("cuda".to_string());
+    }
+    if c.prefer_cuda {
+        parts.push("prefer-cuda".to_string());
+    }
+    if c.min_vram_gib > 0.0 {
+        parts.push(format!("vram>={}GiB", c.min_vram_gib));
+    }
+    if c.min_ram_gib > 0.0 {
+        parts.push(format!("ram>={}GiB", c.min_ram_gib));
+    }
+    if !c.allowed_hosts.is_empty() {
+        parts.push(format!("hosts={}", c.allowed_hosts.join("|")));
+    }
+    if !job.train_hosts.is_empty() {
+        parts.push(format!("data={}", job.train_hosts.join("|")));
+    }
+    if job.priority != 0 {
+        parts.push(format!("priority={}", job.priority));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(" ")
+    }
 }

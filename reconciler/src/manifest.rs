@@ -1,1 +1,0 @@
-//! The manifest model: parse, validate and expand `etc/training_manifest.toml`.

@@ -1,1 +1,0 @@
-//! The SQLite job queue: every state change of a job is one transaction.

@@ -1,0 +1,114 @@
+//! The event log: every transition appends one row, kept forever.
+
+use cis490_api::{Event, EventsPage, JobId, WorkerName};
+use rusqlite::params;
+
+use super::rows::from_ms;
+use super::{QueueError, Tx};
+
+/// Event kinds, like Kubernetes event reasons.
+pub(crate) mod kind {
+    pub const CREATED: &str = "Created";
+    pub const UPDATED: &str = "Updated";
+    pub const TOMBSTONED: &str = "Tombstoned";
+    pub const REVIVED: &str = "Revived";
+    pub const CLAIMED: &str = "Claimed";
+    pub const STARTED: &str = "Started";
+    pub const COMPLETED: &str = "Completed";
+    pub const FAILED: &str = "Failed";
+    pub const RETRYING: &str = "Retrying";
+    pub const RELEASED: &str = "Released";
+    pub const LEASE_EXPIRED: &str = "LeaseExpired";
+    pub const CANCELLED: &str = "Cancelled";
+    pub const REQUEUED: &str = "Requeued";
+    pub const ORPHANED: &str = "Orphaned";
+    pub const CORDONED: &str = "Cordoned";
+    pub const UNCORDONED: &str = "Uncordoned";
+    pub const DRAINING: &str = "Draining";
+    pub const NODE_REGISTERED: &str = "NodeRegistered";
+}
+
+/// Appends one event at the transaction's time.
+pub(crate) fn i_event(
+    tx: &mut Tx<'_>,
+    job: Option<&JobId>,
+    worker: Option<&str>,
+    kind: &str,
+    message: impl Into<String>,
+) -> Result<(), QueueError> {
+    tx.db
+        .prepare_cached(
+            "INSERT INTO events (at, job_id, worker, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            tx.now,
+            job.map(JobId::as_str),
+            worker,
+            kind,
+            message.into()
+        ])?;
+    tx.last_event = Some(tx.db.last_insert_rowid().max(0) as u64);
+    Ok(())
+}
+
+type RawEvent = (i64, i64, Option<String>, Option<String>, String, String);
+
+fn decode((seq, at, job, worker, kind, message): RawEvent) -> Result<Event, QueueError> {
+    Ok(Event {
+        seq: seq.max(0) as u64,
+        at: from_ms(at),
+        job_id: job
+            .as_deref()
+            .map(JobId::parse)
+            .transpose()
+            .map_err(QueueError::corrupt)?,
+        worker: worker
+            .as_deref()
+            .map(WorkerName::parse)
+            .transpose()
+            .map_err(QueueError::corrupt)?,
+        kind,
+        message,
+    })
+}
+
+fn raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawEvent> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+/// All events of one job, oldest first.
+pub(crate) fn i_job_events(tx: &Tx<'_>, id: &JobId) -> Result<Vec<Event>, QueueError> {
+    let mut stmt = tx.db.prepare_cached(
+        "SELECT seq, at, job_id, worker, kind, message FROM events WHERE job_id = ?1 \
+         ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([id.as_str()], raw)?;
+    rows.map(|r| decode(r?)).collect()
+}
+
+/// Up to `limit` events after `since`.
+pub(crate) fn i_events_since(
+    tx: &Tx<'_>,
+    since: u64,
+    limit: usize,
+) -> Result<EventsPage, QueueError> {
+    let mut stmt = tx.db.prepare_cached(
+        "SELECT seq, at, job_id, worker, kind, message FROM events WHERE seq > ?1 \
+         ORDER BY seq LIMIT ?2",
+    )?;
+    let since_i = i64::try_from(since).unwrap_or(i64::MAX);
+    let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
+    let events = stmt
+        .query_map(params![since_i, limit_i], raw)?
+        .map(|r| decode(r?))
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = events.last().map_or(since, |e| e.seq);
+    Ok(EventsPage { events, next })
+}

@@ -1,0 +1,772 @@
+//! Job transitions (apply, heartbeat, complete, fail, cancel, requeue, sweep) and reads.
+//! Each `i_*` runs inside the caller's transaction.
+
+use std::collections::BTreeMap;
+
+use cis490_api::{
+    CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, IdPrefix, JobFilter, JobId,
+    JobStatus, JobStatusResponse, JobView, Lease, ManifestError, ManifestStatus, PlanSummary,
+    WorkerName, SHORT_ID_LEN,
+};
+use rusqlite::params;
+
+use super::events::{i_event, i_job_events, kind};
+use super::nodes::i_touch_worker;
+use super::rows::{
+    from_ms, i_existing_job, i_insert_job, i_job_row, i_write_spec, JobRow, RawJob, JOB_COLUMNS,
+};
+use super::{QueueError, SweepOutcome, Tx};
+use crate::plan::{changed_fields, ActualJob, Plan};
+use crate::policy::HostPolicy;
+
+/// Back to pending: the lease is dropped and the prefer_cuda wait starts again.
+fn i_to_pending(tx: &Tx<'_>, id: &JobId) -> Result<(), QueueError> {
+    tx.db
+        .prepare_cached(
+            "UPDATE jobs SET status = 'pending', lease_attempt = NULL, lease_token = NULL, \
+             lease_expires_at = NULL, pending_since = ?2, updated_at = ?2 WHERE id = ?1",
+        )?
+        .execute(params![id.as_str(), tx.now])?;
+    Ok(())
+}
+
+fn i_set_attempts(tx: &Tx<'_>, id: &JobId, attempts: u32) -> Result<(), QueueError> {
+    tx.db
+        .prepare_cached("UPDATE jobs SET attempts = ?2 WHERE id = ?1")?
+        .execute(params![id.as_str(), attempts])?;
+    Ok(())
+}
+
+fn i_set_error(
+    tx: &Tx<'_>,
+    id: &JobId,
+    reason: &str,
+    exit_code: Option<i32>,
+    log_tail: Option<&str>,
+) -> Result<(), QueueError> {
+    tx.db
+        .prepare_cached(
+            "UPDATE jobs SET error_reason = ?2, error_exit_code = ?3, error_log_tail = ?4 \
+             WHERE id = ?1",
+        )?
+        .execute(params![id.as_str(), reason, exit_code, log_tail])?;
+    Ok(())
+}
+
+/// Terminal: failed, lease dropped.
+fn i_to_failed(tx: &Tx<'_>, id: &JobId) -> Result<(), QueueError> {
+    tx.db
+        .prepare_cached(
+            "UPDATE jobs SET status = 'failed', lease_attempt = NULL, lease_token = NULL, \
+             lease_expires_at = NULL, finished_at = ?2, updated_at = ?2 WHERE id = ?1",
+        )?
+        .execute(params![id.as_str(), tx.now])?;
+    Ok(())
+}
+
+pub(crate) fn i_actual(tx: &mut Tx<'_>) -> Result<Vec<ActualJob>, QueueError> {
+    let mut stmt = tx
+        .db
+        .prepare_cached("SELECT spec, status, tombstoned FROM jobs ORDER BY id")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, bool>(2)?,
+        ))
+    })?;
+    rows.map(|r| {
+        let (spec, status, tombstoned) = r?;
+        Ok(ActualJob {
+            spec: serde_json::from_str(&spec)
+                .map_err(|e| QueueError::corrupt(format!("job spec: {e}")))?,
+            status: status.parse().map_err(QueueError::corrupt)?,
+            tombstoned,
+        })
+    })
+    .collect()
+}
+
+/// Applies `plan`, re-checking each job against its current row. Returns the summary with
+/// `applied = true` and the (possibly unchanged) generation.
+pub(crate) fn i_apply(
+    tx: &mut Tx<'_>,
+    plan: &Plan,
+    hosts: &[HostPolicy],
+    source: &super::ManifestSource,
+) -> Result<PlanSummary, QueueError> {
+    let mut changed = false;
+    for spec in &plan.create {
+        match i_job_row(tx, &spec.id)? {
+            None => {
+                i_insert_job(tx, spec)?;
+                i_event(
+                    tx,
+                    Some(&spec.id),
+                    None,
+                    kind::CREATED,
+                    format!("created from the manifest ({} {})", spec.model, spec.mode),
+                )?;
+                changed = true;
+            }
+            // Created by an apply since planning: treat as an update of that job.
+            Some(row) => changed |= i_update_if_allowed(tx, &row, spec)?,
+        }
+    }
+    for (spec, _) in &plan.update {
+        if let Some(row) = i_job_row(tx, &spec.id)? {
+            changed |= i_update_if_allowed(tx, &row, spec)?;
+        }
+    }
+    for spec in &plan.revive {
+        let Some(row) = i_job_row(tx, &spec.id)? else {
+            continue;
+        };
+        if !row.tombstoned {
+            changed |= i_update_if_allowed(tx, &row, spec)?;
+            continue;
+        }
+        tx.db
+            .prepare_cached("UPDATE jobs SET tombstoned = 0, updated_at = ?2 WHERE id = ?1")?
+            .execute(params![spec.id.as_str(), tx.now])?;
+        let spec_note = if row.status.is_leased() {
+            "; it keeps its current spec while leased"
+        } else if changed_fields(&row.spec, spec).is_empty() {
+            ""
+        } else {
+            i_write_spec(tx, spec)?;
+            "; spec updated"
+        };
+        i_event(
+            tx,
+            Some(&spec.id),
+            None,
+            kind::REVIVED,
+            format!(
+                "back in the manifest, revived with its history (status {}){spec_note}",
+                row.status
+            ),
+        )?;
+        changed = true;
+    }
+    for id in &plan.tombstone {
+        let Some(row) = i_job_row(tx, id)? else {
+            continue;
+        };
+        if row.tombstoned {
+            continue;
+        }
+        tx.db
+            .prepare_cached("UPDATE jobs SET tombstoned = 1, updated_at = ?2 WHERE id = ?1")?
+            .execute(params![id.as_str(), tx.now])?;
+        let what = if row.status.is_leased() {
+            "it finishes on its worker and will be marked orphaned"
+        } else if row.status == JobStatus::Pending {
+            "no longer claimable"
+        } else {
+            "history and artifacts kept"
+        };
+        i_event(
+            tx,
+            Some(id),
+            None,
+            kind::TOMBSTONED,
+            format!("removed from the manifest ({}): {what}", row.status),
+        )?;
+        changed = true;
+    }
+    changed |= i_replace_hosts(tx, hosts)?;
+
+    let generation: i64 =
+        tx.db
+            .query_row("SELECT generation FROM manifest WHERE id = 1", [], |r| {
+                r.get(0)
+            })?;
+    let generation = if changed { generation + 1 } else { generation };
+    let warnings =
+        serde_json::to_string(&source.warnings).map_err(|e| QueueError::corrupt(e.to_string()))?;
+    tx.db.execute(
+        "UPDATE manifest SET path = ?1, sha256 = ?2, generation = ?3, last_applied_at = ?4, \
+         last_errors = '[]', last_error_at = NULL, warnings = ?5 WHERE id = 1",
+        params![source.path, source.sha256, generation, tx.now, warnings],
+    )?;
+    let mut summary = plan.summary();
+    summary.applied = true;
+    summary.generation = generation.max(0) as u64;
+    summary.warnings = source.warnings.clone();
+    Ok(summary)
+}
+
+/// Updates a job's spec unless it is leased or already equal. True when it changed.
+fn i_update_if_allowed(
+    tx: &mut Tx<'_>,
+    row: &JobRow,
+    spec: &cis490_api::JobSpec,
+) -> Result<bool, QueueError> {
+    if row.status.is_leased() {
+        return Ok(false);
+    }
+    let changes = changed_fields(&row.spec, spec);
+    if changes.is_empty() {
+        return Ok(false);
+    }
+    i_write_spec(tx, spec)?;
+    i_event(
+        tx,
+        Some(&spec.id),
+        None,
+        kind::UPDATED,
+        format!("manifest changed {}", changes.join(", ")),
+    )?;
+    Ok(true)
+}
+
+/// Replaces the host policies; true when they differ from what was stored.
+fn i_replace_hosts(tx: &Tx<'_>, hosts: &[HostPolicy]) -> Result<bool, QueueError> {
+    let mut stored: BTreeMap<String, String> = BTreeMap::new();
+    {
+        let mut stmt = tx.db.prepare_cached("SELECT name, policy FROM hosts")?;
+        for r in stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))? {
+            let (name, policy) = r?;
+            stored.insert(name, policy);
+        }
+    }
+    let mut wanted: BTreeMap<String, String> = BTreeMap::new();
+    for h in hosts {
+        let json = serde_json::to_string(h).map_err(|e| QueueError::corrupt(e.to_string()))?;
+        wanted.insert(h.name.clone(), json);
+    }
+    if stored == wanted {
+        return Ok(false);
+    }
+    tx.db.execute("DELETE FROM hosts", [])?;
+    for (name, policy) in &wanted {
+        tx.db
+            .prepare_cached("INSERT INTO hosts (name, policy) VALUES (?1, ?2)")?
+            .execute(params![name, policy])?;
+    }
+    Ok(true)
+}
+
+pub(crate) fn i_record_manifest_errors(
+    tx: &mut Tx<'_>,
+    path: &str,
+    errors: &[ManifestError],
+) -> Result<(), QueueError> {
+    let json = serde_json::to_string(errors).map_err(|e| QueueError::corrupt(e.to_string()))?;
+    tx.db.execute(
+        "UPDATE manifest SET path = ?1, last_errors = ?2, last_error_at = ?3 WHERE id = 1",
+        params![path, json, tx.now],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn i_manifest_status(tx: &mut Tx<'_>) -> Result<ManifestStatus, QueueError> {
+    type Raw = (
+        String,
+        Option<String>,
+        i64,
+        Option<i64>,
+        String,
+        Option<i64>,
+        String,
+    );
+    let raw: Raw = tx.db.query_row(
+        "SELECT path, sha256, generation, last_applied_at, last_errors, last_error_at, \
+         warnings FROM manifest WHERE id = 1",
+        [],
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        },
+    )?;
+    let (path, sha256, generation, applied, errors, error_at, warnings) = raw;
+    Ok(ManifestStatus {
+        path,
+        sha256,
+        generation: generation.max(0) as u64,
+        last_applied_at: applied.map(from_ms),
+        last_errors: serde_json::from_str(&errors)
+            .map_err(|e| QueueError::corrupt(format!("manifest errors: {e}")))?,
+        last_error_at: error_at.map(from_ms),
+        warnings: serde_json::from_str(&warnings)
+            .map_err(|e| QueueError::corrupt(format!("manifest warnings: {e}")))?,
+    })
+}
+
+/// The job, when `lease` is its current lease held by `worker`. With `allow_cancelled`, a
+/// job cancelled while leased still matches its old lease (heartbeat learns of the cancel
+/// through it). The bool is true when the job is cancelled.
+pub(crate) fn i_leased_job(
+    tx: &Tx<'_>,
+    id: &JobId,
+    worker: &WorkerName,
+    lease: &Lease,
+    allow_cancelled: bool,
+) -> Result<(JobRow, bool), QueueError> {
+    let row = i_existing_job(tx, id)?;
+    let lost = |reason: String| QueueError::LeaseLost {
+        id: id.short().to_string(),
+        reason,
+    };
+    let cancelled = row.status == JobStatus::Cancelled;
+    if !(row.status.is_leased() || (allow_cancelled && cancelled)) {
+        return Err(lost(format!(
+            "the job is {}, not leased",
+            if row.tombstoned && row.status == JobStatus::Pending {
+                "pending (tombstoned)".to_string()
+            } else {
+                row.status.to_string()
+            }
+        )));
+    }
+    let same_lease = row.lease_attempt == Some(lease.attempt)
+        && row.lease_token.as_deref() == Some(lease.token.as_str());
+    if !same_lease {
+        return Err(lost(format!(
+            "lease attempt {} is not the current lease (attempt {})",
+            lease.attempt,
+            row.lease_attempt
+                .map_or_else(|| "none".to_string(), |a| a.to_string())
+        )));
+    }
+    if row.worker.as_deref() != Some(worker.as_str()) {
+        return Err(lost(format!(
+            "the lease belongs to {}, not {worker}",
+            row.worker.as_deref().unwrap_or("nobody")
+        )));
+    }
+    Ok((row, cancelled))
+}
+
+pub(crate) fn i_heartbeat(
+    tx: &mut Tx<'_>,
+    id: &JobId,
+    req: &HeartbeatRequest,
+) -> Result<HeartbeatResponse, QueueError> {
+    let (row, cancelled) = i_leased_job(tx, id, &req.worker, &req.lease, true)?;
+    i_touch_worker(tx, req.worker.as_str())?;
+    if let Some(tail) = &req.log_tail {
+        tx.db
+            .prepare_cached("UPDATE jobs SET log_tail = ?2 WHERE id = ?1")?
+            .execute(params![id.as_str(), tail])?;
+    }
+    if cancelled {
+        return Ok(HeartbeatResponse { cancel: true });
+    }
+    let expires = tx.now.saturating_add(
+        i64::try_from(row.spec.stale_after_s)
+            .unwrap_or(i64::MAX / 1000)
+            .saturating_mul(1000),
+    );
+    tx.db
+        .prepare_cached("UPDATE jobs SET lease_expires_at = ?2, updated_at = ?3 WHERE id = ?1")?
+        .execute(params![id.as_str(), expires, tx.now])?;
+    if row.status == JobStatus::Claimed {
+        tx.db
+            .prepare_cached("UPDATE jobs SET status = 'running', started_at = ?2 WHERE id = ?1")?
+            .execute(params![id.as_str(), tx.now])?;
+        i_event(
+            tx,
+            Some(id),
+            Some(req.worker.as_str()),
+            kind::STARTED,
+            format!(
+                "running on {} (attempt {} of {})",
+                req.worker, req.lease.attempt, row.spec.max_attempts
+            ),
+        )?;
+    }
+    Ok(HeartbeatResponse { cancel: false })
+}
+
+pub(crate) fn i_complete(
+    tx: &mut Tx<'_>,
+    id: &JobId,
+    req: &CompleteRequest,
+) -> Result<JobStatusResponse, QueueError> {
+    let (row, _) = i_leased_job(tx, id, &req.worker, &req.lease, false)?;
+    tx.db
+        .prepare_cached(
+            "UPDATE jobs SET status = 'completed', artifact_id = ?2, lease_attempt = NULL, \
+             lease_token = NULL, lease_expires_at = NULL, error_reason = NULL, \
+             error_exit_code = NULL, error_log_tail = NULL, finished_at = ?3, updated_at = ?3 \
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            id.as_str(),
+            req.artifact_id.as_ref().map(|a| a.as_str()),
+            tx.now
+        ])?;
+    let artifact = req.artifact_id.as_ref().map_or_else(
+        || "no artifact".to_string(),
+        |a| format!("artifact {}", a.short()),
+    );
+    i_event(
+        tx,
+        Some(id),
+        Some(req.worker.as_str()),
+        kind::COMPLETED,
+        format!(
+            "completed on {} (attempt {}), {artifact}",
+            req.worker, req.lease.attempt
+        ),
+    )?;
+    if row.tombstoned {
+        i_event(
+            tx,
+            Some(id),
+            Some(req.worker.as_str()),
+            kind::ORPHANED,
+            "finished after it was removed from the manifest: orphaned, artifact kept",
+        )?;
+    }
+    Ok(JobStatusResponse {
+        id: id.clone(),
+        status: JobStatus::Completed,
+    })
+}
+
+pub(crate) fn i_fail(
+    tx: &mut Tx<'_>,
+    id: &JobId,
+    req: &FailRequest,
+) -> Result<JobStatusResponse, QueueError> {
+    let (row, _) = i_leased_job(tx, id, &req.worker, &req.lease, false)?;
+    let worker = req.worker.as_str();
+    let max = row.spec.max_attempts;
+    let exit = req
+        .exit_code
+        .map_or_else(String::new, |c| format!(" (exit code {c})"));
+    if let Some(tail) = &req.log_tail {
+        tx.db
+            .prepare_cached("UPDATE jobs SET log_tail = ?2 WHERE id = ?1")?
+            .execute(params![id.as_str(), tail])?;
+    }
+    if req.retryable {
+        // Not the job's fault (the agent is shutting down): the attempt is refunded.
+        i_set_attempts(tx, id, row.attempts.saturating_sub(1))?;
+        i_to_pending(tx, id)?;
+        i_event(
+            tx,
+            Some(id),
+            Some(worker),
+            kind::RELEASED,
+            format!(
+                "released by {worker}: {}{exit}; back to pending, the attempt does not count",
+                req.reason
+            ),
+        )?;
+        return Ok(JobStatusResponse {
+            id: id.clone(),
+            status: JobStatus::Pending,
+        });
+    }
+    let failures = row.trainer_failures.saturating_add(1);
+    tx.db
+        .prepare_cached("UPDATE jobs SET trainer_failures = ?2 WHERE id = ?1")?
+        .execute(params![id.as_str(), failures])?;
+    i_set_error(tx, id, &req.reason, req.exit_code, req.log_tail.as_deref())?;
+    let retries = row.spec.retry.retries_on_failure;
+    if failures <= retries && row.attempts < max {
+        i_to_pending(tx, id)?;
+        i_event(
+            tx,
+            Some(id),
+            Some(worker),
+            kind::RETRYING,
+            format!(
+                "attempt {} of {max} failed on {worker}: {}{exit}; retrying (retry {failures} \
+                 of {retries}){}",
+                req.lease.attempt,
+                req.reason,
+                tail_note(req.log_tail.as_deref())
+            ),
+        )?;
+        return Ok(JobStatusResponse {
+            id: id.clone(),
+            status: JobStatus::Pending,
+        });
+    }
+    i_to_failed(tx, id)?;
+    let why = if failures <= retries {
+        format!("no attempts left ({} of {max} used)", row.attempts)
+    } else if retries == 0 {
+        "the retry policy allows no retries".to_string()
+    } else {
+        format!("all {retries} retries used")
+    };
+    i_event(
+        tx,
+        Some(id),
+        Some(worker),
+        kind::FAILED,
+        format!(
+            "attempt {} of {max} failed on {worker}: {}{exit}; {why}{}",
+            req.lease.attempt,
+            req.reason,
+            tail_note(req.log_tail.as_deref())
+        ),
+    )?;
+    Ok(JobStatusResponse {
+        id: id.clone(),
+        status: JobStatus::Failed,
+    })
+}
+
+/// The end of a failure's log tail for its event, so every failure's output stays in the
+/// job's history even after a later attempt replaces the job's `error`.
+fn tail_note(log_tail: Option<&str>) -> String {
+    const KEEP_LINES: usize = 20;
+    const KEEP_CHARS: usize = 4000;
+    let Some(tail) = log_tail.map(str::trim_end).filter(|t| !t.is_empty()) else {
+        return String::new();
+    };
+    let lines: Vec<&str> = tail.lines().collect();
+    let mut kept = lines[lines.len().saturating_sub(KEEP_LINES)..].join("\n");
+    if kept.chars().count() > KEEP_CHARS {
+        kept = kept
+            .chars()
+            .skip(kept.chars().count() - KEEP_CHARS)
+            .collect();
+    }
+    format!("\n--- log tail ---\n{kept}")
+}
+
+pub(crate) fn i_cancel(tx: &mut Tx<'_>, id: &JobId) -> Result<JobStatusResponse, QueueError> {
+    let row = i_existing_job(tx, id)?;
+    let message = match row.status {
+        JobStatus::Pending => "cancelled by an operator while pending".to_string(),
+        JobStatus::Claimed | JobStatus::Running => format!(
+            "cancelled by an operator while {} on {}; the worker stops it at its next heartbeat",
+            row.status,
+            row.worker.as_deref().unwrap_or("?")
+        ),
+        other => {
+            return Err(QueueError::InvalidState {
+                message: format!(
+                    "cannot cancel job {} in state {other} (only pending, claimed or running \
+                     jobs can be cancelled)",
+                    id.short()
+                ),
+            })
+        }
+    };
+    // The lease columns stay: the old lease may still heartbeat (and hears cancel=true).
+    tx.db
+        .prepare_cached(
+            "UPDATE jobs SET status = 'cancelled', finished_at = ?2, updated_at = ?2 \
+             WHERE id = ?1",
+        )?
+        .execute(params![id.as_str(), tx.now])?;
+    i_event(
+        tx,
+        Some(id),
+        row.worker.as_deref(),
+        kind::CANCELLED,
+        message,
+    )?;
+    Ok(JobStatusResponse {
+        id: id.clone(),
+        status: JobStatus::Cancelled,
+    })
+}
+
+pub(crate) fn i_requeue(tx: &mut Tx<'_>, id: &JobId) -> Result<JobStatusResponse, QueueError> {
+    let row = i_existing_job(tx, id)?;
+    if !row.status.is_terminal() {
+        return Err(QueueError::InvalidState {
+            message: format!(
+                "cannot requeue job {} in state {} (only failed, cancelled or completed jobs \
+                 can be requeued)",
+                id.short(),
+                row.status
+            ),
+        });
+    }
+    tx.db
+        .prepare_cached(
+            "UPDATE jobs SET status = 'pending', attempts = 0, trainer_failures = 0, \
+             lease_expiries = 0, lease_attempt = NULL, lease_token = NULL, \
+             lease_expires_at = NULL, artifact_id = NULL, error_reason = NULL, \
+             error_exit_code = NULL, error_log_tail = NULL, started_at = NULL, \
+             finished_at = NULL, pending_since = ?2, updated_at = ?2 WHERE id = ?1",
+        )?
+        .execute(params![id.as_str(), tx.now])?;
+    let mut message = format!(
+        "requeued by an operator from {} ({} attempts used before); attempts reset",
+        row.status, row.attempts
+    );
+    if let Some(a) = &row.artifact_id {
+        message.push_str(&format!("; previous artifact {a} kept in the store"));
+    }
+    if let Some(e) = &row.error_reason {
+        message.push_str(&format!("; previous error: {e}"));
+    }
+    i_event(tx, Some(id), None, kind::REQUEUED, message)?;
+    Ok(JobStatusResponse {
+        id: id.clone(),
+        status: JobStatus::Pending,
+    })
+}
+
+pub(crate) fn i_sweep(tx: &mut Tx<'_>, now: i64) -> Result<SweepOutcome, QueueError> {
+    let expired: Vec<String> = {
+        let mut stmt = tx.db.prepare_cached(
+            "SELECT id FROM jobs WHERE status IN ('claimed', 'running') \
+             AND lease_expires_at < ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([now], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut out = SweepOutcome::default();
+    for id in expired {
+        let id = JobId::parse(&id).map_err(QueueError::corrupt)?;
+        let row = i_existing_job(tx, &id)?;
+        let worker = row.worker.clone().unwrap_or_default();
+        let expiries = row.lease_expiries.saturating_add(1);
+        tx.db
+            .prepare_cached("UPDATE jobs SET lease_expiries = ?2 WHERE id = ?1")?
+            .execute(params![id.as_str(), expiries])?;
+        let max = row.spec.max_attempts;
+        if row.attempts < max {
+            i_to_pending(tx, &id)?;
+            i_event(
+                tx,
+                Some(&id),
+                Some(&worker),
+                kind::LEASE_EXPIRED,
+                format!(
+                    "lease of {worker} expired (no heartbeat for {} s; attempt {} of {max} \
+                     used); back to pending",
+                    row.spec.stale_after_s, row.attempts
+                ),
+            )?;
+            out.requeued.push(id);
+        } else {
+            let reason = format!(
+                "lease expired {expiries} time{} (agent vanished)",
+                if expiries == 1 { "" } else { "s" }
+            );
+            i_set_error(tx, &id, &reason, None, row.log_tail.as_deref())?;
+            i_to_failed(tx, &id)?;
+            i_event(
+                tx,
+                Some(&id),
+                Some(&worker),
+                kind::LEASE_EXPIRED,
+                format!(
+                    "lease of {worker} expired on the last attempt ({} of {max}); {reason}",
+                    row.attempts
+                ),
+            )?;
+            i_event(tx, Some(&id), Some(&worker), kind::FAILED, reason)?;
+            out.failed.push(id);
+        }
+    }
+    // Cancelled jobs whose worker never heard of the cancel: drop the dangling lease.
+    tx.db
+        .prepare_cached(
+            "UPDATE jobs SET lease_attempt = NULL, lease_token = NULL, lease_expires_at = NULL \
+             WHERE status = 'cancelled' AND lease_token IS NOT NULL AND lease_expires_at < ?1",
+        )?
+        .execute([now])?;
+    Ok(out)
+}
+
+pub(crate) fn i_resolve(tx: &mut Tx<'_>, prefix: &IdPrefix) -> Result<JobId, QueueError> {
+    // Every ID is lowercase hex, so "prefix" <= id < "prefix" + 'g' is exactly the prefix
+    // match, and it walks the primary key.
+    let upper = format!("{}g", prefix.as_str());
+    let mut stmt = tx
+        .db
+        .prepare_cached("SELECT id FROM jobs WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT 6")?;
+    let ids: Vec<String> = stmt
+        .query_map(params![prefix.as_str(), upper], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    match ids.as_slice() {
+        [] => Err(QueueError::NotFound {
+            what: "job",
+            key: prefix.to_string(),
+        }),
+        [one] => JobId::parse(one).map_err(QueueError::corrupt),
+        many => Err(QueueError::Ambiguous {
+            prefix: prefix.to_string(),
+            candidates: many
+                .iter()
+                .map(|id| id.chars().take(SHORT_ID_LEN).collect())
+                .collect(),
+        }),
+    }
+}
+
+pub(crate) fn i_job_view(
+    tx: &mut Tx<'_>,
+    id: &JobId,
+    with_events: bool,
+) -> Result<JobView, QueueError> {
+    let row = i_existing_job(tx, id)?;
+    let mut view = row.view()?;
+    if with_events {
+        view.events = i_job_events(tx, id)?;
+    }
+    Ok(view)
+}
+
+pub(crate) fn i_jobs(tx: &mut Tx<'_>, filter: &JobFilter) -> Result<Vec<JobView>, QueueError> {
+    let label = match filter.label.as_deref() {
+        None => None,
+        Some(sel) => Some(sel.split_once('=').ok_or_else(|| QueueError::BadRequest {
+            message: format!("label selector {sel:?} is not key=value"),
+        })?),
+    };
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs \
+         WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR model = ?2) \
+           AND (?3 IS NULL OR worker = ?3) AND (?4 OR tombstoned = 0) \
+         ORDER BY priority DESC, manifest_order, id"
+    );
+    let mut stmt = tx.db.prepare_cached(&sql)?;
+    let rows = stmt.query_map(
+        params![
+            filter.status.map(JobStatus::as_str),
+            filter.model,
+            filter.worker,
+            filter.all
+        ],
+        |r| RawJob::from_row(r, 0),
+    )?;
+    let mut out = Vec::new();
+    for raw in rows {
+        let row = raw?.decode()?;
+        if let Some((k, v)) = label {
+            if row.spec.labels.get(k).map(String::as_str) != Some(v) {
+                continue;
+            }
+        }
+        out.push(row.view()?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn i_counts(tx: &mut Tx<'_>) -> Result<BTreeMap<String, u64>, QueueError> {
+    let mut out: BTreeMap<String, u64> = JobStatus::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), 0))
+        .collect();
+    let mut stmt = tx
+        .db
+        .prepare_cached("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
+    for r in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (status, n) = r?;
+        out.insert(status, n.max(0) as u64);
+    }
+    Ok(out)
+}

@@ -1,0 +1,381 @@
+//! Matching jobs to workers, and the claim.
+//!
+//! A claim walks pending jobs in queue order (priority, then the prefer_cuda preference,
+//! then manifest order) through an index, with the cheap constraints (status, tombstone,
+//! require_cuda, VRAM, RAM) in SQL and the rest (allowed_hosts, host policy, prefer_cuda
+//! deferral) in Rust. It stops at the first job that fits, so a claim costs an index seek
+//! plus the jobs it has to skip, not a scan of the queue.
+
+use std::collections::HashMap;
+
+use cis490_api::{Capability, ClaimResponse, Constraints, JobId, Lease, WorkerName};
+use rand::Rng;
+use rusqlite::params;
+
+use super::events::{i_event, kind};
+use super::nodes::{self, WorkerRow};
+use super::rows::i_existing_job;
+use super::{QueueError, Tx};
+use crate::policy::HostPolicy;
+
+/// CUDA jobs can run here: CUDA reported and at least one GPU to hand out.
+pub(crate) fn has_cuda(cap: &Capability) -> bool {
+    cap.cuda && !cap.gpus.is_empty()
+}
+
+/// Formats GiB without noise: 24 -> "24", 7.5 -> "7.5".
+fn gib(x: f64) -> String {
+    let rounded = (x * 10.0).round() / 10.0;
+    format!("{rounded}")
+}
+
+/// Why `worker` (with `cap` and `policy`) can never run a job of `model` with `c`, empty
+/// when it can. Does not look at cordon, freshness, load or prefer_cuda.
+pub(crate) fn hard_reasons(
+    model: &str,
+    c: &Constraints,
+    worker: &str,
+    cap: &Capability,
+    policy: Option<&HostPolicy>,
+) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if c.require_cuda && !has_cuda(cap) {
+        reasons.push("no CUDA".to_string());
+    }
+    if c.min_vram_gib > 0.0 {
+        let best = cap.max_gpu_allocatable_gib();
+        if best < c.min_vram_gib {
+            reasons.push(format!(
+                "{} GiB VRAM < {} GiB required",
+                gib(best),
+                gib(c.min_vram_gib)
+            ));
+        }
+    }
+    if c.min_ram_gib > 0.0 {
+        let ram = cap.ram_allocatable_gib();
+        if ram < c.min_ram_gib {
+            reasons.push(format!(
+                "{} GiB RAM < {} GiB required",
+                gib(ram),
+                gib(c.min_ram_gib)
+            ));
+        }
+    }
+    if !c.allowed_hosts.is_empty() && !c.allowed_hosts.iter().any(|h| h == worker) {
+        reasons.push("not in allowed_hosts".to_string());
+    }
+    if let Some(why) = policy.and_then(|p| p.denies_model(model)) {
+        reasons.push(why);
+    }
+    reasons
+}
+
+/// A Ready CUDA worker that could take prefer_cuda jobs instead of a CPU worker.
+pub(crate) struct CudaAlternative {
+    row: WorkerRow,
+    policy: Option<HostPolicy>,
+}
+
+/// Ready (fresh), schedulable CUDA workers other than `except`.
+pub(crate) fn i_cuda_alternatives(
+    tx: &Tx<'_>,
+    except: &str,
+) -> Result<Vec<CudaAlternative>, QueueError> {
+    let mut out = Vec::new();
+    for row in nodes::i_worker_rows(tx)? {
+        if row.name != except && row.is_fresh(tx) && row.schedulable() && has_cuda(&row.capability)
+        {
+            let policy = nodes::i_host_policy(tx, &row.name)?;
+            out.push(CudaAlternative { row, policy });
+        }
+    }
+    Ok(out)
+}
+
+/// True once a job has been pending for `prefer_cuda_wait_s`: from then on any worker that
+/// can run it may take it.
+pub(crate) fn waited_long(tx: &Tx<'_>, pending_since: i64) -> bool {
+    let wait_ms = i64::try_from(tx.config.prefer_cuda_wait_s)
+        .unwrap_or(i64::MAX / 1000)
+        .saturating_mul(1000);
+    tx.now.saturating_sub(pending_since) >= wait_ms
+}
+
+/// True when some Ready CUDA worker could run a job of `model` with `c`. A CUDA worker's
+/// capability is its last report; a busy one still counts (it gets the job when it frees
+/// up, which is what "prefer" means).
+pub(crate) fn any_cuda_could_run(
+    model: &str,
+    c: &Constraints,
+    alternatives: &[CudaAlternative],
+) -> bool {
+    alternatives.iter().any(|alt| {
+        hard_reasons(
+            model,
+            c,
+            &alt.row.name,
+            &alt.row.capability,
+            alt.policy.as_ref(),
+        )
+        .is_empty()
+    })
+}
+
+/// True when a non-CUDA worker must leave this prefer_cuda job to a CUDA worker: it has
+/// not waited `prefer_cuda_wait_s` yet and some Ready CUDA worker could run it.
+pub(crate) fn defers_to_cuda(
+    tx: &Tx<'_>,
+    model: &str,
+    c: &Constraints,
+    pending_since: i64,
+    alternatives: &[CudaAlternative],
+) -> bool {
+    !waited_long(tx, pending_since) && any_cuda_could_run(model, c, alternatives)
+}
+
+/// Worker-level reasons it takes nothing now: cordon, drain, or host max_concurrent.
+pub(crate) fn i_worker_blocked(
+    tx: &Tx<'_>,
+    row: &WorkerRow,
+    policy: Option<&HostPolicy>,
+) -> Result<Option<String>, QueueError> {
+    if row.draining {
+        return Ok(Some("draining".to_string()));
+    }
+    if row.cordoned {
+        return Ok(Some("cordoned".to_string()));
+    }
+    if let Some(max) = policy.and_then(|p| p.max_concurrent) {
+        let held = nodes::i_leased_jobs_of(tx, &row.name)?.len();
+        if held >= max as usize {
+            return Ok(Some(format!("at max_concurrent {max}")));
+        }
+    }
+    Ok(None)
+}
+
+/// The claim query's filter. `?4`: models the host policy denies (JSON list), `?5`: models
+/// it allows (`[]` = all), `?6`: the worker's name (for allowed_hosts).
+macro_rules! claim_query {
+    ($index:literal, $prefer:literal) => {
+        concat!(
+            "SELECT id, model, prefer_cuda, allowed_hosts, pending_since, require_cuda, \
+             min_vram_gib, min_ram_gib FROM jobs INDEXED BY ",
+            $index,
+            " WHERE status = 'pending' AND tombstoned = 0 AND (require_cuda = 0 OR ?1) \
+               AND min_vram_gib <= ?2 AND min_ram_gib <= ?3 \
+               AND NOT EXISTS (SELECT 1 FROM json_each(?4) WHERE value = jobs.model) \
+               AND (?5 = '[]' OR EXISTS (SELECT 1 FROM json_each(?5) WHERE value = jobs.model)) \
+               AND (jobs.allowed_hosts = '[]' \
+                    OR EXISTS (SELECT 1 FROM json_each(jobs.allowed_hosts) WHERE value = ?6)) \
+             ORDER BY priority DESC, prefer_cuda ",
+            $prefer,
+            ", manifest_order, id"
+        )
+    };
+}
+
+/// Queue order for a CUDA worker: prefer_cuda jobs first within a priority.
+pub(crate) const CLAIM_CUDA: &str = claim_query!("jobs_claim_cuda", "DESC");
+/// Queue order for a non-CUDA worker: prefer_cuda jobs last within a priority.
+pub(crate) const CLAIM_CPU: &str = claim_query!("jobs_claim_cpu", "ASC");
+
+/// One candidate as the claim query returns it.
+struct Candidate {
+    id: String,
+    model: String,
+    prefer_cuda: bool,
+    allowed_hosts: String,
+    pending_since: i64,
+    require_cuda: bool,
+    min_vram_gib: f64,
+    min_ram_gib: f64,
+}
+
+impl Candidate {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Candidate> {
+        Ok(Candidate {
+            id: r.get(0)?,
+            model: r.get(1)?,
+            prefer_cuda: r.get(2)?,
+            allowed_hosts: r.get(3)?,
+            pending_since: r.get(4)?,
+            require_cuda: r.get(5)?,
+            min_vram_gib: r.get(6)?,
+            min_ram_gib: r.get(7)?,
+        })
+    }
+
+    fn constraints(&self) -> Result<Constraints, QueueError> {
+        let allowed_hosts = if self.allowed_hosts == "[]" {
+            Vec::new()
+        } else {
+            serde_json::from_str(&self.allowed_hosts)
+                .map_err(|e| QueueError::corrupt(format!("allowed_hosts of {}: {e}", self.id)))?
+        };
+        Ok(Constraints {
+            require_cuda: self.require_cuda,
+            prefer_cuda: self.prefer_cuda,
+            min_vram_gib: self.min_vram_gib,
+            min_ram_gib: self.min_ram_gib,
+            allowed_hosts,
+        })
+    }
+}
+
+/// The claim: records the node status, picks the best job `worker` may run, leases it.
+pub(crate) fn i_claim(
+    tx: &mut Tx<'_>,
+    worker: &WorkerName,
+    cap: &Capability,
+) -> Result<Option<ClaimResponse>, QueueError> {
+    nodes::i_upsert_worker(tx, worker, cap)?;
+    let Some(row) = nodes::i_worker_row(tx, worker.as_str())? else {
+        return Err(QueueError::corrupt(format!(
+            "worker {worker} vanished inside its claim"
+        )));
+    };
+    let policy = nodes::i_host_policy(tx, worker.as_str())?;
+    if i_worker_blocked(tx, &row, policy.as_ref())?.is_some() {
+        return Ok(None);
+    }
+    let Some(id) = i_pick(tx, worker.as_str(), cap, policy.as_ref())? else {
+        return Ok(None);
+    };
+    i_lease(tx, &id, worker).map(Some)
+}
+
+/// The host policy as the claim query's JSON lists: (denied models, allowed models or `[]`
+/// for all). A `*` in deny_jobs is handled before the query (nothing matches).
+fn policy_lists(policy: Option<&HostPolicy>) -> (String, String) {
+    let Some(p) = policy else {
+        return ("[]".to_string(), "[]".to_string());
+    };
+    let json = |v: &[String]| serde_json::to_string(v).unwrap_or_else(|_| "[]".to_string());
+    let allowed = if p.allow_jobs.iter().any(|m| m == "*") {
+        "[]".to_string()
+    } else {
+        json(&p.allow_jobs)
+    };
+    (json(&p.deny_jobs), allowed)
+}
+
+/// The best pending job for this worker, if any.
+fn i_pick(
+    tx: &Tx<'_>,
+    worker: &str,
+    cap: &Capability,
+    policy: Option<&HostPolicy>,
+) -> Result<Option<JobId>, QueueError> {
+    if policy.is_some_and(|p| p.deny_jobs.iter().any(|m| m == "*")) {
+        return Ok(None);
+    }
+    let cuda = has_cuda(cap);
+    let mut stmt = tx
+        .db
+        .prepare_cached(if cuda { CLAIM_CUDA } else { CLAIM_CPU })?;
+    let (denied, allowed) = policy_lists(policy);
+    let mut rows = stmt.query(params![
+        cuda,
+        cap.max_gpu_allocatable_gib(),
+        cap.ram_allocatable_gib(),
+        denied,
+        allowed,
+        worker,
+    ])?;
+    let mut alternatives: Option<Vec<CudaAlternative>> = None;
+    // Whether a CUDA worker could run jobs with these needs, per distinct needs: a CPU
+    // worker may skip many prefer_cuda jobs that all look alike.
+    let mut cuda_could_run: HashMap<String, bool> = HashMap::new();
+    while let Some(r) = rows.next()? {
+        let cand = Candidate::read(r)?;
+        let constraints = cand.constraints()?;
+        // The query filtered these already; checked again so that the SQL and
+        // `hard_reasons` (which explain uses) can never disagree silently.
+        if !hard_reasons(&cand.model, &constraints, worker, cap, policy).is_empty() {
+            continue;
+        }
+        if cand.prefer_cuda && !cuda && !waited_long(tx, cand.pending_since) {
+            let alts = match &alternatives {
+                Some(a) => a,
+                None => alternatives.insert(i_cuda_alternatives(tx, worker)?),
+            };
+            let key = format!(
+                "{}|{}|{}|{}|{}",
+                cand.model,
+                cand.require_cuda,
+                cand.min_vram_gib,
+                cand.min_ram_gib,
+                cand.allowed_hosts
+            );
+            let defer = *cuda_could_run
+                .entry(key)
+                .or_insert_with(|| any_cuda_could_run(&cand.model, &constraints, alts));
+            if defer {
+                continue;
+            }
+        }
+        return JobId::parse(&cand.id)
+            .map(Some)
+            .map_err(QueueError::corrupt);
+    }
+    Ok(None)
+}
+
+/// A fresh lease token: 128 random bits as hex.
+fn new_token() -> String {
+    let bytes: [u8; 16] = rand::rng().random();
+    hex::encode(bytes)
+}
+
+/// Leases the pending job `id` to `worker`: one more attempt, a new token.
+pub(crate) fn i_lease(
+    tx: &mut Tx<'_>,
+    id: &JobId,
+    worker: &WorkerName,
+) -> Result<ClaimResponse, QueueError> {
+    let job = i_existing_job(tx, id)?;
+    let attempt = job.attempts.saturating_add(1);
+    let token = new_token();
+    let expires = tx.now.saturating_add(
+        i64::try_from(job.spec.stale_after_s)
+            .unwrap_or(i64::MAX / 1000)
+            .saturating_mul(1000),
+    );
+    let changed = tx
+        .db
+        .prepare_cached(
+            "UPDATE jobs SET status = 'claimed', worker = ?2, attempts = ?3, lease_attempt = ?3, \
+             lease_token = ?4, lease_expires_at = ?5, updated_at = ?6, started_at = NULL, \
+             finished_at = NULL \
+             WHERE id = ?1 AND status = 'pending' AND tombstoned = 0",
+        )?
+        .execute(params![
+            id.as_str(),
+            worker.as_str(),
+            attempt,
+            token,
+            expires,
+            tx.now
+        ])?;
+    if changed != 1 {
+        return Err(QueueError::InvalidState {
+            message: format!("job {} is no longer pending", id.short()),
+        });
+    }
+    i_event(
+        tx,
+        Some(id),
+        Some(worker.as_str()),
+        kind::CLAIMED,
+        format!(
+            "claimed by {worker} (attempt {attempt} of {})",
+            job.spec.max_attempts
+        ),
+    )?;
+    Ok(ClaimResponse {
+        job: job.spec,
+        lease: Lease { attempt, token },
+    })
+}

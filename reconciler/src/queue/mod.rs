@@ -1,0 +1,471 @@
+//! The SQLite job queue: every state change of a job is one IMMEDIATE transaction, durable
+//! (WAL, `synchronous=FULL`) before the call returns Ok.
+//!
+//! Shape (after buildomat's database crate): public methods on [`Queue`] open one
+//! transaction with [`Queue::write`] or [`Queue::read`] and call an `i_*` helper that runs
+//! inside it, so helpers compose (claim = upsert node + pick + lease + event, all or
+//! nothing). Writes go through one owner: a `Mutex<Connection>`.
+//!
+//! Job lifecycle and attempt counting (see `lifecycle.rs`):
+//! - `claim` moves pending -> claimed and uses one attempt; the lease is (attempt, token).
+//! - the first `heartbeat` moves claimed -> running.
+//! - `complete` -> completed (a tombstoned job also gets an `Orphaned` event).
+//! - `fail` with `retryable` (agent shutting down) -> pending, the attempt is refunded.
+//! - `fail` without `retryable` (trainer failure) -> failed, unless
+//!   `spec.retry.retries_on_failure` allows another try and attempts remain -> pending.
+//! - `sweep` finds expired leases: pending again while attempts remain, else failed with
+//!   "lease expired N times (agent vanished)".
+//! - `cancel` (pending, claimed, running) -> cancelled at once. The cancelled job's old
+//!   lease stays valid **only for heartbeat**, which answers `{cancel: true}` so the agent
+//!   stops its trainer; `complete`, `fail` and `check_lease` on it answer `LeaseLost`.
+//! - `requeue` (failed, cancelled, completed) -> pending with attempts reset to 0.
+
+mod events;
+mod explain;
+mod lifecycle;
+mod matching;
+mod nodes;
+mod rows;
+mod schema;
+
+#[cfg(test)]
+pub(crate) mod test_support;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use cis490_api::{
+    Capability, ClaimResponse, CompleteRequest, EventsPage, Explain, FailRequest, HeartbeatRequest,
+    HeartbeatResponse, IdPrefix, JobFilter, JobId, JobSpec, JobStatusResponse, JobView, Lease,
+    ManifestError, ManifestStatus, PlanSummary, WorkerName, WorkerView,
+};
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::plan::{ActualJob, Plan};
+use crate::policy::HostPolicy;
+
+/// Tunables of the queue that do not come from the manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// A non-CUDA worker takes a `prefer_cuda` job once it has been pending this long, even
+    /// while a CUDA worker that could run it is Ready.
+    pub prefer_cuda_wait_s: u64,
+    /// A worker not seen (claim, heartbeat, node report) for this long is NotReady.
+    pub node_stale_after_s: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            prefer_cuda_wait_s: 300,
+            node_stale_after_s: 90,
+        }
+    }
+}
+
+/// Where an applied manifest came from, stored as the manifest status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ManifestSource {
+    pub path: String,
+    /// sha256 of the manifest text.
+    pub sha256: String,
+    pub warnings: Vec<String>,
+}
+
+/// What one `sweep` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepOutcome {
+    /// Jobs whose lease expired and that went back to pending.
+    pub requeued: Vec<JobId>,
+    /// Jobs whose lease expired with no attempts left.
+    pub failed: Vec<JobId>,
+}
+
+/// Why a queue operation failed. `code()` gives the API error code.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// No job (or worker) matches the ID, prefix or name.
+    #[error("no {what} matches {key:?}")]
+    NotFound { what: &'static str, key: String },
+    /// An ID prefix matches more than one job.
+    #[error("job ID prefix {prefix:?} is ambiguous: it matches {}", candidates.join(", "))]
+    Ambiguous {
+        prefix: String,
+        /// Short IDs of (some of) the matching jobs.
+        candidates: Vec<String>,
+    },
+    /// The caller's lease is not the job's current lease (expired and reassigned, wrong
+    /// worker, or the job is no longer leased): a fencing refusal.
+    #[error("lease lost for job {id}: {reason}")]
+    LeaseLost { id: String, reason: String },
+    /// The operation is not allowed from the job's (or worker's) current state.
+    #[error("{message}")]
+    InvalidState { message: String },
+    /// The request itself is malformed (e.g. a label selector that is not `key=value`).
+    #[error("{message}")]
+    BadRequest { message: String },
+    /// SQLite failed.
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// Creating the database's directory failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A stored value could not be read back (bad JSON, bad ID, unknown status).
+    #[error("corrupt queue data: {0}")]
+    Corrupt(String),
+}
+
+impl QueueError {
+    /// The API error code: not_found, ambiguous_id, lease_lost, invalid_state, bad_request,
+    /// internal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            QueueError::NotFound { .. } => "not_found",
+            QueueError::Ambiguous { .. } => "ambiguous_id",
+            QueueError::LeaseLost { .. } => "lease_lost",
+            QueueError::InvalidState { .. } => "invalid_state",
+            QueueError::BadRequest { .. } => "bad_request",
+            QueueError::Db(_) | QueueError::Io(_) | QueueError::Corrupt(_) => "internal",
+        }
+    }
+
+    pub(crate) fn corrupt(what: impl std::fmt::Display) -> Self {
+        QueueError::Corrupt(what.to_string())
+    }
+
+    pub(crate) fn job_not_found(id: &JobId) -> Self {
+        QueueError::NotFound {
+            what: "job",
+            key: id.to_string(),
+        }
+    }
+}
+
+/// The job queue. Cheap to clone (shared state); `Send + Sync`. All methods block on
+/// SQLite: call them from `tokio::task::spawn_blocking` in async code.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Mutex<Connection>,
+    config: QueueConfig,
+    /// Milliseconds added to the wall clock (tests and simulations move time forward).
+    clock_offset_ms: AtomicI64,
+    last_event: tokio::sync::watch::Sender<u64>,
+}
+
+/// One open transaction and what it did, passed to every `i_*` helper.
+pub(crate) struct Tx<'c> {
+    pub(crate) db: rusqlite::Transaction<'c>,
+    /// The transaction's notion of now, in ms since the epoch (one instant per transaction).
+    pub(crate) now: i64,
+    pub(crate) config: &'c QueueConfig,
+    /// Seq of the last event this transaction appended.
+    pub(crate) last_event: Option<u64>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Queue {
+    /// Opens (creating if needed) the queue database at `path` and migrates it.
+    pub fn open(path: &Path, config: QueueConfig) -> Result<Queue, QueueError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let conn = Connection::open(path)?;
+        Self::with_connection(conn, config, true)
+    }
+
+    /// A queue in memory, for tests and `--dry-run` tools. Nothing survives the process.
+    pub fn open_in_memory(config: QueueConfig) -> Result<Queue, QueueError> {
+        let conn = Connection::open_in_memory()?;
+        Self::with_connection(conn, config, false)
+    }
+
+    fn with_connection(
+        mut conn: Connection,
+        config: QueueConfig,
+        wal: bool,
+    ) -> Result<Queue, QueueError> {
+        if wal {
+            // journal_mode answers with a row, so it is a query, not a plain pragma update.
+            let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(QueueError::corrupt(format!(
+                    "could not switch the database to WAL mode (got {mode})"
+                )));
+            }
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        schema::migrate(&mut conn)?;
+        let last: i64 =
+            conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+        let (sender, _) = tokio::sync::watch::channel(last.max(0) as u64);
+        Ok(Queue {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                config,
+                clock_offset_ms: AtomicI64::new(0),
+                last_event: sender,
+            }),
+        })
+    }
+
+    /// The queue's configuration.
+    pub fn config(&self) -> &QueueConfig {
+        &self.inner.config
+    }
+
+    /// The queue's clock: the wall clock plus any offset from [`Queue::advance_clock`].
+    pub fn now(&self) -> DateTime<Utc> {
+        rows::from_ms(self.now_ms())
+    }
+
+    /// Moves this queue's clock forward (tests and simulations: lease expiry, node
+    /// staleness and prefer_cuda waiting without sleeping). Shared by all clones.
+    pub fn advance_clock(&self, by: chrono::Duration) {
+        self.inner
+            .clock_offset_ms
+            .fetch_add(by.num_milliseconds(), Ordering::SeqCst);
+    }
+
+    fn now_ms(&self) -> i64 {
+        Utc::now().timestamp_millis() + self.inner.clock_offset_ms.load(Ordering::SeqCst)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock dropped its transaction, which rolled back, so the
+        // connection is still consistent.
+        self.inner
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction: commits on Ok, rolls back on Err. Watchers
+    /// of [`Queue::subscribe`] are told after the commit.
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, QueueError>,
+    ) -> Result<T, QueueError> {
+        let now = self.now_ms();
+        let (out, last_event) = {
+            let mut conn = self.lock();
+            let db = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut tx = Tx {
+                db,
+                now,
+                config: &self.inner.config,
+                last_event: None,
+            };
+            let out = f(&mut tx)?;
+            let last_event = tx.last_event;
+            tx.db.commit()?;
+            (out, last_event)
+        };
+        if let Some(seq) = last_event {
+            self.inner.last_event.send_replace(seq);
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` in one read (DEFERRED) transaction, so it sees one consistent snapshot.
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, QueueError>,
+    ) -> Result<T, QueueError> {
+        let now = self.now_ms();
+        let mut conn = self.lock();
+        let db = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let mut tx = Tx {
+            db,
+            now,
+            config: &self.inner.config,
+            last_event: None,
+        };
+        f(&mut tx)
+    }
+
+    /// Every job the queue holds, tombstoned ones included: the planner's `actual`.
+    pub fn actual(&self) -> Result<Vec<ActualJob>, QueueError> {
+        self.read(lifecycle::i_actual)
+    }
+
+    /// Applies a plan made from `actual()` in one transaction. Each job's state is checked
+    /// again inside the transaction (a job claimed since planning keeps its spec). Stores
+    /// `hosts` (replacing the previous policy set) and the manifest source. The manifest
+    /// generation increments only when something changed.
+    pub fn apply(
+        &self,
+        plan: &Plan,
+        hosts: &[HostPolicy],
+        source: &ManifestSource,
+    ) -> Result<PlanSummary, QueueError> {
+        self.write(|tx| lifecycle::i_apply(tx, plan, hosts, source))
+    }
+
+    /// Records a reload that failed: the last good state stays, the errors are shown in the
+    /// manifest status.
+    pub fn record_manifest_errors(
+        &self,
+        path: &str,
+        errors: &[ManifestError],
+    ) -> Result<(), QueueError> {
+        self.write(|tx| lifecycle::i_record_manifest_errors(tx, path, errors))
+    }
+
+    /// The manifest status (last applied source, generation, last errors).
+    pub fn manifest_status(&self) -> Result<ManifestStatus, QueueError> {
+        self.read(lifecycle::i_manifest_status)
+    }
+
+    /// Gives `worker` the best pending job it may run, with a new lease, or None. Also
+    /// records `cap` as the worker's node status and refreshes its last_seen.
+    pub fn claim(
+        &self,
+        worker: &WorkerName,
+        cap: &Capability,
+    ) -> Result<Option<ClaimResponse>, QueueError> {
+        self.write(|tx| matching::i_claim(tx, worker, cap))
+    }
+
+    /// Extends the lease; the first heartbeat moves claimed -> running. Stores the log tail
+    /// and refreshes the worker's last_seen. Answers `cancel: true` for a cancelled job.
+    pub fn heartbeat(
+        &self,
+        id: &JobId,
+        req: &HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, QueueError> {
+        self.write(|tx| lifecycle::i_heartbeat(tx, id, req))
+    }
+
+    /// For uploads: Ok(spec) when `lease` is the job's current lease held by `worker` and the
+    /// job is claimed or running.
+    pub fn check_lease(
+        &self,
+        id: &JobId,
+        worker: &WorkerName,
+        lease: &Lease,
+    ) -> Result<JobSpec, QueueError> {
+        self.read(|tx| {
+            lifecycle::i_leased_job(tx, id, worker, lease, false).map(|(row, _)| row.spec)
+        })
+    }
+
+    /// Marks the job completed (with its artifact).
+    pub fn complete(
+        &self,
+        id: &JobId,
+        req: &CompleteRequest,
+    ) -> Result<JobStatusResponse, QueueError> {
+        self.write(|tx| lifecycle::i_complete(tx, id, req))
+    }
+
+    /// Reports a failure; see the module docs for where the job goes.
+    pub fn fail(&self, id: &JobId, req: &FailRequest) -> Result<JobStatusResponse, QueueError> {
+        self.write(|tx| lifecycle::i_fail(tx, id, req))
+    }
+
+    /// Operator: cancels a pending, claimed or running job.
+    pub fn cancel(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
+        self.write(|tx| lifecycle::i_cancel(tx, id))
+    }
+
+    /// Operator: sends a failed, cancelled or completed job back to pending (attempts reset).
+    pub fn requeue(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
+        self.write(|tx| lifecycle::i_requeue(tx, id))
+    }
+
+    /// Expires every lease whose time has passed at `now`.
+    pub fn sweep(&self, now: DateTime<Utc>) -> Result<SweepOutcome, QueueError> {
+        self.write(|tx| lifecycle::i_sweep(tx, now.timestamp_millis()))
+    }
+
+    /// The one job whose ID starts with `prefix`.
+    pub fn resolve(&self, prefix: &IdPrefix) -> Result<JobId, QueueError> {
+        self.read(|tx| lifecycle::i_resolve(tx, prefix))
+    }
+
+    /// One job with all its events.
+    pub fn job(&self, id: &JobId) -> Result<JobView, QueueError> {
+        self.read(|tx| lifecycle::i_job_view(tx, id, true))
+    }
+
+    /// Jobs matching `filter` in queue order (priority, then manifest order); events empty.
+    pub fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobView>, QueueError> {
+        self.read(|tx| lifecycle::i_jobs(tx, filter))
+    }
+
+    /// Why a pending job is not running: per known worker, and its queue position.
+    pub fn explain(&self, id: &JobId) -> Result<Explain, QueueError> {
+        self.read(|tx| explain::i_explain(tx, id))
+    }
+
+    /// Records a worker's node status (first report: `NodeRegistered` event).
+    pub fn report_node(
+        &self,
+        worker: &WorkerName,
+        cap: &Capability,
+    ) -> Result<WorkerView, QueueError> {
+        self.write(|tx| {
+            nodes::i_upsert_worker(tx, worker, cap)?;
+            nodes::i_worker_view(tx, worker)
+        })
+    }
+
+    /// Every known worker, by name.
+    pub fn workers(&self) -> Result<Vec<WorkerView>, QueueError> {
+        self.read(nodes::i_workers)
+    }
+
+    /// One worker.
+    pub fn worker(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
+        self.read(|tx| nodes::i_worker_view(tx, name))
+    }
+
+    /// Operator: no new jobs go to the worker.
+    pub fn cordon(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
+        self.write(|tx| nodes::i_set_schedulable(tx, name, nodes::Schedulable::Cordon))
+    }
+
+    /// Operator: the worker takes new jobs again (clears cordon and drain).
+    pub fn uncordon(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
+        self.write(|tx| nodes::i_set_schedulable(tx, name, nodes::Schedulable::Uncordon))
+    }
+
+    /// Operator: cordon the worker and let its running jobs finish (Draining until then).
+    pub fn drain(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
+        self.write(|tx| nodes::i_set_schedulable(tx, name, nodes::Schedulable::Drain))
+    }
+
+    /// Up to `limit` events with seq > `since`, oldest first.
+    pub fn events_since(&self, since: u64, limit: usize) -> Result<EventsPage, QueueError> {
+        self.read(|tx| events::i_events_since(tx, since, limit))
+    }
+
+    /// Number of jobs per status name (every status present, tombstoned jobs included).
+    pub fn counts(&self) -> Result<BTreeMap<String, u64>, QueueError> {
+        self.read(lifecycle::i_counts)
+    }
+
+    /// Watches the seq of the last event, bumped after every commit that appended events:
+    /// long-poll claims and `/v1/events` wait on it.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.last_event.subscribe()
+    }
+}

@@ -1,0 +1,251 @@
+//! Workers (nodes): their last reported capability, freshness, cordon and drain, and the
+//! host policy the manifest gives them.
+
+use cis490_api::{Capability, JobId, NodeState, WorkerName, WorkerView};
+use rusqlite::{params, OptionalExtension};
+
+use super::events::{i_event, kind};
+use super::rows::from_ms;
+use super::{QueueError, Tx};
+use crate::policy::HostPolicy;
+
+/// A worker row.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerRow {
+    pub name: String,
+    pub capability: Capability,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub cordoned: bool,
+    pub draining: bool,
+}
+
+impl WorkerRow {
+    /// Seen within `node_stale_after_s` of the transaction's now.
+    pub(crate) fn is_fresh(&self, tx: &Tx<'_>) -> bool {
+        let stale_ms = i64::try_from(tx.config.node_stale_after_s)
+            .unwrap_or(i64::MAX / 1000)
+            .saturating_mul(1000);
+        tx.now.saturating_sub(self.last_seen) <= stale_ms
+    }
+
+    /// Takes new jobs at all (cordon and drain both stop new jobs).
+    pub(crate) fn schedulable(&self) -> bool {
+        !self.cordoned && !self.draining
+    }
+}
+
+type RawWorker = (String, String, i64, i64, bool, bool);
+
+fn decode(
+    (name, cap, first_seen, last_seen, cordoned, draining): RawWorker,
+) -> Result<WorkerRow, QueueError> {
+    let capability = serde_json::from_str(&cap)
+        .map_err(|e| QueueError::corrupt(format!("capability of worker {name}: {e}")))?;
+    Ok(WorkerRow {
+        name,
+        capability,
+        first_seen,
+        last_seen,
+        cordoned,
+        draining,
+    })
+}
+
+const WORKER_COLUMNS: &str = "name, capability, first_seen, last_seen, cordoned, draining";
+
+fn raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawWorker> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+pub(crate) fn i_worker_row(tx: &Tx<'_>, name: &str) -> Result<Option<WorkerRow>, QueueError> {
+    let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE name = ?1");
+    let found = tx
+        .db
+        .prepare_cached(&sql)?
+        .query_row([name], raw)
+        .optional()?;
+    found.map(decode).transpose()
+}
+
+pub(crate) fn i_worker_rows(tx: &Tx<'_>) -> Result<Vec<WorkerRow>, QueueError> {
+    let sql = format!("SELECT {WORKER_COLUMNS} FROM workers ORDER BY name");
+    let mut stmt = tx.db.prepare_cached(&sql)?;
+    let rows = stmt.query_map([], raw)?;
+    rows.map(|r| decode(r?)).collect()
+}
+
+/// Records `cap` as the worker's node status and marks it seen now. The first report of a
+/// worker appends a `NodeRegistered` event.
+pub(crate) fn i_upsert_worker(
+    tx: &mut Tx<'_>,
+    worker: &WorkerName,
+    cap: &Capability,
+) -> Result<(), QueueError> {
+    let json = serde_json::to_string(cap).map_err(|e| QueueError::corrupt(e.to_string()))?;
+    let updated = tx
+        .db
+        .prepare_cached("UPDATE workers SET capability = ?2, last_seen = ?3 WHERE name = ?1")?
+        .execute(params![worker.as_str(), json, tx.now])?;
+    if updated == 0 {
+        tx.db
+            .prepare_cached(
+                "INSERT INTO workers (name, capability, first_seen, last_seen) \
+                 VALUES (?1, ?2, ?3, ?3)",
+            )?
+            .execute(params![worker.as_str(), json, tx.now])?;
+        let gpus = if cap.gpus.is_empty() {
+            "no GPU".to_string()
+        } else {
+            cap.gpus
+                .iter()
+                .map(|g| format!("{} ({} MiB)", g.name, g.vram_total_mib))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let message = format!(
+            "node {worker} registered: {} cores, {} MiB RAM, {gpus}{}",
+            cap.cores,
+            cap.ram_total_mib,
+            if cap.cuda { ", CUDA" } else { "" }
+        );
+        i_event(
+            tx,
+            None,
+            Some(worker.as_str()),
+            kind::NODE_REGISTERED,
+            message,
+        )?;
+    }
+    Ok(())
+}
+
+/// Marks a worker seen now (heartbeats), if it is known.
+pub(crate) fn i_touch_worker(tx: &Tx<'_>, worker: &str) -> Result<(), QueueError> {
+    tx.db
+        .prepare_cached("UPDATE workers SET last_seen = ?2 WHERE name = ?1")?
+        .execute(params![worker, tx.now])?;
+    Ok(())
+}
+
+/// Jobs the worker holds (claimed or running).
+pub(crate) fn i_leased_jobs_of(tx: &Tx<'_>, worker: &str) -> Result<Vec<JobId>, QueueError> {
+    let mut stmt = tx.db.prepare_cached(
+        "SELECT id FROM jobs WHERE worker = ?1 AND status IN ('claimed', 'running') ORDER BY id",
+    )?;
+    let ids = stmt.query_map([worker], |r| r.get::<_, String>(0))?;
+    ids.map(|id| JobId::parse(&id?).map_err(QueueError::corrupt))
+        .collect()
+}
+
+/// The manifest's policy for `worker`, if it has a `[[hosts]]` entry.
+pub(crate) fn i_host_policy(tx: &Tx<'_>, worker: &str) -> Result<Option<HostPolicy>, QueueError> {
+    let json: Option<String> = tx
+        .db
+        .prepare_cached("SELECT policy FROM hosts WHERE name = ?1")?
+        .query_row([worker], |r| r.get(0))
+        .optional()?;
+    json.map(|j| {
+        serde_json::from_str(&j)
+            .map_err(|e| QueueError::corrupt(format!("host policy of {worker}: {e}")))
+    })
+    .transpose()
+}
+
+/// Cordoned and draining win over staleness: an operator's decision is what they look for.
+pub(crate) fn node_state(row: &WorkerRow, fresh: bool, holds_jobs: bool) -> NodeState {
+    if row.draining && holds_jobs {
+        NodeState::Draining
+    } else if row.cordoned || row.draining {
+        NodeState::Cordoned
+    } else if !fresh {
+        NodeState::NotReady
+    } else {
+        NodeState::Ready
+    }
+}
+
+fn view(tx: &Tx<'_>, row: WorkerRow) -> Result<WorkerView, QueueError> {
+    let running_jobs = i_leased_jobs_of(tx, &row.name)?;
+    let fresh = row.is_fresh(tx);
+    let state = node_state(&row, fresh, !running_jobs.is_empty());
+    Ok(WorkerView {
+        name: WorkerName::parse(&row.name).map_err(QueueError::corrupt)?,
+        state,
+        ready: fresh,
+        cordoned: row.cordoned || row.draining,
+        draining: row.draining,
+        capability: row.capability,
+        first_seen: from_ms(row.first_seen),
+        last_seen: from_ms(row.last_seen),
+        running_jobs,
+    })
+}
+
+pub(crate) fn i_worker_view(tx: &mut Tx<'_>, name: &WorkerName) -> Result<WorkerView, QueueError> {
+    let row = i_worker_row(tx, name.as_str())?.ok_or_else(|| QueueError::NotFound {
+        what: "worker",
+        key: name.to_string(),
+    })?;
+    view(tx, row)
+}
+
+pub(crate) fn i_workers(tx: &mut Tx<'_>) -> Result<Vec<WorkerView>, QueueError> {
+    i_worker_rows(tx)?
+        .into_iter()
+        .map(|row| view(tx, row))
+        .collect()
+}
+
+/// What an operator does to a worker's schedulability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Schedulable {
+    Cordon,
+    Uncordon,
+    Drain,
+}
+
+pub(crate) fn i_set_schedulable(
+    tx: &mut Tx<'_>,
+    name: &WorkerName,
+    to: Schedulable,
+) -> Result<WorkerView, QueueError> {
+    let row = i_worker_row(tx, name.as_str())?.ok_or_else(|| QueueError::NotFound {
+        what: "worker",
+        key: name.to_string(),
+    })?;
+    let (cordoned, draining, event, message) = match to {
+        Schedulable::Cordon => (
+            true,
+            false,
+            kind::CORDONED,
+            format!("node {name} cordoned: no new jobs"),
+        ),
+        Schedulable::Uncordon => (
+            false,
+            false,
+            kind::UNCORDONED,
+            format!("node {name} uncordoned: takes new jobs again"),
+        ),
+        Schedulable::Drain => (
+            true,
+            true,
+            kind::DRAINING,
+            format!("node {name} draining: no new jobs, running jobs finish"),
+        ),
+    };
+    if (row.cordoned, row.draining) != (cordoned, draining) {
+        tx.db
+            .prepare_cached("UPDATE workers SET cordoned = ?2, draining = ?3 WHERE name = ?1")?
+            .execute(params![name.as_str(), cordoned, draining])?;
+        i_event(tx, None, Some(name.as_str()), event, message)?;
+    }
+    i_worker_view(tx, name)
+}

@@ -1,0 +1,246 @@
+//! Reading and writing job rows: the one place that knows the `jobs` columns.
+
+use chrono::{DateTime, Utc};
+use cis490_api::{ArtifactId, JobError, JobId, JobSpec, JobStatus, JobView, WorkerName};
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::{QueueError, Tx};
+
+/// Milliseconds since the epoch -> time (out-of-range values clamp to the epoch).
+pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// A job row as stored.
+#[derive(Debug, Clone)]
+pub(crate) struct JobRow {
+    pub spec: JobSpec,
+    pub status: JobStatus,
+    pub tombstoned: bool,
+    pub worker: Option<String>,
+    pub attempts: u32,
+    pub lease_attempt: Option<u32>,
+    pub lease_token: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub trainer_failures: u32,
+    pub lease_expiries: u32,
+    pub artifact_id: Option<String>,
+    pub error_reason: Option<String>,
+    pub error_exit_code: Option<i32>,
+    pub error_log_tail: Option<String>,
+    pub log_tail: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub pending_since: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+/// The columns `JobRow::from_row` reads, in order.
+pub(crate) const JOB_COLUMNS: &str = "spec, status, tombstoned, worker, attempts, \
+     lease_attempt, lease_token, lease_expires_at, trainer_failures, lease_expiries, \
+     artifact_id, error_reason, error_exit_code, error_log_tail, log_tail, created_at, \
+     updated_at, pending_since, started_at, finished_at";
+
+/// Raw column values; decoded outside rusqlite's row callback so decode errors stay typed.
+pub(crate) struct RawJob {
+    spec: String,
+    status: String,
+    rest: JobRowRest,
+}
+
+struct JobRowRest {
+    tombstoned: bool,
+    worker: Option<String>,
+    attempts: u32,
+    lease_attempt: Option<u32>,
+    lease_token: Option<String>,
+    lease_expires_at: Option<i64>,
+    trainer_failures: u32,
+    lease_expiries: u32,
+    artifact_id: Option<String>,
+    error_reason: Option<String>,
+    error_exit_code: Option<i32>,
+    error_log_tail: Option<String>,
+    log_tail: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    pending_since: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+}
+
+impl RawJob {
+    /// Reads the `JOB_COLUMNS` starting at column `first`.
+    pub(crate) fn from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<RawJob> {
+        let c = |i: usize| first + i;
+        Ok(RawJob {
+            spec: row.get(c(0))?,
+            status: row.get(c(1))?,
+            rest: JobRowRest {
+                tombstoned: row.get(c(2))?,
+                worker: row.get(c(3))?,
+                attempts: row.get(c(4))?,
+                lease_attempt: row.get(c(5))?,
+                lease_token: row.get(c(6))?,
+                lease_expires_at: row.get(c(7))?,
+                trainer_failures: row.get(c(8))?,
+                lease_expiries: row.get(c(9))?,
+                artifact_id: row.get(c(10))?,
+                error_reason: row.get(c(11))?,
+                error_exit_code: row.get(c(12))?,
+                error_log_tail: row.get(c(13))?,
+                log_tail: row.get(c(14))?,
+                created_at: row.get(c(15))?,
+                updated_at: row.get(c(16))?,
+                pending_since: row.get(c(17))?,
+                started_at: row.get(c(18))?,
+                finished_at: row.get(c(19))?,
+            },
+        })
+    }
+
+    pub(crate) fn decode(self) -> Result<JobRow, QueueError> {
+        let spec: JobSpec = serde_json::from_str(&self.spec)
+            .map_err(|e| QueueError::corrupt(format!("job spec: {e}")))?;
+        let status: JobStatus = self
+            .status
+            .parse()
+            .map_err(|e| QueueError::corrupt(format!("job {}: {e}", spec.id)))?;
+        let r = self.rest;
+        Ok(JobRow {
+            spec,
+            status,
+            tombstoned: r.tombstoned,
+            worker: r.worker,
+            attempts: r.attempts,
+            lease_attempt: r.lease_attempt,
+            lease_token: r.lease_token,
+            lease_expires_at: r.lease_expires_at,
+            trainer_failures: r.trainer_failures,
+            lease_expiries: r.lease_expiries,
+            artifact_id: r.artifact_id,
+            error_reason: r.error_reason,
+            error_exit_code: r.error_exit_code,
+            error_log_tail: r.error_log_tail,
+            log_tail: r.log_tail,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            pending_since: r.pending_since,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        })
+    }
+}
+
+/// The job `id`, or None.
+pub(crate) fn i_job_row(tx: &Tx<'_>, id: &JobId) -> Result<Option<JobRow>, QueueError> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1");
+    let raw = tx
+        .db
+        .prepare_cached(&sql)?
+        .query_row([id.as_str()], |r| RawJob::from_row(r, 0))
+        .optional()?;
+    raw.map(RawJob::decode).transpose()
+}
+
+/// The job `id`, or NotFound.
+pub(crate) fn i_existing_job(tx: &Tx<'_>, id: &JobId) -> Result<JobRow, QueueError> {
+    i_job_row(tx, id)?.ok_or_else(|| QueueError::job_not_found(id))
+}
+
+/// Inserts a new pending job.
+pub(crate) fn i_insert_job(tx: &Tx<'_>, spec: &JobSpec) -> Result<(), QueueError> {
+    tx.db
+        .prepare_cached(
+            "INSERT INTO jobs (id, spec, status, priority, manifest_order, model, mode, \
+             require_cuda, prefer_cuda, min_vram_gib, min_ram_gib, allowed_hosts, created_at, \
+             updated_at, pending_since) \
+             VALUES (?1, '{}', 'pending', 0, 0, '', '', 0, 0, 0, 0, '[]', ?2, ?2, ?2)",
+        )?
+        .execute(params![spec.id.as_str(), tx.now])?;
+    i_write_spec(tx, spec)
+}
+
+/// Stores `spec` and its indexed copies.
+pub(crate) fn i_write_spec(tx: &Tx<'_>, spec: &JobSpec) -> Result<(), QueueError> {
+    let json = serde_json::to_string(spec).map_err(|e| QueueError::corrupt(e.to_string()))?;
+    let allowed = serde_json::to_string(&spec.constraints.allowed_hosts)
+        .map_err(|e| QueueError::corrupt(e.to_string()))?;
+    let c = &spec.constraints;
+    tx.db
+        .prepare_cached(
+            "UPDATE jobs SET spec = ?2, priority = ?3, manifest_order = ?4, model = ?5, \
+             mode = ?6, require_cuda = ?7, prefer_cuda = ?8, min_vram_gib = ?9, \
+             min_ram_gib = ?10, allowed_hosts = ?11, updated_at = ?12 WHERE id = ?1",
+        )?
+        .execute(params![
+            spec.id.as_str(),
+            json,
+            spec.priority,
+            i64::try_from(spec.manifest_order).unwrap_or(i64::MAX),
+            spec.model,
+            spec.mode,
+            c.require_cuda,
+            c.prefer_cuda,
+            c.min_vram_gib,
+            c.min_ram_gib,
+            allowed,
+            tx.now,
+        ])?;
+    Ok(())
+}
+
+impl JobRow {
+    /// The API view (without events).
+    pub(crate) fn view(&self) -> Result<JobView, QueueError> {
+        let s = &self.spec;
+        let worker = self
+            .worker
+            .as_deref()
+            .map(WorkerName::parse)
+            .transpose()
+            .map_err(QueueError::corrupt)?;
+        let artifact_id = self
+            .artifact_id
+            .as_deref()
+            .map(ArtifactId::parse)
+            .transpose()
+            .map_err(QueueError::corrupt)?;
+        let error = self.error_reason.as_ref().map(|reason| JobError {
+            reason: reason.clone(),
+            exit_code: self.error_exit_code,
+            log_tail: self.error_log_tail.clone(),
+        });
+        Ok(JobView {
+            id: s.id.clone(),
+            model: s.model.clone(),
+            mode: s.mode.clone(),
+            hyper: s.hyper.clone(),
+            split_recipe: s.split_recipe.clone(),
+            train_hosts: s.train_hosts.clone(),
+            seed: s.seed,
+            constraints: s.constraints.clone(),
+            priority: s.priority,
+            labels: s.labels.clone(),
+            status: self.status,
+            worker,
+            attempts: self.attempts,
+            max_attempts: s.max_attempts,
+            artifact_id,
+            error,
+            tombstoned: self.tombstoned,
+            created_at: from_ms(self.created_at),
+            updated_at: from_ms(self.updated_at),
+            started_at: self.started_at.map(from_ms),
+            finished_at: self.finished_at.map(from_ms),
+            lease_expires_at: if self.status.is_leased() {
+                self.lease_expires_at.map(from_ms)
+            } else {
+                None
+            },
+            log_tail: self.log_tail.clone(),
+            events: Vec::new(),
+        })
+    }
+}

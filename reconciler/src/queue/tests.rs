@@ -1,0 +1,1111 @@
+//! Queue behaviour: apply, claim and matching, leases, attempts by cause, operator actions,
+//! explain, nodes and events.
+
+use chrono::Duration;
+use cis490_api::{
+    ArtifactId, Capability, ClaimResponse, CompleteRequest, FailRequest, HeartbeatRequest,
+    IdPrefix, JobFilter, JobSpec, JobStatus, Lease, ManifestError, NodeState, RetryPolicy,
+};
+
+use super::test_support::{cpu, gpu, id_of, spec, specs, worker};
+use super::{ManifestSource, Queue, QueueConfig, QueueError};
+use crate::plan::plan;
+use crate::policy::HostPolicy;
+
+fn queue() -> Queue {
+    Queue::open_in_memory(QueueConfig::default()).unwrap()
+}
+
+fn source() -> ManifestSource {
+    ManifestSource {
+        path: "etc/training_manifest.toml".to_string(),
+        sha256: "ab".repeat(32),
+        warnings: Vec::new(),
+    }
+}
+
+/// Plans `desired` against the queue and applies it; returns the new generation.
+fn load_hosts(q: &Queue, desired: &[JobSpec], hosts: &[HostPolicy]) -> u64 {
+    let p = plan(desired, &q.actual().unwrap());
+    q.apply(&p, hosts, &source()).unwrap().generation
+}
+
+fn load(q: &Queue, desired: &[JobSpec]) -> u64 {
+    load_hosts(q, desired, &[])
+}
+
+fn claim(q: &Queue, w: &str, cap: &Capability) -> Option<ClaimResponse> {
+    q.claim(&worker(w), cap).unwrap()
+}
+
+fn hb(w: &str, lease: &Lease) -> HeartbeatRequest {
+    HeartbeatRequest {
+        worker: worker(w),
+        lease: lease.clone(),
+        log_tail: None,
+    }
+}
+
+fn done(w: &str, lease: &Lease) -> CompleteRequest {
+    CompleteRequest {
+        worker: worker(w),
+        lease: lease.clone(),
+        artifact_id: Some(ArtifactId::parse(&"cd".repeat(32)).unwrap()),
+    }
+}
+
+fn failure(w: &str, lease: &Lease, retryable: bool) -> FailRequest {
+    FailRequest {
+        worker: worker(w),
+        lease: lease.clone(),
+        reason: if retryable {
+            "agent-shutdown".to_string()
+        } else {
+            "trainer exited non-zero".to_string()
+        },
+        exit_code: if retryable { None } else { Some(3) },
+        log_tail: Some("Traceback: boom".to_string()),
+        retryable,
+    }
+}
+
+fn host(name: &str, deny: &[&str], max_concurrent: Option<u32>) -> HostPolicy {
+    HostPolicy {
+        name: name.to_string(),
+        deny_jobs: deny.iter().map(|s| s.to_string()).collect(),
+        max_concurrent,
+        ..HostPolicy::default()
+    }
+}
+
+fn status(q: &Queue, spec: &JobSpec) -> JobStatus {
+    q.job(&spec.id).unwrap().status
+}
+
+fn kinds(q: &Queue, spec: &JobSpec) -> Vec<String> {
+    q.job(&spec.id)
+        .unwrap()
+        .events
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+fn past_lease(q: &Queue) -> chrono::DateTime<chrono::Utc> {
+    q.now() + Duration::seconds(91)
+}
+
+#[test]
+fn a_file_database_is_migrated_once_and_reopens_with_its_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/queue.db");
+    let job = spec("a");
+    {
+        let q = Queue::open(&path, QueueConfig::default()).unwrap();
+        load(&q, std::slice::from_ref(&job));
+    }
+    let q = Queue::open(&path, QueueConfig::default()).unwrap();
+    assert_eq!(status(&q, &job), JobStatus::Pending);
+    let version: i64 = q
+        .read(|tx| {
+            Ok(tx
+                .db
+                .query_row("SELECT version FROM schema_version", [], |r| r.get(0))?)
+        })
+        .unwrap();
+    assert_eq!(version as usize, super::schema::latest_version());
+    let mode: String = q
+        .read(|tx| Ok(tx.db.query_row("PRAGMA journal_mode", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn applying_the_same_manifest_twice_changes_nothing() {
+    let q = queue();
+    let jobs = specs("j", 5);
+    assert_eq!(load(&q, &jobs), 1);
+    let events = q.events_since(0, 1000).unwrap().events.len();
+    let p = plan(&jobs, &q.actual().unwrap());
+    assert!(p.is_empty());
+    assert_eq!(p.keep.len(), 5);
+    let summary = q.apply(&p, &[], &source()).unwrap();
+    assert!(summary.applied);
+    assert_eq!(summary.generation, 1, "a no-op apply keeps the generation");
+    assert_eq!(q.events_since(0, 1000).unwrap().events.len(), events);
+    assert_eq!(q.manifest_status().unwrap().generation, 1);
+    assert_eq!(kinds(&q, &jobs[0]), vec!["Created"]);
+}
+
+#[test]
+fn changed_host_policies_count_as_a_change() {
+    let q = queue();
+    let jobs = specs("j", 2);
+    assert_eq!(load(&q, &jobs), 1);
+    assert_eq!(load_hosts(&q, &jobs, &[host("box", &["gbt"], None)]), 2);
+    assert_eq!(load_hosts(&q, &jobs, &[host("box", &["gbt"], None)]), 2);
+}
+
+#[test]
+fn update_changes_a_pending_job_but_not_a_leased_one() {
+    let q = queue();
+    let mut jobs = specs("j", 2);
+    load(&q, &jobs);
+    let leased = claim(&q, "w1", &cpu(8)).unwrap();
+    assert_eq!(leased.job.id, jobs[0].id);
+    jobs[0].priority = 5;
+    jobs[1].priority = 5;
+    jobs[1].constraints.min_ram_gib = 2.0;
+    let p = plan(&jobs, &q.actual().unwrap());
+    assert_eq!(p.update.len(), 1, "the claimed job is kept: {p:?}");
+    assert_eq!(p.update[0].1, vec!["constraints", "priority"]);
+    assert_eq!(load(&q, &jobs), 2);
+    assert_eq!(q.job(&jobs[0].id).unwrap().priority, 0);
+    assert_eq!(q.job(&jobs[1].id).unwrap().priority, 5);
+    let updated = q.job(&jobs[1].id).unwrap().events;
+    assert_eq!(updated[1].kind, "Updated");
+    assert!(updated[1].message.contains("constraints, priority"));
+}
+
+#[test]
+fn tombstone_and_revive_keep_the_history() {
+    let q = queue();
+    let jobs = specs("j", 2);
+    load(&q, &jobs);
+    assert_eq!(load(&q, &jobs[1..]), 2);
+    let gone = q.job(&jobs[0].id).unwrap();
+    assert!(gone.tombstoned);
+    assert_eq!(q.jobs(&JobFilter::default()).unwrap().len(), 1);
+    let all = JobFilter {
+        all: true,
+        ..JobFilter::default()
+    };
+    assert_eq!(q.jobs(&all).unwrap().len(), 2);
+    // A tombstoned pending job is not claimable.
+    let first = claim(&q, "w1", &cpu(8)).unwrap();
+    assert_eq!(first.job.id, jobs[1].id);
+    assert!(claim(&q, "w2", &cpu(8)).is_none());
+    // Back in the manifest: revived with its events, claimable again.
+    assert_eq!(load(&q, &jobs), 3);
+    assert_eq!(
+        kinds(&q, &jobs[0]),
+        vec!["Created", "Tombstoned", "Revived"]
+    );
+    assert_eq!(claim(&q, "w2", &cpu(8)).unwrap().job.id, jobs[0].id);
+}
+
+#[test]
+fn a_tombstoned_running_job_finishes_as_orphaned() {
+    let q = queue();
+    let jobs = specs("j", 1);
+    load(&q, &jobs);
+    let c = claim(&q, "w1", &cpu(8)).unwrap();
+    q.heartbeat(&c.job.id, &hb("w1", &c.lease)).unwrap();
+    load(&q, &[]);
+    assert!(q.job(&c.job.id).unwrap().tombstoned);
+    let r = q.complete(&c.job.id, &done("w1", &c.lease)).unwrap();
+    assert_eq!(r.status, JobStatus::Completed);
+    let k = kinds(&q, &jobs[0]);
+    assert_eq!(k[k.len() - 2..], ["Completed", "Orphaned"]);
+}
+
+#[test]
+fn claims_follow_priority_then_manifest_order() {
+    let q = queue();
+    let mut jobs = specs("j", 4);
+    jobs[3].priority = 10;
+    jobs[2].priority = 10;
+    load(&q, &jobs);
+    let order: Vec<_> = (0..4)
+        .map(|i| claim(&q, &format!("w{i}"), &cpu(8)).unwrap().job.id)
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            jobs[2].id.clone(),
+            jobs[3].id.clone(),
+            jobs[0].id.clone(),
+            jobs[1].id.clone()
+        ]
+    );
+    assert!(claim(&q, "w9", &cpu(8)).is_none());
+}
+
+#[test]
+fn the_claim_walks_an_index_without_sorting() {
+    let q = queue();
+    for sql in [super::matching::CLAIM_CUDA, super::matching::CLAIM_CPU] {
+        let details: Vec<String> = q
+            .read(|tx| {
+                let mut stmt = tx.db.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                let rows = stmt
+                    .query_map(rusqlite::params![true, 1.0, 1.0, "[]", "[]", "w"], |r| {
+                        r.get(3)
+                    })?;
+                Ok(rows.collect::<Result<Vec<String>, _>>()?)
+            })
+            .unwrap();
+        let text = details.join("; ");
+        assert!(text.contains("USING INDEX jobs_claim_"), "{text}");
+        assert!(!text.contains("TEMP B-TREE"), "{text}");
+    }
+}
+
+#[test]
+fn require_cuda_needs_a_cuda_gpu() {
+    let q = queue();
+    let mut job = spec("cuda");
+    job.constraints.require_cuda = true;
+    load(&q, std::slice::from_ref(&job));
+    assert!(claim(&q, "cpu1", &cpu(64)).is_none());
+    let mut no_gpu_listed = gpu(24);
+    no_gpu_listed.gpus.clear();
+    assert!(claim(&q, "cuda0", &no_gpu_listed).is_none());
+    assert_eq!(claim(&q, "gpu1", &gpu(24)).unwrap().job.id, job.id);
+}
+
+#[test]
+fn min_vram_is_matched_per_gpu() {
+    let q = queue();
+    let mut job = spec("big");
+    job.constraints.min_vram_gib = 48.0;
+    load(&q, std::slice::from_ref(&job));
+    let mut two_small = gpu(24);
+    two_small.gpus.push(two_small.gpus[0].clone());
+    assert!(claim(&q, "small", &two_small).is_none());
+    assert!(claim(&q, "cpu", &cpu(512)).is_none());
+    assert_eq!(claim(&q, "big", &gpu(80)).unwrap().job.id, job.id);
+}
+
+#[test]
+fn min_ram_is_matched_against_allocatable_ram() {
+    let q = queue();
+    let mut job = spec("ram");
+    job.constraints.min_ram_gib = 32.0;
+    load(&q, std::slice::from_ref(&job));
+    assert!(claim(&q, "small", &cpu(16)).is_none());
+    assert_eq!(claim(&q, "large", &cpu(32)).unwrap().job.id, job.id);
+}
+
+#[test]
+fn allowed_hosts_pins_a_job() {
+    let q = queue();
+    let mut job = spec("pinned");
+    job.constraints.allowed_hosts = vec!["lab-a".to_string()];
+    load(&q, std::slice::from_ref(&job));
+    assert!(claim(&q, "lab-b", &cpu(8)).is_none());
+    assert_eq!(claim(&q, "lab-a", &cpu(8)).unwrap().job.id, job.id);
+}
+
+#[test]
+fn host_policy_denies_models_and_unlisted_hosts_allow_all() {
+    let q = queue();
+    let gbt = spec("gbt");
+    let mlp = JobSpec {
+        model: "mlp".to_string(),
+        manifest_order: 1,
+        ..spec("mlp")
+    };
+    load_hosts(
+        &q,
+        &[gbt.clone(), mlp.clone()],
+        &[host("pi", &["gbt"], None)],
+    );
+    assert_eq!(claim(&q, "pi", &cpu(8)).unwrap().job.id, mlp.id);
+    assert!(claim(&q, "pi", &cpu(8)).is_none());
+    assert_eq!(claim(&q, "other", &cpu(8)).unwrap().job.id, gbt.id);
+}
+
+#[test]
+fn host_allow_lists_and_deny_all() {
+    let q = queue();
+    let gbt = spec("gbt");
+    let mlp = JobSpec {
+        model: "mlp".to_string(),
+        manifest_order: 1,
+        ..spec("mlp")
+    };
+    let only_mlp = HostPolicy {
+        name: "picky".to_string(),
+        allow_jobs: vec!["mlp".to_string()],
+        ..HostPolicy::default()
+    };
+    let wildcard = HostPolicy {
+        name: "any".to_string(),
+        allow_jobs: vec!["*".to_string()],
+        ..HostPolicy::default()
+    };
+    load_hosts(
+        &q,
+        &[gbt.clone(), mlp.clone()],
+        &[only_mlp, wildcard, host("none", &["*"], None)],
+    );
+    assert!(claim(&q, "none", &cpu(8)).is_none());
+    assert_eq!(claim(&q, "picky", &cpu(8)).unwrap().job.id, mlp.id);
+    assert!(claim(&q, "picky", &cpu(8)).is_none());
+    assert_eq!(claim(&q, "any", &cpu(8)).unwrap().job.id, gbt.id);
+}
+
+#[test]
+fn host_max_concurrent_limits_leased_jobs() {
+    let q = queue();
+    load_hosts(&q, &specs("j", 4), &[host("box", &[], Some(2))]);
+    assert!(claim(&q, "box", &cpu(8)).is_some());
+    let second = claim(&q, "box", &cpu(8)).unwrap();
+    assert!(claim(&q, "box", &cpu(8)).is_none(), "at max_concurrent 2");
+    q.complete(&second.job.id, &done("box", &second.lease))
+        .unwrap();
+    assert!(claim(&q, "box", &cpu(8)).is_some());
+}
+
+#[test]
+fn cordoned_and_draining_workers_get_nothing() {
+    let q = queue();
+    load(&q, &specs("j", 3));
+    q.report_node(&worker("a"), &cpu(8)).unwrap();
+    q.report_node(&worker("b"), &cpu(8)).unwrap();
+    let held = claim(&q, "b", &cpu(8)).unwrap();
+    assert_eq!(q.cordon(&worker("a")).unwrap().state, NodeState::Cordoned);
+    assert!(claim(&q, "a", &cpu(8)).is_none());
+    let b = q.drain(&worker("b")).unwrap();
+    assert_eq!(b.state, NodeState::Draining);
+    assert!(b.cordoned && b.draining);
+    assert!(claim(&q, "b", &cpu(8)).is_none());
+    q.complete(&held.job.id, &done("b", &held.lease)).unwrap();
+    assert_eq!(q.worker(&worker("b")).unwrap().state, NodeState::Cordoned);
+    assert_eq!(q.uncordon(&worker("a")).unwrap().state, NodeState::Ready);
+    assert!(claim(&q, "a", &cpu(8)).is_some());
+    assert!(matches!(
+        q.cordon(&worker("nobody")),
+        Err(QueueError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn nodes_turn_not_ready_when_stale() {
+    let q = queue();
+    let view = q.report_node(&worker("a"), &cpu(8)).unwrap();
+    assert_eq!(view.state, NodeState::Ready);
+    assert!(view.ready);
+    q.advance_clock(Duration::seconds(91));
+    let view = q.worker(&worker("a")).unwrap();
+    assert_eq!(view.state, NodeState::NotReady);
+    assert!(!view.ready);
+    q.report_node(&worker("a"), &cpu(8)).unwrap();
+    assert_eq!(q.workers().unwrap()[0].state, NodeState::Ready);
+    let registered = q
+        .events_since(0, 100)
+        .unwrap()
+        .events
+        .iter()
+        .filter(|e| e.kind == "NodeRegistered")
+        .count();
+    assert_eq!(registered, 1, "only the first report registers the node");
+}
+
+fn prefer_cuda_setup() -> (Queue, JobSpec, JobSpec) {
+    let q = queue();
+    let plain = spec("plain");
+    let mut preferring = spec("prefers");
+    preferring.constraints.prefer_cuda = true;
+    preferring.manifest_order = 1;
+    load(&q, &[plain.clone(), preferring.clone()]);
+    (q, plain, preferring)
+}
+
+#[test]
+fn prefer_cuda_gives_cuda_workers_the_job_first() {
+    let (q, _plain, preferring) = prefer_cuda_setup();
+    assert_eq!(claim(&q, "gpu", &gpu(24)).unwrap().job.id, preferring.id);
+}
+
+#[test]
+fn prefer_cuda_jobs_wait_for_a_ready_cuda_worker() {
+    let (q, plain, preferring) = prefer_cuda_setup();
+    q.report_node(&worker("gpu"), &gpu(24)).unwrap();
+    assert_eq!(claim(&q, "cpu1", &cpu(8)).unwrap().job.id, plain.id);
+    assert!(
+        claim(&q, "cpu2", &cpu(8)).is_none(),
+        "left to the CUDA worker"
+    );
+    let why = q.explain(&preferring.id).unwrap();
+    let cpu2 = why.workers.iter().find(|w| w.worker.as_str() == "cpu2");
+    assert!(
+        cpu2.unwrap().reasons[0].starts_with("prefer_cuda"),
+        "{why:?}"
+    );
+    // After prefer_cuda_wait_s (the CUDA worker keeps reporting) a CPU worker may take it.
+    q.advance_clock(Duration::seconds(301));
+    q.report_node(&worker("gpu"), &gpu(24)).unwrap();
+    assert_eq!(claim(&q, "cpu2", &cpu(8)).unwrap().job.id, preferring.id);
+}
+
+#[test]
+fn prefer_cuda_jobs_go_to_cpu_workers_when_no_cuda_worker_could_run_them() {
+    let (q, _plain, preferring) = prefer_cuda_setup();
+    // No CUDA worker at all.
+    claim(&q, "cpu1", &cpu(8)).unwrap();
+    assert_eq!(claim(&q, "cpu2", &cpu(8)).unwrap().job.id, preferring.id);
+
+    // A CUDA worker that went stale does not hold jobs back either.
+    let (q, _plain, preferring) = prefer_cuda_setup();
+    q.report_node(&worker("gpu"), &gpu(24)).unwrap();
+    q.advance_clock(Duration::seconds(120));
+    claim(&q, "cpu1", &cpu(8)).unwrap();
+    assert_eq!(claim(&q, "cpu2", &cpu(8)).unwrap().job.id, preferring.id);
+
+    // Nor does a CUDA worker whose host policy denies the model.
+    let q = queue();
+    let mut p2 = spec("prefers");
+    p2.constraints.prefer_cuda = true;
+    load_hosts(
+        &q,
+        std::slice::from_ref(&p2),
+        &[host("gpu", &["gbt"], None)],
+    );
+    q.report_node(&worker("gpu"), &gpu(24)).unwrap();
+    assert_eq!(claim(&q, "cpu1", &cpu(8)).unwrap().job.id, p2.id);
+}
+
+#[test]
+fn the_first_heartbeat_starts_the_job_and_extends_the_lease() {
+    let q = queue();
+    let jobs = specs("j", 1);
+    load(&q, &jobs);
+    let c = claim(&q, "w1", &cpu(8)).unwrap();
+    assert_eq!(c.lease.attempt, 1);
+    assert_eq!(c.lease.token.len(), 32);
+    assert_eq!(status(&q, &jobs[0]), JobStatus::Claimed);
+    let before = q.job(&c.job.id).unwrap().lease_expires_at.unwrap();
+    q.advance_clock(Duration::seconds(60));
+    let mut req = hb("w1", &c.lease);
+    req.log_tail = Some("epoch 1".to_string());
+    assert!(!q.heartbeat(&c.job.id, &req).unwrap().cancel);
+    let view = q.job(&c.job.id).unwrap();
+    assert_eq!(view.status, JobStatus::Running);
+    assert!(view.started_at.is_some());
+    assert_eq!(view.log_tail.as_deref(), Some("epoch 1"));
+    assert!(view.lease_expires_at.unwrap() > before);
+    q.heartbeat(&c.job.id, &hb("w1", &c.lease)).unwrap();
+    assert_eq!(kinds(&q, &jobs[0]), vec!["Created", "Claimed", "Started"]);
+}
+
+#[test]
+fn a_wrong_lease_worker_or_job_state_is_lease_lost() {
+    let q = queue();
+    load(&q, &specs("j", 1));
+    let c = claim(&q, "w1", &cpu(8)).unwrap();
+    let id = &c.job.id;
+    let bad_token = Lease {
+        attempt: 1,
+        token: "0".repeat(32),
+    };
+    let bad_attempt = Lease {
+        attempt: 2,
+        token: c.lease.token.clone(),
+    };
+    for (w, lease) in [("w1", &bad_token), ("w1", &bad_attempt), ("w2", &c.lease)] {
+        let err = q.heartbeat(id, &hb(w, lease)).unwrap_err();
+        assert_eq!(err.code(), "lease_lost", "{err}");
+        assert!(q.check_lease(id, &worker(w), lease).is_err());
+        assert!(matches!(
+            q.complete(id, &done(w, lease)),
+            Err(QueueError::LeaseLost { .. })
+        ));
+    }
+    assert_eq!(q.check_lease(id, &worker("w1"), &c.lease).unwrap().id, *id);
+    q.complete(id, &done("w1", &c.lease)).unwrap();
+    let err = q.complete(id, &done("w1", &c.lease)).unwrap_err();
+    assert!(err.to_string().contains("completed"), "{err}");
+    assert!(matches!(
+        q.heartbeat(&id_of("unknown"), &hb("w1", &c.lease)),
+        Err(QueueError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn sweep_returns_an_expired_job_to_pending_and_fences_the_old_lease() {
+    let q = queue();
+    let jobs = specs("j", 1);
+    load(&q, &jobs);
+    let old = claim(&q, "w1", &cpu(8)).unwrap();
+    q.heartbeat(&old.job.id, &hb("w1", &old.lease)).unwrap();
+    assert_eq!(
+        q.sweep(q.now()).unwrap().requeued.len(),
+        0,
+        "not expired yet"
+    );
+    let swept = q.sweep(past_lease(&q)).unwrap();
+    assert_eq!(swept.requeued, vec![jobs[0].id.clone()]);
+    let view = q.job(&jobs[0].id).unwrap();
+    assert_eq!(view.status, JobStatus::Pending);
+    assert_eq!(view.attempts, 1, "an expired lease counts as an attempt");
+    assert!(q.heartbeat(&jobs[0].id, &hb("w1", &old.lease)).is_err());
+    let new = claim(&q, "w2", &cpu(8)).unwrap();
+    assert_eq!(new.lease.attempt, 2);
+    assert_eq!(q.job(&jobs[0].id).unwrap().attempts, 2);
+    for err in [
+        q.heartbeat(&jobs[0].id, &hb("w1", &old.lease)).unwrap_err(),
+        q.complete(&jobs[0].id, &done("w1", &old.lease))
+            .unwrap_err(),
+        q.fail(&jobs[0].id, &failure("w1", &old.lease, false))
+            .unwrap_err(),
+    ] {
+        assert!(matches!(err, QueueError::LeaseLost { .. }), "{err}");
+    }
+    q.complete(&jobs[0].id, &done("w2", &new.lease)).unwrap();
+    assert!(kinds(&q, &jobs[0]).contains(&"LeaseExpired".to_string()));
+}
+
+#[test]
+fn lease_expiries_past_max_attempts_fail_the_job() {
+    let q = queue();
+    let job = JobSpec {
+        max_attempts: 2,
+        ..spec("crashy")
+    };
+    load(&q, std::slice::from_ref(&job));
+    for round in 1..=2 {
+        let c = claim(&q, "w1", &cpu(8)).unwrap();
+        assert_eq!(c.lease.attempt, round);
+        let swept = q.sweep(past_lease(&q)).unwrap();
+        if round == 1 {
+            assert_eq!(swept.requeued, vec![job.id.clone()]);
+        } else {
+            assert_eq!(swept.failed, vec![job.id.clone()]);
+        }
+    }
+    let view = q.job(&job.id).unwrap();
+    assert_eq!(view.status, JobStatus::Failed);
+    assert_eq!(view.attempts, 2);
+    assert_eq!(
+        view.error.unwrap().reason,
+        "lease expired 2 times (agent vanished)"
+    );
+    assert!(claim(&q, "w1", &cpu(8)).is_none());
+}
+
+#[test]
+fn an_agent_shutdown_release_does_not_use_an_attempt() {
+    let q = queue();
+    let job = JobSpec {
+        max_attempts: 1,
+        ..spec("j")
+    };
+    load(&q, std::slice::from_ref(&job));
+    for _ in 0..5 {
+        let c = claim(&q, "w1", &cpu(8)).unwrap();
+        assert_eq!(c.lease.attempt, 1);
+        let r = q.fail(&job.id, &failure("w1", &c.lease, true)).unwrap();
+        assert_eq!(r.status, JobStatus::Pending);
+        assert_eq!(q.job(&job.id).unwrap().attempts, 0);
+        assert!(q.heartbeat(&job.id, &hb("w1", &c.lease)).is_err());
+    }
+    assert!(kinds(&q, &job).contains(&"Released".to_string()));
+}
+
+#[test]
+fn a_trainer_failure_fails_the_job_without_a_retry_policy() {
+    let q = queue();
+    let job = spec("j");
+    load(&q, std::slice::from_ref(&job));
+    let c = claim(&q, "w1", &cpu(8)).unwrap();
+    let r = q.fail(&job.id, &failure("w1", &c.lease, false)).unwrap();
+    assert_eq!(r.status, JobStatus::Failed);
+    let view = q.job(&job.id).unwrap();
+    let error = view.error.unwrap();
+    assert_eq!(error.exit_code, Some(3));
+    assert_eq!(error.log_tail.as_deref(), Some("Traceback: boom"));
+    assert_eq!(view.attempts, 1);
+    let failed = view.events.last().unwrap();
+    assert_eq!(failed.kind, "Failed");
+    assert!(failed.message.contains("exit code 3"), "{}", failed.message);
+    assert!(
+        failed
+            .message
+            .ends_with("--- log tail ---\nTraceback: boom"),
+        "{}",
+        failed.message
+    );
+}
+
+#[test]
+fn a_retry_policy_retries_trainer_failures_until_retries_or_attempts_run_out() {
+    let q = queue();
+    let job = JobSpec {
+        retry: RetryPolicy {
+            retries_on_failure: 1,
+        },
+        ..spec("j")
+    };
+    let short = JobSpec {
+        retry: RetryPolicy {
+            retries_on_failure: 5,
+        },
+        max_attempts: 2,
+        manifest_order: 1,
+        ..spec("short")
+    };
+    load(&q, &[job.clone(), short.clone()]);
+    let c = claim(&q, "w1", &cpu(8)).unwrap();
+    assert_eq!(c.job.id, job.id);
+    let r = q.fail(&job.id, &failure("w1", &c.lease, false)).unwrap();
+    assert_eq!(r.status, JobStatus::Pending);
+    let c = claim(&q, "w1", &cpu(8)).unwrap();
+    assert_eq!((c.job.id.clone(), c.lease.attempt), (job.id.clone(), 2));
+    let r = q.fail(&job.id, &failure("w1", &c.lease, false)).unwrap();
+    assert_eq!(r.status, JobStatus::Failed, "one retry only");
+
+    // Retries are also bounded by max_attempts.
+    for attempt in 1..=2 {
+        let c = claim(&q, "w1", &cpu(8)).unwrap();
+        assert_eq!(c.lease.attempt, attempt);
+        let r = q.fail(&short.id, &failure("w1", &c.lease, false)).unwrap();
+        let want = if attempt == 1 {
+            JobStatus::Pending
+        } else {
+            JobStatus::Failed
+        };
+        assert_eq!(r.status, want);
+    }
+    assert!(kinds(&q, &short).contains(&"Retrying".to_string()));
+}
+
+/// Puts a fresh job into `state` and returns it with the lease it holds, if any.
+fn job_in_state(q: &Queue, name: &str, state: JobStatus) -> (JobSpec, Option<Lease>) {
+    let job = spec(name);
+    let mut desired: Vec<JobSpec> = q.actual().unwrap().into_iter().map(|a| a.spec).collect();
+    desired.push(job.clone());
+    load(q, &desired);
+    if state == JobStatus::Pending {
+        return (job, None);
+    }
+    let c = q.claim(&worker(&format!("w-{name}")), &cpu(8)).unwrap();
+    let c = match c {
+        Some(c) if c.job.id == job.id => c,
+        other => panic!("expected to claim {name}, got {other:?}"),
+    };
+    let w = format!("w-{name}");
+    match state {
+        JobStatus::Claimed => {}
+        JobStatus::Running => {
+            q.heartbeat(&job.id, &hb(&w, &c.lease)).unwrap();
+        }
+        JobStatus::Completed => {
+            q.complete(&job.id, &done(&w, &c.lease)).unwrap();
+        }
+        JobStatus::Failed => {
+            q.fail(&job.id, &failure(&w, &c.lease, false)).unwrap();
+        }
+        JobStatus::Cancelled => {
+            q.cancel(&job.id).unwrap();
+        }
+        JobStatus::Pending => unreachable!(),
+    }
+    assert_eq!(status(q, &job), state);
+    (job, Some(c.lease))
+}
+
+#[test]
+fn cancel_from_every_state() {
+    for state in JobStatus::ALL {
+        let q = queue();
+        let (job, _) = job_in_state(&q, "x", state);
+        let result = q.cancel(&job.id);
+        match state {
+            JobStatus::Pending | JobStatus::Claimed | JobStatus::Running => {
+                assert_eq!(result.unwrap().status, JobStatus::Cancelled, "from {state}");
+                assert_eq!(status(&q, &job), JobStatus::Cancelled);
+                assert_eq!(kinds(&q, &job).last().unwrap(), "Cancelled");
+            }
+            _ => {
+                let err = result.unwrap_err();
+                assert_eq!(err.code(), "invalid_state");
+                assert_eq!(
+                    err.to_string(),
+                    format!(
+                        "cannot cancel job {} in state {state} (only pending, claimed or \
+                         running jobs can be cancelled)",
+                        job.id.short()
+                    )
+                );
+                assert_eq!(status(&q, &job), state, "a refused cancel changes nothing");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_cancelled_job_tells_its_worker_through_the_old_lease_and_refuses_completion() {
+    let q = queue();
+    let (job, lease) = job_in_state(&q, "x", JobStatus::Running);
+    let lease = lease.unwrap();
+    q.cancel(&job.id).unwrap();
+    assert!(q.heartbeat(&job.id, &hb("w-x", &lease)).unwrap().cancel);
+    assert!(q.heartbeat(&job.id, &hb("w-other", &lease)).is_err());
+    assert!(q.check_lease(&job.id, &worker("w-x"), &lease).is_err());
+    for err in [
+        q.complete(&job.id, &done("w-x", &lease)).unwrap_err(),
+        q.fail(&job.id, &failure("w-x", &lease, false)).unwrap_err(),
+    ] {
+        assert_eq!(err.code(), "lease_lost");
+    }
+    assert_eq!(status(&q, &job), JobStatus::Cancelled);
+    // Requeued: the old lease is dead for heartbeats too.
+    q.requeue(&job.id).unwrap();
+    assert!(q.heartbeat(&job.id, &hb("w-x", &lease)).is_err());
+}
+
+#[test]
+fn requeue_from_every_state() {
+    for state in JobStatus::ALL {
+        let q = queue();
+        let (job, _) = job_in_state(&q, "x", state);
+        let result = q.requeue(&job.id);
+        if state.is_terminal() {
+            assert_eq!(result.unwrap().status, JobStatus::Pending, "from {state}");
+            let view = q.job(&job.id).unwrap();
+            assert_eq!(view.status, JobStatus::Pending);
+            assert_eq!(view.attempts, 0);
+            assert!(view.error.is_none());
+            assert!(view.artifact_id.is_none());
+            assert_eq!(view.events.last().unwrap().kind, "Requeued");
+            assert_eq!(claim(&q, "again", &cpu(8)).unwrap().lease.attempt, 1);
+        } else {
+            let err = result.unwrap_err();
+            assert_eq!(err.code(), "invalid_state");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "cannot requeue job {} in state {state} (only failed, cancelled or \
+                     completed jobs can be requeued)",
+                    job.id.short()
+                )
+            );
+            assert_eq!(status(&q, &job), state);
+        }
+    }
+}
+
+#[test]
+fn unknown_jobs_are_not_found() {
+    let q = queue();
+    let id = id_of("nope");
+    for err in [
+        q.cancel(&id).unwrap_err(),
+        q.requeue(&id).unwrap_err(),
+        q.job(&id).unwrap_err(),
+        q.explain(&id).unwrap_err(),
+    ] {
+        assert_eq!(err.code(), "not_found");
+    }
+}
+
+#[test]
+fn resolve_accepts_unique_prefixes() {
+    let q = queue();
+    let jobs = specs("j", 40);
+    load(&q, &jobs);
+    let id = &jobs[7].id;
+    assert_eq!(
+        q.resolve(&IdPrefix::parse(id.as_str()).unwrap()).unwrap(),
+        *id
+    );
+    assert_eq!(
+        q.resolve(&IdPrefix::parse(&id.as_str()[..12]).unwrap())
+            .unwrap(),
+        *id
+    );
+    // 40 IDs share some first hex digit.
+    let mut firsts: Vec<char> = jobs
+        .iter()
+        .map(|j| j.id.as_str().chars().next().unwrap())
+        .collect();
+    firsts.sort();
+    let shared = firsts.windows(2).find(|w| w[0] == w[1]).unwrap()[0];
+    let err = q
+        .resolve(&IdPrefix::parse(&shared.to_string()).unwrap())
+        .unwrap_err();
+    assert_eq!(err.code(), "ambiguous_id");
+    let QueueError::Ambiguous { candidates, .. } = err else {
+        unreachable!()
+    };
+    assert!(candidates.len() >= 2);
+    let missing = q.resolve(&IdPrefix::parse(&"f".repeat(64)).unwrap());
+    assert_eq!(missing.unwrap_err().code(), "not_found");
+}
+
+#[test]
+fn explain_names_each_workers_reasons_and_the_queue_position() {
+    let q = queue();
+    let mut job = spec("big");
+    job.model = "gbt".to_string();
+    job.constraints.require_cuda = true;
+    job.constraints.min_vram_gib = 48.0;
+    job.manifest_order = 2;
+    let mut pinned = spec("pinned");
+    pinned.constraints.allowed_hosts = vec!["lab-z".to_string()];
+    pinned.manifest_order = 1;
+    load_hosts(
+        &q,
+        &[spec("first"), pinned, job.clone()],
+        &[host("denier", &["gbt"], None)],
+    );
+    q.report_node(&worker("cpu"), &cpu(8)).unwrap();
+    q.report_node(&worker("small"), &gpu(24)).unwrap();
+    q.report_node(&worker("denier"), &gpu(80)).unwrap();
+    q.report_node(&worker("gone"), &gpu(80)).unwrap();
+    q.report_node(&worker("shut"), &gpu(80)).unwrap();
+    q.cordon(&worker("shut")).unwrap();
+    q.advance_clock(Duration::seconds(300));
+    for w in ["cpu", "small", "denier", "shut"] {
+        let cap = if w == "cpu" {
+            cpu(8)
+        } else if w == "small" {
+            gpu(24)
+        } else {
+            gpu(80)
+        };
+        q.report_node(&worker(w), &cap).unwrap();
+    }
+    let why = q.explain(&job.id).unwrap();
+    assert_eq!(why.queue_position, Some(3));
+    assert_eq!(why.pending_total, 3);
+    let reasons = |w: &str| {
+        why.workers
+            .iter()
+            .find(|f| f.worker.as_str() == w)
+            .unwrap()
+            .reasons
+            .clone()
+    };
+    assert_eq!(
+        reasons("cpu"),
+        vec!["no CUDA", "0 GiB VRAM < 48 GiB required"]
+    );
+    assert_eq!(reasons("small"), vec!["24 GiB VRAM < 48 GiB required"]);
+    assert_eq!(reasons("denier"), vec!["host policy denies gbt"]);
+    assert_eq!(reasons("gone"), vec!["not Ready (last seen 5m ago)"]);
+    assert_eq!(reasons("shut"), vec!["cordoned"]);
+    assert!(
+        why.summary.starts_with("none of 5 workers"),
+        "{}",
+        why.summary
+    );
+
+    let pinned_why = q.explain(&id_of("pinned")).unwrap();
+    assert!(pinned_why
+        .workers
+        .iter()
+        .all(|w| w.reasons.contains(&"not in allowed_hosts".to_string())));
+
+    let first = q.explain(&id_of("first")).unwrap();
+    assert_eq!(first.queue_position, Some(1));
+    assert!(
+        first.summary.starts_with("can run on cpu"),
+        "{}",
+        first.summary
+    );
+
+    let c = claim(&q, "cpu", &cpu(8)).unwrap();
+    let running = q.explain(&c.job.id).unwrap();
+    assert_eq!(running.queue_position, None);
+    assert!(running.workers.is_empty());
+    assert_eq!(
+        running.summary,
+        "claimed by cpu (attempt 1 of 3), not started yet"
+    );
+}
+
+#[test]
+fn explain_reports_max_concurrent() {
+    let q = queue();
+    load_hosts(&q, &specs("j", 3), &[host("box", &[], Some(1))]);
+    claim(&q, "box", &cpu(8)).unwrap();
+    let why = q.explain(&specs("j", 3)[1].id).unwrap();
+    assert_eq!(why.workers[0].reasons, vec!["at max_concurrent 1"]);
+    assert_eq!(why.queue_position, Some(1));
+}
+
+#[test]
+fn events_page_by_seq_and_subscribers_hear_commits() {
+    let q = queue();
+    let rx = q.subscribe();
+    assert_eq!(*rx.borrow(), 0);
+    load(&q, &specs("j", 3));
+    assert_eq!(*rx.borrow(), 3);
+    let page = q.events_since(0, 2).unwrap();
+    assert_eq!(page.events.len(), 2);
+    assert_eq!(page.next, 2);
+    let rest = q.events_since(page.next, 100).unwrap();
+    assert_eq!(rest.events.len(), 1);
+    assert_eq!(rest.next, 3);
+    let none = q.events_since(rest.next, 100).unwrap();
+    assert!(none.events.is_empty());
+    assert_eq!(none.next, 3);
+    claim(&q, "w1", &cpu(8)).unwrap();
+    // NodeRegistered + Claimed.
+    assert_eq!(*rx.borrow(), 5);
+    assert!(rx.has_changed().unwrap());
+}
+
+#[test]
+fn events_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let job = spec("a");
+    {
+        let q = Queue::open(&path, QueueConfig::default()).unwrap();
+        load(&q, std::slice::from_ref(&job));
+        let c = claim(&q, "w1", &cpu(8)).unwrap();
+        q.fail(&job.id, &failure("w1", &c.lease, false)).unwrap();
+    }
+    let q = Queue::open(&path, QueueConfig::default()).unwrap();
+    assert_eq!(kinds(&q, &job), vec!["Created", "Claimed", "Failed"]);
+    assert_eq!(*q.subscribe().borrow(), 4);
+    assert_eq!(
+        q.job(&job.id).unwrap().error.unwrap().log_tail.as_deref(),
+        Some("Traceback: boom")
+    );
+}
+
+#[test]
+fn counts_and_filters() {
+    let q = queue();
+    let mut jobs = specs("j", 3);
+    jobs[2].model = "mlp".to_string();
+    jobs[1].labels.insert("team".to_string(), "a".to_string());
+    load(&q, &jobs);
+    claim(&q, "w1", &cpu(8)).unwrap();
+    let counts = q.counts().unwrap();
+    assert_eq!(counts["pending"], 2);
+    assert_eq!(counts["claimed"], 1);
+    assert_eq!(counts["failed"], 0);
+    assert_eq!(counts.len(), 6);
+    let by = |f: JobFilter| q.jobs(&f).unwrap().len();
+    assert_eq!(
+        by(JobFilter {
+            status: Some(JobStatus::Pending),
+            ..JobFilter::default()
+        }),
+        2
+    );
+    assert_eq!(
+        by(JobFilter {
+            model: Some("mlp".to_string()),
+            ..JobFilter::default()
+        }),
+        1
+    );
+    assert_eq!(
+        by(JobFilter {
+            worker: Some("w1".to_string()),
+            ..JobFilter::default()
+        }),
+        1
+    );
+    assert_eq!(
+        by(JobFilter {
+            label: Some("team=a".to_string()),
+            ..JobFilter::default()
+        }),
+        1
+    );
+    let bad = q
+        .jobs(&JobFilter {
+            label: Some("team".to_string()),
+            ..JobFilter::default()
+        })
+        .unwrap_err();
+    assert_eq!(bad.code(), "bad_request");
+}
+
+#[test]
+fn manifest_errors_are_recorded_and_cleared_by_the_next_apply() {
+    let q = queue();
+    let err = ManifestError {
+        path: "m.toml".to_string(),
+        line: Some(3),
+        column: Some(1),
+        message: "unknown key `prioirty`".to_string(),
+    };
+    q.record_manifest_errors("m.toml", std::slice::from_ref(&err))
+        .unwrap();
+    let st = q.manifest_status().unwrap();
+    assert_eq!(st.last_errors, vec![err]);
+    assert!(st.last_error_at.is_some());
+    assert_eq!(st.generation, 0);
+    load(&q, &specs("j", 1));
+    let st = q.manifest_status().unwrap();
+    assert!(st.last_errors.is_empty());
+    assert_eq!(st.sha256, Some("ab".repeat(32)));
+    assert_eq!(st.generation, 1);
+    assert!(st.last_applied_at.is_some());
+}
+
+#[test]
+fn apply_rechecks_jobs_claimed_since_planning() {
+    let q = queue();
+    let mut jobs = specs("j", 1);
+    load(&q, &jobs);
+    jobs[0].priority = 9;
+    let stale_plan = plan(&jobs, &q.actual().unwrap());
+    assert_eq!(stale_plan.update.len(), 1);
+    claim(&q, "w1", &cpu(8)).unwrap();
+    let summary = q.apply(&stale_plan, &[], &source()).unwrap();
+    assert_eq!(
+        summary.generation, 1,
+        "nothing changed: the job is leased now"
+    );
+    assert_eq!(q.job(&jobs[0].id).unwrap().priority, 0);
+}
+
+#[test]
+fn a_cpu_worker_skips_deferred_prefer_cuda_jobs_to_reach_others() {
+    let q = queue();
+    let mut desired: Vec<JobSpec> = specs("pref", 50)
+        .into_iter()
+        .map(|mut s| {
+            s.priority = 1;
+            s.constraints.prefer_cuda = true;
+            s
+        })
+        .collect();
+    let plain = JobSpec {
+        manifest_order: 99,
+        ..spec("plain")
+    };
+    desired.push(plain.clone());
+    load(&q, &desired);
+    q.report_node(&worker("gpu"), &gpu(24)).unwrap();
+    assert_eq!(claim(&q, "cpu", &cpu(8)).unwrap().job.id, plain.id);
+    assert!(claim(&q, "cpu", &cpu(8)).is_none());
+    assert_eq!(claim(&q, "gpu", &gpu(24)).unwrap().job.id, desired[0].id);
+}
+
+#[test]
+fn a_database_from_a_newer_build_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let q = Queue::open(&path, QueueConfig::default()).unwrap();
+    q.write(|tx| {
+        Ok(tx
+            .db
+            .execute("UPDATE schema_version SET version = 99", [])?)
+    })
+    .unwrap();
+    drop(q);
+    let err = Queue::open(&path, QueueConfig::default()).unwrap_err();
+    assert_eq!(err.code(), "internal");
+    assert!(err.to_string().contains("newer than this program"), "{err}");
+}
+
+#[test]
+fn ages_read_like_kubectl() {
+    use super::explain::ago;
+    assert_eq!(ago(42_000), "42s");
+    assert_eq!(ago(300_000), "5m");
+    assert_eq!(ago(3 * 3_600_000), "3h");
+    assert_eq!(ago(3 * 86_400_000), "3d");
+    assert_eq!(ago(-5), "0s");
+}
