@@ -94,6 +94,9 @@ impl ChildGuard {
         {
             let _ = Command::new("kill")
                 .arg("-KILL")
+                // `--` keeps procps kill from reading the negative group ID as a signal
+                // option: `kill -KILL -15` for an exited child killed every process.
+                .arg("--")
                 .arg(format!("-{}", self.child.id()))
                 .stderr(Stdio::null())
                 .status();

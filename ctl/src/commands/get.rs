@@ -33,6 +33,10 @@ pub async fn jobs(ctx: &Ctx, args: &GetJobsArgs) -> anyhow::Result<()> {
     let now = Utc::now();
     let table = jobs_table(&list, args.output == OutputFormat::Wide, now);
     let widths = table.widths(ctx.term.width);
+    if list.is_empty() && is_table(args.output) && !args.watch {
+        eprintln!("No jobs found.");
+        return Ok(());
+    }
     print(&render_jobs(&list, args.output, &table, ctx.term)?)?;
     let Some(mut since) = since else {
         return Ok(());
@@ -70,6 +74,11 @@ pub async fn jobs(ctx: &Ctx, args: &GetJobsArgs) -> anyhow::Result<()> {
         };
         print(&text)?;
     }
+}
+
+/// An empty table prints no header, only a note on stderr, like kubectl.
+fn is_table(format: OutputFormat) -> bool {
+    matches!(format, OutputFormat::Table | OutputFormat::Wide)
 }
 
 /// Jobs that are new or whose status, worker or attempts changed; updates `known`.
@@ -190,6 +199,10 @@ pub fn jobs_table(list: &[JobView], wide: bool, now: DateTime<Utc>) -> Table {
 /// `get workers`
 pub async fn workers(ctx: &Ctx, args: &ListArgs) -> anyhow::Result<()> {
     let list = ctx.client()?.workers().await.context("listing workers")?;
+    if list.is_empty() && is_table(args.output) {
+        eprintln!("No workers found.");
+        return Ok(());
+    }
     let text = match args.output {
         OutputFormat::Table | OutputFormat::Wide => {
             workers_table(&list, args.output == OutputFormat::Wide, Utc::now()).render(ctx.term)
@@ -273,6 +286,10 @@ pub async fn artifacts(ctx: &Ctx, args: &ListArgs) -> anyhow::Result<()> {
         .artifacts()
         .await
         .context("listing artifacts")?;
+    if list.is_empty() && is_table(args.output) {
+        eprintln!("No artifacts found.");
+        return Ok(());
+    }
     let text = match args.output {
         OutputFormat::Table | OutputFormat::Wide => {
             artifacts_table(&list, Utc::now()).render(ctx.term)
