@@ -62,6 +62,11 @@ struct Fleet {
 
 impl Fleet {
     fn start() -> Self {
+        Self::start_with_config("")
+    }
+
+    /// Starts the server with `config` as its `--config` file.
+    fn start_with_config(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         // The manifest has a folder of its own: the server watches it, and the tests write
@@ -70,12 +75,16 @@ impl Fleet {
         let manifest = root.join("etc").join("training_manifest.toml");
         std::fs::write(&manifest, manifest_text(&[1, 2, 3, 4, 5], None)).unwrap();
         let state = root.join("state");
+        let config_file = root.join("reconciler.toml");
+        std::fs::write(&config_file, config).unwrap();
         let server = Reconciler::start(
             &[
                 "--manifest",
                 manifest.to_str().unwrap(),
                 "--state-dir",
                 state.to_str().unwrap(),
+                "--config",
+                config_file.to_str().unwrap(),
             ],
             &[("CIS490_OPERATOR_TOKEN", TOKEN)],
             &root.join("reconciler.log"),
@@ -85,7 +94,10 @@ impl Fleet {
             .enable_all()
             .build()
             .unwrap();
-        let client = Client::new(&server.url).unwrap();
+        // The test's own client reads with the operator token (for `protect_reads`).
+        let client = Client::new(&server.url)
+            .unwrap()
+            .with_operator_token(Some(TOKEN.to_string()));
         let fleet = Self {
             _dir: dir,
             dir: root,
@@ -756,4 +768,51 @@ fn status_version_and_reload() {
     assert_eq!(out.status.code(), Some(1));
     let text = fleet.ok(&["status"], false);
     assert!(!text.contains("Last Error:  <none>"), "{text}");
+}
+
+#[test]
+fn protected_reads_need_the_operator_token() {
+    let fleet = Fleet::start_with_config("protect_reads = true\n");
+    let out = fleet.ctl(&["get", "jobs"], false);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("CIS490_OPERATOR_TOKEN"), "{err}");
+    let table = fleet.ok(&["get", "jobs"], true);
+    assert_eq!(table.lines().count(), 21, "{table}");
+}
+
+#[test]
+fn more_formats_names_wide_rows_reload_and_version_yaml() {
+    let fleet = Fleet::start();
+    let worker = fleet.worker("cpu-1");
+    let claim = worker.claim();
+    worker.heartbeat(&claim, "epoch 1\n");
+
+    let wide = fleet.ok(&["get", "jobs", "-o", "wide"], false);
+    let r = row(&wide, claim.job.id.short());
+    assert_eq!(r[3..6], ["running", "cpu-1", "1/2"], "{wide}");
+    assert_eq!(r[7], "<none>", "no constraints: {wide}");
+    assert_eq!(r[9], "<none>", "no artifact yet: {wide}");
+
+    let names = fleet.ok(&["get", "workers", "-o", "name"], false);
+    assert_eq!(names, "worker/cpu-1\n");
+    let artifact = worker.complete(&claim, b"bundle".to_vec());
+    let names = fleet.ok(&["get", "artifacts", "-o", "name"], false);
+    assert_eq!(names, format!("artifact/{artifact}\n"));
+
+    let json = fleet.ok(&["reload", "-o", "json"], true);
+    let plan: cis490_api::PlanSummary = serde_json::from_str(&json).unwrap();
+    assert!(plan.applied);
+    assert_eq!(plan.keep, 20);
+    assert!(plan.create.is_empty() && plan.tombstone.is_empty());
+    let yaml = fleet.ok(&["apply", "-o", "yaml"], true);
+    let again: cis490_api::PlanSummary = serde_yaml_ng::from_str(&yaml).unwrap();
+    assert_eq!(again.keep, 20);
+
+    let yaml = fleet.ok(&["version", "-o", "yaml"], false);
+    let v: serde_json::Value = serde_yaml_ng::from_str(&yaml).unwrap();
+    assert_eq!(v["client_version"], cis490_api::VERSION);
+    assert_eq!(v["server_version"], cis490_api::VERSION);
+    assert_eq!(v["server"], fleet.server.url.as_str());
 }

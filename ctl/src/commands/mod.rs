@@ -41,15 +41,18 @@ impl Ctx {
         }
     }
 
-    /// A client for read-only verbs.
+    /// A client for read-only verbs. It carries the operator token when one is set, for
+    /// servers that protect reads.
     pub fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(&self.server)?)
+        Ok(Client::new(&self.server)?.with_operator_token(self.operator_token.clone()))
     }
 
     /// A client for operator verbs. Fails before any request when the token is missing.
     pub fn operator(&self, verb: &'static str) -> anyhow::Result<Client> {
-        let token = self.operator_token.clone().ok_or(MissingToken { verb })?;
-        Ok(self.client()?.with_operator_token(Some(token)))
+        if self.operator_token.is_none() {
+            return Err(MissingToken { verb }.into());
+        }
+        self.client()
     }
 }
 
