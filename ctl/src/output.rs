@@ -188,7 +188,8 @@ impl Table {
     }
 
     /// Column widths: the widest cell, then shrunk (widest shrinkable column first) until
-    /// the table fits `max_width`, never below a column's header or `MIN_SHRUNK`.
+    /// the table fits `max_width`, never below a column's header or `MIN_SHRUNK`. When even
+    /// that cannot fit, nothing is cut.
     pub fn widths(&self, max_width: Option<usize>) -> Vec<usize> {
         let mut widths: Vec<usize> = self
             .columns
@@ -207,6 +208,7 @@ impl Table {
         let Some(max) = max_width else {
             return widths;
         };
+        let natural = widths.clone();
         let floor: Vec<usize> = self
             .columns
             .iter()
@@ -229,7 +231,9 @@ impl Table {
                 .map(|(i, _)| i);
             match widest {
                 Some(i) => widths[i] -= 1,
-                None => break,
+                // Cutting cannot make it fit: print whole cells and let lines wrap, as
+                // kubectl does, rather than cut for nothing.
+                None => return natural,
             }
         }
         widths
@@ -487,7 +491,7 @@ mod tests {
         let mut t = Table::new(vec![
             Column::fixed("ID"),
             Column::flex("MODEL"),
-            Column::flex("STATUS"),
+            Column::fixed("STATUS"),
         ]);
         t.push(vec![
             "0123456789ab".into(),
@@ -532,13 +536,13 @@ mod tests {
     }
 
     #[test]
-    fn table_too_narrow_stops_at_the_floor() {
-        let term = Terminal {
-            width: Some(5),
-            color: false,
-        };
-        let widths = sample_table().widths(term.width);
-        assert_eq!(widths, vec![12, 6, 6]);
+    fn table_that_cannot_fit_is_not_cut() {
+        let natural = sample_table().widths(None);
+        assert_eq!(natural, vec![12, 29, 7]);
+        assert_eq!(sample_table().widths(Some(5)), natural);
+        // 12 + 3 + 6 + 3 + 7 = 31 is the narrowest it gets.
+        assert_eq!(sample_table().widths(Some(30)), natural);
+        assert_eq!(sample_table().widths(Some(31)), vec![12, 6, 7]);
     }
 
     #[test]

@@ -365,7 +365,7 @@ pub fn describe_worker(
             Column::fixed("ID"),
             Column::flex("MODEL"),
             Column::flex("MODE"),
-            Column::flex("STATUS"),
+            Column::fixed("STATUS"),
             Column::fixed("UPDATED"),
         ]);
         for j in recent {

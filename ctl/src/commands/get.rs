@@ -163,7 +163,7 @@ pub fn jobs_table(list: &[JobView], wide: bool, now: DateTime<Utc>) -> Table {
         Column::fixed("ID"),
         Column::flex("MODEL"),
         Column::flex("MODE"),
-        Column::flex("STATUS"),
+        Column::fixed("STATUS"),
         Column::flex("WORKER"),
         Column::fixed("ATTEMPTS"),
         Column::fixed("AGE"),
