@@ -480,6 +480,41 @@ pub mod samples {
             }],
         }
     }
+
+    pub fn worker() -> WorkerView {
+        WorkerView {
+            name: WorkerName::parse("gpu-box").unwrap(),
+            state: NodeState::Ready,
+            ready: true,
+            cordoned: false,
+            draining: false,
+            capability: Capability {
+                hostname: "gpu-box".into(),
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                cores: 16,
+                ram_total_mib: 64 * 1024,
+                ram_available_mib: 60 * 1024,
+                ram_allocatable_mib: 60 * 1024,
+                gpus: vec![Gpu {
+                    index: 0,
+                    name: "RTX 4090".into(),
+                    uuid: None,
+                    vram_total_mib: 24 * 1024,
+                    vram_free_mib: 24 * 1024,
+                    vram_allocatable_mib: 24 * 1024,
+                }],
+                cuda: true,
+                cuda_version: Some("12.4".into()),
+                agent_version: "0.1.0".into(),
+                max_concurrent: 1,
+                ..Capability::default()
+            },
+            first_seen: now() - chrono::TimeDelta::hours(3),
+            last_seen: now() - chrono::TimeDelta::seconds(4),
+            running_jobs: vec![JobId::parse(&id('a')).unwrap()],
+        }
+    }
 }
 
 #[cfg(test)]

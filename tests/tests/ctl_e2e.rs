@@ -582,6 +582,8 @@ fn workers_describe_cordon_and_logs() {
     assert!(text.contains("State:          Ready"), "{text}");
     assert!(text.contains("Cores:         8"), "{text}");
     assert!(text.contains(claim.job.id.short()), "{text}");
+    let events = text.split("Events:").nth(1).unwrap_or_default();
+    assert!(events.contains("Claimed"), "{text}");
 
     let text = fleet.ok(&["describe", "job", claim.job.id.short()], false);
     assert!(text.contains("Status:         running"), "{text}");

@@ -53,8 +53,48 @@ pub async fn run(ctx: &Ctx, args: &DescribeArgs) -> anyhow::Result<()> {
                 })
                 .await
                 .with_context(|| format!("listing the jobs of worker {name}"))?;
-            print(&describe_worker(&worker, &jobs, Utc::now(), ctx.term))
+            let events = recent_worker_events(&client, &name).await?;
+            print(&describe_worker(
+                &worker,
+                &jobs,
+                &events,
+                Utc::now(),
+                ctx.term,
+            ))
         }
+    }
+}
+
+/// How many of a worker's events `describe worker` shows.
+const RECENT_EVENTS: usize = 20;
+
+/// The worker's latest events (its jobs' claims and results, cordons, registrations). The
+/// API pages the log oldest first, so this reads it through and keeps the tail.
+async fn recent_worker_events(
+    client: &cis490_api::Client,
+    name: &WorkerName,
+) -> anyhow::Result<Vec<Event>> {
+    let mut recent: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
+    let mut since = 0;
+    loop {
+        let page = client
+            .events(since, std::time::Duration::ZERO)
+            .await
+            .context("reading the event log")?;
+        let next = page.next.max(since);
+        let done = page.events.is_empty() || next == since;
+        for e in page.events {
+            if e.worker.as_ref() == Some(name) {
+                if recent.len() == RECENT_EVENTS {
+                    recent.pop_front();
+                }
+                recent.push_back(e);
+            }
+        }
+        if done {
+            return Ok(recent.into());
+        }
+        since = next;
     }
 }
 
@@ -249,6 +289,7 @@ fn events_section(events: &[Event], now: DateTime<Utc>, term: Terminal) -> Strin
 pub fn describe_worker(
     w: &WorkerView,
     jobs: &[JobView],
+    events: &[Event],
     now: DateTime<Utc>,
     term: Terminal,
 ) -> String {
@@ -381,13 +422,14 @@ pub fn describe_worker(
             let _ = writeln!(out, "  {l}");
         }
     }
+    out.push_str(&events_section(events, now, term));
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::samples::{job, now};
+    use crate::output::samples::{job, now, worker};
     use cis490_api::{WorkerFit, WorkerName};
 
     #[test]
@@ -448,5 +490,45 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("    gpu-box  could run it now"), "{text}");
+    }
+
+    #[test]
+    fn worker_page_shows_conditions_capability_jobs_and_events() {
+        let w = worker();
+        let running = job('a', JobStatus::Running);
+        let mut done = job('b', JobStatus::Completed);
+        done.worker = Some(w.name.clone());
+        let events = vec![Event {
+            seq: 9,
+            at: now() - chrono::TimeDelta::seconds(20),
+            job_id: Some(running.id.clone()),
+            worker: Some(w.name.clone()),
+            kind: "Claimed".into(),
+            message: "claimed by gpu-box (attempt 1)".into(),
+        }];
+        let text = describe_worker(&w, &[running, done], &events, now(), Terminal::plain());
+        assert!(text.contains("State:          Ready"), "{text}");
+        assert!(
+            text.contains("  Ready:         true\n  Cordoned:      false"),
+            "{text}"
+        );
+        assert!(text.contains("  CUDA:          12.4"), "{text}");
+        assert!(text.contains("    0: RTX 4090 (24Gi total"), "{text}");
+        assert!(
+            text.contains("Running Jobs:\n  aaaaaaaaaaaa  gbt/realistic  running"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Recent Jobs:\n  ID             MODEL"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  bbbbbbbbbbbb   gbt     realistic   completed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  20s   Claimed   gpu-box   claimed by gpu-box (attempt 1)"),
+            "{text}"
+        );
     }
 }

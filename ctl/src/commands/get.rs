@@ -332,7 +332,7 @@ pub fn artifacts_table(list: &[ArtifactView], now: DateTime<Utc>) -> Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::samples::{id, job, now};
+    use crate::output::samples::{id, job, now, worker};
     use cis490_api::*;
 
     #[test]
@@ -401,44 +401,9 @@ mod tests {
         assert!(text.contains("pending (tombstoned)"), "{text}");
     }
 
-    fn sample_worker() -> WorkerView {
-        WorkerView {
-            name: WorkerName::parse("gpu-box").unwrap(),
-            state: NodeState::Ready,
-            ready: true,
-            cordoned: false,
-            draining: false,
-            capability: Capability {
-                hostname: "gpu-box".into(),
-                os: "linux".into(),
-                arch: "x86_64".into(),
-                cores: 16,
-                ram_total_mib: 64 * 1024,
-                ram_available_mib: 60 * 1024,
-                ram_allocatable_mib: 60 * 1024,
-                gpus: vec![Gpu {
-                    index: 0,
-                    name: "RTX 4090".into(),
-                    uuid: None,
-                    vram_total_mib: 24 * 1024,
-                    vram_free_mib: 24 * 1024,
-                    vram_allocatable_mib: 24 * 1024,
-                }],
-                cuda: true,
-                cuda_version: Some("12.4".into()),
-                agent_version: "0.1.0".into(),
-                max_concurrent: 1,
-                ..Capability::default()
-            },
-            first_seen: now() - chrono::TimeDelta::hours(3),
-            last_seen: now() - chrono::TimeDelta::seconds(4),
-            running_jobs: vec![JobId::parse(&id('a')).unwrap()],
-        }
-    }
-
     #[test]
     fn workers_table_columns_and_row() {
-        let text = workers_table(&[sample_worker()], false, now()).render(Terminal::plain());
+        let text = workers_table(&[worker()], false, now()).render(Terminal::plain());
         let lines: Vec<&str> = text.lines().collect();
         let header: Vec<&str> = lines[0].split_whitespace().collect();
         assert_eq!(
@@ -460,7 +425,7 @@ mod tests {
             row,
             ["gpu-box", "Ready", "12.4", "1", "24Gi", "64Gi", "1", "4s", "0.1.0"]
         );
-        let wide = workers_table(&[sample_worker()], true, now()).render(Terminal::plain());
+        let wide = workers_table(&[worker()], true, now()).render(Terminal::plain());
         assert!(
             wide.contains("linux/x86_64") && wide.contains("RTX 4090"),
             "{wide}"
