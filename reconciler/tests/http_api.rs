@@ -402,8 +402,10 @@ async fn uploads_check_the_lease_the_cap_and_the_sha() {
         attempt: claimed.lease.attempt,
         token: "not-the-token".into(),
     };
+    // Bodies far larger than socket buffers: the refusal must still reach the client.
+    let big = vec![1u8; 16 << 20];
     let err = c
-        .upload(id, &worker("w1"), &stale, &sha, bytes.clone().into())
+        .upload(id, &worker("w1"), &stale, &sha, big.clone().into())
         .await
         .unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::CONFLICT));
@@ -421,8 +423,17 @@ async fn uploads_check_the_lease_the_cap_and_the_sha() {
         .unwrap_err();
     assert!(err.is_lease_lost(), "{err}");
 
+    // A wrong worker token: 403, read by the client.
+    let wrong = Client::new(&app.url)
+        .unwrap()
+        .with_worker_token(Some("wrong".into()));
+    let err = wrong
+        .upload(id, &worker("w1"), &claimed.lease, &sha, big.clone().into())
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::FORBIDDEN));
+
     // Over the cap: 413 (announced by Content-Length, and streamed without one).
-    let big = vec![1u8; 2048];
     let err = c
         .upload(
             id,
@@ -435,7 +446,7 @@ async fn uploads_check_the_lease_the_cap_and_the_sha() {
         .unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::PAYLOAD_TOO_LARGE));
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        big.chunks(100).map(|c| Ok(c.to_vec())).collect();
+        big.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
     let streamed = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
     let err = c
         .upload(
@@ -667,4 +678,185 @@ async fn graceful_shutdown_answers_waiting_claims() {
         .unwrap()
         .unwrap();
     assert!(answer.is_none(), "204 at shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_disconnects_mid_upload_leaves_no_partial_file() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let app = spawn_app(AppOptions::default()).await;
+    let claimed = app
+        .client
+        .claim(&cpu_claim("w1"), None)
+        .await
+        .unwrap()
+        .unwrap();
+    let incoming = app.store_root.join(".incoming");
+    let saw_partial = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&saw_partial);
+    // Some bytes, then (once the server is writing its partial file) the client breaks off.
+    let body = futures_util::stream::unfold(0u32, move |i| {
+        let (incoming, seen) = (incoming.clone(), Arc::clone(&seen));
+        async move {
+            if i < 4 {
+                return Some((Ok(bytes::Bytes::from(vec![9u8; 64 * 1024])), i + 1));
+            }
+            if i > 4 {
+                return None;
+            }
+            for _ in 0..1000 {
+                let present = std::fs::read_dir(&incoming)
+                    .map(|mut rd| rd.next().is_some())
+                    .unwrap_or(false);
+                if present {
+                    seen.store(true, Ordering::SeqCst);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Some((Err(std::io::Error::other("client gives up")), i + 1))
+        }
+    });
+    let result = app
+        .client
+        .upload(
+            &claimed.job.id,
+            &worker("w1"),
+            &claimed.lease,
+            &"ab".repeat(32),
+            reqwest::Body::wrap_stream(body),
+        )
+        .await;
+    assert!(result.is_err(), "the upload was broken off");
+    assert!(
+        saw_partial.load(Ordering::SeqCst),
+        "the server had started writing"
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "the partial file to go",
+        || async { app.partial_files().is_empty().then_some(()) },
+    )
+    .await;
+    assert!(app.anon.artifacts().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_started_on_an_invalid_manifest_serves_and_reports_it() {
+    let app = spawn_app(AppOptions {
+        manifest: "version = 1\n[[jobs]]\nmodel = \"gbt\"\nmode = \"realistic\"\nwat = 1\n".into(),
+        watch: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let status = app.anon.manifest().await.unwrap();
+    assert!(!status.last_errors.is_empty());
+    assert!(status.sha256.is_none(), "nothing was ever applied");
+    assert!(app
+        .anon
+        .jobs(&JobFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+    // Fixing the file and reloading recovers.
+    std::fs::write(&app.manifest, jobs_manifest([1])).unwrap();
+    app.client.reload().await.unwrap();
+    assert!(app.anon.manifest().await.unwrap().last_errors.is_empty());
+    assert_eq!(app.anon.jobs(&JobFilter::default()).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn protected_reads_need_a_token() {
+    let app = spawn_app(AppOptions {
+        protect_reads: true,
+        ..AppOptions::default()
+    })
+    .await;
+    // `cis490_api::Client` sends no token on read routes, so this speaks HTTP directly.
+    let http = reqwest::Client::new();
+    let jobs = format!("{}/v1/jobs", app.url);
+    let resp = http.get(&jobs).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = http.get(&jobs).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = http
+        .get(&jobs)
+        .bearer_auth(WORKER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = http
+        .get(&jobs)
+        .header("X-Operator-Token", OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let listed: Vec<cis490_api::JobView> = resp.json().await.unwrap();
+    assert_eq!(listed.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_documented_route_is_served_and_in_the_openapi_document() {
+    use cis490_reconciler::server::routes::ROUTES;
+    let app = spawn_app(AppOptions::default()).await;
+    let http = reqwest::Client::new();
+    let doc: serde_json::Value = http
+        .get(format!("{}/v1/openapi.json", app.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for route in ROUTES {
+        assert!(
+            doc["paths"][route.path][route.method.to_ascii_lowercase()].is_object(),
+            "{} {} missing from the OpenAPI document",
+            route.method,
+            route.path
+        );
+        let path = route
+            .path
+            .replace("{id}", &"ab".repeat(32))
+            .replace("{name}", "w1");
+        let method = reqwest::Method::from_bytes(route.method.as_bytes()).unwrap();
+        let resp = http
+            .request(method, format!("{}{path}", app.url))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_ne!(
+            status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{} {path}",
+            route.method
+        );
+        assert!(
+            !text.contains("no route"),
+            "{} {path} is not served: {text}",
+            route.method
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_count_jobs_and_workers() {
+    let app = spawn_app(AppOptions::default()).await;
+    app.client.claim(&cpu_claim("w1"), None).await.unwrap();
+    let text = reqwest::get(format!("{}/metrics", app.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("cis490_jobs{status=\"pending\"} 2"), "{text}");
+    assert!(text.contains("cis490_jobs{status=\"claimed\"} 1"), "{text}");
+    assert!(text.contains("cis490_workers{state=\"Ready\"} 1"), "{text}");
+    assert!(text.contains("cis490_manifest_errors 0"), "{text}");
 }

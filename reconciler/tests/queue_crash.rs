@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cis490_api::{CompleteRequest, JobId, JobStatus, Lease};
+use cis490_api::{CompleteRequest, JobId, JobStatus, Lease, WorkerName};
 use cis490_reconciler::queue::{Queue, QueueConfig};
 use queue_common::{cpu, jobs, load, worker};
 
@@ -29,31 +29,44 @@ fn crash_child() {
     };
     let q = Queue::open(&PathBuf::from(path), QueueConfig::default()).unwrap();
     load(&q, &jobs("crash", JOBS));
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "APPLIED").unwrap();
-    out.flush().unwrap();
-    let me = worker("crash-worker");
-    let mut n = 0u64;
-    while let Some(c) = q.claim(&me, &cpu()).unwrap() {
-        n += 1;
-        // Printed only after claim() returned Ok: the claim is acknowledged.
-        writeln!(
-            out,
-            "CLAIMED {} {} {}",
-            c.job.id, c.lease.attempt, c.lease.token
-        )
-        .unwrap();
-        out.flush().unwrap();
-        if n % 3 == 0 {
-            let req = CompleteRequest {
-                worker: me.clone(),
-                lease: c.lease.clone(),
-                artifact_id: None,
-            };
-            q.complete(&c.job.id, &req).unwrap();
-            writeln!(out, "COMPLETED {}", c.job.id).unwrap();
-            out.flush().unwrap();
-        }
+    println!("APPLIED");
+    std::io::stdout().flush().unwrap();
+    // Several claimers, so acknowledged claims also come out of shared (group) commits.
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                let me = worker(&format!("crash-worker-{t}"));
+                let mut n = 0u64;
+                while let Some(c) = q.claim(&me, &cpu()).unwrap() {
+                    n += 1;
+                    // Printed only after claim() returned Ok: the claim is acknowledged.
+                    let mut out = std::io::stdout().lock();
+                    writeln!(
+                        out,
+                        "CLAIMED {} {} {} {me}",
+                        c.job.id, c.lease.attempt, c.lease.token
+                    )
+                    .unwrap();
+                    out.flush().unwrap();
+                    drop(out);
+                    if n % 3 == 0 {
+                        let req = CompleteRequest {
+                            worker: me.clone(),
+                            lease: c.lease.clone(),
+                            artifact_id: None,
+                        };
+                        q.complete(&c.job.id, &req).unwrap();
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "COMPLETED {}", c.job.id).unwrap();
+                        out.flush().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
     }
     // Ran out of jobs before the kill: wait for it.
     std::thread::sleep(Duration::from_secs(600));
@@ -91,7 +104,7 @@ fn acknowledged_claims_survive_a_kill() {
     let mut lines = BufReader::new(stdout).lines();
 
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut claimed: Vec<(JobId, Lease)> = Vec::new();
+    let mut claimed: Vec<(JobId, Lease, WorkerName)> = Vec::new();
     let mut completed: Vec<JobId> = Vec::new();
     let mut applied = false;
     let mut killed = false;
@@ -106,12 +119,13 @@ fn acknowledged_claims_survive_a_kill() {
             .collect();
         match words.as_slice() {
             ["APPLIED"] => applied = true,
-            ["CLAIMED", id, attempt, token] => claimed.push((
+            ["CLAIMED", id, attempt, token, by] => claimed.push((
                 JobId::parse(id).unwrap(),
                 Lease {
                     attempt: attempt.parse().unwrap(),
                     token: token.to_string(),
                 },
+                worker(by),
             )),
             ["COMPLETED", id] => completed.push(JobId::parse(id).unwrap()),
             _ => {} // the test harness's own lines
@@ -136,8 +150,7 @@ fn acknowledged_claims_survive_a_kill() {
         JOBS,
         "the acknowledged apply survived"
     );
-    let me = worker("crash-worker");
-    for (id, lease) in &claimed {
+    for (id, lease, me) in &claimed {
         let view = q.job(id).unwrap();
         if completed.contains(id) {
             assert_eq!(view.status, JobStatus::Completed, "job {id}");
@@ -148,7 +161,7 @@ fn acknowledged_claims_survive_a_kill() {
                 view.status
             );
             if view.status == JobStatus::Claimed {
-                assert_eq!(q.check_lease(id, &me, lease).unwrap().id, *id);
+                assert_eq!(q.check_lease(id, me, lease).unwrap().id, *id);
             }
         }
         assert_eq!(view.attempts, 1);
@@ -158,7 +171,7 @@ fn acknowledged_claims_survive_a_kill() {
     let held = counts["claimed"] + counts["completed"];
     assert!(held as usize >= claimed.len(), "{counts:?}");
     assert!(
-        held as usize <= claimed.len() + 1,
-        "at most one unacknowledged claim: {counts:?}"
+        held as usize <= claimed.len() + 4,
+        "at most one unacknowledged claim per claimer: {counts:?}"
     );
 }

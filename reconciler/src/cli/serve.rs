@@ -86,7 +86,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         insecure: args.insecure,
     };
     let config = resolve(&flags, |k| std::env::var(k).ok(), file)?;
-    check_listen(&config)?;
+    let addrs = check_listen(&config)?;
+    if config.insecure
+        && config.worker_token.is_none()
+        && addrs.iter().any(|a| !a.ip().is_loopback())
+    {
+        tracing::warn!(
+            listen = %config.listen,
+            "--insecure: worker routes are open to anyone who can reach this address"
+        );
+    }
     if config.operator_token.is_none() {
         tracing::warn!(
             "no operator token configured: operator routes (cancel, requeue, reload, diff, \

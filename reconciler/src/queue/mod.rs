@@ -2,13 +2,17 @@
 //! (WAL, `synchronous=FULL`) before the call returns Ok.
 //!
 //! Shape (after buildomat's database crate): public methods on [`Queue`] open one
-//! transaction with [`Queue::write`] or [`Queue::read`] and call an `i_*` helper that runs
+//! transaction with `Queue::write` or `Queue::read` and call an `i_*` helper that runs
 //! inside it, so helpers compose (claim = upsert node + pick + lease + event, all or
-//! nothing). Writes go through one owner: a `Mutex<Connection>`.
+//! nothing). Writes go through one owner: a `Mutex<Connection>`. The hot worker calls
+//! (claim, heartbeat, complete, fail) share commits when they arrive together (group
+//! commit, `batch.rs`): each still runs all-or-nothing (in its own SAVEPOINT) and is
+//! answered only after the commit that holds it.
 //!
 //! Job lifecycle and attempt counting (see `lifecycle.rs`):
 //! - `claim` moves pending -> claimed and uses one attempt; the lease is (attempt, token).
-//! - the first `heartbeat` moves claimed -> running.
+//! - the first `heartbeat` moves claimed -> running. A lease is valid until `sweep` expires
+//!   it, so a heartbeat that arrives late but before the sweep still extends it.
 //! - `complete` -> completed (a tombstoned job also gets an `Orphaned` event).
 //! - `fail` with `retryable` (agent shutting down) -> pending, the attempt is refunded.
 //! - `fail` without `retryable` (trainer failure) -> failed, unless
@@ -20,6 +24,7 @@
 //!   stops its trainer; `complete`, `fail` and `check_lease` on it answer `LeaseLost`.
 //! - `requeue` (failed, cancelled, completed) -> pending with attempts reset to 0.
 
+mod batch;
 mod events;
 mod explain;
 mod lifecycle;
@@ -112,6 +117,9 @@ pub enum QueueError {
     /// SQLite failed.
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
+    /// A group commit failed; none of its operations took effect.
+    #[error("the database could not commit: {0}")]
+    Commit(String),
     /// Creating the database's directory failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -130,7 +138,10 @@ impl QueueError {
             QueueError::LeaseLost { .. } => "lease_lost",
             QueueError::InvalidState { .. } => "invalid_state",
             QueueError::BadRequest { .. } => "bad_request",
-            QueueError::Db(_) | QueueError::Io(_) | QueueError::Corrupt(_) => "internal",
+            QueueError::Db(_)
+            | QueueError::Commit(_)
+            | QueueError::Io(_)
+            | QueueError::Corrupt(_) => "internal",
         }
     }
 
@@ -159,6 +170,8 @@ struct Inner {
     /// Milliseconds added to the wall clock (tests and simulations move time forward).
     clock_offset_ms: AtomicI64,
     last_event: tokio::sync::watch::Sender<u64>,
+    /// Worker calls waiting for a group commit (see `batch.rs`).
+    waiting: batch::Waiting,
 }
 
 /// One open transaction and what it did, passed to every `i_*` helper.
@@ -222,6 +235,7 @@ impl Queue {
                 config,
                 clock_offset_ms: AtomicI64::new(0),
                 last_event: sender,
+                waiting: batch::Waiting::default(),
             }),
         })
     }
@@ -341,7 +355,10 @@ impl Queue {
         worker: &WorkerName,
         cap: &Capability,
     ) -> Result<Option<ClaimResponse>, QueueError> {
-        self.write(|tx| matching::i_claim(tx, worker, cap))
+        match self.batched(batch::Op::Claim(worker.clone(), cap.clone()))? {
+            batch::Done::Claim(claimed) => Ok(claimed),
+            _ => Err(QueueError::corrupt("claim answered with another result")),
+        }
     }
 
     /// Extends the lease; the first heartbeat moves claimed -> running. Stores the log tail
@@ -351,7 +368,12 @@ impl Queue {
         id: &JobId,
         req: &HeartbeatRequest,
     ) -> Result<HeartbeatResponse, QueueError> {
-        self.write(|tx| lifecycle::i_heartbeat(tx, id, req))
+        match self.batched(batch::Op::Heartbeat(id.clone(), req.clone()))? {
+            batch::Done::Heartbeat(answer) => Ok(answer),
+            _ => Err(QueueError::corrupt(
+                "heartbeat answered with another result",
+            )),
+        }
     }
 
     /// For uploads: Ok(spec) when `lease` is the job's current lease held by `worker` and the
@@ -373,12 +395,18 @@ impl Queue {
         id: &JobId,
         req: &CompleteRequest,
     ) -> Result<JobStatusResponse, QueueError> {
-        self.write(|tx| lifecycle::i_complete(tx, id, req))
+        match self.batched(batch::Op::Complete(id.clone(), req.clone()))? {
+            batch::Done::Status(status) => Ok(status),
+            _ => Err(QueueError::corrupt("complete answered with another result")),
+        }
     }
 
     /// Reports a failure; see the module docs for where the job goes.
     pub fn fail(&self, id: &JobId, req: &FailRequest) -> Result<JobStatusResponse, QueueError> {
-        self.write(|tx| lifecycle::i_fail(tx, id, req))
+        match self.batched(batch::Op::Fail(id.clone(), req.clone()))? {
+            batch::Done::Status(status) => Ok(status),
+            _ => Err(QueueError::corrupt("fail answered with another result")),
+        }
     }
 
     /// Operator: cancels a pending, claimed or running job.

@@ -379,6 +379,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_file_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc/reconciler.toml.example");
+        let file = FileConfig::load(&path).unwrap();
+        let c = resolve(&Flags::default(), env_of(&[]), file).unwrap();
+        assert_eq!(c.listen, DEFAULT_LISTEN);
+        assert_eq!(c.max_upload_bytes, DEFAULT_MAX_UPLOAD_BYTES);
+        assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    }
+
+    #[test]
     fn unknown_config_keys_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.toml");
