@@ -140,11 +140,11 @@ fn reordering_entries_or_hyper_keys_keeps_the_ids() {
     let text = example_text();
     let original = write(&dir, "original.toml", &text);
 
-    let from = "hyper = { n_estimators = 500, learning_rate = 0.05, max_depth = 6 }";
+    let from = "hyper = { n_estimators = 30, learning_rate = 0.3, max_depth = 3 }";
     assert_eq!(text.matches(from).count(), 2);
     let reordered_text = reverse_jobs(&text).replace(
         from,
-        "hyper = { max_depth = 6, learning_rate = 0.05, n_estimators = 500 }",
+        "hyper = { max_depth = 3, learning_rate = 0.3, n_estimators = 30 }",
     );
     let reordered = write(&dir, "reordered.toml", &reordered_text);
 
@@ -161,7 +161,7 @@ fn reordering_entries_or_hyper_keys_keeps_the_ids() {
 fn changing_one_hyper_value_changes_exactly_one_id() {
     let dir = tempfile::tempdir().unwrap();
     let text = example_text();
-    let from = "hyper = { hidden = 64, learning_rate = 0.001, epochs = 10 }";
+    let from = "hyper = { hidden = 8, learning_rate = 0.05, epochs = 10 }";
     assert_eq!(text.matches(from).count(), 1);
     let original = write(&dir, "original.toml", &text);
     let changed = write(
@@ -169,7 +169,7 @@ fn changing_one_hyper_value_changes_exactly_one_id() {
         "changed.toml",
         &text.replace(
             from,
-            "hyper = { hidden = 65, learning_rate = 0.001, epochs = 10 }",
+            "hyper = { hidden = 9, learning_rate = 0.05, epochs = 10 }",
         ),
     );
     let a = json_ids(&original);
