@@ -818,3 +818,42 @@ fn more_formats_names_wide_rows_reload_and_version_yaml() {
     assert_eq!(v["server_version"], cis490_api::VERSION);
     assert_eq!(v["server"], fleet.server.url.as_str());
 }
+
+#[test]
+fn tombstoned_jobs_show_only_with_all_and_diff_revives_them() {
+    let fleet = Fleet::start();
+    std::fs::write(&fleet.manifest, manifest_text(&[1, 2, 3, 4], None)).unwrap();
+    fleet.ok(&["reload"], true);
+    wait_until(WAIT, "16 live jobs after dropping seed 5", || {
+        (fleet.jobs().len() == 16).then_some(())
+    })
+    .unwrap();
+    let names = fleet.ok(&["get", "jobs", "-o", "name"], false);
+    assert_eq!(names.lines().count(), 16, "{names}");
+    let all = fleet.ok(&["get", "jobs", "-A"], false);
+    assert_eq!(all.lines().count(), 21, "{all}");
+    assert_eq!(
+        all.lines().filter(|l| l.contains("(tombstoned)")).count(),
+        4,
+        "{all}"
+    );
+    let json = fleet.ok(&["get", "jobs", "--all", "-o", "json"], false);
+    let jobs: Vec<JobView> = serde_json::from_str(&json).unwrap();
+    assert_eq!(jobs.iter().filter(|j| j.tombstoned).count(), 4);
+
+    // Putting seed 5 back would revive exactly those four.
+    let back = fleet.dir.join("back.toml");
+    std::fs::write(&back, manifest_text(&[1, 2, 3, 4, 5], None)).unwrap();
+    let text = fleet.ok(&["diff", "-f", back.to_str().unwrap()], true);
+    let revived: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("^ revive    "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let tombstoned: BTreeSet<&str> = jobs
+        .iter()
+        .filter(|j| j.tombstoned)
+        .map(|j| j.id.short())
+        .collect();
+    assert_eq!(revived, tombstoned, "{text}");
+}
