@@ -91,13 +91,11 @@ pub async fn run(ctx: &Ctx, args: &PullArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| default_file_name(&artifact));
     let partial = partial_path(&dest);
-    let result = download(
-        &client,
-        &artifact.artifact_id,
-        artifact.size_bytes,
-        &partial,
-    )
-    .await;
+    // Ctrl-C must not leave a partial file behind either.
+    let result = tokio::select! {
+        r = download(&client, &artifact.artifact_id, artifact.size_bytes, &partial) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; nothing was written")),
+    };
     let size = match result {
         Ok(size) => size,
         Err(e) => {
