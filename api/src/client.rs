@@ -121,8 +121,14 @@ impl Client {
         format!("{}{}", self.base, path)
     }
 
+    /// Read routes carry the operator token when the client has one, so that cis490ctl can
+    /// read from a server that sets `protect_reads` (either token unlocks reads there).
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http.request(method, self.url(path))
+        let rb = self.http.request(method, self.url(path));
+        match &self.operator_token {
+            Some(t) => rb.header(OPERATOR_TOKEN_HEADER, t),
+            None => rb,
+        }
     }
 
     fn worker(&self, method: Method, path: &str) -> RequestBuilder {
@@ -134,11 +140,8 @@ impl Client {
     }
 
     fn operator(&self, method: Method, path: &str) -> RequestBuilder {
-        let rb = self.request(method, path);
-        match &self.operator_token {
-            Some(t) => rb.header(OPERATOR_TOKEN_HEADER, t),
-            None => rb,
-        }
+        // `request` already adds the operator token when there is one.
+        self.request(method, path)
     }
 
     /// Sends a request; turns transport failures and error statuses into `ClientError`.
