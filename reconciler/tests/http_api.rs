@@ -773,7 +773,7 @@ async fn protected_reads_need_a_token() {
         ..AppOptions::default()
     })
     .await;
-    // `cis490_api::Client` sends no token on read routes, so this speaks HTTP directly.
+    // Raw HTTP first, to check each header on its own; then the typed client.
     let http = reqwest::Client::new();
     let jobs = format!("{}/v1/jobs", app.url);
     let resp = http.get(&jobs).send().await.unwrap();
@@ -796,6 +796,19 @@ async fn protected_reads_need_a_token() {
     assert_eq!(resp.status(), StatusCode::OK);
     let listed: Vec<cis490_api::JobView> = resp.json().await.unwrap();
     assert_eq!(listed.len(), 3);
+
+    let filter = cis490_api::JobFilter::default();
+    let anonymous = cis490_api::Client::new(&app.url).unwrap();
+    assert_eq!(
+        anonymous.jobs(&filter).await.unwrap_err().status(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    let agent = anonymous
+        .clone()
+        .with_worker_token(Some(WORKER_TOKEN.to_string()));
+    assert_eq!(agent.jobs(&filter).await.unwrap().len(), 3);
+    let operator = anonymous.with_operator_token(Some(OPERATOR_TOKEN.to_string()));
+    assert_eq!(operator.jobs(&filter).await.unwrap().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
