@@ -1,1 +1,13 @@
 //! cis490-agent: capability detection and the claim/run/heartbeat/upload loop.
+//!
+//! `capability` finds out what the host is; `config` merges flags, env and the config file;
+//! `slots` tracks what running jobs hold; `runner` starts and stops trainers; `pack` bundles
+//! their output; `worker` is the loop; `cli` is what `main` calls.
+
+pub mod capability;
+pub mod cli;
+pub mod config;
+pub mod pack;
+pub mod runner;
+pub mod slots;
+pub mod worker;

@@ -1,7 +1,24 @@
-fn main() {
-    eprintln!(
-        "{}: not yet implemented (see the README's status section)",
-        env!("CARGO_PKG_NAME")
-    );
-    std::process::exit(2);
+//! cis490-agent: see `cis490_agent::cli`.
+
+use cis490_agent::cli::{self, Cli, Command};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Cli::parse();
+    let result = match &args.command {
+        Command::Capability { output, flags } => cli::capability_command(flags, *output).await,
+        Command::Run { flags } => cli::run_command(flags).await,
+    };
+    if let Err(e) = result {
+        eprintln!("cis490-agent: {e:#}");
+        std::process::exit(1);
+    }
 }

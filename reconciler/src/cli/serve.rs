@@ -1,11 +1,119 @@
 //! `cis490-reconciler serve`: the control plane.
+//!
+//! Settings: command-line flags beat environment variables (CIS490_MANIFEST,
+//! CIS490_STATE_DIR, CIS490_LISTEN), which beat the `--config` file, which beats the
+//! defaults. Tokens come from CIS490_OPERATOR_TOKEN and CIS490_WORKER_TOKEN, or from files
+//! the config names. Without an operator token the operator routes answer 403.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::server::config::{check_listen, resolve, FileConfig, Flags};
+use crate::server::Server;
 
 /// Arguments of `serve`.
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {}
+pub struct ServeArgs {
+    /// The training manifest to reconcile [env: CIS490_MANIFEST]
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// Holds queue.db and the artifact store (models/) [env: CIS490_STATE_DIR]
+    /// [default: /var/lib/cis490]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port [env: CIS490_LISTEN]
+    /// [default: 127.0.0.1:8787]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// A TOML config file (see etc/reconciler.toml.example)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Allow a non-loopback listen address without a worker token
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves when SIGTERM or Ctrl-C (SIGINT) arrives.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}
 
 /// Returns the process exit code.
-pub fn run(_args: ServeArgs) -> anyhow::Result<i32> {
-    eprintln!("cis490-reconciler serve: not yet implemented");
-    Ok(2)
+pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
+    init_tracing();
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let flags = Flags {
+        manifest: args.manifest,
+        state_dir: args.state_dir,
+        listen: args.listen,
+        insecure: args.insecure,
+    };
+    let config = resolve(&flags, |k| std::env::var(k).ok(), file)?;
+    check_listen(&config)?;
+    if config.operator_token.is_none() {
+        tracing::warn!(
+            "no operator token configured: operator routes (cancel, requeue, reload, diff, \
+             cordon, drain) answer 403 until CIS490_OPERATOR_TOKEN is set"
+        );
+    }
+    tracing::debug!(?config, "configuration");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        let manifest = config.manifest.display().to_string();
+        let state_dir = config.state_dir.display().to_string();
+        let server = Server::build(config).await?;
+        tracing::info!(%addr, %manifest, %state_dir, "serving");
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "cis490-reconciler listening on http://{addr}")
+                .and_then(|()| out.flush())
+                .context("writing the listening line")?;
+        }
+        server.run(listener, shutdown_signal()).await?;
+        Ok(0)
+    })
 }

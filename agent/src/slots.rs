@@ -1,0 +1,335 @@
+//! What is free on this host: which GPUs (and how much of their VRAM) and how much RAM the
+//! running jobs hold. A claim advertises only what is free, so the server never hands the
+//! agent more than it can hold.
+
+use std::collections::BTreeMap;
+
+use cis490_api::node::MIB_PER_GIB;
+use cis490_api::{Capability, JobId, JobSpec};
+
+use crate::config::GpuSharing;
+
+/// What one running job holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    /// NVML index of the GPU given to the job (its CUDA_VISIBLE_DEVICES).
+    pub gpu: Option<u32>,
+    /// VRAM the job declared on that GPU; 0 with a GPU means the GPU is the job's alone.
+    pub vram_mib: u64,
+    pub ram_mib: u64,
+}
+
+/// Why a claimed job does not fit in what is free (the server raced us or matched wrongly).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SlotError {
+    /// All job slots (`--max-concurrent`) are in use.
+    #[error("all {0} job slots are in use")]
+    Full(u32),
+    /// The job needs a GPU (or VRAM) that no free GPU offers.
+    #[error("no free GPU with {0} MiB of VRAM")]
+    NoGpu(u64),
+    /// The job needs more RAM than is unreserved.
+    #[error("needs {need} MiB RAM, {free} MiB unreserved")]
+    NoRam { need: u64, free: u64 },
+}
+
+/// The host's advertised capability and what running jobs hold of it.
+#[derive(Debug, Clone)]
+pub struct Slots {
+    base: Capability,
+    sharing: GpuSharing,
+    running: BTreeMap<JobId, Allocation>,
+}
+
+fn gib_to_mib(gib: f64) -> u64 {
+    (gib * MIB_PER_GIB).ceil().max(0.0) as u64
+}
+
+impl Slots {
+    /// `base` is the advertised capability (after `--advertise`).
+    pub fn new(base: Capability, sharing: GpuSharing) -> Self {
+        Self {
+            base,
+            sharing,
+            running: BTreeMap::new(),
+        }
+    }
+
+    pub fn base(&self) -> &Capability {
+        &self.base
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = &JobId> {
+        self.running.keys()
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.running.len()
+    }
+
+    /// True while another job may start.
+    pub fn has_room(&self) -> bool {
+        self.running.len() < self.base.max_concurrent.max(1) as usize
+    }
+
+    fn ram_reserved(&self) -> u64 {
+        self.running.values().map(|a| a.ram_mib).sum()
+    }
+
+    fn ram_free(&self) -> u64 {
+        self.base
+            .ram_allocatable_mib
+            .saturating_sub(self.ram_reserved())
+    }
+
+    /// VRAM still allocatable on GPU `index`: None when a job holds it whole.
+    fn gpu_free(&self, index: u32, total: u64) -> Option<u64> {
+        let mut used = 0u64;
+        for a in self.running.values().filter(|a| a.gpu == Some(index)) {
+            if a.vram_mib == 0 || self.sharing == GpuSharing::Exclusive {
+                return None;
+            }
+            used += a.vram_mib;
+        }
+        Some(total.saturating_sub(used))
+    }
+
+    /// The full capability with running jobs listed: what node status reports.
+    pub fn node_status(&self) -> Capability {
+        let mut cap = self.base.clone();
+        cap.running_jobs = self.running.keys().cloned().collect();
+        cap
+    }
+
+    /// What a claim advertises now: RAM not reserved, and only GPUs with room, each with
+    /// its unallocated VRAM.
+    pub fn free_capability(&self) -> Capability {
+        let mut cap = self.node_status();
+        cap.ram_allocatable_mib = self.ram_free();
+        cap.gpus = self
+            .base
+            .gpus
+            .iter()
+            .filter_map(|g| {
+                self.gpu_free(g.index, g.vram_allocatable_mib).map(|free| {
+                    let mut g = g.clone();
+                    g.vram_allocatable_mib = free;
+                    g
+                })
+            })
+            .collect();
+        cap
+    }
+
+    /// Reserves what `spec` needs: RAM, and a GPU when it requires CUDA or VRAM (or prefers
+    /// CUDA and one is free). A GPU goes to the job whole unless sharing by VRAM and the
+    /// job declared its VRAM; then the tightest GPU that still fits it.
+    pub fn allocate(&mut self, spec: &JobSpec) -> Result<Allocation, SlotError> {
+        if !self.has_room() {
+            return Err(SlotError::Full(self.base.max_concurrent));
+        }
+        let c = &spec.constraints;
+        let ram_mib = gib_to_mib(c.min_ram_gib);
+        let free = self.ram_free();
+        if ram_mib > free {
+            return Err(SlotError::NoRam {
+                need: ram_mib,
+                free,
+            });
+        }
+        let vram_mib = gib_to_mib(c.min_vram_gib);
+        let needs_gpu = c.require_cuda || vram_mib > 0;
+        let wants_gpu = needs_gpu || (c.prefer_cuda && self.base.cuda);
+        let shares = self.sharing == GpuSharing::Vram && vram_mib > 0;
+        let mut gpu = None;
+        if wants_gpu && self.base.cuda {
+            let candidates = self.base.gpus.iter().filter_map(|g| {
+                let free = self.gpu_free(g.index, g.vram_allocatable_mib)?;
+                let untouched = free == g.vram_allocatable_mib;
+                let fits = free >= vram_mib && (shares || untouched);
+                fits.then_some((free, g.index))
+            });
+            gpu = if shares {
+                candidates.min().map(|(_, i)| i)
+            } else {
+                candidates.map(|(_, i)| i).min()
+            };
+        }
+        if needs_gpu && gpu.is_none() {
+            return Err(SlotError::NoGpu(vram_mib));
+        }
+        let allocation = Allocation {
+            gpu,
+            vram_mib: if shares && gpu.is_some() { vram_mib } else { 0 },
+            ram_mib,
+        };
+        self.running.insert(spec.id.clone(), allocation.clone());
+        Ok(allocation)
+    }
+
+    /// Frees what a finished job held.
+    pub fn release(&mut self, id: &JobId) {
+        self.running.remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cis490_api::{Constraints, Gpu};
+
+    fn cap(gpus: &[u64], ram_gib: u64, max: u32) -> Capability {
+        Capability {
+            hostname: "h".into(),
+            cores: 8,
+            ram_total_mib: ram_gib * 1024,
+            ram_allocatable_mib: ram_gib * 1024,
+            cuda: !gpus.is_empty(),
+            gpus: gpus
+                .iter()
+                .enumerate()
+                .map(|(i, gib)| Gpu {
+                    index: i as u32,
+                    name: "g".into(),
+                    uuid: None,
+                    vram_total_mib: gib * 1024,
+                    vram_free_mib: gib * 1024,
+                    vram_allocatable_mib: gib * 1024,
+                })
+                .collect(),
+            max_concurrent: max,
+            ..Capability::default()
+        }
+    }
+
+    fn job(n: u8, c: Constraints) -> JobSpec {
+        JobSpec {
+            id: JobId::parse(&format!("{:064x}", n)).unwrap(),
+            model: "m".into(),
+            mode: "x".into(),
+            hyper: Default::default(),
+            split_recipe: None,
+            train_hosts: vec![],
+            seed: 0,
+            constraints: c,
+            priority: 0,
+            max_attempts: 3,
+            stale_after_s: 90,
+            retry: Default::default(),
+            command: vec!["true".into()],
+            labels: Default::default(),
+            manifest_order: 0,
+        }
+    }
+
+    fn cuda(vram: f64, ram: f64) -> Constraints {
+        Constraints {
+            require_cuda: true,
+            min_vram_gib: vram,
+            min_ram_gib: ram,
+            ..Constraints::default()
+        }
+    }
+
+    #[test]
+    fn exclusive_gives_each_cuda_job_its_own_gpu() {
+        let mut s = Slots::new(cap(&[24, 24], 64, 3), GpuSharing::Exclusive);
+        assert_eq!(s.allocate(&job(1, cuda(0.0, 0.0))).unwrap().gpu, Some(0));
+        assert_eq!(s.free_capability().gpus.len(), 1);
+        assert_eq!(s.allocate(&job(2, cuda(8.0, 0.0))).unwrap().gpu, Some(1));
+        let free = s.free_capability();
+        assert!(free.gpus.is_empty());
+        assert_eq!(
+            s.allocate(&job(3, cuda(0.0, 0.0))),
+            Err(SlotError::NoGpu(0))
+        );
+        // A CPU job still fits.
+        assert_eq!(
+            s.allocate(&job(4, Constraints::default())).unwrap().gpu,
+            None
+        );
+        s.release(&job(1, Constraints::default()).id);
+        assert_eq!(s.free_capability().gpus[0].index, 0);
+    }
+
+    #[test]
+    fn vram_sharing_packs_declared_jobs_while_they_fit() {
+        let mut s = Slots::new(cap(&[24], 64, 4), GpuSharing::Vram);
+        assert_eq!(s.allocate(&job(1, cuda(10.0, 0.0))).unwrap().gpu, Some(0));
+        assert_eq!(s.free_capability().gpus[0].vram_allocatable_mib, 14 * 1024);
+        assert_eq!(s.allocate(&job(2, cuda(12.0, 0.0))).unwrap().gpu, Some(0));
+        assert_eq!(s.free_capability().gpus[0].vram_allocatable_mib, 2 * 1024);
+        assert_eq!(
+            s.allocate(&job(3, cuda(4.0, 0.0))),
+            Err(SlotError::NoGpu(4 * 1024))
+        );
+        // A job without declared VRAM needs the GPU whole.
+        assert_eq!(
+            s.allocate(&job(5, cuda(0.0, 0.0))),
+            Err(SlotError::NoGpu(0))
+        );
+        s.release(&job(1, Constraints::default()).id);
+        assert_eq!(s.free_capability().gpus[0].vram_allocatable_mib, 12 * 1024);
+    }
+
+    #[test]
+    fn vram_sharing_picks_the_tightest_fitting_gpu_and_whole_gpu_jobs_block_sharing() {
+        let mut s = Slots::new(cap(&[24, 12], 64, 4), GpuSharing::Vram);
+        assert_eq!(s.allocate(&job(1, cuda(6.0, 0.0))).unwrap().gpu, Some(1));
+        assert_eq!(s.allocate(&job(2, cuda(0.0, 0.0))).unwrap().gpu, Some(0));
+        assert_eq!(s.free_capability().gpus.len(), 1);
+        assert_eq!(
+            s.allocate(&job(3, cuda(7.0, 0.0))),
+            Err(SlotError::NoGpu(7 * 1024))
+        );
+    }
+
+    #[test]
+    fn ram_is_reserved_by_running_jobs() {
+        let mut s = Slots::new(cap(&[], 16, 3), GpuSharing::Exclusive);
+        let ram = |g| Constraints {
+            min_ram_gib: g,
+            ..Constraints::default()
+        };
+        s.allocate(&job(1, ram(10.0))).unwrap();
+        assert_eq!(s.free_capability().ram_allocatable_mib, 6 * 1024);
+        assert_eq!(
+            s.allocate(&job(2, ram(7.0))),
+            Err(SlotError::NoRam {
+                need: 7 * 1024,
+                free: 6 * 1024
+            })
+        );
+        s.allocate(&job(3, ram(6.0))).unwrap();
+        assert_eq!(s.free_capability().ram_allocatable_mib, 0);
+        assert_eq!(s.node_status().running_jobs.len(), 2);
+        assert_eq!(s.node_status().ram_allocatable_mib, 16 * 1024);
+    }
+
+    #[test]
+    fn max_concurrent_bounds_the_slots_and_cpu_hosts_refuse_cuda_jobs() {
+        let mut s = Slots::new(cap(&[], 16, 1), GpuSharing::Exclusive);
+        assert!(s.has_room());
+        assert_eq!(
+            s.allocate(&job(1, cuda(0.0, 0.0))),
+            Err(SlotError::NoGpu(0))
+        );
+        s.allocate(&job(2, Constraints::default())).unwrap();
+        assert!(!s.has_room());
+        assert_eq!(
+            s.allocate(&job(3, Constraints::default())),
+            Err(SlotError::Full(1))
+        );
+    }
+
+    #[test]
+    fn prefer_cuda_takes_a_free_gpu_but_runs_without_one() {
+        let mut s = Slots::new(cap(&[8], 16, 2), GpuSharing::Exclusive);
+        let prefer = Constraints {
+            prefer_cuda: true,
+            ..Constraints::default()
+        };
+        assert_eq!(s.allocate(&job(1, prefer.clone())).unwrap().gpu, Some(0));
+        assert_eq!(s.allocate(&job(2, prefer)).unwrap().gpu, None);
+    }
+}

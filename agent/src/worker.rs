@@ -1,0 +1,836 @@
+//! The agent's loop, as two explicit state machines (after buildomat's agent):
+//!
+//! * [`AgentStage`]: report node status -> long-poll claim (advertising what is free) ->
+//!   start the job in its own task -> claim again while slots are free -> on SIGTERM stop
+//!   claiming and wait for every job to release itself.
+//! * [`JobStage`], one per claimed job: start the trainer -> run it, heartbeating ->
+//!   pack -> upload -> complete, or report the failure; a cancel, a lost lease or shutdown
+//!   stops the trainer's process group on the way.
+//!
+//! The server being unreachable never stops a trainer: heartbeats, uploads and reports are
+//! retried with capped exponential backoff and jitter until it answers.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use cis490_api::{
+    ArtifactId, ClaimRequest, ClaimResponse, Client, ClientError, CompleteRequest, FailRequest,
+    HeartbeatRequest, JobId, JobSpec, Lease, WorkerName,
+};
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::config::AgentConfig;
+use crate::pack::{self, Packed};
+use crate::runner::{self, Attempt, Trainer};
+use crate::slots::{Allocation, Slots};
+
+/// The reason a job released on shutdown carries, so the server requeues it at once.
+pub const SHUTDOWN_REASON: &str = "agent-shutdown";
+
+/// How long one API call (other than a long-poll claim or an upload) may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long reports may take once shutdown has stopped the trainers.
+const SHUTDOWN_REPORT_WINDOW: Duration = Duration::from_secs(5);
+/// Longest wait between retries of a claim or a report while the server is away.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Capped exponential backoff with jitter: attempt 1 waits about `base`, each further
+/// attempt doubles it up to `cap`; the wait is drawn from [half, full] so a fleet that lost
+/// its server does not come back in lockstep.
+pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    let exp = base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(16)));
+    let full = exp.min(cap).max(Duration::from_millis(10));
+    let factor = rand::rng().random_range(0.5..=1.0);
+    full.mul_f64(factor)
+}
+
+/// Shared state of the agent's tasks. Locks are std mutexes, never held across `.await`.
+#[derive(Clone)]
+struct Shared {
+    cfg: Arc<AgentConfig>,
+    client: Client,
+    slots: Arc<Mutex<Slots>>,
+    trainers: TrainerRegistry,
+}
+
+/// Pids (process groups) of running trainers, so a second SIGINT can kill them at once.
+#[derive(Clone, Default)]
+pub struct TrainerRegistry(Arc<Mutex<BTreeSet<u32>>>);
+
+impl TrainerRegistry {
+    fn lock(&self) -> MutexGuard<'_, BTreeSet<u32>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, pid: u32) {
+        self.lock().insert(pid);
+    }
+
+    fn remove(&self, pid: u32) {
+        self.lock().remove(&pid);
+    }
+
+    /// SIGKILLs every running trainer's tree.
+    pub fn kill_all(&self) {
+        for pid in self.lock().iter() {
+            runner::kill_tree(*pid, true);
+        }
+    }
+}
+
+impl Shared {
+    fn slots(&self) -> MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn worker(&self) -> &WorkerName {
+        &self.cfg.name
+    }
+
+    async fn report_node(&self) -> Result<(), ClientError> {
+        let status = self.slots().node_status();
+        match tokio::time::timeout(
+            CALL_TIMEOUT,
+            self.client.report_node(self.worker(), &status),
+        )
+        .await
+        {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(timeout_error(&self.client)),
+        }
+    }
+}
+
+fn timeout_error(client: &Client) -> ClientError {
+    ClientError::Protocol {
+        url: client.base_url().to_string(),
+        message: "no answer in time".into(),
+    }
+}
+
+/// Transient: the call may succeed later (unreachable, 5xx, or no answer in time).
+fn is_transient(e: &ClientError) -> bool {
+    e.is_transient()
+        || matches!(e, ClientError::Protocol { message, .. } if message == "no answer in time")
+}
+
+/// The job is no longer ours: its lease moved on, or the server no longer has it.
+fn is_gone(e: &ClientError) -> bool {
+    e.is_lease_lost() || matches!(e.code(), Some("not_found") | Some("invalid_state"))
+}
+
+/// How a job ended for this agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    Completed(ArtifactId),
+    /// Reported as failed (the reason sent).
+    Failed(String),
+    /// An operator cancelled it; output discarded.
+    Cancelled,
+    /// The lease moved on (expired, or the job is gone); output discarded.
+    LeaseLost,
+    /// Released on shutdown (`agent-shutdown`, retryable).
+    Released,
+    /// The server refused a report for another reason, or could not be told in time.
+    Unreported(String),
+}
+
+/// The stages of one job.
+enum JobStage {
+    Start,
+    Run(Trainer),
+    Pack,
+    Upload(Packed),
+    Complete(ArtifactId),
+    Report(FailRequest),
+    Done(JobOutcome),
+}
+
+/// One claimed job and everything it needs.
+struct JobRun {
+    shared: Shared,
+    spec: JobSpec,
+    lease: Lease,
+    allocation: Allocation,
+    attempt: Option<Attempt>,
+    shutdown: watch::Receiver<bool>,
+    /// Set once shutdown stopped the trainer: reports get a short window after it.
+    report_deadline: Option<Instant>,
+}
+
+impl JobRun {
+    fn fail(&self, reason: String, exit_code: Option<i32>, retryable: bool) -> FailRequest {
+        FailRequest {
+            worker: self.shared.worker().clone(),
+            lease: self.lease.clone(),
+            reason,
+            exit_code,
+            log_tail: self.attempt.as_ref().and_then(Attempt::log_tail),
+            retryable,
+        }
+    }
+
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Drives the job to its end.
+    async fn drive(mut self) -> JobOutcome {
+        let mut stage = JobStage::Start;
+        loop {
+            stage = match stage {
+                JobStage::Start => self.start(),
+                JobStage::Run(trainer) => self.run(trainer).await,
+                JobStage::Pack => self.pack().await,
+                JobStage::Upload(packed) => self.upload(packed).await,
+                JobStage::Complete(artifact) => self.complete(artifact).await,
+                JobStage::Report(req) => self.report(req).await,
+                JobStage::Done(outcome) => {
+                    self.clean_up(&outcome);
+                    return outcome;
+                }
+            };
+        }
+    }
+
+    fn start(&mut self) -> JobStage {
+        let cfg = &self.shared.cfg;
+        let attempt = match Attempt::prepare(&cfg.state_dir, &self.spec, &self.lease) {
+            Ok(a) => a,
+            Err(e) => return JobStage::Report(self.fail(format!("agent: {e}"), None, true)),
+        };
+        self.attempt = Some(attempt.clone());
+        let argv = match runner::trainer_argv(&self.spec.command, &self.spec.hyper) {
+            Ok(argv) => argv,
+            Err(e) => return JobStage::Report(self.fail(e.to_string(), None, false)),
+        };
+        let env = runner::trainer_env(&self.spec, &self.lease, &attempt, self.allocation.gpu);
+        match Trainer::spawn(&argv, &env, &cfg.work_dir, &attempt.log_path) {
+            Ok(trainer) => {
+                tracing::info!(job = %self.spec.id.short(), pid = trainer.pid(), gpu = ?self.allocation.gpu, "trainer started");
+                self.shared.trainers.add(trainer.pid());
+                JobStage::Run(trainer)
+            }
+            Err(e) => JobStage::Report(self.fail(e.to_string(), None, false)),
+        }
+    }
+
+    /// Stops the trainer's tree and forgets it.
+    async fn stop(&mut self, trainer: &mut Trainer) {
+        trainer.stop(self.shared.cfg.grace).await;
+        self.shared.trainers.remove(trainer.pid());
+    }
+
+    async fn heartbeat(&self) -> Result<bool, ClientError> {
+        let req = HeartbeatRequest {
+            worker: self.shared.worker().clone(),
+            lease: self.lease.clone(),
+            log_tail: self.attempt.as_ref().and_then(Attempt::log_tail),
+        };
+        let client = &self.shared.client;
+        match tokio::time::timeout(CALL_TIMEOUT, client.heartbeat(&self.spec.id, &req)).await {
+            Ok(r) => r.map(|resp| resp.cancel),
+            Err(_) => Err(timeout_error(client)),
+        }
+    }
+
+    async fn run(&mut self, mut trainer: Trainer) -> JobStage {
+        let period = self.shared.cfg.heartbeat;
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut failures = 0u32;
+        let mut retry_at: Option<Instant> = None;
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let beat_now = tokio::select! {
+                status = trainer.wait() => {
+                    self.shared.trainers.remove(trainer.pid());
+                    return match status {
+                        Ok(s) if s.success() => JobStage::Pack,
+                        Ok(s) => JobStage::Report(self.exit_failure(s)),
+                        Err(e) => JobStage::Report(self.fail(format!("agent lost the trainer: {e}"), None, true)),
+                    };
+                }
+                _ = tick.tick(), if retry_at.is_none() => true,
+                _ = sleep_until_opt(retry_at), if retry_at.is_some() => true,
+                _ = shutdown_signalled(&mut shutdown) => {
+                    tracing::info!(job = %self.spec.id.short(), "shutdown: stopping the trainer");
+                    self.stop(&mut trainer).await;
+                    self.report_deadline = Some(Instant::now() + SHUTDOWN_REPORT_WINDOW);
+                    return JobStage::Report(self.fail(SHUTDOWN_REASON.into(), None, true));
+                }
+            };
+            if !beat_now {
+                continue;
+            }
+            match self.heartbeat().await {
+                Ok(true) => {
+                    tracing::info!(job = %self.spec.id.short(), "cancelled by an operator: stopping the trainer");
+                    self.stop(&mut trainer).await;
+                    return JobStage::Done(JobOutcome::Cancelled);
+                }
+                Ok(false) => {
+                    if failures > 0 {
+                        tracing::info!(job = %self.spec.id.short(), "server is back");
+                    }
+                    failures = 0;
+                    retry_at = None;
+                    tick.reset();
+                }
+                Err(e) if is_gone(&e) => {
+                    tracing::warn!(job = %self.spec.id.short(), "lease lost ({e}): stopping the trainer");
+                    self.stop(&mut trainer).await;
+                    return JobStage::Done(JobOutcome::LeaseLost);
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = backoff(failures, Duration::from_secs(1), period.min(MAX_BACKOFF));
+                    tracing::warn!(job = %self.spec.id.short(), "heartbeat failed ({e}); trainer keeps running, retry in {wait:?}");
+                    retry_at = Some(Instant::now() + wait);
+                }
+            }
+        }
+    }
+
+    fn exit_failure(&self, status: std::process::ExitStatus) -> FailRequest {
+        let last_line = self
+            .attempt
+            .as_ref()
+            .and_then(Attempt::log_tail)
+            .and_then(|t| {
+                t.lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+            })
+            .map(|l| format!(": {}", l.chars().take(200).collect::<String>()))
+            .unwrap_or_default();
+        let why = match status.code() {
+            Some(code) => format!("trainer exited with code {code}"),
+            None => signal_text(&status),
+        };
+        self.fail(format!("{why}{last_line}"), status.code(), false)
+    }
+
+    async fn pack(&mut self) -> JobStage {
+        let Some(attempt) = self.attempt.clone() else {
+            return JobStage::Report(self.fail("agent: no attempt dir".into(), None, true));
+        };
+        let bundle = attempt.dir.join("bundle.tar.zst");
+        let output = attempt.output_dir.clone();
+        match tokio::task::spawn_blocking(move || pack::pack_dir(&output, &bundle)).await {
+            Ok(Ok(packed)) => JobStage::Upload(packed),
+            Ok(Err(e)) => {
+                JobStage::Report(self.fail(format!("packing the output failed: {e}"), None, false))
+            }
+            Err(e) => JobStage::Report(self.fail(format!("packing task failed: {e}"), None, true)),
+        }
+    }
+
+    /// Waits `attempt`'s backoff; false when shutdown came first.
+    async fn wait_retry(&mut self, attempt: u32) -> bool {
+        if self.shutting_down() {
+            return false;
+        }
+        let wait = backoff(attempt, Duration::from_millis(500), MAX_BACKOFF);
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = shutdown_signalled(&mut shutdown) => false,
+        }
+    }
+
+    fn release_on_shutdown(&mut self) -> JobStage {
+        self.report_deadline = Some(Instant::now() + SHUTDOWN_REPORT_WINDOW);
+        JobStage::Report(self.fail(SHUTDOWN_REASON.into(), None, true))
+    }
+
+    async fn upload(&mut self, packed: Packed) -> JobStage {
+        let client = self.shared.client.clone();
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let body = match pack::upload_body(&packed.path).await {
+                Ok(b) => b,
+                Err(e) => {
+                    return JobStage::Report(self.fail(
+                        format!("reading the bundle failed: {e}"),
+                        None,
+                        true,
+                    ))
+                }
+            };
+            let result = client
+                .upload(
+                    &self.spec.id,
+                    self.shared.worker(),
+                    &self.lease,
+                    &packed.sha256,
+                    body,
+                )
+                .await;
+            match result {
+                Ok(resp) if resp.artifact_id.as_str() == packed.sha256 => {
+                    tracing::info!(job = %self.spec.id.short(), artifact = %resp.artifact_id.short(), bytes = resp.size_bytes, "uploaded");
+                    return JobStage::Complete(resp.artifact_id);
+                }
+                Ok(resp) => {
+                    return JobStage::Report(self.fail(
+                        format!(
+                            "server stored artifact {} for a bundle with sha256 {}",
+                            resp.artifact_id, packed.sha256
+                        ),
+                        None,
+                        true,
+                    ))
+                }
+                Err(e) if e.is_lease_lost() => return JobStage::Done(JobOutcome::LeaseLost),
+                Err(e) if is_transient(&e) => {
+                    tracing::warn!(job = %self.spec.id.short(), "upload failed ({e}); retrying");
+                    if !self.wait_retry(tries).await {
+                        return self.release_on_shutdown();
+                    }
+                }
+                Err(e) => {
+                    return JobStage::Report(self.fail(format!("upload refused: {e}"), None, false))
+                }
+            }
+        }
+    }
+
+    async fn complete(&mut self, artifact: ArtifactId) -> JobStage {
+        let req = CompleteRequest {
+            worker: self.shared.worker().clone(),
+            lease: self.lease.clone(),
+            artifact_id: Some(artifact.clone()),
+        };
+        let client = self.shared.client.clone();
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let result = match tokio::time::timeout(
+                CALL_TIMEOUT,
+                client.complete(&self.spec.id, &req),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(timeout_error(&client)),
+            };
+            match result {
+                Ok(_) => return JobStage::Done(JobOutcome::Completed(artifact)),
+                Err(e) if e.is_lease_lost() => return JobStage::Done(JobOutcome::LeaseLost),
+                Err(e) if is_transient(&e) => {
+                    tracing::warn!(job = %self.spec.id.short(), "complete failed ({e}); retrying");
+                    if !self.wait_retry(tries).await {
+                        return self.release_on_shutdown();
+                    }
+                }
+                Err(e) => {
+                    return JobStage::Done(JobOutcome::Unreported(format!("complete refused: {e}")))
+                }
+            }
+        }
+    }
+
+    async fn report(&mut self, req: FailRequest) -> JobStage {
+        let client = self.shared.client.clone();
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let limit = match self.report_deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => CALL_TIMEOUT,
+            };
+            let result = match tokio::time::timeout(limit, client.fail(&self.spec.id, &req)).await {
+                Ok(r) => r,
+                Err(_) => Err(timeout_error(&client)),
+            };
+            let outcome = match result {
+                Ok(_) if req.retryable && req.reason == SHUTDOWN_REASON => JobOutcome::Released,
+                Ok(_) => JobOutcome::Failed(req.reason.clone()),
+                Err(e) if is_gone(&e) => JobOutcome::LeaseLost,
+                Err(e) if is_transient(&e) => {
+                    let past_deadline = self.report_deadline.is_some_and(|d| Instant::now() >= d);
+                    if past_deadline {
+                        JobOutcome::Unreported(format!("could not report {:?}: {e}", req.reason))
+                    } else {
+                        tracing::warn!(job = %self.spec.id.short(), "reporting the failure failed ({e}); retrying");
+                        let wait = backoff(tries, Duration::from_millis(200), MAX_BACKOFF);
+                        let wait = match self.report_deadline {
+                            Some(d) => wait.min(d.saturating_duration_since(Instant::now())),
+                            None => wait,
+                        };
+                        tokio::time::sleep(wait).await;
+                        // Shutdown during these retries: release instead of failing for good.
+                        if self.shutting_down() && self.report_deadline.is_none() {
+                            return self.release_on_shutdown();
+                        }
+                        continue;
+                    }
+                }
+                Err(e) => JobOutcome::Unreported(format!("fail refused: {e}")),
+            };
+            return JobStage::Done(outcome);
+        }
+    }
+
+    /// Output is discarded whatever happened; the log stays for anything but a success.
+    fn clean_up(&self, outcome: &JobOutcome) {
+        let Some(attempt) = &self.attempt else { return };
+        let result = if matches!(outcome, JobOutcome::Completed(_)) {
+            std::fs::remove_dir_all(&attempt.dir)
+        } else {
+            let _ = std::fs::remove_file(attempt.dir.join("bundle.tar.zst"));
+            std::fs::remove_dir_all(&attempt.output_dir)
+        };
+        if let Err(e) = result {
+            tracing::debug!("cleaning {}: {e}", attempt.dir.display());
+        }
+    }
+}
+
+/// Resolves once shutdown has been signalled (holds no borrow of the channel afterwards).
+async fn shutdown_signalled(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(unix)]
+fn signal_text(status: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status.signal() {
+        Some(sig) => format!("trainer killed by signal {sig}"),
+        None => format!("trainer ended: {status}"),
+    }
+}
+
+#[cfg(not(unix))]
+fn signal_text(status: &std::process::ExitStatus) -> String {
+    format!("trainer ended: {status}")
+}
+
+/// The agent's stages.
+enum AgentStage {
+    /// Telling the server who we are (retried until it answers).
+    Register,
+    /// Slots free: long-poll for a job.
+    Claim,
+    /// Every slot busy: wait for a job to end.
+    Full,
+    /// Shutdown: no more claims; wait for the jobs to release themselves.
+    Draining,
+}
+
+/// What one claim attempt came to.
+enum ClaimOutcome {
+    Job(Box<ClaimResponse>),
+    Nothing,
+    Error(ClientError),
+    Shutdown,
+}
+
+/// The running agent.
+pub struct Agent {
+    shared: Shared,
+    shutdown: watch::Receiver<bool>,
+    jobs: JoinSet<(JobId, JobOutcome)>,
+    job_ids: HashMap<tokio::task::Id, JobId>,
+}
+
+/// What `Agent::run` hands back when it stops.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    /// Each job's ID and how it ended, in the order they ended.
+    pub jobs: Vec<(JobId, JobOutcome)>,
+}
+
+impl Agent {
+    /// `base` is the advertised capability (detected, with `--advertise` applied).
+    pub fn new(
+        cfg: AgentConfig,
+        client: Client,
+        base: cis490_api::Capability,
+        shutdown: watch::Receiver<bool>,
+        trainers: TrainerRegistry,
+    ) -> Self {
+        let slots = Slots::new(base, cfg.gpu_sharing);
+        Self {
+            shared: Shared {
+                cfg: Arc::new(cfg),
+                client,
+                slots: Arc::new(Mutex::new(slots)),
+                trainers,
+            },
+            shutdown,
+            jobs: JoinSet::new(),
+            job_ids: HashMap::new(),
+        }
+    }
+
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Runs until shutdown is signalled and every job has been released.
+    pub async fn run(mut self) -> RunSummary {
+        let mut summary = RunSummary::default();
+        let mut stage = AgentStage::Register;
+        let mut failures = 0u32;
+        loop {
+            stage = match stage {
+                AgentStage::Register => {
+                    if self.shutting_down() {
+                        AgentStage::Draining
+                    } else {
+                        match self.shared.report_node().await {
+                            Ok(()) => {
+                                tracing::info!(worker = %self.shared.worker(), server = self.shared.client.base_url(), "registered");
+                                failures = 0;
+                                AgentStage::Claim
+                            }
+                            Err(e) => {
+                                failures += 1;
+                                tracing::warn!("cannot report node status: {e}");
+                                self.pause(backoff(failures, Duration::from_secs(1), MAX_BACKOFF))
+                                    .await;
+                                AgentStage::Register
+                            }
+                        }
+                    }
+                }
+                AgentStage::Claim => {
+                    if self.shutting_down() {
+                        AgentStage::Draining
+                    } else if !self.shared.slots().has_room() {
+                        AgentStage::Full
+                    } else {
+                        let started = Instant::now();
+                        match self.claim_once(&mut summary).await {
+                            ClaimOutcome::Job(resp) => {
+                                failures = 0;
+                                self.start_job(*resp).await;
+                            }
+                            ClaimOutcome::Nothing => {
+                                failures = 0;
+                                // A server that answers 204 at once (no long-poll) is not spun on.
+                                if started.elapsed() < Duration::from_secs(1) {
+                                    self.pause(Duration::from_secs(1)).await;
+                                }
+                            }
+                            ClaimOutcome::Error(e) => {
+                                failures += 1;
+                                let wait = backoff(failures, Duration::from_secs(1), MAX_BACKOFF);
+                                tracing::warn!("claim failed ({e}); retry in {wait:?}");
+                                self.pause(wait).await;
+                            }
+                            ClaimOutcome::Shutdown => {}
+                        }
+                        AgentStage::Claim
+                    }
+                }
+                AgentStage::Full => {
+                    let mut shutdown = self.shutdown.clone();
+                    tokio::select! {
+                        Some(done) = self.jobs.join_next_with_id() => {
+                            self.finished(done, &mut summary).await;
+                            AgentStage::Claim
+                        }
+                        _ = shutdown_signalled(&mut shutdown) => AgentStage::Draining,
+                    }
+                }
+                AgentStage::Draining => {
+                    while let Some(done) = self.jobs.join_next_with_id().await {
+                        self.finished(done, &mut summary).await;
+                    }
+                    tracing::info!("all jobs released; stopping");
+                    return summary;
+                }
+            };
+        }
+    }
+
+    /// Sleeps `wait` unless shutdown comes first.
+    async fn pause(&self, wait: Duration) {
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown_signalled(&mut shutdown) => {}
+        }
+    }
+
+    /// One long-poll claim, advertising what is free now. Jobs that end meanwhile are
+    /// collected; on shutdown a claim in flight gets a moment to land so that a job the
+    /// server just handed over is released rather than left claimed.
+    async fn claim_once(&mut self, summary: &mut RunSummary) -> ClaimOutcome {
+        let req = ClaimRequest {
+            worker: self.shared.worker().clone(),
+            capability: self.shared.slots().free_capability(),
+        };
+        let client = self.shared.client.clone();
+        let wait = self.shared.cfg.claim_wait;
+        let claim = async move { client.claim(&req, Some(wait)).await };
+        tokio::pin!(claim);
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                result = &mut claim => {
+                    return match result {
+                        Ok(Some(resp)) => ClaimOutcome::Job(Box::new(resp)),
+                        Ok(None) => ClaimOutcome::Nothing,
+                        Err(e) => ClaimOutcome::Error(e),
+                    };
+                }
+                Some(done) = self.jobs.join_next_with_id() => {
+                    self.finished(done, summary).await;
+                }
+                _ = shutdown_signalled(&mut shutdown) => {
+                    return match tokio::time::timeout(Duration::from_secs(2), &mut claim).await {
+                        Ok(Ok(Some(resp))) => ClaimOutcome::Job(Box::new(resp)),
+                        _ => ClaimOutcome::Shutdown,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Reserves slots for a claimed job and starts its task; a job that does not fit (or
+    /// arrives during shutdown) is handed straight back as retryable.
+    async fn start_job(&mut self, resp: ClaimResponse) {
+        let ClaimResponse { job, lease } = resp;
+        let refusal = if self.shutting_down() {
+            Some(SHUTDOWN_REASON.to_string())
+        } else {
+            match self.shared.slots().allocate(&job) {
+                Ok(allocation) => {
+                    tracing::info!(job = %job.id.short(), model = %job.model, mode = %job.mode, attempt = lease.attempt, "claimed");
+                    let run = JobRun {
+                        shared: self.shared.clone(),
+                        spec: job.clone(),
+                        lease,
+                        allocation,
+                        attempt: None,
+                        shutdown: self.shutdown.clone(),
+                        report_deadline: None,
+                    };
+                    let id = job.id.clone();
+                    let handle = self.jobs.spawn(async move { (id, run.drive().await) });
+                    self.job_ids.insert(handle.id(), job.id);
+                    return;
+                }
+                Err(e) => Some(format!("agent-cannot-fit: {e}")),
+            }
+        };
+        if let Some(reason) = refusal {
+            tracing::warn!(job = %job.id.short(), "handing the job back: {reason}");
+            let req = FailRequest {
+                worker: self.shared.worker().clone(),
+                lease,
+                reason,
+                exit_code: None,
+                log_tail: None,
+                retryable: true,
+            };
+            let client = &self.shared.client;
+            if let Ok(Err(e)) | Err(e) =
+                tokio::time::timeout(CALL_TIMEOUT, client.fail(&job.id, &req))
+                    .await
+                    .map_err(|_| timeout_error(client))
+            {
+                tracing::warn!(job = %job.id.short(), "could not hand the job back: {e}");
+            }
+            if !self.shutting_down() {
+                self.pause(Duration::from_secs(2)).await;
+            }
+        }
+    }
+
+    async fn finished(
+        &mut self,
+        done: Result<(tokio::task::Id, (JobId, JobOutcome)), tokio::task::JoinError>,
+        summary: &mut RunSummary,
+    ) {
+        let (id, outcome) = match done {
+            Ok((task, (id, outcome))) => {
+                self.job_ids.remove(&task);
+                (id, outcome)
+            }
+            Err(e) => {
+                let Some(id) = self.job_ids.remove(&e.id()) else {
+                    return;
+                };
+                (id, JobOutcome::Unreported(format!("job task failed: {e}")))
+            }
+        };
+        tracing::info!(job = %id.short(), outcome = ?outcome, "job ended");
+        self.shared.slots().release(&id);
+        summary.jobs.push((id, outcome));
+        if !self.shutting_down() {
+            if let Err(e) = self.shared.report_node().await {
+                tracing::debug!("node status after a job: {e}");
+            }
+        }
+    }
+}
+
+/// Where attempt directories live for this config (for messages).
+pub fn jobs_dir(cfg: &AgentConfig) -> PathBuf {
+    cfg.state_dir.join("jobs")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter_in_bounds() {
+        let base = Duration::from_secs(1);
+        let cap = Duration::from_secs(30);
+        for attempt in 1..40 {
+            let full = base
+                .saturating_mul(2u32.saturating_pow((attempt - 1).min(16)))
+                .min(cap);
+            let w = backoff(attempt, base, cap);
+            assert!(
+                w <= full && w >= full / 2,
+                "attempt {attempt}: {w:?} vs {full:?}"
+            );
+        }
+        assert!(backoff(30, base, cap) >= Duration::from_secs(15));
+    }
+
+    #[test]
+    fn lease_loss_and_vanished_jobs_are_final_server_errors_are_not() {
+        use cis490_api::ApiError;
+        use reqwest::StatusCode;
+        let api = |status: StatusCode, code: &str| ClientError::Api {
+            status,
+            api: ApiError {
+                error: code.into(),
+                message: String::new(),
+            },
+        };
+        assert!(is_gone(&api(StatusCode::CONFLICT, "lease_lost")));
+        assert!(is_gone(&api(StatusCode::NOT_FOUND, "not_found")));
+        assert!(!is_gone(&api(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal"
+        )));
+        assert!(is_transient(&api(StatusCode::BAD_GATEWAY, "bad_gateway")));
+        assert!(!is_transient(&api(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large"
+        )));
+    }
+}

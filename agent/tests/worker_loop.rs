@@ -1,0 +1,431 @@
+//! The agent's loop, in process, against a small mock of the reconciler's worker routes:
+//! the state machine's paths (complete, trainer failure, cancel, shutdown) without the real
+//! server. Black-box tests against the real server live in `tests/tests/agent_e2e.rs`.
+#![cfg(unix)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{post, put};
+use axum::{Json, Router};
+use cis490_agent::config::{Advertise, AgentConfig, GpuSharing};
+use cis490_agent::worker::{Agent, JobOutcome, TrainerRegistry};
+use cis490_api::*;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+#[derive(Default)]
+struct Mock {
+    pending: VecDeque<JobSpec>,
+    leases: BTreeMap<String, Lease>,
+    cancel: HashSet<String>,
+    heartbeats: Vec<HeartbeatRequest>,
+    uploads: BTreeMap<String, Bytes>,
+    completed: Vec<CompleteRequest>,
+    failed: Vec<FailRequest>,
+    claims: Vec<Capability>,
+}
+
+type Shared = Arc<Mutex<Mock>>;
+
+fn api_error(status: StatusCode, code: &str) -> Response {
+    (
+        status,
+        Json(ApiError {
+            error: code.into(),
+            message: code.into(),
+        }),
+    )
+        .into_response()
+}
+
+async fn report(State(_): State<Shared>, Json(cap): Json<Capability>) -> Response {
+    let view = WorkerView {
+        name: WorkerName::parse("agent-under-test").unwrap(),
+        state: NodeState::Ready,
+        ready: true,
+        cordoned: false,
+        draining: false,
+        running_jobs: cap.running_jobs.clone(),
+        capability: cap,
+        first_seen: chrono::Utc::now(),
+        last_seen: chrono::Utc::now(),
+    };
+    Json(view).into_response()
+}
+
+async fn claim(State(m): State<Shared>, Json(req): Json<ClaimRequest>) -> Response {
+    let mut m = m.lock().unwrap();
+    m.claims.push(req.capability.clone());
+    let Some(job) = m.pending.pop_front() else {
+        return StatusCode::NO_CONTENT.into_response();
+    };
+    let lease = Lease {
+        attempt: 1,
+        token: format!("token-{}", job.id.short()),
+    };
+    m.leases.insert(job.id.to_string(), lease.clone());
+    Json(ClaimResponse { job, lease }).into_response()
+}
+
+async fn heartbeat(
+    State(m): State<Shared>,
+    UrlPath(id): UrlPath<String>,
+    Json(req): Json<HeartbeatRequest>,
+) -> Response {
+    let mut m = m.lock().unwrap();
+    if m.leases.get(&id) != Some(&req.lease) {
+        return api_error(StatusCode::CONFLICT, "lease_lost");
+    }
+    m.heartbeats.push(req);
+    let cancel = m.cancel.contains(&id);
+    Json(HeartbeatResponse { cancel }).into_response()
+}
+
+async fn upload(
+    State(m): State<Shared>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let sha = hex::encode(Sha256::digest(&body));
+    let claimed = headers
+        .get(CONTENT_SHA256_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if sha != claimed {
+        return api_error(StatusCode::UNPROCESSABLE_ENTITY, "sha_mismatch");
+    }
+    let size = body.len() as u64;
+    m.lock().unwrap().uploads.insert(id, body);
+    Json(UploadResponse {
+        artifact_id: ArtifactId::parse(&sha).unwrap(),
+        status: UploadStatus::Stored,
+        size_bytes: size,
+    })
+    .into_response()
+}
+
+fn status(id: &str, status: JobStatus) -> Response {
+    Json(JobStatusResponse {
+        id: JobId::parse(id).unwrap(),
+        status,
+    })
+    .into_response()
+}
+
+async fn complete(
+    State(m): State<Shared>,
+    UrlPath(id): UrlPath<String>,
+    Json(req): Json<CompleteRequest>,
+) -> Response {
+    let mut m = m.lock().unwrap();
+    if m.leases.remove(&id).as_ref() != Some(&req.lease) {
+        return api_error(StatusCode::CONFLICT, "lease_lost");
+    }
+    m.completed.push(req);
+    status(&id, JobStatus::Completed)
+}
+
+async fn fail(
+    State(m): State<Shared>,
+    UrlPath(id): UrlPath<String>,
+    Json(req): Json<FailRequest>,
+) -> Response {
+    let mut m = m.lock().unwrap();
+    if m.leases.remove(&id).as_ref() != Some(&req.lease) {
+        return api_error(StatusCode::CONFLICT, "lease_lost");
+    }
+    let st = if req.retryable {
+        JobStatus::Pending
+    } else {
+        JobStatus::Failed
+    };
+    m.failed.push(req);
+    status(&id, st)
+}
+
+async fn start_mock(mock: Shared) -> String {
+    let app = Router::new()
+        .route("/v1/worker/{name}", put(report))
+        .route("/v1/job/claim", post(claim))
+        .route("/v1/job/{id}/heartbeat", post(heartbeat))
+        .route("/v1/job/{id}/complete", post(complete))
+        .route("/v1/job/{id}/fail", post(fail))
+        .route("/v1/model/{id}", put(upload))
+        .with_state(mock);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+fn job(n: u8, command: Vec<String>) -> JobSpec {
+    let mut hyper = Hyper::new();
+    hyper.insert("lr".into(), serde_json::json!(0.5));
+    JobSpec {
+        id: JobId::parse(&format!("{n:02x}").repeat(32)).unwrap(),
+        model: "mlp".into(),
+        mode: "oracle".into(),
+        hyper,
+        split_recipe: None,
+        train_hosts: vec![],
+        seed: 11,
+        constraints: Constraints::default(),
+        priority: 0,
+        max_attempts: 3,
+        stale_after_s: 90,
+        retry: RetryPolicy::default(),
+        command,
+        labels: BTreeMap::new(),
+        manifest_order: 0,
+    }
+}
+
+fn config(work: &Path, state: &Path, url: &str) -> AgentConfig {
+    AgentConfig {
+        server: Some(url.into()),
+        worker_token: None,
+        name: WorkerName::parse("agent-under-test").unwrap(),
+        work_dir: work.to_path_buf(),
+        state_dir: state.to_path_buf(),
+        python: "python3".into(),
+        max_concurrent: 1,
+        heartbeat: Duration::from_millis(200),
+        claim_wait: Duration::from_secs(1),
+        grace: Duration::from_millis(500),
+        gpu_sharing: GpuSharing::Exclusive,
+        advertise: Advertise::default(),
+        labels: BTreeMap::new(),
+    }
+}
+
+fn capability() -> Capability {
+    Capability {
+        hostname: "test".into(),
+        cores: 2,
+        ram_total_mib: 4096,
+        ram_allocatable_mib: 4096,
+        max_concurrent: 1,
+        agent_version: VERSION.into(),
+        ..Capability::default()
+    }
+}
+
+struct Harness {
+    mock: Shared,
+    shutdown: watch::Sender<bool>,
+    agent: tokio::task::JoinHandle<cis490_agent::worker::RunSummary>,
+    work: tempfile::TempDir,
+    _state: tempfile::TempDir,
+}
+
+async fn start(jobs: Vec<JobSpec>, script: &str) -> Harness {
+    let work = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("train.sh"), script).unwrap();
+    let mock: Shared = Arc::new(Mutex::new(Mock {
+        pending: jobs.into(),
+        ..Mock::default()
+    }));
+    let url = start_mock(mock.clone()).await;
+    let (tx, rx) = watch::channel(false);
+    let cfg = config(work.path(), state.path(), &url);
+    let client = Client::new(&url).unwrap();
+    let agent = Agent::new(cfg, client, capability(), rx, TrainerRegistry::default());
+    Harness {
+        mock,
+        shutdown: tx,
+        agent: tokio::spawn(agent.run()),
+        work,
+        _state: state,
+    }
+}
+
+async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn sh(script: &str) -> Vec<String> {
+    vec!["sh".into(), script.into()]
+}
+
+fn pid_alive(pid: i32) -> bool {
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        return !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+    }
+    if Path::new("/proc/self").exists() {
+        return false;
+    }
+    std::process::Command::new("kill")
+        .arg("-0")
+        .arg(pid.to_string())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn completed_job_uploads_its_output_with_matching_sha256() {
+    let script = "#!/bin/sh\necho \"$*\" > \"$CIS490_OUTPUT_DIR/args.txt\"\necho \"$CIS490_MODEL $CIS490_SEED\" > \"$CIS490_OUTPUT_DIR/env.txt\"\nsleep 0.5\n";
+    let h = start(vec![job(1, sh("./train.sh"))], script).await;
+    let done = wait_for("completion", || {
+        h.mock.lock().unwrap().completed.first().cloned()
+    })
+    .await;
+    let bundle = h
+        .mock
+        .lock()
+        .unwrap()
+        .uploads
+        .values()
+        .next()
+        .cloned()
+        .unwrap();
+    let artifact = done.artifact_id.unwrap();
+    assert_eq!(artifact.as_str(), hex::encode(Sha256::digest(&bundle)));
+    // Unpack and look at what the trainer wrote.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.tar.zst");
+    std::fs::write(&path, &bundle).unwrap();
+    cis490_agent::pack::unpack(&path, &dir.path().join("x")).unwrap();
+    let args = std::fs::read_to_string(dir.path().join("x/args.txt")).unwrap();
+    assert_eq!(args.trim(), "--lr 0.5");
+    let env = std::fs::read_to_string(dir.path().join("x/env.txt")).unwrap();
+    assert_eq!(env.trim(), "mlp 11");
+    {
+        let m = h.mock.lock().unwrap();
+        assert!(!m.heartbeats.is_empty(), "no heartbeat before completion");
+        assert!(m.failed.is_empty());
+        // While the job ran, claims did not advertise a free slot (max_concurrent 1).
+        assert!(m.claims.iter().all(|c| c.running_jobs.is_empty()));
+    }
+    h.shutdown.send(true).unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(10), h.agent)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(summary.jobs[0].1, JobOutcome::Completed(_)));
+}
+
+#[tokio::test]
+async fn non_zero_exit_fails_with_the_code_and_the_last_stderr_line() {
+    let script = "#!/bin/sh\necho starting\necho 'ValueError: bad split' >&2\nexit 3\n";
+    let h = start(vec![job(2, sh("./train.sh"))], script).await;
+    let failed = wait_for("failure", || h.mock.lock().unwrap().failed.first().cloned()).await;
+    assert_eq!(failed.exit_code, Some(3));
+    assert!(!failed.retryable);
+    assert!(failed.reason.contains("code 3"), "{}", failed.reason);
+    assert!(
+        failed.reason.contains("ValueError: bad split"),
+        "{}",
+        failed.reason
+    );
+    assert!(failed
+        .log_tail
+        .unwrap()
+        .ends_with("ValueError: bad split\n"));
+    assert!(h.mock.lock().unwrap().uploads.is_empty());
+    h.shutdown.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), h.agent)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// A trainer that records its pid and its child's, then waits forever (ignoring SIGTERM).
+const STUBBORN: &str =
+    "#!/bin/sh\ntrap '' TERM\nsleep 300 &\necho \"$$ $!\" > pids\necho running\nwait\n";
+
+async fn pids(work: &Path) -> (i32, i32) {
+    let path = work.join("pids");
+    wait_for("the trainer's pids", || {
+        let text = std::fs::read_to_string(&path).ok()?;
+        let mut it = text.split_whitespace().map(|p| p.parse::<i32>().ok());
+        Some((it.next()??, it.next()??))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn cancel_on_heartbeat_kills_trainer_and_child_and_reports_nothing() {
+    let j = job(3, sh("./train.sh"));
+    let id = j.id.to_string();
+    let h = start(vec![j], STUBBORN).await;
+    let (leader, child) = pids(h.work.path()).await;
+    wait_for("a heartbeat with the log tail", || {
+        let m = h.mock.lock().unwrap();
+        m.heartbeats
+            .iter()
+            .any(|b| b.log_tail.as_deref().is_some_and(|t| t.contains("running")))
+            .then_some(())
+    })
+    .await;
+    h.mock.lock().unwrap().cancel.insert(id);
+    wait_for("trainer and child gone", || {
+        (!pid_alive(leader) && !pid_alive(child)).then_some(())
+    })
+    .await;
+    h.shutdown.send(true).unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(10), h.agent)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.jobs[0].1, JobOutcome::Cancelled);
+    let m = h.mock.lock().unwrap();
+    assert!(m.failed.is_empty() && m.completed.is_empty() && m.uploads.is_empty());
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_trainer_and_releases_the_job_as_retryable() {
+    let h = start(vec![job(4, sh("./train.sh"))], STUBBORN).await;
+    let (leader, child) = pids(h.work.path()).await;
+    h.shutdown.send(true).unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(10), h.agent)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.jobs[0].1, JobOutcome::Released);
+    assert!(!pid_alive(leader) && !pid_alive(child));
+    let m = h.mock.lock().unwrap();
+    assert_eq!(m.failed.len(), 1);
+    assert_eq!(m.failed[0].reason, "agent-shutdown");
+    assert!(m.failed[0].retryable);
+}
+
+#[tokio::test]
+async fn lost_lease_stops_the_trainer() {
+    let j = job(5, sh("./train.sh"));
+    let id = j.id.to_string();
+    let h = start(vec![j], STUBBORN).await;
+    let (leader, child) = pids(h.work.path()).await;
+    h.mock.lock().unwrap().leases.remove(&id);
+    wait_for("trainer and child gone", || {
+        (!pid_alive(leader) && !pid_alive(child)).then_some(())
+    })
+    .await;
+    h.shutdown.send(true).unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(10), h.agent)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.jobs[0].1, JobOutcome::LeaseLost);
+}

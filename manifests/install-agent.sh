@@ -1,0 +1,98 @@
+#!/bin/sh
+# Enrolls this Linux host in a cis490 fleet: installs cis490-agent, creates the `cis490`
+# user, writes /etc/cis490/agent.toml, runs the capability self-test, and enables the
+# systemd unit. Run as root from a checkout (or pass --binary).
+#
+#   sudo manifests/install-agent.sh --server http://pi.local:8787 \
+#        --work-dir /opt/cis490/training [--token TOKEN] [--name NAME] \
+#        [--max-concurrent N] [--advertise cuda=false,ram_gib=8] [--binary PATH]
+set -eu
+
+SERVER=""
+WORK_DIR=""
+TOKEN=""
+NAME=""
+MAX_CONCURRENT="1"
+ADVERTISE=""
+BINARY=""
+SERVICE_USER="cis490"
+HERE=$(cd "$(dirname "$0")" && pwd)
+
+die() { echo "install-agent: $*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --server) SERVER="$2"; shift 2 ;;
+        --work-dir) WORK_DIR="$2"; shift 2 ;;
+        --token) TOKEN="$2"; shift 2 ;;
+        --name) NAME="$2"; shift 2 ;;
+        --max-concurrent) MAX_CONCURRENT="$2"; shift 2 ;;
+        --advertise) ADVERTISE="$2"; shift 2 ;;
+        --binary) BINARY="$2"; shift 2 ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        *) die "unknown argument $1 (see --help)" ;;
+    esac
+done
+
+[ "$(id -u)" -eq 0 ] || die "run as root (it creates a user and a systemd unit)"
+[ -n "$SERVER" ] || die "--server URL is required"
+[ -n "$WORK_DIR" ] || die "--work-dir is required (the training checkout)"
+[ -d "$WORK_DIR" ] || die "work dir $WORK_DIR does not exist"
+case "$MAX_CONCURRENT" in ''|*[!0-9]*) die "--max-concurrent must be a number" ;; esac
+
+if [ -z "$BINARY" ]; then
+    for candidate in "$HERE/../target/release/cis490-agent" "$(command -v cis490-agent || true)"; do
+        if [ -n "$candidate" ] && [ -x "$candidate" ]; then BINARY="$candidate"; break; fi
+    done
+fi
+[ -n "$BINARY" ] && [ -x "$BINARY" ] ||
+    die "no cis490-agent binary: build it (cargo build --release -p cis490-agent) or pass --binary"
+
+echo "installing $BINARY to /usr/local/bin/cis490-agent"
+install -m 0755 "$BINARY" /usr/local/bin/cis490-agent
+
+if ! id "$SERVICE_USER" >/dev/null 2>&1; then
+    echo "creating system user $SERVICE_USER"
+    useradd --system --home-dir /var/lib/cis490-agent --shell /usr/sbin/nologin "$SERVICE_USER"
+fi
+# GPU device nodes are group-owned by video/render on most distributions.
+for group in video render; do
+    if getent group "$group" >/dev/null 2>&1; then usermod -a -G "$group" "$SERVICE_USER"; fi
+done
+install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" /var/lib/cis490-agent
+install -d -m 0755 /etc/cis490
+
+toml_string() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
+
+CONFIG=/etc/cis490/agent.toml
+TMP=$(mktemp)
+{
+    echo "# Written by install-agent.sh on $(date -u +%Y-%m-%dT%H:%M:%SZ); see etc/agent.toml.example."
+    echo "server = $(toml_string "$SERVER")"
+    [ -n "$TOKEN" ] && echo "worker_token = $(toml_string "$TOKEN")"
+    [ -n "$NAME" ] && echo "name = $(toml_string "$NAME")"
+    echo "work_dir = $(toml_string "$WORK_DIR")"
+    echo "state_dir = \"/var/lib/cis490-agent\""
+    echo "max_concurrent = $MAX_CONCURRENT"
+} >"$TMP"
+install -m 0640 -o root -g "$SERVICE_USER" "$TMP" "$CONFIG"
+rm -f "$TMP"
+echo "wrote $CONFIG"
+
+ADVERTISE_ARGS=""
+[ -n "$ADVERTISE" ] && ADVERTISE_ARGS="--advertise $ADVERTISE"
+
+echo "self-test: cis490-agent capability (as $SERVICE_USER)"
+# shellcheck disable=SC2086
+if ! runuser -u "$SERVICE_USER" -- /usr/local/bin/cis490-agent capability --config "$CONFIG" $ADVERTISE_ARGS; then
+    die "the capability self-test failed; fix the message above, then run this script again"
+fi
+
+UNIT=/etc/systemd/system/cis490-agent.service
+install -m 0644 "$HERE/cis490-agent.service" "$UNIT"
+if [ -n "$ADVERTISE" ]; then
+    sed -i "s|^ExecStart=.*|ExecStart=/usr/local/bin/cis490-agent run --config $CONFIG --advertise $ADVERTISE|" "$UNIT"
+fi
+systemctl daemon-reload
+systemctl enable --now cis490-agent.service
+echo "enrolled: systemctl status cis490-agent; journalctl -u cis490-agent -f"

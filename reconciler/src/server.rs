@@ -1,1 +1,0 @@
-//! The HTTP API (axum) and the background loops of `serve`.

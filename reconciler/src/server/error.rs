@@ -1,0 +1,192 @@
+//! Every error the API answers, mapped to a status and a JSON `{"error", "message"}` body in
+//! this one place (after axum's `examples/error-handling`).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cis490_api::ApiError;
+
+use crate::queue::QueueError;
+use crate::store::StoreError;
+
+use super::reconcile::ReconcileError;
+
+/// An error answer: status, stable code, human message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiFailure {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiFailure {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400 `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 401 `unauthorized`: no credentials were sent.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403 `forbidden`: wrong credentials, or the route is disabled by configuration.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 413 `payload_too_large`.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+    }
+
+    /// 500 `internal`. The detail is logged; the answer names only what failed.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, message = %self.message, "request failed");
+        } else {
+            tracing::debug!(status = %self.status, code = self.code, message = %self.message, "request refused");
+        }
+        let body = ApiError {
+            error: self.code.to_string(),
+            message: self.message,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<QueueError> for ApiFailure {
+    fn from(err: QueueError) -> Self {
+        let status = match &err {
+            QueueError::NotFound { .. } => StatusCode::NOT_FOUND,
+            QueueError::Ambiguous { .. }
+            | QueueError::LeaseLost { .. }
+            | QueueError::InvalidState { .. } => StatusCode::CONFLICT,
+            QueueError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            QueueError::Db(_) | QueueError::Io(_) | QueueError::Corrupt(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiFailure::new(status, err.code(), err.to_string())
+    }
+}
+
+impl From<StoreError> for ApiFailure {
+    fn from(err: StoreError) -> Self {
+        let message = err.to_string();
+        match err {
+            StoreError::TooLarge { .. } => ApiFailure::too_large(message),
+            StoreError::ShaMismatch { .. } => {
+                ApiFailure::new(StatusCode::UNPROCESSABLE_ENTITY, "sha_mismatch", message)
+            }
+            StoreError::BodyRead(_) => ApiFailure::bad_request(message),
+            StoreError::NotFound(_) => ApiFailure::not_found(message),
+            StoreError::UnsafeName { .. } | StoreError::Io { .. } => ApiFailure::internal(message),
+        }
+    }
+}
+
+impl From<ReconcileError> for ApiFailure {
+    fn from(err: ReconcileError) -> Self {
+        match err {
+            ReconcileError::Invalid(errors) => ApiFailure::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_manifest",
+                format!("the manifest is invalid; nothing changed:\n{errors}"),
+            ),
+            ReconcileError::Queue(q) => q.into(),
+            ReconcileError::Join(message) => ApiFailure::internal(message),
+        }
+    }
+}
+
+/// A blocking task that panicked or was cancelled.
+impl From<tokio::task::JoinError> for ApiFailure {
+    fn from(err: tokio::task::JoinError) -> Self {
+        ApiFailure::internal(format!("a background task failed: {err}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_errors_map_to_the_contract_statuses() {
+        let cases = [
+            (
+                QueueError::NotFound {
+                    what: "job",
+                    key: "abc".into(),
+                },
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                QueueError::Ambiguous {
+                    prefix: "ab".into(),
+                    candidates: vec!["ab1".into(), "ab2".into()],
+                },
+                StatusCode::CONFLICT,
+                "ambiguous_id",
+            ),
+            (
+                QueueError::LeaseLost {
+                    id: "abc".into(),
+                    reason: "expired".into(),
+                },
+                StatusCode::CONFLICT,
+                "lease_lost",
+            ),
+            (
+                QueueError::InvalidState {
+                    message: "cannot requeue".into(),
+                },
+                StatusCode::CONFLICT,
+                "invalid_state",
+            ),
+            (
+                QueueError::Corrupt("x".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+        ];
+        for (err, status, code) in cases {
+            let failure = ApiFailure::from(err);
+            assert_eq!((failure.status, failure.code), (status, code));
+        }
+    }
+
+    #[test]
+    fn store_errors_map_to_413_and_422() {
+        let f = ApiFailure::from(StoreError::TooLarge { limit: 1 });
+        assert_eq!(f.status, StatusCode::PAYLOAD_TOO_LARGE);
+        let f = ApiFailure::from(StoreError::ShaMismatch {
+            expected: "a".into(),
+            actual: "b".into(),
+        });
+        assert_eq!(
+            (f.status, f.code),
+            (StatusCode::UNPROCESSABLE_ENTITY, "sha_mismatch")
+        );
+    }
+}

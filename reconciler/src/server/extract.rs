@@ -1,0 +1,116 @@
+//! Request extractors whose rejections are our JSON errors, and path parsers that validate
+//! IDs and names before anything touches the disk or the database.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use cis490_api::{ArtifactId, IdPrefix, JobId, WorkerName};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiFailure;
+
+/// A JSON body, size-capped by `DefaultBodyLimit`; any rejection is a JSON 400 (413 when
+/// over the cap). The content type is not checked: the body is the contract.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiFailure;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiFailure> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| body_failure(rejection.status(), rejection.body_text()))?;
+        serde_json::from_slice(&bytes)
+            .map(ApiJson)
+            .map_err(|e| ApiFailure::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// A UTF-8 text body (a manifest for `diff`), size-capped like JSON.
+#[derive(Debug)]
+pub struct ApiText(pub String);
+
+impl<S: Send + Sync> FromRequest<S> for ApiText {
+    type Rejection = ApiFailure;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiFailure> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| body_failure(rejection.status(), rejection.body_text()))?;
+        String::from_utf8(bytes.to_vec())
+            .map(ApiText)
+            .map_err(|e| ApiFailure::bad_request(format!("the body is not UTF-8 text: {e}")))
+    }
+}
+
+fn body_failure(status: StatusCode, text: String) -> ApiFailure {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiFailure::too_large(format!("request body too large: {text}"))
+    } else {
+        ApiFailure::bad_request(format!("cannot read the request body: {text}"))
+    }
+}
+
+/// Query parameters; a bad one is a JSON 400.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiFailure> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiFailure::bad_request(format!("invalid query: {}", e.body_text())))
+    }
+}
+
+/// A full job ID from the path.
+pub fn job_id(raw: &str) -> Result<JobId, ApiFailure> {
+    JobId::parse(raw).map_err(|e| ApiFailure::bad_request(e.to_string()))
+}
+
+/// A job ID or unique prefix from the path.
+pub fn id_prefix(raw: &str) -> Result<IdPrefix, ApiFailure> {
+    IdPrefix::parse(raw).map_err(|e| ApiFailure::bad_request(e.to_string()))
+}
+
+/// An artifact ID from the path.
+pub fn artifact_id(raw: &str) -> Result<ArtifactId, ApiFailure> {
+    ArtifactId::parse(raw).map_err(|e| ApiFailure::bad_request(e.to_string()))
+}
+
+/// A worker name from the path.
+pub fn worker_name(raw: &str) -> Result<WorkerName, ApiFailure> {
+    WorkerName::parse(raw).map_err(|e| ApiFailure::bad_request(e.to_string()))
+}
+
+/// Path parameters as strings (each is then parsed by one of the functions above); a
+/// rejection is a JSON 400.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiFailure> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e| ApiFailure::bad_request(format!("invalid path: {}", e.body_text())))
+    }
+}

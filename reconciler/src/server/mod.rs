@@ -1,0 +1,206 @@
+//! The HTTP API (axum) and the background loops of `serve`.
+//!
+//! [`Server::build`] opens the queue and the artifact store (running the store's repair
+//! scan), reconciles the manifest once and starts watching it; [`Server::run`] serves on a
+//! listener it is given (tests bind `127.0.0.1:0`) until the shutdown future resolves,
+//! with the watch loop, the periodic resync and the sweeper running beside it under one
+//! `select!` that fails loudly if any of them stops.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod operator;
+pub mod read;
+pub mod reconcile;
+pub mod routes;
+pub mod sweeper;
+pub mod watch;
+pub mod worker;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::queue::{Queue, QueueError};
+use crate::store::{ArtifactStore, RecoveryReport, StoreError};
+
+pub use config::{Secret, ServerConfig};
+pub use error::ApiFailure;
+pub use reconcile::{ReconcileError, Reconciler, Trigger};
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub queue: Queue,
+    pub store: ArtifactStore,
+    pub config: Arc<ServerConfig>,
+    pub reconciler: Arc<Reconciler>,
+    /// Becomes true when shutdown begins: long-polls answer at once.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Runs a queue call on the blocking pool (rusqlite blocks).
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, ApiFailure>
+where
+    F: FnOnce() -> Result<T, QueueError> + Send + 'static,
+    T: Send + 'static,
+{
+    Ok(tokio::task::spawn_blocking(f).await??)
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The state directory could not be created.
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The queue database could not be opened.
+    #[error("cannot open the queue database: {0}")]
+    Queue(#[from] QueueError),
+    /// The artifact store could not be opened or repaired.
+    #[error("artifact store: {0}")]
+    Store(#[from] StoreError),
+    /// The start-up reconcile failed for a reason other than an invalid manifest.
+    #[error("start-up reconcile failed: {0}")]
+    Reconcile(ReconcileError),
+    /// Serving HTTP failed.
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+    /// A background loop ended, which it never should.
+    #[error("background loop {0} stopped")]
+    LoopStopped(&'static str),
+}
+
+/// A built server, ready to [`Server::run`].
+pub struct Server {
+    state: AppState,
+    stop: tokio::sync::watch::Sender<bool>,
+    watch: Option<watch::ManifestWatch>,
+    recovery: RecoveryReport,
+}
+
+impl Server {
+    /// Opens the queue and store, repairs the store, reconciles the manifest once (an
+    /// invalid manifest is recorded and the server starts with the last good state), and
+    /// starts watching the manifest's directory.
+    pub async fn build(config: ServerConfig) -> Result<Server, ServerError> {
+        let config = Arc::new(config);
+        std::fs::create_dir_all(&config.state_dir).map_err(|source| ServerError::StateDir {
+            path: config.state_dir.display().to_string(),
+            source,
+        })?;
+        let db = config.database_path();
+        let queue_config = config.queue.clone();
+        let queue = tokio::task::spawn_blocking(move || Queue::open(&db, queue_config))
+            .await
+            .map_err(|e| ServerError::Queue(QueueError::Io(std::io::Error::other(e))))??;
+        let store_root = config.store_root();
+        let max_upload = config.max_upload_bytes;
+        let (store, recovery) = tokio::task::spawn_blocking(move || {
+            let store = ArtifactStore::open(&store_root, max_upload)?;
+            let report = store.recover()?;
+            Ok::<_, StoreError>((store, report))
+        })
+        .await
+        .map_err(|e| {
+            ServerError::Store(StoreError::Io {
+                context: "opening the store".into(),
+                source: std::io::Error::other(e),
+            })
+        })??;
+
+        let reconciler = Reconciler::new(queue.clone(), config.manifest.clone());
+        // Watch before the first read, so an edit racing the start-up reconcile is seen.
+        let watch = if config.watch {
+            match watch::ManifestWatch::start(&config.manifest) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, manifest = %config.manifest.display(), "cannot watch the manifest's directory; changes are picked up by the periodic resync and POST /v1/manifest/reload");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        match reconciler.reconcile(Trigger::Startup).await {
+            Ok(_) | Err(ReconcileError::Invalid(_)) => {}
+            Err(e) => return Err(ServerError::Reconcile(e)),
+        }
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        Ok(Server {
+            state: AppState {
+                queue,
+                store,
+                config,
+                reconciler,
+                shutdown,
+            },
+            stop,
+            watch,
+            recovery,
+        })
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.state.queue
+    }
+
+    pub fn store(&self) -> &ArtifactStore {
+        &self.state.store
+    }
+
+    /// What the store's start-up scan repaired.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// The API router (for tests that drive it without a socket).
+    pub fn router(&self) -> axum::Router {
+        routes::router(self.state.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` resolves; in-flight requests finish (waiting
+    /// claims and event polls answer at once), then the loops stop and the database closes.
+    pub async fn run<F>(self, listener: TcpListener, shutdown: F) -> Result<(), ServerError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let Server {
+            state, stop, watch, ..
+        } = self;
+        let app = routes::router(state.clone());
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            let _ = stop.send(true);
+        });
+        let config = Arc::clone(&state.config);
+        let watch_loop = async {
+            match watch {
+                Some(w) => {
+                    w.run(Arc::clone(&state.reconciler), config.watch_debounce)
+                        .await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            r = serve => r.map_err(ServerError::Serve),
+            _ = watch_loop => Err(ServerError::LoopStopped("manifest watch")),
+            _ = watch::resync(Arc::clone(&state.reconciler), config.resync_interval) => {
+                Err(ServerError::LoopStopped("manifest resync"))
+            }
+            _ = sweeper::run(state.queue.clone(), config.sweep_interval) => {
+                Err(ServerError::LoopStopped("sweeper"))
+            }
+        };
+        tracing::info!("stopped");
+        result
+    }
+}

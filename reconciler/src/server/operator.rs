@@ -1,0 +1,90 @@
+//! Operator routes (`X-Operator-Token`; refused when the server has none): cancel, requeue,
+//! manifest reload and diff, cordon / uncordon / drain.
+
+use axum::extract::State;
+use axum::Json;
+use cis490_api::{JobStatusResponse, PlanSummary, WorkerView};
+
+use super::error::ApiFailure;
+use super::extract::{id_prefix, worker_name, ApiPath, ApiText};
+use super::reconcile::Trigger;
+use super::{blocking, AppState};
+
+/// `POST /v1/job/{id}/cancel`
+pub async fn cancel(
+    State(state): State<AppState>,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Json<JobStatusResponse>, ApiFailure> {
+    let prefix = id_prefix(&raw)?;
+    let queue = state.queue.clone();
+    let answer = blocking(move || {
+        let id = queue.resolve(&prefix)?;
+        queue.cancel(&id)
+    })
+    .await?;
+    tracing::info!(job = %answer.id.short(), "cancelled by operator");
+    Ok(Json(answer))
+}
+
+/// `POST /v1/job/{id}/requeue`
+pub async fn requeue(
+    State(state): State<AppState>,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Json<JobStatusResponse>, ApiFailure> {
+    let prefix = id_prefix(&raw)?;
+    let queue = state.queue.clone();
+    let answer = blocking(move || {
+        let id = queue.resolve(&prefix)?;
+        queue.requeue(&id)
+    })
+    .await?;
+    tracing::info!(job = %answer.id.short(), "requeued by operator");
+    Ok(Json(answer))
+}
+
+/// `POST /v1/manifest/reload`: reconcile now; 422 `invalid_manifest` changes nothing.
+pub async fn reload(State(state): State<AppState>) -> Result<Json<PlanSummary>, ApiFailure> {
+    Ok(Json(
+        state.reconciler.reconcile(Trigger::ReloadRoute).await?,
+    ))
+}
+
+/// `POST /v1/manifest/diff`: body = manifest text; the plan, not applied.
+pub async fn diff(
+    State(state): State<AppState>,
+    ApiText(text): ApiText,
+) -> Result<Json<PlanSummary>, ApiFailure> {
+    let reconciler = state.reconciler.clone();
+    let summary = tokio::task::spawn_blocking(move || reconciler.diff_blocking(&text)).await??;
+    Ok(Json(summary))
+}
+
+/// `POST /v1/worker/{name}/cordon`
+pub async fn cordon(
+    State(state): State<AppState>,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Json<WorkerView>, ApiFailure> {
+    let name = worker_name(&raw)?;
+    let queue = state.queue.clone();
+    Ok(Json(blocking(move || queue.cordon(&name)).await?))
+}
+
+/// `POST /v1/worker/{name}/uncordon`
+pub async fn uncordon(
+    State(state): State<AppState>,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Json<WorkerView>, ApiFailure> {
+    let name = worker_name(&raw)?;
+    let queue = state.queue.clone();
+    Ok(Json(blocking(move || queue.uncordon(&name)).await?))
+}
+
+/// `POST /v1/worker/{name}/drain`
+pub async fn drain(
+    State(state): State<AppState>,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Json<WorkerView>, ApiFailure> {
+    let name = worker_name(&raw)?;
+    let queue = state.queue.clone();
+    Ok(Json(blocking(move || queue.drain(&name)).await?))
+}

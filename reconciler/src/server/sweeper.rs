@@ -1,0 +1,36 @@
+//! The sweeper: expired leases go back to pending (or to failed at max_attempts). The
+//! sweep appends events, which wakes waiting claimers.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use tokio::time::MissedTickBehavior;
+
+use crate::queue::{Queue, QueueError, SweepOutcome};
+
+/// One pass: sweeps at the queue's notion of now and logs what moved.
+pub fn sweep_once(queue: &Queue) -> Result<SweepOutcome, QueueError> {
+    let outcome = queue.sweep(queue.now())?;
+    for id in &outcome.requeued {
+        tracing::warn!(job = %id.short(), "lease expired; job back to pending");
+    }
+    for id in &outcome.failed {
+        tracing::warn!(job = %id.short(), "lease expired with no attempts left; job failed");
+    }
+    Ok(outcome)
+}
+
+/// Sweeps every `every` forever; a failed pass is logged and retried at the next tick.
+pub async fn run(queue: Queue, every: Duration) -> Infallible {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let q = queue.clone();
+        match tokio::task::spawn_blocking(move || sweep_once(&q)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "sweep failed"),
+            Err(e) => tracing::error!(error = %e, "sweep task failed"),
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Worker routes (`Authorization: Bearer` when a worker token is configured): claim
+//! (long-polled), heartbeat, complete, fail, artifact upload and node status.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cis490_api::{
+    ArtifactId, Capability, ClaimRequest, CompleteRequest, FailRequest, HeartbeatRequest,
+    HeartbeatResponse, JobStatusResponse, Lease, UploadResponse, WorkerName, WorkerView,
+    CONTENT_SHA256_HEADER, LEASE_ATTEMPT_HEADER, LEASE_TOKEN_HEADER, MAX_CLAIM_WAIT_S,
+    WORKER_HEADER,
+};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::error::ApiFailure;
+use super::extract::{job_id, worker_name, ApiJson, ApiPath, ApiQuery};
+use super::{blocking, AppState};
+use crate::store::Upload;
+
+/// A waiting claim retries at least this often even when no event arrives: some things
+/// that make a job claimable for one worker are the passing of time (a `prefer_cuda` job
+/// waiting long enough, a CUDA node going stale), not a commit.
+const CLAIM_RECHECK: Duration = Duration::from_secs(5);
+
+/// Query of `POST /v1/job/claim`.
+#[derive(Debug, Deserialize)]
+pub struct ClaimQuery {
+    /// Seconds to wait for a claimable job (at most 60).
+    #[serde(default)]
+    pub wait: Option<u64>,
+}
+
+/// `POST /v1/job/claim[?wait=S]`: 200 with the job and its lease, or 204. A waiting claim
+/// is retried on every queue commit that appended events (new job, requeue, retry, sweep),
+/// so it is answered the moment a job it may run becomes claimable.
+pub async fn claim(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ClaimQuery>,
+    ApiJson(req): ApiJson<ClaimRequest>,
+) -> Result<Response, ApiFailure> {
+    let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_CLAIM_WAIT_S));
+    let deadline = Instant::now() + wait;
+    let mut changes = state.queue.subscribe();
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        changes.borrow_and_update();
+        let queue = state.queue.clone();
+        let (worker, capability) = (req.worker.clone(), req.capability.clone());
+        if let Some(claimed) = blocking(move || queue.claim(&worker, &capability)).await? {
+            tracing::info!(
+                job = %claimed.job.id.short(),
+                worker = %req.worker,
+                attempt = claimed.lease.attempt,
+                "claimed"
+            );
+            return Ok((StatusCode::OK, Json(claimed)).into_response());
+        }
+        let now = Instant::now();
+        if now >= deadline || *shutdown.borrow() {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        let recheck = (now + CLAIM_RECHECK).min(deadline);
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return Ok(StatusCode::NO_CONTENT.into_response());
+                }
+            }
+            _ = tokio::time::sleep_until(recheck) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// `POST /v1/job/{id}/heartbeat`
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    ApiPath(raw): ApiPath<String>,
+    ApiJson(req): ApiJson<HeartbeatRequest>,
+) -> Result<Json<HeartbeatResponse>, ApiFailure> {
+    let id = job_id(&raw)?;
+    let queue = state.queue.clone();
+    Ok(Json(blocking(move || queue.heartbeat(&id, &req)).await?))
+}
+
+/// `POST /v1/job/{id}/complete`
+pub async fn complete(
+    State(state): State<AppState>,
+    ApiPath(raw): ApiPath<String>,
+    ApiJson(req): ApiJson<CompleteRequest>,
+) -> Result<Json<JobStatusResponse>, ApiFailure> {
+    let id = job_id(&raw)?;
+    let queue = state.queue.clone();
+    Ok(Json(blocking(move || queue.complete(&id, &req)).await?))
+}
+
+/// `POST /v1/job/{id}/fail`
+pub async fn fail(
+    State(state): State<AppState>,
+    ApiPath(raw): ApiPath<String>,
+    ApiJson(req): ApiJson<FailRequest>,
+) -> Result<Json<JobStatusResponse>, ApiFailure> {
+    let id = job_id(&raw)?;
+    let queue = state.queue.clone();
+    Ok(Json(blocking(move || queue.fail(&id, &req)).await?))
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, ApiFailure> {
+    headers
+        .get(name)
+        .ok_or_else(|| ApiFailure::bad_request(format!("missing header {name}")))?
+        .to_str()
+        .map(str::trim)
+        .map_err(|_| ApiFailure::bad_request(format!("header {name} is not visible ASCII")))
+}
+
+/// The upload's headers, validated before the lease check and before any byte is read.
+fn upload_headers(headers: &HeaderMap) -> Result<(WorkerName, Lease, ArtifactId), ApiFailure> {
+    let worker = worker_name(header(headers, WORKER_HEADER)?)?;
+    let token = header(headers, LEASE_TOKEN_HEADER)?.to_string();
+    let attempt = header(headers, LEASE_ATTEMPT_HEADER)?
+        .parse::<u32>()
+        .map_err(|e| ApiFailure::bad_request(format!("header {LEASE_ATTEMPT_HEADER}: {e}")))?;
+    let sha = ArtifactId::parse(header(headers, CONTENT_SHA256_HEADER)?).map_err(|_| {
+        ApiFailure::bad_request(format!(
+            "header {CONTENT_SHA256_HEADER} must be the body's sha256 as 64 hex digits"
+        ))
+    })?;
+    Ok((worker, Lease { attempt, token }, sha))
+}
+
+/// `PUT /v1/model/{job_id}`: checks the lease, then streams the body into the store.
+pub async fn upload(
+    State(state): State<AppState>,
+    ApiPath(raw): ApiPath<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<UploadResponse>, ApiFailure> {
+    let id = job_id(&raw)?;
+    let (worker, lease, expected_sha256) = upload_headers(&headers)?;
+    let content_length = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let queue = state.queue.clone();
+    let (check_id, check_worker) = (id.clone(), worker.clone());
+    let spec = blocking(move || queue.check_lease(&check_id, &check_worker, &lease)).await?;
+    let upload = Upload {
+        job_id: id,
+        model: spec.model,
+        mode: spec.mode,
+        worker: worker.to_string(),
+        expected_sha256,
+        content_length,
+    };
+    let stored = state.store.ingest(&upload, body.into_data_stream()).await?;
+    Ok(Json(UploadResponse {
+        artifact_id: stored.artifact_id,
+        status: stored.status,
+        size_bytes: stored.size_bytes,
+    }))
+}
+
+/// `PUT /v1/worker/{name}`: node status from the agent.
+pub async fn report_node(
+    State(state): State<AppState>,
+    ApiPath(raw): ApiPath<String>,
+    ApiJson(capability): ApiJson<Capability>,
+) -> Result<Json<WorkerView>, ApiFailure> {
+    let name = worker_name(&raw)?;
+    let queue = state.queue.clone();
+    Ok(Json(
+        blocking(move || queue.report_node(&name, &capability)).await?,
+    ))
+}

@@ -1,0 +1,486 @@
+//! The artifact store: sha256-addressed tar.zst bundles, streamed, verified, fsynced.
+//!
+//! A port of the seed's `store.py` with its same-second race fixed (every upload streams to
+//! its own partial file with a random suffix) and a start-up scan that repairs what a crash
+//! can leave behind.
+//!
+//! Layout under the store root:
+//!
+//! ```text
+//! index.jsonl                          append-only ingest log, one ArtifactView per line
+//! .incoming/<job_id>-<random>.partial  uploads in flight (removed on any error)
+//! <model>_<mode>/<artifact_id>/
+//!     meta.json                        the ArtifactView of the first upload of these bytes
+//!     bundle.tar.zst                   the uploaded bytes; artifact_id = their sha256
+//! ```
+//!
+//! Commit order (so a crash at any instant is repairable): the bundle is fsynced in
+//! `.incoming/`, `meta.json` is written (temp + fsync + rename), the bundle is renamed into
+//! place, the directories are fsynced, then the index row is appended and fsynced. A bundle
+//! therefore never exists without its meta.json; a missing index row is restored from it at
+//! start-up ([`ArtifactStore::recover`]).
+
+mod recover;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use chrono::Utc;
+use cis490_api::{ArtifactId, ArtifactView, JobId, UploadStatus};
+use futures_util::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+pub use recover::RecoveryReport;
+
+/// File name of an artifact's bytes inside its directory.
+pub const BUNDLE_FILE: &str = "bundle.tar.zst";
+/// File name of an artifact's metadata inside its directory.
+pub const META_FILE: &str = "meta.json";
+/// The append-only ingest log at the store root.
+pub const INDEX_FILE: &str = "index.jsonl";
+/// Where uploads stream to before they are verified.
+pub const INCOMING_DIR: &str = ".incoming";
+/// Suffix of an upload in flight.
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
+/// Why the store refused or failed an operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The upload is larger than the configured cap (announced or streamed).
+    #[error("upload exceeds the size cap of {limit} bytes")]
+    TooLarge { limit: u64 },
+    /// The uploaded bytes do not hash to the sha256 the client announced.
+    #[error("sha256 mismatch: the client announced {expected}, the bytes hash to {actual}")]
+    ShaMismatch { expected: String, actual: String },
+    /// The request body could not be read to its end (the client went away or sent garbage).
+    #[error("reading the upload body failed: {0}")]
+    BodyRead(String),
+    /// No artifact with this ID is stored.
+    #[error("no artifact {0}")]
+    NotFound(ArtifactId),
+    /// A job's model or mode cannot be used as a path component.
+    #[error("{what} {value:?} cannot name a store directory (allowed: [A-Za-z0-9_.-], not starting with '.')")]
+    UnsafeName { what: &'static str, value: String },
+    /// A file system operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+        let context = context.into();
+        move |source| StoreError::Io { context, source }
+    }
+}
+
+/// What an upload is for: where its bytes go and what its meta.json says.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub job_id: JobId,
+    pub model: String,
+    pub mode: String,
+    pub worker: String,
+    /// The sha256 the client announced (`X-Content-Sha256`).
+    pub expected_sha256: ArtifactId,
+    /// The `Content-Length` the client announced, if any: checked against the cap up front.
+    pub content_length: Option<u64>,
+}
+
+/// The result of a successful upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub artifact_id: ArtifactId,
+    pub status: UploadStatus,
+    pub size_bytes: u64,
+}
+
+/// The artifact store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ArtifactStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    max_upload_bytes: u64,
+    /// Serializes the commit step (existence check, renames, index append) so that two
+    /// identical uploads finishing together store one bundle and one index row.
+    commit: Mutex<()>,
+}
+
+/// Removes the partial file when dropped unless it was committed: covers every error path,
+/// a panic, and a handler future dropped because the client disconnected.
+struct PartialFile {
+    path: Option<PathBuf>,
+}
+
+impl PartialFile {
+    fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The file was renamed into place: nothing to clean up.
+    fn disarm(&mut self) {
+        self.path = None;
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::debug!(path = %path.display(), "removed partial upload"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove partial upload")
+                }
+            }
+        }
+    }
+}
+
+/// True when `s` is safe as one path component (the seed's `_ID_RE`, minus leading dots).
+pub fn is_safe_component(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn group_name(model: &str, mode: &str) -> Result<String, StoreError> {
+    for (what, value) in [("model", model), ("mode", mode)] {
+        if !is_safe_component(value) {
+            return Err(StoreError::UnsafeName {
+                what,
+                value: value.to_string(),
+            });
+        }
+    }
+    Ok(format!("{model}_{mode}"))
+}
+
+/// fsyncs a directory so that renames and creations inside it survive a power cut.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StoreError::io(format!(
+            "syncing directory {}",
+            dir.display()
+        )))
+}
+
+impl ArtifactStore {
+    /// Opens (creating) the store at `root`. Call [`ArtifactStore::recover`] before serving.
+    pub fn open(root: &Path, max_upload_bytes: u64) -> Result<Self, StoreError> {
+        let incoming = root.join(INCOMING_DIR);
+        std::fs::create_dir_all(&incoming)
+            .map_err(StoreError::io(format!("creating {}", incoming.display())))?;
+        let index = root.join(INDEX_FILE);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&index)
+            .map_err(StoreError::io(format!("creating {}", index.display())))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                root: root.to_path_buf(),
+                max_upload_bytes,
+                commit: Mutex::new(()),
+            }),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// The largest upload accepted, in bytes.
+    pub fn max_upload_bytes(&self) -> u64 {
+        self.inner.max_upload_bytes
+    }
+
+    /// Where uploads in flight live.
+    pub fn incoming_dir(&self) -> PathBuf {
+        self.inner.root.join(INCOMING_DIR)
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.inner.root.join(INDEX_FILE)
+    }
+
+    /// Streams `body` into the store: hashed while written, capped, verified against the
+    /// announced sha256, fsynced and renamed into place. Identical bytes already stored
+    /// answer `AlreadyPresent`. On any error (including the future being dropped) no file
+    /// is left behind.
+    pub async fn ingest<S, E>(&self, upload: &Upload, body: S) -> Result<Stored, StoreError>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        let limit = self.inner.max_upload_bytes;
+        if upload.content_length.is_some_and(|n| n > limit) {
+            return Err(StoreError::TooLarge { limit });
+        }
+        let group = group_name(&upload.model, &upload.mode)?;
+        let partial_path = self.incoming_dir().join(format!(
+            "{}-{:016x}{:016x}{PARTIAL_SUFFIX}",
+            upload.job_id.short(),
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        ));
+        // create_new: a name collision is an error, never two uploads sharing one file.
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial_path)
+            .await
+            .map_err(StoreError::io(format!(
+                "creating {}",
+                partial_path.display()
+            )))?;
+        let mut partial = PartialFile {
+            path: Some(partial_path.clone()),
+        };
+
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        let mut body = std::pin::pin!(body);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| StoreError::BodyRead(e.to_string()))?;
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(StoreError::TooLarge { limit });
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk)
+                .await
+                .map_err(StoreError::io(format!(
+                    "writing {}",
+                    partial_path.display()
+                )))?;
+        }
+        file.flush().await.map_err(StoreError::io(format!(
+            "writing {}",
+            partial_path.display()
+        )))?;
+        file.sync_all().await.map_err(StoreError::io(format!(
+            "syncing {}",
+            partial_path.display()
+        )))?;
+        drop(file);
+
+        let actual = hex::encode(hasher.finalize());
+        if actual != upload.expected_sha256.as_str() {
+            return Err(StoreError::ShaMismatch {
+                expected: upload.expected_sha256.to_string(),
+                actual,
+            });
+        }
+        let artifact_id = upload.expected_sha256.clone();
+        let record = ArtifactView {
+            artifact_id: artifact_id.clone(),
+            job_id: upload.job_id.clone(),
+            model: upload.model.clone(),
+            mode: upload.mode.clone(),
+            worker: upload.worker.clone(),
+            size_bytes: size,
+            received_at: Utc::now(),
+        };
+        let store = self.clone();
+        // The partial guard moves into the blocking task, so a dropped request future
+        // cannot remove a file the commit is renaming; the task removes it on error itself.
+        let status = tokio::task::spawn_blocking(move || {
+            let result = store.commit(&group, &mut partial, &record);
+            drop(partial);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Io {
+            context: "committing the upload".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        Ok(Stored {
+            artifact_id,
+            status,
+            size_bytes: size,
+        })
+    }
+
+    /// Moves a verified partial file into place (see the module docs for the order).
+    fn commit(
+        &self,
+        group: &str,
+        partial: &mut PartialFile,
+        record: &ArtifactView,
+    ) -> Result<UploadStatus, StoreError> {
+        let _guard = self
+            .inner
+            .commit
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let group_dir = self.inner.root.join(group);
+        let final_dir = group_dir.join(record.artifact_id.as_str());
+        let bundle = final_dir.join(BUNDLE_FILE);
+        if bundle.exists() {
+            return Ok(UploadStatus::AlreadyPresent);
+        }
+        let Some(partial_path) = partial.path().map(Path::to_path_buf) else {
+            return Err(StoreError::Io {
+                context: "committing the upload".into(),
+                source: std::io::Error::other("partial file already gone"),
+            });
+        };
+        std::fs::create_dir_all(&final_dir)
+            .map_err(StoreError::io(format!("creating {}", final_dir.display())))?;
+        write_meta(&final_dir, record)?;
+        std::fs::rename(&partial_path, &bundle).map_err(StoreError::io(format!(
+            "moving {} to {}",
+            partial_path.display(),
+            bundle.display()
+        )))?;
+        partial.disarm();
+        sync_dir(&final_dir)?;
+        sync_dir(&group_dir)?;
+        sync_dir(&self.inner.root)?;
+        self.append_index(record)?;
+        tracing::info!(
+            artifact = %record.artifact_id.short(),
+            job = %record.job_id.short(),
+            worker = %record.worker,
+            size_bytes = record.size_bytes,
+            "stored artifact"
+        );
+        Ok(UploadStatus::Stored)
+    }
+
+    /// Appends one row to index.jsonl and fsyncs it.
+    pub(crate) fn append_index(&self, record: &ArtifactView) -> Result<(), StoreError> {
+        let path = self.index_path();
+        let mut line = serde_json::to_string(record).map_err(|e| StoreError::Io {
+            context: "encoding an index row".into(),
+            source: std::io::Error::other(e),
+        })?;
+        line.push('\n');
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(StoreError::io(format!("opening {}", path.display())))?;
+        f.write_all(line.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(StoreError::io(format!("appending to {}", path.display())))
+    }
+
+    /// Every stored artifact (read from the meta.json files), newest first.
+    pub fn list(&self) -> Result<Vec<ArtifactView>, StoreError> {
+        let mut out = Vec::new();
+        for dir in self.artifact_dirs()? {
+            if !dir.join(BUNDLE_FILE).is_file() {
+                continue;
+            }
+            match read_meta(&dir) {
+                Ok(meta) => out.push(meta),
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "skipping artifact"),
+            }
+        }
+        out.sort_by(|a, b| {
+            b.received_at
+                .cmp(&a.received_at)
+                .then_with(|| a.artifact_id.cmp(&b.artifact_id))
+        });
+        Ok(out)
+    }
+
+    /// The bundle file of one artifact and its size.
+    pub fn locate(&self, id: &ArtifactId) -> Result<(PathBuf, u64), StoreError> {
+        for group in self.group_dirs()? {
+            let bundle = group.join(id.as_str()).join(BUNDLE_FILE);
+            if let Ok(md) = std::fs::metadata(&bundle) {
+                if md.is_file() {
+                    return Ok((bundle, md.len()));
+                }
+            }
+        }
+        Err(StoreError::NotFound(id.clone()))
+    }
+
+    /// `<root>/<model>_<mode>/` directories.
+    fn group_dirs(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let root = &self.inner.root;
+        let mut out = Vec::new();
+        let entries = std::fs::read_dir(root)
+            .map_err(StoreError::io(format!("listing {}", root.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io(format!("listing {}", root.display())))?;
+            let name = entry.file_name();
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if is_dir && name.to_str().is_some_and(is_safe_component) {
+                out.push(entry.path());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// `<root>/<model>_<mode>/<artifact_id>/` directories (names that are valid IDs).
+    fn artifact_dirs(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let mut out = Vec::new();
+        for group in self.group_dirs()? {
+            let entries = std::fs::read_dir(&group)
+                .map_err(StoreError::io(format!("listing {}", group.display())))?;
+            for entry in entries {
+                let entry =
+                    entry.map_err(StoreError::io(format!("listing {}", group.display())))?;
+                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                let valid = entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| ArtifactId::parse(n).is_ok_and(|id| id.as_str() == n));
+                if is_dir && valid {
+                    out.push(entry.path());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Writes meta.json atomically (temp file, fsync, rename).
+pub(crate) fn write_meta(dir: &Path, record: &ArtifactView) -> Result<(), StoreError> {
+    let tmp = dir.join(format!("{META_FILE}.tmp"));
+    let path = dir.join(META_FILE);
+    let mut text = serde_json::to_string_pretty(record).map_err(|e| StoreError::Io {
+        context: "encoding meta.json".into(),
+        source: std::io::Error::other(e),
+    })?;
+    text.push('\n');
+    let mut f = std::fs::File::create(&tmp)
+        .map_err(StoreError::io(format!("creating {}", tmp.display())))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(StoreError::io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, &path).map_err(StoreError::io(format!("renaming {}", tmp.display())))
+}
+
+/// Reads an artifact directory's meta.json.
+pub(crate) fn read_meta(dir: &Path) -> Result<ArtifactView, StoreError> {
+    let path = dir.join(META_FILE);
+    let text = std::fs::read_to_string(&path)
+        .map_err(StoreError::io(format!("reading {}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Io {
+        context: format!("parsing {}", path.display()),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,161 @@
+//! The start-up scan: removes what interrupted uploads left behind and repairs a bundle
+//! whose meta.json or index row a crash cut off. Runs before the server accepts uploads, so
+//! nothing in `.incoming/` can belong to a live upload.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use cis490_api::{ArtifactId, ArtifactView};
+
+use super::{
+    read_meta, sync_dir, write_meta, ArtifactStore, StoreError, BUNDLE_FILE, INDEX_FILE, META_FILE,
+};
+
+/// What the start-up scan found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Partial uploads removed from `.incoming/`.
+    pub removed_partials: usize,
+    /// Artifact directories without a bundle (a crash before the rename) removed.
+    pub removed_incomplete: usize,
+    /// meta.json files rewritten from the index.
+    pub repaired_meta: usize,
+    /// Index rows appended from meta.json.
+    pub repaired_index: usize,
+    /// A cut-off last line of index.jsonl was dropped.
+    pub truncated_index_tail: bool,
+    /// Bundles that could not be repaired (no meta.json and no index row), left in place.
+    pub unrepairable: Vec<String>,
+}
+
+impl RecoveryReport {
+    /// True when the scan found nothing to do.
+    pub fn is_clean(&self) -> bool {
+        *self == RecoveryReport::default()
+    }
+}
+
+impl ArtifactStore {
+    /// The start-up scan. Call it once before serving uploads.
+    pub fn recover(&self) -> Result<RecoveryReport, StoreError> {
+        let mut report = RecoveryReport::default();
+        self.remove_partials(&mut report)?;
+        report.truncated_index_tail = self.drop_cut_off_index_tail()?;
+        let index = self.read_index()?;
+        for dir in self.artifact_dirs()? {
+            self.repair_dir(&dir, &index, &mut report)?;
+        }
+        if !report.is_clean() {
+            tracing::warn!(?report, root = %self.root().display(), "artifact store repaired after an unclean stop");
+        }
+        Ok(report)
+    }
+
+    fn remove_partials(&self, report: &mut RecoveryReport) -> Result<(), StoreError> {
+        let incoming = self.incoming_dir();
+        let entries = std::fs::read_dir(&incoming)
+            .map_err(StoreError::io(format!("listing {}", incoming.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io(format!("listing {}", incoming.display())))?;
+            if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                let path = entry.path();
+                std::fs::remove_file(&path)
+                    .map_err(StoreError::io(format!("removing {}", path.display())))?;
+                report.removed_partials += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// A crash during an append can leave a last line without its newline; later appends
+    /// would glue onto it. Cut it off (the row is restored from meta.json if it mattered).
+    fn drop_cut_off_index_tail(&self) -> Result<bool, StoreError> {
+        let path = self.root().join(INDEX_FILE);
+        let bytes =
+            std::fs::read(&path).map_err(StoreError::io(format!("reading {}", path.display())))?;
+        if bytes.is_empty() || bytes.ends_with(b"\n") {
+            return Ok(false);
+        }
+        let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(StoreError::io(format!("opening {}", path.display())))?;
+        f.set_len(keep as u64)
+            .and_then(|()| f.sync_all())
+            .map_err(StoreError::io(format!("truncating {}", path.display())))?;
+        Ok(true)
+    }
+
+    /// The index rows by artifact (the first row of each artifact wins).
+    fn read_index(&self) -> Result<BTreeMap<ArtifactId, ArtifactView>, StoreError> {
+        let path = self.root().join(INDEX_FILE);
+        let f = std::fs::File::open(&path)
+            .map_err(StoreError::io(format!("opening {}", path.display())))?;
+        let mut out = BTreeMap::new();
+        for (n, line) in BufReader::new(f).lines().enumerate() {
+            let line = line.map_err(StoreError::io(format!("reading {}", path.display())))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<ArtifactView>(&line) {
+                Ok(row) => {
+                    out.entry(row.artifact_id.clone()).or_insert(row);
+                }
+                Err(e) => {
+                    tracing::warn!(line = n + 1, error = %e, "unreadable row in {INDEX_FILE}")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn repair_dir(
+        &self,
+        dir: &Path,
+        index: &BTreeMap<ArtifactId, ArtifactView>,
+        report: &mut RecoveryReport,
+    ) -> Result<(), StoreError> {
+        // A crash between writing meta.json and renaming the bundle leaves its temp file.
+        let _ = std::fs::remove_file(dir.join(format!("{META_FILE}.tmp")));
+        if !dir.join(BUNDLE_FILE).is_file() {
+            // Never acknowledged: the upload answered only after the bundle was in place.
+            std::fs::remove_dir_all(dir)
+                .map_err(StoreError::io(format!("removing {}", dir.display())))?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+            report.removed_incomplete += 1;
+            return Ok(());
+        }
+        let Some(id) = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| ArtifactId::parse(n).ok())
+        else {
+            return Ok(());
+        };
+        let meta = match read_meta(dir) {
+            Ok(meta) => meta,
+            Err(_) => match index.get(&id) {
+                Some(row) => {
+                    write_meta(dir, row)?;
+                    sync_dir(dir)?;
+                    report.repaired_meta += 1;
+                    row.clone()
+                }
+                None => {
+                    tracing::warn!(dir = %dir.display(), "bundle has neither meta.json nor an index row; left in place, not listed");
+                    report.unrepairable.push(dir.display().to_string());
+                    return Ok(());
+                }
+            },
+        };
+        if !index.contains_key(&id) {
+            self.append_index(&meta)?;
+            report.repaired_index += 1;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,252 @@
+use std::path::Path;
+
+use bytes::Bytes;
+use cis490_api::{ArtifactId, JobId, UploadStatus};
+use futures_util::stream;
+use sha2::{Digest, Sha256};
+
+use super::*;
+
+const JOB: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+fn sha(bytes: &[u8]) -> ArtifactId {
+    ArtifactId::parse(&hex::encode(Sha256::digest(bytes))).unwrap()
+}
+
+fn upload_for(bytes: &[u8]) -> Upload {
+    Upload {
+        job_id: JobId::parse(JOB).unwrap(),
+        model: "gbt".into(),
+        mode: "realistic".into(),
+        worker: "w1".into(),
+        expected_sha256: sha(bytes),
+        content_length: None,
+    }
+}
+
+fn chunks(bytes: &[u8]) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
+    let parts: Vec<Result<Bytes, std::io::Error>> = bytes
+        .chunks(7)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    stream::iter(parts)
+}
+
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            out.extend(files_under(&entry.path()));
+        } else {
+            out.push(entry.path().display().to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
+fn partials(store: &ArtifactStore) -> Vec<String> {
+    files_under(&store.incoming_dir())
+}
+
+fn index_rows(store: &ArtifactStore) -> usize {
+    std::fs::read_to_string(store.root().join(INDEX_FILE))
+        .unwrap()
+        .lines()
+        .count()
+}
+
+#[tokio::test]
+async fn stores_streams_and_dedupes_identical_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let body = b"a model bundle".repeat(100);
+    let up = upload_for(&body);
+
+    let first = store.ingest(&up, chunks(&body)).await.unwrap();
+    assert_eq!(first.status, UploadStatus::Stored);
+    assert_eq!(first.size_bytes, body.len() as u64);
+    assert_eq!(first.artifact_id, up.expected_sha256);
+    let bundle = dir
+        .path()
+        .join("gbt_realistic")
+        .join(up.expected_sha256.as_str())
+        .join(BUNDLE_FILE);
+    assert_eq!(std::fs::read(&bundle).unwrap(), body);
+    let meta = read_meta(bundle.parent().unwrap()).unwrap();
+    assert_eq!(meta.job_id.as_str(), JOB);
+    assert_eq!(meta.worker, "w1");
+
+    let second = store.ingest(&up, chunks(&body)).await.unwrap();
+    assert_eq!(second.status, UploadStatus::AlreadyPresent);
+    assert_eq!(index_rows(&store), 1, "a dedupe appends no row");
+    assert!(partials(&store).is_empty());
+
+    let listed = store.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].artifact_id, up.expected_sha256);
+    let (path, size) = store.locate(&up.expected_sha256).unwrap();
+    assert_eq!(path, bundle);
+    assert_eq!(size, body.len() as u64);
+}
+
+#[tokio::test]
+async fn sha_mismatch_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let mut up = upload_for(b"expected");
+    up.expected_sha256 = sha(b"something else");
+    let err = store.ingest(&up, chunks(b"expected")).await.unwrap_err();
+    assert!(matches!(err, StoreError::ShaMismatch { .. }), "{err}");
+    assert!(partials(&store).is_empty());
+    assert!(store.list().unwrap().is_empty());
+    assert_eq!(index_rows(&store), 0);
+}
+
+#[tokio::test]
+async fn over_the_cap_is_refused_announced_or_streamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open(dir.path(), 100).unwrap();
+    let body = vec![7u8; 101];
+    let mut up = upload_for(&body);
+    let err = store.ingest(&up, chunks(&body)).await.unwrap_err();
+    assert!(matches!(err, StoreError::TooLarge { limit: 100 }), "{err}");
+    assert!(partials(&store).is_empty());
+
+    up.content_length = Some(1_000);
+    let err = store
+        .ingest(&up, chunks(b"small but announced large"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
+    assert!(partials(&store).is_empty());
+
+    let exact = vec![1u8; 100];
+    let ok = store
+        .ingest(&upload_for(&exact), chunks(&exact))
+        .await
+        .unwrap();
+    assert_eq!(ok.status, UploadStatus::Stored);
+}
+
+#[tokio::test]
+async fn a_body_error_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let up = upload_for(b"whatever");
+    let body = stream::iter(vec![
+        Ok(Bytes::from_static(b"some bytes")),
+        Err(std::io::Error::other("connection reset")),
+    ]);
+    let err = store.ingest(&up, body).await.unwrap_err();
+    assert!(matches!(err, StoreError::BodyRead(_)), "{err}");
+    assert!(partials(&store).is_empty());
+}
+
+#[tokio::test]
+async fn a_dropped_upload_future_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let up = upload_for(b"never finishes");
+    // One chunk, then a body that never ends: the future is dropped mid-upload, like a
+    // request whose client disconnected.
+    let body = stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(b"first"))])
+        .chain(stream::pending());
+    let fut = store.ingest(&up, body);
+    let timed_out = tokio::time::timeout(std::time::Duration::from_millis(200), fut).await;
+    assert!(timed_out.is_err());
+    assert!(partials(&store).is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_uploads_of_one_job_do_not_share_a_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let a = b"first attempt's bundle".to_vec();
+    let b = b"second attempt's bundle".to_vec();
+    let (up_a, up_b) = (upload_for(&a), upload_for(&b));
+    let (ra, rb) = tokio::join!(
+        store.ingest(&up_a, chunks(&a)),
+        store.ingest(&up_b, chunks(&b))
+    );
+    assert_eq!(ra.unwrap().status, UploadStatus::Stored);
+    assert_eq!(rb.unwrap().status, UploadStatus::Stored);
+    assert_eq!(store.list().unwrap().len(), 2);
+    assert_eq!(index_rows(&store), 2);
+}
+
+#[tokio::test]
+async fn unsafe_model_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let mut up = upload_for(b"x");
+    up.model = "../escape".into();
+    let err = store.ingest(&up, chunks(b"x")).await.unwrap_err();
+    assert!(matches!(err, StoreError::UnsafeName { .. }), "{err}");
+    assert!(partials(&store).is_empty());
+}
+
+#[tokio::test]
+async fn recovery_cleans_partials_and_repairs_meta_and_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let one = b"bundle one".to_vec();
+    let two = b"bundle two".to_vec();
+    let three = b"bundle three".to_vec();
+    for body in [&one, &two, &three] {
+        store.ingest(&upload_for(body), chunks(body)).await.unwrap();
+    }
+    let group = dir.path().join("gbt_realistic");
+    let index_path = dir.path().join(INDEX_FILE);
+    let rows: Vec<String> = std::fs::read_to_string(&index_path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+
+    // Crash A: bundle one's index row was never appended.
+    // Crash B: bundle two's meta.json is gone (its index row stays).
+    // Crash C: the last append was cut off mid-line (bundle three's row).
+    let cut = &rows[2][..rows[2].len() / 2];
+    std::fs::write(&index_path, format!("{}\n{cut}", rows[1])).unwrap();
+    std::fs::remove_file(group.join(sha(&two).as_str()).join(META_FILE)).unwrap();
+    // Crash D: a partial upload and a directory whose bundle never arrived.
+    std::fs::write(store.incoming_dir().join("abc-1.partial"), b"junk").unwrap();
+    let orphan = group.join(sha(b"never renamed").as_str());
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join(META_FILE), b"{}").unwrap();
+
+    let reopened = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let report = reopened.recover().unwrap();
+    assert_eq!(report.removed_partials, 1);
+    assert_eq!(report.removed_incomplete, 1);
+    assert_eq!(report.repaired_meta, 1);
+    assert_eq!(
+        report.repaired_index, 2,
+        "one and three get their rows back"
+    );
+    assert!(report.truncated_index_tail);
+    assert!(report.unrepairable.is_empty());
+
+    assert!(partials(&reopened).is_empty());
+    assert!(!orphan.exists());
+    assert_eq!(reopened.list().unwrap().len(), 3);
+    let text = std::fs::read_to_string(&index_path).unwrap();
+    assert!(text.ends_with('\n'));
+    let ids: Vec<ArtifactId> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<cis490_api::ArtifactView>(l)
+                .unwrap()
+                .artifact_id
+        })
+        .collect();
+    assert_eq!(ids.len(), 3);
+    for body in [&one, &two, &three] {
+        assert!(ids.contains(&sha(body)));
+    }
+
+    // A second scan finds nothing to do.
+    assert!(reopened.recover().unwrap().is_clean());
+}
