@@ -35,7 +35,8 @@ pub struct ServeArgs {
     pub insecure: bool,
 }
 
-fn init_tracing() {
+/// Logs to stderr; `RUST_LOG` overrides the `info` default. Shared with `dev`.
+pub(crate) fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -44,8 +45,8 @@ fn init_tracing() {
         .try_init();
 }
 
-/// Resolves when SIGTERM or Ctrl-C (SIGINT) arrives.
-async fn shutdown_signal() {
+/// Resolves when SIGTERM or Ctrl-C (SIGINT) arrives. Shared with `dev`.
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for Ctrl-C");

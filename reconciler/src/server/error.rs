@@ -82,9 +82,10 @@ impl From<QueueError> for ApiFailure {
             | QueueError::LeaseLost { .. }
             | QueueError::InvalidState { .. } => StatusCode::CONFLICT,
             QueueError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            QueueError::Db(_) | QueueError::Io(_) | QueueError::Corrupt(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            QueueError::Db(_)
+            | QueueError::Commit(_)
+            | QueueError::Io(_)
+            | QueueError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiFailure::new(status, err.code(), err.to_string())
     }
