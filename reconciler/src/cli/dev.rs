@@ -22,7 +22,7 @@ use anyhow::{bail, Context};
 use rand::Rng;
 use tokio::process::{Child, Command};
 
-use super::serve::{init_tracing, shutdown_signal};
+use super::serve::init_tracing;
 use crate::queue::QueueConfig;
 use crate::server::config::{check_listen, env as config_env, Secret, ServerConfig};
 use crate::server::Server;
@@ -85,6 +85,10 @@ struct RunningAgent {
     name: &'static str,
     child: Child,
     log: PathBuf,
+    /// The agent's process group (its own PID, taken at spawn: `Child::id` is gone once
+    /// the child is reaped).
+    #[cfg_attr(not(unix), allow(dead_code))]
+    group: i32,
     exited: Option<ExitStatus>,
 }
 
@@ -171,10 +175,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<i32> {
         }
         print_banner(&manifest, &state_dir, &url, &operator_token);
 
+        let mut signals = Signals::new()?;
         let mut check = tokio::time::interval(Duration::from_secs(1));
         let outcome = loop {
             tokio::select! {
-                () = shutdown_signal() => break Ok(()),
+                () = signals.next() => break Ok(()),
                 r = &mut server_task => {
                     break match r {
                         Ok(Ok(())) => Err(anyhow::anyhow!("the server stopped by itself")),
@@ -188,7 +193,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<i32> {
         eprintln!("cis490 dev: stopping the agents (they release their jobs), then the server");
         tokio::select! {
             () = stop_agents(&mut agents) => {}
-            () = shutdown_signal() => {
+            () = signals.next() => {
                 eprintln!("cis490 dev: second signal: killing everything now");
                 for agent in &mut agents {
                     kill_group(agent);
@@ -206,6 +211,43 @@ pub fn run(args: DevArgs) -> anyhow::Result<i32> {
         eprintln!("cis490 dev: stopped; run it again to resume");
         Ok(0)
     })
+}
+
+/// SIGINT and SIGTERM, listened to for the whole run: a signal arriving between two
+/// waits is kept, not lost, and a second one is told apart from the first.
+struct Signals {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+                term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// Resolves at the next SIGINT or SIGTERM (Ctrl-C elsewhere).
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Where the operator token came from (the banner says so).
@@ -384,10 +426,15 @@ fn start_agent(
     let child = cmd
         .spawn()
         .with_context(|| format!("starting agent {} ({})", spec.name, bin.display()))?;
+    let group = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .context("the agent exited at once")?;
     Ok(RunningAgent {
         name: spec.name,
         child,
         log,
+        group,
         exited: None,
     })
 }
@@ -396,6 +443,7 @@ fn start_agent(
 fn report_exited_agents(agents: &mut [RunningAgent]) {
     for agent in agents.iter_mut().filter(|a| a.exited.is_none()) {
         if let Ok(Some(status)) = agent.child.try_wait() {
+            kill_group(agent);
             agent.exited = Some(status);
             eprintln!(
                 "cis490 dev: agent {} exited ({status}); see {}",
@@ -416,6 +464,9 @@ async fn stop_agents(agents: &mut [RunningAgent]) {
     for agent in agents.iter_mut().filter(|a| a.exited.is_none()) {
         match tokio::time::timeout_at(deadline, agent.child.wait()).await {
             Ok(Ok(status)) => {
+                // Anything the agent left in its process group (a capability probe still
+                // running when a signal came before its handlers were set) goes too.
+                kill_group(agent);
                 agent.exited = Some(status);
                 if !status.success() {
                     eprintln!(
@@ -462,10 +513,8 @@ fn kill_group(agent: &mut RunningAgent) {
     {
         use nix::sys::signal::{killpg, Signal};
         use nix::unistd::Pid;
-        if agent.exited.is_none() {
-            if let Some(pid) = agent.child.id().and_then(|p| i32::try_from(p).ok()) {
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            }
+        if agent.exited.is_none() && agent.group > 1 {
+            let _ = killpg(Pid::from_raw(agent.group), Signal::SIGKILL);
         }
     }
     let _ = agent.child.start_kill();

@@ -45,8 +45,8 @@ pub(crate) fn init_tracing() {
         .try_init();
 }
 
-/// Resolves when SIGTERM or Ctrl-C (SIGINT) arrives. Shared with `dev`.
-pub(crate) async fn shutdown_signal() {
+/// Resolves when SIGTERM or Ctrl-C (SIGINT) arrives.
+async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for Ctrl-C");
