@@ -156,7 +156,26 @@ impl Fleet {
         server_url: &str,
         extra: &[&str],
     ) -> anyhow::Result<Command> {
-        let mut cmd = Command::new(bin("cis490-agent")?);
+        self.agent_command_via(&[], name, server_url, extra)
+    }
+
+    /// Like [`Fleet::agent_command`], run through `wrapper` (e.g. `ip netns exec NS`).
+    pub fn agent_command_via(
+        &self,
+        wrapper: &[&str],
+        name: &str,
+        server_url: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Command> {
+        let agent = bin("cis490-agent")?;
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(agent);
+                cmd
+            }
+            None => Command::new(agent),
+        };
         cmd.arg("run")
             .args(["--server", server_url, "--name", name])
             .arg("--work-dir")
