@@ -534,6 +534,19 @@ fn print_banner(manifest: &Path, state_dir: &Path, url: &str, token: &TokenSourc
     let bin_dir = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf));
+    let text = banner(manifest, state_dir, url, token, bin_dir.as_deref());
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// The start-up banner; `bin_dir` holds this workspace's binaries.
+fn banner(
+    manifest: &Path,
+    state_dir: &Path,
+    url: &str,
+    token: &TokenSource,
+    bin_dir: Option<&Path>,
+) -> String {
     let mut text = String::new();
     let mut line = |s: &str| {
         text.push_str(s);
@@ -559,7 +572,7 @@ fn print_banner(manifest: &Path, state_dir: &Path, url: &str, token: &TokenSourc
     ));
     line("");
     line("In another terminal:");
-    if let Some(dir) = &bin_dir {
+    if let Some(dir) = bin_dir {
         if !dir
             .join(format!("{CTL_BIN}{}", std::env::consts::EXE_SUFFIX))
             .is_file()
@@ -586,6 +599,70 @@ fn print_banner(manifest: &Path, state_dir: &Path, url: &str, token: &TokenSourc
     line(&format!(
         "  {CTL_BIN} pull <id>            # download a job's artifact"
     ));
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_flag_must_name_a_checkout() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = find_workspace(Some(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("--workspace"), "{err}");
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join(EXAMPLE_MANIFEST), "version = 1\n").unwrap();
+        assert_eq!(find_workspace(Some(dir.path())).unwrap(), dir.path());
+    }
+
+    #[test]
+    fn tokens_are_created_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("operator.token");
+        let first = persistent_token(&path).unwrap();
+        assert_eq!(first.len(), 48);
+        assert_eq!(persistent_token(&path).unwrap(), first);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "token readable by others: {mode:o}");
+        }
+        let other = persistent_token(&dir.path().join("worker.token")).unwrap();
+        assert_ne!(other, first);
+    }
+
+    #[test]
+    fn banner_names_the_manifest_the_simulated_gpu_and_the_next_commands() {
+        let token = TokenSource::File("abc123".into());
+        let text = banner(
+            Path::new("/w/.cis490-dev/training_manifest.toml"),
+            Path::new("/w/.cis490-dev"),
+            "http://127.0.0.1:8787",
+            &token,
+            Some(Path::new("/nowhere/bin")),
+        );
+        for want in [
+            "training_manifest.toml  (edit me: changes apply on save)",
+            "http://127.0.0.1:8787",
+            "gpu-box  simulated CUDA GPU",
+            "export CIS490_OPERATOR_TOKEN=abc123",
+            "export CIS490_SERVER=http://127.0.0.1:8787",
+            "cargo build --release -p cis490ctl",
+            "cis490ctl get jobs -w",
+            "cis490ctl describe job <id>",
+            "cis490ctl pull <id>",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        let from_env = banner(
+            Path::new("m.toml"),
+            Path::new("s"),
+            "http://x",
+            &TokenSource::Env("secret-value".into()),
+            None,
+        );
+        assert!(!from_env.contains("secret-value"), "{from_env}");
+    }
 }
