@@ -405,8 +405,10 @@ fn start_agent(
         .args([
             "--heartbeat-s",
             "2",
+            // Short claim waits: a waiting claim advertises the slots free when it was
+            // made, so a slot freed meanwhile is offered at the next one.
             "--claim-wait-s",
-            "10",
+            "3",
             "--grace-s",
             "5",
         ])
