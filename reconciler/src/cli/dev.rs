@@ -139,6 +139,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<i32> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        // First: from here on a signal is held for the loop below, never the default
+        // action that would leave the agents orphaned.
+        let mut signals = Signals::new()?;
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -175,7 +178,6 @@ pub fn run(args: DevArgs) -> anyhow::Result<i32> {
         }
         print_banner(&manifest, &state_dir, &url, &operator_token);
 
-        let mut signals = Signals::new()?;
         let mut check = tokio::time::interval(Duration::from_secs(1));
         let outcome = loop {
             tokio::select! {
