@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub mod fleet;
+
 /// The line prefix `serve` prints once it listens.
 pub const LISTENING_PREFIX: &str = "cis490-reconciler listening on ";
 

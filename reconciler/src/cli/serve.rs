@@ -35,7 +35,8 @@ pub struct ServeArgs {
     pub insecure: bool,
 }
 
-fn init_tracing() {
+/// Logs to stderr; `RUST_LOG` overrides the `info` default. Shared with `dev`.
+pub(crate) fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
