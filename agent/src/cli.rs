@@ -90,7 +90,7 @@ pub async fn run_command(flags: &RunFlags) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(false);
     let trainers = TrainerRegistry::default();
     tokio::spawn(watch_signals(tx, trainers.clone()));
-    let summary = Agent::new(cfg, client, cap, rx, trainers).run().await;
+    let summary = Agent::new(cfg, client, cap, rx, trainers).run().await?;
     tracing::info!(jobs = summary.jobs.len(), "agent stopped");
     Ok(())
 }

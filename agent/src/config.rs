@@ -568,6 +568,22 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_file_loads() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc/agent.toml.example");
+        let file = FileConfig::load(&example).unwrap();
+        assert_eq!(file.server.as_deref(), Some("http://pi.local:8787"));
+        assert_eq!(file.gpu_sharing, Some(GpuSharing::Exclusive));
+        let flags = RunFlags {
+            config: Some(example),
+            name: Some("example".into()),
+            ..RunFlags::default()
+        };
+        let cfg = AgentConfig::resolve(&flags).unwrap();
+        assert_eq!(cfg.heartbeat, Duration::from_secs(30));
+        assert_eq!(cfg.claim_wait, Duration::from_secs(20));
+    }
+
+    #[test]
     fn host_names_become_valid_worker_names() {
         assert_eq!(worker_name_from_host("gpu box#1"), "gpu-box-1");
         assert!(WorkerName::parse(&worker_name_from_host("-x")).is_ok());

@@ -11,7 +11,6 @@
 //! retried with capped exponential backoff and jitter until it answers.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -124,6 +123,19 @@ fn is_gone(e: &ClientError) -> bool {
     e.is_lease_lost() || matches!(e.code(), Some("not_found") | Some("invalid_state"))
 }
 
+/// The server will not take this agent's calls: a wrong or missing worker token.
+fn is_refusal(e: &ClientError) -> bool {
+    matches!(e.status().map(|s| s.as_u16()), Some(401) | Some(403))
+}
+
+/// Why the agent stopped without being asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The server refused the agent's node report (401/403): retrying cannot help.
+    #[error("the reconciler refused this worker ({0}); check worker_token / CIS490_WORKER_TOKEN")]
+    Refused(String),
+}
+
 /// How a job ended for this agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobOutcome {
@@ -138,6 +150,28 @@ pub enum JobOutcome {
     Released,
     /// The server refused a report for another reason, or could not be told in time.
     Unreported(String),
+}
+
+impl std::fmt::Display for JobOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobOutcome::Completed(a) => write!(f, "completed (artifact {})", a.short()),
+            JobOutcome::Failed(reason) => write!(f, "failed: {reason}"),
+            JobOutcome::Cancelled => f.write_str("cancelled; output discarded"),
+            JobOutcome::LeaseLost => f.write_str("lease lost; output discarded"),
+            JobOutcome::Released => f.write_str("released for another worker (agent-shutdown)"),
+            JobOutcome::Unreported(why) => write!(f, "not reported: {why}"),
+        }
+    }
+}
+
+/// What happened while a trainer runs.
+enum RunEvent {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    Shutdown,
+    BeatDue,
+    /// The heartbeat's answer: `Ok(true)` means cancelled.
+    Answer(Result<bool, ClientError>),
 }
 
 /// The stages of one job.
@@ -247,34 +281,48 @@ impl JobRun {
         let mut retry_at: Option<Instant> = None;
         let mut shutdown = self.shutdown.clone();
         loop {
-            let beat_now = tokio::select! {
-                status = trainer.wait() => {
+            // Wait for the next heartbeat, then send it; the trainer's exit and shutdown are
+            // watched throughout, so a slow server never delays either.
+            let event = tokio::select! {
+                status = trainer.wait() => RunEvent::Exited(status),
+                _ = shutdown_signalled(&mut shutdown) => RunEvent::Shutdown,
+                _ = tick.tick(), if retry_at.is_none() => RunEvent::BeatDue,
+                _ = sleep_until_opt(retry_at), if retry_at.is_some() => RunEvent::BeatDue,
+            };
+            let event = match event {
+                RunEvent::BeatDue => tokio::select! {
+                    status = trainer.wait() => RunEvent::Exited(status),
+                    _ = shutdown_signalled(&mut shutdown) => RunEvent::Shutdown,
+                    answer = self.heartbeat() => RunEvent::Answer(answer),
+                },
+                other => other,
+            };
+            match event {
+                RunEvent::BeatDue => {}
+                RunEvent::Exited(status) => {
                     self.shared.trainers.remove(trainer.pid());
                     return match status {
                         Ok(s) if s.success() => JobStage::Pack,
                         Ok(s) => JobStage::Report(self.exit_failure(s)),
-                        Err(e) => JobStage::Report(self.fail(format!("agent lost the trainer: {e}"), None, true)),
+                        Err(e) => JobStage::Report(self.fail(
+                            format!("agent lost the trainer: {e}"),
+                            None,
+                            true,
+                        )),
                     };
                 }
-                _ = tick.tick(), if retry_at.is_none() => true,
-                _ = sleep_until_opt(retry_at), if retry_at.is_some() => true,
-                _ = shutdown_signalled(&mut shutdown) => {
+                RunEvent::Shutdown => {
                     tracing::info!(job = %self.spec.id.short(), "shutdown: stopping the trainer");
                     self.stop(&mut trainer).await;
                     self.report_deadline = Some(Instant::now() + SHUTDOWN_REPORT_WINDOW);
                     return JobStage::Report(self.fail(SHUTDOWN_REASON.into(), None, true));
                 }
-            };
-            if !beat_now {
-                continue;
-            }
-            match self.heartbeat().await {
-                Ok(true) => {
+                RunEvent::Answer(Ok(true)) => {
                     tracing::info!(job = %self.spec.id.short(), "cancelled by an operator: stopping the trainer");
                     self.stop(&mut trainer).await;
                     return JobStage::Done(JobOutcome::Cancelled);
                 }
-                Ok(false) => {
+                RunEvent::Answer(Ok(false)) => {
                     if failures > 0 {
                         tracing::info!(job = %self.spec.id.short(), "server is back");
                     }
@@ -282,12 +330,12 @@ impl JobRun {
                     retry_at = None;
                     tick.reset();
                 }
-                Err(e) if is_gone(&e) => {
+                RunEvent::Answer(Err(e)) if is_gone(&e) => {
                     tracing::warn!(job = %self.spec.id.short(), "lease lost ({e}): stopping the trainer");
                     self.stop(&mut trainer).await;
                     return JobStage::Done(JobOutcome::LeaseLost);
                 }
-                Err(e) => {
+                RunEvent::Answer(Err(e)) => {
                     failures += 1;
                     let wait = backoff(failures, Duration::from_secs(1), period.min(MAX_BACKOFF));
                     tracing::warn!(job = %self.spec.id.short(), "heartbeat failed ({e}); trainer keeps running, retry in {wait:?}");
@@ -365,15 +413,25 @@ impl JobRun {
                     ))
                 }
             };
-            let result = client
-                .upload(
-                    &self.spec.id,
-                    self.shared.worker(),
-                    &self.lease,
-                    &packed.sha256,
-                    body,
-                )
-                .await;
+            let (id, worker, lease) = (
+                self.spec.id.clone(),
+                self.shared.worker().clone(),
+                self.lease.clone(),
+            );
+            let upload = client.upload(&id, &worker, &lease, &packed.sha256, body);
+            tokio::pin!(upload);
+            let mut shutdown = self.shutdown.clone();
+            // On shutdown an upload in flight gets the grace period to finish; a slower one
+            // is abandoned and the job released, so the agent still stops in time.
+            let result = tokio::select! {
+                r = &mut upload => r,
+                _ = shutdown_signalled(&mut shutdown) => {
+                    match tokio::time::timeout(self.shared.cfg.grace, &mut upload).await {
+                        Ok(r) => r,
+                        Err(_) => return self.release_on_shutdown(),
+                    }
+                }
+            };
             match result {
                 Ok(resp) if resp.artifact_id.as_str() == packed.sha256 => {
                     tracing::info!(job = %self.spec.id.short(), artifact = %resp.artifact_id.short(), bytes = resp.size_bytes, "uploaded");
@@ -584,7 +642,7 @@ impl Agent {
     }
 
     /// Runs until shutdown is signalled and every job has been released.
-    pub async fn run(mut self) -> RunSummary {
+    pub async fn run(mut self) -> Result<RunSummary, AgentError> {
         let mut summary = RunSummary::default();
         let mut stage = AgentStage::Register;
         let mut failures = 0u32;
@@ -599,6 +657,9 @@ impl Agent {
                                 tracing::info!(worker = %self.shared.worker(), server = self.shared.client.base_url(), "registered");
                                 failures = 0;
                                 AgentStage::Claim
+                            }
+                            Err(e) if is_refusal(&e) => {
+                                return Err(AgentError::Refused(e.to_string()));
                             }
                             Err(e) => {
                                 failures += 1;
@@ -655,7 +716,7 @@ impl Agent {
                         self.finished(done, &mut summary).await;
                     }
                     tracing::info!("all jobs released; stopping");
-                    return summary;
+                    return Ok(summary);
                 }
             };
         }
@@ -773,7 +834,7 @@ impl Agent {
                 (id, JobOutcome::Unreported(format!("job task failed: {e}")))
             }
         };
-        tracing::info!(job = %id.short(), outcome = ?outcome, "job ended");
+        tracing::info!(job = %id.short(), "job ended: {outcome}");
         self.shared.slots().release(&id);
         summary.jobs.push((id, outcome));
         if !self.shutting_down() {
@@ -782,11 +843,6 @@ impl Agent {
             }
         }
     }
-}
-
-/// Where attempt directories live for this config (for messages).
-pub fn jobs_dir(cfg: &AgentConfig) -> PathBuf {
-    cfg.state_dir.join("jobs")
 }
 
 #[cfg(test)]

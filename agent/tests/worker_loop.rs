@@ -31,6 +31,9 @@ struct Mock {
     completed: Vec<CompleteRequest>,
     failed: Vec<FailRequest>,
     claims: Vec<Capability>,
+    /// Answers for the next uploads, before they are accepted (e.g. 503, 413).
+    upload_refusals: VecDeque<StatusCode>,
+    upload_attempts: u32,
 }
 
 type Shared = Arc<Mutex<Mock>>;
@@ -95,6 +98,18 @@ async fn upload(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    {
+        let mut m = m.lock().unwrap();
+        m.upload_attempts += 1;
+        if let Some(status) = m.upload_refusals.pop_front() {
+            let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "payload_too_large"
+            } else {
+                "unavailable"
+            };
+            return api_error(status, code);
+        }
+    }
     let sha = hex::encode(Sha256::digest(&body));
     let claimed = headers
         .get(CONTENT_SHA256_HEADER)
@@ -222,24 +237,36 @@ fn capability() -> Capability {
 struct Harness {
     mock: Shared,
     shutdown: watch::Sender<bool>,
-    agent: tokio::task::JoinHandle<cis490_agent::worker::RunSummary>,
+    agent: tokio::task::JoinHandle<
+        Result<cis490_agent::worker::RunSummary, cis490_agent::worker::AgentError>,
+    >,
     work: tempfile::TempDir,
     _state: tempfile::TempDir,
 }
 
 async fn start(jobs: Vec<JobSpec>, script: &str) -> Harness {
+    start_with(jobs, script, capability()).await
+}
+
+async fn start_with(jobs: Vec<JobSpec>, script: &str, cap: Capability) -> Harness {
+    let mock = Mock {
+        pending: jobs.into(),
+        ..Mock::default()
+    };
+    start_mock_state(mock, script, cap).await
+}
+
+async fn start_mock_state(mock: Mock, script: &str, cap: Capability) -> Harness {
     let work = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("train.sh"), script).unwrap();
-    let mock: Shared = Arc::new(Mutex::new(Mock {
-        pending: jobs.into(),
-        ..Mock::default()
-    }));
+    let mock: Shared = Arc::new(Mutex::new(mock));
     let url = start_mock(mock.clone()).await;
     let (tx, rx) = watch::channel(false);
-    let cfg = config(work.path(), state.path(), &url);
+    let mut cfg = config(work.path(), state.path(), &url);
+    cfg.max_concurrent = cap.max_concurrent;
     let client = Client::new(&url).unwrap();
-    let agent = Agent::new(cfg, client, capability(), rx, TrainerRegistry::default());
+    let agent = Agent::new(cfg, client, cap, rx, TrainerRegistry::default());
     Harness {
         mock,
         shutdown: tx,
@@ -322,6 +349,7 @@ async fn completed_job_uploads_its_output_with_matching_sha256() {
     let summary = tokio::time::timeout(Duration::from_secs(10), h.agent)
         .await
         .unwrap()
+        .unwrap()
         .unwrap();
     assert!(matches!(summary.jobs[0].1, JobOutcome::Completed(_)));
 }
@@ -347,6 +375,7 @@ async fn non_zero_exit_fails_with_the_code_and_the_last_stderr_line() {
     h.shutdown.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(10), h.agent)
         .await
+        .unwrap()
         .unwrap()
         .unwrap();
 }
@@ -388,6 +417,7 @@ async fn cancel_on_heartbeat_kills_trainer_and_child_and_reports_nothing() {
     let summary = tokio::time::timeout(Duration::from_secs(10), h.agent)
         .await
         .unwrap()
+        .unwrap()
         .unwrap();
     assert_eq!(summary.jobs[0].1, JobOutcome::Cancelled);
     let m = h.mock.lock().unwrap();
@@ -402,9 +432,13 @@ async fn shutdown_stops_the_trainer_and_releases_the_job_as_retryable() {
     let summary = tokio::time::timeout(Duration::from_secs(10), h.agent)
         .await
         .unwrap()
+        .unwrap()
         .unwrap();
     assert_eq!(summary.jobs[0].1, JobOutcome::Released);
-    assert!(!pid_alive(leader) && !pid_alive(child));
+    wait_for("trainer and child gone", || {
+        (!pid_alive(leader) && !pid_alive(child)).then_some(())
+    })
+    .await;
     let m = h.mock.lock().unwrap();
     assert_eq!(m.failed.len(), 1);
     assert_eq!(m.failed[0].reason, "agent-shutdown");
@@ -426,6 +460,140 @@ async fn lost_lease_stops_the_trainer() {
     let summary = tokio::time::timeout(Duration::from_secs(10), h.agent)
         .await
         .unwrap()
+        .unwrap()
         .unwrap();
     assert_eq!(summary.jobs[0].1, JobOutcome::LeaseLost);
+}
+
+#[tokio::test]
+async fn a_refused_worker_token_stops_the_agent_with_a_clear_error() {
+    let app = Router::new().route(
+        "/v1/worker/{name}",
+        put(|| async { api_error(StatusCode::UNAUTHORIZED, "unauthorized") }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let work = tempfile::tempdir().unwrap();
+    let (_tx, rx) = watch::channel(false);
+    let agent = Agent::new(
+        config(work.path(), work.path(), &url),
+        Client::new(&url).unwrap(),
+        capability(),
+        rx,
+        TrainerRegistry::default(),
+    );
+    let err = tokio::time::timeout(Duration::from_secs(10), agent.run())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("worker_token"), "{err}");
+}
+
+#[tokio::test]
+async fn concurrent_cuda_jobs_get_a_gpu_each_and_claims_advertise_only_what_is_free() {
+    let mut cap = capability();
+    cap.max_concurrent = 2;
+    Advertise {
+        gpus: Some(2),
+        vram_gib: Some(24.0),
+        ..Advertise::default()
+    }
+    .apply(&mut cap);
+    let cuda = |n| {
+        let mut j = job(n, sh("./train.sh"));
+        j.constraints.require_cuda = true;
+        j
+    };
+    let (a, b) = (cuda(6), cuda(7));
+    let script = "#!/bin/sh\necho \"$CUDA_VISIBLE_DEVICES\" > \"gpu-$CIS490_JOB_ID\"\nwhile [ ! -e go ]; do sleep 0.05; done\n";
+    let h = start_with(vec![a.clone(), b.clone()], script, cap).await;
+    let gpu_of = |id: &JobId| {
+        let path = h.work.path().join(format!("gpu-{id}"));
+        move || {
+            std::fs::read_to_string(&path)
+                .ok()
+                .map(|s| s.trim().to_string())
+        }
+    };
+    let gpu_a = wait_for("job A's GPU", gpu_of(&a.id)).await;
+    let gpu_b = wait_for("job B's GPU", gpu_of(&b.id)).await;
+    assert_eq!(gpu_a, "0");
+    assert_eq!(gpu_b, "1");
+    {
+        let m = h.mock.lock().unwrap();
+        // The claim made while A ran offered only the other GPU, and said A was running.
+        let second = &m.claims[1];
+        assert_eq!(second.running_jobs, vec![a.id.clone()]);
+        assert_eq!(
+            second.gpus.iter().map(|g| g.index).collect::<Vec<_>>(),
+            vec![1]
+        );
+        assert_eq!(second.gpus[0].vram_allocatable_mib, 24 * 1024);
+        // With both slots taken the agent stops asking for work.
+        assert_eq!(m.claims.len(), 2, "claimed with no free slot");
+    }
+    std::fs::write(h.work.path().join("go"), b"").unwrap();
+    wait_for("both completions", || {
+        (h.mock.lock().unwrap().completed.len() == 2).then_some(())
+    })
+    .await;
+    h.shutdown.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), h.agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+const WRITES_OUTPUT: &str = "#!/bin/sh\necho weights > \"$CIS490_OUTPUT_DIR/w.txt\"\n";
+
+#[tokio::test]
+async fn upload_is_retried_after_server_errors() {
+    let mock = Mock {
+        pending: [job(8, sh("./train.sh"))].into(),
+        upload_refusals: [StatusCode::SERVICE_UNAVAILABLE, StatusCode::BAD_GATEWAY].into(),
+        ..Mock::default()
+    };
+    let h = start_mock_state(mock, WRITES_OUTPUT, capability()).await;
+    wait_for("completion", || {
+        h.mock.lock().unwrap().completed.first().cloned()
+    })
+    .await;
+    assert_eq!(h.mock.lock().unwrap().upload_attempts, 3);
+    h.shutdown.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), h.agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn upload_refused_as_too_large_fails_the_job_with_that_reason() {
+    let mock = Mock {
+        pending: [job(9, sh("./train.sh"))].into(),
+        upload_refusals: [StatusCode::PAYLOAD_TOO_LARGE].into(),
+        ..Mock::default()
+    };
+    let h = start_mock_state(mock, WRITES_OUTPUT, capability()).await;
+    let failed = wait_for("failure", || h.mock.lock().unwrap().failed.first().cloned()).await;
+    assert!(
+        failed.reason.starts_with("upload refused"),
+        "{}",
+        failed.reason
+    );
+    assert!(failed.reason.contains("413"), "{}", failed.reason);
+    assert!(!failed.retryable);
+    {
+        let m = h.mock.lock().unwrap();
+        assert_eq!(m.upload_attempts, 1);
+        assert!(m.completed.is_empty());
+    }
+    h.shutdown.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), h.agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }

@@ -121,24 +121,18 @@ impl Client {
         format!("{}{}", self.base, path)
     }
 
+    /// Every request carries whichever tokens the client has: worker routes check the
+    /// bearer token, operator routes the operator token, and a server with `protect_reads`
+    /// accepts either on read routes, so the agent and cis490ctl both keep reading there.
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http.request(method, self.url(path))
-    }
-
-    fn worker(&self, method: Method, path: &str) -> RequestBuilder {
-        let rb = self.request(method, path);
-        match &self.worker_token {
-            Some(t) => rb.bearer_auth(t),
-            None => rb,
+        let mut rb = self.http.request(method, self.url(path));
+        if let Some(t) = &self.operator_token {
+            rb = rb.header(OPERATOR_TOKEN_HEADER, t);
         }
-    }
-
-    fn operator(&self, method: Method, path: &str) -> RequestBuilder {
-        let rb = self.request(method, path);
-        match &self.operator_token {
-            Some(t) => rb.header(OPERATOR_TOKEN_HEADER, t),
-            None => rb,
+        if let Some(t) = &self.worker_token {
+            rb = rb.bearer_auth(t);
         }
+        rb
     }
 
     /// Sends a request; turns transport failures and error statuses into `ClientError`.
@@ -257,7 +251,7 @@ impl Client {
         req: &ClaimRequest,
         wait: Option<Duration>,
     ) -> Result<Option<ClaimResponse>, ClientError> {
-        let mut rb = self.worker(Method::POST, "/v1/job/claim").json(req);
+        let mut rb = self.request(Method::POST, "/v1/job/claim").json(req);
         if let Some(w) = wait {
             rb = rb
                 .query(&[("wait", w.as_secs())])
@@ -289,7 +283,7 @@ impl Client {
         id: &JobId,
         req: &HeartbeatRequest,
     ) -> Result<HeartbeatResponse, ClientError> {
-        let rb = self.worker(Method::POST, &format!("/v1/job/{id}/heartbeat"));
+        let rb = self.request(Method::POST, &format!("/v1/job/{id}/heartbeat"));
         self.post_json(rb, req).await
     }
 
@@ -299,7 +293,7 @@ impl Client {
         id: &JobId,
         req: &CompleteRequest,
     ) -> Result<JobStatusResponse, ClientError> {
-        let rb = self.worker(Method::POST, &format!("/v1/job/{id}/complete"));
+        let rb = self.request(Method::POST, &format!("/v1/job/{id}/complete"));
         self.post_json(rb, req).await
     }
 
@@ -309,7 +303,7 @@ impl Client {
         id: &JobId,
         req: &FailRequest,
     ) -> Result<JobStatusResponse, ClientError> {
-        let rb = self.worker(Method::POST, &format!("/v1/job/{id}/fail"));
+        let rb = self.request(Method::POST, &format!("/v1/job/{id}/fail"));
         self.post_json(rb, req).await
     }
 
@@ -323,7 +317,7 @@ impl Client {
         body: reqwest::Body,
     ) -> Result<UploadResponse, ClientError> {
         let rb = self
-            .worker(Method::PUT, &format!("/v1/model/{id}"))
+            .request(Method::PUT, &format!("/v1/model/{id}"))
             .header(WORKER_HEADER, worker.as_str())
             .header(LEASE_TOKEN_HEADER, &lease.token)
             .header(LEASE_ATTEMPT_HEADER, lease.attempt.to_string())
@@ -339,7 +333,7 @@ impl Client {
         name: &WorkerName,
         capability: &Capability,
     ) -> Result<WorkerView, ClientError> {
-        let rb = self.worker(Method::PUT, &format!("/v1/worker/{name}"));
+        let rb = self.request(Method::PUT, &format!("/v1/worker/{name}"));
         self.post_json(rb, capability).await
     }
 
@@ -347,26 +341,26 @@ impl Client {
 
     /// `POST /v1/job/{id}/cancel`
     pub async fn cancel(&self, id: &IdPrefix) -> Result<JobStatusResponse, ClientError> {
-        self.json(self.operator(Method::POST, &format!("/v1/job/{id}/cancel")))
+        self.json(self.request(Method::POST, &format!("/v1/job/{id}/cancel")))
             .await
     }
 
     /// `POST /v1/job/{id}/requeue`
     pub async fn requeue(&self, id: &IdPrefix) -> Result<JobStatusResponse, ClientError> {
-        self.json(self.operator(Method::POST, &format!("/v1/job/{id}/requeue")))
+        self.json(self.request(Method::POST, &format!("/v1/job/{id}/requeue")))
             .await
     }
 
     /// `POST /v1/manifest/reload`
     pub async fn reload(&self) -> Result<PlanSummary, ClientError> {
-        self.json(self.operator(Method::POST, "/v1/manifest/reload"))
+        self.json(self.request(Method::POST, "/v1/manifest/reload"))
             .await
     }
 
     /// `POST /v1/manifest/diff`: the plan for `manifest_text`, not applied.
     pub async fn diff(&self, manifest_text: String) -> Result<PlanSummary, ClientError> {
         let rb = self
-            .operator(Method::POST, "/v1/manifest/diff")
+            .request(Method::POST, "/v1/manifest/diff")
             .header(reqwest::header::CONTENT_TYPE, "application/toml")
             .body(manifest_text);
         self.json(rb).await
@@ -379,7 +373,7 @@ impl Client {
         action: NodeAction,
     ) -> Result<WorkerView, ClientError> {
         let path = format!("/v1/worker/{name}/{}", action.as_str());
-        self.json(self.operator(Method::POST, &path)).await
+        self.json(self.request(Method::POST, &path)).await
     }
 }
 

@@ -18,6 +18,9 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// Run the control plane: HTTP API, manifest watch, sweeper.
     Serve(cli::serve::ServeArgs),
+    /// Run a whole fleet on this machine: the server plus two local agents, with the
+    /// example manifest (like `nomad agent -dev`). State in ./.cis490-dev/.
+    Dev(cli::dev::DevArgs),
 }
 
 fn main() {
@@ -25,6 +28,7 @@ fn main() {
     let result = match cli.command {
         Command::Check(args) => cli::check::run(args),
         Command::Serve(args) => cli::serve::run(args),
+        Command::Dev(args) => cli::dev::run(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -402,8 +402,10 @@ async fn uploads_check_the_lease_the_cap_and_the_sha() {
         attempt: claimed.lease.attempt,
         token: "not-the-token".into(),
     };
+    // Bodies far larger than socket buffers: the refusal must still reach the client.
+    let big = vec![1u8; 16 << 20];
     let err = c
-        .upload(id, &worker("w1"), &stale, &sha, bytes.clone().into())
+        .upload(id, &worker("w1"), &stale, &sha, big.clone().into())
         .await
         .unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::CONFLICT));
@@ -421,8 +423,17 @@ async fn uploads_check_the_lease_the_cap_and_the_sha() {
         .unwrap_err();
     assert!(err.is_lease_lost(), "{err}");
 
+    // A wrong worker token: 403, read by the client.
+    let wrong = Client::new(&app.url)
+        .unwrap()
+        .with_worker_token(Some("wrong".into()));
+    let err = wrong
+        .upload(id, &worker("w1"), &claimed.lease, &sha, big.clone().into())
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::FORBIDDEN));
+
     // Over the cap: 413 (announced by Content-Length, and streamed without one).
-    let big = vec![1u8; 2048];
     let err = c
         .upload(
             id,
@@ -435,7 +446,7 @@ async fn uploads_check_the_lease_the_cap_and_the_sha() {
         .unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::PAYLOAD_TOO_LARGE));
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        big.chunks(100).map(|c| Ok(c.to_vec())).collect();
+        big.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
     let streamed = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
     let err = c
         .upload(
@@ -729,4 +740,151 @@ async fn a_client_that_disconnects_mid_upload_leaves_no_partial_file() {
     )
     .await;
     assert!(app.anon.artifacts().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_started_on_an_invalid_manifest_serves_and_reports_it() {
+    let app = spawn_app(AppOptions {
+        manifest: "version = 1\n[[jobs]]\nmodel = \"gbt\"\nmode = \"realistic\"\nwat = 1\n".into(),
+        watch: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let status = app.anon.manifest().await.unwrap();
+    assert!(!status.last_errors.is_empty());
+    assert!(status.sha256.is_none(), "nothing was ever applied");
+    assert!(app
+        .anon
+        .jobs(&JobFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+    // Fixing the file and reloading recovers.
+    std::fs::write(&app.manifest, jobs_manifest([1])).unwrap();
+    app.client.reload().await.unwrap();
+    assert!(app.anon.manifest().await.unwrap().last_errors.is_empty());
+    assert_eq!(app.anon.jobs(&JobFilter::default()).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn protected_reads_need_a_token() {
+    let app = spawn_app(AppOptions {
+        protect_reads: true,
+        ..AppOptions::default()
+    })
+    .await;
+    // Raw HTTP first, to check each header on its own; then the typed client.
+    let http = reqwest::Client::new();
+    let jobs = format!("{}/v1/jobs", app.url);
+    let resp = http.get(&jobs).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = http.get(&jobs).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = http
+        .get(&jobs)
+        .bearer_auth(WORKER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = http
+        .get(&jobs)
+        .header("X-Operator-Token", OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let listed: Vec<cis490_api::JobView> = resp.json().await.unwrap();
+    assert_eq!(listed.len(), 3);
+
+    let filter = cis490_api::JobFilter::default();
+    let anonymous = cis490_api::Client::new(&app.url).unwrap();
+    assert_eq!(
+        anonymous.jobs(&filter).await.unwrap_err().status(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    let agent = anonymous
+        .clone()
+        .with_worker_token(Some(WORKER_TOKEN.to_string()));
+    assert_eq!(agent.jobs(&filter).await.unwrap().len(), 3);
+    let operator = anonymous.with_operator_token(Some(OPERATOR_TOKEN.to_string()));
+    assert_eq!(operator.jobs(&filter).await.unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_documented_route_is_served_and_in_the_openapi_document() {
+    use cis490_reconciler::server::routes::ROUTES;
+    let app = spawn_app(AppOptions::default()).await;
+    let http = reqwest::Client::new();
+    let doc: serde_json::Value = http
+        .get(format!("{}/v1/openapi.json", app.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for route in ROUTES {
+        assert!(
+            doc["paths"][route.path][route.method.to_ascii_lowercase()].is_object(),
+            "{} {} missing from the OpenAPI document",
+            route.method,
+            route.path
+        );
+        let path = route
+            .path
+            .replace("{id}", &"ab".repeat(32))
+            .replace("{name}", "w1");
+        let method = reqwest::Method::from_bytes(route.method.as_bytes()).unwrap();
+        let resp = http
+            .request(method, format!("{}{path}", app.url))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_ne!(
+            status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{} {path}",
+            route.method
+        );
+        assert!(
+            !text.contains("no route"),
+            "{} {path} is not served: {text}",
+            route.method
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_count_jobs_and_workers() {
+    let app = spawn_app(AppOptions::default()).await;
+    app.client.claim(&cpu_claim("w1"), None).await.unwrap();
+    let text = reqwest::get(format!("{}/metrics", app.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("cis490_jobs{status=\"pending\"} 2"), "{text}");
+    assert!(text.contains("cis490_jobs{status=\"claimed\"} 1"), "{text}");
+    assert!(text.contains("cis490_workers{state=\"Ready\"} 1"), "{text}");
+    assert!(text.contains("cis490_manifest_errors 0"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_removes_partial_uploads_a_crash_left() {
+    use cis490_reconciler::server::{Server, ServerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.toml");
+    std::fs::write(&manifest, jobs_manifest([1])).unwrap();
+    let config = ServerConfig::new(&manifest, dir.path().join("state"));
+    let incoming = config.store_root().join(".incoming");
+    std::fs::create_dir_all(&incoming).unwrap();
+    std::fs::write(incoming.join("abc-0123.partial"), b"half an upload").unwrap();
+    let server = Server::build(config).await.unwrap();
+    assert_eq!(server.recovery().removed_partials, 1);
+    assert_eq!(std::fs::read_dir(&incoming).unwrap().count(), 0);
 }

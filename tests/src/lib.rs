@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 pub mod bench;
+pub mod fleet;
 
 /// The line prefix `serve` prints once it listens.
 pub const LISTENING_PREFIX: &str = "cis490-reconciler listening on ";

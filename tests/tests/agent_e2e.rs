@@ -21,6 +21,8 @@ struct Fleet {
     dir: tempfile::TempDir,
     rt: tokio::runtime::Runtime,
     server: Option<Reconciler>,
+    /// The server's URL; stays valid while the server is down between restarts.
+    url: String,
     client: Client,
     agents: Vec<ChildGuard>,
 }
@@ -42,6 +44,7 @@ impl Fleet {
             dir,
             rt,
             server: None,
+            url: String::new(),
             agents: Vec::new(),
         };
         fleet.start_server("127.0.0.1:0");
@@ -71,13 +74,14 @@ impl Fleet {
         self.client = Client::new(&server.url)
             .unwrap()
             .with_operator_token(Some(OPERATOR_TOKEN.into()));
+        self.url = server.url.clone();
         self.server = Some(server);
     }
 
     /// Starts `cis490-agent run` named `name` with extra flags; its stderr goes to
     /// `<name>.log`.
     fn start_agent(&mut self, name: &str, extra: &[&str]) -> usize {
-        let url = self.server.as_ref().unwrap().url.clone();
+        let url = self.url.clone();
         let mut cmd = Command::new(bin("cis490-agent").unwrap());
         cmd.arg("run")
             .args(["--server", &url, "--name", name])
@@ -85,16 +89,18 @@ impl Fleet {
             .arg(self.path("work"))
             .arg("--state-dir")
             .arg(self.path(&format!("agent-{name}")))
-            .args([
-                "--heartbeat-s",
-                "1",
-                "--grace-s",
-                "2",
-                "--claim-wait-s",
-                "2",
-            ])
-            .args(extra)
-            .env_remove("CIS490_SERVER")
+            .args(extra);
+        // Fast defaults, unless the test sets the flag itself.
+        for (flag, value) in [
+            ("--heartbeat-s", "1"),
+            ("--grace-s", "2"),
+            ("--claim-wait-s", "2"),
+        ] {
+            if !extra.contains(&flag) {
+                cmd.args([flag, value]);
+            }
+        }
+        cmd.env_remove("CIS490_SERVER")
             .env_remove("CIS490_WORKER_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -241,7 +247,17 @@ fn cancelled_jobs_trainer_and_its_child_are_stopped() {
     let id = fleet.wait_jobs(1)[0].id.clone();
     fleet.start_agent("canceller", &[]);
     let (leader, child) = trainer_pids(&fleet, &id);
-    fleet.wait_status(&id, JobStatus::Running);
+    // The log tail rides on heartbeats, so a running job's output is visible.
+    wait_until(WAIT, "the running job's log tail", || {
+        let job = fleet.job(&id);
+        (job.status == JobStatus::Running
+            && job
+                .log_tail
+                .as_deref()
+                .is_some_and(|t| t.contains("running")))
+        .then_some(())
+    })
+    .unwrap();
     assert!(alive(leader) && alive(child));
     let prefix = IdPrefix::parse(id.short()).unwrap();
     fleet.rt.block_on(fleet.client.cancel(&prefix)).unwrap();
@@ -276,7 +292,11 @@ fn sigterm_to_the_agent_releases_its_job_and_stops_the_trainer() {
         "agent exit: {status:?}\n{}",
         fleet.agent_log("stopping")
     );
-    assert!(!alive(leader) && !alive(child), "trainer tree survived");
+    // SIGKILL was sent before the agent exited; the processes are gone a moment later.
+    wait_until(WAIT, "the trainer tree to be gone", || {
+        (!alive(leader) && !alive(child)).then_some(())
+    })
+    .unwrap();
     let job = fleet.job(&id);
     assert_eq!(job.status, JobStatus::Pending, "{job:?}");
     // Released, not failed: the attempt is not used up.
@@ -299,9 +319,15 @@ fn cuda_jobs_go_only_to_an_agent_advertising_a_gpu() {
     let cpu_job = all.iter().find(|j| j.mode == "cpu").unwrap().id.clone();
     fleet.start_agent("cpu-only", &["--advertise", "cuda=false"]);
     fleet.wait_status(&cpu_job, JobStatus::Completed);
-    // The CPU agent keeps claiming; wait for it to ask again after its job, then check.
-    let claims_before = fleet.agent_log("cpu-only").matches("job ended").count();
-    assert_eq!(claims_before, 1);
+    // The CPU agent keeps claiming: wait until it has finished its job and reported itself
+    // idle, then check the GPU job was left alone.
+    wait_until(WAIT, "the cpu agent to finish its job", || {
+        fleet
+            .agent_log("cpu-only")
+            .contains("job ended")
+            .then_some(())
+    })
+    .unwrap();
     wait_until(WAIT, "the cpu agent to report node status again", || {
         let w = fleet.rt.block_on(fleet.client.workers()).ok()?;
         w.iter()
@@ -372,4 +398,166 @@ fn job_survives_the_server_being_killed_and_restarted_mid_job() {
     let job = fleet.wait_status(&id, JobStatus::Completed);
     assert!(job.artifact_id.is_some());
     assert_eq!(job.attempts, 1);
+}
+
+#[test]
+fn a_second_sigint_kills_the_trainers_and_exits_at_once() {
+    let mut fleet = Fleet::start(
+        &manifest("", "[[jobs]]\nmodel = \"m\"\nmode = \"long\"\nseed = 3\n"),
+        STUBBORN,
+    );
+    let id = fleet.wait_jobs(1)[0].id.clone();
+    // A grace period far longer than the wait below: only the second SIGINT can end it.
+    let agent = fleet.start_agent("impatient", &["--grace-s", "600"]);
+    let (leader, child) = trainer_pids(&fleet, &id);
+    fleet.wait_status(&id, JobStatus::Running);
+    fleet.agents[agent].signal("INT").unwrap();
+    wait_until(WAIT, "the agent to start shutting down", || {
+        fleet
+            .agent_log("impatient")
+            .contains("shutting down")
+            .then_some(())
+    })
+    .unwrap();
+    fleet.agents[agent].signal("INT").unwrap();
+    let status = fleet.agents[agent]
+        .wait_exit(Duration::from_secs(30))
+        .unwrap();
+    assert!(!status.success());
+    wait_until(WAIT, "trainer and child to be gone", || {
+        (!alive(leader) && !alive(child)).then_some(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn agent_started_before_the_server_waits_for_it_then_runs_the_job() {
+    let trainer = "#!/bin/sh\necho late > \"$CIS490_OUTPUT_DIR/o.txt\"\n";
+    let mut fleet = Fleet::start(
+        &manifest("", "[[jobs]]\nmodel = \"m\"\nmode = \"late\"\nseed = 1\n"),
+        trainer,
+    );
+    let id = fleet.wait_jobs(1)[0].id.clone();
+    let addr = fleet.server.as_ref().unwrap().addr().to_string();
+    fleet.server.take().unwrap().process.kill_now();
+    fleet.start_agent("early", &[]);
+    wait_until(WAIT, "the agent to find no server", || {
+        fleet
+            .agent_log("early")
+            .contains("cannot report node status")
+            .then_some(())
+    })
+    .unwrap();
+    fleet.start_server(&addr);
+    let job = fleet.wait_status(&id, JobStatus::Completed);
+    assert_eq!(job.worker.as_ref().map(WorkerName::as_str), Some("early"));
+}
+
+#[test]
+fn capability_self_test_prints_json_and_refuses_a_missing_work_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("cis490-agent").unwrap())
+        .args([
+            "capability",
+            "-o",
+            "json",
+            "--advertise",
+            "cuda=true,vram_gib=24,ram_gib=8",
+        ])
+        .arg("--work-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cap: cis490_api::Capability = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(cap.cuda);
+    assert_eq!(cap.gpus.len(), 1);
+    assert_eq!(cap.gpus[0].vram_allocatable_mib, 24 * 1024);
+    assert_eq!(cap.ram_allocatable_mib, 8 * 1024);
+    assert_eq!(cap.agent_version, cis490_api::VERSION);
+
+    let missing = dir.path().join("no-such-dir");
+    let out = Command::new(bin("cis490-agent").unwrap())
+        .arg("capability")
+        .arg("--work-dir")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("work dir") && stderr.contains("no-such-dir"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_example_trainer_runs_through_the_agent_with_its_hyperparameters() {
+    let trainer = cis490_tests::workspace_root().join("etc/examples/trainer.py");
+    let manifest = format!(
+        "version = 1\n\n[defaults]\nmax_attempts = 1\nstale_after_s = 60\ncommand = [\"python3\", {:?}]\n\n\
+         [models.gbt]\nhyper = {{ n_estimators = \"int\", max_depth = \"int\", learning_rate = \"float\" }}\n\n\
+         [[jobs]]\nmodel = \"gbt\"\nmode = \"oracle\"\nseed = 4\nsplit_recipe = \"by_subject\"\n\
+         hyper = {{ n_estimators = 5, max_depth = 2, learning_rate = 0.3 }}\n",
+        trainer.display().to_string()
+    );
+    let mut fleet = Fleet::start(&manifest, "");
+    let id = fleet.wait_jobs(1)[0].id.clone();
+    fleet.start_agent("example", &[]);
+    let job = fleet.wait_status(&id, JobStatus::Completed);
+    let artifact = job.artifact_id.expect("artifact");
+    let bytes = fleet
+        .rt
+        .block_on(async {
+            let resp = fleet.client.download(&artifact).await?;
+            Ok::<_, anyhow::Error>(resp.bytes().await?)
+        })
+        .unwrap();
+    let bundle = fleet.path("example.tar.zst");
+    std::fs::write(&bundle, &bytes).unwrap();
+    let out = fleet.path("example-out");
+    cis490_agent::pack::unpack(&bundle, &out).unwrap();
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["hyper"]["n_estimators"], 5);
+    assert_eq!(metrics["hyper"]["max_depth"], 2);
+    assert_eq!(metrics["seed"], 4);
+    assert_eq!(metrics["split_recipe"], "by_subject");
+    assert!(out.join("model.json").exists());
+}
+
+#[test]
+fn gpu_sharing_by_vram_runs_two_declared_jobs_on_one_gpu_at_once() {
+    let trainer = "#!/bin/sh\necho \"$CUDA_VISIBLE_DEVICES\" > \"gpu-$CIS490_JOB_ID\"\nwhile [ ! -e go ]; do sleep 0.05; done\necho ok > \"$CIS490_OUTPUT_DIR/o.txt\"\n";
+    let jobs = "[[jobs]]\nmodel = \"m\"\nmode = \"share\"\nrequire_cuda = true\nmin_vram_gib = 10\nmatrix = { seed = [1, 2] }\n";
+    let mut fleet = Fleet::start(&manifest("", jobs), trainer);
+    let all = fleet.wait_jobs(2);
+    fleet.start_agent(
+        "shared-gpu",
+        &[
+            "--advertise",
+            "gpus=1,vram_gib=24",
+            "--gpu-sharing",
+            "vram",
+            "--max-concurrent",
+            "2",
+        ],
+    );
+    // Both run at once (the trainers block until `go`), each on GPU 0.
+    for job in &all {
+        fleet.wait_status(&job.id, JobStatus::Running);
+        let gpu = wait_until(WAIT, "the trainer's GPU", || {
+            std::fs::read_to_string(fleet.path(&format!("work/gpu-{}", job.id))).ok()
+        })
+        .unwrap();
+        assert_eq!(gpu.trim(), "0");
+    }
+    std::fs::write(fleet.path("work/go"), b"").unwrap();
+    for job in &all {
+        fleet.wait_status(&job.id, JobStatus::Completed);
+    }
 }

@@ -1,4 +1,5 @@
 //! The `cis490-reconciler` subcommands; `main.rs` only parses arguments and dispatches here.
 
 pub mod check;
+pub mod dev;
 pub mod serve;

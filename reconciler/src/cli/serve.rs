@@ -35,7 +35,8 @@ pub struct ServeArgs {
     pub insecure: bool,
 }
 
-fn init_tracing() {
+/// Logs to stderr; `RUST_LOG` overrides the `info` default. Shared with `dev`.
+pub(crate) fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -86,7 +87,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         insecure: args.insecure,
     };
     let config = resolve(&flags, |k| std::env::var(k).ok(), file)?;
-    check_listen(&config)?;
+    let addrs = check_listen(&config)?;
+    if config.insecure
+        && config.worker_token.is_none()
+        && addrs.iter().any(|a| !a.ip().is_loopback())
+    {
+        tracing::warn!(
+            listen = %config.listen,
+            "--insecure: worker routes are open to anyone who can reach this address"
+        );
+    }
     if config.operator_token.is_none() {
         tracing::warn!(
             "no operator token configured: operator routes (cancel, requeue, reload, diff, \

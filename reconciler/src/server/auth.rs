@@ -12,6 +12,7 @@ use cis490_api::OPERATOR_TOKEN_HEADER;
 
 use super::config::{env, ServerConfig};
 use super::error::ApiFailure;
+use super::extract::{drain_body, drain_bound};
 use super::AppState;
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -87,11 +88,17 @@ pub fn check_reader(headers: &HeaderMap, config: &ServerConfig) -> Result<(), Ap
     }
 }
 
-/// Middleware for the worker route group.
+/// Middleware for the worker route group. A refused upload's body is drained first (see
+/// [`drain_body`]) so the client reads the 401/403 instead of a connection reset.
 pub async fn require_worker(State(state): State<AppState>, req: Request, next: Next) -> Response {
     match check_worker(req.headers(), &state.config) {
         Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            let bound = drain_bound(state.config.max_upload_bytes);
+            let mut body = req.into_body().into_data_stream();
+            drain_body(&mut body, bound).await;
+            e.into_response()
+        }
     }
 }
 

@@ -75,19 +75,16 @@ impl IntoResponse for ApiFailure {
 }
 
 impl From<QueueError> for ApiFailure {
+    /// By the error's API code, so a new queue variant maps through its `code()`.
     fn from(err: QueueError) -> Self {
-        let status = match &err {
-            QueueError::NotFound { .. } => StatusCode::NOT_FOUND,
-            QueueError::Ambiguous { .. }
-            | QueueError::LeaseLost { .. }
-            | QueueError::InvalidState { .. } => StatusCode::CONFLICT,
-            QueueError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            QueueError::Db(_)
-            | QueueError::Commit(_)
-            | QueueError::Io(_)
-            | QueueError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        let code = err.code();
+        let status = match code {
+            "not_found" => StatusCode::NOT_FOUND,
+            "ambiguous_id" | "lease_lost" | "invalid_state" | "conflict" => StatusCode::CONFLICT,
+            "bad_request" => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiFailure::new(status, err.code(), err.to_string())
+        ApiFailure::new(status, code, err.to_string())
     }
 }
 

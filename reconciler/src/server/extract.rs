@@ -114,3 +114,34 @@ where
             .map_err(|e| ApiFailure::bad_request(format!("invalid path: {}", e.body_text())))
     }
 }
+
+/// How much of a refused upload's body is drained: twice the upload cap, and never less
+/// than 64 MiB.
+pub fn drain_bound(max_upload_bytes: u64) -> u64 {
+    max_upload_bytes.saturating_mul(2).max(64 << 20)
+}
+
+/// Reads and discards what is left of a request body (at most `max` bytes) before an error
+/// answer. Closing a connection with unread bytes in its receive buffer makes the kernel
+/// send a reset, which destroys the answer on its way to the client: an agent uploading a
+/// large bundle would see "connection reset" instead of 409 or 413. Returns false when the
+/// body was longer than `max` (the connection then closes with it unread).
+pub async fn drain_body<S, E>(stream: &mut S, max: u64) -> bool
+where
+    S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    use futures_util::StreamExt;
+    let mut read: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(bytes) => {
+                read += bytes.len() as u64;
+                if read > max {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod meta;
 pub mod operator;
 pub mod read;
 pub mod reconcile;

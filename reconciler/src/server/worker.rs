@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, BodyDataStream};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::error::ApiFailure;
-use super::extract::{job_id, worker_name, ApiJson, ApiPath, ApiQuery};
+use super::extract::{drain_body, drain_bound, job_id, worker_name, ApiJson, ApiPath, ApiQuery};
 use super::{blocking, AppState};
 use crate::store::Upload;
 
@@ -134,19 +134,42 @@ fn upload_headers(headers: &HeaderMap) -> Result<(WorkerName, Lease, ArtifactId)
     Ok((worker, Lease { attempt, token }, sha))
 }
 
-/// `PUT /v1/model/{job_id}`: checks the lease, then streams the body into the store.
+/// `PUT /v1/model/{job_id}`: checks the lease, then streams the body into the store. On
+/// any refusal the rest of the body is drained (see [`drain_bound`]) so the client
+/// reads the answer instead of a connection reset.
 pub async fn upload(
     State(state): State<AppState>,
     ApiPath(raw): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<UploadResponse>, ApiFailure> {
-    let id = job_id(&raw)?;
-    let (worker, lease, expected_sha256) = upload_headers(&headers)?;
-    let content_length = headers
+    let mut stream = body.into_data_stream();
+    let result = store_upload(&state, &raw, &headers, &mut stream).await;
+    if result.is_err() {
+        let bound = drain_bound(state.store.max_upload_bytes());
+        let announced = content_length(&headers);
+        if announced.is_none_or(|n| n <= bound) {
+            drain_body(&mut stream, bound).await;
+        }
+    }
+    result.map(Json)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+async fn store_upload(
+    state: &AppState,
+    raw: &str,
+    headers: &HeaderMap,
+    stream: &mut BodyDataStream,
+) -> Result<UploadResponse, ApiFailure> {
+    let id = job_id(raw)?;
+    let (worker, lease, expected_sha256) = upload_headers(headers)?;
     let queue = state.queue.clone();
     let (check_id, check_worker) = (id.clone(), worker.clone());
     let spec = blocking(move || queue.check_lease(&check_id, &check_worker, &lease)).await?;
@@ -156,14 +179,14 @@ pub async fn upload(
         mode: spec.mode,
         worker: worker.to_string(),
         expected_sha256,
-        content_length,
+        content_length: content_length(headers),
     };
-    let stored = state.store.ingest(&upload, body.into_data_stream()).await?;
-    Ok(Json(UploadResponse {
+    let stored = state.store.ingest(&upload, stream).await?;
+    Ok(UploadResponse {
         artifact_id: stored.artifact_id,
         status: stored.status,
         size_bytes: stored.size_bytes,
-    }))
+    })
 }
 
 /// `PUT /v1/worker/{name}`: node status from the agent.

@@ -25,6 +25,7 @@ pub struct AppOptions {
     pub watch: bool,
     pub sweep_interval: Duration,
     pub resync_interval: Duration,
+    pub protect_reads: bool,
 }
 
 impl Default for AppOptions {
@@ -38,6 +39,7 @@ impl Default for AppOptions {
             sweep_interval: Duration::from_millis(100),
             // Long: tests that rely on the watch must not be rescued by the resync.
             resync_interval: Duration::from_secs(3600),
+            protect_reads: false,
         }
     }
 }
@@ -70,6 +72,7 @@ pub async fn spawn_app(opts: AppOptions) -> TestApp {
     config.sweep_interval = opts.sweep_interval;
     config.resync_interval = opts.resync_interval;
     config.watch_debounce = Duration::from_millis(100);
+    config.protect_reads = opts.protect_reads;
     let store_root = config.store_root();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,0 +1,397 @@
+//! The command line: every verb, its flags and an example for `--help`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Default reconciler URL when neither `--server` nor `CIS490_SERVER` is given.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8787";
+/// Environment variable that names the reconciler.
+pub const SERVER_ENV: &str = "CIS490_SERVER";
+/// Environment variable that carries the operator token for operator verbs.
+pub const OPERATOR_TOKEN_ENV: &str = "CIS490_OPERATOR_TOKEN";
+
+/// cis490ctl: operate a cis490 training fleet (jobs, workers, artifacts, the manifest).
+#[derive(Debug, Parser)]
+#[command(
+    name = "cis490ctl",
+    version,
+    about,
+    after_help = "Examples:\n  cis490ctl get jobs --status running\n  cis490ctl describe job 3fa9\n  cis490ctl --server http://pi.lab:8787 status\n\nOperator verbs (cancel, requeue, reload, diff, cordon, uncordon, drain) need\nCIS490_OPERATOR_TOKEN set to the reconciler's operator token."
+)]
+pub struct Cli {
+    /// The reconciler's URL.
+    #[arg(long, global = true, env = SERVER_ENV, default_value = DEFAULT_SERVER)]
+    pub server: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How a listing is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A table that fits the terminal (the default).
+    Table,
+    /// The table with more columns.
+    Wide,
+    /// The full objects as JSON.
+    Json,
+    /// The full objects as YAML.
+    Yaml,
+    /// One `kind/id` per line, for scripts.
+    Name,
+}
+
+/// How a single result (status, version, diff) is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DataFormat {
+    /// Human-readable text (the default).
+    Text,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List jobs, workers or artifacts.
+    #[command(
+        after_help = "Examples:\n  cis490ctl get jobs\n  cis490ctl get jobs --status failed -o wide\n  cis490ctl get jobs -l team=vision -o json\n  cis490ctl get jobs -w\n  cis490ctl get workers\n  cis490ctl get artifacts -o yaml"
+    )]
+    Get(GetArgs),
+    /// Show everything about one job or worker, with its events.
+    #[command(
+        after_help = "Examples:\n  cis490ctl describe job 3fa9c1\n  cis490ctl describe worker gpu-box"
+    )]
+    Describe(DescribeArgs),
+    /// Block until jobs complete; fail at once when one fails or is cancelled.
+    #[command(
+        after_help = "Examples:\n  cis490ctl wait 3fa9c1 77be02\n  cis490ctl wait 3fa9c1 --for running --timeout 2m"
+    )]
+    Wait(WaitArgs),
+    /// Print a job's log tail (running or finished); -f follows it.
+    #[command(after_help = "Examples:\n  cis490ctl logs 3fa9c1\n  cis490ctl logs -f 3fa9c1")]
+    Logs(LogsArgs),
+    /// Cancel jobs (operator). A running job stops at its next heartbeat.
+    #[command(
+        after_help = "Examples:\n  CIS490_OPERATOR_TOKEN=... cis490ctl cancel 3fa9c1 77be02"
+    )]
+    Cancel(CancelArgs),
+    /// Put failed, cancelled or completed jobs back in the queue (operator).
+    #[command(
+        after_help = "Examples:\n  cis490ctl requeue 3fa9c1\n  cis490ctl requeue --status failed"
+    )]
+    Requeue(RequeueArgs),
+    /// Re-read the manifest on the server and apply it now (operator).
+    #[command(
+        visible_alias = "apply",
+        after_help = "Examples:\n  cis490ctl reload\n  cis490ctl apply -o json"
+    )]
+    Reload(ReloadArgs),
+    /// Show what reloading FILE would create, update, tombstone and revive (operator).
+    #[command(
+        after_help = "Examples:\n  cis490ctl diff -f etc/training_manifest.toml\n\nOutput lines:\n  + create    abc123def456 gbt/realistic\n  ~ update    abc123def456 gbt/realistic (priority)\n  - tombstone abc123def456 gbt/realistic\n  ^ revive    abc123def456 gbt/realistic"
+    )]
+    Diff(DiffArgs),
+    /// Stop new jobs going to a worker (operator).
+    #[command(after_help = "Examples:\n  cis490ctl cordon gpu-box")]
+    Cordon(NodeArgs),
+    /// Let a cordoned worker take new jobs again (operator).
+    #[command(after_help = "Examples:\n  cis490ctl uncordon gpu-box")]
+    Uncordon(NodeArgs),
+    /// Cordon a worker and let its running jobs finish (operator).
+    #[command(after_help = "Examples:\n  cis490ctl drain gpu-box")]
+    Drain(NodeArgs),
+    /// One-screen summary: jobs per status, workers, manifest.
+    #[command(after_help = "Examples:\n  cis490ctl status\n  cis490ctl status -o json")]
+    Status(StatusArgs),
+    /// Download an artifact (by artifact or job ID prefix) and verify its sha256.
+    #[command(
+        after_help = "Examples:\n  cis490ctl pull 3fa9c1\n  cis490ctl pull 3fa9c1 -o model.tar.zst"
+    )]
+    Pull(PullArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  cis490ctl completion bash > /etc/bash_completion.d/cis490ctl\n  cis490ctl completion zsh > \"${fpath[1]}/_cis490ctl\"\n  cis490ctl completion fish > ~/.config/fish/completions/cis490ctl.fish"
+    )]
+    Completion(CompletionArgs),
+    /// Print the client's and the server's versions.
+    #[command(after_help = "Examples:\n  cis490ctl version\n  cis490ctl version --client")]
+    Version(VersionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(subcommand)]
+    pub resource: GetResource,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GetResource {
+    /// List jobs.
+    #[command(
+        visible_aliases = ["job", "j"],
+        after_help = "Examples:\n  cis490ctl get jobs\n  cis490ctl get jobs --model gbt --status pending\n  cis490ctl get jobs -A -o name\n  cis490ctl get jobs -w"
+    )]
+    Jobs(GetJobsArgs),
+    /// List workers (nodes).
+    #[command(
+        visible_aliases = ["worker", "nodes", "node"],
+        after_help = "Examples:\n  cis490ctl get workers\n  cis490ctl get nodes -o wide"
+    )]
+    Workers(ListArgs),
+    /// List stored artifacts.
+    #[command(
+        visible_aliases = ["artifact", "models"],
+        after_help = "Examples:\n  cis490ctl get artifacts\n  cis490ctl get artifacts -o json"
+    )]
+    Artifacts(ListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct GetJobsArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Only jobs in this status (pending, claimed, running, completed, failed, cancelled).
+    #[arg(long)]
+    pub status: Option<cis490_api::JobStatus>,
+    /// Only jobs of this model.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Only jobs held (or last run) by this worker.
+    #[arg(long)]
+    pub worker: Option<String>,
+    /// Label selector `key=value`.
+    #[arg(short = 'l', long = "selector", value_name = "KEY=VALUE")]
+    pub selector: Option<String>,
+    /// Include tombstoned jobs (removed from the manifest).
+    #[arg(short = 'A', long = "all")]
+    pub all: bool,
+    /// After the listing, print a line whenever a job changes, until Ctrl-C.
+    #[arg(short = 'w', long = "watch")]
+    pub watch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    #[command(subcommand)]
+    pub resource: DescribeResource,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DescribeResource {
+    /// Describe a job by ID prefix.
+    #[command(
+        visible_aliases = ["jobs", "j"],
+        after_help = "Examples:\n  cis490ctl describe job 3fa9c1"
+    )]
+    Job {
+        /// Job ID or unique prefix.
+        id: String,
+    },
+    /// Describe a worker by name.
+    #[command(
+        visible_aliases = ["workers", "node", "nodes"],
+        after_help = "Examples:\n  cis490ctl describe worker gpu-box"
+    )]
+    Worker {
+        /// Worker name.
+        name: String,
+    },
+}
+
+/// The condition `wait` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WaitFor {
+    /// Every job completed (fails at once when one fails or is cancelled).
+    Completed,
+    /// Every job started (claimed, running or completed).
+    Running,
+    /// Every job reached a final state, whatever it is.
+    Finished,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Job IDs or unique prefixes.
+    #[arg(required = true, value_name = "JOB")]
+    pub jobs: Vec<String>,
+    /// The condition to wait for.
+    #[arg(long = "for", value_enum, default_value_t = WaitFor::Completed)]
+    pub wait_for: WaitFor,
+    /// Give up after this long (e.g. 30s, 10m, 2h; a bare number is seconds).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Job ID or unique prefix.
+    #[arg(value_name = "JOB")]
+    pub job: String,
+    /// Keep printing new output until the job finishes.
+    #[arg(short = 'f', long = "follow")]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// Job IDs or unique prefixes.
+    #[arg(required = true, value_name = "JOB")]
+    pub jobs: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RequeueArgs {
+    /// Job IDs or unique prefixes.
+    #[arg(value_name = "JOB", required_unless_present = "status")]
+    pub jobs: Vec<String>,
+    /// Requeue every job in this status (failed, cancelled or completed).
+    #[arg(long, conflicts_with = "jobs")]
+    pub status: Option<cis490_api::JobStatus>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = DataFormat::Text)]
+    pub output: DataFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The manifest to compare with what the queue holds.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = DataFormat::Text)]
+    pub output: DataFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Worker name.
+    #[arg(value_name = "NODE")]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = DataFormat::Text)]
+    pub output: DataFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Artifact ID or job ID (or a unique prefix of either).
+    #[arg(value_name = "ARTIFACT-OR-JOB")]
+    pub id: String,
+    /// Where to write the bundle (default: MODEL_MODE_ARTIFACT.tar.zst here).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to generate the script for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// Only the client's version; do not ask the server.
+    #[arg(long)]
+    pub client: bool,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = DataFormat::Text)]
+    pub output: DataFormat,
+}
+
+/// Parses `30s`, `10m`, `2h`, `1d` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 10m or 2h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(format!("{text:?} is not a duration like 30s, 10m or 2h")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use std::time::Duration;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_verb_has_an_example() {
+        fn check(cmd: &clap::Command, path: &str) {
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_name() == "help" {
+                    continue;
+                }
+                let help = sub
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                assert!(
+                    help.contains("Examples:") && help.contains("cis490ctl"),
+                    "{name} has no example in its --help"
+                );
+                check(sub, &name);
+            }
+        }
+        check(&Cli::command(), "cis490ctl");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn aliases_parse() {
+        for words in [
+            &["cis490ctl", "get", "job"][..],
+            &["cis490ctl", "get", "j", "-o", "json"],
+            &["cis490ctl", "get", "nodes", "-o", "wide"],
+            &["cis490ctl", "apply"],
+            &["cis490ctl", "requeue", "--status", "failed"],
+        ] {
+            Cli::try_parse_from(words).unwrap();
+        }
+        assert!(Cli::try_parse_from(["cis490ctl", "requeue"]).is_err());
+        assert!(Cli::try_parse_from(["cis490ctl", "get", "jobs", "--status", "done"]).is_err());
+    }
+}

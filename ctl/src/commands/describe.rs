@@ -1,0 +1,534 @@
+//! `describe job|worker`: everything about one object, then its events, like
+//! `kubectl describe pod`.
+
+use std::fmt::Write as _;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use cis490_api::{Event, Explain, JobFilter, JobStatus, JobView, WorkerName, WorkerView};
+
+use super::get::constraints_summary;
+use super::Ctx;
+use crate::cli::{DescribeArgs, DescribeResource};
+use crate::output::{age, mib_as_gib, or_none, print, Cell, Column, Paint, Table, Terminal};
+use crate::resolve::parse_prefix;
+
+/// Width of the label column (`Lease Expires:` plus padding).
+const LABEL: usize = 16;
+
+pub async fn run(ctx: &Ctx, args: &DescribeArgs) -> anyhow::Result<()> {
+    let client = ctx.client()?;
+    match &args.resource {
+        DescribeResource::Job { id } => {
+            let prefix = parse_prefix(id)?;
+            let job = client
+                .job(&prefix)
+                .await
+                .with_context(|| format!("describing job {id}"))?;
+            // The job is shown even when the server cannot say why it waits.
+            let explain = if job.status == JobStatus::Pending && !job.tombstoned {
+                let full = parse_prefix(job.id.as_str())?;
+                Some(
+                    client
+                        .explain(&full)
+                        .await
+                        .map_err(|e| crate::errors::describe_client_error(&e)),
+                )
+            } else {
+                None
+            };
+            print(&describe_job(&job, explain.as_ref(), Utc::now(), ctx.term))
+        }
+        DescribeResource::Worker { name } => {
+            let name = WorkerName::parse(name)?;
+            let worker = client
+                .worker_detail(&name)
+                .await
+                .with_context(|| format!("describing worker {name}"))?;
+            let jobs = client
+                .jobs(&JobFilter {
+                    worker: Some(name.to_string()),
+                    all: true,
+                    ..JobFilter::default()
+                })
+                .await
+                .with_context(|| format!("listing the jobs of worker {name}"))?;
+            let events = recent_worker_events(&client, &name).await?;
+            print(&describe_worker(
+                &worker,
+                &jobs,
+                &events,
+                Utc::now(),
+                ctx.term,
+            ))
+        }
+    }
+}
+
+/// How many of a worker's events `describe worker` shows.
+const RECENT_EVENTS: usize = 20;
+
+/// The worker's latest events (its jobs' claims and results, cordons, registrations). The
+/// API pages the log oldest first, so this reads it through and keeps the tail.
+async fn recent_worker_events(
+    client: &cis490_api::Client,
+    name: &WorkerName,
+) -> anyhow::Result<Vec<Event>> {
+    let mut recent: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
+    let mut since = 0;
+    loop {
+        let page = client
+            .events(since, std::time::Duration::ZERO)
+            .await
+            .context("reading the event log")?;
+        let next = page.next.max(since);
+        let done = page.events.is_empty() || next == since;
+        for e in page.events {
+            if e.worker.as_ref() == Some(name) {
+                if recent.len() == RECENT_EVENTS {
+                    recent.pop_front();
+                }
+                recent.push_back(e);
+            }
+        }
+        if done {
+            return Ok(recent.into());
+        }
+        since = next;
+    }
+}
+
+fn line(out: &mut String, label: &str, value: impl std::fmt::Display) {
+    let label = format!("{label}:");
+    let _ = writeln!(out, "{label:<LABEL$}{value}");
+}
+
+fn time_with_age(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    match t {
+        Some(t) => format!(
+            "{} ({} ago)",
+            t.format("%Y-%m-%d %H:%M:%S UTC"),
+            age(t, now)
+        ),
+        None => "<none>".to_string(),
+    }
+}
+
+fn indented(out: &mut String, text: &str) {
+    for l in text.lines() {
+        let _ = writeln!(out, "    {l}");
+    }
+}
+
+/// The job page: spec, status, lease, attempts, artifact, error, why pending, events.
+pub fn describe_job(
+    job: &JobView,
+    explain: Option<&Result<Explain, String>>,
+    now: DateTime<Utc>,
+    term: Terminal,
+) -> String {
+    let mut out = String::new();
+    line(&mut out, "ID", &job.id);
+    line(&mut out, "Model", &job.model);
+    line(&mut out, "Mode", &job.mode);
+    line(&mut out, "Status", job.status);
+    line(&mut out, "Tombstoned", job.tombstoned);
+    line(&mut out, "Priority", job.priority);
+    line(&mut out, "Seed", job.seed);
+    line(&mut out, "Split Recipe", or_none(job.split_recipe.as_ref()));
+    line(
+        &mut out,
+        "Train Hosts",
+        if job.train_hosts.is_empty() {
+            "<none>".to_string()
+        } else {
+            job.train_hosts.join(", ")
+        },
+    );
+    let labels: Vec<String> = job.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    line(
+        &mut out,
+        "Labels",
+        if labels.is_empty() {
+            "<none>".to_string()
+        } else {
+            labels.join(", ")
+        },
+    );
+    if job.hyper.is_empty() {
+        line(&mut out, "Hyper", "<none>");
+    } else {
+        let _ = writeln!(out, "Hyper:");
+        for (k, v) in &job.hyper {
+            let _ = writeln!(out, "  {k}: {v}");
+        }
+    }
+    line(
+        &mut out,
+        "Constraints",
+        constraints_summary(&job.constraints),
+    );
+    line(&mut out, "Worker", or_none(job.worker.as_ref()));
+    line(
+        &mut out,
+        "Attempts",
+        format!("{}/{}", job.attempts, job.max_attempts),
+    );
+    if job.status.is_leased() {
+        let expires = match job.lease_expires_at {
+            Some(t) if t >= now => format!(
+                "{} (in {})",
+                t.format("%Y-%m-%d %H:%M:%S UTC"),
+                crate::output::human_duration(t - now)
+            ),
+            Some(t) => format!("{} (expired)", t.format("%Y-%m-%d %H:%M:%S UTC")),
+            None => "<none>".to_string(),
+        };
+        line(&mut out, "Lease Holder", or_none(job.worker.as_ref()));
+        line(&mut out, "Lease Expires", expires);
+    }
+    line(
+        &mut out,
+        "Created",
+        time_with_age(Some(job.created_at), now),
+    );
+    line(&mut out, "Started", time_with_age(job.started_at, now));
+    line(&mut out, "Finished", time_with_age(job.finished_at, now));
+    line(&mut out, "Artifact", or_none(job.artifact_id.as_ref()));
+    match &job.error {
+        None => line(&mut out, "Error", "<none>"),
+        Some(err) => {
+            let _ = writeln!(out, "Error:");
+            let _ = writeln!(out, "  Reason:     {}", err.reason);
+            let _ = writeln!(out, "  Exit Code:  {}", or_none(err.exit_code));
+            if let Some(tail) = err.log_tail.as_deref().filter(|t| !t.trim().is_empty()) {
+                let _ = writeln!(out, "  Log Tail:");
+                indented(&mut out, tail.trim_end());
+            }
+        }
+    }
+    if job.error.is_none() {
+        if let Some(tail) = job.log_tail.as_deref().filter(|t| !t.trim().is_empty()) {
+            let _ = writeln!(out, "Log Tail:");
+            indented(&mut out, tail.trim_end());
+        }
+    }
+    if let Some(Err(why)) = explain {
+        line(&mut out, "Why Not Running", format!("<unknown: {why}>"));
+    }
+    if let Some(Ok(ex)) = explain {
+        let _ = writeln!(out, "Why Not Running:");
+        let position = match ex.queue_position {
+            Some(p) => format!("{p} of {} pending", ex.pending_total),
+            None => format!("not claimable ({} pending)", ex.pending_total),
+        };
+        let _ = writeln!(out, "  Queue Position:  {position}");
+        let _ = writeln!(out, "  Summary:         {}", ex.summary);
+        if ex.workers.is_empty() {
+            let _ = writeln!(out, "  Workers:         <none known>");
+        } else {
+            let _ = writeln!(out, "  Workers:");
+            let width = ex
+                .workers
+                .iter()
+                .map(|w| w.worker.as_str().len())
+                .max()
+                .unwrap_or(0);
+            for fit in &ex.workers {
+                let verdict = if fit.reasons.is_empty() {
+                    "could run it now".to_string()
+                } else {
+                    fit.reasons.join("; ")
+                };
+                let _ = writeln!(out, "    {:<width$}  {verdict}", fit.worker.as_str());
+            }
+        }
+    }
+    out.push_str(&events_section(&job.events, now, term));
+    out
+}
+
+/// `Events:` then a table (AGE, KIND, WORKER, MESSAGE), or `<none>`.
+fn events_section(events: &[Event], now: DateTime<Utc>, term: Terminal) -> String {
+    if events.is_empty() {
+        return "Events:         <none>\n".to_string();
+    }
+    let mut table = Table::new(vec![
+        Column::fixed("AGE"),
+        Column::fixed("KIND"),
+        Column::flex("WORKER"),
+        Column::flex("MESSAGE"),
+    ]);
+    for e in events {
+        let paint = match e.kind.as_str() {
+            "Failed" | "LeaseExpired" => Paint::Red,
+            "Completed" => Paint::Green,
+            _ => Paint::None,
+        };
+        table.push(vec![
+            Cell::from(age(e.at, now)),
+            Cell::painted(e.kind.clone(), paint),
+            Cell::from(or_none(e.worker.as_ref())),
+            Cell::from(e.message.replace('\n', " ")),
+        ]);
+    }
+    let indented_term = Terminal {
+        width: term.width.map(|w| w.saturating_sub(2)),
+        ..term
+    };
+    let mut out = String::from("Events:\n");
+    for l in table.render(indented_term).lines() {
+        out.push_str("  ");
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
+/// The worker page: state, conditions, capability, running and recent jobs.
+pub fn describe_worker(
+    w: &WorkerView,
+    jobs: &[JobView],
+    events: &[Event],
+    now: DateTime<Utc>,
+    term: Terminal,
+) -> String {
+    let cap = &w.capability;
+    let mut out = String::new();
+    line(&mut out, "Name", &w.name);
+    line(&mut out, "State", w.state);
+    line(&mut out, "Hostname", &cap.hostname);
+    line(&mut out, "OS", format!("{}/{}", cap.os, cap.arch));
+    line(
+        &mut out,
+        "Agent Version",
+        or_none(Some(&cap.agent_version).filter(|v| !v.is_empty())),
+    );
+    line(&mut out, "Git Commit", or_none(cap.git_commit.as_ref()));
+    line(
+        &mut out,
+        "First Seen",
+        time_with_age(Some(w.first_seen), now),
+    );
+    line(&mut out, "Last Seen", time_with_age(Some(w.last_seen), now));
+    let _ = writeln!(out, "Conditions:");
+    let _ = writeln!(out, "  Ready:         {}", w.ready);
+    let _ = writeln!(out, "  Cordoned:      {}", w.cordoned);
+    let _ = writeln!(out, "  Draining:      {}", w.draining);
+    let _ = writeln!(out, "Capability:");
+    let _ = writeln!(out, "  Cores:         {}", cap.cores);
+    let _ = writeln!(
+        out,
+        "  RAM:           {} total, {} allocatable",
+        mib_as_gib(cap.ram_total_mib),
+        mib_as_gib(cap.ram_allocatable_mib)
+    );
+    let _ = writeln!(
+        out,
+        "  CUDA:          {}",
+        if cap.cuda {
+            or_none(cap.cuda_version.as_ref())
+        } else {
+            "no".to_string()
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  Driver:        {}",
+        or_none(cap.driver_version.as_ref())
+    );
+    let _ = writeln!(
+        out,
+        "  Torch:         {}",
+        or_none(cap.torch_version.as_ref())
+    );
+    let _ = writeln!(out, "  Max Concurrent: {}", cap.max_concurrent);
+    if let Some(note) = &cap.gpu_note {
+        let _ = writeln!(out, "  GPU Note:      {note}");
+    }
+    if cap.gpus.is_empty() {
+        let _ = writeln!(out, "  GPUs:          <none>");
+    } else {
+        let _ = writeln!(out, "  GPUs:");
+        for g in &cap.gpus {
+            let _ = writeln!(
+                out,
+                "    {}: {} ({} total, {} free, {} allocatable)",
+                g.index,
+                g.name,
+                mib_as_gib(g.vram_total_mib),
+                mib_as_gib(g.vram_free_mib),
+                mib_as_gib(g.vram_allocatable_mib)
+            );
+        }
+    }
+    let labels: Vec<String> = cap.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    line(
+        &mut out,
+        "Labels",
+        if labels.is_empty() {
+            "<none>".to_string()
+        } else {
+            labels.join(", ")
+        },
+    );
+    let running: Vec<&JobView> = jobs.iter().filter(|j| j.status.is_leased()).collect();
+    if running.is_empty() && w.running_jobs.is_empty() {
+        line(&mut out, "Running Jobs", "<none>");
+    } else {
+        let _ = writeln!(out, "Running Jobs:");
+        for id in &w.running_jobs {
+            match jobs.iter().find(|j| &j.id == id) {
+                Some(j) => {
+                    let _ = writeln!(
+                        out,
+                        "  {}  {}/{}  {}",
+                        id.short(),
+                        j.model,
+                        j.mode,
+                        j.status
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "  {}", id.short());
+                }
+            }
+        }
+    }
+    let mut recent: Vec<&JobView> = jobs.iter().filter(|j| !j.status.is_leased()).collect();
+    recent.sort_by_key(|j| std::cmp::Reverse(j.updated_at));
+    recent.truncate(10);
+    if recent.is_empty() {
+        line(&mut out, "Recent Jobs", "<none>");
+    } else {
+        let _ = writeln!(out, "Recent Jobs:");
+        let mut table = Table::new(vec![
+            Column::fixed("ID"),
+            Column::flex("MODEL"),
+            Column::flex("MODE"),
+            Column::fixed("STATUS"),
+            Column::fixed("UPDATED"),
+        ]);
+        for j in recent {
+            table.push(vec![
+                Cell::from(j.id.short()),
+                Cell::from(j.model.as_str()),
+                Cell::from(j.mode.as_str()),
+                Cell::painted(j.status.to_string(), Paint::for_status(j.status)),
+                Cell::from(age(j.updated_at, now)),
+            ]);
+        }
+        for l in table.render(term).lines() {
+            let _ = writeln!(out, "  {l}");
+        }
+    }
+    out.push_str(&events_section(events, now, term));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::samples::{job, now, worker};
+    use cis490_api::{WorkerFit, WorkerName};
+
+    #[test]
+    fn failed_job_shows_error_exit_code_log_tail_and_events() {
+        let j = job('b', JobStatus::Failed);
+        let text = describe_job(&j, None, now(), Terminal::plain());
+        assert!(
+            text.contains(&format!("ID:             {}", j.id)),
+            "{text}"
+        );
+        assert!(text.contains("Status:         failed"), "{text}");
+        assert!(text.contains("Attempts:       1/3"), "{text}");
+        assert!(
+            text.contains("Reason:     trainer exited with status 3"),
+            "{text}"
+        );
+        assert!(text.contains("Exit Code:  3"), "{text}");
+        assert!(text.contains("    ValueError: bad"), "{text}");
+        assert!(text.contains("Events:\n  AGE   KIND      WORKER   MESSAGE\n  5m    Created   <none>   created by manifest generation 1"), "{text}");
+        assert!(!text.contains("Why Not Running"), "{text}");
+    }
+
+    #[test]
+    fn running_job_shows_lease_holder_and_expiry() {
+        let j = job('a', JobStatus::Running);
+        let text = describe_job(&j, None, now(), Terminal::plain());
+        assert!(text.contains("Lease Holder:   gpu-box"), "{text}");
+        assert!(text.contains("(in 60s)"), "{text}");
+    }
+
+    #[test]
+    fn pending_job_explains_why_it_is_not_running() {
+        let j = job('c', JobStatus::Pending);
+        let ex = Explain {
+            job_id: j.id.clone(),
+            queue_position: Some(2),
+            pending_total: 5,
+            workers: vec![
+                WorkerFit {
+                    worker: WorkerName::parse("cpu-1").unwrap(),
+                    reasons: vec!["no CUDA".into(), "needs 8 GiB VRAM".into()],
+                },
+                WorkerFit {
+                    worker: WorkerName::parse("gpu-box").unwrap(),
+                    reasons: vec![],
+                },
+            ],
+            summary: "no Ready worker has CUDA".into(),
+        };
+        let text = describe_job(&j, Some(&Ok(ex)), now(), Terminal::plain());
+        assert!(text.contains("Queue Position:  2 of 5 pending"), "{text}");
+        assert!(
+            text.contains("Summary:         no Ready worker has CUDA"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    cpu-1    no CUDA; needs 8 GiB VRAM"),
+            "{text}"
+        );
+        assert!(text.contains("    gpu-box  could run it now"), "{text}");
+    }
+
+    #[test]
+    fn worker_page_shows_conditions_capability_jobs_and_events() {
+        let w = worker();
+        let running = job('a', JobStatus::Running);
+        let mut done = job('b', JobStatus::Completed);
+        done.worker = Some(w.name.clone());
+        let events = vec![Event {
+            seq: 9,
+            at: now() - chrono::TimeDelta::seconds(20),
+            job_id: Some(running.id.clone()),
+            worker: Some(w.name.clone()),
+            kind: "Claimed".into(),
+            message: "claimed by gpu-box (attempt 1)".into(),
+        }];
+        let text = describe_worker(&w, &[running, done], &events, now(), Terminal::plain());
+        assert!(text.contains("State:          Ready"), "{text}");
+        assert!(
+            text.contains("  Ready:         true\n  Cordoned:      false"),
+            "{text}"
+        );
+        assert!(text.contains("  CUDA:          12.4"), "{text}");
+        assert!(text.contains("    0: RTX 4090 (24Gi total"), "{text}");
+        assert!(
+            text.contains("Running Jobs:\n  aaaaaaaaaaaa  gbt/realistic  running"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Recent Jobs:\n  ID             MODEL"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  bbbbbbbbbbbb   gbt     realistic   completed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  20s   Claimed   gpu-box   claimed by gpu-box (attempt 1)"),
+            "{text}"
+        );
+    }
+}

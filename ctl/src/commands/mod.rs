@@ -1,0 +1,154 @@
+//! One file per verb; `run` dispatches the parsed command line to it.
+
+use anyhow::Context;
+use cis490_api::Client;
+
+use crate::cli::{Cli, Command, GetResource, OPERATOR_TOKEN_ENV};
+use crate::errors::MissingToken;
+use crate::output::Terminal;
+
+pub mod cancel;
+pub mod completion;
+pub mod cordon;
+pub mod describe;
+pub mod diff;
+pub mod get;
+pub mod logs;
+pub mod pull;
+pub mod reload;
+pub mod requeue;
+pub mod status;
+pub mod version;
+pub mod wait;
+
+/// What every verb needs: where the server is, the operator token, and the terminal.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub server: String,
+    pub term: Terminal,
+    operator_token: Option<String>,
+}
+
+impl Ctx {
+    /// Reads the environment (operator token) and the terminal.
+    pub fn from_env(server: String) -> Self {
+        Self {
+            server,
+            term: Terminal::detect(),
+            operator_token: std::env::var(OPERATOR_TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.trim().is_empty()),
+        }
+    }
+
+    /// A client for read-only verbs. It carries the operator token when one is set, for
+    /// servers that protect reads.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(&self.server)?.with_operator_token(self.operator_token.clone()))
+    }
+
+    /// A client for operator verbs. Fails before any request when the token is missing.
+    pub fn operator(&self, verb: &'static str) -> anyhow::Result<Client> {
+        if self.operator_token.is_none() {
+            return Err(MissingToken { verb }.into());
+        }
+        self.client()
+    }
+}
+
+/// Runs one parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = Ctx::from_env(cli.server);
+    match cli.command {
+        Command::Get(args) => match args.resource {
+            GetResource::Jobs(a) => get::jobs(&ctx, &a).await,
+            GetResource::Workers(a) => get::workers(&ctx, &a).await,
+            GetResource::Artifacts(a) => get::artifacts(&ctx, &a).await,
+        },
+        Command::Describe(args) => describe::run(&ctx, &args).await,
+        Command::Wait(args) => wait::run(&ctx, &args).await,
+        Command::Logs(args) => logs::run(&ctx, &args).await,
+        Command::Cancel(args) => cancel::run(&ctx, &args).await,
+        Command::Requeue(args) => requeue::run(&ctx, &args).await,
+        Command::Reload(args) => reload::run(&ctx, &args).await,
+        Command::Diff(args) => diff::run(&ctx, &args).await,
+        Command::Cordon(args) => {
+            cordon::run(&ctx, &args, cis490_api::client::NodeAction::Cordon).await
+        }
+        Command::Uncordon(args) => {
+            cordon::run(&ctx, &args, cis490_api::client::NodeAction::Uncordon).await
+        }
+        Command::Drain(args) => {
+            cordon::run(&ctx, &args, cis490_api::client::NodeAction::Drain).await
+        }
+        Command::Status(args) => status::run(&ctx, &args).await,
+        Command::Pull(args) => pull::run(&ctx, &args).await,
+        Command::Completion(args) => completion::run(&args),
+        Command::Version(args) => version::run(&ctx, &args).await,
+    }
+}
+
+/// How long one long-poll of `/v1/events` waits for something to happen.
+pub const EVENTS_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The event sequence number to follow from: everything up to now is skipped.
+pub async fn events_head(client: &Client) -> anyhow::Result<u64> {
+    let mut since = 0;
+    loop {
+        let page = client
+            .events(since, std::time::Duration::ZERO)
+            .await
+            .context("reading the event log")?;
+        let last_seq = page.events.iter().map(|e| e.seq).max().unwrap_or(since);
+        let next = page.next.max(last_seq);
+        if page.events.is_empty() || next <= since {
+            return Ok(next.max(since));
+        }
+        since = next;
+    }
+}
+
+/// Applies an operator action to each typed job ID, printing `job/ID WORD` per success and
+/// one error line per failure; fails (exit 1) when any failed.
+pub async fn each_job<F, Fut>(ids: &[String], word: &str, action: F) -> anyhow::Result<()>
+where
+    F: Fn(cis490_api::IdPrefix) -> Fut,
+    Fut: std::future::Future<
+        Output = Result<cis490_api::JobStatusResponse, cis490_api::ClientError>,
+    >,
+{
+    if let [only] = ids {
+        let prefix = crate::resolve::parse_prefix(only)?;
+        let done = action(prefix)
+            .await
+            .with_context(|| format!("{word} job {only}"))?;
+        return crate::output::print(&done_line(&done, word));
+    }
+    let mut failed = 0;
+    for typed in ids {
+        let result = match crate::resolve::parse_prefix(typed) {
+            Ok(prefix) => action(prefix).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        match result {
+            Ok(done) => crate::output::print(&done_line(&done, word))?,
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {word} job {typed}: {}", crate::errors::one_line(&e));
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} jobs not {word}", ids.len());
+    }
+    Ok(())
+}
+
+/// `job/abc123def456 requeued (pending)`; the status is left out when the word says it.
+fn done_line(done: &cis490_api::JobStatusResponse, word: &str) -> String {
+    if done.status.as_str() == word {
+        format!("job/{} {word}\n", done.id.short())
+    } else {
+        format!("job/{} {word} ({})\n", done.id.short(), done.status)
+    }
+}

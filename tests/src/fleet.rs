@@ -1,0 +1,412 @@
+//! A whole fleet for end-to-end tests: one `cis490-reconciler serve`, any number of
+//! `cis490-agent run` processes and `cis490ctl` runs, all in one temp dir that is cleaned
+//! up (processes included) when the [`Fleet`] is dropped.
+//!
+//! Layout of the temp dir: `manifest.toml`, `server.toml` (short sweep and resync
+//! periods), `state/` (the server's state: `queue.db`, `models/`), `work/` (the agents'
+//! working directory, where trainers run), `agent-<name>/` (each agent's state) and
+//! `<name>.log` (each process's stderr).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use cis490_api::{Client, IdPrefix, JobFilter, JobId, JobStatus, JobView, Lease};
+
+use crate::{bin, wait_until, workspace_root, ChildGuard, Reconciler};
+
+/// The operator token every fleet's server is given.
+pub const OPERATOR_TOKEN: &str = "fleet-e2e-operator-token";
+/// The worker token every fleet's server and agents share.
+pub const WORKER_TOKEN: &str = "fleet-e2e-worker-token";
+/// Generous: the machine is shared and noisy; every wait is a poll that ends early.
+pub const WAIT: Duration = Duration::from_secs(90);
+
+/// A running agent of a [`Fleet`].
+pub struct FleetAgent {
+    pub name: String,
+    pub process: ChildGuard,
+}
+
+/// A reconciler, its agents and their files, in one temp dir.
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub rt: tokio::runtime::Runtime,
+    pub server: Option<Reconciler>,
+    /// A client with the operator and worker tokens, pointed at the current server.
+    pub client: Client,
+    pub agents: Vec<FleetAgent>,
+    server_starts: usize,
+}
+
+impl Fleet {
+    /// Writes `manifest` and a server config, and starts the server on `127.0.0.1:0`.
+    pub fn start(manifest: &str) -> anyhow::Result<Fleet> {
+        let mut fleet = Fleet::prepare(manifest)?;
+        fleet.start_server("127.0.0.1:0")?;
+        Ok(fleet)
+    }
+
+    /// Like [`Fleet::start`] without starting the server.
+    pub fn prepare(manifest: &str) -> anyhow::Result<Fleet> {
+        let dir = tempfile::Builder::new().prefix("cis490-fleet-").tempdir()?;
+        std::fs::create_dir_all(dir.path().join("work"))?;
+        std::fs::create_dir_all(dir.path().join("state"))?;
+        std::fs::write(dir.path().join("manifest.toml"), manifest)?;
+        std::fs::write(
+            dir.path().join("server.toml"),
+            "sweep_interval_s = 1\nresync_interval_s = 5\nnode_stale_after_s = 30\n",
+        )?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(Fleet {
+            client: Client::new("http://127.0.0.1:9")?,
+            dir,
+            rt,
+            server: None,
+            agents: Vec::new(),
+            server_starts: 0,
+        })
+    }
+
+    /// A path inside the fleet's temp dir.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes a file into the agents' working dir (a trainer script, a flag file).
+    pub fn write_work_file(&self, rel: &str, text: &str) -> anyhow::Result<()> {
+        let path = self.path("work").join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Copies `etc/examples/trainer.py` into the working dir, where the example manifest's
+    /// command (`python3 etc/examples/trainer.py`) finds it.
+    pub fn copy_example_trainer(&self) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(workspace_root().join("etc/examples/trainer.py"))?;
+        self.write_work_file("etc/examples/trainer.py", &text)
+    }
+
+    /// Replaces the manifest the way editors save: a temp file renamed over it.
+    pub fn write_manifest(&self, text: &str) -> anyhow::Result<()> {
+        let tmp = self.path(".manifest.toml.swp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.path("manifest.toml"))?;
+        Ok(())
+    }
+
+    /// Starts (or restarts) the server on `listen`, with `extra` args (e.g. `--insecure`).
+    pub fn start_server_with(&mut self, listen: &str, extra: &[&str]) -> anyhow::Result<()> {
+        let manifest = self.path("manifest.toml");
+        let state = self.path("state");
+        let config = self.path("server.toml");
+        let log = self.path(&format!("server-{}.log", self.server_starts));
+        self.server_starts += 1;
+        let mut args = vec![
+            "--manifest",
+            path_str(&manifest)?,
+            "--state-dir",
+            path_str(&state)?,
+            "--config",
+            path_str(&config)?,
+        ];
+        args.extend_from_slice(extra);
+        let server = Reconciler::start_on(
+            listen,
+            &args,
+            &[
+                ("CIS490_OPERATOR_TOKEN", OPERATOR_TOKEN),
+                ("CIS490_WORKER_TOKEN", WORKER_TOKEN),
+                ("RUST_LOG", "info"),
+            ],
+            &log,
+        )?;
+        self.client = Client::new(&server.url)?
+            .with_operator_token(Some(OPERATOR_TOKEN.into()))
+            .with_worker_token(Some(WORKER_TOKEN.into()));
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// Starts (or restarts) the server on `listen`.
+    pub fn start_server(&mut self, listen: &str) -> anyhow::Result<()> {
+        self.start_server_with(listen, &[])
+    }
+
+    /// The current server's URL.
+    pub fn url(&self) -> anyhow::Result<String> {
+        Ok(self
+            .server
+            .as_ref()
+            .context("no server running")?
+            .url
+            .clone())
+    }
+
+    /// The `cis490-agent run` command for agent `name` against `server_url`, with quick
+    /// test timings and `extra` flags.
+    pub fn agent_command(
+        &self,
+        name: &str,
+        server_url: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Command> {
+        self.agent_command_via(&[], name, server_url, extra)
+    }
+
+    /// Like [`Fleet::agent_command`], run through `wrapper` (e.g. `ip netns exec NS`).
+    pub fn agent_command_via(
+        &self,
+        wrapper: &[&str],
+        name: &str,
+        server_url: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Command> {
+        let agent = bin("cis490-agent")?;
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(agent);
+                cmd
+            }
+            None => Command::new(agent),
+        };
+        cmd.arg("run")
+            .args(["--server", server_url, "--name", name])
+            .arg("--work-dir")
+            .arg(self.path("work"))
+            .arg("--state-dir")
+            .arg(self.path(&format!("agent-{name}")))
+            .args([
+                "--heartbeat-s",
+                "1",
+                "--grace-s",
+                "2",
+                "--claim-wait-s",
+                "2",
+            ])
+            .args(extra)
+            .env("CIS490_WORKER_TOKEN", WORKER_TOKEN)
+            .env("RUST_LOG", "info")
+            .env_remove("CIS490_SERVER")
+            .env_remove("CIS490_AGENT_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.path(&format!("{name}.log")))?);
+        Ok(cmd)
+    }
+
+    /// Starts an agent `name` against the current server.
+    pub fn start_agent(&mut self, name: &str, extra: &[&str]) -> anyhow::Result<()> {
+        let cmd = self.agent_command(name, &self.url()?, extra)?;
+        self.spawn_agent(name, cmd)
+    }
+
+    /// Starts an agent from a prepared command (e.g. wrapped in `ip netns exec`).
+    pub fn spawn_agent(&mut self, name: &str, cmd: Command) -> anyhow::Result<()> {
+        let process = ChildGuard::spawn(name, cmd)?;
+        self.agents.push(FleetAgent {
+            name: name.to_string(),
+            process,
+        });
+        Ok(())
+    }
+
+    /// The agent called `name`.
+    pub fn agent(&mut self, name: &str) -> anyhow::Result<&mut FleetAgent> {
+        self.agents
+            .iter_mut()
+            .find(|a| a.name == name)
+            .with_context(|| format!("no agent {name}"))
+    }
+
+    /// Kills agent `name` with SIGKILL (the agent alone: its trainer lives on, as when a
+    /// host's agent crashes) and reaps it.
+    pub fn kill_agent(&mut self, name: &str) -> anyhow::Result<()> {
+        let agent = self.agent(name)?;
+        agent.process.signal("KILL")?;
+        agent.process.wait_exit(Duration::from_secs(10))?;
+        Ok(())
+    }
+
+    /// What agent `name` logged so far.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Every job (empty while the server is unreachable).
+    pub fn jobs(&self) -> Vec<JobView> {
+        self.rt
+            .block_on(self.client.jobs(&JobFilter::default()))
+            .unwrap_or_default()
+    }
+
+    /// One job with its events.
+    pub fn job(&self, id: &JobId) -> anyhow::Result<JobView> {
+        let prefix = IdPrefix::parse(id.as_str())?;
+        Ok(self.rt.block_on(self.client.job(&prefix))?)
+    }
+
+    /// Waits until the queue holds `n` jobs and returns them.
+    pub fn wait_jobs(&self, n: usize) -> anyhow::Result<Vec<JobView>> {
+        wait_until(WAIT, &format!("{n} jobs in the queue"), || {
+            let jobs = self.jobs();
+            (jobs.len() == n).then_some(jobs)
+        })
+    }
+
+    /// Waits until job `id` is in `status`, and returns it.
+    pub fn wait_status(&self, id: &JobId, status: JobStatus) -> anyhow::Result<JobView> {
+        let what = format!("job {} to be {status}", id.short());
+        wait_until(WAIT, &what, || {
+            self.job(id).ok().filter(|job| job.status == status)
+        })
+        .with_context(|| {
+            format!(
+                "last seen: {:?}",
+                self.job(id).map(|j| (j.status, j.worker, j.events))
+            )
+        })
+    }
+
+    /// Waits until `done` holds for the job list, and returns it.
+    pub fn wait_jobs_until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&[JobView]) -> bool,
+    ) -> anyhow::Result<Vec<JobView>> {
+        wait_until(timeout, what, || {
+            let jobs = self.jobs();
+            (!jobs.is_empty() && done(&jobs)).then_some(jobs)
+        })
+        .with_context(|| {
+            let summary: Vec<String> = self
+                .jobs()
+                .iter()
+                .map(|j| format!("{} {} {:?}", j.id.short(), j.status, j.worker))
+                .collect();
+            format!("jobs: {summary:?}")
+        })
+    }
+
+    /// Runs `cis490ctl ARGS` against the current server with the operator token.
+    pub fn ctl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Command::new(bin("cis490ctl")?)
+            .args(args)
+            .env("CIS490_SERVER", self.url()?)
+            .env("CIS490_OPERATOR_TOKEN", OPERATOR_TOKEN)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .context("running cis490ctl")
+    }
+
+    /// The artifact store's root (`<state>/models`, the server's layout).
+    pub fn store_root(&self) -> PathBuf {
+        self.path("state/models")
+    }
+
+    /// The lease the queue holds for job `id` now, read from the server's database (the
+    /// API never shows lease tokens). Used to replay a dead agent's lease.
+    pub fn current_lease(&self, id: &JobId) -> anyhow::Result<Lease> {
+        let db = rusqlite::Connection::open_with_flags(
+            self.path("state/queue.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        db.busy_timeout(Duration::from_secs(10))?;
+        let (attempt, token): (Option<u32>, Option<String>) = db.query_row(
+            "SELECT lease_attempt, lease_token FROM jobs WHERE id = ?1",
+            [id.as_str()],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        match (attempt, token) {
+            (Some(attempt), Some(token)) => Ok(Lease { attempt, token }),
+            _ => bail!("job {} holds no lease", id.short()),
+        }
+    }
+
+    /// Kills every process started by this fleet (agents, server) and any stray one
+    /// (trainers of killed agents) working inside the temp dir.
+    pub fn shutdown(&mut self) {
+        for agent in &mut self.agents {
+            agent.process.kill_now();
+        }
+        if let Some(server) = self.server.as_mut() {
+            server.process.kill_now();
+        }
+        kill_processes_under(self.dir.path());
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn path_str(p: &Path) -> anyhow::Result<&str> {
+    p.to_str().context("temp path is not UTF-8")
+}
+
+/// Processes (other than this one) whose working directory or command line is inside
+/// `dir`: what a test started there and left behind. Linux only (reads `/proc`); elsewhere
+/// empty.
+pub fn processes_under(dir: &Path) -> Vec<(i32, String)> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let needle = dir.to_string_lossy().to_string();
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let base = entry.path();
+        let cmdline = std::fs::read(base.join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        let cwd = std::fs::read_link(base.join("cwd"))
+            .map(|p| p.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let zombie = std::fs::read_to_string(base.join("stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if !zombie && (cmdline.contains(&needle) || cwd.starts_with(&needle)) {
+            if let Ok(pid) = i32::try_from(pid) {
+                found.push((pid, cmdline));
+            }
+        }
+    }
+    found
+}
+
+/// SIGKILLs every process [`processes_under`] `dir` finds, one PID at a time.
+pub fn kill_processes_under(dir: &Path) {
+    #[cfg(unix)]
+    for (pid, _) in processes_under(dir) {
+        if pid > 1 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
