@@ -63,8 +63,14 @@ pub async fn advertised_capability(cfg: &AgentConfig) -> anyhow::Result<Capabili
 
 /// `cis490-agent capability [-o json]`
 pub async fn capability_command(flags: &RunFlags, output: Output) -> anyhow::Result<()> {
+    // The probes run in their own process groups, out of reach of a terminal's Ctrl-C:
+    // the signal has to reach us so that dropping the detection kills them.
+    let mut shutdown = listen_for_signals(TrainerRegistry::default())?;
     let cfg = AgentConfig::resolve(flags)?;
-    let cap = advertised_capability(&cfg).await?;
+    let cap = tokio::select! {
+        cap = advertised_capability(&cfg) => cap?,
+        _ = shutdown.wait_for(|s| *s) => anyhow::bail!("interrupted by a signal"),
+    };
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&cap)?),
         Output::Text => print!("{}", capability::render_text(&cap)),
@@ -74,11 +80,21 @@ pub async fn capability_command(flags: &RunFlags, output: Output) -> anyhow::Res
 
 /// `cis490-agent run`
 pub async fn run_command(flags: &RunFlags) -> anyhow::Result<()> {
+    // Signals first: one that arrives while the host is being detected must stop the agent
+    // cleanly (probes killed, exit 0), not kill it by the default action and orphan them.
+    let trainers = TrainerRegistry::default();
+    let mut shutdown = listen_for_signals(trainers.clone())?;
     let cfg = AgentConfig::resolve(flags)?;
     let client = Client::new(cfg.server_url()?)?.with_worker_token(cfg.worker_token.clone());
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
-    let cap = advertised_capability(&cfg).await?;
+    let cap = tokio::select! {
+        cap = advertised_capability(&cfg) => cap?,
+        _ = shutdown.wait_for(|s| *s) => {
+            tracing::info!("signal during start-up: stopped before claiming anything");
+            return Ok(());
+        }
+    };
     tracing::info!(
         worker = %cfg.name,
         cuda = cap.cuda,
@@ -87,51 +103,74 @@ pub async fn run_command(flags: &RunFlags) -> anyhow::Result<()> {
         max_concurrent = cfg.max_concurrent,
         "agent starting"
     );
-    let (tx, rx) = watch::channel(false);
-    let trainers = TrainerRegistry::default();
-    tokio::spawn(watch_signals(tx, trainers.clone()));
-    let summary = Agent::new(cfg, client, cap, rx, trainers).run().await?;
+    let summary = Agent::new(cfg, client, cap, shutdown, trainers)
+        .run()
+        .await?;
     tracing::info!(jobs = summary.jobs.len(), "agent stopped");
     Ok(())
 }
 
-/// First SIGTERM/SIGINT: graceful shutdown. A second one: kill every trainer and exit now.
+/// Installs the SIGTERM/SIGINT handlers now (before returning, so no signal that comes
+/// later meets the default action) and watches them in a task. The receiver turns true on
+/// the first signal; a second one kills every trainer in `trainers` and exits at once.
+fn listen_for_signals(trainers: TrainerRegistry) -> anyhow::Result<watch::Receiver<bool>> {
+    let signals = Signals::install().context("installing signal handlers")?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(watch_signals(signals, tx, trainers));
+    Ok(rx)
+}
+
+/// The shutdown signals, registered with the OS.
 #[cfg(unix)]
-async fn watch_signals(tx: watch::Sender<bool>, trainers: TrainerRegistry) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// Windows: Ctrl-C (and the service stop a scheduled task sends) as the shutdown signal.
+#[cfg(windows)]
+struct Signals(tokio::signal::windows::CtrlC);
+
+#[cfg(windows)]
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        tokio::signal::windows::ctrl_c().map(Self)
+    }
+
+    async fn recv(&mut self) {
+        if self.0.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// First signal: graceful shutdown. A second one: kill every trainer and exit now.
+async fn watch_signals(mut signals: Signals, tx: watch::Sender<bool>, trainers: TrainerRegistry) {
+    signals.recv().await;
     tracing::info!(
         "shutting down: no new claims, releasing running jobs (signal again to stop at once)"
     );
     let _ = tx.send(true);
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    signals.recv().await;
     tracing::warn!("second signal: killing trainers and exiting now");
     trainers.kill_all();
     std::process::exit(130);
-}
-
-/// Windows: Ctrl-C (and the service stop a scheduled task sends) as the shutdown signal.
-#[cfg(not(unix))]
-async fn watch_signals(tx: watch::Sender<bool>, trainers: TrainerRegistry) {
-    if tokio::signal::ctrl_c().await.is_err() {
-        return;
-    }
-    let _ = tx.send(true);
-    if tokio::signal::ctrl_c().await.is_ok() {
-        trainers.kill_all();
-        std::process::exit(130);
-    }
 }

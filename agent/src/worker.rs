@@ -37,6 +37,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN_REPORT_WINDOW: Duration = Duration::from_secs(5);
 /// Longest wait between retries of a claim or a report while the server is away.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a claim abandoned because a slot came free may still take to land, so that a
+/// job the server is handing over right then is taken rather than left leased to nobody.
+const CLAIM_SETTLE: Duration = Duration::from_millis(300);
 
 /// Capped exponential backoff with jitter: attempt 1 waits about `base`, each further
 /// attempt doubles it up to `cap`; the wait is drawn from [half, full] so a fleet that lost
@@ -595,6 +598,8 @@ enum AgentStage {
 enum ClaimOutcome {
     Job(Box<ClaimResponse>),
     Nothing,
+    /// A job ended while the claim waited: what it advertised is out of date.
+    Stale,
     Error(ClientError),
     Shutdown,
 }
@@ -649,25 +654,29 @@ impl Agent {
         loop {
             stage = match stage {
                 AgentStage::Register => {
-                    if self.shutting_down() {
-                        AgentStage::Draining
-                    } else {
-                        match self.shared.report_node().await {
-                            Ok(()) => {
-                                tracing::info!(worker = %self.shared.worker(), server = self.shared.client.base_url(), "registered");
-                                failures = 0;
-                                AgentStage::Claim
-                            }
-                            Err(e) if is_refusal(&e) => {
-                                return Err(AgentError::Refused(e.to_string()));
-                            }
-                            Err(e) => {
-                                failures += 1;
-                                tracing::warn!("cannot report node status: {e}");
-                                self.pause(backoff(failures, Duration::from_secs(1), MAX_BACKOFF))
-                                    .await;
-                                AgentStage::Register
-                            }
+                    let mut shutdown = self.shutdown.clone();
+                    let reported = tokio::select! {
+                        biased;
+                        _ = shutdown_signalled(&mut shutdown) => None,
+                        r = self.shared.report_node() => Some(r),
+                    };
+                    match reported {
+                        // Shutdown before the server heard of us: nothing to release.
+                        None => AgentStage::Draining,
+                        Some(Ok(())) => {
+                            tracing::info!(worker = %self.shared.worker(), server = self.shared.client.base_url(), "registered");
+                            failures = 0;
+                            AgentStage::Claim
+                        }
+                        Some(Err(e)) if is_refusal(&e) => {
+                            return Err(AgentError::Refused(e.to_string()));
+                        }
+                        Some(Err(e)) => {
+                            failures += 1;
+                            tracing::warn!("cannot report node status: {e}");
+                            self.pause(backoff(failures, Duration::from_secs(1), MAX_BACKOFF))
+                                .await;
+                            AgentStage::Register
                         }
                     }
                 }
@@ -696,7 +705,8 @@ impl Agent {
                                 tracing::warn!("claim failed ({e}); retry in {wait:?}");
                                 self.pause(wait).await;
                             }
-                            ClaimOutcome::Shutdown => {}
+                            // Claim again at once, advertising the slot that came free.
+                            ClaimOutcome::Stale | ClaimOutcome::Shutdown => {}
                         }
                         AgentStage::Claim
                     }
@@ -731,9 +741,12 @@ impl Agent {
         }
     }
 
-    /// One long-poll claim, advertising what is free now. Jobs that end meanwhile are
-    /// collected; on shutdown a claim in flight gets a moment to land so that a job the
-    /// server just handed over is released rather than left claimed.
+    /// One long-poll claim, advertising what is free now. A job that ends meanwhile frees
+    /// what it held, which the waiting claim does not offer: that claim is abandoned (after
+    /// a moment to land) and the caller claims again with the new free capacity, instead of
+    /// leaving the slot idle until the long-poll times out. On shutdown a claim in flight
+    /// gets a moment to land so that a job the server just handed over is released rather
+    /// than left claimed.
     async fn claim_once(&mut self, summary: &mut RunSummary) -> ClaimOutcome {
         let req = ClaimRequest {
             worker: self.shared.worker().clone(),
@@ -755,6 +768,14 @@ impl Agent {
                 }
                 Some(done) = self.jobs.join_next_with_id() => {
                     self.finished(done, summary).await;
+                    if self.shutting_down() {
+                        continue;
+                    }
+                    return match tokio::time::timeout(CLAIM_SETTLE, &mut claim).await {
+                        Ok(Ok(Some(resp))) => ClaimOutcome::Job(Box::new(resp)),
+                        Ok(Err(e)) => ClaimOutcome::Error(e),
+                        Ok(Ok(None)) | Err(_) => ClaimOutcome::Stale,
+                    };
                 }
                 _ = shutdown_signalled(&mut shutdown) => {
                     return match tokio::time::timeout(Duration::from_secs(2), &mut claim).await {

@@ -4,13 +4,13 @@
 #![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
@@ -34,6 +34,9 @@ struct Mock {
     /// Answers for the next uploads, before they are accepted (e.g. 503, 413).
     upload_refusals: VecDeque<StatusCode>,
     upload_attempts: u32,
+    /// Hold a claim that finds nothing for its `?wait=` (as the real server does) instead
+    /// of answering 204 at once.
+    long_poll: bool,
 }
 
 type Shared = Arc<Mutex<Mock>>;
@@ -64,18 +67,41 @@ async fn report(State(_): State<Shared>, Json(cap): Json<Capability>) -> Respons
     Json(view).into_response()
 }
 
-async fn claim(State(m): State<Shared>, Json(req): Json<ClaimRequest>) -> Response {
-    let mut m = m.lock().unwrap();
-    m.claims.push(req.capability.clone());
-    let Some(job) = m.pending.pop_front() else {
-        return StatusCode::NO_CONTENT.into_response();
-    };
-    let lease = Lease {
-        attempt: 1,
-        token: format!("token-{}", job.id.short()),
-    };
-    m.leases.insert(job.id.to_string(), lease.clone());
-    Json(ClaimResponse { job, lease }).into_response()
+/// Whether `job`'s RAM fits in what the claim advertised as free (the one constraint the
+/// mock matches on).
+fn fits(job: &JobSpec, free: &Capability) -> bool {
+    (job.constraints.min_ram_gib * 1024.0).ceil() as u64 <= free.ram_allocatable_mib
+}
+
+async fn claim(
+    State(m): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+    Json(req): Json<ClaimRequest>,
+) -> Response {
+    let wait = query
+        .get("wait")
+        .and_then(|w| w.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let deadline = Instant::now() + wait;
+    m.lock().unwrap().claims.push(req.capability.clone());
+    loop {
+        {
+            let mut m = m.lock().unwrap();
+            if let Some(at) = m.pending.iter().position(|j| fits(j, &req.capability)) {
+                let job = m.pending.remove(at).unwrap();
+                let lease = Lease {
+                    attempt: 1,
+                    token: format!("token-{}", job.id.short()),
+                };
+                m.leases.insert(job.id.to_string(), lease.clone());
+                return Json(ClaimResponse { job, lease }).into_response();
+            }
+            if !m.long_poll || Instant::now() >= deadline {
+                return StatusCode::NO_CONTENT.into_response();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn heartbeat(
@@ -257,6 +283,16 @@ async fn start_with(jobs: Vec<JobSpec>, script: &str, cap: Capability) -> Harnes
 }
 
 async fn start_mock_state(mock: Mock, script: &str, cap: Capability) -> Harness {
+    start_configured(mock, script, cap, |_| {}).await
+}
+
+/// Like `start_mock_state`, with `adjust` applied to the agent's configuration.
+async fn start_configured(
+    mock: Mock,
+    script: &str,
+    cap: Capability,
+    adjust: impl FnOnce(&mut AgentConfig),
+) -> Harness {
     let work = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("train.sh"), script).unwrap();
@@ -265,6 +301,7 @@ async fn start_mock_state(mock: Mock, script: &str, cap: Capability) -> Harness 
     let (tx, rx) = watch::channel(false);
     let mut cfg = config(work.path(), state.path(), &url);
     cfg.max_concurrent = cap.max_concurrent;
+    adjust(&mut cfg);
     let client = Client::new(&url).unwrap();
     let agent = Agent::new(cfg, client, cap, rx, TrainerRegistry::default());
     Harness {
@@ -589,6 +626,71 @@ async fn upload_refused_as_too_large_fails_the_job_with_that_reason() {
         let m = h.mock.lock().unwrap();
         assert_eq!(m.upload_attempts, 1);
         assert!(m.completed.is_empty());
+    }
+    h.shutdown.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), h.agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_slot_freed_during_a_long_poll_claim_is_offered_at_once() {
+    // 4 GiB to allocate, two slots, two jobs of 3 GiB: while A runs, the claim in flight
+    // advertises 1 GiB, which B does not fit in; the server would hold that claim for the
+    // whole (long) claim wait.
+    let mut cap = capability();
+    cap.max_concurrent = 2;
+    let big = |n| {
+        let mut j = job(n, sh("./train.sh"));
+        j.constraints.min_ram_gib = 3.0;
+        j
+    };
+    let (a, b) = (big(10), big(11));
+    let mock = Mock {
+        pending: [a.clone(), b.clone()].into(),
+        long_poll: true,
+        ..Mock::default()
+    };
+    let script = "#!/bin/sh\ntouch \"started-$CIS490_JOB_ID\"\nwhile [ ! -e go ]; do sleep 0.05; done\necho ok > \"$CIS490_OUTPUT_DIR/o.txt\"\n";
+    let claim_wait = Duration::from_secs(40);
+    let h = start_configured(mock, script, cap, |cfg| cfg.claim_wait = claim_wait).await;
+    let started = |id: &JobId| h.work.path().join(format!("started-{id}"));
+    wait_for("job A to start", || started(&a.id).exists().then_some(())).await;
+    let advertised = wait_for("the claim made while A runs", || {
+        let m = h.mock.lock().unwrap();
+        let claim = m.claims.get(1)?;
+        (claim.running_jobs == vec![a.id.clone()]).then_some(claim.ram_allocatable_mib)
+    })
+    .await;
+    assert_eq!(
+        advertised, 1024,
+        "the claim while A runs offers what A left"
+    );
+    assert!(!started(&b.id).exists(), "B ran while A held its RAM");
+    // A finishes while that claim waits; B must not wait for the claim to time out.
+    let freed = Instant::now();
+    std::fs::write(h.work.path().join("go"), b"").unwrap();
+    wait_for("job B to start", || started(&b.id).exists().then_some(())).await;
+    let waited = freed.elapsed();
+    assert!(
+        waited < claim_wait / 4,
+        "B started {waited:?} after A's slot came free (claim wait {claim_wait:?})"
+    );
+    wait_for("both completions", || {
+        (h.mock.lock().unwrap().completed.len() == 2).then_some(())
+    })
+    .await;
+    {
+        let m = h.mock.lock().unwrap();
+        // The claim that took B advertised the freed RAM.
+        let last_with_room = m
+            .claims
+            .iter()
+            .rposition(|c| c.ram_allocatable_mib >= 3 * 1024)
+            .unwrap();
+        assert!(last_with_room >= 2, "claims: {:?}", m.claims.len());
     }
     h.shutdown.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(10), h.agent)

@@ -98,14 +98,30 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
+/// Kills a probe's whole process group when dropped: when the probe is done, timed out, or
+/// abandoned because a signal stopped the agent during detection. `kill_on_drop` alone
+/// reaches only the probe itself, not what it started (a Python wrapper's interpreter).
+#[cfg_attr(not(unix), allow(dead_code))]
+struct ProbeGroup(u32);
+
+impl Drop for ProbeGroup {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        crate::runner::kill_tree(self.0, true);
+    }
+}
+
 /// Runs `cmd` (stdout piped, stdin/stderr closed) and returns its stdout when it exits 0
-/// within `timeout`; a slow child is killed.
+/// within `timeout`; a slow child is killed, with anything it started.
 async fn output_within(mut cmd: tokio::process::Command, timeout: Duration) -> Option<String> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true);
+    #[cfg(unix)]
+    cmd.process_group(0);
     let child = cmd.spawn().ok()?;
+    let _group = ProbeGroup(child.id()?);
     let out = tokio::time::timeout(timeout, child.wait_with_output())
         .await
         .ok()?
