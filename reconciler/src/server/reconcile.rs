@@ -144,19 +144,26 @@ impl Reconciler {
         }
         let actual = self.queue.actual()?;
         let plan = plan(&loaded.manifest.jobs, &actual);
+        // The plan holds its own copies of the specs it applies; the manifest's jobs and the
+        // queue's snapshot would double the reconcile's peak of memory during the apply.
+        drop(actual);
+        let LoadedManifest {
+            manifest,
+            warnings,
+            sha256,
+            ..
+        } = loaded;
+        let hosts = manifest.hosts;
+        drop(manifest.jobs);
         let source = ManifestSource {
             path,
-            sha256: loaded.sha256.clone(),
-            warnings: loaded.warnings.clone(),
+            sha256,
+            warnings,
         };
-        let summary = self.queue.apply(&plan, &loaded.manifest.hosts, &source)?;
+        let summary = self.queue.apply(&plan, &hosts, &source)?;
         *last_applied = Some(source.sha256);
         let unchanged = plan.is_empty();
-        // The parsed manifest and the plan are the reconcile's peak of memory: free them
-        // before logging, not at the end of the scope.
         drop(plan);
-        drop(actual);
-        drop(loaded);
         if unchanged {
             tracing::debug!(
                 trigger = trigger.as_str(),
