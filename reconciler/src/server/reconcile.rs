@@ -15,7 +15,7 @@ use cis490_api::{ManifestError, PlanSummary};
 use sha2::{Digest, Sha256};
 
 use crate::manifest::{parse_manifest, LoadedManifest, ManifestErrors};
-use crate::plan::plan;
+use crate::plan::{plan, plan_owned};
 use crate::queue::{ManifestSource, Queue, QueueError};
 
 /// What started a reconcile (for the log only).
@@ -143,10 +143,6 @@ impl Reconciler {
             tracing::warn!("{warning}");
         }
         let actual = self.queue.actual()?;
-        let plan = plan(&loaded.manifest.jobs, &actual);
-        // The plan holds its own copies of the specs it applies; the manifest's jobs and the
-        // queue's snapshot would double the reconcile's peak of memory during the apply.
-        drop(actual);
         let LoadedManifest {
             manifest,
             warnings,
@@ -154,7 +150,10 @@ impl Reconciler {
             ..
         } = loaded;
         let hosts = manifest.hosts;
-        drop(manifest.jobs);
+        // The plan takes the manifest's specs rather than copying them, and the queue's
+        // snapshot goes before the apply: either would double the reconcile's peak of memory.
+        let plan = plan_owned(manifest.jobs, &actual);
+        drop(actual);
         let source = ManifestSource {
             path,
             sha256,
