@@ -10,6 +10,9 @@ use sha2::{Digest, Sha256};
 
 /// zstd level: fast, still much smaller than the raw files.
 const ZSTD_LEVEL: i32 = 3;
+/// Buffer between the tar builder and the compressor, and between the compressor and the
+/// file: tar writes a 512-byte header and 8 KiB chunks, each a call into zstd otherwise.
+const STAGE_BUFFER: usize = 1 << 20;
 
 /// Why packing failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +57,15 @@ impl<W: Write> Write for HashingWriter<W> {
 }
 
 /// Packs the contents of `dir` (paths relative to it) into `bundle` as tar.zst. Blocking:
-/// call it from `spawn_blocking`.
+/// call it from `spawn_blocking`. zstd compresses on one worker thread per core while this
+/// thread builds the tar and hashes the output; zstd's multithreaded output does not depend
+/// on the number of workers, so every host packs identical outputs to identical bytes.
 pub fn pack_dir(dir: &Path, bundle: &Path) -> Result<Packed, PackError> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    pack_dir_with_workers(dir, bundle, u32::try_from(workers).unwrap_or(1))
+}
+
+fn pack_dir_with_workers(dir: &Path, bundle: &Path, workers: u32) -> Result<Packed, PackError> {
     let wrap = |source| PackError::Io {
         dir: dir.to_path_buf(),
         bundle: bundle.to_path_buf(),
@@ -63,16 +73,18 @@ pub fn pack_dir(dir: &Path, bundle: &Path) -> Result<Packed, PackError> {
     };
     let file = File::create(bundle).map_err(wrap)?;
     let hashing = HashingWriter {
-        inner: BufWriter::new(file),
+        inner: BufWriter::with_capacity(STAGE_BUFFER, file),
         hasher: Sha256::new(),
         written: 0,
     };
-    let encoder = zstd::Encoder::new(hashing, ZSTD_LEVEL).map_err(wrap)?;
-    let mut tar = tar::Builder::new(encoder);
+    let mut encoder = zstd::Encoder::new(hashing, ZSTD_LEVEL).map_err(wrap)?;
+    encoder.multithread(workers.max(1)).map_err(wrap)?;
+    let mut tar = tar::Builder::new(BufWriter::with_capacity(STAGE_BUFFER, encoder));
     tar.follow_symlinks(false);
     tar.mode(tar::HeaderMode::Deterministic);
     append_sorted(&mut tar, dir, Path::new("")).map_err(wrap)?;
-    let encoder = tar.into_inner().map_err(wrap)?;
+    let staged = tar.into_inner().map_err(wrap)?;
+    let encoder = staged.into_inner().map_err(|e| wrap(e.into_error()))?;
     let mut hashing = encoder.finish().map_err(wrap)?;
     hashing.flush().map_err(wrap)?;
     let file = hashing
@@ -169,6 +181,35 @@ mod tests {
         let pa = pack_dir(a.path(), &work.path().join("a.tar.zst")).unwrap();
         let pb = pack_dir(b.path(), &work.path().join("b.tar.zst")).unwrap();
         assert_eq!(pa.sha256, pb.sha256);
+    }
+
+    #[test]
+    fn the_bundle_does_not_depend_on_the_number_of_compression_workers() {
+        let out = tempfile::tempdir().unwrap();
+        // Several MiB, so zstd splits it into more than one job.
+        let big: Vec<u8> = (0..6_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(out.path().join("weights.bin"), &big).unwrap();
+        std::fs::write(
+            out.path().join("log.txt"),
+            "epoch 1 loss 0.5\n".repeat(50_000),
+        )
+        .unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let shas: Vec<String> = [1, 2, 4]
+            .into_iter()
+            .map(|n| {
+                let bundle = work.path().join(format!("{n}.tar.zst"));
+                let packed = pack_dir_with_workers(out.path(), &bundle, n).unwrap();
+                assert_eq!(packed.sha256, sha256_of(&bundle));
+                packed.sha256
+            })
+            .collect();
+        assert!(shas.iter().all(|s| *s == shas[0]), "{shas:?}");
+        let dest = work.path().join("unpacked");
+        unpack(&work.path().join("4.tar.zst"), &dest).unwrap();
+        assert_eq!(std::fs::read(dest.join("weights.bin")).unwrap(), big);
     }
 
     #[test]

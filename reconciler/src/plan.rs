@@ -125,38 +125,44 @@ pub fn changed_fields(old: &JobSpec, new: &JobSpec) -> Vec<String> {
 /// repeats, the entry with the lowest `manifest_order` wins (ties broken by the spec's
 /// JSON), so the result never depends on the order of `desired`.
 pub fn plan(desired: &[JobSpec], actual: &[ActualJob]) -> Plan {
-    let mut wanted: BTreeMap<&JobId, &JobSpec> = BTreeMap::new();
+    plan_owned(desired.to_vec(), actual)
+}
+
+/// [`plan`] taking the desired jobs by value: the plan keeps the specs it needs instead of
+/// copies, so a 100k-job reload holds one set of specs, not two.
+pub fn plan_owned(desired: Vec<JobSpec>, actual: &[ActualJob]) -> Plan {
+    let mut wanted: BTreeMap<JobId, JobSpec> = BTreeMap::new();
     for spec in desired {
         match wanted.get(&spec.id) {
-            Some(seen) if !first_wins(spec, seen) => {}
+            Some(seen) if !first_wins(&spec, seen) => {}
             _ => {
-                wanted.insert(&spec.id, spec);
+                wanted.insert(spec.id.clone(), spec);
             }
         }
     }
     let have: BTreeMap<&JobId, &ActualJob> = actual.iter().map(|a| (&a.spec.id, a)).collect();
 
     let mut out = Plan::default();
-    for (id, spec) in &wanted {
-        match have.get(id) {
-            None => out.create.push((*spec).clone()),
-            Some(a) if a.tombstoned => out.revive.push((*spec).clone()),
-            Some(a) if a.status.is_leased() => out.keep.push((*id).clone()),
+    let gone: BTreeSet<&JobId> = have
+        .iter()
+        .filter(|(id, a)| !a.tombstoned && !wanted.contains_key(**id))
+        .map(|(id, _)| *id)
+        .collect();
+    for (id, spec) in wanted {
+        match have.get(&id) {
+            None => out.create.push(spec),
+            Some(a) if a.tombstoned => out.revive.push(spec),
+            Some(a) if a.status.is_leased() => out.keep.push(id),
             Some(a) => {
-                let changes = changed_fields(&a.spec, spec);
+                let changes = changed_fields(&a.spec, &spec);
                 if changes.is_empty() {
-                    out.keep.push((*id).clone());
+                    out.keep.push(id);
                 } else {
-                    out.update.push(((*spec).clone(), changes));
+                    out.update.push((spec, changes));
                 }
             }
         }
     }
-    let gone: BTreeSet<&JobId> = have
-        .iter()
-        .filter(|(id, a)| !a.tombstoned && !wanted.contains_key(*id))
-        .map(|(id, _)| *id)
-        .collect();
     for id in gone {
         if let Some(a) = have.get(id) {
             out.tombstone_names

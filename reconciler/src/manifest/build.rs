@@ -59,6 +59,9 @@ pub(crate) fn build(text: &str, path: &str) -> Result<(Manifest, Vec<String>), M
         }
     };
     let root = node::from_table_like(doc.as_table(), 0);
+    // The node tree owns copies of everything it needs; toml_edit's document (every key,
+    // value, span and decor) is the larger of the two, so it goes before the jobs are built.
+    drop(doc);
     let entries = root.entries().unwrap_or(&[]);
     check_keys(&mut d, entries, TOP_KEYS, "at the top level");
 
