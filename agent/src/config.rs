@@ -8,22 +8,16 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use cis490_api::config_file::{self, ConfigFileError};
 use cis490_api::{Capability, Gpu, WorkerName};
 use serde::Deserialize;
 
 /// Why a configuration is not usable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The config file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The config file is not valid TOML of the expected shape.
-    #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    /// The config file could not be read or parsed.
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
     /// An `--advertise` entry is malformed.
     #[error("invalid --advertise entry {0:?}: {1}")]
     Advertise(String, String),
@@ -224,14 +218,7 @@ pub struct FileConfig {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim().to_string(),
-        })
+        Ok(config_file::load_toml(path)?)
     }
 }
 

@@ -2,12 +2,14 @@
 //! HTTP client that the agent and cis490ctl share. No server code lives here.
 
 pub mod client;
+pub mod config_file;
 pub mod ids;
 pub mod job;
 pub mod node;
 pub mod wire;
 
 pub use client::{Client, ClientError};
+pub use config_file::ConfigFileError;
 pub use ids::{ArtifactId, IdError, IdPrefix, JobId, WorkerName, SHORT_ID_LEN};
 pub use job::{
     Constraints, Event, Hyper, JobError, JobSpec, JobStatus, JobView, Lease, RetryPolicy,

@@ -148,8 +148,10 @@ async fn bad_ids_malformed_json_and_unknown_routes_are_json_errors() {
     check(resp, StatusCode::BAD_REQUEST, "bad_request").await;
 
     // JSON bodies are capped (1 MiB by default).
+    // The server answers 413 before reading the whole body and then closes that connection;
+    // a client of its own keeps the closing connection out of the pool the next requests use.
     let huge = format!("{{\"worker\": \"{}\"}}", "a".repeat(2 << 20));
-    let resp = http
+    let resp = reqwest::Client::new()
         .post(format!("{}/v1/job/claim", app.url))
         .bearer_auth(WORKER_TOKEN)
         .body(huge)
@@ -402,9 +404,16 @@ async fn uploads_check_the_lease_the_cap_and_the_sha() {
         attempt: claimed.lease.attempt,
         token: "not-the-token".into(),
     };
-    // Bodies far larger than socket buffers: the refusal must still reach the client.
+    // Bodies far larger than socket buffers: the refusal must still reach the client. The
+    // server closes a connection whose body it refused unread, so each such upload goes
+    // through a client of its own, keeping that connection out of the shared pool.
+    let refused_client = || {
+        Client::new(&app.url)
+            .unwrap()
+            .with_worker_token(Some(WORKER_TOKEN.into()))
+    };
     let big = vec![1u8; 16 << 20];
-    let err = c
+    let err = refused_client()
         .upload(id, &worker("w1"), &stale, &sha, big.clone().into())
         .await
         .unwrap_err();
@@ -434,7 +443,7 @@ async fn uploads_check_the_lease_the_cap_and_the_sha() {
     assert_eq!(err.status(), Some(StatusCode::FORBIDDEN));
 
     // Over the cap: 413 (announced by Content-Length, and streamed without one).
-    let err = c
+    let err = refused_client()
         .upload(
             id,
             &worker("w1"),
@@ -448,7 +457,7 @@ async fn uploads_check_the_lease_the_cap_and_the_sha() {
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         big.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
     let streamed = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    let err = c
+    let err = refused_client()
         .upload(
             id,
             &worker("w1"),

@@ -5,6 +5,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cis490_api::config_file::{self, ConfigFileError};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -142,16 +143,9 @@ pub struct FileConfig {
 /// Why the settings are unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The config file (or a token file it names) could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The config file is not valid TOML or has unknown keys.
-    #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    /// The config file (or a token file it names) could not be read or parsed.
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
     /// No manifest was named anywhere.
     #[error("no manifest given: pass --manifest FILE, set CIS490_MANIFEST, or set `manifest` in the config file")]
     NoManifest,
@@ -170,14 +164,7 @@ pub enum ConfigError {
 impl FileConfig {
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        Ok(config_file::load_toml(path)?)
     }
 }
 
@@ -191,12 +178,7 @@ pub struct Flags {
 }
 
 fn read_token_file(path: &Path) -> Result<Option<Secret>, ConfigError> {
-    std::fs::read_to_string(path)
-        .map(|t| Secret::new(&t))
-        .map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })
+    Ok(Secret::new(&config_file::read_text(path)?))
 }
 
 /// Merges the sources: flags > environment (`env` looks a variable up) > config file >

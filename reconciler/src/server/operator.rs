@@ -3,12 +3,13 @@
 
 use axum::extract::State;
 use axum::Json;
-use cis490_api::{JobStatusResponse, PlanSummary, WorkerView};
+use cis490_api::{JobStatusResponse, PlanSummary, WorkerName, WorkerView};
 
 use super::error::ApiFailure;
 use super::extract::{id_prefix, worker_name, ApiPath, ApiText};
 use super::reconcile::Trigger;
 use super::{blocking, AppState};
+use crate::queue::{Queue, QueueError};
 
 /// `POST /v1/job/{id}/cancel`
 pub async fn cancel(
@@ -61,30 +62,35 @@ pub async fn diff(
 
 /// `POST /v1/worker/{name}/cordon`
 pub async fn cordon(
-    State(state): State<AppState>,
-    ApiPath(raw): ApiPath<String>,
+    state: State<AppState>,
+    raw: ApiPath<String>,
 ) -> Result<Json<WorkerView>, ApiFailure> {
-    let name = worker_name(&raw)?;
-    let queue = state.queue.clone();
-    Ok(Json(blocking(move || queue.cordon(&name)).await?))
+    set_schedulable(state, raw, Queue::cordon).await
 }
 
 /// `POST /v1/worker/{name}/uncordon`
 pub async fn uncordon(
-    State(state): State<AppState>,
-    ApiPath(raw): ApiPath<String>,
+    state: State<AppState>,
+    raw: ApiPath<String>,
 ) -> Result<Json<WorkerView>, ApiFailure> {
-    let name = worker_name(&raw)?;
-    let queue = state.queue.clone();
-    Ok(Json(blocking(move || queue.uncordon(&name)).await?))
+    set_schedulable(state, raw, Queue::uncordon).await
 }
 
 /// `POST /v1/worker/{name}/drain`
 pub async fn drain(
+    state: State<AppState>,
+    raw: ApiPath<String>,
+) -> Result<Json<WorkerView>, ApiFailure> {
+    set_schedulable(state, raw, Queue::drain).await
+}
+
+/// The one body of cordon, uncordon and drain: which queue operation is the only difference.
+async fn set_schedulable(
     State(state): State<AppState>,
     ApiPath(raw): ApiPath<String>,
+    operation: fn(&Queue, &WorkerName) -> Result<WorkerView, QueueError>,
 ) -> Result<Json<WorkerView>, ApiFailure> {
     let name = worker_name(&raw)?;
     let queue = state.queue.clone();
-    Ok(Json(blocking(move || queue.drain(&name)).await?))
+    Ok(Json(blocking(move || operation(&queue, &name)).await?))
 }
