@@ -7,6 +7,7 @@
 //! `select!` that fails loudly if any of them stops.
 
 pub mod auth;
+pub mod claim_handoff;
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -17,6 +17,7 @@ use cis490_api::{
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use super::claim_handoff::{claim_answer, start_claim};
 use super::error::ApiFailure;
 use super::extract::{drain_body, drain_bound, job_id, worker_name, ApiJson, ApiPath, ApiQuery};
 use super::{blocking, AppState};
@@ -49,9 +50,12 @@ pub async fn claim(
     let mut shutdown = state.shutdown.clone();
     loop {
         changes.borrow_and_update();
-        let queue = state.queue.clone();
-        let (worker, capability) = (req.worker.clone(), req.capability.clone());
-        if let Some(claimed) = blocking(move || queue.claim(&worker, &capability)).await? {
+        let (answer, _task) = start_claim(
+            state.queue.clone(),
+            req.worker.clone(),
+            req.capability.clone(),
+        );
+        if let Some(claimed) = claim_answer(answer).await? {
             tracing::info!(
                 job = %claimed.job.id.short(),
                 worker = %req.worker,
