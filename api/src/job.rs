@@ -35,6 +35,30 @@ pub struct Constraints {
     pub allowed_hosts: Vec<String>,
 }
 
+impl Constraints {
+    /// The constraints as short terms for tables and listings, in a fixed order:
+    /// `cuda`, `prefer-cuda`, `vram>=8Gi`, `ram>=16Gi`, `hosts=a|b`; empty when none apply.
+    pub fn terms(&self) -> Vec<String> {
+        let mut terms = Vec::new();
+        if self.require_cuda {
+            terms.push("cuda".to_string());
+        }
+        if self.prefer_cuda {
+            terms.push("prefer-cuda".to_string());
+        }
+        if self.min_vram_gib > 0.0 {
+            terms.push(format!("vram>={}Gi", self.min_vram_gib));
+        }
+        if self.min_ram_gib > 0.0 {
+            terms.push(format!("ram>={}Gi", self.min_ram_gib));
+        }
+        if !self.allowed_hosts.is_empty() {
+            terms.push(format!("hosts={}", self.allowed_hosts.join("|")));
+        }
+        terms
+    }
+}
+
 /// How failures are retried. A trainer's non-zero exit fails the job unless
 /// `retries_on_failure` says otherwise; a vanished agent (lease expired) is always retried
 /// while attempts remain; an agent shutting down releases the job without using an attempt.

@@ -86,7 +86,7 @@ fn check_prints_the_example_as_a_table_of_14_jobs() {
         assert_eq!(row.find(cells[1]), lines[0].find("MODEL"), "{row:?}");
     }
     assert_eq!(lines[15], "14 jobs, 3 hosts, 2 models");
-    assert!(text.contains("cuda vram>=24GiB ram>=16GiB hosts=gpu-box"));
+    assert!(text.contains("cuda vram>=24Gi ram>=16Gi hosts=gpu-box"));
     assert!(stderr(&out).is_empty(), "no warnings: {}", stderr(&out));
 }
 

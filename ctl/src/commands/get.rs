@@ -126,26 +126,11 @@ fn status_cell(job: &JobView) -> Cell {
 
 /// The constraints in one short cell: `cuda,vram>=8Gi,ram>=16Gi,hosts=a|b`.
 pub fn constraints_summary(c: &Constraints) -> String {
-    let mut parts = Vec::new();
-    if c.require_cuda {
-        parts.push("cuda".to_string());
-    }
-    if c.prefer_cuda {
-        parts.push("prefer-cuda".to_string());
-    }
-    if c.min_vram_gib > 0.0 {
-        parts.push(format!("vram>={}Gi", c.min_vram_gib));
-    }
-    if c.min_ram_gib > 0.0 {
-        parts.push(format!("ram>={}Gi", c.min_ram_gib));
-    }
-    if !c.allowed_hosts.is_empty() {
-        parts.push(format!("hosts={}", c.allowed_hosts.join("|")));
-    }
-    if parts.is_empty() {
+    let terms = c.terms();
+    if terms.is_empty() {
         "<none>".to_string()
     } else {
-        parts.join(",")
+        terms.join(",")
     }
 }
 

@@ -201,23 +201,7 @@ fn render_hyper(hyper: &Hyper) -> String {
 }
 
 fn render_constraints(job: &JobSpec) -> String {
-    let c = &job.constraints;
-    let mut parts = Vec::new();
-    if c.require_cuda {
-        parts.push("cuda".to_string());
-    }
-    if c.prefer_cuda {
-        parts.push("prefer-cuda".to_string());
-    }
-    if c.min_vram_gib > 0.0 {
-        parts.push(format!("vram>={}GiB", c.min_vram_gib));
-    }
-    if c.min_ram_gib > 0.0 {
-        parts.push(format!("ram>={}GiB", c.min_ram_gib));
-    }
-    if !c.allowed_hosts.is_empty() {
-        parts.push(format!("hosts={}", c.allowed_hosts.join("|")));
-    }
+    let mut parts = job.constraints.terms();
     if !job.train_hosts.is_empty() {
         parts.push(format!("data={}", job.train_hosts.join("|")));
     }
