@@ -85,71 +85,94 @@ async fn read_routes_list_and_describe_jobs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_ids_malformed_json_and_unknown_routes_are_json_errors() {
+    use reqwest::Method;
     let app = spawn_app(AppOptions::default()).await;
     let http = reqwest::Client::new();
-    let check = |resp: reqwest::Response, status: StatusCode, code: &'static str| async move {
-        assert_eq!(resp.status(), status);
-        let body: cis490_api::ApiError = resp.json().await.unwrap();
-        assert_eq!(body.error, code, "{}", body.message);
-        body.message
-    };
+    // (method, path, body, expected status, expected error code)
+    let cases: &[(Method, &str, Option<&str>, StatusCode, &str)] = &[
+        (
+            Method::GET,
+            "/v1/job/not-hex!",
+            None,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::GET,
+            "/v1/worker/.hidden",
+            None,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::GET,
+            "/v1/model/abc",
+            None,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/v1/job/short/heartbeat",
+            Some("{}"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/v1/job/claim",
+            Some("{\"worker\": "),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/v1/job/claim",
+            Some("{\"worker\": \"../x\", \"capability\": {}}"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::GET,
+            "/v1/jobs?status=done",
+            None,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::GET,
+            "/v1/nothing-here",
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::DELETE,
+            "/v1/jobs",
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+    ];
+    for (method, path, body, status, code) in cases {
+        let mut request = http
+            .request(method.clone(), format!("{}{path}", app.url))
+            .bearer_auth(WORKER_TOKEN)
+            .header("content-type", "application/json");
+        if let Some(body) = body {
+            request = request.body(*body);
+        }
+        let resp = request.send().await.unwrap();
+        assert_eq!(resp.status(), *status, "{method} {path}");
+        let answer: cis490_api::ApiError = resp.json().await.unwrap();
+        assert_eq!(answer.error, *code, "{method} {path}: {}", answer.message);
+        if body.is_some_and(|b| b.ends_with(": ")) {
+            assert!(answer.message.contains("JSON"), "{}", answer.message);
+        }
+    }
 
-    let resp = http
-        .get(format!("{}/v1/job/not-hex!", app.url))
-        .send()
-        .await
-        .unwrap();
-    check(resp, StatusCode::BAD_REQUEST, "bad_request").await;
-    let resp = http
-        .get(format!("{}/v1/worker/.hidden", app.url))
-        .send()
-        .await
-        .unwrap();
-    check(resp, StatusCode::BAD_REQUEST, "bad_request").await;
-    let resp = http
-        .get(format!("{}/v1/model/abc", app.url))
-        .send()
-        .await
-        .unwrap();
-    check(resp, StatusCode::BAD_REQUEST, "bad_request").await;
-    let resp = http
-        .post(format!("{}/v1/job/short/heartbeat", app.url))
-        .bearer_auth(WORKER_TOKEN)
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    check(resp, StatusCode::BAD_REQUEST, "bad_request").await;
-
-    let resp = http
-        .post(format!("{}/v1/job/claim", app.url))
-        .bearer_auth(WORKER_TOKEN)
-        .header("content-type", "application/json")
-        .body("{\"worker\": ")
-        .send()
-        .await
-        .unwrap();
-    let message = check(resp, StatusCode::BAD_REQUEST, "bad_request").await;
-    assert!(message.contains("JSON"), "{message}");
-    let resp = http
-        .post(format!("{}/v1/job/claim", app.url))
-        .bearer_auth(WORKER_TOKEN)
-        .body("{\"worker\": \"../x\", \"capability\": {}}")
-        .send()
-        .await
-        .unwrap();
-    check(resp, StatusCode::BAD_REQUEST, "bad_request").await;
-
-    let resp = http
-        .get(format!("{}/v1/jobs?status=done", app.url))
-        .send()
-        .await
-        .unwrap();
-    check(resp, StatusCode::BAD_REQUEST, "bad_request").await;
-
-    // JSON bodies are capped (1 MiB by default).
-    // The server answers 413 before reading the whole body and then closes that connection;
-    // a client of its own keeps the closing connection out of the pool the next requests use.
+    // JSON bodies are capped (1 MiB by default). The server answers 413 before reading the
+    // whole body and then closes that connection, so this request has a client of its own.
     let huge = format!("{{\"worker\": \"{}\"}}", "a".repeat(2 << 20));
     let resp = reqwest::Client::new()
         .post(format!("{}/v1/job/claim", app.url))
@@ -158,20 +181,9 @@ async fn bad_ids_malformed_json_and_unknown_routes_are_json_errors() {
         .send()
         .await
         .unwrap();
-    check(resp, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
-
-    let resp = http
-        .get(format!("{}/v1/nothing-here", app.url))
-        .send()
-        .await
-        .unwrap();
-    check(resp, StatusCode::NOT_FOUND, "not_found").await;
-    let resp = http
-        .delete(format!("{}/v1/jobs", app.url))
-        .send()
-        .await
-        .unwrap();
-    check(resp, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let answer: cis490_api::ApiError = resp.json().await.unwrap();
+    assert_eq!(answer.error, "payload_too_large", "{}", answer.message);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
