@@ -225,7 +225,8 @@ pub(crate) const CLAIM_PINNED_CPU: &str = claim_query!(
 );
 /// The next host list (as stored) after `?1` that pins a claimable job, in index order:
 /// one seek per list, so a claim finds the lists that name its worker without reading
-/// the pinned jobs.
+/// the pinned jobs. (It still visits every distinct list: a manifest that pins each job
+/// to a list of its own would make each claim cost one seek per pinned job.)
 pub(crate) const NEXT_PIN_LIST_CUDA: &str =
     "SELECT allowed_hosts FROM jobs INDEXED BY jobs_pinned_cuda \
      WHERE status = 'pending' AND tombstoned = 0 AND allowed_hosts <> '[]' \
