@@ -231,41 +231,66 @@ impl Queue {
                 put(slot, Err(QueueError::Commit(why.clone())));
             }
         };
-        let db = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Ok(db) => db,
-            Err(e) => {
+        // First every operation without savepoints: a savepoint copies each page an
+        // operation first touches into the statement journal (profile of the 64-thread
+        // drain: 22% of a claim's instructions), and operations rarely fail. Only when one
+        // does is the whole attempt rolled back and the batch run again with a savepoint
+        // per operation, so each still commits or fails alone. Nobody has been answered
+        // before the commit, so the discarded attempt is never seen.
+        for isolate in [false, true] {
+            let db = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+                Ok(db) => db,
+                Err(e) => {
+                    fail_all(e.to_string());
+                    return None;
+                }
+            };
+            let mut tx = Tx {
+                db,
+                now,
+                config: &self.inner.config,
+                last_event: None,
+            };
+            let mut results = Vec::with_capacity(batch.len());
+            for (op, _) in batch {
+                if !isolate {
+                    match run(&mut tx, op) {
+                        Ok(done) => {
+                            results.push(Ok(done));
+                            continue;
+                        }
+                        // Dropping the transaction rolls the attempt back.
+                        Err(_) => break,
+                    }
+                }
+                match run_in_savepoint(&mut tx, op) {
+                    Ok(result) => results.push(result),
+                    Err(broken) => {
+                        // A savepoint could not be taken or undone: the transaction's
+                        // content is unknown, so none of it is committed (dropping it
+                        // rolls back).
+                        drop(tx);
+                        fail_all(broken.to_string());
+                        return None;
+                    }
+                }
+            }
+            if results.len() < batch.len() {
+                continue;
+            }
+            let last_event = tx.last_event;
+            if let Err(e) = tx.db.commit() {
                 fail_all(e.to_string());
                 return None;
             }
-        };
-        let mut tx = Tx {
-            db,
-            now,
-            config: &self.inner.config,
-            last_event: None,
-        };
-        let mut results = Vec::with_capacity(batch.len());
-        for (op, _) in batch {
-            match run_in_savepoint(&mut tx, op) {
-                Ok(result) => results.push(result),
-                Err(broken) => {
-                    // A savepoint could not be taken or undone: the transaction's content
-                    // is unknown, so none of it is committed (dropping it rolls back).
-                    drop(tx);
-                    fail_all(broken.to_string());
-                    return None;
-                }
+            for ((_, slot), result) in batch.iter().zip(results) {
+                put(slot, result);
             }
+            return last_event;
         }
-        let last_event = tx.last_event;
-        if let Err(e) = tx.db.commit() {
-            fail_all(e.to_string());
-            return None;
-        }
-        for ((_, slot), result) in batch.iter().zip(results) {
-            put(slot, result);
-        }
-        last_event
+        // Not reached: the isolated pass answers every operation or fails them all.
+        fail_all("the group commit ran no pass".to_string());
+        None
     }
 }
 

@@ -65,7 +65,7 @@ pub(crate) fn i_explain(tx: &mut Tx<'_>, id: &JobId) -> Result<Explain, QueueErr
                 ago(tx.now - w.last_seen)
             ));
         }
-        if let Some(blocked) = i_worker_blocked(tx, &w, policy.as_ref())? {
+        if let Some(blocked) = i_worker_blocked(tx, (&w).into(), policy.as_ref())? {
             reasons.push(blocked);
         }
         reasons.extend(hard_reasons(

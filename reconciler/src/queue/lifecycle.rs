@@ -97,20 +97,19 @@ pub(crate) fn i_apply(
 ) -> Result<PlanSummary, QueueError> {
     let mut changed = false;
     for spec in &plan.create {
-        match i_job_row(tx, &spec.id)? {
-            None => {
-                i_insert_job(tx, spec)?;
-                i_event(
-                    tx,
-                    Some(&spec.id),
-                    None,
-                    kind::CREATED,
-                    format!("created from the manifest ({} {})", spec.model, spec.mode),
-                )?;
-                changed = true;
-            }
+        // The insert is the re-check: it writes nothing when the job exists.
+        if i_insert_job(tx, spec)? {
+            i_event(
+                tx,
+                Some(&spec.id),
+                None,
+                kind::CREATED,
+                format!("created from the manifest ({} {})", spec.model, spec.mode),
+            )?;
+            changed = true;
+        } else if let Some(row) = i_job_row(tx, &spec.id)? {
             // Created by an apply since planning: treat as an update of that job.
-            Some(row) => changed |= i_update_if_allowed(tx, &row, spec)?,
+            changed |= i_update_if_allowed(tx, &row, spec)?;
         }
     }
     for (spec, _) in &plan.update {
@@ -620,8 +619,12 @@ pub(crate) fn i_requeue(tx: &mut Tx<'_>, id: &JobId) -> Result<JobStatusResponse
 pub(crate) fn i_sweep(tx: &mut Tx<'_>, now: i64) -> Result<SweepOutcome, QueueError> {
     let expired: Vec<String> = {
         let mut stmt = tx.db.prepare_cached(
-            "SELECT id FROM jobs WHERE status IN ('claimed', 'running') \
-             AND lease_expires_at < ?1 ORDER BY id",
+            // A leased job always holds a token, so `jobs_lease` (only jobs with a token,
+            // by expiry) finds every expired one; without statistics SQLite would rather
+            // walk every claimed job in `jobs_queue`.
+            "SELECT id FROM jobs INDEXED BY jobs_lease \
+             WHERE lease_token IS NOT NULL AND lease_expires_at < ?1 \
+             AND status IN ('claimed', 'running') ORDER BY id",
         )?;
         let rows = stmt.query_map([now], |r| r.get(0))?;
         rows.collect::<Result<_, _>>()?

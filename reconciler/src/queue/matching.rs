@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use cis490_api::{Capability, ClaimResponse, Constraints, JobId, Lease, WorkerName};
 use rand::Rng;
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 
 use super::events::{i_event, kind};
 use super::nodes::{self, WorkerRow};
@@ -134,20 +134,37 @@ pub(crate) fn defers_to_cuda(
     !waited_long(tx, pending_since) && any_cuda_could_run(model, c, alternatives)
 }
 
+/// A worker's schedulability: what `i_worker_blocked` looks at.
+pub(crate) struct Schedulability<'a> {
+    pub name: &'a str,
+    pub cordoned: bool,
+    pub draining: bool,
+}
+
+impl<'a> From<&'a WorkerRow> for Schedulability<'a> {
+    fn from(row: &'a WorkerRow) -> Self {
+        Schedulability {
+            name: &row.name,
+            cordoned: row.cordoned,
+            draining: row.draining,
+        }
+    }
+}
+
 /// Worker-level reasons it takes nothing now: cordon, drain, or host max_concurrent.
 pub(crate) fn i_worker_blocked(
     tx: &Tx<'_>,
-    row: &WorkerRow,
+    worker: Schedulability<'_>,
     policy: Option<&HostPolicy>,
 ) -> Result<Option<String>, QueueError> {
-    if row.draining {
+    if worker.draining {
         return Ok(Some("draining".to_string()));
     }
-    if row.cordoned {
+    if worker.cordoned {
         return Ok(Some("cordoned".to_string()));
     }
     if let Some(max) = policy.and_then(|p| p.max_concurrent) {
-        let held = nodes::i_leased_jobs_of(tx, &row.name)?.len();
+        let held = nodes::i_leased_jobs_of(tx, worker.name)?.len();
         if held >= max as usize {
             return Ok(Some(format!("at max_concurrent {max}")));
         }
@@ -155,20 +172,29 @@ pub(crate) fn i_worker_blocked(
     Ok(None)
 }
 
-/// The claim query's filter. `?4`: models the host policy denies (JSON list), `?5`: models
-/// it allows (`[]` = all), `?6`: the worker's name (for allowed_hosts).
+/// One walk of the claim: claimable jobs in queue order through one partial index,
+/// with the cheap constraints in SQL. The shared walk (`jobs_claim_*`) holds only jobs no
+/// host list pins; each pinned walk (`jobs_pinned_*`, `?5` = one host list as stored)
+/// holds the jobs pinned to exactly that list (schema migration 3). A CPU worker's
+/// indexes leave out `require_cuda` jobs. So a claim only steps over jobs this worker may
+/// not run for RAM, VRAM, its host policy or a prefer_cuda deferral, never over other
+/// hosts' pinned jobs or CUDA-only jobs.
+/// `?1`: the worker's best GPU's allocatable VRAM (GiB), `?2`: its allocatable RAM (GiB),
+/// `?3`: models the host policy denies (JSON list, `[]` = none), `?4`: models it allows
+/// (`[]` = all). (`+?5`, not `?5`: with `column = ?5` SQLite marks the statement to be
+/// compiled again whenever ?5 is bound anew, which rusqlite's statement cache does on
+/// every use, and compiling costs more than the claim.)
 macro_rules! claim_query {
-    ($index:literal, $prefer:literal) => {
+    ($index:literal, $which:literal, $prefer:literal) => {
         concat!(
             "SELECT id, model, prefer_cuda, allowed_hosts, pending_since, require_cuda, \
-             min_vram_gib, min_ram_gib FROM jobs INDEXED BY ",
+             min_vram_gib, min_ram_gib, priority, manifest_order FROM jobs INDEXED BY ",
             $index,
-            " WHERE status = 'pending' AND tombstoned = 0 AND (require_cuda = 0 OR ?1) \
-               AND min_vram_gib <= ?2 AND min_ram_gib <= ?3 \
-               AND NOT EXISTS (SELECT 1 FROM json_each(?4) WHERE value = jobs.model) \
-               AND (?5 = '[]' OR EXISTS (SELECT 1 FROM json_each(?5) WHERE value = jobs.model)) \
-               AND (jobs.allowed_hosts = '[]' \
-                    OR EXISTS (SELECT 1 FROM json_each(jobs.allowed_hosts) WHERE value = ?6)) \
+            " WHERE status = 'pending' AND tombstoned = 0 AND ",
+            $which,
+            " AND min_vram_gib <= ?1 AND min_ram_gib <= ?2 \
+               AND (?3 = '[]' OR NOT EXISTS (SELECT 1 FROM json_each(?3) WHERE value = jobs.model)) \
+               AND (?4 = '[]' OR EXISTS (SELECT 1 FROM json_each(?4) WHERE value = jobs.model)) \
              ORDER BY priority DESC, prefer_cuda ",
             $prefer,
             ", manifest_order, id"
@@ -177,9 +203,39 @@ macro_rules! claim_query {
 }
 
 /// Queue order for a CUDA worker: prefer_cuda jobs first within a priority.
-pub(crate) const CLAIM_CUDA: &str = claim_query!("jobs_claim_cuda", "DESC");
-/// Queue order for a non-CUDA worker: prefer_cuda jobs last within a priority.
-pub(crate) const CLAIM_CPU: &str = claim_query!("jobs_claim_cpu", "ASC");
+pub(crate) const CLAIM_CUDA: &str = claim_query!("jobs_claim_cuda", "allowed_hosts = '[]'", "DESC");
+/// Queue order for a non-CUDA worker: prefer_cuda jobs last within a priority; never a
+/// `require_cuda` job.
+pub(crate) const CLAIM_CPU: &str = claim_query!(
+    "jobs_claim_cpu",
+    "allowed_hosts = '[]' AND require_cuda = 0",
+    "ASC"
+);
+/// [`CLAIM_CUDA`] over the jobs pinned to the host list `?5`.
+pub(crate) const CLAIM_PINNED_CUDA: &str = claim_query!(
+    "jobs_pinned_cuda",
+    "allowed_hosts <> '[]' AND allowed_hosts = +?5",
+    "DESC"
+);
+/// [`CLAIM_CPU`] over the jobs pinned to the host list `?5`.
+pub(crate) const CLAIM_PINNED_CPU: &str = claim_query!(
+    "jobs_pinned_cpu",
+    "allowed_hosts <> '[]' AND require_cuda = 0 AND allowed_hosts = +?5",
+    "ASC"
+);
+/// The next host list (as stored) after `?1` that pins a claimable job, in index order:
+/// one seek per list, so a claim finds the lists that name its worker without reading
+/// the pinned jobs. (It still visits every distinct list: a manifest that pins each job
+/// to a list of its own would make each claim cost one seek per pinned job.)
+pub(crate) const NEXT_PIN_LIST_CUDA: &str =
+    "SELECT allowed_hosts FROM jobs INDEXED BY jobs_pinned_cuda \
+     WHERE status = 'pending' AND tombstoned = 0 AND allowed_hosts <> '[]' \
+     AND allowed_hosts > +?1 ORDER BY allowed_hosts LIMIT 1";
+/// [`NEXT_PIN_LIST_CUDA`] among jobs a CPU worker may take.
+pub(crate) const NEXT_PIN_LIST_CPU: &str =
+    "SELECT allowed_hosts FROM jobs INDEXED BY jobs_pinned_cpu \
+     WHERE status = 'pending' AND tombstoned = 0 AND allowed_hosts <> '[]' \
+     AND require_cuda = 0 AND allowed_hosts > +?1 ORDER BY allowed_hosts LIMIT 1";
 
 /// One candidate as the claim query returns it.
 struct Candidate {
@@ -191,6 +247,8 @@ struct Candidate {
     require_cuda: bool,
     min_vram_gib: f64,
     min_ram_gib: f64,
+    priority: i64,
+    manifest_order: i64,
 }
 
 impl Candidate {
@@ -204,7 +262,25 @@ impl Candidate {
             require_cuda: r.get(5)?,
             min_vram_gib: r.get(6)?,
             min_ram_gib: r.get(7)?,
+            priority: r.get(8)?,
+            manifest_order: r.get(9)?,
         })
+    }
+
+    /// Where the candidate stands in the queue order of a CUDA (`cuda`) or other worker:
+    /// smaller comes first, exactly as the claim indexes order jobs.
+    fn queue_key(&self, cuda: bool) -> (std::cmp::Reverse<i64>, bool, i64, &str) {
+        let prefer_last = if cuda {
+            !self.prefer_cuda
+        } else {
+            self.prefer_cuda
+        };
+        (
+            std::cmp::Reverse(self.priority),
+            prefer_last,
+            self.manifest_order,
+            self.id.as_str(),
+        )
     }
 
     fn constraints(&self) -> Result<Constraints, QueueError> {
@@ -231,13 +307,25 @@ pub(crate) fn i_claim(
     cap: &Capability,
 ) -> Result<Option<ClaimResponse>, QueueError> {
     nodes::i_upsert_worker(tx, worker, cap)?;
-    let Some(row) = nodes::i_worker_row(tx, worker.as_str())? else {
+    // Only the flags: the worker's row also holds its capability as JSON, which the claim
+    // has in hand (decoding it again was 6% of a claim's instructions).
+    let Some((cordoned, draining)) = tx
+        .db
+        .prepare_cached("SELECT cordoned, draining FROM workers WHERE name = ?1")?
+        .query_row([worker.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+    else {
         return Err(QueueError::corrupt(format!(
             "worker {worker} vanished inside its claim"
         )));
     };
     let policy = nodes::i_host_policy(tx, worker.as_str())?;
-    if i_worker_blocked(tx, &row, policy.as_ref())?.is_some() {
+    let me = Schedulability {
+        name: worker.as_str(),
+        cordoned,
+        draining,
+    };
+    if i_worker_blocked(tx, me, policy.as_ref())?.is_some() {
         return Ok(None);
     }
     let Some(id) = i_pick(tx, worker.as_str(), cap, policy.as_ref())? else {
@@ -261,7 +349,10 @@ fn policy_lists(policy: Option<&HostPolicy>) -> (String, String) {
     (json(&p.deny_jobs), allowed)
 }
 
-/// The best pending job for this worker, if any.
+/// The best pending job for this worker, if any: the first job it may take from the
+/// shared walk and from the walk of each host list that names it, whichever comes first
+/// in queue order (each walk is in queue order, so the first fit of the best walk is the
+/// first fit of all of them).
 fn i_pick(
     tx: &Tx<'_>,
     worker: &str,
@@ -272,34 +363,115 @@ fn i_pick(
         return Ok(None);
     }
     let cuda = has_cuda(cap);
-    let mut stmt = tx
-        .db
-        .prepare_cached(if cuda { CLAIM_CUDA } else { CLAIM_CPU })?;
     let (denied, allowed) = policy_lists(policy);
-    let mut rows = stmt.query(params![
-        cuda,
-        cap.max_gpu_allocatable_gib(),
-        cap.ram_allocatable_gib(),
-        denied,
-        allowed,
+    let (vram, ram) = (cap.max_gpu_allocatable_gib(), cap.ram_allocatable_gib());
+    let mut fit = FirstFit {
+        tx,
         worker,
-    ])?;
-    let mut alternatives: Option<Vec<CudaAlternative>> = None;
-    // Whether a CUDA worker could run jobs with these needs, per distinct needs: a CPU
-    // worker may skip many prefer_cuda jobs that all look alike.
-    let mut cuda_could_run: HashMap<String, bool> = HashMap::new();
-    while let Some(r) = rows.next()? {
-        let cand = Candidate::read(r)?;
+        cap,
+        policy,
+        cuda,
+        alternatives: None,
+        cuda_could_run: HashMap::new(),
+    };
+    let shared = if cuda { CLAIM_CUDA } else { CLAIM_CPU };
+    let mut best = fit.walk(shared, params![vram, ram, denied, allowed])?;
+    let pinned = if cuda {
+        CLAIM_PINNED_CUDA
+    } else {
+        CLAIM_PINNED_CPU
+    };
+    for list in i_pin_lists_naming(tx, worker, cuda)? {
+        let Some(found) = fit.walk(pinned, params![vram, ram, denied, allowed, list])? else {
+            continue;
+        };
+        if best
+            .as_ref()
+            .is_none_or(|b| found.queue_key(cuda) < b.queue_key(cuda))
+        {
+            best = Some(found);
+        }
+    }
+    best.map(|c| JobId::parse(&c.id).map_err(QueueError::corrupt))
+        .transpose()
+}
+
+/// The host lists (as stored) that pin a job this worker may claim and name it.
+fn i_pin_lists_naming(tx: &Tx<'_>, worker: &str, cuda: bool) -> Result<Vec<String>, QueueError> {
+    let mut next = tx.db.prepare_cached(if cuda {
+        NEXT_PIN_LIST_CUDA
+    } else {
+        NEXT_PIN_LIST_CPU
+    })?;
+    let mut naming = Vec::new();
+    // Every stored list is a JSON array, so it sorts after "".
+    let mut after = String::new();
+    while let Some(list) = next
+        .query_row([&after], |r| r.get::<_, String>(0))
+        .optional()?
+    {
+        let hosts: Vec<String> = serde_json::from_str(&list)
+            .map_err(|e| QueueError::corrupt(format!("allowed_hosts {list}: {e}")))?;
+        if hosts.iter().any(|h| h == worker) {
+            naming.push(list.clone());
+        }
+        after = list;
+    }
+    Ok(naming)
+}
+
+/// Finds the first job a worker may take in one walk; remembers what it learnt about
+/// prefer_cuda deferrals across the walks of one claim.
+struct FirstFit<'a, 't> {
+    tx: &'a Tx<'t>,
+    worker: &'a str,
+    cap: &'a Capability,
+    policy: Option<&'a HostPolicy>,
+    cuda: bool,
+    alternatives: Option<Vec<CudaAlternative>>,
+    /// Whether a CUDA worker could run jobs with these needs, per distinct needs: a CPU
+    /// worker may skip many prefer_cuda jobs that all look alike.
+    cuda_could_run: HashMap<String, bool>,
+}
+
+impl FirstFit<'_, '_> {
+    fn walk(
+        &mut self,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Option<Candidate>, QueueError> {
+        let mut stmt = self.tx.db.prepare_cached(sql)?;
+        let mut rows = stmt.query(params)?;
+        while let Some(r) = rows.next()? {
+            let cand = Candidate::read(r)?;
+            if self.fits(&cand)? {
+                return Ok(Some(cand));
+            }
+        }
+        Ok(None)
+    }
+
+    fn fits(&mut self, cand: &Candidate) -> Result<bool, QueueError> {
         let constraints = cand.constraints()?;
         // The query filtered these already; checked again so that the SQL and
         // `hard_reasons` (which explain uses) can never disagree silently.
-        if !hard_reasons(&cand.model, &constraints, worker, cap, policy).is_empty() {
-            continue;
+        if !hard_reasons(
+            &cand.model,
+            &constraints,
+            self.worker,
+            self.cap,
+            self.policy,
+        )
+        .is_empty()
+        {
+            return Ok(false);
         }
-        if cand.prefer_cuda && !cuda && !waited_long(tx, cand.pending_since) {
-            let alts = match &alternatives {
+        if cand.prefer_cuda && !self.cuda && !waited_long(self.tx, cand.pending_since) {
+            let alts = match &self.alternatives {
                 Some(a) => a,
-                None => alternatives.insert(i_cuda_alternatives(tx, worker)?),
+                None => self
+                    .alternatives
+                    .insert(i_cuda_alternatives(self.tx, self.worker)?),
             };
             let key = format!(
                 "{}|{}|{}|{}|{}",
@@ -309,18 +481,16 @@ fn i_pick(
                 cand.min_ram_gib,
                 cand.allowed_hosts
             );
-            let defer = *cuda_could_run
+            let defer = *self
+                .cuda_could_run
                 .entry(key)
                 .or_insert_with(|| any_cuda_could_run(&cand.model, &constraints, alts));
             if defer {
-                continue;
+                return Ok(false);
             }
         }
-        return JobId::parse(&cand.id)
-            .map(Some)
-            .map_err(QueueError::corrupt);
+        Ok(true)
     }
-    Ok(None)
 }
 
 /// A fresh lease token: 128 random bits as hex.

@@ -149,17 +149,38 @@ pub(crate) fn i_existing_job(tx: &Tx<'_>, id: &JobId) -> Result<JobRow, QueueErr
     i_job_row(tx, id)?.ok_or_else(|| QueueError::job_not_found(id))
 }
 
-/// Inserts a new pending job.
-pub(crate) fn i_insert_job(tx: &Tx<'_>, spec: &JobSpec) -> Result<(), QueueError> {
-    tx.db
+/// Inserts `spec` as a new pending job, in one statement with every column (an insert
+/// followed by an update moved every index entry twice). Ok(false), and nothing written,
+/// when a job with its ID exists already.
+pub(crate) fn i_insert_job(tx: &Tx<'_>, spec: &JobSpec) -> Result<bool, QueueError> {
+    let json = serde_json::to_string(spec).map_err(|e| QueueError::corrupt(e.to_string()))?;
+    let allowed = serde_json::to_string(&spec.constraints.allowed_hosts)
+        .map_err(|e| QueueError::corrupt(e.to_string()))?;
+    let c = &spec.constraints;
+    let inserted = tx
+        .db
         .prepare_cached(
             "INSERT INTO jobs (id, spec, status, priority, manifest_order, model, mode, \
              require_cuda, prefer_cuda, min_vram_gib, min_ram_gib, allowed_hosts, created_at, \
              updated_at, pending_since) \
-             VALUES (?1, '{}', 'pending', 0, 0, '', '', 0, 0, 0, 0, '[]', ?2, ?2, ?2)",
+             VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12) \
+             ON CONFLICT (id) DO NOTHING",
         )?
-        .execute(params![spec.id.as_str(), tx.now])?;
-    i_write_spec(tx, spec)
+        .execute(params![
+            spec.id.as_str(),
+            json,
+            spec.priority,
+            i64::try_from(spec.manifest_order).unwrap_or(i64::MAX),
+            spec.model,
+            spec.mode,
+            c.require_cuda,
+            c.prefer_cuda,
+            c.min_vram_gib,
+            c.min_ram_gib,
+            allowed,
+            tx.now,
+        ])?;
+    Ok(inserted == 1)
 }
 
 /// Stores `spec` and its indexed copies.

@@ -234,21 +234,32 @@ fn claims_follow_priority_then_manifest_order() {
 #[test]
 fn the_claim_walks_an_index_without_sorting() {
     let q = queue();
-    for sql in [super::matching::CLAIM_CUDA, super::matching::CLAIM_CPU] {
+    let walks = [
+        (super::matching::CLAIM_CUDA, "jobs_claim_cuda"),
+        (super::matching::CLAIM_CPU, "jobs_claim_cpu"),
+        (
+            super::matching::CLAIM_PINNED_CUDA,
+            "jobs_pinned_cuda (allowed_hosts=?)",
+        ),
+        (
+            super::matching::CLAIM_PINNED_CPU,
+            "jobs_pinned_cpu (allowed_hosts=?)",
+        ),
+    ];
+    for (sql, index) in walks {
         let details: Vec<String> = q
             .read(|tx| {
                 let mut stmt = tx.db.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-                let rows = stmt
-                    .query_map(rusqlite::params![true, 1.0, 1.0, "[]", "[]", "w"], |r| {
-                        r.get(3)
-                    })?;
+                let all = rusqlite::params![1.0, 1.0, "[]", "[]", "[\"w\"]"];
+                let n = stmt.parameter_count();
+                let rows = stmt.query_map(&all[..n], |r| r.get(3))?;
                 Ok(rows.collect::<Result<Vec<String>, _>>()?)
             })
             .unwrap();
         let text = details.join("; ");
+        // Covering: a job the walk steps over costs an index step, not a table lookup.
         assert!(
-            text.contains("USING INDEX jobs_claim_")
-                || text.contains("USING COVERING INDEX jobs_claim_"),
+            text.contains(&format!("USING COVERING INDEX {index}")),
             "{text}"
         );
         assert!(!text.contains("TEMP B-TREE"), "{text}");
@@ -1112,4 +1123,314 @@ fn ages_read_like_kubectl() {
     assert_eq!(ago(3 * 3_600_000), "3h");
     assert_eq!(ago(3 * 86_400_000), "3d");
     assert_eq!(ago(-5), "0s");
+}
+
+#[test]
+fn sweeps_counts_and_leased_jobs_walk_indexes() {
+    let q = queue();
+    let plans: Vec<String> = [
+        "SELECT id FROM jobs INDEXED BY jobs_lease WHERE lease_token IS NOT NULL \
+         AND lease_expires_at < 5 AND status IN ('claimed', 'running') ORDER BY id",
+        "SELECT id FROM jobs INDEXED BY jobs_worker \
+         WHERE worker = 'w' AND status IN ('claimed', 'running') ORDER BY id",
+        "SELECT status, COUNT(*) FROM jobs GROUP BY status",
+    ]
+    .iter()
+    .map(|sql| {
+        q.read(|tx| {
+            let mut stmt = tx.db.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(3))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?.join("; "))
+        })
+        .unwrap()
+    })
+    .collect();
+    assert!(plans[0].contains("INDEX jobs_lease"), "{}", plans[0]);
+    assert!(plans[1].contains("INDEX jobs_worker"), "{}", plans[1]);
+    assert!(plans[2].contains("COVERING INDEX"), "{}", plans[2]);
+}
+
+#[test]
+fn the_claim_statements_are_compiled_once() {
+    let q = queue();
+    let reprepares = |sql: &str| {
+        q.read(|tx| {
+            Ok(tx
+                .db
+                .prepare_cached(sql)?
+                .get_status(rusqlite::StatementStatus::RePrepare))
+        })
+        .unwrap()
+    };
+    let all = [
+        super::matching::CLAIM_CUDA,
+        super::matching::CLAIM_CPU,
+        super::matching::CLAIM_PINNED_CUDA,
+        super::matching::CLAIM_PINNED_CPU,
+        super::matching::NEXT_PIN_LIST_CUDA,
+        super::matching::NEXT_PIN_LIST_CPU,
+    ];
+    let mut pinned = specs("p", 4);
+    for (k, s) in pinned.iter_mut().enumerate() {
+        s.constraints.allowed_hosts = vec![format!("w{k}"), format!("w{}", k + 1)];
+    }
+    load(&q, &[specs("j", 4), pinned].concat());
+    let before = all.map(&reprepares);
+    for k in 0..6 {
+        let cap = if k % 2 == 0 { gpu(24) } else { cpu(8) };
+        claim(&q, &format!("w{k}"), &cap);
+    }
+    let after = all.map(&reprepares);
+    assert_eq!(before, after);
+}
+
+#[test]
+fn a_stale_create_of_a_job_that_exists_updates_it_instead() {
+    let q = queue();
+    let mut jobs = specs("j", 2);
+    let stale_plan_v1 = plan(&jobs, &[]);
+    jobs[1].priority = 3;
+    let stale_plan_v2 = plan(&jobs, &[]);
+    q.apply(&stale_plan_v1, &[], &source()).unwrap();
+    let summary = q.apply(&stale_plan_v1, &[], &source()).unwrap();
+    assert_eq!(
+        summary.generation, 1,
+        "the same jobs again: nothing changed"
+    );
+    let summary = q.apply(&stale_plan_v2, &[], &source()).unwrap();
+    assert_eq!(summary.generation, 2);
+    assert_eq!(q.job(&jobs[1].id).unwrap().priority, 3);
+    assert_eq!(kinds(&q, &jobs[0]), vec!["Created"]);
+    assert_eq!(kinds(&q, &jobs[1]), vec!["Created", "Updated"]);
+}
+
+/// A small deterministic generator, so the mixed-queue test covers many shapes.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// The job a claim must return, computed from first principles: the first pending job in
+/// the worker's queue order that it may run and does not leave to a CUDA worker.
+fn reference_pick<'a>(
+    pending: &'a [JobSpec],
+    worker: &str,
+    cap: &Capability,
+    cuda_workers: &[(&str, Capability)],
+) -> Option<&'a JobSpec> {
+    let cuda = super::matching::has_cuda(cap);
+    pending
+        .iter()
+        .filter(|j| {
+            super::matching::hard_reasons(&j.model, &j.constraints, worker, cap, None).is_empty()
+        })
+        .filter(|j| {
+            cuda || !j.constraints.prefer_cuda
+                || !cuda_workers.iter().any(|(name, c)| {
+                    super::matching::hard_reasons(&j.model, &j.constraints, name, c, None)
+                        .is_empty()
+                })
+        })
+        .min_by_key(|j| {
+            let prefer_last = if cuda {
+                !j.constraints.prefer_cuda
+            } else {
+                j.constraints.prefer_cuda
+            };
+            (
+                std::cmp::Reverse(j.priority),
+                prefer_last,
+                j.manifest_order,
+                j.id.clone(),
+            )
+        })
+}
+
+#[test]
+fn pinned_and_unpinned_jobs_are_claimed_in_one_queue_order() {
+    let lists: [&[&str]; 5] = [&[], &["a"], &["a", "g"], &["b", "g"], &["nobody"]];
+    let mut rng = Lcg(7);
+    let desired: Vec<JobSpec> = specs("mix", 120)
+        .into_iter()
+        .map(|mut s| {
+            s.priority = [0, 0, 5][rng.below(3) as usize];
+            s.constraints.prefer_cuda = rng.below(4) == 0;
+            s.constraints.require_cuda = rng.below(5) == 0;
+            s.constraints.min_ram_gib = [0.0, 0.0, 16.0][rng.below(3) as usize];
+            s.constraints.allowed_hosts = lists[rng.below(5) as usize]
+                .iter()
+                .map(|h| h.to_string())
+                .collect();
+            s
+        })
+        .collect();
+    let q = queue();
+    load(&q, &desired);
+    let workers: Vec<(&str, Capability)> = vec![
+        ("a", cpu(8)),
+        ("b", cpu(32)),
+        ("g", gpu(24)),
+        ("c", cpu(64)),
+    ];
+    let cuda_workers: Vec<(&str, Capability)> = workers
+        .iter()
+        .filter(|(_, c)| super::matching::has_cuda(c))
+        .cloned()
+        .collect();
+    // The CUDA worker reports first, so the CPU workers see it Ready.
+    q.report_node(&worker("g"), &gpu(24)).unwrap();
+    let mut pending = desired.clone();
+    let mut claims = 0;
+    let mut done = vec![false; workers.len()];
+    while done.iter().any(|d| !d) {
+        for (k, (name, cap)) in workers.iter().enumerate() {
+            if done[k] {
+                continue;
+            }
+            let expected = reference_pick(&pending, name, cap, &cuda_workers).map(|j| j.id.clone());
+            let got = claim(&q, name, cap).map(|c| c.job.id);
+            assert_eq!(got, expected, "claim {claims} by {name}");
+            match got {
+                Some(id) => {
+                    pending.retain(|j| j.id != id);
+                    claims += 1;
+                }
+                None => done[k] = true,
+            }
+        }
+    }
+    assert!(claims > 80, "only {claims} claims");
+    // Left: exactly the jobs pinned to a host that never claims, or that no worker fits.
+    assert!(pending.iter().all(
+        |j| workers.iter().all(|(n, c)| !super::matching::hard_reasons(
+            &j.model,
+            &j.constraints,
+            n,
+            c,
+            None
+        )
+        .is_empty())
+    ));
+}
+
+#[test]
+fn a_pinned_job_leaves_and_rejoins_its_hosts_walk_with_its_state() {
+    let q = queue();
+    let mut job = spec("pinned");
+    job.constraints.allowed_hosts = vec!["a".to_string(), "b".to_string()];
+    let plain = JobSpec {
+        manifest_order: 1,
+        ..spec("plain")
+    };
+    load(&q, &[job.clone(), plain.clone()]);
+    // Claimed: gone from both hosts' walks.
+    let lease = claim(&q, "a", &cpu(8)).unwrap();
+    assert_eq!(lease.job.id, job.id);
+    assert_eq!(claim(&q, "b", &cpu(8)).unwrap().job.id, plain.id);
+    assert!(claim(&q, "b", &cpu(8)).is_none());
+    // Released: back, for either host.
+    q.fail(&job.id, &failure("a", &lease.lease, true)).unwrap();
+    assert_eq!(claim(&q, "b", &cpu(8)).unwrap().job.id, job.id);
+    // Leases expired (both jobs): back again; then the pinned job tombstoned: gone.
+    q.sweep(past_lease(&q)).unwrap();
+    let p = plan(std::slice::from_ref(&plain), &q.actual().unwrap());
+    q.apply(&p, &[], &source()).unwrap();
+    assert_eq!(claim(&q, "a", &cpu(8)).unwrap().job.id, plain.id);
+    assert!(claim(&q, "a", &cpu(8)).is_none());
+    // Revived and re-pinned elsewhere by a manifest edit: only the new host sees it.
+    let mut moved = job.clone();
+    moved.constraints.allowed_hosts = vec!["c".to_string()];
+    let p = plan(&[moved, plain], &q.actual().unwrap());
+    q.apply(&p, &[], &source()).unwrap();
+    assert!(claim(&q, "a", &cpu(8)).is_none());
+    let lease = claim(&q, "c", &cpu(8)).unwrap();
+    assert_eq!(lease.job.id, job.id);
+    // Cancelled and requeued: claimable by its host once more.
+    q.cancel(&job.id).unwrap();
+    q.requeue(&job.id).unwrap();
+    assert!(claim(&q, "a", &cpu(8)).is_none());
+    assert_eq!(claim(&q, "c", &cpu(8)).unwrap().job.id, job.id);
+}
+
+#[test]
+fn a_version_2_database_migrates_with_its_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.db");
+    let mut pinned = spec("pinned");
+    pinned.constraints.allowed_hosts = vec!["a".to_string()];
+    let mut cuda_only = JobSpec {
+        manifest_order: 1,
+        ..spec("cuda-only")
+    };
+    cuda_only.constraints.require_cuda = true;
+    let leased = JobSpec {
+        manifest_order: 2,
+        ..spec("leased")
+    };
+    {
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        super::schema::migrate_to(&mut conn, 2).unwrap();
+        for (job, status, lease) in [
+            (&pinned, "pending", None),
+            (&cuda_only, "pending", None),
+            (&leased, "running", Some(("old", 1_i64))),
+        ] {
+            let c = &job.constraints;
+            conn.execute(
+                "INSERT INTO jobs (id, spec, status, priority, manifest_order, model, mode, \
+                 require_cuda, prefer_cuda, min_vram_gib, min_ram_gib, allowed_hosts, worker, \
+                 attempts, lease_attempt, lease_token, lease_expires_at, created_at, updated_at, \
+                 pending_since) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
+                 ?14, ?15, ?16, ?17, 0, 0, 0)",
+                rusqlite::params![
+                    job.id.as_str(),
+                    serde_json::to_string(job).unwrap(),
+                    status,
+                    job.priority,
+                    job.manifest_order as i64,
+                    job.model,
+                    job.mode,
+                    c.require_cuda,
+                    c.prefer_cuda,
+                    c.min_vram_gib,
+                    c.min_ram_gib,
+                    serde_json::to_string(&c.allowed_hosts).unwrap(),
+                    lease.map(|(w, _)| w),
+                    lease.map_or(0, |(_, a)| a),
+                    lease.map(|(_, a)| a),
+                    lease.map(|_| "token"),
+                    lease.map(|(_, a)| a),
+                ],
+            )
+            .unwrap();
+        }
+    }
+    let q = Queue::open(&path, QueueConfig::default()).unwrap();
+    let version: i64 = q
+        .read(|tx| {
+            Ok(tx
+                .db
+                .query_row("SELECT version FROM schema_version", [], |r| r.get(0))?)
+        })
+        .unwrap();
+    assert_eq!(version as usize, super::schema::latest_version());
+    // The running job is still held by its worker and its lease still expires.
+    let held = q
+        .read(|tx| super::nodes::i_leased_jobs_of(tx, "old"))
+        .unwrap();
+    assert_eq!(held, vec![leased.id.clone()]);
+    assert_eq!(q.sweep(q.now()).unwrap().requeued, vec![leased.id.clone()]);
+    // The pinned job only for its host, the CUDA job only for a CUDA worker.
+    assert_eq!(claim(&q, "b", &cpu(8)).unwrap().job.id, leased.id);
+    assert!(claim(&q, "b", &cpu(8)).is_none());
+    assert_eq!(claim(&q, "a", &cpu(8)).unwrap().job.id, pinned.id);
+    assert!(claim(&q, "a", &cpu(8)).is_none());
+    assert_eq!(claim(&q, "g", &gpu(8)).unwrap().job.id, cuda_only.id);
 }

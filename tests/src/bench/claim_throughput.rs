@@ -89,6 +89,59 @@ pub fn drain_queue(queue: &Queue, agents: usize) -> anyhow::Result<Drain> {
     Ok(drain)
 }
 
+/// One thread claims for `agents` agents in turn (agent 0, 1, ..., 0, ...), each until it
+/// is answered "nothing for you": a drain whose work does not depend on thread scheduling,
+/// so that `callgrind`'s instruction counts of it repeat (every claim is its own commit).
+pub fn drain_round_robin(queue: &Queue, agents: usize) -> anyhow::Result<Drain> {
+    let start = Instant::now();
+    let mut active: Vec<(cis490_api::WorkerName, cis490_api::Capability)> = (0..agents)
+        .map(|k| Ok((worker(k)?, capability(k))))
+        .collect::<anyhow::Result<_>>()?;
+    let mut drain = Drain {
+        claimed: Vec::new(),
+        latencies: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    while !active.is_empty() {
+        let mut still = Vec::with_capacity(active.len());
+        for (me, cap) in active {
+            let t = Instant::now();
+            let claimed = queue.claim(&me, &cap)?;
+            drain.latencies.push(t.elapsed());
+            if let Some(c) = claimed {
+                drain.claimed.push(c.job.id);
+                still.push((me, cap));
+            }
+        }
+        active = still;
+    }
+    drain.elapsed = start.elapsed();
+    Ok(drain)
+}
+
+/// `cis490-bench claim-profile`: loads `jobs` jobs into a queue in `dir` and drains it with
+/// `threads` threads (0: one thread, agents in turn, see [`drain_round_robin`]); prints
+/// the load and drain times. For `perf` and `callgrind` (toggle collection on
+/// `*drain_round_robin*` to count only the claims).
+pub fn profile_main(jobs: usize, threads: usize, dir: &Path) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let (queue, ids) = load_queue(dir, jobs)?;
+    let loaded = t.elapsed();
+    let drain = if threads == 0 {
+        drain_round_robin(&queue, AGENTS)?
+    } else {
+        drain_queue(&queue, threads)?
+    };
+    check_exactly_once(&drain.claimed, &ids)?;
+    println!(
+        "{jobs} jobs: load {:.3} s; drain {:.3} s, {:.0} claims/s",
+        loaded.as_secs_f64(),
+        drain.elapsed.as_secs_f64(),
+        drain.rate()
+    );
+    Ok(())
+}
+
 /// `agents` tokio tasks claim over HTTP until each is answered 204.
 pub async fn drain_http(client: &cis490_api::Client, agents: usize) -> anyhow::Result<Drain> {
     let start = Instant::now();

@@ -45,12 +45,23 @@ enum Cmd {
     /// Internal: one reconcile-at-scale run in its own process (for its peak RSS).
     #[command(hide = true)]
     ReconcileChild { jobs: usize, dir: PathBuf },
+    /// Internal: load JOBS jobs into a queue in DIR and drain it with THREADS threads
+    /// (0: one thread claiming for the 64 agents in turn), for profilers.
+    #[command(hide = true)]
+    ClaimProfile {
+        jobs: usize,
+        threads: usize,
+        dir: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::ReconcileChild { jobs, dir } => bench::reconcile_scale::child_main(jobs, &dir),
+        Cmd::ClaimProfile { jobs, threads, dir } => {
+            bench::claim_throughput::profile_main(jobs, threads, &dir)
+        }
         Cmd::All {
             quick,
             json,
