@@ -134,9 +134,10 @@ pub(crate) struct Diagnostics<'a> {
     pub errors: Vec<(usize, ManifestError)>,
     /// Each distinct warning once, in the order first given.
     pub warnings: Vec<(usize, String)>,
-    /// The texts in `warnings`: a matrix repeats its entry's checks for every combination,
-    /// so a pinned entry of a big sweep would otherwise hold one copy per job until the end.
-    warned: std::collections::HashSet<String>,
+    /// Position and message of each of `warnings`: a matrix repeats its entry's checks for
+    /// every combination, and a pinned entry of a big sweep would otherwise format and hold
+    /// one copy per job until the end.
+    warned: std::collections::HashSet<(usize, String)>,
 }
 
 impl<'a> Diagnostics<'a> {
@@ -189,12 +190,14 @@ impl<'a> Diagnostics<'a> {
         ));
     }
 
-    pub fn warning(&mut self, at: usize, message: impl AsRef<str>) {
-        let text = format!("{}: {}", self.location(at), message.as_ref());
-        if !self.warned.contains(&text) {
-            self.warned.insert(text.clone());
-            self.warnings.push((at, text));
+    pub fn warning(&mut self, at: usize, message: impl Into<String>) {
+        let key = (at, message.into());
+        if self.warned.contains(&key) {
+            return;
         }
+        let text = format!("{}: {}", self.location(at), key.1);
+        self.warned.insert(key);
+        self.warnings.push((at, text));
     }
 
     /// Errors and warnings in file order, each reported once (a matrix repeats the checks of
