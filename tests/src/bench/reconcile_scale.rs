@@ -2,8 +2,9 @@
 //! one-job edit, and peak RSS.
 //!
 //! Each reload is what the server does: read the file, parse and validate it, `actual()`,
-//! `plan`, `apply` (one durable transaction), holding what the server holds when. It runs in a child process (this binary's
-//! hidden `reconcile-child` command) so that its peak RSS is its own, not the harness's.
+//! `plan`, `apply` (one durable transaction), holding what the server holds when. It runs
+//! in a child process (this binary's hidden `reconcile-child` command, with the server's
+//! allocator) so that its peak RSS is its own, not the harness's.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
