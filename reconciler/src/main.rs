@@ -4,6 +4,13 @@ use clap::{Parser, Subcommand};
 
 use cis490_reconciler::cli;
 
+/// mimalloc, not glibc malloc: a 100k-job reconcile allocates and frees a few hundred MiB
+/// (the parsed manifest, the plan, the queue's snapshot). glibc kept most of it,
+/// fragmented over the arenas of the blocking pool's threads, for the life of the server
+/// (~170 MiB resident while serving 100k jobs); mimalloc returns freed pages to the OS.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The cis490 fleet's control plane.
 #[derive(Debug, Parser)]
 #[command(name = "cis490-reconciler", version, about)]

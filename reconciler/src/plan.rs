@@ -16,7 +16,7 @@
 //!
 //! Every list of a `Plan` is sorted by job ID, so equal inputs in any order give equal plans.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use cis490_api::{JobId, JobSpec, JobStatus, PlanEntry, PlanSummary};
 
@@ -130,47 +130,81 @@ pub fn plan(desired: &[JobSpec], actual: &[ActualJob]) -> Plan {
 
 /// [`plan`] taking the desired jobs by value: the plan keeps the specs it needs instead of
 /// copies, so a 100k-job reload holds one set of specs, not two.
-pub fn plan_owned(desired: Vec<JobSpec>, actual: &[ActualJob]) -> Plan {
-    let mut wanted: BTreeMap<JobId, JobSpec> = BTreeMap::new();
-    for spec in desired {
-        match wanted.get(&spec.id) {
-            Some(seen) if !first_wins(&spec, seen) => {}
-            _ => {
-                wanted.insert(spec.id.clone(), spec);
-            }
-        }
-    }
-    let have: BTreeMap<&JobId, &ActualJob> = actual.iter().map(|a| (&a.spec.id, a)).collect();
+///
+/// Both sides are walked in ID order (a merge join): the desired specs are sorted where
+/// they lie and the actual jobs through a list of references, so planning allocates no map
+/// of 100k entries and no copy of a job ID it does not keep.
+pub fn plan_owned(mut desired: Vec<JobSpec>, actual: &[ActualJob]) -> Plan {
+    desired.sort_unstable_by(|a, b| {
+        a.id.cmp(&b.id)
+            .then(a.manifest_order.cmp(&b.manifest_order))
+    });
+    let mut have: Vec<&ActualJob> = actual.iter().collect();
+    // Stable, so that of a repeated ID the last one in `actual` is the one planned against.
+    have.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
 
     let mut out = Plan::default();
-    let gone: BTreeSet<&JobId> = have
-        .iter()
-        .filter(|(id, a)| !a.tombstoned && !wanted.contains_key(**id))
-        .map(|(id, _)| *id)
-        .collect();
-    for (id, spec) in wanted {
-        match have.get(&id) {
+    let mut wanted = desired.into_iter().peekable();
+    let mut have = have.into_iter().peekable();
+    loop {
+        let next_wanted = wanted.next().map(|mut spec| {
+            while let Some(repeat) = wanted.next_if(|next| next.id == spec.id) {
+                if first_wins(&repeat, &spec) {
+                    spec = repeat;
+                }
+            }
+            spec
+        });
+        let mut next_have = |until: Option<&JobId>| {
+            let a = have.next_if(|a| until.is_none_or(|id| a.spec.id <= *id))?;
+            Some(
+                std::iter::from_fn(|| have.next_if(|next| next.spec.id == a.spec.id))
+                    .last()
+                    .unwrap_or(a),
+            )
+        };
+        let Some(spec) = next_wanted else {
+            // Only jobs the manifest no longer names are left.
+            while let Some(a) = next_have(None) {
+                tombstone(&mut out, a);
+            }
+            break;
+        };
+        let mut same = None;
+        while let Some(a) = next_have(Some(&spec.id)) {
+            if a.spec.id == spec.id {
+                same = Some(a);
+            } else {
+                tombstone(&mut out, a);
+            }
+        }
+        match same {
             None => out.create.push(spec),
             Some(a) if a.tombstoned => out.revive.push(spec),
-            Some(a) if a.status.is_leased() => out.keep.push(id),
+            Some(a) if a.status.is_leased() => out.keep.push(spec.id),
             Some(a) => {
                 let changes = changed_fields(&a.spec, &spec);
                 if changes.is_empty() {
-                    out.keep.push(id);
+                    out.keep.push(spec.id);
                 } else {
                     out.update.push((spec, changes));
                 }
             }
         }
     }
-    for id in gone {
-        if let Some(a) = have.get(id) {
-            out.tombstone_names
-                .insert(id.clone(), (a.spec.model.clone(), a.spec.mode.clone()));
-        }
-        out.tombstone.push(id.clone());
-    }
     out
+}
+
+/// A job in the queue that the manifest does not name: tombstoned, unless it already is.
+fn tombstone(out: &mut Plan, gone: &ActualJob) {
+    if gone.tombstoned {
+        return;
+    }
+    out.tombstone_names.insert(
+        gone.spec.id.clone(),
+        (gone.spec.model.clone(), gone.spec.mode.clone()),
+    );
+    out.tombstone.push(gone.spec.id.clone());
 }
 
 /// True when `candidate` should replace `seen` for a repeated ID.

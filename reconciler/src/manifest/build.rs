@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cis490_api::{Constraints, Hyper, JobId, JobSpec, RetryPolicy, WorkerName};
+use cis490_api::{Constraints, Hyper, JobSpec, RetryPolicy, WorkerName};
 use serde_json::Value;
 
 use super::node::{self, find, Diagnostics, Entry, Kind, Node};
@@ -313,42 +313,64 @@ fn read_jobs(d: &mut Diagnostics, entry: &Entry, context: &JobContext) -> Vec<Jo
     let Some(items) = want_array_of_tables(d, entry, "[[jobs]]") else {
         return Vec::new();
     };
-    let mut specs: Vec<(JobSpec, usize)> = Vec::new();
+    // The specs and the position of the entry each came from, side by side: the specs'
+    // list becomes the manifest's jobs where it lies (a 100k-job manifest's specs are not
+    // moved into a second list, nor their IDs copied into a map to find duplicates).
+    let mut specs: Vec<JobSpec> = Vec::new();
+    let mut entry_at: Vec<usize> = Vec::new();
     for (item, entries) in items {
         let mut allowed: Vec<&str> = JOB_FIELDS.to_vec();
         allowed.push("matrix");
         check_keys(d, entries, &allowed, "in [[jobs]]");
         for instance in expand(d, entries) {
             if let Some(spec) = job_spec(d, item.at, &instance, context) {
-                specs.push((spec, item.at));
+                specs.push(spec);
+                entry_at.push(item.at);
             }
         }
     }
 
-    let mut jobs = Vec::with_capacity(specs.len());
-    let mut first_seen: BTreeMap<JobId, usize> = BTreeMap::new();
-    for (mut spec, at) in specs {
-        if let Some(first) = first_seen.get(&spec.id) {
-            let message = if *first == at {
-                format!(
-                    "duplicate job {}: this entry's matrix yields the same job twice",
-                    spec.id.short()
-                )
-            } else {
-                format!(
-                    "duplicate job {}: same model, mode, hyper, split_recipe, train_hosts and seed as the job at {}",
-                    spec.id.short(),
-                    d.location(*first)
-                )
-            };
-            d.error(at, message);
-            continue;
+    // Of each set of jobs with one ID the first in file order stays; the others are errors.
+    let mut by_id: Vec<usize> = (0..specs.len()).collect();
+    by_id.sort_by(|&a, &b| specs[a].id.cmp(&specs[b].id));
+    // (repeat, first) pairs, reported in file order.
+    let mut repeats: Vec<(usize, usize)> = Vec::new();
+    for (k, pair) in by_id.windows(2).enumerate() {
+        let &[previous, dup] = pair else { continue };
+        if specs[previous].id == specs[dup].id {
+            let first = by_id[by_id[..=k].partition_point(|&i| specs[i].id < specs[dup].id)];
+            repeats.push((dup, first));
         }
-        first_seen.insert(spec.id.clone(), at);
-        spec.manifest_order = jobs.len() as u64;
-        jobs.push(spec);
     }
-    jobs
+    repeats.sort_unstable();
+    let mut repeat = vec![false; specs.len()];
+    for (dup, first) in repeats {
+        let (at, first_at) = (entry_at[dup], entry_at[first]);
+        let message = if first_at == at {
+            format!(
+                "duplicate job {}: this entry's matrix yields the same job twice",
+                specs[dup].id.short()
+            )
+        } else {
+            format!(
+                "duplicate job {}: same model, mode, hyper, split_recipe, train_hosts and seed as the job at {}",
+                specs[dup].id.short(),
+                d.location(first_at)
+            )
+        };
+        d.error(at, message);
+        repeat[dup] = true;
+    }
+    drop(by_id);
+    let mut index = 0;
+    specs.retain(|_| {
+        index += 1;
+        !repeat[index - 1]
+    });
+    for (order, spec) in specs.iter_mut().enumerate() {
+        spec.manifest_order = order as u64;
+    }
+    specs
 }
 
 /// One `[[jobs]]` entry as the entries of each job it stands for: itself, or with a

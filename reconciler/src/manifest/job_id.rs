@@ -22,16 +22,32 @@ pub fn job_id(
     let mut hosts: Vec<&String> = train_hosts.iter().collect();
     hosts.sort();
     hosts.dedup();
-    let identity = serde_json::json!({
-        "hyper": hyper,
-        "mode": mode,
-        "model": model,
-        "seed": seed,
-        "split_recipe": split_recipe,
-        "train_hosts": hosts,
-    });
-    let canonical = canonical_json(&identity);
-    let hex = hex::encode(Sha256::digest(canonical.as_bytes()));
+    // The canonical text written straight into one buffer, without building a
+    // `serde_json::Value` of the identity first (a 100k-job manifest computes 100k IDs on
+    // every reload). The top-level keys are written in their sorted order; hyper is a
+    // BTreeMap, so its keys come sorted too.
+    let mut out: Vec<u8> = Vec::with_capacity(160);
+    out.extend_from_slice(b"{\"hyper\":{");
+    for (i, (key, value)) in hyper.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_compact(&key.as_str(), &mut out);
+        out.push(b':');
+        write_canonical(value, &mut out);
+    }
+    out.extend_from_slice(b"},\"mode\":");
+    write_compact(&mode, &mut out);
+    out.extend_from_slice(b",\"model\":");
+    write_compact(&model, &mut out);
+    out.extend_from_slice(b",\"seed\":");
+    write_compact(&seed, &mut out);
+    out.extend_from_slice(b",\"split_recipe\":");
+    write_compact(&split_recipe, &mut out);
+    out.extend_from_slice(b",\"train_hosts\":");
+    write_compact(&hosts, &mut out);
+    out.push(b'}');
+    let hex = hex::encode(Sha256::digest(&out));
     match JobId::parse(&hex) {
         Ok(id) => id,
         // 64 lowercase hex digits are a valid job ID by construction.
@@ -42,42 +58,52 @@ pub fn job_id(
 /// Canonical JSON text: object keys sorted at every level, no whitespace. Written by hand
 /// rather than trusting `serde_json::Map`'s order, which a `preserve_order` feature enabled
 /// anywhere in the build would silently change.
+#[cfg(test)]
 pub(crate) fn canonical_json(value: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     write_canonical(value, &mut out);
-    out
+    String::from_utf8_lossy(&out).into_owned()
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort();
-            out.push('{');
+            out.push(b'{');
             for (i, key) in keys.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
+                write_compact(&key.as_str(), out);
+                out.push(b':');
                 if let Some(item) = map.get(key) {
                     write_canonical(item, out);
                 }
             }
-            out.push('}');
+            out.push(b'}');
         }
         // Scalars: serde_json's own compact form (strings escaped, numbers as parsed).
-        scalar => out.push_str(&scalar.to_string()),
+        scalar => write_compact(scalar, out),
+    }
+}
+
+/// serde_json's compact form of a string, number, null or list of strings: what
+/// `Value::to_string` prints for it.
+fn write_compact<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
+    if let Err(err) = serde_json::to_writer(&mut *out, value) {
+        // Writing strings, numbers and lists of them into a Vec cannot fail.
+        unreachable!("cannot write JSON into memory: {err}");
     }
 }
 
@@ -86,6 +112,66 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    /// The ID as first written: the identity built as a `serde_json::Value`, then written
+    /// canonically. `job_id` must give the same ID for every input (IDs are stored).
+    fn job_id_via_value(
+        model: &str,
+        mode: &str,
+        hyper: &Hyper,
+        split_recipe: Option<&str>,
+        train_hosts: &[String],
+        seed: i64,
+    ) -> JobId {
+        let mut hosts: Vec<&String> = train_hosts.iter().collect();
+        hosts.sort();
+        hosts.dedup();
+        let identity = serde_json::json!({
+            "hyper": hyper,
+            "mode": mode,
+            "model": model,
+            "seed": seed,
+            "split_recipe": split_recipe,
+            "train_hosts": hosts,
+        });
+        let canonical = canonical_json(&identity);
+        JobId::parse(&hex::encode(Sha256::digest(canonical.as_bytes()))).unwrap()
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let scalar = prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            any::<bool>().prop_map(Value::from),
+            "\\PC{0,8}|[\"\\\\\n\t\u{1}a-z]{0,6}".prop_map(Value::from),
+        ];
+        scalar.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z\"]{1,4}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn id_is_the_one_the_value_based_canonical_form_gives(
+            model in "\\PC{0,8}",
+            mode in "[a-z\"\\\\]{0,6}",
+            hyper in proptest::collection::btree_map("\\PC{1,6}", arb_json(), 0..5),
+            split_recipe in proptest::option::of("\\PC{0,6}"),
+            train_hosts in proptest::collection::vec("[a-c]{1,2}", 0..4),
+            seed in any::<i64>(),
+        ) {
+            prop_assert_eq!(
+                job_id(&model, &mode, &hyper, split_recipe.as_deref(), &train_hosts, seed),
+                job_id_via_value(&model, &mode, &hyper, split_recipe.as_deref(), &train_hosts, seed)
+            );
+        }
+    }
 
     fn hyper(pairs: &[(&str, Value)]) -> Hyper {
         pairs

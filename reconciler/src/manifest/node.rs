@@ -132,7 +132,12 @@ pub(crate) struct Diagnostics<'a> {
     /// scan of the text before it (a big manifest can carry thousands of warnings).
     line_starts: Vec<usize>,
     pub errors: Vec<(usize, ManifestError)>,
+    /// Each distinct warning once, in the order first given.
     pub warnings: Vec<(usize, String)>,
+    /// Position and message of each of `warnings`: a matrix repeats its entry's checks for
+    /// every combination, and a pinned entry of a big sweep would otherwise format and hold
+    /// one copy per job until the end.
+    warned: std::collections::HashSet<(usize, String)>,
 }
 
 impl<'a> Diagnostics<'a> {
@@ -146,6 +151,7 @@ impl<'a> Diagnostics<'a> {
             line_starts,
             errors: Vec::new(),
             warnings: Vec::new(),
+            warned: std::collections::HashSet::new(),
         }
     }
 
@@ -184,8 +190,13 @@ impl<'a> Diagnostics<'a> {
         ));
     }
 
-    pub fn warning(&mut self, at: usize, message: impl AsRef<str>) {
-        let text = format!("{}: {}", self.location(at), message.as_ref());
+    pub fn warning(&mut self, at: usize, message: impl Into<String>) {
+        let key = (at, message.into());
+        if self.warned.contains(&key) {
+            return;
+        }
+        let text = format!("{}: {}", self.location(at), key.1);
+        self.warned.insert(key);
         self.warnings.push((at, text));
     }
 
@@ -199,15 +210,9 @@ impl<'a> Diagnostics<'a> {
                 errors.push(e);
             }
         }
+        // Stable: warnings at one position stay in the order given. Repeats never got in.
         self.warnings.sort_by_key(|(at, _)| *at);
-        // A set, not `Vec::contains`: thousands of warnings must not cost their square.
-        let mut seen = std::collections::HashSet::new();
-        let warnings = self
-            .warnings
-            .into_iter()
-            .map(|(_, w)| w)
-            .filter(|w| seen.insert(w.clone()))
-            .collect();
+        let warnings = self.warnings.into_iter().map(|(_, w)| w).collect();
         (errors, warnings)
     }
 }

@@ -495,6 +495,41 @@ fn duplicate_jobs_name_both_places() {
 }
 
 #[test]
+fn every_repeat_of_a_job_names_the_first_in_file_order() {
+    let entry = "[[jobs]]\nmodel = \"gbt\"\nmode = \"m\"\nseed = 1\n";
+    let other = "[[jobs]]\nmodel = \"gbt\"\nmode = \"m\"\nseed = 2\n";
+    let errs = errors(&with_prelude(&format!("{entry}{other}{entry}{entry}")));
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert_eq!(errs[0].line, Some(13));
+    assert_eq!(errs[1].line, Some(17));
+    for e in &errs {
+        assert!(
+            e.message.contains("as the job at m.toml:5:1"),
+            "{}",
+            e.message
+        );
+    }
+}
+
+#[test]
+fn a_pinned_matrix_warns_once_per_unknown_host_not_once_per_job() {
+    let loaded = ok(&with_prelude(
+        "[[jobs]]\nmodel = \"gbt\"\nmode = \"m\"\nallowed_hosts = [\"a\", \"b\"]\nmatrix = { seed = [1, 2, 3] }\n",
+    ));
+    assert_eq!(loaded.manifest.jobs.len(), 3);
+    let orders: Vec<u64> = loaded
+        .manifest
+        .jobs
+        .iter()
+        .map(|j| j.manifest_order)
+        .collect();
+    assert_eq!(orders, [0, 1, 2]);
+    assert_eq!(loaded.warnings.len(), 2, "{:?}", loaded.warnings);
+    assert!(loaded.warnings[0].contains("allowed_hosts entry `a`"));
+    assert!(loaded.warnings[1].contains("allowed_hosts entry `b`"));
+}
+
+#[test]
 fn negative_resources_are_errors() {
     assert_one_error(
         &with_prelude("[[jobs]]\nmodel = \"gbt\"\nmode = \"m\"\nmin_vram_gib = -8\n"),

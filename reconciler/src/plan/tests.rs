@@ -238,6 +238,60 @@ proptest! {
     }
 }
 
+/// The planner as it was written first, with maps: the merge join must plan exactly as it
+/// did, repeated IDs included (in `desired` the lowest `manifest_order` wins, in `actual` the
+/// last entry).
+fn plan_with_maps(desired: &[JobSpec], actual: &[ActualJob]) -> Plan {
+    let mut wanted: BTreeMap<JobId, JobSpec> = BTreeMap::new();
+    for spec in desired {
+        match wanted.get(&spec.id) {
+            Some(seen) if !super::first_wins(spec, seen) => {}
+            _ => {
+                wanted.insert(spec.id.clone(), spec.clone());
+            }
+        }
+    }
+    let have: BTreeMap<&JobId, &ActualJob> = actual.iter().map(|a| (&a.spec.id, a)).collect();
+    let mut out = Plan::default();
+    for (id, spec) in wanted {
+        match have.get(&id) {
+            None => out.create.push(spec),
+            Some(a) if a.tombstoned => out.revive.push(spec),
+            Some(a) if a.status.is_leased() => out.keep.push(id),
+            Some(a) => {
+                let changes = super::changed_fields(&a.spec, &spec);
+                if changes.is_empty() {
+                    out.keep.push(id);
+                } else {
+                    out.update.push((spec, changes));
+                }
+            }
+        }
+    }
+    for (id, a) in &have {
+        if !a.tombstoned && !desired.iter().any(|s| &s.id == *id) {
+            out.tombstone_names
+                .insert((*id).clone(), (a.spec.model.clone(), a.spec.mode.clone()));
+            out.tombstone.push((*id).clone());
+        }
+    }
+    out
+}
+
+proptest! {
+    #[test]
+    fn the_merge_join_plans_as_the_maps_did_even_with_repeated_ids(
+        desired in prop::collection::vec(arb_spec(), 0..16),
+        actual in prop::collection::vec((arb_spec(), arb_status(), any::<bool>()), 0..16),
+    ) {
+        let actual: Vec<ActualJob> = actual
+            .into_iter()
+            .map(|(spec, status, tombstoned)| ActualJob { spec, status, tombstoned })
+            .collect();
+        prop_assert_eq!(plan(&desired, &actual), plan_with_maps(&desired, &actual));
+    }
+}
+
 fn source() -> ManifestSource {
     ManifestSource {
         path: "m.toml".to_string(),

@@ -15,7 +15,7 @@ use cis490_api::{ManifestError, PlanSummary};
 use sha2::{Digest, Sha256};
 
 use crate::manifest::{parse_manifest, LoadedManifest, ManifestErrors};
-use crate::plan::{plan, plan_owned};
+use crate::plan::plan_owned;
 use crate::queue::{ManifestSource, Queue, QueueError};
 
 /// What started a reconcile (for the log only).
@@ -205,13 +205,15 @@ impl Reconciler {
 
     /// The plan `text` would make against the queue now; applies nothing.
     pub fn diff_blocking(&self, text: &str) -> Result<PlanSummary, ReconcileError> {
-        let loaded: LoadedManifest =
-            parse_manifest(text, &self.manifest).map_err(ReconcileError::Invalid)?;
+        let LoadedManifest {
+            manifest, warnings, ..
+        } = parse_manifest(text, &self.manifest).map_err(ReconcileError::Invalid)?;
         let actual = self.queue.actual()?;
-        let mut summary = plan(&loaded.manifest.jobs, &actual).summary();
+        // As in a reconcile: the plan takes the specs rather than a copy of them.
+        let mut summary = plan_owned(manifest.jobs, &actual).summary();
         summary.applied = false;
         summary.generation = self.queue.manifest_status()?.generation;
-        summary.warnings = loaded.warnings;
+        summary.warnings = warnings;
         Ok(summary)
     }
 }

@@ -2,16 +2,17 @@
 //! one-job edit, and peak RSS.
 //!
 //! Each reload is what the server does: read the file, parse and validate it, `actual()`,
-//! `plan`, `apply` (one durable transaction). It runs in a child process (this binary's
-//! hidden `reconcile-child` command) so that its peak RSS is its own, not the harness's.
+//! `plan`, `apply` (one durable transaction), holding what the server holds when. It runs
+//! in a child process (this binary's hidden `reconcile-child` command, with the server's
+//! allocator) so that its peak RSS is its own, not the harness's.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use cis490_reconciler::manifest::load_manifest;
-use cis490_reconciler::plan::plan;
+use cis490_reconciler::manifest::{load_manifest, LoadedManifest};
+use cis490_reconciler::plan::plan_owned;
 use cis490_reconciler::queue::{ManifestSource, Queue, QueueConfig};
 use serde::{Deserialize, Serialize};
 
@@ -54,16 +55,27 @@ fn reload(
     let loaded = load_manifest(path).map_err(anyhow::Error::msg)?;
     let t1 = Instant::now();
     peaks[0] = peak();
+    // As the server's reconcile (`server/reconcile.rs`): the plan takes the manifest's
+    // specs by value and the queue's snapshot is dropped before the apply, so the peak
+    // measured is the one the server has.
     let actual = queue.actual()?;
-    let p = plan(&loaded.manifest.jobs, &actual);
+    let LoadedManifest {
+        manifest,
+        warnings,
+        sha256,
+        ..
+    } = loaded;
+    let hosts = manifest.hosts;
+    let p = plan_owned(manifest.jobs, &actual);
+    drop(actual);
     let t2 = Instant::now();
     peaks[1] = peak();
     let source = ManifestSource {
         path: path.display().to_string(),
-        sha256: loaded.sha256.clone(),
-        warnings: loaded.warnings.clone(),
+        sha256,
+        warnings,
     };
-    queue.apply(&p, &loaded.manifest.hosts, &source)?;
+    queue.apply(&p, &hosts, &source)?;
     let t3 = Instant::now();
     peaks[2] = peak();
     let changes = p.create.len() + p.update.len() + p.tombstone.len() + p.revive.len();

@@ -14,6 +14,11 @@ use anyhow::Context;
 use cis490_tests::bench::{self, Ctx, Machine, Report, Row, Status};
 use clap::{Parser, Subcommand};
 
+/// The reconciler's allocator, so that figure 4's reconcile child (this binary) measures
+/// the peak memory the server would have.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "cis490-bench", about = "Benchmark figures of cis490 fleet")]
 struct Cli {
