@@ -170,10 +170,10 @@ pub fn pack_output(dir: &Path, bundle: &Path) -> Result<Packed, PackError> {
 }
 
 /// Packs the contents of `dir` into the file `bundle` as tar.zst, with the same bytes as
-/// [`pack_output`]. Blocking: call it from `spawn_blocking`. zstd compresses on one worker
-/// thread per core while this thread builds the tar and hashes the output; zstd's
-/// multithreaded output does not depend on the number of workers, so every host packs
-/// identical outputs to identical bytes.
+/// [`pack_output`]. Blocking: call it from `spawn_blocking`. A large output is compressed
+/// by zstd on one worker thread per core while this thread builds the tar and hashes the
+/// output; zstd's multithreaded output does not depend on the number of workers, so every
+/// host packs identical outputs to identical bytes.
 pub fn pack_dir(dir: &Path, bundle: &Path) -> Result<Packed, PackError> {
     let wrap = |source| PackError::Io {
         dir: dir.to_path_buf(),
@@ -181,12 +181,17 @@ pub fn pack_dir(dir: &Path, bundle: &Path) -> Result<Packed, PackError> {
         source,
     };
     let (entries, tar_size) = list_sorted(dir).map_err(wrap)?;
-    let workers = if tar_size < SMALL_OUTPUT {
-        0
-    } else {
-        default_workers()
-    };
-    pack_to_file(dir, &entries, bundle, workers).map_err(wrap)
+    if tar_size < SMALL_OUTPUT {
+        let packed = pack_in_memory(dir, &entries, tar_size).map_err(wrap)?;
+        if let BundleBytes::Memory(bytes) = &packed.bytes {
+            std::fs::write(bundle, bytes).map_err(wrap)?;
+        }
+        return Ok(Packed {
+            bytes: BundleBytes::File(bundle.to_path_buf()),
+            ..packed
+        });
+    }
+    pack_to_file(dir, &entries, bundle, default_workers()).map_err(wrap)
 }
 
 fn default_workers() -> u32 {
@@ -194,13 +199,14 @@ fn default_workers() -> u32 {
     u32::try_from(cores).unwrap_or(1).max(1)
 }
 
-/// Single-threaded zstd into a buffer, hashed once at the end.
+/// The tar stream built in memory, then compressed in one call: with its size known, zstd
+/// sizes its tables to the input (a streaming encoder sets up and clears tables for
+/// megabytes, most of a tiny bundle's cost). Hashed once at the end.
 fn pack_in_memory(dir: &Path, entries: &[Entry], tar_size: u64) -> io::Result<Packed> {
-    let capacity = usize::try_from(tar_size / 2 + 1024).unwrap_or(64 * 1024);
-    let encoder = zstd::Encoder::new(Vec::with_capacity(capacity), ZSTD_LEVEL)?;
-    let mut tar = tar::Builder::new(encoder);
+    let capacity = usize::try_from(tar_size).unwrap_or(64 * 1024);
+    let mut tar = tar::Builder::new(Vec::with_capacity(capacity));
     append_all(&mut tar, dir, entries)?;
-    let bytes = tar.into_inner()?.finish()?;
+    let bytes = zstd::bulk::compress(&tar.into_inner()?, ZSTD_LEVEL)?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
     Ok(Packed {
         size_bytes: bytes.len() as u64,
@@ -209,8 +215,8 @@ fn pack_in_memory(dir: &Path, entries: &[Entry], tar_size: u64) -> io::Result<Pa
     })
 }
 
-/// Streams tar.zst into `bundle`, hashing in the same pass; `workers` 0 compresses on this
-/// thread. The file is not fsynced: it is scratch that only lives until the upload, and a
+/// Streams tar.zst into `bundle`, hashing in the same pass, compressing on `workers`
+/// threads. The file is not fsynced: it is scratch that only lives until the upload, and a
 /// crash of the agent loses the job's lease anyway (the server fsyncs what it stores).
 fn pack_to_file(dir: &Path, entries: &[Entry], bundle: &Path, workers: u32) -> io::Result<Packed> {
     let file = File::create(bundle)?;
@@ -220,9 +226,7 @@ fn pack_to_file(dir: &Path, entries: &[Entry], bundle: &Path, workers: u32) -> i
         written: 0,
     };
     let mut encoder = zstd::Encoder::new(hashing, ZSTD_LEVEL)?;
-    if workers > 0 {
-        encoder.multithread(workers)?;
-    }
+    encoder.multithread(workers.max(1))?;
     let mut tar = tar::Builder::new(BufWriter::with_capacity(STAGE_BUFFER, encoder));
     append_all(&mut tar, dir, entries)?;
     let staged = tar.into_inner()?;
