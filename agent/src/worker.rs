@@ -903,14 +903,9 @@ impl Agent {
             self.shared.slot_freed();
         }
         summary.jobs.push((id, outcome));
-        // Every claim carries the node status, so it is only sent on its own when no claim
-        // follows (every slot still busy); a report per job would cost a commit per job.
-        let claims_next = self.shared.slots().has_room();
-        if !self.shutting_down() && !claims_next {
-            if let Err(e) = self.shared.report_node().await {
-                tracing::debug!("node status after a job: {e}");
-            }
-        }
+        // No node report here: every claim carries the node status, and the server derives
+        // a node's running jobs from its leases; a report per job cost a commit (and an
+        // fsync) per job, awaited before the next claim.
     }
 }
 
