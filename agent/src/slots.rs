@@ -1,8 +1,13 @@
 //! What is free on this host: which GPUs (and how much of their VRAM) and how much RAM the
 //! running jobs hold. A claim advertises only what is free, so the server never hands the
 //! agent more than it can hold.
+//!
+//! A job holds its slot (and its GPU and RAM) while its trainer runs. Once the trainer has
+//! exited the job is *finishing* (packing, uploading, reporting): it holds nothing, so the
+//! slot can start the next trainer while the previous output is still on its way. At most
+//! `max_concurrent` trainers run, and at most `2 * max_concurrent` jobs are on hand in all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cis490_api::node::MIB_PER_GIB;
 use cis490_api::{Capability, JobId, JobSpec};
@@ -39,6 +44,8 @@ pub struct Slots {
     base: Capability,
     sharing: GpuSharing,
     running: BTreeMap<JobId, Allocation>,
+    /// Jobs whose trainer has exited and whose output is being packed, uploaded or reported.
+    finishing: BTreeSet<JobId>,
 }
 
 fn gib_to_mib(gib: f64) -> u64 {
@@ -52,6 +59,7 @@ impl Slots {
             base,
             sharing,
             running: BTreeMap::new(),
+            finishing: BTreeSet::new(),
         }
     }
 
@@ -59,17 +67,27 @@ impl Slots {
         &self.base
     }
 
+    /// Jobs whose trainer runs.
     pub fn running(&self) -> impl Iterator<Item = &JobId> {
         self.running.keys()
     }
 
+    /// How many trainers run.
     pub fn running_count(&self) -> usize {
         self.running.len()
     }
 
-    /// True while another job may start.
+    /// How many jobs are past their trainer and still packing, uploading or reporting.
+    pub fn finishing_count(&self) -> usize {
+        self.finishing.len()
+    }
+
+    /// True while another job may start: a trainer slot is free, and the jobs still
+    /// finishing leave room (all jobs on hand stay under twice the slots, so uploads that
+    /// fall behind hold the agent back instead of piling up).
     pub fn has_room(&self) -> bool {
-        self.running.len() < self.base.max_concurrent.max(1) as usize
+        let slots = self.base.max_concurrent.max(1) as usize;
+        self.running.len() < slots && self.running.len() + self.finishing.len() < 2 * slots
     }
 
     fn ram_reserved(&self) -> u64 {
@@ -94,10 +112,14 @@ impl Slots {
         Some(total.saturating_sub(used))
     }
 
-    /// The full capability with running jobs listed: what node status reports.
+    /// The full capability with the jobs on hand (running or finishing) listed: what node
+    /// status reports.
     pub fn node_status(&self) -> Capability {
         let mut cap = self.base.clone();
-        cap.running_jobs = self.running.keys().cloned().collect();
+        let mut jobs: Vec<JobId> = self.running.keys().cloned().collect();
+        jobs.extend(self.finishing.iter().cloned());
+        jobs.sort();
+        cap.running_jobs = jobs;
         cap
     }
 
@@ -167,9 +189,22 @@ impl Slots {
         Ok(allocation)
     }
 
-    /// Frees what a finished job held.
-    pub fn release(&mut self, id: &JobId) {
-        self.running.remove(id);
+    /// The job's trainer has exited (or never started): its slot, GPU and RAM are free
+    /// for the next job while it finishes. True when this freed a slot.
+    pub fn trainer_done(&mut self, id: &JobId) -> bool {
+        if self.running.remove(id).is_some() {
+            self.finishing.insert(id.clone());
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Forgets a job that has ended, whatever stage it was in. True when it still held a
+    /// trainer slot.
+    pub fn release(&mut self, id: &JobId) -> bool {
+        self.finishing.remove(id);
+        self.running.remove(id).is_some()
     }
 }
 
@@ -320,6 +355,51 @@ mod tests {
             s.allocate(&job(3, Constraints::default())),
             Err(SlotError::Full(1))
         );
+    }
+
+    #[test]
+    fn a_finished_trainer_frees_its_slot_and_gpu_while_its_job_finishes() {
+        let mut s = Slots::new(cap(&[8], 16, 1), GpuSharing::Exclusive);
+        let first = job(1, cuda(0.0, 4.0));
+        s.allocate(&first).unwrap();
+        assert!(!s.has_room());
+        assert!(s.free_capability().gpus.is_empty());
+        assert!(s.trainer_done(&first.id));
+        assert!(
+            !s.trainer_done(&first.id),
+            "only a running job frees a slot"
+        );
+        assert!(s.has_room());
+        let free = s.free_capability();
+        assert_eq!(free.gpus.len(), 1);
+        assert_eq!(free.ram_allocatable_mib, 16 * 1024);
+        // Still on hand: listed in node status until it is released.
+        assert_eq!(s.node_status().running_jobs, vec![first.id.clone()]);
+        assert_eq!(s.finishing_count(), 1);
+        let second = job(2, cuda(0.0, 0.0));
+        assert_eq!(s.allocate(&second).unwrap().gpu, Some(0));
+        assert!(!s.has_room());
+        s.release(&first.id);
+        assert_eq!(s.node_status().running_jobs, vec![second.id.clone()]);
+    }
+
+    #[test]
+    fn finishing_jobs_are_bounded_to_twice_the_slots() {
+        let mut s = Slots::new(cap(&[], 16, 2), GpuSharing::Exclusive);
+        for n in 1..=3 {
+            s.allocate(&job(n, Constraints::default())).unwrap();
+            s.trainer_done(&job(n, Constraints::default()).id);
+        }
+        assert_eq!((s.running_count(), s.finishing_count()), (0, 3));
+        // One more trainer makes four jobs on hand: no fifth until one of them ends.
+        s.allocate(&job(4, Constraints::default())).unwrap();
+        assert!(!s.has_room());
+        assert_eq!(
+            s.allocate(&job(5, Constraints::default())),
+            Err(SlotError::Full(2))
+        );
+        s.release(&job(1, Constraints::default()).id);
+        assert!(s.has_room());
     }
 
     #[test]

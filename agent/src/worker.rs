@@ -7,6 +7,11 @@
 //!   pack -> upload -> complete, or report the failure; a cancel, a lost lease or shutdown
 //!   stops the trainer's process group on the way.
 //!
+//! A job holds its slot only while its trainer runs: once the trainer has exited, the slot
+//! starts the next job while the previous one packs, uploads and reports in its own task
+//! (bounded: see [`Slots::has_room`]). Shutdown waits for those tasks like any other, so a
+//! job past its trainer still completes, or is released, before the agent exits.
+//!
 //! The server being unreachable never stops a trainer: heartbeats, uploads and reports are
 //! retried with capped exponential backoff and jitter until it answers.
 
@@ -58,6 +63,9 @@ struct Shared {
     client: Client,
     slots: Arc<Mutex<Slots>>,
     trainers: TrainerRegistry,
+    /// Bumped whenever a trainer slot comes free, so a waiting claim (which advertised
+    /// less) is renewed and a full agent claims again.
+    freed: Arc<watch::Sender<u64>>,
 }
 
 /// Pids (process groups) of running trainers, so a second SIGINT can kill them at once.
@@ -92,6 +100,10 @@ impl Shared {
 
     fn worker(&self) -> &WorkerName {
         &self.cfg.name
+    }
+
+    fn slot_freed(&self) {
+        self.freed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     async fn report_node(&self) -> Result<(), ClientError> {
@@ -198,6 +210,8 @@ struct JobRun {
     shutdown: watch::Receiver<bool>,
     /// Set once shutdown stopped the trainer: reports get a short window after it.
     report_deadline: Option<Instant>,
+    /// The trainer is gone and its slot handed back for the next job.
+    slot_freed: bool,
 }
 
 impl JobRun {
@@ -232,6 +246,21 @@ impl JobRun {
                     return outcome;
                 }
             };
+            if !matches!(stage, JobStage::Run(_)) {
+                self.free_slot();
+            }
+        }
+    }
+
+    /// Past the trainer (it exited, was stopped, or never started): the slot, GPU and RAM
+    /// go to the next job while this one finishes.
+    fn free_slot(&mut self) {
+        if self.slot_freed {
+            return;
+        }
+        self.slot_freed = true;
+        if self.shared.slots().trainer_done(&self.spec.id) {
+            self.shared.slot_freed();
         }
     }
 
@@ -374,7 +403,7 @@ impl JobRun {
         };
         let bundle = attempt.dir.join("bundle.tar.zst");
         let output = attempt.output_dir.clone();
-        match tokio::task::spawn_blocking(move || pack::pack_dir(&output, &bundle)).await {
+        match tokio::task::spawn_blocking(move || pack::pack_output(&output, &bundle)).await {
             Ok(Ok(packed)) => JobStage::Upload(packed),
             Ok(Err(e)) => {
                 JobStage::Report(self.fail(format!("packing the output failed: {e}"), None, false))
@@ -406,7 +435,7 @@ impl JobRun {
         let mut tries = 0u32;
         loop {
             tries += 1;
-            let body = match pack::upload_body(&packed.path).await {
+            let body = match packed.body().await {
                 Ok(b) => b,
                 Err(e) => {
                     return JobStage::Report(self.fail(
@@ -608,6 +637,8 @@ enum ClaimOutcome {
 pub struct Agent {
     shared: Shared,
     shutdown: watch::Receiver<bool>,
+    /// Follows [`Shared::freed`].
+    freed: watch::Receiver<u64>,
     jobs: JoinSet<(JobId, JobOutcome)>,
     job_ids: HashMap<tokio::task::Id, JobId>,
 }
@@ -629,14 +660,17 @@ impl Agent {
         trainers: TrainerRegistry,
     ) -> Self {
         let slots = Slots::new(base, cfg.gpu_sharing);
+        let (freed, freed_rx) = watch::channel(0u64);
         Self {
             shared: Shared {
                 cfg: Arc::new(cfg),
                 client,
                 slots: Arc::new(Mutex::new(slots)),
                 trainers,
+                freed: Arc::new(freed),
             },
             shutdown,
+            freed: freed_rx,
             jobs: JoinSet::new(),
             job_ids: HashMap::new(),
         }
@@ -718,6 +752,7 @@ impl Agent {
                             self.finished(done, &mut summary).await;
                             AgentStage::Claim
                         }
+                        Ok(()) = self.freed.changed() => AgentStage::Claim,
                         _ = shutdown_signalled(&mut shutdown) => AgentStage::Draining,
                     }
                 }
@@ -741,13 +776,15 @@ impl Agent {
         }
     }
 
-    /// One long-poll claim, advertising what is free now. A job that ends meanwhile frees
-    /// what it held, which the waiting claim does not offer: that claim is abandoned (after
-    /// a moment to land) and the caller claims again with the new free capacity, instead of
-    /// leaving the slot idle until the long-poll times out. On shutdown a claim in flight
-    /// gets a moment to land so that a job the server just handed over is released rather
-    /// than left claimed.
+    /// One long-poll claim, advertising what is free now. A trainer that exits meanwhile
+    /// frees what it held, which the waiting claim does not offer: that claim is abandoned
+    /// (after a moment to land) and the caller claims again with the new free capacity,
+    /// instead of leaving the slot idle until the long-poll times out. On shutdown a claim
+    /// in flight gets a moment to land so that a job the server just handed over is
+    /// released rather than left claimed.
     async fn claim_once(&mut self, summary: &mut RunSummary) -> ClaimOutcome {
+        // Slots freed before this point are in the capability below.
+        self.freed.borrow_and_update();
         let req = ClaimRequest {
             worker: self.shared.worker().clone(),
             capability: self.shared.slots().free_capability(),
@@ -766,8 +803,11 @@ impl Agent {
                         Err(e) => ClaimOutcome::Error(e),
                     };
                 }
+                // A job that ends had freed its slot when its trainer exited (below).
                 Some(done) = self.jobs.join_next_with_id() => {
                     self.finished(done, summary).await;
+                }
+                Ok(()) = self.freed.changed() => {
                     if self.shutting_down() {
                         continue;
                     }
@@ -805,6 +845,7 @@ impl Agent {
                         attempt: None,
                         shutdown: self.shutdown.clone(),
                         report_deadline: None,
+                        slot_freed: false,
                     };
                     let id = job.id.clone();
                     let handle = self.jobs.spawn(async move { (id, run.drive().await) });
@@ -856,13 +897,15 @@ impl Agent {
             }
         };
         tracing::info!(job = %id.short(), "job ended: {outcome}");
-        self.shared.slots().release(&id);
-        summary.jobs.push((id, outcome));
-        if !self.shutting_down() {
-            if let Err(e) = self.shared.report_node().await {
-                tracing::debug!("node status after a job: {e}");
-            }
+        let held_a_slot = self.shared.slots().release(&id);
+        if held_a_slot {
+            // Its task ended without passing its trainer (it failed): the slot is free now.
+            self.shared.slot_freed();
         }
+        summary.jobs.push((id, outcome));
+        // No node report here: every claim carries the node status, and the server derives
+        // a node's running jobs from its leases; a report per job cost a commit (and an
+        // fsync) per job, awaited before the next claim.
     }
 }
 

@@ -37,6 +37,13 @@ struct Mock {
     /// Hold a claim that finds nothing for its `?wait=` (as the real server does) instead
     /// of answering 204 at once.
     long_poll: bool,
+    /// A file the trainer creates as it exits: each claim records whether it existed.
+    exit_marker: Option<std::path::PathBuf>,
+    claims_after_exit: Vec<bool>,
+    /// Uploads are not answered while this is set (they stay in flight).
+    hold_uploads: bool,
+    /// Jobs whose upload reached the mock (answered or not).
+    uploads_started: Vec<String>,
 }
 
 type Shared = Arc<Mutex<Mock>>;
@@ -83,7 +90,12 @@ async fn claim(
         .and_then(|w| w.parse().ok())
         .map_or(Duration::ZERO, Duration::from_secs);
     let deadline = Instant::now() + wait;
-    m.lock().unwrap().claims.push(req.capability.clone());
+    {
+        let mut m = m.lock().unwrap();
+        m.claims.push(req.capability.clone());
+        let exited = m.exit_marker.as_ref().is_some_and(|p| p.exists());
+        m.claims_after_exit.push(exited);
+    }
     loop {
         {
             let mut m = m.lock().unwrap();
@@ -135,6 +147,10 @@ async fn upload(
             };
             return api_error(status, code);
         }
+        m.uploads_started.push(id.clone());
+    }
+    while m.lock().unwrap().hold_uploads {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let sha = hex::encode(Sha256::digest(&body));
     let claimed = headers
@@ -349,8 +365,18 @@ fn pid_alive(pid: i32) -> bool {
 
 #[tokio::test]
 async fn completed_job_uploads_its_output_with_matching_sha256() {
-    let script = "#!/bin/sh\necho \"$*\" > \"$CIS490_OUTPUT_DIR/args.txt\"\necho \"$CIS490_MODEL $CIS490_SEED\" > \"$CIS490_OUTPUT_DIR/env.txt\"\nsleep 0.5\n";
-    let h = start(vec![job(1, sh("./train.sh"))], script).await;
+    let marks = tempfile::tempdir().unwrap();
+    let exited = marks.path().join("trainer-exited");
+    let script = format!(
+        "#!/bin/sh\necho \"$*\" > \"$CIS490_OUTPUT_DIR/args.txt\"\necho \"$CIS490_MODEL $CIS490_SEED\" > \"$CIS490_OUTPUT_DIR/env.txt\"\nsleep 0.5\ntouch '{}'\n",
+        exited.display()
+    );
+    let mock = Mock {
+        pending: [job(1, sh("./train.sh"))].into(),
+        exit_marker: Some(exited),
+        ..Mock::default()
+    };
+    let h = start_mock_state(mock, &script, capability()).await;
     let done = wait_for("completion", || {
         h.mock.lock().unwrap().completed.first().cloned()
     })
@@ -379,8 +405,15 @@ async fn completed_job_uploads_its_output_with_matching_sha256() {
         let m = h.mock.lock().unwrap();
         assert!(!m.heartbeats.is_empty(), "no heartbeat before completion");
         assert!(m.failed.is_empty());
-        // While the job ran, claims did not advertise a free slot (max_concurrent 1).
-        assert!(m.claims.iter().all(|c| c.running_jobs.is_empty()));
+        // While the trainer ran, no claim was made (max_concurrent 1); once it exited the
+        // slot claimed again while the job uploaded and completed, listing it as on hand.
+        assert_eq!(m.claims.len(), m.claims_after_exit.len());
+        for (claim, after_exit) in m.claims.iter().zip(&m.claims_after_exit) {
+            assert!(
+                claim.running_jobs.is_empty() || *after_exit,
+                "a claim was made while the only slot's trainer ran"
+            );
+        }
     }
     h.shutdown.send(true).unwrap();
     let summary = tokio::time::timeout(Duration::from_secs(10), h.agent)
@@ -698,4 +731,146 @@ async fn a_slot_freed_during_a_long_poll_claim_is_offered_at_once() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+/// A trainer that records its start and waits for `go-<job id>` before writing its output.
+const WAITS_FOR_GO: &str = "#!/bin/sh\ntouch \"started-$CIS490_JOB_ID\"\nwhile [ ! -e \"go-$CIS490_JOB_ID\" ]; do sleep 0.02; done\necho \"$CIS490_JOB_ID\" > \"$CIS490_OUTPUT_DIR/o.txt\"\n";
+
+fn go(h: &Harness, id: &JobId) {
+    std::fs::write(h.work.path().join(format!("go-{id}")), b"").unwrap();
+}
+
+fn started(h: &Harness, id: &JobId) -> bool {
+    h.work.path().join(format!("started-{id}")).exists()
+}
+
+#[tokio::test]
+async fn a_slot_runs_the_next_trainer_while_the_previous_upload_is_in_flight() {
+    let (a, b) = (job(20, sh("./train.sh")), job(21, sh("./train.sh")));
+    let mock = Mock {
+        pending: [a.clone(), b.clone()].into(),
+        hold_uploads: true,
+        ..Mock::default()
+    };
+    // One slot.
+    let h = start_mock_state(mock, WAITS_FOR_GO, capability()).await;
+    wait_for("A to start", || started(&h, &a.id).then_some(())).await;
+    assert!(!started(&h, &b.id));
+    go(&h, &a.id);
+    wait_for("A's upload in flight", || {
+        let m = h.mock.lock().unwrap();
+        m.uploads_started.contains(&a.id.to_string()).then_some(())
+    })
+    .await;
+    // A's upload is not answered, yet its slot already runs B's trainer.
+    wait_for("B to start while A uploads", || {
+        started(&h, &b.id).then_some(())
+    })
+    .await;
+    {
+        let m = h.mock.lock().unwrap();
+        assert!(m.completed.is_empty(), "A completed before B started");
+        assert!(m.uploads.is_empty());
+    }
+    h.mock.lock().unwrap().hold_uploads = false;
+    go(&h, &b.id);
+    wait_for("both completions", || {
+        (h.mock.lock().unwrap().completed.len() == 2).then_some(())
+    })
+    .await;
+    h.shutdown.send(true).unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(10), h.agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.jobs.len(), 2);
+    assert!(summary
+        .jobs
+        .iter()
+        .all(|(_, o)| matches!(o, JobOutcome::Completed(_))));
+    let m = h.mock.lock().unwrap();
+    assert_eq!(m.uploads.len(), 2);
+    assert!(m.failed.is_empty());
+}
+
+/// One slot: A's trainer is done and its upload held by the server; B's trainer runs.
+async fn a_uploads_while_b_runs() -> (Harness, JobId, JobId) {
+    let (a, b) = (job(22, sh("./train.sh")), job(23, sh("./train.sh")));
+    let mock = Mock {
+        pending: [a.clone(), b.clone()].into(),
+        hold_uploads: true,
+        ..Mock::default()
+    };
+    let h = start_mock_state(mock, WAITS_FOR_GO, capability()).await;
+    wait_for("A to start", || started(&h, &a.id).then_some(())).await;
+    go(&h, &a.id);
+    wait_for("B to start while A uploads", || {
+        let uploading = h
+            .mock
+            .lock()
+            .unwrap()
+            .uploads_started
+            .contains(&a.id.to_string());
+        (uploading && started(&h, &b.id)).then_some(())
+    })
+    .await;
+    (h, a.id, b.id)
+}
+
+#[tokio::test]
+async fn shutdown_during_a_background_upload_still_completes_that_job() {
+    let (h, a, b) = a_uploads_while_b_runs().await;
+    h.shutdown.send(true).unwrap();
+    // The server answers within the grace period (500 ms here).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.mock.lock().unwrap().hold_uploads = false;
+    let summary = tokio::time::timeout(Duration::from_secs(10), h.agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let outcome = |id: &JobId| {
+        summary
+            .jobs
+            .iter()
+            .find(|(j, _)| j == id)
+            .map(|(_, o)| o.clone())
+    };
+    assert!(
+        matches!(outcome(&a), Some(JobOutcome::Completed(_))),
+        "{summary:?}"
+    );
+    assert_eq!(outcome(&b), Some(JobOutcome::Released));
+    let m = h.mock.lock().unwrap();
+    assert_eq!(m.completed.len(), 1);
+    assert_eq!(m.failed.len(), 1);
+    assert_eq!(m.failed[0].reason, "agent-shutdown");
+    assert!(m.failed[0].retryable);
+    // Every lease was handed back one way or the other.
+    assert!(m.leases.is_empty(), "left leased: {:?}", m.leases.keys());
+}
+
+#[tokio::test]
+async fn shutdown_during_a_background_upload_that_hangs_releases_that_job() {
+    let (h, a, b) = a_uploads_while_b_runs().await;
+    h.shutdown.send(true).unwrap();
+    // The upload never answers: past the grace period it is abandoned and A released.
+    let summary = tokio::time::timeout(Duration::from_secs(10), h.agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.jobs.len(), 2);
+    assert!(
+        summary.jobs.iter().all(|(_, o)| *o == JobOutcome::Released),
+        "{summary:?}"
+    );
+    let m = h.mock.lock().unwrap();
+    assert!(m.completed.is_empty());
+    let mut released: Vec<_> = m.failed.iter().map(|f| f.reason.as_str()).collect();
+    released.sort();
+    assert_eq!(released, ["agent-shutdown", "agent-shutdown"]);
+    assert!(m.leases.is_empty(), "left leased: {:?}", m.leases.keys());
+    let _ = (a, b);
 }

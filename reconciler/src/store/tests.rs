@@ -250,3 +250,99 @@ async fn recovery_cleans_partials_and_repairs_meta_and_index() {
     // A second scan finds nothing to do.
     assert!(reopened.recover().unwrap().is_clean());
 }
+
+#[tokio::test]
+async fn a_small_announced_upload_is_stored_and_deduped_like_a_streamed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let body = b"tiny bundle".repeat(10);
+    let mut up = upload_for(&body);
+    up.content_length = Some(body.len() as u64);
+    let first = store.ingest(&up, chunks(&body)).await.unwrap();
+    assert_eq!(first.status, UploadStatus::Stored);
+    assert_eq!(first.size_bytes, body.len() as u64);
+    let (path, size) = store.locate(&up.expected_sha256).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), body);
+    assert_eq!(size, body.len() as u64);
+    assert_eq!(index_rows(&store), 1);
+    let meta = read_meta(
+        &dir.path()
+            .join("gbt_realistic")
+            .join(up.expected_sha256.as_str()),
+    )
+    .unwrap();
+    assert_eq!(meta.size_bytes, body.len() as u64);
+
+    // The same bytes streamed without a length: deduplicated.
+    up.content_length = None;
+    let second = store.ingest(&up, chunks(&body)).await.unwrap();
+    assert_eq!(second.status, UploadStatus::AlreadyPresent);
+    assert_eq!(index_rows(&store), 1);
+    assert!(partials(&store).is_empty());
+}
+
+#[tokio::test]
+async fn a_small_upload_that_grows_past_the_cap_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open(dir.path(), 100).unwrap();
+    let body = vec![3u8; 150];
+    let mut up = upload_for(&body);
+    // Announced within the cap, but more arrives.
+    up.content_length = Some(50);
+    let err = store.ingest(&up, chunks(&body)).await.unwrap_err();
+    assert!(matches!(err, StoreError::TooLarge { limit: 100 }), "{err}");
+    assert!(partials(&store).is_empty());
+    assert!(store.list().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_known_artifact_is_still_verified_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let body = b"the stored bundle".repeat(20);
+    let up = upload_for(&body);
+    store.ingest(&up, chunks(&body)).await.unwrap();
+
+    // Other bytes announced under the stored artifact's ID: refused, nothing replaced.
+    let forged = b"other bytes".repeat(20);
+    let err = store.ingest(&up, chunks(&forged)).await.unwrap_err();
+    assert!(matches!(err, StoreError::ShaMismatch { .. }), "{err}");
+    // A body that breaks off: refused too.
+    let broken = stream::iter(vec![
+        Ok(Bytes::copy_from_slice(&body[..10])),
+        Err(std::io::Error::other("connection reset")),
+    ]);
+    let err = store.ingest(&up, broken).await.unwrap_err();
+    assert!(matches!(err, StoreError::BodyRead(_)), "{err}");
+    // Over the cap while only hashing: refused.
+    let small_cap = ArtifactStore::open(dir.path(), 100).unwrap();
+    let err = small_cap.ingest(&up, chunks(&body)).await.unwrap_err();
+    assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
+
+    let (path, _) = store.locate(&up.expected_sha256).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), body);
+    assert_eq!(index_rows(&store), 1);
+    assert!(partials(&store).is_empty());
+}
+
+#[tokio::test]
+async fn a_large_upload_streams_through_the_writer_thread_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open(dir.path(), 64 << 20).unwrap();
+    // Several writer buffers' worth, in uneven chunks.
+    let body: Vec<u8> = (0..(3 * WRITE_BATCH + 4321))
+        .map(|i| (i.wrapping_mul(31) % 251) as u8)
+        .collect();
+    let mut up = upload_for(&body);
+    up.content_length = Some(body.len() as u64);
+    let parts: Vec<Result<Bytes, std::io::Error>> = body
+        .chunks(65_537)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let stored = store.ingest(&up, stream::iter(parts)).await.unwrap();
+    assert_eq!(stored.status, UploadStatus::Stored);
+    assert_eq!(stored.size_bytes, body.len() as u64);
+    let (path, _) = store.locate(&up.expected_sha256).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), body);
+    assert!(partials(&store).is_empty());
+}

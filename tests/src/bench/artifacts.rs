@@ -19,9 +19,9 @@ use super::workload::{capability, manifest_text, worker};
 use super::{Ctx, Row};
 
 /// Bytes/s of `dd if=/dev/zero of=FILE bs=1M count=MIB conv=fsync` (timed here).
-/// Note: the upload figure is measured with the agent's own body stream (64 KiB chunks);
-/// a `reqwest::Body` made from a `tokio::fs::File` reads 8 KiB per blocking-pool hop and
-/// capped the upload near 70 MB/s on the client side.
+/// Note: the upload figure is measured with the agent's own body stream (1 MiB chunks read
+/// ahead by one thread); a `reqwest::Body` made from a `tokio::fs::File` reads 8 KiB per
+/// blocking-pool hop and capped the upload near 70 MB/s on the client side.
 fn dd_speed(path: &Path, mib: usize) -> anyhow::Result<f64> {
     let start = Instant::now();
     let status = Command::new("dd")
@@ -41,7 +41,8 @@ fn dd_speed(path: &Path, mib: usize) -> anyhow::Result<f64> {
     Ok((mib as f64 * 1024.0 * 1024.0) / secs)
 }
 
-/// A file of `mib` MiB of incompressible bytes (xorshift), and its sha256.
+/// A file of `mib` MiB of incompressible bytes (xorshift), and its sha256. It is fsynced,
+/// so that its own writeback does not compete with what is measured after it.
 fn payload(path: &Path, mib: usize) -> anyhow::Result<String> {
     use sha2::{Digest, Sha256};
     let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
@@ -59,6 +60,7 @@ fn payload(path: &Path, mib: usize) -> anyhow::Result<String> {
         file.write_all(&block)?;
     }
     file.flush()?;
+    file.get_ref().sync_all()?;
     Ok(hex::encode(hasher.finalize()))
 }
 
@@ -206,9 +208,10 @@ async fn upload(ctx: &Ctx) -> anyhow::Result<(f64, f64, String)> {
             peak
         })
     };
-    // The agent's own upload body (64 KiB chunks), so the figure is what an agent sees.
-    let body = cis490_agent::pack::upload_body(&data).await?;
+    // The agent's own upload body, so the figure is what an agent sees (opening the file
+    // and reading ahead are part of the time).
     let start = Instant::now();
+    let body = cis490_agent::pack::upload_body(&data).await?;
     let answer = client
         .upload(&claim.job.id, &req.worker, &claim.lease, &sha, body)
         .await;
