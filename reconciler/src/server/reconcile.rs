@@ -15,7 +15,8 @@ use cis490_api::{ManifestError, PlanSummary};
 use sha2::{Digest, Sha256};
 
 use crate::manifest::{parse_manifest, LoadedManifest, ManifestErrors};
-use crate::plan::plan_owned;
+use crate::plan::{plan_owned, Plan};
+use crate::policy::HostPolicy;
 use crate::queue::{ManifestSource, Queue, QueueError};
 
 /// What started a reconcile (for the log only).
@@ -142,23 +143,11 @@ impl Reconciler {
         for warning in &loaded.warnings {
             tracing::warn!("{warning}");
         }
-        let actual = self.queue.actual()?;
-        let LoadedManifest {
-            manifest,
-            warnings,
-            sha256,
-            ..
-        } = loaded;
-        let hosts = manifest.hosts;
-        // The plan takes the manifest's specs rather than copying them, and the queue's
-        // snapshot goes before the apply: either would double the reconcile's peak of memory.
-        let plan = plan_owned(manifest.jobs, &actual);
-        drop(actual);
-        let source = ManifestSource {
-            path,
-            sha256,
-            warnings,
-        };
+        let Planned {
+            plan,
+            hosts,
+            source,
+        } = plan_against(&self.queue, loaded, path)?;
         let summary = self.queue.apply(&plan, &hosts, &source)?;
         *last_applied = Some(source.sha256);
         let unchanged = plan.is_empty();
@@ -216,6 +205,43 @@ impl Reconciler {
         summary.warnings = warnings;
         Ok(summary)
     }
+}
+
+/// What one reconcile applies: the plan of a parsed manifest against the queue's jobs, the
+/// manifest's host policies and where it came from.
+pub struct Planned {
+    pub plan: Plan,
+    pub hosts: Vec<HostPolicy>,
+    pub source: ManifestSource,
+}
+
+/// Plans `loaded` (read from `path`) against the queue. The plan takes the manifest's specs
+/// rather than copying them, and the queue's snapshot is gone before this returns: either
+/// would double the reconcile's peak of memory. Figure 4 of the benchmarks measures this
+/// same function.
+pub fn plan_against(
+    queue: &Queue,
+    loaded: LoadedManifest,
+    path: String,
+) -> Result<Planned, QueueError> {
+    let actual = queue.actual()?;
+    let LoadedManifest {
+        manifest,
+        warnings,
+        sha256,
+        ..
+    } = loaded;
+    let plan = plan_owned(manifest.jobs, &actual);
+    drop(actual);
+    Ok(Planned {
+        plan,
+        hosts: manifest.hosts,
+        source: ManifestSource {
+            path,
+            sha256,
+            warnings,
+        },
+    })
 }
 
 #[cfg(test)]

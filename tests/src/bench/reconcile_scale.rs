@@ -11,9 +11,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use cis490_reconciler::manifest::{load_manifest, LoadedManifest};
-use cis490_reconciler::plan::plan_owned;
-use cis490_reconciler::queue::{ManifestSource, Queue, QueueConfig};
+use cis490_reconciler::manifest::load_manifest;
+use cis490_reconciler::queue::{Queue, QueueConfig};
+use cis490_reconciler::server::reconcile::{plan_against, Planned};
 use serde::{Deserialize, Serialize};
 
 use super::workload::manifest_text;
@@ -55,26 +55,15 @@ fn reload(
     let loaded = load_manifest(path).map_err(anyhow::Error::msg)?;
     let t1 = Instant::now();
     peaks[0] = peak();
-    // As the server's reconcile (`server/reconcile.rs`): the plan takes the manifest's
-    // specs by value and the queue's snapshot is dropped before the apply, so the peak
-    // measured is the one the server has.
-    let actual = queue.actual()?;
-    let LoadedManifest {
-        manifest,
-        warnings,
-        sha256,
-        ..
-    } = loaded;
-    let hosts = manifest.hosts;
-    let p = plan_owned(manifest.jobs, &actual);
-    drop(actual);
+    // The server's own planning step (`server/reconcile.rs`), so the peak measured is the
+    // one the server has.
+    let Planned {
+        plan: p,
+        hosts,
+        source,
+    } = plan_against(queue, loaded, path.display().to_string())?;
     let t2 = Instant::now();
     peaks[1] = peak();
-    let source = ManifestSource {
-        path: path.display().to_string(),
-        sha256,
-        warnings,
-    };
     queue.apply(&p, &hosts, &source)?;
     let t3 = Instant::now();
     peaks[2] = peak();
