@@ -175,23 +175,19 @@ pub fn pack_output(dir: &Path, bundle: &Path) -> Result<Packed, PackError> {
 /// output; zstd's multithreaded output does not depend on the number of workers, so every
 /// host packs identical outputs to identical bytes.
 pub fn pack_dir(dir: &Path, bundle: &Path) -> Result<Packed, PackError> {
-    let wrap = |source| PackError::Io {
+    let packed = pack_output(dir, bundle)?;
+    let BundleBytes::Memory(bytes) = &packed.bytes else {
+        return Ok(packed);
+    };
+    std::fs::write(bundle, bytes).map_err(|source| PackError::Io {
         dir: dir.to_path_buf(),
         bundle: bundle.to_path_buf(),
         source,
-    };
-    let (entries, tar_size) = list_sorted(dir).map_err(wrap)?;
-    if tar_size < SMALL_OUTPUT {
-        let packed = pack_in_memory(dir, &entries, tar_size).map_err(wrap)?;
-        if let BundleBytes::Memory(bytes) = &packed.bytes {
-            std::fs::write(bundle, bytes).map_err(wrap)?;
-        }
-        return Ok(Packed {
-            bytes: BundleBytes::File(bundle.to_path_buf()),
-            ..packed
-        });
-    }
-    pack_to_file(dir, &entries, bundle, default_workers()).map_err(wrap)
+    })?;
+    Ok(Packed {
+        bytes: BundleBytes::File(bundle.to_path_buf()),
+        ..packed
+    })
 }
 
 fn default_workers() -> u32 {

@@ -153,63 +153,52 @@ pub(crate) fn i_existing_job(tx: &Tx<'_>, id: &JobId) -> Result<JobRow, QueueErr
 /// followed by an update moved every index entry twice). Ok(false), and nothing written,
 /// when a job with its ID exists already.
 pub(crate) fn i_insert_job(tx: &Tx<'_>, spec: &JobSpec) -> Result<bool, QueueError> {
-    let json = serde_json::to_string(spec).map_err(|e| QueueError::corrupt(e.to_string()))?;
-    let allowed = serde_json::to_string(&spec.constraints.allowed_hosts)
-        .map_err(|e| QueueError::corrupt(e.to_string()))?;
-    let c = &spec.constraints;
-    let inserted = tx
-        .db
-        .prepare_cached(
-            "INSERT INTO jobs (id, spec, status, priority, manifest_order, model, mode, \
-             require_cuda, prefer_cuda, min_vram_gib, min_ram_gib, allowed_hosts, created_at, \
-             updated_at, pending_since) \
-             VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12) \
-             ON CONFLICT (id) DO NOTHING",
-        )?
-        .execute(params![
-            spec.id.as_str(),
-            json,
-            spec.priority,
-            i64::try_from(spec.manifest_order).unwrap_or(i64::MAX),
-            spec.model,
-            spec.mode,
-            c.require_cuda,
-            c.prefer_cuda,
-            c.min_vram_gib,
-            c.min_ram_gib,
-            allowed,
-            tx.now,
-        ])?;
+    let inserted = i_execute_with_spec(
+        tx,
+        "INSERT INTO jobs (id, spec, status, priority, manifest_order, model, mode, \
+         require_cuda, prefer_cuda, min_vram_gib, min_ram_gib, allowed_hosts, created_at, \
+         updated_at, pending_since) \
+         VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12) \
+         ON CONFLICT (id) DO NOTHING",
+        spec,
+    )?;
     Ok(inserted == 1)
 }
 
 /// Stores `spec` and its indexed copies.
 pub(crate) fn i_write_spec(tx: &Tx<'_>, spec: &JobSpec) -> Result<(), QueueError> {
+    i_execute_with_spec(
+        tx,
+        "UPDATE jobs SET spec = ?2, priority = ?3, manifest_order = ?4, model = ?5, \
+         mode = ?6, require_cuda = ?7, prefer_cuda = ?8, min_vram_gib = ?9, \
+         min_ram_gib = ?10, allowed_hosts = ?11, updated_at = ?12 WHERE id = ?1",
+        spec,
+    )?;
+    Ok(())
+}
+
+/// Runs `sql` with a spec's columns bound as ?1 id, ?2 spec JSON, ?3 priority,
+/// ?4 manifest_order, ?5 model, ?6 mode, ?7-?10 the constraints, ?11 allowed_hosts JSON,
+/// ?12 now; the number of rows changed.
+fn i_execute_with_spec(tx: &Tx<'_>, sql: &str, spec: &JobSpec) -> Result<usize, QueueError> {
     let json = serde_json::to_string(spec).map_err(|e| QueueError::corrupt(e.to_string()))?;
     let allowed = serde_json::to_string(&spec.constraints.allowed_hosts)
         .map_err(|e| QueueError::corrupt(e.to_string()))?;
     let c = &spec.constraints;
-    tx.db
-        .prepare_cached(
-            "UPDATE jobs SET spec = ?2, priority = ?3, manifest_order = ?4, model = ?5, \
-             mode = ?6, require_cuda = ?7, prefer_cuda = ?8, min_vram_gib = ?9, \
-             min_ram_gib = ?10, allowed_hosts = ?11, updated_at = ?12 WHERE id = ?1",
-        )?
-        .execute(params![
-            spec.id.as_str(),
-            json,
-            spec.priority,
-            i64::try_from(spec.manifest_order).unwrap_or(i64::MAX),
-            spec.model,
-            spec.mode,
-            c.require_cuda,
-            c.prefer_cuda,
-            c.min_vram_gib,
-            c.min_ram_gib,
-            allowed,
-            tx.now,
-        ])?;
-    Ok(())
+    Ok(tx.db.prepare_cached(sql)?.execute(params![
+        spec.id.as_str(),
+        json,
+        spec.priority,
+        i64::try_from(spec.manifest_order).unwrap_or(i64::MAX),
+        spec.model,
+        spec.mode,
+        c.require_cuda,
+        c.prefer_cuda,
+        c.min_vram_gib,
+        c.min_ram_gib,
+        allowed,
+        tx.now,
+    ])?)
 }
 
 impl JobRow {
