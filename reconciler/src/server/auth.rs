@@ -13,6 +13,7 @@ use cis490_api::OPERATOR_TOKEN_HEADER;
 use super::config::{env, ServerConfig};
 use super::error::ApiFailure;
 use super::extract::{drain_body, drain_bound};
+use super::identity::WorkerIdentity;
 use super::AppState;
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -31,16 +32,20 @@ fn operator_header(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Worker routes: claim, heartbeat, complete, fail, upload, node status.
-pub fn check_worker(headers: &HeaderMap, config: &ServerConfig) -> Result<(), ApiFailure> {
+/// Worker routes: claim, heartbeat, complete, fail, upload, node status. Answers who the
+/// request is (see [`WorkerIdentity`]); the handler then checks each name the request gives.
+pub fn check_worker(
+    headers: &HeaderMap,
+    config: &ServerConfig,
+) -> Result<WorkerIdentity, ApiFailure> {
     let Some(expected) = &config.worker_token else {
-        return Ok(());
+        return Ok(WorkerIdentity::AnyName);
     };
     match bearer(headers) {
         None => Err(ApiFailure::unauthorized(
             "this route needs `Authorization: Bearer <worker token>` (the agent reads it from CIS490_WORKER_TOKEN)",
         )),
-        Some(given) if expected.matches(given) => Ok(()),
+        Some(given) if expected.matches(given) => Ok(WorkerIdentity::AnyName),
         Some(_) => Err(ApiFailure::forbidden("the worker token is not valid")),
     }
 }
@@ -90,9 +95,16 @@ pub fn check_reader(headers: &HeaderMap, config: &ServerConfig) -> Result<(), Ap
 
 /// Middleware for the worker route group. A refused upload's body is drained first (see
 /// [`drain_body`]) so the client reads the 401/403 instead of a connection reset.
-pub async fn require_worker(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn require_worker(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     match check_worker(req.headers(), &state.config) {
-        Ok(()) => next.run(req).await,
+        Ok(identity) => {
+            req.extensions_mut().insert(identity);
+            next.run(req).await
+        }
         Err(e) => {
             let bound = drain_bound(state.config.max_upload_bytes);
             let mut body = req.into_body().into_data_stream();
@@ -152,7 +164,10 @@ mod tests {
             status(headers(&[("authorization", "Bearer nope")])),
             Err(StatusCode::FORBIDDEN)
         );
-        assert_eq!(status(headers(&[("authorization", "Bearer wtok")])), Ok(()));
+        assert_eq!(
+            status(headers(&[("authorization", "Bearer wtok")])),
+            Ok(WorkerIdentity::AnyName)
+        );
         let open = ServerConfig::new("m.toml", "state");
         assert!(check_worker(&headers(&[]), &open).is_ok());
     }

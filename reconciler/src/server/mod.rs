@@ -11,6 +11,7 @@ pub mod claim_handoff;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod identity;
 pub mod meta;
 pub mod operator;
 pub mod read;

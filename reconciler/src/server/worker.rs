@@ -7,6 +7,7 @@ use axum::body::{Body, BodyDataStream};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use cis490_api::{
     ArtifactId, Capability, ClaimRequest, CompleteRequest, FailRequest, HeartbeatRequest,
@@ -20,6 +21,7 @@ use tokio::time::Instant;
 use super::claim_handoff::{claim_answer, start_claim};
 use super::error::ApiFailure;
 use super::extract::{drain_body, drain_bound, job_id, worker_name, ApiJson, ApiPath, ApiQuery};
+use super::identity::WorkerIdentity;
 use super::{blocking, AppState};
 use crate::store::Upload;
 
@@ -41,9 +43,11 @@ pub struct ClaimQuery {
 /// so it is answered the moment a job it may run becomes claimable.
 pub async fn claim(
     State(state): State<AppState>,
+    Extension(identity): Extension<WorkerIdentity>,
     ApiQuery(q): ApiQuery<ClaimQuery>,
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> Result<Response, ApiFailure> {
+    identity.authorize(&req.worker)?;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_CLAIM_WAIT_S));
     let deadline = Instant::now() + wait;
     let mut changes = state.queue.subscribe();
@@ -84,9 +88,11 @@ pub async fn claim(
 /// `POST /v1/job/{id}/heartbeat`
 pub async fn heartbeat(
     State(state): State<AppState>,
+    Extension(identity): Extension<WorkerIdentity>,
     ApiPath(raw): ApiPath<String>,
     ApiJson(req): ApiJson<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiFailure> {
+    identity.authorize(&req.worker)?;
     let id = job_id(&raw)?;
     let queue = state.queue.clone();
     Ok(Json(blocking(move || queue.heartbeat(&id, &req)).await?))
@@ -95,9 +101,11 @@ pub async fn heartbeat(
 /// `POST /v1/job/{id}/complete`
 pub async fn complete(
     State(state): State<AppState>,
+    Extension(identity): Extension<WorkerIdentity>,
     ApiPath(raw): ApiPath<String>,
     ApiJson(req): ApiJson<CompleteRequest>,
 ) -> Result<Json<JobStatusResponse>, ApiFailure> {
+    identity.authorize(&req.worker)?;
     let id = job_id(&raw)?;
     let queue = state.queue.clone();
     Ok(Json(blocking(move || queue.complete(&id, &req)).await?))
@@ -106,9 +114,11 @@ pub async fn complete(
 /// `POST /v1/job/{id}/fail`
 pub async fn fail(
     State(state): State<AppState>,
+    Extension(identity): Extension<WorkerIdentity>,
     ApiPath(raw): ApiPath<String>,
     ApiJson(req): ApiJson<FailRequest>,
 ) -> Result<Json<JobStatusResponse>, ApiFailure> {
+    identity.authorize(&req.worker)?;
     let id = job_id(&raw)?;
     let queue = state.queue.clone();
     Ok(Json(blocking(move || queue.fail(&id, &req)).await?))
@@ -143,12 +153,13 @@ fn upload_headers(headers: &HeaderMap) -> Result<(WorkerName, Lease, ArtifactId)
 /// reads the answer instead of a connection reset.
 pub async fn upload(
     State(state): State<AppState>,
+    Extension(identity): Extension<WorkerIdentity>,
     ApiPath(raw): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<UploadResponse>, ApiFailure> {
     let mut stream = body.into_data_stream();
-    let result = store_upload(&state, &raw, &headers, &mut stream).await;
+    let result = store_upload(&state, &identity, &raw, &headers, &mut stream).await;
     if result.is_err() {
         let bound = drain_bound(state.store.max_upload_bytes());
         let announced = content_length(&headers);
@@ -168,12 +179,14 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 
 async fn store_upload(
     state: &AppState,
+    identity: &WorkerIdentity,
     raw: &str,
     headers: &HeaderMap,
     stream: &mut BodyDataStream,
 ) -> Result<UploadResponse, ApiFailure> {
     let id = job_id(raw)?;
     let (worker, lease, expected_sha256) = upload_headers(headers)?;
+    identity.authorize(&worker)?;
     let queue = state.queue.clone();
     let (check_id, check_worker) = (id.clone(), worker.clone());
     let spec = blocking(move || queue.check_lease(&check_id, &check_worker, &lease)).await?;
@@ -196,10 +209,12 @@ async fn store_upload(
 /// `PUT /v1/worker/{name}`: node status from the agent.
 pub async fn report_node(
     State(state): State<AppState>,
+    Extension(identity): Extension<WorkerIdentity>,
     ApiPath(raw): ApiPath<String>,
     ApiJson(capability): ApiJson<Capability>,
 ) -> Result<Json<WorkerView>, ApiFailure> {
     let name = worker_name(&raw)?;
+    identity.authorize(&name)?;
     let queue = state.queue.clone();
     Ok(Json(
         blocking(move || queue.report_node(&name, &capability)).await?,
