@@ -17,6 +17,7 @@ pub mod operator;
 pub mod read;
 pub mod reconcile;
 pub mod routes;
+pub mod state_lock;
 pub mod sweeper;
 pub mod watch;
 pub mod worker;
@@ -63,6 +64,16 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The manifest file is missing (or is not a file): watching its directory would watch
+    /// the wrong place, and there is nothing to reconcile.
+    #[error(
+        "the manifest {path} does not exist or is not a file: create it (see \
+         etc/training_manifest.toml.example) or pass --manifest with the right path"
+    )]
+    NoManifest { path: String },
+    /// Another server holds the state dir.
+    #[error(transparent)]
+    Locked(#[from] state_lock::StateLockError),
     /// The queue database could not be opened.
     #[error("cannot open the queue database: {0}")]
     Queue(#[from] QueueError),
@@ -86,6 +97,7 @@ pub struct Server {
     stop: tokio::sync::watch::Sender<bool>,
     watch: Option<watch::ManifestWatch>,
     recovery: RecoveryReport,
+    state_lock: state_lock::StateLock,
 }
 
 impl Server {
@@ -94,10 +106,18 @@ impl Server {
     /// starts watching the manifest's directory.
     pub async fn build(config: ServerConfig) -> Result<Server, ServerError> {
         let config = Arc::new(config);
+        if !config.manifest.is_file() {
+            return Err(ServerError::NoManifest {
+                path: config.manifest.display().to_string(),
+            });
+        }
         std::fs::create_dir_all(&config.state_dir).map_err(|source| ServerError::StateDir {
             path: config.state_dir.display().to_string(),
             source,
         })?;
+        // Before anything touches the store: its repair scan would delete the in-flight
+        // uploads of a server already running on this dir.
+        let state_lock = state_lock::StateLock::acquire(&config.state_dir)?;
         let db = config.database_path();
         let queue_config = config.queue.clone();
         let queue = tokio::task::spawn_blocking(move || Queue::open(&db, queue_config))
@@ -147,6 +167,7 @@ impl Server {
             stop,
             watch,
             recovery,
+            state_lock,
         })
     }
 
@@ -175,7 +196,11 @@ impl Server {
         F: Future<Output = ()> + Send + 'static,
     {
         let Server {
-            state, stop, watch, ..
+            state,
+            stop,
+            watch,
+            state_lock,
+            ..
         } = self;
         let app = routes::router(state.clone());
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -204,6 +229,7 @@ impl Server {
             }
         };
         tracing::info!("stopped");
+        drop(state_lock);
         result
     }
 }
