@@ -88,6 +88,21 @@ pub async fn run_command(flags: &RunFlags) -> anyhow::Result<()> {
     let client = Client::new(cfg.server_url()?)?.with_worker_token(cfg.worker_token.clone());
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
+    // Held for the agent's life: the leftover sweep below must never end the trainers of
+    // another live agent on this state dir.
+    let _state_lock =
+        cis490_api::state_lock::StateLock::acquire(&cfg.state_dir, "agent.lock", "cis490-agent")?;
+    let launch = trainer_launch(&cfg);
+    if let Some(records) = &launch.records {
+        for ended in crate::leftover_trainers::end_leftovers(records) {
+            tracing::warn!(
+                pgid = ended.pgid,
+                job = %ended.job,
+                processes = ended.processes,
+                "ended a trainer a previous run of this agent left behind"
+            );
+        }
+    }
     let cap = tokio::select! {
         cap = advertised_capability(&cfg) => cap?,
         _ = shutdown.wait_for(|s| *s) => {
@@ -104,10 +119,27 @@ pub async fn run_command(flags: &RunFlags) -> anyhow::Result<()> {
         "agent starting"
     );
     let summary = Agent::new(cfg, client, cap, shutdown, trainers)
+        .with_launch(launch)
         .run()
         .await?;
     tracing::info!(jobs = summary.jobs.len(), "agent stopped");
     Ok(())
+}
+
+/// Trainers start through this binary's parent-death shim (when it can find itself) and
+/// are recorded under the state dir, where the next start finds what a killed agent left.
+fn trainer_launch(cfg: &AgentConfig) -> crate::runner::Launch {
+    let shim = match std::env::current_exe() {
+        Ok(exe) => Some(exe),
+        Err(e) => {
+            tracing::warn!("cannot find the agent's own executable ({e}): trainers will not die with the agent");
+            None
+        }
+    };
+    crate::runner::Launch {
+        shim,
+        records: Some(crate::leftover_trainers::records_dir(&cfg.state_dir)),
+    }
 }
 
 /// Installs the SIGTERM/SIGINT handlers now (before returning, so no signal that comes

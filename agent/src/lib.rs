@@ -7,6 +7,8 @@
 pub mod capability;
 pub mod cli;
 pub mod config;
+pub mod exec_trainer;
+pub mod leftover_trainers;
 pub mod pack;
 pub mod runner;
 pub mod slots;

@@ -3,8 +3,14 @@
 use cis490_agent::cli::{self, Cli, Command};
 use clap::Parser;
 
+fn main() {
+    // Before anything else: as the trainer shim this process becomes the trainer.
+    cis490_agent::exec_trainer::run_if_requested();
+    agent_main();
+}
+
 #[tokio::main]
-async fn main() {
+async fn agent_main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, never in log files or journald.

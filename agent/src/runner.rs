@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use cis490_api::{Hyper, JobSpec, Lease};
+use cis490_api::{Hyper, JobId, JobSpec, Lease};
+
+use crate::leftover_trainers::TrainerRecord;
 
 /// How much of the trainer's log goes with heartbeats and failures.
 pub const LOG_TAIL_BYTES: u64 = 4096;
@@ -148,12 +150,49 @@ fn resolve_program(program: &str, work_dir: &Path) -> PathBuf {
     }
 }
 
+/// How trainers are started: through the agent's parent-death shim and with a record of
+/// each group (see `exec_trainer` and `leftover_trainers`), or (tests) plainly.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// The agent's own executable; on Linux trainers are started through its
+    /// `__exec-trainer` shim, so they die with the agent.
+    pub shim: Option<PathBuf>,
+    /// Where each running trainer's process group is recorded.
+    pub records: Option<PathBuf>,
+}
+
+/// The program as the OS would find it: a path with a separator as it is, a bare name
+/// through PATH. Checked before the shim starts, so a missing or non-executable trainer is
+/// the same clear spawn error with the shim as without it.
+#[cfg(unix)]
+fn find_program(program: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.components().count() > 1 || program.is_absolute() {
+        return if executable(program) {
+            Ok(program.to_path_buf())
+        } else if program.exists() {
+            Err(std::io::Error::from(nix::errno::Errno::EACCES))
+        } else {
+            Err(std::io::Error::from(nix::errno::Errno::ENOENT))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| executable(candidate))
+        .ok_or_else(|| std::io::Error::from(nix::errno::Errno::ENOENT))
+}
+
 /// A running trainer: the leader of its own process group on Unix.
 #[derive(Debug)]
 pub struct Trainer {
     child: tokio::process::Child,
     pid: u32,
     status: Option<ExitStatus>,
+    record: Option<TrainerRecord>,
 }
 
 impl Trainer {
@@ -163,6 +202,7 @@ impl Trainer {
         env: &[(String, String)],
         work_dir: &Path,
         log: &Path,
+        launch: &Launch,
     ) -> Result<Self, RunError> {
         let (program, args) = argv.split_first().ok_or(RunError::EmptyCommand)?;
         let log_file = std::fs::OpenOptions::new()
@@ -177,24 +217,57 @@ impl Trainer {
             path: log.to_path_buf(),
             source,
         })?;
-        let mut cmd = tokio::process::Command::new(resolve_program(program, work_dir));
-        cmd.args(args)
-            .current_dir(work_dir)
+        let spawn_error = |source| RunError::Spawn {
+            program: program.clone(),
+            source,
+        };
+        let program_path = resolve_program(program, work_dir);
+        let mut cmd = match &launch.shim {
+            #[cfg(target_os = "linux")]
+            Some(shim) => {
+                let resolved = find_program(&program_path).map_err(spawn_error)?;
+                let mut cmd = tokio::process::Command::new(shim);
+                cmd.args(crate::exec_trainer::shim_args(
+                    std::process::id(),
+                    &resolved,
+                    args,
+                ));
+                cmd
+            }
+            _ => {
+                let mut cmd = tokio::process::Command::new(program_path);
+                cmd.args(args);
+                cmd
+            }
+        };
+        cmd.current_dir(work_dir)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log_file))
             .stderr(Stdio::from(err_file));
         #[cfg(unix)]
         cmd.process_group(0);
-        let child = cmd.spawn().map_err(|source| RunError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
+        let child = cmd.spawn().map_err(spawn_error)?;
         let pid = child.id().unwrap_or(0);
+        let job = env
+            .iter()
+            .find(|(k, _)| k == "CIS490_JOB_ID")
+            .and_then(|(_, v)| JobId::parse(v).ok());
+        let record = match (&launch.records, job) {
+            (Some(dir), Some(job)) if pid > 0 => match TrainerRecord::write(dir, pid, &job) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), "cannot record the trainer's process group: {e}");
+                    None
+                }
+            },
+            _ => None,
+        };
         Ok(Self {
             child,
             pid,
             status: None,
+            record,
         })
     }
 
@@ -212,6 +285,7 @@ impl Trainer {
         let status = self.child.wait().await?;
         self.status = Some(status);
         kill_tree(self.pid, true);
+        self.forget_group();
         Ok(status)
     }
 
@@ -234,7 +308,15 @@ impl Trainer {
             None => self.child.wait().await.ok(),
         };
         self.status = status;
+        self.forget_group();
         status
+    }
+
+    /// The group is gone: its record goes too.
+    fn forget_group(&mut self) {
+        if let Some(record) = self.record.take() {
+            record.remove();
+        }
     }
 }
 
@@ -424,7 +506,14 @@ mod tests {
         hyper.insert("lr".into(), json!(0.1));
         let argv = trainer_argv(&spec.command, &hyper).unwrap();
         let env = trainer_env(&spec, &lease(), &attempt, None);
-        let mut t = Trainer::spawn(&argv, &env, work.path(), &attempt.log_path).unwrap();
+        let mut t = Trainer::spawn(
+            &argv,
+            &env,
+            work.path(),
+            &attempt.log_path,
+            &Launch::default(),
+        )
+        .unwrap();
         let status = t.wait().await.unwrap();
         assert_eq!(status.code(), Some(3));
         let log = std::fs::read_to_string(&attempt.log_path).unwrap();
@@ -460,7 +549,14 @@ mod tests {
         let spec = spec(&["sh", "./train.sh"]);
         let attempt = Attempt::prepare(state.path(), &spec, &lease()).unwrap();
         let argv = trainer_argv(&spec.command, &Hyper::new()).unwrap();
-        let mut t = Trainer::spawn(&argv, &[], work.path(), &attempt.log_path).unwrap();
+        let mut t = Trainer::spawn(
+            &argv,
+            &[],
+            work.path(),
+            &attempt.log_path,
+            &Launch::default(),
+        )
+        .unwrap();
         let child_pid: i32 = {
             let mut found = None;
             for _ in 0..500 {

@@ -63,6 +63,7 @@ struct Shared {
     client: Client,
     slots: Arc<Mutex<Slots>>,
     trainers: TrainerRegistry,
+    launch: Arc<runner::Launch>,
     /// Bumped whenever a trainer slot comes free, so a waiting claim (which advertised
     /// less) is renewed and a full agent claims again.
     freed: Arc<watch::Sender<u64>>,
@@ -276,7 +277,8 @@ impl JobRun {
             Err(e) => return JobStage::Report(self.fail(e.to_string(), None, false)),
         };
         let env = runner::trainer_env(&self.spec, &self.lease, &attempt, self.allocation.gpu);
-        match Trainer::spawn(&argv, &env, &cfg.work_dir, &attempt.log_path) {
+        let launch = &self.shared.launch;
+        match Trainer::spawn(&argv, &env, &cfg.work_dir, &attempt.log_path, launch) {
             Ok(trainer) => {
                 tracing::info!(job = %self.spec.id.short(), pid = trainer.pid(), gpu = ?self.allocation.gpu, "trainer started");
                 self.shared.trainers.add(trainer.pid());
@@ -667,6 +669,7 @@ impl Agent {
                 client,
                 slots: Arc::new(Mutex::new(slots)),
                 trainers,
+                launch: Arc::new(runner::Launch::default()),
                 freed: Arc::new(freed),
             },
             shutdown,
@@ -674,6 +677,12 @@ impl Agent {
             jobs: JoinSet::new(),
             job_ids: HashMap::new(),
         }
+    }
+
+    /// Starts trainers this way (the real agent: through its parent-death shim, recorded).
+    pub fn with_launch(mut self, launch: runner::Launch) -> Self {
+        self.shared.launch = Arc::new(launch);
+        self
     }
 
     fn shutting_down(&self) -> bool {

@@ -6,6 +6,7 @@ pub mod config_file;
 pub mod ids;
 pub mod job;
 pub mod node;
+pub mod state_lock;
 pub mod wire;
 
 pub use client::{Client, ClientError};

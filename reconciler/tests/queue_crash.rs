@@ -50,7 +50,7 @@ fn crash_child() {
                     .unwrap();
                     out.flush().unwrap();
                     drop(out);
-                    if n % 3 == 0 {
+                    if n.is_multiple_of(3) {
                         let req = CompleteRequest {
                             worker: me.clone(),
                             lease: c.lease.clone(),

@@ -225,8 +225,8 @@ impl Fleet {
             .with_context(|| format!("no agent {name}"))
     }
 
-    /// Kills agent `name` with SIGKILL (the agent alone: its trainer lives on, as when a
-    /// host's agent crashes) and reaps it.
+    /// Kills agent `name` with SIGKILL (the agent alone, as when a host's agent crashes; the
+    /// kernel then kills its trainers' leaders by their parent-death signal) and reaps it.
     pub fn kill_agent(&mut self, name: &str) -> anyhow::Result<()> {
         let agent = self.agent(name)?;
         agent.process.signal("KILL")?;

@@ -225,3 +225,69 @@ fn reconciler_killed_mid_run_loses_nothing_and_runs_nothing_twice() {
         );
     }
 }
+
+/// The leader records its pid, starts a child in its own process group that records its
+/// pid, and waits (both bounded, so nothing outlives a failed test for long).
+const FORKING_TRAINER: &str =
+    "#!/bin/sh\necho $$ > leader.pid\nsh -c 'echo $$ > child.pid; exec sleep 120' &\nwait\n";
+
+#[cfg(target_os = "linux")]
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn pid_in(fleet: &Fleet, file: &str) -> i32 {
+    let path = fleet.path("work").join(file);
+    cis490_tests::wait_until(WAIT, file, || {
+        std::fs::read_to_string(&path)
+            .ok()?
+            .trim()
+            .parse::<i32>()
+            .ok()
+    })
+    .unwrap()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_killed_agents_trainer_dies_with_it_and_its_restart_ends_what_the_trainer_left() {
+    let mut fleet = Fleet::start(&manifest(
+        "stale_after_s = 60",
+        "[[jobs]]\nmodel = \"m\"\nmode = \"forks\"\nseed = 1\n",
+    ))
+    .unwrap();
+    fleet.write_work_file("train.sh", FORKING_TRAINER).unwrap();
+    let id = fleet.wait_jobs(1).unwrap()[0].id.clone();
+    fleet.start_agent("mortal", &[]).unwrap();
+    fleet.wait_status(&id, JobStatus::Running).unwrap();
+    let leader = pid_in(&fleet, "leader.pid");
+    let child = pid_in(&fleet, "child.pid");
+    assert!(running(leader) && running(child));
+
+    fleet.kill_agent("mortal").unwrap();
+    cis490_tests::wait_until(WAIT, "the trainer's leader to die with its agent", || {
+        (!running(leader)).then_some(())
+    })
+    .unwrap();
+
+    // The same agent again (same name, same state dir): before claiming anything it ends
+    // what its previous life's trainer started.
+    fleet.agents.retain(|a| a.name != "mortal");
+    fleet.start_agent("mortal", &[]).unwrap();
+    cis490_tests::wait_until(
+        WAIT,
+        "the restarted agent to end the leftover child",
+        || (!running(child)).then_some(()),
+    )
+    .unwrap();
+    assert!(
+        fleet.log("mortal").contains("left behind"),
+        "{}",
+        fleet.log("mortal")
+    );
+}

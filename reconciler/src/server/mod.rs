@@ -17,7 +17,6 @@ pub mod operator;
 pub mod read;
 pub mod reconcile;
 pub mod routes;
-pub mod state_lock;
 pub mod sweeper;
 pub mod watch;
 pub mod worker;
@@ -73,7 +72,7 @@ pub enum ServerError {
     NoManifest { path: String },
     /// Another server holds the state dir.
     #[error(transparent)]
-    Locked(#[from] state_lock::StateLockError),
+    Locked(#[from] cis490_api::state_lock::StateLockError),
     /// The queue database could not be opened.
     #[error("cannot open the queue database: {0}")]
     Queue(#[from] QueueError),
@@ -97,7 +96,7 @@ pub struct Server {
     stop: tokio::sync::watch::Sender<bool>,
     watch: Option<watch::ManifestWatch>,
     recovery: RecoveryReport,
-    state_lock: state_lock::StateLock,
+    state_lock: cis490_api::state_lock::StateLock,
 }
 
 impl Server {
@@ -117,7 +116,11 @@ impl Server {
         })?;
         // Before anything touches the store: its repair scan would delete the in-flight
         // uploads of a server already running on this dir.
-        let state_lock = state_lock::StateLock::acquire(&config.state_dir)?;
+        let state_lock = cis490_api::state_lock::StateLock::acquire(
+            &config.state_dir,
+            "server.lock",
+            "cis490-reconciler",
+        )?;
         let db = config.database_path();
         let queue_config = config.queue.clone();
         let queue = tokio::task::spawn_blocking(move || Queue::open(&db, queue_config))

@@ -1,26 +1,28 @@
-//! One server per state directory. Two servers on one state dir would each repair the
+//! One process per state directory. Two servers on one state dir would each repair the
 //! artifact store at start-up (removing the other's in-flight uploads as "partials left by
-//! a crash") and race on the queue's single writer. So `serve` takes an advisory lock on
-//! `<state_dir>/server.lock` for its whole life and writes its PID into the file; a second
-//! server finds the lock taken and refuses to start, naming that PID. The OS drops the lock
-//! when the process dies, however it dies, so a crash never leaves a stale lock behind.
+//! a crash"); two agents on one would end each other's trainers as leftovers. So `serve`
+//! and `cis490-agent run` take an advisory lock on a file in their state dir for their
+//! whole life and write their PID into it; a second process finds the lock taken and
+//! refuses to start, naming that PID. The OS drops the lock when the process dies, however
+//! it dies, so a crash never leaves a stale lock behind.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-
-/// The lock file's name inside the state dir.
-pub const LOCK_FILE: &str = "server.lock";
 
 /// Why the state dir could not be locked.
 #[derive(Debug, thiserror::Error)]
 pub enum StateLockError {
     /// Another live process holds the lock.
     #[error(
-        "another cis490-reconciler (pid {holder}) is serving the state dir {state_dir}: stop it \
-         first, or give this one another --state-dir"
+        "another {program} (pid {holder}) is using the state dir {state_dir}: stop it first, \
+         or give this one another --state-dir"
     )]
-    Held { state_dir: String, holder: String },
+    Held {
+        program: &'static str,
+        state_dir: String,
+        holder: String,
+    },
     /// The lock file could not be opened, locked or written.
     #[error("cannot lock the state dir ({path}): {source}")]
     Io {
@@ -38,9 +40,14 @@ pub struct StateLock {
 }
 
 impl StateLock {
-    /// Takes the lock or says who holds it. Never waits.
-    pub fn acquire(state_dir: &Path) -> Result<StateLock, StateLockError> {
-        let path = state_dir.join(LOCK_FILE);
+    /// Takes the lock on `<state_dir>/<file>` or says who holds it (`program` names the
+    /// kind of process in the message). Never waits.
+    pub fn acquire(
+        state_dir: &Path,
+        file: &str,
+        program: &'static str,
+    ) -> Result<StateLock, StateLockError> {
+        let path = state_dir.join(file);
         let io = |source| StateLockError::Io {
             path: path.display().to_string(),
             source,
@@ -64,6 +71,7 @@ impl StateLock {
                     pid => pid.to_string(),
                 };
                 return Err(StateLockError::Held {
+                    program,
                     state_dir: state_dir.display().to_string(),
                     holder,
                 });
@@ -90,8 +98,8 @@ mod tests {
     #[test]
     fn a_second_lock_on_one_state_dir_is_refused_with_the_holders_pid() {
         let dir = tempfile::tempdir().unwrap();
-        let first = StateLock::acquire(dir.path()).unwrap();
-        let err = StateLock::acquire(dir.path()).unwrap_err();
+        let first = StateLock::acquire(dir.path(), "x.lock", "cis490-x").unwrap();
+        let err = StateLock::acquire(dir.path(), "x.lock", "cis490-x").unwrap_err();
         let text = err.to_string();
         assert!(
             text.contains(&format!("pid {}", std::process::id())),
@@ -99,7 +107,8 @@ mod tests {
         );
         assert!(matches!(err, StateLockError::Held { .. }));
         drop(first);
-        let again = StateLock::acquire(dir.path()).unwrap();
+        assert!(text.contains("another cis490-x"), "{text}");
+        let again = StateLock::acquire(dir.path(), "x.lock", "cis490-x").unwrap();
         let pid = std::fs::read_to_string(again.path()).unwrap();
         assert_eq!(pid.trim(), std::process::id().to_string());
     }
