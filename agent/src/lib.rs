@@ -8,6 +8,7 @@ pub mod capability;
 pub mod cli;
 pub mod config;
 pub mod exec_trainer;
+pub mod lease_keeper;
 pub mod leftover_trainers;
 pub mod pack;
 pub mod runner;

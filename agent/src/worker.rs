@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::AgentConfig;
+use crate::lease_keeper::{KeepLease, LeaseKeeper};
 use crate::pack::{self, Packed};
 use crate::runner::{self, Attempt, Trainer};
 use crate::slots::{Allocation, Slots};
@@ -234,6 +235,7 @@ impl JobRun {
     /// Drives the job to its end.
     async fn drive(mut self) -> JobOutcome {
         let mut stage = JobStage::Start;
+        let mut keeper: Option<LeaseKeeper> = None;
         loop {
             stage = match stage {
                 JobStage::Start => self.start(),
@@ -243,14 +245,31 @@ impl JobRun {
                 JobStage::Complete(artifact) => self.complete(artifact).await,
                 JobStage::Report(req) => self.report(req).await,
                 JobStage::Done(outcome) => {
+                    drop(keeper);
                     self.clean_up(&outcome);
                     return outcome;
                 }
             };
             if !matches!(stage, JobStage::Run(_)) {
                 self.free_slot();
+                if keeper.is_none() && !matches!(stage, JobStage::Done(_)) {
+                    keeper = Some(self.keep_lease());
+                }
             }
         }
+    }
+
+    /// Heartbeats the lease while the job packs, uploads and reports.
+    fn keep_lease(&self) -> LeaseKeeper {
+        LeaseKeeper::start(KeepLease {
+            client: self.shared.client.clone(),
+            worker: self.shared.worker().clone(),
+            job: self.spec.id.clone(),
+            lease: self.lease.clone(),
+            period: self.shared.cfg.heartbeat,
+            call_timeout: CALL_TIMEOUT,
+            log: self.attempt.as_ref().map(|a| a.log_path.clone()),
+        })
     }
 
     /// Past the trainer (it exited, was stopped, or never started): the slot, GPU and RAM

@@ -874,3 +874,43 @@ async fn shutdown_during_a_background_upload_that_hangs_releases_that_job() {
     assert!(m.leases.is_empty(), "left leased: {:?}", m.leases.keys());
     let _ = (a, b);
 }
+
+#[tokio::test]
+async fn the_lease_is_heartbeat_while_the_upload_is_in_flight() {
+    let a = job(24, sh("./train.sh"));
+    let mock = Mock {
+        pending: [a.clone()].into(),
+        hold_uploads: true,
+        ..Mock::default()
+    };
+    let h = start_mock_state(
+        mock,
+        "echo done > \"$CIS490_OUTPUT_DIR/o.txt\"\n",
+        capability(),
+    )
+    .await;
+    wait_for("the upload in flight", || {
+        let m = h.mock.lock().unwrap();
+        m.uploads_started.contains(&a.id.to_string()).then_some(())
+    })
+    .await;
+    let before = h.mock.lock().unwrap().heartbeats.len();
+    // Several heartbeat periods (200 ms) pass with the upload unanswered: each one must
+    // still renew the lease, or a long upload would outlive it.
+    wait_for("heartbeats during the upload", || {
+        (h.mock.lock().unwrap().heartbeats.len() >= before + 3).then_some(())
+    })
+    .await;
+    h.mock.lock().unwrap().hold_uploads = false;
+    wait_for("the completion", || {
+        (h.mock.lock().unwrap().completed.len() == 1).then_some(())
+    })
+    .await;
+    // And they stop once the job is completed.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after_complete = h.mock.lock().unwrap().heartbeats.len();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(h.mock.lock().unwrap().heartbeats.len(), after_complete);
+    h.shutdown.send(true).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), h.agent).await;
+}
