@@ -585,7 +585,10 @@ mod tests {
         let cfg = AgentConfig::resolve(&flags).unwrap();
         assert_eq!(cfg.tls.ca_file, Some(PathBuf::from("/flag/ca.pem")));
         assert_eq!(cfg.tls.cert_file, Some(PathBuf::from("/etc/cis490/a.pem")));
-        assert_eq!(cfg.tls.key_file, Some(PathBuf::from("/etc/cis490/a-key.pem")));
+        assert_eq!(
+            cfg.tls.key_file,
+            Some(PathBuf::from("/etc/cis490/a-key.pem"))
+        );
     }
 
     #[test]
