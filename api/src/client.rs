@@ -45,9 +45,13 @@ pub enum ClientError {
         #[source]
         source: reqwest::Error,
     },
-    /// A CA, certificate or key file given to the client is unusable.
-    #[error(transparent)]
-    TlsFile(#[from] TlsFileError),
+    /// A CA, certificate or key file given to the client is unusable; `flag` names it.
+    #[error("{flag}: {source}")]
+    TlsFile {
+        flag: &'static str,
+        #[source]
+        source: TlsFileError,
+    },
 }
 
 impl ClientError {
@@ -158,29 +162,37 @@ impl ClientBuilder {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(POOL_IDLE_TIMEOUT);
+        let file_error = |flag| move |source| ClientError::TlsFile { flag, source };
         if let Some(path) = &self.tls.ca_file {
-            let pem = read_certificates_pem(path)?;
+            let pem = read_certificates_pem(path).map_err(file_error("--ca-file"))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                TlsFileError::Rejected {
+                file_error("--ca-file")(TlsFileError::Rejected {
                     what: format!("the CA file {}", path.display()),
                     message: e.to_string(),
-                }
+                })
             })?;
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        if let Some((pem, what)) = self.tls.identity_pem()? {
-            let identity =
-                reqwest::Identity::from_pem(&pem).map_err(|e| TlsFileError::Rejected {
+        let identity = self
+            .tls
+            .identity_pem()
+            .map_err(|(flag, source)| ClientError::TlsFile { flag, source })?;
+        if let Some((pem, what)) = identity {
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                file_error("--cert-file/--key-file")(TlsFileError::Rejected {
                     what: what.clone(),
                     message: e.to_string(),
-                })?;
+                })
+            })?;
             builder = builder.identity(identity);
         }
-        let http = builder.build().map_err(|e| TlsFileError::Rejected {
-            what: "the TLS settings".into(),
-            message: e.to_string(),
+        let http = builder.build().map_err(|e| {
+            file_error("--ca-file/--cert-file/--key-file")(TlsFileError::Rejected {
+                what: "the TLS settings".into(),
+                message: e.to_string(),
+            })
         })?;
         Ok(Client {
             base: trimmed.to_string(),
@@ -514,6 +526,28 @@ mod tests {
             Err(ClientError::BadUrl(_))
         ));
         assert!(Client::new("http://127.0.0.1:8787/").is_ok());
+    }
+
+    #[test]
+    fn unusable_tls_files_are_named_with_their_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing-ca.pem");
+        let err = Client::builder("https://127.0.0.1:1")
+            .ca_file(&missing)
+            .build()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("--ca-file: cannot read") && text.contains("missing-ca.pem"),
+            "{text}"
+        );
+        let cert = dir.path().join("a.pem");
+        std::fs::write(&cert, "not pem\n").unwrap();
+        let err = Client::builder("https://127.0.0.1:1")
+            .identity(&cert, dir.path().join("a-key.pem"))
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().starts_with("--cert-file: "), "{err}");
     }
 
     #[tokio::test]

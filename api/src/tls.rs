@@ -143,8 +143,11 @@ pub fn read_private_key_pem(path: &Path) -> Result<Vec<u8>, TlsFileError> {
 }
 
 impl ClientTls {
-    /// The client identity's PEM (certificate chain, then key), when both files are given.
-    pub fn identity_pem(&self) -> Result<Option<(Vec<u8>, String)>, TlsFileError> {
+    /// The client identity's PEM (certificate chain, then key) and its description, when
+    /// both files are given; an error comes with the flag of the file it is about.
+    pub(crate) fn identity_pem(
+        &self,
+    ) -> Result<Option<(Vec<u8>, String)>, (&'static str, TlsFileError)> {
         let half = |given| TlsFileError::HalfIdentity {
             given,
             cert_env: CERT_FILE_ENV,
@@ -152,14 +155,14 @@ impl ClientTls {
         };
         match (&self.cert_file, &self.key_file) {
             (None, None) => Ok(None),
-            (Some(_), None) => Err(half("--cert-file")),
-            (None, Some(_)) => Err(half("--key-file")),
+            (Some(_), None) => Err(("--key-file", half("--cert-file"))),
+            (None, Some(_)) => Err(("--cert-file", half("--key-file"))),
             (Some(cert), Some(key)) => {
-                let mut pem = read_certificates_pem(cert)?;
+                let mut pem = read_certificates_pem(cert).map_err(|e| ("--cert-file", e))?;
                 if !pem.ends_with(b"\n") {
                     pem.push(b'\n');
                 }
-                pem.extend(read_private_key_pem(key)?);
+                pem.extend(read_private_key_pem(key).map_err(|e| ("--key-file", e))?);
                 let what = format!(
                     "the client certificate {} with key {}",
                     cert.display(),
@@ -356,7 +359,9 @@ mod tests {
             cert_file: Some("a.pem".into()),
             ..ClientTls::default()
         };
-        let err = tls.identity_pem().unwrap_err().to_string();
+        let (flag, err) = tls.identity_pem().unwrap_err();
+        assert_eq!(flag, "--key-file");
+        let err = err.to_string();
         assert!(
             err.contains("--key-file") && err.contains("only --cert-file"),
             "{err}"

@@ -41,7 +41,7 @@ pub fn describe_client_error(err: &ClientError) -> String {
              (set it with --server or {SERVER_ENV})"
         ),
         // Both already say which flag fixes them.
-        ClientError::Tls { .. } | ClientError::TlsFile(_) => err.to_string(),
+        ClientError::Tls { .. } | ClientError::TlsFile { .. } => err.to_string(),
     }
 }
 
