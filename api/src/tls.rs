@@ -142,12 +142,13 @@ pub fn read_private_key_pem(path: &Path) -> Result<Vec<u8>, TlsFileError> {
     }
 }
 
+/// A client identity's PEM (certificate chain, then key) and a description naming its files.
+pub(crate) type IdentityPem = (Vec<u8>, String);
+
 impl ClientTls {
     /// The client identity's PEM (certificate chain, then key) and its description, when
     /// both files are given; an error comes with the flag of the file it is about.
-    pub(crate) fn identity_pem(
-        &self,
-    ) -> Result<Option<(Vec<u8>, String)>, (&'static str, TlsFileError)> {
+    pub(crate) fn identity_pem(&self) -> Result<Option<IdentityPem>, (&'static str, TlsFileError)> {
         let half = |given| TlsFileError::HalfIdentity {
             given,
             cert_env: CERT_FILE_ENV,

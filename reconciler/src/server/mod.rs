@@ -155,6 +155,7 @@ impl Server {
             Err(e) => return Err(ServerError::Reconcile(e)),
         }
         let (stop, shutdown) = tokio::sync::watch::channel(false);
+        // Whether the address is exposed is known once `run` has the listener.
         let posture = Arc::new(SecurityPosture::of(&config, &config.listen, false));
         Ok(Server {
             state: AppState {
@@ -202,8 +203,10 @@ impl Server {
         routes::router(self.state.clone())
     }
 
-    /// Serves on `listener` until `shutdown` resolves; in-flight requests finish (waiting
-    /// claims and event polls answer at once), then the loops stop and the database closes.
+    /// Serves on `listener` (TLS when the config has certificates) until `shutdown`
+    /// resolves; in-flight requests finish (waiting claims and event polls answer at once),
+    /// then the loops stop and the database closes. What `--insecure` exposes on the bound
+    /// address is logged as warnings first and reported by `GET /v1/health`.
     pub async fn run<F>(self, listener: TcpListener, shutdown: F) -> Result<(), ServerError>
     where
         F: Future<Output = ()> + Send + 'static,
