@@ -85,7 +85,10 @@ pub async fn run_command(flags: &RunFlags) -> anyhow::Result<()> {
     let trainers = TrainerRegistry::default();
     let mut shutdown = listen_for_signals(trainers.clone())?;
     let cfg = AgentConfig::resolve(flags)?;
-    let client = Client::new(cfg.server_url()?)?.with_worker_token(cfg.worker_token.clone());
+    let client = Client::builder(cfg.server_url()?)
+        .tls(cfg.tls.clone())
+        .build()?
+        .with_worker_token(cfg.worker_token.clone());
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
     // Held for the agent's life: the leftover sweep below must never end the trainers of

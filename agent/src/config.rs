@@ -1,6 +1,7 @@
 //! Command line, config file (`etc/agent.toml.example`) and environment, merged into one
 //! [`AgentConfig`]. Precedence: flags, then environment (`CIS490_SERVER`,
-//! `CIS490_WORKER_TOKEN`), then the file, then defaults.
+//! `CIS490_WORKER_TOKEN`, `CIS490_CA_FILE`, `CIS490_CERT_FILE`, `CIS490_KEY_FILE`), then the
+//! file, then defaults.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,7 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use cis490_api::config_file::{self, ConfigFileError};
-use cis490_api::{Capability, Gpu, WorkerName};
+use cis490_api::{Capability, ClientTls, Gpu, WorkerName};
 use serde::Deserialize;
 
 /// Why a configuration is not usable.
@@ -202,6 +203,12 @@ pub fn parse_label(text: &str) -> Result<(String, String), ConfigError> {
 pub struct FileConfig {
     pub server: Option<String>,
     pub worker_token: Option<String>,
+    /// The lab CA (PEM) to trust for an `https://` server.
+    pub ca_file: Option<PathBuf>,
+    /// This agent's client certificate (PEM), for a server that requires one.
+    pub cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `cert_file`.
+    pub key_file: Option<PathBuf>,
     pub name: Option<String>,
     pub work_dir: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
@@ -234,6 +241,17 @@ pub struct RunFlags {
     /// Bearer token for worker routes.
     #[arg(long, env = "CIS490_WORKER_TOKEN", hide_env_values = true)]
     pub worker_token: Option<String>,
+    /// Trust the CA certificates in this PEM file for an https:// server (the lab CA: the
+    /// ca.pem made by `cis490-reconciler certs init`).
+    #[arg(long, value_name = "FILE", env = cis490_api::tls::CA_FILE_ENV)]
+    pub ca_file: Option<PathBuf>,
+    /// This agent's client certificate (PEM), for a server with --client-ca-file: the
+    /// NAME.pem made by `cis490-reconciler certs issue-agent NAME`.
+    #[arg(long, value_name = "FILE", env = cis490_api::tls::CERT_FILE_ENV)]
+    pub cert_file: Option<PathBuf>,
+    /// The private key (PEM) of --cert-file (NAME-key.pem).
+    #[arg(long, value_name = "FILE", env = cis490_api::tls::KEY_FILE_ENV)]
+    pub key_file: Option<PathBuf>,
     /// Worker name (default: the host name).
     #[arg(long)]
     pub name: Option<String>,
@@ -274,6 +292,8 @@ pub struct RunFlags {
 pub struct AgentConfig {
     pub server: Option<String>,
     pub worker_token: Option<String>,
+    /// CA to trust and client certificate to present.
+    pub tls: ClientTls,
     pub name: WorkerName,
     pub work_dir: PathBuf,
     pub state_dir: PathBuf,
@@ -291,6 +311,7 @@ impl fmt::Debug for AgentConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AgentConfig")
             .field("server", &self.server)
+            .field("tls", &self.tls)
             .field(
                 "worker_token",
                 &self.worker_token.as_ref().map(|_| "<redacted>"),
@@ -382,6 +403,11 @@ impl AgentConfig {
         Ok(AgentConfig {
             server: flags.server.clone().or(file.server),
             worker_token: flags.worker_token.clone().or(file.worker_token),
+            tls: ClientTls {
+                ca_file: flags.ca_file.clone().or(file.ca_file),
+                cert_file: flags.cert_file.clone().or(file.cert_file),
+                key_file: flags.key_file.clone().or(file.key_file),
+            },
             name,
             work_dir,
             state_dir,
@@ -539,6 +565,30 @@ mod tests {
         assert_eq!(cfg.heartbeat, Duration::from_secs(30));
         assert_eq!(cfg.labels.get("rack").map(String::as_str), Some("a"));
         assert_eq!(cfg.labels.get("zone").map(String::as_str), Some("b"));
+    }
+
+    #[test]
+    fn tls_files_come_from_flags_before_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "ca_file = \"/etc/cis490/ca.pem\"\ncert_file = \"/etc/cis490/a.pem\"\nkey_file = \"/etc/cis490/a-key.pem\"\n",
+        )
+        .unwrap();
+        let flags = RunFlags {
+            config: Some(path),
+            name: Some("a".into()),
+            ca_file: Some("/flag/ca.pem".into()),
+            ..RunFlags::default()
+        };
+        let cfg = AgentConfig::resolve(&flags).unwrap();
+        assert_eq!(cfg.tls.ca_file, Some(PathBuf::from("/flag/ca.pem")));
+        assert_eq!(cfg.tls.cert_file, Some(PathBuf::from("/etc/cis490/a.pem")));
+        assert_eq!(
+            cfg.tls.key_file,
+            Some(PathBuf::from("/etc/cis490/a-key.pem"))
+        );
     }
 
     #[test]

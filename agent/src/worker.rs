@@ -149,8 +149,16 @@ fn is_refusal(e: &ClientError) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// The server refused the agent's node report (401/403): retrying cannot help.
-    #[error("the reconciler refused this worker ({0}); check worker_token / CIS490_WORKER_TOKEN")]
+    #[error(
+        "the reconciler refused this worker ({0}); check its credentials: worker_token / \
+         CIS490_WORKER_TOKEN, or --cert-file and --key-file when the server requires client \
+         certificates"
+    )]
     Refused(String),
+    /// TLS with the server failed before it ever heard of this agent: a wrong CA file or
+    /// client certificate, which retrying cannot fix. The message names the fix.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// How a job ended for this agent.
@@ -732,6 +740,9 @@ impl Agent {
                         }
                         Some(Err(e)) if is_refusal(&e) => {
                             return Err(AgentError::Refused(e.to_string()));
+                        }
+                        Some(Err(e)) if e.tls_problem().is_some() => {
+                            return Err(AgentError::Tls(e.to_string()));
                         }
                         Some(Err(e)) => {
                             failures += 1;

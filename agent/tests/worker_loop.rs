@@ -250,6 +250,7 @@ fn config(work: &Path, state: &Path, url: &str) -> AgentConfig {
     AgentConfig {
         server: Some(url.into()),
         worker_token: None,
+        tls: Default::default(),
         name: WorkerName::parse("agent-under-test").unwrap(),
         work_dir: work.to_path_buf(),
         state_dir: state.to_path_buf(),

@@ -10,7 +10,13 @@ use serde::Serialize;
 use crate::ids::{ArtifactId, IdPrefix, JobId, WorkerName};
 use crate::job::{JobView, Lease};
 use crate::node::{Capability, WorkerView};
+use crate::tls::{read_certificates_pem, ClientTls, TlsFileError, TlsProblem};
 use crate::wire::*;
+
+/// How long an idle pooled connection is kept. Below the server's 30 s header-read timeout
+/// (which also ends idle keep-alive connections), so a connection is never reused at the
+/// moment the server drops it.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What can go wrong talking to the reconciler.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +37,40 @@ pub enum ClientError {
     /// The base URL given is not a usable URL.
     #[error("invalid server URL {0:?}: expected something like http://127.0.0.1:8787")]
     BadUrl(String),
+    /// TLS with the server failed; `problem` says what fixes it.
+    #[error("cannot connect securely to the reconciler at {url}: {problem}")]
+    Tls {
+        url: String,
+        problem: TlsProblem,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A CA, certificate or key file given to the client is unusable; `flag` names it.
+    #[error("{flag}: {source}")]
+    TlsFile {
+        flag: &'static str,
+        #[source]
+        source: TlsFileError,
+    },
 }
 
 impl ClientError {
+    /// A failed send: [`ClientError::Tls`] when the handshake failed, else
+    /// [`ClientError::Unreachable`].
+    fn transport(url: &str, source: reqwest::Error) -> ClientError {
+        match TlsProblem::of(&source) {
+            Some(problem) => ClientError::Tls {
+                url: url.to_string(),
+                problem,
+                source,
+            },
+            None => ClientError::Unreachable {
+                url: url.to_string(),
+                source,
+            },
+        }
+    }
+
     /// The server's error code (`lease_lost`, `not_found`, ...) when it answered one.
     pub fn code(&self) -> Option<&str> {
         match self {
@@ -49,12 +86,22 @@ impl ClientError {
         }
     }
 
-    /// True when retrying later may succeed: unreachable server or a 5xx.
+    /// True when retrying later may succeed: unreachable server, a 5xx, or a failed TLS
+    /// handshake (mid-run that may be a server certificate being replaced; the agent treats
+    /// one at start-up as final, see [`ClientError::tls_problem`]).
     pub fn is_transient(&self) -> bool {
         match self {
-            ClientError::Unreachable { .. } => true,
+            ClientError::Unreachable { .. } | ClientError::Tls { .. } => true,
             ClientError::Api { status, .. } => status.is_server_error(),
             _ => false,
+        }
+    }
+
+    /// What went wrong with TLS, when that is why the call failed.
+    pub fn tls_problem(&self) -> Option<&TlsProblem> {
+        match self {
+            ClientError::Tls { problem, .. } => Some(problem),
+            _ => None,
         }
     }
 
@@ -73,28 +120,101 @@ pub struct Client {
     operator_token: Option<String>,
 }
 
-impl Client {
-    /// `base` is the server's root URL, e.g. `http://127.0.0.1:8787`.
-    pub fn new(base: &str) -> Result<Self, ClientError> {
-        let trimmed = base.trim_end_matches('/');
+/// Builds a [`Client`] with TLS settings: `Client::builder(url).tls(files).build()`.
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    base: String,
+    tls: ClientTls,
+}
+
+impl ClientBuilder {
+    /// All three TLS files at once (each optional), as the agent and cis490ctl resolve them.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Trust the CA certificates in this PEM file (a private lab CA), besides the public roots.
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// Present this client certificate and key (PEM) when the server asks for one (mTLS).
+    pub fn identity(
+        mut self,
+        cert_file: impl Into<std::path::PathBuf>,
+        key_file: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.tls.cert_file = Some(cert_file.into());
+        self.tls.key_file = Some(key_file.into());
+        self
+    }
+
+    /// Checks the URL, reads the TLS files and builds the client.
+    pub fn build(self) -> Result<Client, ClientError> {
+        let trimmed = self.base.trim_end_matches('/');
         if !(trimmed.starts_with("http://") || trimmed.starts_with("https://"))
             || reqwest::Url::parse(trimmed).is_err()
         {
-            return Err(ClientError::BadUrl(base.to_string()));
+            return Err(ClientError::BadUrl(self.base.clone()));
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|source| ClientError::Unreachable {
-                url: trimmed.to_string(),
-                source,
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT);
+        let file_error = |flag| move |source| ClientError::TlsFile { flag, source };
+        if let Some(path) = &self.tls.ca_file {
+            let pem = read_certificates_pem(path).map_err(file_error("--ca-file"))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                file_error("--ca-file")(TlsFileError::Rejected {
+                    what: format!("the CA file {}", path.display()),
+                    message: e.to_string(),
+                })
             })?;
-        Ok(Self {
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let identity = self
+            .tls
+            .identity_pem()
+            .map_err(|(flag, source)| ClientError::TlsFile { flag, source })?;
+        if let Some((pem, what)) = identity {
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                file_error("--cert-file/--key-file")(TlsFileError::Rejected {
+                    what: what.clone(),
+                    message: e.to_string(),
+                })
+            })?;
+            builder = builder.identity(identity);
+        }
+        let http = builder.build().map_err(|e| {
+            file_error("--ca-file/--cert-file/--key-file")(TlsFileError::Rejected {
+                what: "the TLS settings".into(),
+                message: e.to_string(),
+            })
+        })?;
+        Ok(Client {
             base: trimmed.to_string(),
             http,
             worker_token: None,
             operator_token: None,
         })
+    }
+}
+
+impl Client {
+    /// `base` is the server's root URL, e.g. `http://127.0.0.1:8787`; no TLS files.
+    pub fn new(base: &str) -> Result<Self, ClientError> {
+        Client::builder(base).build()
+    }
+
+    /// A [`ClientBuilder`] for `base`, to add TLS files.
+    pub fn builder(base: &str) -> ClientBuilder {
+        ClientBuilder {
+            base: base.to_string(),
+            tls: ClientTls::default(),
+        }
     }
 
     /// Sent as `Authorization: Bearer` on worker routes.
@@ -137,10 +257,10 @@ impl Client {
 
     /// Sends a request; turns transport failures and error statuses into `ClientError`.
     pub async fn send(&self, rb: RequestBuilder) -> Result<Response, ClientError> {
-        let resp = rb.send().await.map_err(|source| ClientError::Unreachable {
-            url: self.base.clone(),
-            source,
-        })?;
+        let resp = rb
+            .send()
+            .await
+            .map_err(|source| ClientError::transport(&self.base, source))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -406,6 +526,28 @@ mod tests {
             Err(ClientError::BadUrl(_))
         ));
         assert!(Client::new("http://127.0.0.1:8787/").is_ok());
+    }
+
+    #[test]
+    fn unusable_tls_files_are_named_with_their_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing-ca.pem");
+        let err = Client::builder("https://127.0.0.1:1")
+            .ca_file(&missing)
+            .build()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("--ca-file: cannot read") && text.contains("missing-ca.pem"),
+            "{text}"
+        );
+        let cert = dir.path().join("a.pem");
+        std::fs::write(&cert, "not pem\n").unwrap();
+        let err = Client::builder("https://127.0.0.1:1")
+            .identity(&cert, dir.path().join("a-key.pem"))
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().starts_with("--cert-file: "), "{err}");
     }
 
     #[tokio::test]

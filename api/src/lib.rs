@@ -7,15 +7,17 @@ pub mod ids;
 pub mod job;
 pub mod node;
 pub mod state_lock;
+pub mod tls;
 pub mod wire;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientBuilder, ClientError};
 pub use config_file::ConfigFileError;
 pub use ids::{ArtifactId, IdError, IdPrefix, JobId, WorkerName, SHORT_ID_LEN};
 pub use job::{
     Constraints, Event, Hyper, JobError, JobSpec, JobStatus, JobView, Lease, RetryPolicy,
 };
 pub use node::{Capability, Gpu, NodeState, WorkerView};
+pub use tls::{ClientTls, TlsFileError, TlsProblem};
 pub use wire::*;
 
 /// This build's version, reported by every binary and the health route.

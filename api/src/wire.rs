@@ -203,6 +203,20 @@ pub struct Health {
     /// Jobs per status.
     #[serde(default)]
     pub jobs: std::collections::BTreeMap<String, u64>,
+    /// The server speaks TLS (`--tls-cert-file`).
+    #[serde(default)]
+    pub tls: bool,
+    /// Worker routes require a TLS client certificate (`--client-ca-file`).
+    #[serde(default)]
+    pub client_certs: bool,
+    /// `--insecure` let the server listen beyond loopback without TLS or without any
+    /// worker credential; `warnings` says what is exposed.
+    #[serde(default)]
+    pub insecure: bool,
+    /// What an operator should know about the server's security, one sentence each
+    /// (`cis490ctl status` prints them).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// `GET /v1/events?since=SEQ&wait=SECONDS`: events after `since`, long-polled. Watchers

@@ -17,12 +17,26 @@ pub const OPERATOR_TOKEN_ENV: &str = "CIS490_OPERATOR_TOKEN";
     name = "cis490ctl",
     version,
     about,
-    after_help = "Examples:\n  cis490ctl get jobs --status running\n  cis490ctl describe job 3fa9\n  cis490ctl --server http://pi.lab:8787 status\n\nOperator verbs (cancel, requeue, reload, diff, cordon, uncordon, drain) need\nCIS490_OPERATOR_TOKEN set to the reconciler's operator token."
+    after_help = "Examples:\n  cis490ctl get jobs --status running\n  cis490ctl describe job 3fa9\n  cis490ctl --server http://pi.lab:8787 status\n  cis490ctl --server https://pi.lab:8787 --ca-file ca.pem status\n\nOperator verbs (cancel, requeue, reload, diff, cordon, uncordon, drain) need\nCIS490_OPERATOR_TOKEN set to the reconciler's operator token."
 )]
 pub struct Cli {
-    /// The reconciler's URL.
+    /// The reconciler's URL (https:// when it serves TLS).
     #[arg(long, global = true, env = SERVER_ENV, default_value = DEFAULT_SERVER)]
     pub server: String,
+
+    /// Trust the CA certificates in this PEM file, e.g. the ca.pem made by
+    /// `cis490-reconciler certs init` (besides the public roots).
+    #[arg(long, global = true, value_name = "FILE", env = cis490_api::tls::CA_FILE_ENV)]
+    pub ca_file: Option<PathBuf>,
+
+    /// Present this client certificate (PEM) to the server; not needed for any cis490ctl
+    /// verb, but accepted by a server that protects reads.
+    #[arg(long, global = true, value_name = "FILE", env = cis490_api::tls::CERT_FILE_ENV)]
+    pub cert_file: Option<PathBuf>,
+
+    /// The private key (PEM) of --cert-file.
+    #[arg(long, global = true, value_name = "FILE", env = cis490_api::tls::KEY_FILE_ENV)]
+    pub key_file: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,

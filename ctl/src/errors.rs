@@ -40,6 +40,8 @@ pub fn describe_client_error(err: &ClientError) -> String {
             "invalid server URL {url:?}: expected something like http://127.0.0.1:8787 \
              (set it with --server or {SERVER_ENV})"
         ),
+        // Both already say which flag fixes them.
+        ClientError::Tls { .. } | ClientError::TlsFile { .. } => err.to_string(),
     }
 }
 
@@ -70,7 +72,7 @@ pub fn one_line(err: &anyhow::Error) -> String {
 mod tests {
     use super::*;
     use anyhow::Context;
-    use cis490_api::{ApiError, Client};
+    use cis490_api::{ApiError, Client, ClientTls};
 
     fn api(status: StatusCode, code: &str, message: &str) -> ClientError {
         ClientError::Api {
@@ -144,6 +146,20 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn tls_errors_keep_the_fix_they_name() {
+        let tls = ClientTls {
+            cert_file: Some("me.pem".into()),
+            ..ClientTls::default()
+        };
+        let err = Client::builder("https://127.0.0.1:1")
+            .tls(tls)
+            .build()
+            .unwrap_err();
+        let text = describe_client_error(&err);
+        assert!(text.contains("--key-file"), "{text}");
     }
 
     #[test]

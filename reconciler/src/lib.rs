@@ -4,6 +4,7 @@
 //! Data flows one way: manifest file -> `manifest` (parse, validate, expand) -> `plan`
 //! (pure diff against the queue) -> `queue` (one SQLite transaction) -> `http` -> agents.
 
+pub mod certs;
 pub mod cli;
 pub mod manifest;
 pub mod plan;

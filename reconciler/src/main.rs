@@ -28,6 +28,9 @@ enum Command {
     /// Run a whole fleet on this machine: the server plus two local agents, with the
     /// example manifest (like `nomad agent -dev`). State in ./.cis490-dev/.
     Dev(cli::dev::DevArgs),
+    /// Make a small lab CA, the server's certificate and agents' client certificates (TLS
+    /// and mTLS for a lab with no PKI).
+    Certs(cli::certs::CertsArgs),
 }
 
 fn main() {
@@ -36,6 +39,7 @@ fn main() {
         Command::Check(args) => cli::check::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::Dev(args) => cli::dev::run(args),
+        Command::Certs(args) => cli::certs::run(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -5,14 +5,16 @@
 //! Layout of the temp dir: `manifest.toml`, `server.toml` (short sweep and resync
 //! periods), `state/` (the server's state: `queue.db`, `models/`), `work/` (the agents'
 //! working directory, where trainers run), `agent-<name>/` (each agent's state) and
-//! `<name>.log` (each process's stderr).
+//! `<name>.log` (each process's stderr); with [`Fleet::enable_tls`], `tls/` (the lab CA,
+//! the server's certificate and one client certificate per agent, made by
+//! `cis490-reconciler certs`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use cis490_api::{Client, IdPrefix, JobFilter, JobId, JobStatus, JobView, Lease};
+use cis490_api::{Client, ClientTls, IdPrefix, JobFilter, JobId, JobStatus, JobView, Lease};
 
 use crate::{bin, wait_until, workspace_root, ChildGuard, Reconciler};
 
@@ -38,6 +40,8 @@ pub struct Fleet {
     pub client: Client,
     pub agents: Vec<FleetAgent>,
     server_starts: usize,
+    /// Serve HTTPS with client certificates (see [`Fleet::enable_tls`]).
+    tls: bool,
 }
 
 impl Fleet {
@@ -68,7 +72,88 @@ impl Fleet {
             server: None,
             agents: Vec::new(),
             server_starts: 0,
+            tls: false,
         })
+    }
+
+    /// Runs `cis490-reconciler ARGS` to completion (e.g. `certs init`).
+    pub fn reconciler_command(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Command::new(bin("cis490-reconciler")?)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running cis490-reconciler")
+    }
+
+    /// Makes a lab CA and a server certificate for localhost and 127.0.0.1 in `tls/` with
+    /// `cis490-reconciler certs init` (unless `tls/ca.pem` exists), and from the next server
+    /// start on serves HTTPS with client certificates required on worker routes. Agents
+    /// started afterwards get their own certificate (`certs issue-agent NAME`); the fleet's
+    /// client and `ctl` trust the CA.
+    pub fn enable_tls(&mut self) -> anyhow::Result<()> {
+        if !self.tls_path("ca.pem").exists() {
+            let dir = self.tls_path("");
+            let out = self.reconciler_command(&[
+                "certs",
+                "init",
+                "--dir",
+                path_str(&dir)?,
+                "--san",
+                "localhost",
+                "--san",
+                "127.0.0.1",
+            ])?;
+            if !out.status.success() {
+                bail!(
+                    "certs init failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        self.tls = true;
+        Ok(())
+    }
+
+    /// A file in the fleet's certificate folder `tls/`.
+    pub fn tls_path(&self, file: &str) -> PathBuf {
+        self.path("tls").join(file)
+    }
+
+    /// Makes agent `name`'s client certificate (`certs issue-agent`) unless it exists, and
+    /// returns its certificate and key files.
+    pub fn agent_certificate(&self, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let cert = self.tls_path(&format!("{name}.pem"));
+        let key = self.tls_path(&format!("{name}-key.pem"));
+        if !cert.exists() {
+            let dir = self.tls_path("");
+            let out =
+                self.reconciler_command(&["certs", "issue-agent", name, "--dir", path_str(&dir)?])?;
+            if !out.status.success() {
+                bail!(
+                    "certs issue-agent {name} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        Ok((cert, key))
+    }
+
+    /// The TLS files a client of this fleet uses: the lab CA (when TLS is on), and agent
+    /// `identity`'s certificate when given.
+    pub fn client_tls(&self, identity: Option<&str>) -> anyhow::Result<ClientTls> {
+        if !self.tls {
+            return Ok(ClientTls::default());
+        }
+        let mut tls = ClientTls {
+            ca_file: Some(self.tls_path("ca.pem")),
+            ..ClientTls::default()
+        };
+        if let Some(name) = identity {
+            let (cert, key) = self.agent_certificate(name)?;
+            tls.cert_file = Some(cert);
+            tls.key_file = Some(key);
+        }
+        Ok(tls)
     }
 
     /// A path inside the fleet's temp dir.
@@ -115,6 +200,17 @@ impl Fleet {
             "--config",
             path_str(&config)?,
         ];
+        let tls_args = [
+            ("--tls-cert-file", self.tls_path("server.pem")),
+            ("--tls-key-file", self.tls_path("server-key.pem")),
+            ("--client-ca-file", self.tls_path("ca.pem")),
+        ];
+        if self.tls {
+            for (flag, path) in &tls_args {
+                args.push(flag);
+                args.push(path_str(path)?);
+            }
+        }
         args.extend_from_slice(extra);
         let server = Reconciler::start_on(
             listen,
@@ -126,7 +222,9 @@ impl Fleet {
             ],
             &log,
         )?;
-        self.client = Client::new(&server.url)?
+        self.client = Client::builder(&server.url)
+            .tls(self.client_tls(None)?)
+            .build()?
             .with_operator_token(Some(OPERATOR_TOKEN.into()))
             .with_worker_token(Some(WORKER_TOKEN.into()));
         self.server = Some(server);
@@ -190,11 +288,24 @@ impl Fleet {
                 "--claim-wait-s",
                 "2",
             ])
-            .args(extra)
-            .env("CIS490_WORKER_TOKEN", WORKER_TOKEN)
+            .args(extra);
+        let tls = self.client_tls(Some(name))?;
+        for (flag, path) in [
+            ("--ca-file", &tls.ca_file),
+            ("--cert-file", &tls.cert_file),
+            ("--key-file", &tls.key_file),
+        ] {
+            if let Some(path) = path {
+                cmd.arg(flag).arg(path);
+            }
+        }
+        cmd.env("CIS490_WORKER_TOKEN", WORKER_TOKEN)
             .env("RUST_LOG", "info")
             .env_remove("CIS490_SERVER")
             .env_remove("CIS490_AGENT_CONFIG")
+            .env_remove("CIS490_CA_FILE")
+            .env_remove("CIS490_CERT_FILE")
+            .env_remove("CIS490_KEY_FILE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.path(&format!("{name}.log")))?);
@@ -295,10 +406,15 @@ impl Fleet {
         })
     }
 
-    /// Runs `cis490ctl ARGS` against the current server with the operator token.
+    /// Runs `cis490ctl ARGS` against the current server with the operator token (and the
+    /// lab CA when TLS is on).
     pub fn ctl(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Command::new(bin("cis490ctl")?)
-            .args(args)
+        let mut cmd = Command::new(bin("cis490ctl")?);
+        match self.client_tls(None)?.ca_file {
+            Some(ca) => cmd.env("CIS490_CA_FILE", ca),
+            None => cmd.env_remove("CIS490_CA_FILE"),
+        };
+        cmd.args(args)
             .env("CIS490_SERVER", self.url()?)
             .env("CIS490_OPERATOR_TOKEN", OPERATOR_TOKEN)
             .env("NO_COLOR", "1")

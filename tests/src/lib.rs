@@ -5,7 +5,7 @@
 //! when one is missing, the helper says which command builds it.
 //!
 //! Contract with `cis490-reconciler serve`: once it is accepting connections it prints one
-//! line `cis490-reconciler listening on http://ADDR` to stdout, so tests can pass
+//! line `cis490-reconciler listening on http://ADDR` (`https://` with TLS) to stdout, so tests can pass
 //! `--listen 127.0.0.1:0` and learn the port without sleeping.
 
 use std::io::{BufRead, BufReader};
@@ -217,7 +217,10 @@ impl Reconciler {
 
     /// The `host:port` part of the URL.
     pub fn addr(&self) -> &str {
-        self.url.trim_start_matches("http://")
+        self.url
+            .strip_prefix("https://")
+            .or_else(|| self.url.strip_prefix("http://"))
+            .unwrap_or(&self.url)
     }
 }
 

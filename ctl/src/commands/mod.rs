@@ -1,7 +1,7 @@
 //! One file per verb; `run` dispatches the parsed command line to it.
 
 use anyhow::Context;
-use cis490_api::Client;
+use cis490_api::{Client, ClientTls};
 
 use crate::cli::{Cli, Command, GetResource, OPERATOR_TOKEN_ENV};
 use crate::errors::MissingToken;
@@ -21,20 +21,23 @@ pub mod status;
 pub mod version;
 pub mod wait;
 
-/// What every verb needs: where the server is, the operator token, and the terminal.
+/// What every verb needs: where the server is, how to trust it, the operator token, and the
+/// terminal.
 #[derive(Debug, Clone)]
 pub struct Ctx {
     pub server: String,
     pub term: Terminal,
+    tls: ClientTls,
     operator_token: Option<String>,
 }
 
 impl Ctx {
     /// Reads the environment (operator token) and the terminal.
-    pub fn from_env(server: String) -> Self {
+    pub fn from_env(server: String, tls: ClientTls) -> Self {
         Self {
             server,
             term: Terminal::detect(),
+            tls,
             operator_token: std::env::var(OPERATOR_TOKEN_ENV)
                 .ok()
                 .filter(|t| !t.trim().is_empty()),
@@ -44,7 +47,10 @@ impl Ctx {
     /// A client for read-only verbs. It carries the operator token when one is set, for
     /// servers that protect reads.
     pub fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(&self.server)?.with_operator_token(self.operator_token.clone()))
+        Ok(Client::builder(&self.server)
+            .tls(self.tls.clone())
+            .build()?
+            .with_operator_token(self.operator_token.clone()))
     }
 
     /// A client for operator verbs. Fails before any request when the token is missing.
@@ -58,7 +64,12 @@ impl Ctx {
 
 /// Runs one parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let ctx = Ctx::from_env(cli.server);
+    let tls = ClientTls {
+        ca_file: cli.ca_file,
+        cert_file: cli.cert_file,
+        key_file: cli.key_file,
+    };
+    let ctx = Ctx::from_env(cli.server, tls);
     match cli.command {
         Command::Get(args) => match args.resource {
             GetResource::Jobs(a) => get::jobs(&ctx, &a).await,

@@ -22,6 +22,15 @@ pub struct Summary {
     pub workers_ready: u64,
     pub workers_total: u64,
     pub manifest: ManifestStatus,
+    /// The server speaks TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// Worker routes require a client certificate.
+    #[serde(default)]
+    pub client_certs: bool,
+    /// What the server warns about its own security (`--insecure`).
+    #[serde(default)]
+    pub security_warnings: Vec<String>,
 }
 
 pub async fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<()> {
@@ -44,6 +53,9 @@ pub async fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<()> {
             .count() as u64,
         workers_total: workers.len() as u64,
         manifest,
+        tls: health.tls,
+        client_certs: health.client_certs,
+        security_warnings: health.warnings,
     };
     print(&match args.output {
         DataFormat::Text => summary_text(&summary, Utc::now()),
@@ -71,6 +83,15 @@ pub fn summary_text(s: &Summary, now: DateTime<Utc>) -> String {
         "Workers:     {}/{} Ready",
         s.workers_ready, s.workers_total
     );
+    let transport = match (s.tls, s.client_certs) {
+        (true, true) => "TLS, client certificates on worker routes",
+        (true, false) => "TLS",
+        (false, _) => "plain HTTP",
+    };
+    let _ = writeln!(out, "Transport:   {transport}");
+    for w in &s.security_warnings {
+        let _ = writeln!(out, "Warning:     {w}");
+    }
     let m = &s.manifest;
     let applied = match m.last_applied_at {
         Some(t) => format!("applied {} ago", age(t, now)),
@@ -140,6 +161,11 @@ mod tests {
                 last_error_at: Some(now() - chrono::TimeDelta::seconds(30)),
                 warnings: vec![],
             },
+            tls: false,
+            client_certs: false,
+            security_warnings: vec![
+                "plain HTTP on 0.0.0.0:8787 (--insecure): tokens cross the network".into(),
+            ],
         }
     }
 
@@ -148,6 +174,11 @@ mod tests {
         let text = summary_text(&summary(), now());
         assert!(text.contains("Jobs:        13 total: 3 pending, 0 claimed, 0 running, 10 completed, 0 failed, 0 cancelled"), "{text}");
         assert!(text.contains("Workers:     2/3 Ready"), "{text}");
+        assert!(text.contains("Transport:   plain HTTP"), "{text}");
+        assert!(
+            text.contains("Warning:     plain HTTP on 0.0.0.0:8787 (--insecure)"),
+            "{text}"
+        );
         assert!(text.contains("generation 4, applied 3m ago"), "{text}");
         assert!(text.contains("Last Error: (30s ago)"), "{text}");
         assert!(

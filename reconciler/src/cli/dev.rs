@@ -9,6 +9,11 @@
 //! Stopping (Ctrl-C or SIGTERM): each agent gets SIGTERM and releases its jobs while the
 //! server still answers, then the server stops. A second signal kills everything at once.
 //!
+//! `--tls`: on first start a lab CA, a server certificate and one client certificate per
+//! agent are made in `<state>/tls/` (`certs init`, `certs issue-agent`); the server serves
+//! HTTPS with client certificates required on worker routes, each agent gets its own
+//! certificate, and the banner says how to point cis490ctl at the CA.
+//!
 //! The agents run in their own process groups, so a terminal's Ctrl-C reaches only this
 //! process, which then stops them in order (a Ctrl-C reaching an agent directly as well
 //! would count as its second signal, which skips releasing its jobs).
@@ -23,8 +28,11 @@ use rand::Rng;
 use tokio::process::{Child, Command};
 
 use super::serve::init_tracing;
+use crate::certs;
 use crate::queue::QueueConfig;
-use crate::server::config::{check_listen, env as config_env, Secret, ServerConfig};
+use crate::server::config::{
+    check_listen, env as config_env, ConfigError, Secret, ServerConfig, TlsSettings,
+};
 use crate::server::Server;
 
 /// The example manifest, relative to the workspace.
@@ -54,6 +62,65 @@ pub struct DevArgs {
     /// Do not run `cargo build` for the agent and ctl when started by `cargo run`
     #[arg(long)]
     pub no_build: bool,
+    /// Serve HTTPS with client certificates: a lab CA, the server's certificate and one per
+    /// agent are made in STATE_DIR/tls on first start
+    #[arg(long)]
+    pub tls: bool,
+    /// Allow a non-loopback --listen address without --tls
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// The dev fleet's certificate folder, made on first start by `dev --tls`.
+struct DevTls {
+    dir: PathBuf,
+}
+
+impl DevTls {
+    /// Makes what is missing: the CA and server certificate, and each agent's certificate.
+    fn prepare(state_dir: &Path) -> anyhow::Result<DevTls> {
+        let dir = state_dir.join("tls");
+        if !dir.join(certs::SERVER_CERT).is_file() || !dir.join(certs::SERVER_KEY).is_file() {
+            let report = certs::init(&dir, &[], false).with_context(|| {
+                format!("making the dev fleet's certificates in {}", dir.display())
+            })?;
+            eprintln!(
+                "cis490 dev: made a lab CA and a server certificate ({}) in {}",
+                report.sans.join(", "),
+                dir.display()
+            );
+        }
+        let tls = DevTls { dir };
+        for spec in &AGENTS {
+            let name = cis490_api::WorkerName::parse(spec.name)
+                .context("a dev agent's name is not a worker name")?;
+            if !tls.agent_cert(spec).is_file() || !tls.agent_key(spec).is_file() {
+                certs::issue_agent(&tls.dir, &name, true)
+                    .with_context(|| format!("making agent {}'s certificate", spec.name))?;
+            }
+        }
+        Ok(tls)
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join(certs::CA_CERT)
+    }
+
+    fn agent_cert(&self, spec: &AgentSpec) -> PathBuf {
+        self.dir.join(format!("{}.pem", spec.name))
+    }
+
+    fn agent_key(&self, spec: &AgentSpec) -> PathBuf {
+        self.dir.join(format!("{}-key.pem", spec.name))
+    }
+
+    fn settings(&self) -> TlsSettings {
+        TlsSettings {
+            cert_file: self.dir.join(certs::SERVER_CERT),
+            key_file: self.dir.join(certs::SERVER_KEY),
+            client_ca_file: Some(self.ca()),
+        }
+    }
 }
 
 /// One local agent of the dev fleet.
@@ -121,8 +188,16 @@ pub fn run(args: DevArgs) -> anyhow::Result<i32> {
     };
     let worker_token = persistent_token(&state_dir.join("worker.token"))?;
 
+    let tls = if args.tls {
+        Some(DevTls::prepare(&state_dir)?)
+    } else {
+        None
+    };
+
     let mut config = ServerConfig::new(&manifest, &state_dir);
     config.listen = args.listen.clone();
+    config.insecure = args.insecure;
+    config.tls = tls.as_ref().map(DevTls::settings);
     config.operator_token = Secret::new(operator_token.value());
     config.worker_token = Secret::new(&worker_token);
     // Dev-friendly timings: edits and expired leases show within seconds.
@@ -132,7 +207,16 @@ pub fn run(args: DevArgs) -> anyhow::Result<i32> {
         node_stale_after_s: 30,
         ..QueueConfig::default()
     };
-    check_listen(&config)?;
+    match check_listen(&config) {
+        Err(ConfigError::PlainHttp { addr, .. }) => bail!(
+            "refusing to serve plain HTTP on {addr}: tokens, jobs and artifacts would cross the \
+             network unencrypted. Pass --tls (dev makes a lab CA and certificates in {} and \
+             points its agents at them), listen on 127.0.0.1, or pass --insecure if the network \
+             is trusted",
+            state_dir.join("tls").display()
+        ),
+        other => other?,
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -146,7 +230,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<i32> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
-        let url = format!("http://{addr}");
+        let url = local_url(addr, tls.is_some());
         let server = Server::build(config).await?;
         let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
         let mut server_task = tokio::spawn(server.run(listener, async move {
@@ -168,6 +252,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<i32> {
                 &workspace,
                 &state_dir,
                 &worker_token,
+                tls.as_ref(),
             ) {
                 Ok(agent) => agents.push(agent),
                 Err(e) => {
@@ -176,7 +261,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<i32> {
                 }
             }
         }
-        print_banner(&manifest, &state_dir, &url, &operator_token);
+        let ca = tls.as_ref().map(DevTls::ca);
+        print_banner(&manifest, &state_dir, &url, &operator_token, ca.as_deref());
 
         let mut check = tokio::time::interval(Duration::from_secs(1));
         let outcome = loop {
@@ -386,6 +472,20 @@ fn persistent_token(path: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// The URL this machine's agents and cis490ctl use: an unspecified listen address
+/// (`0.0.0.0`) is reached through loopback, which the server certificate lists.
+fn local_url(addr: std::net::SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let mut local = addr;
+    if addr.ip().is_unspecified() {
+        local.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("{scheme}://{local}")
+}
+
 fn start_agent(
     bin: &Path,
     spec: &AgentSpec,
@@ -393,6 +493,7 @@ fn start_agent(
     workspace: &Path,
     state_dir: &Path,
     worker_token: &str,
+    tls: Option<&DevTls>,
 ) -> anyhow::Result<RunningAgent> {
     let log = state_dir.join("logs").join(format!("{}.log", spec.name));
     let log_file =
@@ -416,10 +517,21 @@ fn start_agent(
         ])
         .arg("--max-concurrent")
         .arg(spec.max_concurrent.to_string())
-        .args(["--advertise", spec.advertise])
-        .env(config_env::WORKER_TOKEN, worker_token)
+        .args(["--advertise", spec.advertise]);
+    if let Some(tls) = tls {
+        cmd.arg("--ca-file")
+            .arg(tls.ca())
+            .arg("--cert-file")
+            .arg(tls.agent_cert(spec))
+            .arg("--key-file")
+            .arg(tls.agent_key(spec));
+    }
+    cmd.env(config_env::WORKER_TOKEN, worker_token)
         .env_remove("CIS490_SERVER")
         .env_remove("CIS490_AGENT_CONFIG")
+        .env_remove(cis490_api::tls::CA_FILE_ENV)
+        .env_remove(cis490_api::tls::CERT_FILE_ENV)
+        .env_remove(cis490_api::tls::KEY_FILE_ENV)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log_file))
@@ -534,11 +646,17 @@ fn shown(path: &Path) -> String {
         .to_string()
 }
 
-fn print_banner(manifest: &Path, state_dir: &Path, url: &str, token: &TokenSource) {
+fn print_banner(
+    manifest: &Path,
+    state_dir: &Path,
+    url: &str,
+    token: &TokenSource,
+    ca: Option<&Path>,
+) {
     let bin_dir = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf));
-    let text = banner(manifest, state_dir, url, token, bin_dir.as_deref());
+    let text = banner(manifest, state_dir, url, token, bin_dir.as_deref(), ca);
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
@@ -550,6 +668,7 @@ fn banner(
     url: &str,
     token: &TokenSource,
     bin_dir: Option<&Path>,
+    ca: Option<&Path>,
 ) -> String {
     let mut text = String::new();
     let mut line = |s: &str| {
@@ -563,7 +682,13 @@ fn banner(
         "  manifest  {}  (edit me: changes apply on save)",
         shown(manifest)
     ));
-    line(&format!("  API       {url}"));
+    match ca {
+        Some(ca) => line(&format!(
+            "  API       {url}  (TLS; agents show client certificates; CA {})",
+            shown(ca)
+        )),
+        None => line(&format!("  API       {url}")),
+    }
     for spec in &AGENTS {
         line(&format!(
             "  agent     {:<8} {} (max {} at once)",
@@ -588,6 +713,9 @@ fn banner(
         line(&format!("  export PATH=\"{}:$PATH\"", dir.display()));
     }
     line(&format!("  export CIS490_SERVER={url}"));
+    if let Some(ca) = ca {
+        line(&format!("  export CIS490_CA_FILE={}", ca.display()));
+    }
     match token {
         TokenSource::File(t) => line(&format!("  export CIS490_OPERATOR_TOKEN={t}")),
         TokenSource::Env(_) => {
@@ -646,6 +774,7 @@ mod tests {
             "http://127.0.0.1:8787",
             &token,
             Some(Path::new("/nowhere/bin")),
+            None,
         );
         for want in [
             "training_manifest.toml  (edit me: changes apply on save)",
@@ -666,7 +795,47 @@ mod tests {
             "http://x",
             &TokenSource::Env("secret-value".into()),
             None,
+            None,
         );
         assert!(!from_env.contains("secret-value"), "{from_env}");
+        assert!(!text.contains("CIS490_CA_FILE"), "{text}");
+        let tls = banner(
+            Path::new("m.toml"),
+            Path::new("s"),
+            "https://127.0.0.1:8787",
+            &token,
+            None,
+            Some(Path::new("/w/.cis490-dev/tls/ca.pem")),
+        );
+        for want in [
+            "export CIS490_SERVER=https://127.0.0.1:8787",
+            "export CIS490_CA_FILE=/w/.cis490-dev/tls/ca.pem",
+            "(TLS; agents show client certificates",
+        ] {
+            assert!(tls.contains(want), "missing {want:?} in:\n{tls}");
+        }
+    }
+
+    #[test]
+    fn local_urls_reach_an_unspecified_address_through_loopback() {
+        let any: std::net::SocketAddr = "0.0.0.0:8787".parse().unwrap();
+        assert_eq!(local_url(any, true), "https://127.0.0.1:8787");
+        let v6: std::net::SocketAddr = "[::]:1".parse().unwrap();
+        assert_eq!(local_url(v6, false), "http://[::1]:1");
+        let lan: std::net::SocketAddr = "192.168.1.5:80".parse().unwrap();
+        assert_eq!(local_url(lan, false), "http://192.168.1.5:80");
+    }
+
+    #[test]
+    fn dev_tls_makes_each_certificate_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = DevTls::prepare(dir.path()).unwrap();
+        let ca = std::fs::read(tls.ca()).unwrap();
+        for spec in &AGENTS {
+            assert!(tls.agent_cert(spec).is_file() && tls.agent_key(spec).is_file());
+        }
+        let again = DevTls::prepare(dir.path()).unwrap();
+        assert_eq!(std::fs::read(again.ca()).unwrap(), ca, "the CA is kept");
+        assert!(crate::server::tls::server_config(&again.settings()).is_ok());
     }
 }

@@ -1,9 +1,10 @@
 //! `cis490-reconciler serve`: the control plane.
 //!
 //! Settings: command-line flags beat environment variables (CIS490_MANIFEST,
-//! CIS490_STATE_DIR, CIS490_LISTEN), which beat the `--config` file, which beats the
-//! defaults. Tokens come from CIS490_OPERATOR_TOKEN and CIS490_WORKER_TOKEN, or from files
-//! the config names. Without an operator token the operator routes answer 403.
+//! CIS490_STATE_DIR, CIS490_LISTEN, CIS490_TLS_CERT_FILE, CIS490_TLS_KEY_FILE,
+//! CIS490_CLIENT_CA_FILE), which beat the `--config` file, which beats the defaults. Tokens
+//! come from CIS490_OPERATOR_TOKEN and CIS490_WORKER_TOKEN, or from files the config names.
+//! Without an operator token the operator routes answer 403.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -30,7 +31,19 @@ pub struct ServeArgs {
     /// A TOML config file (see etc/reconciler.toml.example)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Allow a non-loopback listen address without a worker token
+    /// Serve HTTPS with this certificate chain (PEM; `certs init` makes server.pem)
+    /// [env: CIS490_TLS_CERT_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert-file (`certs init` makes server-key.pem)
+    /// [env: CIS490_TLS_KEY_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Require a client certificate signed by this CA (PEM) on worker routes; the worker
+    /// name is the certificate's (mTLS; `certs init` makes ca.pem) [env: CIS490_CLIENT_CA_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub client_ca_file: Option<PathBuf>,
+    /// Allow a non-loopback listen address without TLS or without a worker credential
     #[arg(long)]
     pub insecure: bool,
 }
@@ -87,18 +100,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         state_dir: args.state_dir,
         listen: args.listen,
         insecure: args.insecure,
+        tls_cert_file: args.tls_cert_file,
+        tls_key_file: args.tls_key_file,
+        client_ca_file: args.client_ca_file,
     };
     let config = resolve(&flags, |k| std::env::var(k).ok(), file)?;
-    let addrs = check_listen(&config)?;
-    if config.insecure
-        && config.worker_token.is_none()
-        && addrs.iter().any(|a| !a.ip().is_loopback())
-    {
-        tracing::warn!(
-            listen = %config.listen,
-            "--insecure: worker routes are open to anyone who can reach this address"
-        );
-    }
+    // What --insecure exposes is logged once the listener is bound (`Server::run`).
+    check_listen(&config)?;
     if config.operator_token.is_none() {
         tracing::warn!(
             "no operator token configured: operator routes (cancel, requeue, reload, diff, \
@@ -118,10 +126,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         let manifest = config.manifest.display().to_string();
         let state_dir = config.state_dir.display().to_string();
         let server = Server::build(config).await?;
-        tracing::info!(%addr, %manifest, %state_dir, "serving");
+        let scheme = if server.tls() { "https" } else { "http" };
+        tracing::info!(%addr, %manifest, %state_dir, tls = server.tls(), "serving");
         {
             let mut out = std::io::stdout().lock();
-            writeln!(out, "cis490-reconciler listening on http://{addr}")
+            writeln!(out, "cis490-reconciler listening on {scheme}://{addr}")
                 .and_then(|()| out.flush())
                 .context("writing the listening line")?;
         }

@@ -28,6 +28,21 @@ pub mod env {
     pub const LISTEN: &str = "CIS490_LISTEN";
     pub const OPERATOR_TOKEN: &str = "CIS490_OPERATOR_TOKEN";
     pub const WORKER_TOKEN: &str = "CIS490_WORKER_TOKEN";
+    pub const TLS_CERT_FILE: &str = "CIS490_TLS_CERT_FILE";
+    pub const TLS_KEY_FILE: &str = "CIS490_TLS_KEY_FILE";
+    pub const CLIENT_CA_FILE: &str = "CIS490_CLIENT_CA_FILE";
+}
+
+/// The server's TLS files (PEM). Read when the server is built (see `server::tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The server's certificate chain, leaf first (`--tls-cert-file`).
+    pub cert_file: PathBuf,
+    /// The private key of that certificate (`--tls-key-file`).
+    pub key_file: PathBuf,
+    /// CA certificates that sign client certificates (`--client-ca-file`). When set, worker
+    /// routes require a client certificate and the worker name is the certificate's.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// A token. Never printed: `Debug` shows `Secret(redacted)`.
@@ -65,8 +80,10 @@ pub struct ServerConfig {
     pub state_dir: PathBuf,
     /// Where to listen (used by `serve`; tests pass their own listener).
     pub listen: String,
-    /// Allow a non-loopback listen address without a worker token.
+    /// Allow a non-loopback listen address without TLS or without a worker credential.
     pub insecure: bool,
+    /// Serve HTTPS with these files; None: plain HTTP.
+    pub tls: Option<TlsSettings>,
     /// `X-Operator-Token`; when None, operator routes answer 403.
     pub operator_token: Option<Secret>,
     /// `Authorization: Bearer`; when None, worker routes are open.
@@ -94,6 +111,7 @@ impl ServerConfig {
             state_dir: state_dir.into(),
             listen: DEFAULT_LISTEN.to_string(),
             insecure: false,
+            tls: None,
             operator_token: None,
             worker_token: None,
             protect_reads: false,
@@ -116,6 +134,55 @@ impl ServerConfig {
     pub fn store_root(&self) -> PathBuf {
         self.state_dir.join("models")
     }
+
+    /// Worker routes require a TLS client certificate.
+    pub fn requires_client_certs(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca_file.is_some())
+    }
+
+    /// Something proves who may call worker routes: a worker token or client certificates.
+    pub fn has_worker_credential(&self) -> bool {
+        self.worker_token.is_some() || self.requires_client_certs()
+    }
+}
+
+/// What the server tells clients about its own security (`GET /v1/health`): computed once
+/// from the settings and the address it actually listens on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecurityPosture {
+    pub tls: bool,
+    pub client_certs: bool,
+    /// `--insecure` relaxed a safe default (see [`check_listen`]).
+    pub insecure: bool,
+    pub warnings: Vec<String>,
+}
+
+impl SecurityPosture {
+    /// The posture of `config` listening on `addr` (`exposed`: not loopback only).
+    pub fn of(config: &ServerConfig, addr: &str, exposed: bool) -> SecurityPosture {
+        let mut warnings = Vec::new();
+        if exposed && config.tls.is_none() {
+            warnings.push(format!(
+                "plain HTTP on {addr} (--insecure): tokens, jobs and artifacts cross the network \
+                 unencrypted; give the server --tls-cert-file and --tls-key-file \
+                 (`cis490-reconciler certs init` makes them)"
+            ));
+        }
+        if exposed && !config.has_worker_credential() {
+            warnings.push(format!(
+                "worker routes are open on {addr} (--insecure, no worker token, no client CA): \
+                 any host that can reach it can claim jobs and upload artifacts"
+            ));
+        }
+        SecurityPosture {
+            tls: config.tls.is_some(),
+            client_certs: config.requires_client_certs(),
+            insecure: !warnings.is_empty(),
+            warnings,
+        }
+    }
 }
 
 /// The optional TOML config file (`--config FILE`); see `etc/reconciler.toml.example`.
@@ -129,6 +196,12 @@ pub struct FileConfig {
     pub operator_token_file: Option<PathBuf>,
     /// A file holding the worker token (used when CIS490_WORKER_TOKEN is unset).
     pub worker_token_file: Option<PathBuf>,
+    /// The server's certificate chain (PEM); with `tls_key_file`, the server speaks HTTPS.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) of client certificates; worker routes then require one.
+    pub client_ca_file: Option<PathBuf>,
     pub protect_reads: Option<bool>,
     pub max_upload_bytes: Option<u64>,
     pub max_body_bytes: Option<usize>,
@@ -159,6 +232,49 @@ pub enum ConfigError {
          config file), or pass --insecure if the network is trusted"
     )]
     Exposed { addr: String },
+    /// A non-loopback address without TLS and without `--insecure`.
+    #[error("{}", plain_http_message(addr, *no_worker_credential))]
+    PlainHttp {
+        addr: String,
+        /// There is no worker credential either.
+        no_worker_credential: bool,
+    },
+    /// Only one of the certificate and its key was given.
+    #[error(
+        "TLS needs both --tls-cert-file ({cert_env}) and --tls-key-file ({key_env}); only \
+         {given} was given"
+    )]
+    HalfTls {
+        given: &'static str,
+        cert_env: &'static str,
+        key_env: &'static str,
+    },
+    /// A client CA without a server certificate.
+    #[error(
+        "--client-ca-file needs TLS: give the server a certificate too with --tls-cert-file and \
+         --tls-key-file (`cis490-reconciler certs init --dir DIR` makes server.pem, \
+         server-key.pem and the ca.pem to pass as --client-ca-file)"
+    )]
+    ClientCaWithoutTls,
+}
+
+fn plain_http_message(addr: &str, no_worker_credential: bool) -> String {
+    let (what, risk, fix) = if no_worker_credential {
+        (
+            "plain HTTP and no worker token",
+            ", and any host that can reach it could claim jobs and upload artifacts",
+            "; and set CIS490_WORKER_TOKEN (or worker_token_file, or --client-ca-file for \
+             client certificates)",
+        )
+    } else {
+        ("plain HTTP", "", "")
+    };
+    format!(
+        "refusing to listen on {addr} with {what}: tokens, jobs and artifacts would cross the \
+         network unencrypted{risk}. Give the server a certificate with --tls-cert-file FILE \
+         --tls-key-file FILE (`cis490-reconciler certs init --dir DIR` makes a lab CA and \
+         one){fix}; or listen on 127.0.0.1; or pass --insecure if the network is trusted"
+    )
 }
 
 impl FileConfig {
@@ -175,6 +291,9 @@ pub struct Flags {
     pub state_dir: Option<PathBuf>,
     pub listen: Option<String>,
     pub insecure: bool,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub client_ca_file: Option<PathBuf>,
 }
 
 fn read_token_file(path: &Path) -> Result<Option<Secret>, ConfigError> {
@@ -209,6 +328,38 @@ pub fn resolve(
         .or(file.listen)
         .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
     config.insecure = flags.insecure;
+    let path_setting = |flag: &Option<PathBuf>, var: &str, file: &Option<PathBuf>| {
+        flag.clone()
+            .or_else(|| env_nonempty(var).map(PathBuf::from))
+            .or_else(|| file.clone())
+    };
+    let cert = path_setting(
+        &flags.tls_cert_file,
+        env::TLS_CERT_FILE,
+        &file.tls_cert_file,
+    );
+    let key = path_setting(&flags.tls_key_file, env::TLS_KEY_FILE, &file.tls_key_file);
+    let client_ca = path_setting(
+        &flags.client_ca_file,
+        env::CLIENT_CA_FILE,
+        &file.client_ca_file,
+    );
+    let half = |given| ConfigError::HalfTls {
+        given,
+        cert_env: env::TLS_CERT_FILE,
+        key_env: env::TLS_KEY_FILE,
+    };
+    config.tls = match (cert, key) {
+        (Some(cert_file), Some(key_file)) => Some(TlsSettings {
+            cert_file,
+            key_file,
+            client_ca_file: client_ca,
+        }),
+        (Some(_), None) => return Err(half("--tls-cert-file")),
+        (None, Some(_)) => return Err(half("--tls-key-file")),
+        (None, None) if client_ca.is_some() => return Err(ConfigError::ClientCaWithoutTls),
+        (None, None) => None,
+    };
     config.operator_token = match env(env::OPERATOR_TOKEN).and_then(|t| Secret::new(&t)) {
         Some(t) => Some(t),
         None => match &file.operator_token_file {
@@ -253,8 +404,8 @@ pub fn resolve(
     Ok(config)
 }
 
-/// Resolves `listen` and refuses a non-loopback address unless a worker token is set or
-/// `insecure` is true.
+/// Resolves `listen` and refuses a non-loopback address without TLS, or without a worker
+/// credential (a worker token or a client CA), unless `insecure` is true.
 pub fn check_listen(config: &ServerConfig) -> Result<Vec<SocketAddr>, ConfigError> {
     let addrs: Vec<SocketAddr> = config
         .listen
@@ -271,10 +422,18 @@ pub fn check_listen(config: &ServerConfig) -> Result<Vec<SocketAddr>, ConfigErro
         });
     }
     let exposed = addrs.iter().any(|a| !a.ip().is_loopback());
-    if exposed && config.worker_token.is_none() && !config.insecure {
-        return Err(ConfigError::Exposed {
-            addr: config.listen.clone(),
-        });
+    if exposed && !config.insecure {
+        if config.tls.is_none() {
+            return Err(ConfigError::PlainHttp {
+                addr: config.listen.clone(),
+                no_worker_credential: !config.has_worker_credential(),
+            });
+        }
+        if !config.has_worker_credential() {
+            return Err(ConfigError::Exposed {
+                addr: config.listen.clone(),
+            });
+        }
     }
     Ok(addrs)
 }
@@ -379,20 +538,114 @@ mod tests {
         assert!(err.to_string().contains("listen_addr"), "{err}");
     }
 
+    fn tls(client_ca: bool) -> Option<TlsSettings> {
+        Some(TlsSettings {
+            cert_file: "server.pem".into(),
+            key_file: "server-key.pem".into(),
+            client_ca_file: client_ca.then(|| "ca.pem".into()),
+        })
+    }
+
     #[test]
-    fn non_loopback_needs_a_worker_token_or_insecure() {
+    fn non_loopback_needs_tls_and_a_worker_credential_or_insecure() {
         let mut c = ServerConfig::new("m.toml", "state");
         c.listen = "0.0.0.0:8787".into();
         let err = check_listen(&c).unwrap_err();
-        assert!(err.to_string().contains("CIS490_WORKER_TOKEN"), "{err}");
+        let text = err.to_string();
+        assert!(matches!(err, ConfigError::PlainHttp { .. }), "{text}");
+        assert!(
+            text.contains("refusing to listen on 0.0.0.0:8787"),
+            "{text}"
+        );
+        assert!(text.contains("CIS490_WORKER_TOKEN"), "{text}");
+        assert!(text.contains("--tls-cert-file"), "{text}");
         c.insecure = true;
         assert!(check_listen(&c).is_ok());
         c.insecure = false;
+        // A token alone is no longer enough: it would cross the network in plain text.
         c.worker_token = Secret::new("t");
+        let text = check_listen(&c).unwrap_err().to_string();
+        assert!(text.contains("with plain HTTP:"), "{text}");
+        assert!(
+            text.contains("--tls-key-file") && text.contains("certs init"),
+            "{text}"
+        );
+        assert!(!text.contains("CIS490_WORKER_TOKEN"), "{text}");
+        c.tls = tls(false);
+        assert!(check_listen(&c).is_ok());
+        // TLS without any worker credential: the old refusal.
+        c.worker_token = None;
+        let err = check_listen(&c).unwrap_err();
+        assert!(matches!(err, ConfigError::Exposed { .. }), "{err}");
+        // Client certificates are a worker credential.
+        c.tls = tls(true);
         assert!(check_listen(&c).is_ok());
         let mut local = ServerConfig::new("m.toml", "state");
         local.listen = "127.0.0.1:0".into();
         assert!(check_listen(&local).is_ok());
+    }
+
+    #[test]
+    fn tls_files_come_from_flags_env_or_file_and_come_in_pairs() {
+        let base = || FileConfig {
+            manifest: Some("m.toml".into()),
+            tls_cert_file: Some("/file/server.pem".into()),
+            tls_key_file: Some("/file/server-key.pem".into()),
+            ..FileConfig::default()
+        };
+        let c = resolve(&Flags::default(), env_of(&[]), base()).unwrap();
+        assert_eq!(
+            c.tls,
+            Some(TlsSettings {
+                cert_file: "/file/server.pem".into(),
+                key_file: "/file/server-key.pem".into(),
+                client_ca_file: None,
+            })
+        );
+        let env = env_of(&[
+            (env::TLS_CERT_FILE, "/env/server.pem"),
+            (env::CLIENT_CA_FILE, "/env/ca.pem"),
+        ]);
+        let flags = Flags {
+            tls_key_file: Some("/flag/key.pem".into()),
+            ..Flags::default()
+        };
+        let tls = resolve(&flags, env, base()).unwrap().tls.unwrap();
+        assert_eq!(tls.cert_file, PathBuf::from("/env/server.pem"));
+        assert_eq!(tls.key_file, PathBuf::from("/flag/key.pem"));
+        assert_eq!(tls.client_ca_file, Some(PathBuf::from("/env/ca.pem")));
+
+        let half = FileConfig {
+            manifest: Some("m.toml".into()),
+            tls_cert_file: Some("server.pem".into()),
+            ..FileConfig::default()
+        };
+        let err = resolve(&Flags::default(), env_of(&[]), half).unwrap_err();
+        assert!(matches!(err, ConfigError::HalfTls { .. }), "{err}");
+        assert!(err.to_string().contains("--tls-key-file"), "{err}");
+        let ca_only = FileConfig {
+            manifest: Some("m.toml".into()),
+            client_ca_file: Some("ca.pem".into()),
+            ..FileConfig::default()
+        };
+        let err = resolve(&Flags::default(), env_of(&[]), ca_only).unwrap_err();
+        assert!(matches!(err, ConfigError::ClientCaWithoutTls), "{err}");
+    }
+
+    #[test]
+    fn posture_warns_about_what_insecure_exposes() {
+        let mut c = ServerConfig::new("m.toml", "state");
+        c.insecure = true;
+        let local = SecurityPosture::of(&c, "127.0.0.1:8787", false);
+        assert_eq!(local, SecurityPosture::default());
+        let open = SecurityPosture::of(&c, "0.0.0.0:8787", true);
+        assert!(open.insecure && !open.tls);
+        assert_eq!(open.warnings.len(), 2, "{:?}", open.warnings);
+        assert!(open.warnings[0].contains("plain HTTP on 0.0.0.0:8787"));
+        c.tls = tls(true);
+        let safe = SecurityPosture::of(&c, "0.0.0.0:8787", true);
+        assert!(safe.tls && safe.client_certs && !safe.insecure);
+        assert!(safe.warnings.is_empty());
     }
 
     #[test]

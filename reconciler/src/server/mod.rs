@@ -1,10 +1,11 @@
 //! The HTTP API (axum) and the background loops of `serve`.
 //!
-//! [`Server::build`] opens the queue and the artifact store (running the store's repair
-//! scan), reconciles the manifest once and starts watching it; [`Server::run`] serves on a
-//! listener it is given (tests bind `127.0.0.1:0`) until the shutdown future resolves,
-//! with the watch loop, the periodic resync and the sweeper running beside it under one
-//! `select!` that fails loudly if any of them stops.
+//! [`Server::build`] reads the TLS files, opens the queue and the artifact store (running
+//! the store's repair scan), reconciles the manifest once and starts watching it;
+//! [`Server::run`] serves on a listener it is given (tests bind `127.0.0.1:0`), plain HTTP or
+//! TLS ([`listen`]), until the shutdown future resolves, with the watch loop, the periodic
+//! resync and the sweeper running beside it under one `select!` that fails loudly if any of
+//! them stops.
 
 pub mod auth;
 pub mod claim_handoff;
@@ -12,12 +13,14 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod identity;
+pub mod listen;
 pub mod meta;
 pub mod operator;
 pub mod read;
 pub mod reconcile;
 pub mod routes;
 pub mod sweeper;
+pub mod tls;
 pub mod watch;
 pub mod worker;
 
@@ -29,8 +32,9 @@ use tokio::net::TcpListener;
 use crate::queue::{Queue, QueueError};
 use crate::store::{ArtifactStore, RecoveryReport, StoreError};
 
-pub use config::{Secret, ServerConfig};
+pub use config::{Secret, SecurityPosture, ServerConfig, TlsSettings};
 pub use error::ApiFailure;
+pub use listen::ConnectionOptions;
 pub use reconcile::{ReconcileError, Reconciler, Trigger};
 
 /// What every handler can reach. Cheap to clone.
@@ -42,6 +46,8 @@ pub struct AppState {
     pub reconciler: Arc<Reconciler>,
     /// Becomes true when shutdown begins: long-polls answer at once.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// TLS, client certificates and what `--insecure` exposes (`GET /v1/health`).
+    pub posture: Arc<SecurityPosture>,
 }
 
 /// Runs a queue call on the blocking pool (rusqlite blocks).
@@ -82,9 +88,12 @@ pub enum ServerError {
     /// The start-up reconcile failed for a reason other than an invalid manifest.
     #[error("start-up reconcile failed: {0}")]
     Reconcile(ReconcileError),
-    /// Serving HTTP failed.
-    #[error("HTTP server failed: {0}")]
-    Serve(std::io::Error),
+    /// The TLS files are unusable.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The listener's address could not be read.
+    #[error("reading the listening address: {0}")]
+    Listener(std::io::Error),
     /// A background loop ended, which it never should.
     #[error("background loop {0} stopped")]
     LoopStopped(&'static str),
@@ -97,6 +106,8 @@ pub struct Server {
     watch: Option<watch::ManifestWatch>,
     recovery: RecoveryReport,
     state_lock: cis490_api::state_lock::StateLock,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    connections: ConnectionOptions,
 }
 
 impl Server {
@@ -110,6 +121,14 @@ impl Server {
                 path: config.manifest.display().to_string(),
             });
         }
+        // First: a bad certificate path is a configuration error, found before any state
+        // is touched.
+        let tls = match &config.tls {
+            Some(settings) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+                settings,
+            )?)),
+            None => None,
+        };
         std::fs::create_dir_all(&config.state_dir).map_err(|source| ServerError::StateDir {
             path: config.state_dir.display().to_string(),
             source,
@@ -159,6 +178,8 @@ impl Server {
             Err(e) => return Err(ServerError::Reconcile(e)),
         }
         let (stop, shutdown) = tokio::sync::watch::channel(false);
+        // Whether the address is exposed is known once `run` has the listener.
+        let posture = Arc::new(SecurityPosture::of(&config, &config.listen, false));
         Ok(Server {
             state: AppState {
                 queue,
@@ -166,11 +187,14 @@ impl Server {
                 config,
                 reconciler,
                 shutdown,
+                posture,
             },
             stop,
             watch,
             recovery,
             state_lock,
+            tls,
+            connections: ConnectionOptions::default(),
         })
     }
 
@@ -187,26 +211,48 @@ impl Server {
         &self.recovery
     }
 
+    /// Replaces the per-connection limits (header and handshake timeouts).
+    pub fn with_connection_options(mut self, options: ConnectionOptions) -> Self {
+        self.connections = options;
+        self
+    }
+
+    /// Whether [`Server::run`] speaks TLS.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// The API router (for tests that drive it without a socket).
     pub fn router(&self) -> axum::Router {
         routes::router(self.state.clone())
     }
 
-    /// Serves on `listener` until `shutdown` resolves; in-flight requests finish (waiting
-    /// claims and event polls answer at once), then the loops stop and the database closes.
+    /// Serves on `listener` (TLS when the config has certificates) until `shutdown`
+    /// resolves; in-flight requests finish (waiting claims and event polls answer at once),
+    /// then the loops stop and the database closes. What `--insecure` exposes on the bound
+    /// address is logged as warnings first and reported by `GET /v1/health`.
     pub async fn run<F>(self, listener: TcpListener, shutdown: F) -> Result<(), ServerError>
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let Server {
-            state,
+            mut state,
             stop,
             watch,
             state_lock,
+            tls,
+            connections,
             ..
         } = self;
+        let addr = listener.local_addr().map_err(ServerError::Listener)?;
+        let posture =
+            SecurityPosture::of(&state.config, &addr.to_string(), !addr.ip().is_loopback());
+        for warning in &posture.warnings {
+            tracing::warn!("{warning}");
+        }
+        state.posture = Arc::new(posture);
         let app = routes::router(state.clone());
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let serve = listen::serve(listener, tls, app, connections, async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");
             let _ = stop.send(true);
@@ -222,7 +268,7 @@ impl Server {
             }
         };
         let result = tokio::select! {
-            r = serve => r.map_err(ServerError::Serve),
+            () = serve => Ok(()),
             _ = watch_loop => Err(ServerError::LoopStopped("manifest watch")),
             _ = watch::resync(Arc::clone(&state.reconciler), config.resync_interval) => {
                 Err(ServerError::LoopStopped("manifest resync"))

@@ -25,10 +25,15 @@ const EVENTS_PAGE_LIMIT: usize = 1000;
 pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiFailure> {
     let queue = state.queue.clone();
     let jobs = blocking(move || queue.counts()).await?;
+    let posture = &state.posture;
     Ok(Json(Health {
         status: "ok".into(),
         version: cis490_api::VERSION.into(),
         jobs,
+        tls: posture.tls,
+        client_certs: posture.client_certs,
+        insecure: posture.insecure,
+        warnings: posture.warnings.clone(),
     }))
 }
 
