@@ -147,7 +147,10 @@ fn is_refusal(e: &ClientError) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// The server refused the agent's node report (401/403): retrying cannot help.
-    #[error("the reconciler refused this worker ({0}); check worker_token / CIS490_WORKER_TOKEN")]
+    #[error(
+        "the reconciler refused this worker ({0}); check the worker token (worker_token_file, \
+         --worker-token-file or CIS490_WORKER_TOKEN) and that it was issued for this --name"
+    )]
     Refused(String),
 }
 

@@ -203,6 +203,10 @@ pub struct Health {
     /// Jobs per status.
     #[serde(default)]
     pub jobs: std::collections::BTreeMap<String, u64>,
+    /// What an operator should know about how the server is exposed (e.g. "worker routes
+    /// are open: no worker token configured"); `cis490ctl status` prints each one.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// `GET /v1/events?since=SEQ&wait=SECONDS`: events after `since`, long-polled. Watchers

@@ -28,6 +28,9 @@ enum Command {
     /// Run a whole fleet on this machine: the server plus two local agents, with the
     /// example manifest (like `nomad agent -dev`). State in ./.cis490-dev/.
     Dev(cli::dev::DevArgs),
+    /// Per-worker tokens (issue, revoke, list): each binds an agent to its worker name, for
+    /// labs without PKI. Works on the state directory, also while the server runs.
+    Tokens(cli::tokens::TokensArgs),
 }
 
 fn main() {
@@ -36,6 +39,7 @@ fn main() {
         Command::Check(args) => cli::check::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::Dev(args) => cli::dev::run(args),
+        Command::Tokens(args) => cli::tokens::run(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

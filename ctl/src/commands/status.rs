@@ -22,6 +22,9 @@ pub struct Summary {
     pub workers_ready: u64,
     pub workers_total: u64,
     pub manifest: ManifestStatus,
+    /// The server's own warnings (`GET /v1/health`), e.g. open worker routes.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 pub async fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<()> {
@@ -44,6 +47,7 @@ pub async fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<()> {
             .count() as u64,
         workers_total: workers.len() as u64,
         manifest,
+        warnings: health.warnings,
     };
     print(&match args.output {
         DataFormat::Text => summary_text(&summary, Utc::now()),
@@ -101,7 +105,7 @@ pub fn summary_text(s: &Summary, now: DateTime<Utc>) -> String {
             }
         }
     }
-    for w in &m.warnings {
+    for w in s.warnings.iter().chain(&m.warnings) {
         let _ = writeln!(out, "Warning:     {w}");
     }
     out
@@ -140,6 +144,7 @@ mod tests {
                 last_error_at: Some(now() - chrono::TimeDelta::seconds(30)),
                 warnings: vec![],
             },
+            warnings: vec!["worker routes are open: no worker token configured".into()],
         }
     }
 
@@ -152,6 +157,10 @@ mod tests {
         assert!(text.contains("Last Error: (30s ago)"), "{text}");
         assert!(
             text.contains("  etc/training_manifest.toml:12:5: unknown hyper key \"lrate\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("Warning:     worker routes are open: no worker token configured"),
             "{text}"
         );
     }

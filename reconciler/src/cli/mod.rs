@@ -3,3 +3,4 @@
 pub mod check;
 pub mod dev;
 pub mod serve;
+pub mod tokens;

@@ -26,6 +26,10 @@ pub(crate) mod kind {
     pub const UNCORDONED: &str = "Uncordoned";
     pub const DRAINING: &str = "Draining";
     pub const NODE_REGISTERED: &str = "NodeRegistered";
+    pub const WORKER_TOKEN_ISSUED: &str = "WorkerTokenIssued";
+    pub const WORKER_TOKEN_REVOKED: &str = "WorkerTokenRevoked";
+    /// A worker proved one name and tried to act as another (403 `wrong_worker`).
+    pub const WRONG_WORKER: &str = "WrongWorker";
 }
 
 /// Appends one event at the transaction's time.

@@ -32,6 +32,7 @@ mod matching;
 mod nodes;
 mod rows;
 mod schema;
+pub mod tokens;
 
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -182,6 +183,11 @@ struct Inner {
     waiting: batch::Waiting,
     /// Dropping it stops the checkpoint thread (file databases only).
     checkpointer: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    /// A read-only connection for the lookups that authenticate requests (file databases
+    /// only; an in-memory queue reads through `conn`). In WAL mode it reads the last
+    /// commit without waiting for the writer, so a request's credential check never queues
+    /// behind a group commit.
+    auth_reader: Option<Mutex<Connection>>,
 }
 
 /// One open transaction and what it did, passed to every `i_*` helper.
@@ -209,7 +215,14 @@ impl Queue {
             std::fs::create_dir_all(dir)?;
         }
         let conn = Connection::open(path)?;
-        let queue = Self::with_connection(conn, config, true)?;
+        let mut queue = Self::with_connection(conn, config, true)?;
+        let reader = Connection::open(path)?;
+        reader.pragma_update(None, "query_only", true)?;
+        reader.busy_timeout(std::time::Duration::from_secs(10))?;
+        match Arc::get_mut(&mut queue.inner) {
+            Some(inner) => inner.auth_reader = Some(Mutex::new(reader)),
+            None => return Err(QueueError::corrupt("the new queue is already shared")),
+        }
         queue.start_checkpointer(path)?;
         Ok(queue)
     }
@@ -341,6 +354,7 @@ impl Queue {
                 last_event: sender,
                 waiting: batch::Waiting::default(),
                 checkpointer: Mutex::new(None),
+                auth_reader: None,
             }),
         })
     }
@@ -401,6 +415,23 @@ impl Queue {
             self.inner.last_event.send_replace(seq);
         }
         Ok(out)
+    }
+
+    /// Runs one statement's worth of reading on the authentication connection (see
+    /// `Inner::auth_reader`), or on the writer's connection for an in-memory queue.
+    pub(crate) fn auth_read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, QueueError> {
+        match &self.inner.auth_reader {
+            Some(reader) => {
+                let db = reader
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                Ok(f(&db)?)
+            }
+            None => Ok(f(&self.lock())?),
+        }
     }
 
     /// Runs `f` in one read (DEFERRED) transaction, so it sees one consistent snapshot.
@@ -558,6 +589,27 @@ impl Queue {
         self.write(|tx| {
             nodes::i_upsert_worker(tx, worker, cap)?;
             nodes::i_worker_view(tx, worker)
+        })
+    }
+
+    /// Records a refused request whose credential proved worker `proven` while the request
+    /// acted as `claimed` (403 `wrong_worker`), on the job when the route names one, so an
+    /// operator sees it in the events and `describe`.
+    pub fn record_wrong_worker(
+        &self,
+        job: Option<&JobId>,
+        proven: &WorkerName,
+        claimed: &WorkerName,
+        refusal: &str,
+    ) -> Result<(), QueueError> {
+        self.write(|tx| {
+            events::i_event(
+                tx,
+                job,
+                Some(proven.as_str()),
+                events::kind::WRONG_WORKER,
+                format!("refused: worker {proven} tried to act as worker {claimed} ({refusal})"),
+            )
         })
     }
 

@@ -1,8 +1,11 @@
-//! Who may call what. Worker routes need `Authorization: Bearer <worker token>` when one is
-//! configured; operator routes need `X-Operator-Token` and are refused outright when the
-//! server has no operator token (a safe default: no token, no remote control); read routes
-//! are open unless `protect_reads` is set. A missing token is 401, a wrong one 403.
-//! Tokens are compared in constant time ([`Secret::matches`]) and never logged.
+//! Who may call what. Worker routes take a per-worker token (`cis490-reconciler tokens
+//! issue NAME`, bound to that worker) or the shared worker token (any worker) as
+//! `Authorization: Bearer`; they are open only while neither kind exists. Operator routes
+//! need `X-Operator-Token` and are refused outright when the server has no operator token
+//! (a safe default: no token, no remote control); read routes are open unless
+//! `protect_reads` is set. A missing token is 401, a wrong one 403.
+//! Tokens are compared in constant time ([`Secret::matches`]) or looked up by their sha256
+//! (per-worker tokens), and never logged.
 
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
@@ -13,8 +16,9 @@ use cis490_api::OPERATOR_TOKEN_HEADER;
 use super::config::{env, ServerConfig};
 use super::error::ApiFailure;
 use super::extract::{drain_body, drain_bound};
-use super::identity::WorkerIdentity;
-use super::AppState;
+use super::identity::{IdentitySource, WorkerIdentity};
+use super::{blocking, AppState};
+use crate::queue::Queue;
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers
@@ -32,21 +36,82 @@ fn operator_header(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Worker routes: claim, heartbeat, complete, fail, upload, node status. Answers who the
-/// request is (see [`WorkerIdentity`]); the handler then checks each name the request gives.
-pub fn check_worker(
+/// Warning that `GET /v1/health` (and `cis490ctl status`) gives while worker routes are open.
+pub const OPEN_WORKER_ROUTES: &str = "worker routes are open: no worker token configured";
+/// Warning that `GET /v1/health` gives while the shared worker token is configured.
+pub const SHARED_WORKER_TOKEN: &str =
+    "the shared worker token is configured: any holder can act as any worker";
+
+/// What the worker credentials configured allow, as warnings for `GET /v1/health`.
+pub async fn worker_credential_warnings(
+    config: &ServerConfig,
+    queue: &Queue,
+) -> Result<Vec<String>, ApiFailure> {
+    if config.worker_token.is_some() {
+        return Ok(vec![format!(
+            "{SHARED_WORKER_TOKEN}; give each agent its own token (cis490-reconciler tokens \
+             issue NAME) and unset {} to bind every worker to its name",
+            env::WORKER_TOKEN
+        )]);
+    }
+    let queue = queue.clone();
+    if blocking(move || queue.worker_tokens_exist()).await? {
+        return Ok(Vec::new());
+    }
+    Ok(vec![format!(
+        "{OPEN_WORKER_ROUTES}; anyone who can reach the server can act as any worker: issue \
+         per-worker tokens (cis490-reconciler tokens issue NAME) or set {}",
+        env::WORKER_TOKEN
+    )])
+}
+
+/// Worker routes: claim, heartbeat, complete, fail, upload, node status, whoami. Answers
+/// who the request is (see [`WorkerIdentity`]); the handler then checks each name the
+/// request gives.
+///
+/// A per-worker token proves its name (looked up on every request, so a revoke takes
+/// effect at once); the shared token (while configured) proves none. A request with no
+/// token passes only while no worker credential exists at all.
+pub async fn check_worker(
     headers: &HeaderMap,
     config: &ServerConfig,
+    queue: &Queue,
 ) -> Result<WorkerIdentity, ApiFailure> {
-    let Some(expected) = &config.worker_token else {
-        return Ok(WorkerIdentity::AnyName);
-    };
-    match bearer(headers) {
-        None => Err(ApiFailure::unauthorized(
-            "this route needs `Authorization: Bearer <worker token>` (the agent reads it from CIS490_WORKER_TOKEN)",
-        )),
-        Some(given) if expected.matches(given) => Ok(WorkerIdentity::AnyName),
-        Some(_) => Err(ApiFailure::forbidden("the worker token is not valid")),
+    let given = bearer(headers);
+    if let (Some(shared), Some(token)) = (&config.worker_token, given) {
+        if shared.matches(token) {
+            return Ok(WorkerIdentity::AnyName);
+        }
+    }
+    let queue = queue.clone();
+    match given {
+        Some(token) => {
+            let token = token.to_string();
+            match blocking(move || queue.worker_for_token(&token)).await? {
+                Some(name) => Ok(WorkerIdentity::Named {
+                    name,
+                    via: IdentitySource::WorkerToken,
+                }),
+                None => Err(ApiFailure::forbidden(
+                    "the worker token is not valid: it is neither a per-worker token issued by \
+                     `cis490-reconciler tokens issue NAME` (it may have been revoked or \
+                     replaced) nor the server's shared worker token",
+                )),
+            }
+        }
+        None => {
+            let credentials_exist = config.worker_token.is_some()
+                || blocking(move || queue.worker_tokens_exist()).await?;
+            if credentials_exist {
+                Err(ApiFailure::unauthorized(
+                    "this route needs `Authorization: Bearer <worker token>` (the agent reads it \
+                     from worker_token_file, --worker-token-file, CIS490_WORKER_TOKEN or \
+                     --worker-token)",
+                ))
+            } else {
+                Ok(WorkerIdentity::AnyName)
+            }
+        }
     }
 }
 
@@ -69,8 +134,13 @@ pub fn check_operator(headers: &HeaderMap, config: &ServerConfig) -> Result<(), 
     }
 }
 
-/// Read routes: open unless `protect_reads`, then either token will do.
-pub fn check_reader(headers: &HeaderMap, config: &ServerConfig) -> Result<(), ApiFailure> {
+/// Read routes: open unless `protect_reads`, then any valid token will do (operator,
+/// shared worker or per-worker).
+pub async fn check_reader(
+    headers: &HeaderMap,
+    config: &ServerConfig,
+    queue: &Queue,
+) -> Result<(), ApiFailure> {
     if !config.protect_reads {
         return Ok(());
     }
@@ -82,15 +152,23 @@ pub fn check_reader(headers: &HeaderMap, config: &ServerConfig) -> Result<(), Ap
              (X-Operator-Token) to read",
         ));
     }
-    let worker_ok =
-        worker.is_some_and(|t| config.worker_token.as_ref().is_some_and(|s| s.matches(t)));
     let operator_ok =
         operator.is_some_and(|t| config.operator_token.as_ref().is_some_and(|s| s.matches(t)));
-    if worker_ok || operator_ok {
-        Ok(())
-    } else {
-        Err(ApiFailure::forbidden("the token is not valid"))
+    let shared_worker_ok =
+        worker.is_some_and(|t| config.worker_token.as_ref().is_some_and(|s| s.matches(t)));
+    if operator_ok || shared_worker_ok {
+        return Ok(());
     }
+    if let Some(token) = worker.map(str::to_string) {
+        let queue = queue.clone();
+        if blocking(move || queue.worker_for_token(&token))
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+    }
+    Err(ApiFailure::forbidden("the token is not valid"))
 }
 
 /// Middleware for the worker route group. A refused upload's body is drained first (see
@@ -100,7 +178,7 @@ pub async fn require_worker(
     mut req: Request,
     next: Next,
 ) -> Response {
-    match check_worker(req.headers(), &state.config) {
+    match check_worker(req.headers(), &state.config, &state.queue).await {
         Ok(identity) => {
             req.extensions_mut().insert(identity);
             next.run(req).await
@@ -124,7 +202,7 @@ pub async fn require_operator(State(state): State<AppState>, req: Request, next:
 
 /// Middleware for the read route group.
 pub async fn require_reader(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match check_reader(req.headers(), &state.config) {
+    match check_reader(req.headers(), &state.config, &state.queue).await {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
     }
@@ -133,9 +211,11 @@ pub async fn require_reader(State(state): State<AppState>, req: Request, next: N
 #[cfg(test)]
 mod tests {
     use axum::http::{HeaderValue, StatusCode};
+    use cis490_api::WorkerName;
 
     use super::super::config::Secret;
     use super::*;
+    use crate::queue::QueueConfig;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -155,21 +235,100 @@ mod tests {
         c
     }
 
-    #[test]
-    fn worker_token_missing_wrong_right() {
+    fn queue() -> Queue {
+        Queue::open_in_memory(QueueConfig::default()).unwrap()
+    }
+
+    fn name(s: &str) -> WorkerName {
+        WorkerName::parse(s).unwrap()
+    }
+
+    fn bearer_of(token: &str) -> HeaderMap {
+        headers(&[("authorization", &format!("Bearer {token}"))])
+    }
+
+    #[tokio::test]
+    async fn worker_token_missing_wrong_right() {
         let c = config();
-        let status = |h: HeaderMap| check_worker(&h, &c).map_err(|e| e.status);
-        assert_eq!(status(headers(&[])), Err(StatusCode::UNAUTHORIZED));
+        let q = queue();
+        let status = |h: HeaderMap| {
+            let (c, q) = (c.clone(), q.clone());
+            async move { check_worker(&h, &c, &q).await.map_err(|e| e.status) }
+        };
+        assert_eq!(status(headers(&[])).await, Err(StatusCode::UNAUTHORIZED));
         assert_eq!(
-            status(headers(&[("authorization", "Bearer nope")])),
+            status(bearer_of("nope")).await,
             Err(StatusCode::FORBIDDEN)
         );
         assert_eq!(
-            status(headers(&[("authorization", "Bearer wtok")])),
+            status(bearer_of("wtok")).await,
             Ok(WorkerIdentity::AnyName)
         );
         let open = ServerConfig::new("m.toml", "state");
-        assert!(check_worker(&headers(&[]), &open).is_ok());
+        assert_eq!(
+            check_worker(&headers(&[]), &open, &q).await,
+            Ok(WorkerIdentity::AnyName)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_per_worker_token_proves_its_name_with_or_without_the_shared_token() {
+        let q = queue();
+        let issued = q.issue_worker_token(&name("gpu-1")).unwrap();
+        let named = Ok(WorkerIdentity::Named {
+            name: name("gpu-1"),
+            via: IdentitySource::WorkerToken,
+        });
+        for c in [config(), ServerConfig::new("m.toml", "state")] {
+            assert_eq!(check_worker(&bearer_of(&issued.token), &c, &q).await, named);
+        }
+        // The shared token still proves no name while it is configured.
+        assert_eq!(
+            check_worker(&bearer_of("wtok"), &config(), &q).await,
+            Ok(WorkerIdentity::AnyName)
+        );
+    }
+
+    #[tokio::test]
+    async fn once_a_per_worker_token_exists_no_token_is_401_and_a_revoked_one_403() {
+        let q = queue();
+        let open = ServerConfig::new("m.toml", "state");
+        let issued = q.issue_worker_token(&name("gpu-1")).unwrap();
+        let err = check_worker(&headers(&[]), &open, &q).await.unwrap_err();
+        assert_eq!(err.status, StatusCode::UNAUTHORIZED);
+        assert!(err.message.contains("worker_token_file"), "{}", err.message);
+        q.revoke_worker_token(&name("gpu-1")).unwrap();
+        let err = check_worker(&bearer_of(&issued.token), &open, &q)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, StatusCode::FORBIDDEN);
+        assert!(err.message.contains("revoked"), "{}", err.message);
+        // No credential left at all: open again (and health says so).
+        assert_eq!(
+            check_worker(&headers(&[]), &open, &q).await,
+            Ok(WorkerIdentity::AnyName)
+        );
+    }
+
+    #[tokio::test]
+    async fn health_warns_about_open_routes_and_the_shared_token() {
+        let q = queue();
+        let open = ServerConfig::new("m.toml", "state");
+        let warnings = worker_credential_warnings(&open, &q).await.unwrap();
+        assert!(
+            warnings.len() == 1 && warnings[0].starts_with(OPEN_WORKER_ROUTES),
+            "{warnings:?}"
+        );
+        let warnings = worker_credential_warnings(&config(), &q).await.unwrap();
+        assert!(
+            warnings.len() == 1 && warnings[0].starts_with(SHARED_WORKER_TOKEN),
+            "{warnings:?}"
+        );
+        q.issue_worker_token(&name("gpu-1")).unwrap();
+        assert!(worker_credential_warnings(&open, &q)
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -196,22 +355,31 @@ mod tests {
         assert!(check_operator(&headers(&[("x-operator-token", "otok")]), &c).is_ok());
     }
 
-    #[test]
-    fn protected_reads_take_either_token() {
+    #[tokio::test]
+    async fn protected_reads_take_any_valid_token() {
         let mut c = config();
-        assert!(check_reader(&headers(&[]), &c).is_ok());
+        let q = queue();
+        assert!(check_reader(&headers(&[]), &c, &q).await.is_ok());
         c.protect_reads = true;
         assert_eq!(
-            check_reader(&headers(&[]), &c).unwrap_err().status,
+            check_reader(&headers(&[]), &c, &q)
+                .await
+                .unwrap_err()
+                .status,
             StatusCode::UNAUTHORIZED
         );
-        assert!(check_reader(&headers(&[("authorization", "Bearer wtok")]), &c).is_ok());
-        assert!(check_reader(&headers(&[("x-operator-token", "otok")]), &c).is_ok());
+        assert!(check_reader(&bearer_of("wtok"), &c, &q).await.is_ok());
+        assert!(check_reader(&headers(&[("x-operator-token", "otok")]), &c, &q)
+            .await
+            .is_ok());
         assert_eq!(
-            check_reader(&headers(&[("x-operator-token", "wtok")]), &c)
+            check_reader(&headers(&[("x-operator-token", "wtok")]), &c, &q)
+                .await
                 .unwrap_err()
                 .status,
             StatusCode::FORBIDDEN
         );
+        let issued = q.issue_worker_token(&name("gpu-1")).unwrap();
+        assert!(check_reader(&bearer_of(&issued.token), &c, &q).await.is_ok());
     }
 }

@@ -25,10 +25,12 @@ const EVENTS_PAGE_LIMIT: usize = 1000;
 pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiFailure> {
     let queue = state.queue.clone();
     let jobs = blocking(move || queue.counts()).await?;
+    let warnings = super::auth::worker_credential_warnings(&state.config, &state.queue).await?;
     Ok(Json(Health {
         status: "ok".into(),
         version: cis490_api::VERSION.into(),
         jobs,
+        warnings,
     }))
 }
 

@@ -1,5 +1,6 @@
-//! Worker routes (`Authorization: Bearer` when a worker token is configured): claim
-//! (long-polled), heartbeat, complete, fail, artifact upload and node status.
+//! Worker routes (`Authorization: Bearer` with a per-worker or the shared worker token):
+//! claim (long-polled), heartbeat, complete, fail, artifact upload and node status. Each
+//! checks every worker name its request gives against the proven identity ([`authorize`]).
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use axum::Extension;
 use axum::Json;
 use cis490_api::{
     ArtifactId, Capability, ClaimRequest, CompleteRequest, FailRequest, HeartbeatRequest,
-    HeartbeatResponse, JobStatusResponse, Lease, UploadResponse, WorkerName, WorkerView,
+    HeartbeatResponse, JobId, JobStatusResponse, Lease, UploadResponse, WorkerName, WorkerView,
     CONTENT_SHA256_HEADER, LEASE_ATTEMPT_HEADER, LEASE_TOKEN_HEADER, MAX_CLAIM_WAIT_S,
     WORKER_HEADER,
 };
@@ -30,6 +31,37 @@ use crate::store::Upload;
 /// waiting long enough, a CUDA node going stale), not a commit.
 const CLAIM_RECHECK: Duration = Duration::from_secs(5);
 
+/// Ok when `identity` may act as `claimed`. A refusal (403 `wrong_worker`) is recorded as an
+/// event naming the proven worker and the name it tried, on `job` when the route has one.
+pub(crate) async fn authorize(
+    state: &AppState,
+    identity: &WorkerIdentity,
+    claimed: &WorkerName,
+    job: Option<&JobId>,
+) -> Result<(), ApiFailure> {
+    let Err(refusal) = identity.authorize(claimed) else {
+        return Ok(());
+    };
+    if let Some(proven) = identity.name() {
+        let (queue, proven, claimed, job) = (
+            state.queue.clone(),
+            proven.clone(),
+            claimed.clone(),
+            job.cloned(),
+        );
+        let message = refusal.message.clone();
+        let recorded = blocking(move || {
+            queue.record_wrong_worker(job.as_ref(), &proven, &claimed, &message)
+        })
+        .await;
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e.message, "could not record a wrong_worker refusal");
+        }
+    }
+    tracing::warn!(message = %refusal.message, "worker request refused");
+    Err(refusal)
+}
+
 /// Query of `POST /v1/job/claim`.
 #[derive(Debug, Deserialize)]
 pub struct ClaimQuery {
@@ -47,7 +79,7 @@ pub async fn claim(
     ApiQuery(q): ApiQuery<ClaimQuery>,
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> Result<Response, ApiFailure> {
-    identity.authorize(&req.worker)?;
+    authorize(&state, &identity, &req.worker, None).await?;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_CLAIM_WAIT_S));
     let deadline = Instant::now() + wait;
     let mut changes = state.queue.subscribe();
@@ -92,8 +124,8 @@ pub async fn heartbeat(
     ApiPath(raw): ApiPath<String>,
     ApiJson(req): ApiJson<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiFailure> {
-    identity.authorize(&req.worker)?;
     let id = job_id(&raw)?;
+    authorize(&state, &identity, &req.worker, Some(&id)).await?;
     let queue = state.queue.clone();
     Ok(Json(blocking(move || queue.heartbeat(&id, &req)).await?))
 }
@@ -105,8 +137,8 @@ pub async fn complete(
     ApiPath(raw): ApiPath<String>,
     ApiJson(req): ApiJson<CompleteRequest>,
 ) -> Result<Json<JobStatusResponse>, ApiFailure> {
-    identity.authorize(&req.worker)?;
     let id = job_id(&raw)?;
+    authorize(&state, &identity, &req.worker, Some(&id)).await?;
     let queue = state.queue.clone();
     Ok(Json(blocking(move || queue.complete(&id, &req)).await?))
 }
@@ -118,8 +150,8 @@ pub async fn fail(
     ApiPath(raw): ApiPath<String>,
     ApiJson(req): ApiJson<FailRequest>,
 ) -> Result<Json<JobStatusResponse>, ApiFailure> {
-    identity.authorize(&req.worker)?;
     let id = job_id(&raw)?;
+    authorize(&state, &identity, &req.worker, Some(&id)).await?;
     let queue = state.queue.clone();
     Ok(Json(blocking(move || queue.fail(&id, &req)).await?))
 }
@@ -186,7 +218,7 @@ async fn store_upload(
 ) -> Result<UploadResponse, ApiFailure> {
     let id = job_id(raw)?;
     let (worker, lease, expected_sha256) = upload_headers(headers)?;
-    identity.authorize(&worker)?;
+    authorize(state, identity, &worker, Some(&id)).await?;
     let queue = state.queue.clone();
     let (check_id, check_worker) = (id.clone(), worker.clone());
     let spec = blocking(move || queue.check_lease(&check_id, &check_worker, &lease)).await?;
@@ -214,7 +246,7 @@ pub async fn report_node(
     ApiJson(capability): ApiJson<Capability>,
 ) -> Result<Json<WorkerView>, ApiFailure> {
     let name = worker_name(&raw)?;
-    identity.authorize(&name)?;
+    authorize(&state, &identity, &name, None).await?;
     let queue = state.queue.clone();
     Ok(Json(
         blocking(move || queue.report_node(&name, &capability)).await?,
