@@ -10,7 +10,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::server::config::{check_listen, resolve, FileConfig, Flags};
+use crate::queue::tokens::tokens_issued_in;
+use crate::server::config::{check_listen_with, resolve, FileConfig, Flags};
 use crate::server::Server;
 
 /// Arguments of `serve`.
@@ -30,7 +31,7 @@ pub struct ServeArgs {
     /// A TOML config file (see etc/reconciler.toml.example)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Allow a non-loopback listen address without a worker token
+    /// Allow a non-loopback listen address without a worker token (shared or per-worker)
     #[arg(long)]
     pub insecure: bool,
 }
@@ -88,12 +89,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         listen: args.listen,
         insecure: args.insecure,
     };
-    let config = resolve(&flags, |k| std::env::var(k).ok(), file)?;
-    let addrs = check_listen(&config)?;
-    if config.insecure
-        && config.worker_token.is_none()
-        && addrs.iter().any(|a| !a.ip().is_loopback())
-    {
+    let mut config = resolve(&flags, |k| std::env::var(k).ok(), file)?;
+    let tokens_issued = tokens_issued_in(&config.database_path())
+        .with_context(|| format!("reading {}", config.database_path().display()))?;
+    let addrs = check_listen_with(&config, tokens_issued)?;
+    let exposed = addrs.iter().any(|a| !a.ip().is_loopback());
+    config.require_worker_credentials = exposed && !config.insecure;
+    if config.insecure && config.worker_token.is_none() && !tokens_issued && exposed {
         tracing::warn!(
             listen = %config.listen,
             "--insecure: worker routes are open to anyone who can reach this address"

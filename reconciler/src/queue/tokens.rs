@@ -53,6 +53,25 @@ fn new_token() -> String {
     format!("{TOKEN_PREFIX}{}", hex::encode(bytes))
 }
 
+/// True when the queue database at `path` holds per-worker tokens; false when it does not
+/// exist yet or predates them. Read-only: `serve` asks before it opens the queue.
+pub fn tokens_issued_in(path: &std::path::Path) -> Result<bool, QueueError> {
+    if !path.exists() {
+        return Ok(false);
+    }
+    let db = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    db.busy_timeout(std::time::Duration::from_secs(10))?;
+    let has_table: bool = db.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'worker_tokens')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_table {
+        return Ok(false);
+    }
+    Ok(db.query_row("SELECT EXISTS (SELECT 1 FROM worker_tokens)", [], |r| r.get(0))?)
+}
+
 impl Queue {
     /// Makes a fresh token for `name`, replacing the one it had.
     pub fn issue_worker_token(&self, name: &WorkerName) -> Result<IssuedToken, QueueError> {
@@ -243,6 +262,17 @@ mod tests {
                 kind::WORKER_TOKEN_REVOKED
             ]
         );
+    }
+
+    #[test]
+    fn serve_sees_issued_tokens_before_it_opens_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.db");
+        assert!(!tokens_issued_in(&path).unwrap());
+        let q = Queue::open(&path, QueueConfig::default()).unwrap();
+        assert!(!tokens_issued_in(&path).unwrap());
+        q.issue_worker_token(&worker("gpu-1")).unwrap();
+        assert!(tokens_issued_in(&path).unwrap());
     }
 
     /// The lookup every request with a per-worker token makes walks the UNIQUE index: one

@@ -42,6 +42,11 @@ pub const OPEN_WORKER_ROUTES: &str = "worker routes are open: no worker token co
 pub const SHARED_WORKER_TOKEN: &str =
     "the shared worker token is configured: any holder can act as any worker";
 
+/// Warning while an exposed server has no worker credential at all (every worker request
+/// is refused).
+pub const NO_WORKER_CREDENTIAL: &str =
+    "worker routes are closed: no worker token exists and the server listens beyond loopback";
+
 /// What the worker credentials configured allow, as warnings for `GET /v1/health`.
 pub async fn worker_credential_warnings(
     config: &ServerConfig,
@@ -57,6 +62,13 @@ pub async fn worker_credential_warnings(
     let queue = queue.clone();
     if blocking(move || queue.worker_tokens_exist()).await? {
         return Ok(Vec::new());
+    }
+    if config.require_worker_credentials {
+        return Ok(vec![format!(
+            "{NO_WORKER_CREDENTIAL}; issue per-worker tokens (cis490-reconciler tokens issue \
+             NAME) or set {}",
+            env::WORKER_TOKEN
+        )]);
     }
     Ok(vec![format!(
         "{OPEN_WORKER_ROUTES}; anyone who can reach the server can act as any worker: issue \
@@ -102,7 +114,13 @@ pub async fn check_worker(
         None => {
             let credentials_exist = config.worker_token.is_some()
                 || blocking(move || queue.worker_tokens_exist()).await?;
-            if credentials_exist {
+            if !credentials_exist && config.require_worker_credentials {
+                Err(ApiFailure::unauthorized(format!(
+                    "{NO_WORKER_CREDENTIAL}: issue this agent a token (cis490-reconciler tokens \
+                     issue NAME) or set {} on the server",
+                    env::WORKER_TOKEN
+                )))
+            } else if credentials_exist {
                 Err(ApiFailure::unauthorized(
                     "this route needs `Authorization: Bearer <worker token>` (the agent reads it \
                      from worker_token_file, --worker-token-file, CIS490_WORKER_TOKEN or \
@@ -303,11 +321,22 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.status, StatusCode::FORBIDDEN);
         assert!(err.message.contains("revoked"), "{}", err.message);
-        // No credential left at all: open again (and health says so).
+        // No credential left at all: open again (and health says so)...
         assert_eq!(
             check_worker(&headers(&[]), &open, &q).await,
             Ok(WorkerIdentity::AnyName)
         );
+        // ...unless the server listens beyond loopback: then closed.
+        let exposed = ServerConfig {
+            require_worker_credentials: true,
+            ..open
+        };
+        let err = check_worker(&headers(&[]), &exposed, &q)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, StatusCode::UNAUTHORIZED);
+        let warnings = worker_credential_warnings(&exposed, &q).await.unwrap();
+        assert!(warnings[0].starts_with(NO_WORKER_CREDENTIAL), "{warnings:?}");
     }
 
     #[tokio::test]

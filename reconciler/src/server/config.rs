@@ -69,8 +69,13 @@ pub struct ServerConfig {
     pub insecure: bool,
     /// `X-Operator-Token`; when None, operator routes answer 403.
     pub operator_token: Option<Secret>,
-    /// `Authorization: Bearer`; when None, worker routes are open.
+    /// The shared `Authorization: Bearer` token (proves no worker name). Without it and
+    /// without per-worker tokens, worker routes are open (see `require_worker_credentials`).
     pub worker_token: Option<Secret>,
+    /// Refuse worker requests even while no worker credential exists (set by `serve` when
+    /// it listens beyond loopback without `--insecure`), so revoking the last per-worker
+    /// token of an exposed server closes the worker routes instead of opening them.
+    pub require_worker_credentials: bool,
     /// Require a worker or operator token on read routes too.
     pub protect_reads: bool,
     pub max_upload_bytes: u64,
@@ -96,6 +101,7 @@ impl ServerConfig {
             insecure: false,
             operator_token: None,
             worker_token: None,
+            require_worker_credentials: false,
             protect_reads: false,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -155,8 +161,9 @@ pub enum ConfigError {
     /// A non-loopback address without a worker token and without `--insecure`.
     #[error(
         "refusing to listen on {addr} without a worker token: any host that can reach it could \
-         claim jobs and upload artifacts. Set CIS490_WORKER_TOKEN (or worker_token_file in the \
-         config file), or pass --insecure if the network is trusted"
+         claim jobs and upload artifacts. Issue per-worker tokens (cis490-reconciler tokens \
+         issue NAME), set CIS490_WORKER_TOKEN (or worker_token_file in the config file), or \
+         pass --insecure if the network is trusted"
     )]
     Exposed { addr: String },
 }
@@ -256,6 +263,15 @@ pub fn resolve(
 /// Resolves `listen` and refuses a non-loopback address unless a worker token is set or
 /// `insecure` is true.
 pub fn check_listen(config: &ServerConfig) -> Result<Vec<SocketAddr>, ConfigError> {
+    check_listen_with(config, false)
+}
+
+/// [`check_listen`], where `worker_tokens_issued` (per-worker tokens in the queue) counts
+/// as a worker credential like the shared token.
+pub fn check_listen_with(
+    config: &ServerConfig,
+    worker_tokens_issued: bool,
+) -> Result<Vec<SocketAddr>, ConfigError> {
     let addrs: Vec<SocketAddr> = config
         .listen
         .to_socket_addrs()
@@ -271,7 +287,7 @@ pub fn check_listen(config: &ServerConfig) -> Result<Vec<SocketAddr>, ConfigErro
         });
     }
     let exposed = addrs.iter().any(|a| !a.ip().is_loopback());
-    if exposed && config.worker_token.is_none() && !config.insecure {
+    if exposed && config.worker_token.is_none() && !worker_tokens_issued && !config.insecure {
         return Err(ConfigError::Exposed {
             addr: config.listen.clone(),
         });
@@ -388,6 +404,7 @@ mod tests {
         c.insecure = true;
         assert!(check_listen(&c).is_ok());
         c.insecure = false;
+        assert!(check_listen_with(&c, true).is_ok());
         c.worker_token = Secret::new("t");
         assert!(check_listen(&c).is_ok());
         let mut local = ServerConfig::new("m.toml", "state");
