@@ -220,7 +220,8 @@ async fn store_upload(
     let (worker, lease, expected_sha256) = upload_headers(headers)?;
     authorize(state, identity, &worker, Some(&id)).await?;
     let queue = state.queue.clone();
-    let (check_id, check_worker) = (id.clone(), worker.clone());
+    let (check_id, check_worker, record_id, record_lease) =
+        (id.clone(), worker.clone(), id.clone(), lease.clone());
     let spec = blocking(move || queue.check_lease(&check_id, &check_worker, &lease)).await?;
     let upload = Upload {
         job_id: id,
@@ -231,6 +232,14 @@ async fn store_upload(
         content_length: content_length(headers),
     };
     let stored = state.store.ingest(&upload, stream).await?;
+    // Fenced again now that the bytes are in: an upload whose lease was lost while it
+    // streamed is refused (409 lease_lost) and cannot complete the job. Its bundle stays
+    // in the store, harmless: nothing refers to it.
+    let queue = state.queue.clone();
+    let artifact = stored.artifact_id.clone();
+    let size = stored.size_bytes;
+    blocking(move || queue.record_upload(&record_id, &worker, &record_lease, &artifact, size))
+        .await?;
     Ok(UploadResponse {
         artifact_id: stored.artifact_id,
         status: stored.status,
