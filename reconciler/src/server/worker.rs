@@ -12,7 +12,8 @@ use axum::Extension;
 use axum::Json;
 use cis490_api::{
     ArtifactId, Capability, ClaimRequest, CompleteRequest, FailRequest, HeartbeatRequest,
-    HeartbeatResponse, JobId, JobStatusResponse, Lease, UploadResponse, WorkerName, WorkerView,
+    HeartbeatResponse, JobId, JobStatusResponse, Lease, UploadResponse, WhoAmI, WorkerName,
+    WorkerView,
     CONTENT_SHA256_HEADER, LEASE_ATTEMPT_HEADER, LEASE_TOKEN_HEADER, MAX_CLAIM_WAIT_S,
     WORKER_HEADER,
 };
@@ -260,4 +261,26 @@ pub async fn report_node(
     Ok(Json(
         blocking(move || queue.report_node(&name, &capability)).await?,
     ))
+}
+
+/// `GET /v1/whoami`: the proven identity, so an installer can check a credential with a
+/// call that changes nothing.
+pub async fn whoami(
+    State(state): State<AppState>,
+    Extension(identity): Extension<WorkerIdentity>,
+) -> Json<WhoAmI> {
+    Json(match identity {
+        WorkerIdentity::Named { name, via } => WhoAmI {
+            worker: Some(name),
+            credential: via.as_str().to_string(),
+        },
+        WorkerIdentity::AnyName if state.config.worker_token.is_some() => WhoAmI {
+            worker: None,
+            credential: "shared worker token".to_string(),
+        },
+        WorkerIdentity::AnyName => WhoAmI {
+            worker: None,
+            credential: "none (worker routes are open)".to_string(),
+        },
+    })
 }
