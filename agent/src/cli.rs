@@ -97,18 +97,28 @@ pub async fn check_server_command(flags: &RunFlags) -> anyhow::Result<()> {
         .await
         .map_err(|_| anyhow::anyhow!("the reconciler at {url} did not answer within {CHECK_TIMEOUT:?}: check --server / `server` and that the server runs"))?
         .map_err(|e| anyhow::anyhow!("{e}: check --server / `server` and that the server runs and is reachable from this host"))?;
-    println!("server {url}: {} (version {})", health.status, health.version);
+    println!(
+        "server {url}: {} (version {})",
+        health.status, health.version
+    );
     for warning in &health.warnings {
         println!("  server warning: {warning}");
     }
     let me = tokio::time::timeout(CHECK_TIMEOUT, client.whoami())
         .await
-        .map_err(|_| anyhow::anyhow!("the reconciler at {url} did not answer GET /v1/whoami within {CHECK_TIMEOUT:?}"))?
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the reconciler at {url} did not answer GET /v1/whoami within {CHECK_TIMEOUT:?}"
+            )
+        })?
         .map_err(|e| credential_problem(&e, cfg.worker_token.is_some()))?;
     let name = &cfg.name;
     match &me.worker {
         Some(bound) if bound == name => {
-            println!("worker credential: accepted, {} of worker {bound}", me.credential);
+            println!(
+                "worker credential: accepted, {} of worker {bound}",
+                me.credential
+            );
         }
         Some(bound) => anyhow::bail!(
             "the {} belongs to worker {bound}, but this agent runs as worker {name}: set \

@@ -638,7 +638,10 @@ mod tests {
         let config = dir.path().join("agent.toml");
         std::fs::write(
             &config,
-            format!("worker_token_file = {:?}\n", token_file.display().to_string()),
+            format!(
+                "worker_token_file = {:?}\n",
+                token_file.display().to_string()
+            ),
         )
         .unwrap();
         let from_config = RunFlags {

@@ -121,8 +121,12 @@ impl Shared {
         instance.stopping = true;
         match tokio::time::timeout(SHUTDOWN_REPORT_WINDOW, self.send_node_status(status)).await {
             Ok(Ok(())) => tracing::info!(worker = %self.worker(), "signed off: the name is free"),
-            Ok(Err(e)) => tracing::warn!("could not sign off ({e}); the name frees once the server sees this agent stale"),
-            Err(_) => tracing::warn!("could not sign off in time; the name frees once the server sees this agent stale"),
+            Ok(Err(e)) => tracing::warn!(
+                "could not sign off ({e}); the name frees once the server sees this agent stale"
+            ),
+            Err(_) => tracing::warn!(
+                "could not sign off in time; the name frees once the server sees this agent stale"
+            ),
         }
     }
 

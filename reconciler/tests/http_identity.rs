@@ -101,7 +101,11 @@ async fn per_worker_tokens_bind_their_name_and_a_revoked_one_is_refused_at_once(
     };
     let err = w1.heartbeat(&claimed.job.id, &hb_as_w2).await.unwrap_err();
     assert_eq!(err.code(), Some("wrong_worker"), "{err}");
-    let detail = app.anon.job(&prefix(claimed.job.id.as_str())).await.unwrap();
+    let detail = app
+        .anon
+        .job(&prefix(claimed.job.id.as_str()))
+        .await
+        .unwrap();
     let refusal = detail
         .events
         .iter()
@@ -180,7 +184,10 @@ async fn a_second_agent_under_a_live_name_is_refused_with_409() {
     );
     let err = app
         .client
-        .report_node(&worker("gpu-1"), &with_instance("gpu-1", "second02").capability)
+        .report_node(
+            &worker("gpu-1"),
+            &with_instance("gpu-1", "second02").capability,
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some("name_in_use"));
@@ -241,14 +248,20 @@ async fn completions_with_a_foreign_a_never_uploaded_or_a_missing_artifact_are_r
 
     // Another worker with this job's lease: not its lease (shared token: lease_lost).
     let err = c
-        .complete(&one.job.id, &completion("w2", &one.lease, Some(mine.clone())))
+        .complete(
+            &one.job.id,
+            &completion("w2", &one.lease, Some(mine.clone())),
+        )
         .await
         .unwrap_err();
     assert!(err.is_lease_lost(), "{err}");
     assert_eq!(job_status(&app, &one.job.id).await, JobStatus::Running);
 
     let done = c
-        .complete(&one.job.id, &completion("w1", &one.lease, Some(mine.clone())))
+        .complete(
+            &one.job.id,
+            &completion("w1", &one.lease, Some(mine.clone())),
+        )
         .await
         .unwrap();
     assert_eq!(done.status, JobStatus::Completed);
@@ -270,13 +283,19 @@ async fn a_worker_using_another_workers_lease_with_its_own_token_is_refused() {
     let mine = upload(&w1, &one, "w1", b"w1's model").await;
     // w2 names itself: the lease is not its own.
     let err = w2
-        .complete(&one.job.id, &completion("w2", &one.lease, Some(mine.clone())))
+        .complete(
+            &one.job.id,
+            &completion("w2", &one.lease, Some(mine.clone())),
+        )
         .await
         .unwrap_err();
     assert!(err.is_lease_lost(), "{err}");
     // w2 names w1: its token does not prove w1.
     let err = w2
-        .complete(&one.job.id, &completion("w1", &one.lease, Some(mine.clone())))
+        .complete(
+            &one.job.id,
+            &completion("w1", &one.lease, Some(mine.clone())),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some("wrong_worker"), "{err}");

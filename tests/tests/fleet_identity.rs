@@ -78,7 +78,10 @@ fn a_second_agent_under_a_live_name_exits_with_the_reason_and_the_first_keeps_it
     let done = fleet.wait_status(&id, JobStatus::Completed).unwrap();
     assert_eq!(done.worker.unwrap().as_str(), "gpu-1");
     assert!(done.artifact_id.is_some());
-    let events = fleet.rt.block_on(fleet.client.events(0, Duration::ZERO)).unwrap();
+    let events = fleet
+        .rt
+        .block_on(fleet.client.events(0, Duration::ZERO))
+        .unwrap();
     assert!(
         events.events.iter().any(|e| e.kind == "NameInUse"),
         "{:?}",
@@ -131,7 +134,13 @@ fn per_worker_tokens_issue_use_check_and_revoke_through_the_binaries() {
 
     // check-server: the token for its own name passes; for another name, or none, fails.
     let ok = fleet
-        .agent_cli(&["check-server", "--name", "lab-1", "--worker-token-file", token_file])
+        .agent_cli(&[
+            "check-server",
+            "--name",
+            "lab-1",
+            "--worker-token-file",
+            token_file,
+        ])
         .unwrap();
     assert!(ok.status.success(), "{}", describe(&ok));
     assert!(
@@ -140,7 +149,13 @@ fn per_worker_tokens_issue_use_check_and_revoke_through_the_binaries() {
         describe(&ok)
     );
     let wrong_name = fleet
-        .agent_cli(&["check-server", "--name", "lab-2", "--worker-token-file", token_file])
+        .agent_cli(&[
+            "check-server",
+            "--name",
+            "lab-2",
+            "--worker-token-file",
+            token_file,
+        ])
         .unwrap();
     assert!(!wrong_name.status.success(), "{}", describe(&wrong_name));
     assert!(
@@ -148,7 +163,9 @@ fn per_worker_tokens_issue_use_check_and_revoke_through_the_binaries() {
         "{}",
         describe(&wrong_name)
     );
-    let none = fleet.agent_cli(&["check-server", "--name", "lab-1"]).unwrap();
+    let none = fleet
+        .agent_cli(&["check-server", "--name", "lab-1"])
+        .unwrap();
     assert!(!none.status.success(), "{}", describe(&none));
     assert!(
         text(&none.stderr).contains("worker_token_file"),
@@ -175,7 +192,13 @@ fn per_worker_tokens_issue_use_check_and_revoke_through_the_binaries() {
     let err = fleet.rt.block_on(lab1.whoami()).unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::FORBIDDEN), "{err}");
     let refused = fleet
-        .agent_cli(&["check-server", "--name", "lab-1", "--worker-token-file", token_file])
+        .agent_cli(&[
+            "check-server",
+            "--name",
+            "lab-1",
+            "--worker-token-file",
+            token_file,
+        ])
         .unwrap();
     assert!(!refused.status.success(), "{}", describe(&refused));
     assert!(

@@ -170,7 +170,10 @@ fn agents_that_send_no_instance_are_not_checked_and_bad_ids_are_refused() {
     name_in_use(q.report_node(&gpu1, &agent("bbbb2222", "box-b")));
     for bad in ["", "has space", &"x".repeat(65)] {
         let err = q.report_node(&worker("w"), &agent(bad, "h")).unwrap_err();
-        assert!(matches!(err, QueueError::BadRequest { .. }), "{bad:?}: {err}");
+        assert!(
+            matches!(err, QueueError::BadRequest { .. }),
+            "{bad:?}: {err}"
+        );
     }
 }
 
@@ -252,10 +255,7 @@ fn a_completion_may_name_only_an_artifact_its_lease_uploaded() {
         complete(&q, one, Some(artifact("aa"))).unwrap(),
         JobStatus::Completed
     );
-    assert_eq!(
-        q.job(&one.0.id).unwrap().artifact_id,
-        Some(artifact("aa"))
-    );
+    assert_eq!(q.job(&one.0.id).unwrap().artifact_id, Some(artifact("aa")));
     assert_eq!(
         complete(&q, two, Some(artifact("bb"))).unwrap(),
         JobStatus::Completed
@@ -286,7 +286,10 @@ fn an_upload_of_an_earlier_lease_does_not_count_and_a_lost_lease_records_nothing
     let second = q.claim(&worker("w2"), &cpu(8)).unwrap().unwrap();
     let now_running = (second.job.clone(), second.lease.clone(), "w2");
     let err = complete(&q, &now_running, Some(artifact("aa"))).unwrap_err();
-    assert!(matches!(err, QueueError::ArtifactNotUploaded { .. }), "{err}");
+    assert!(
+        matches!(err, QueueError::ArtifactNotUploaded { .. }),
+        "{err}"
+    );
     // Nothing this lease uploaded: completing without an artifact is allowed.
     assert_eq!(
         complete(&q, &now_running, None).unwrap(),

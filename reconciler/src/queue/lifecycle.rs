@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use cis490_api::{
-    ArtifactId, CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, IdPrefix, JobFilter, JobId,
-    JobStatus, JobStatusResponse, JobView, Lease, ManifestError, ManifestStatus, PlanSummary,
-    WorkerName, SHORT_ID_LEN,
+    ArtifactId, CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, IdPrefix,
+    JobFilter, JobId, JobStatus, JobStatusResponse, JobView, Lease, ManifestError, ManifestStatus,
+    PlanSummary, WorkerName, SHORT_ID_LEN,
 };
 use rusqlite::{params, OptionalExtension};
 

@@ -35,9 +35,9 @@ mod schema;
 pub mod tokens;
 
 #[cfg(test)]
-pub(crate) mod test_support;
-#[cfg(test)]
 mod identity_tests;
+#[cfg(test)]
+pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;
 
@@ -48,9 +48,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 use cis490_api::{
-    ArtifactId, Capability, ClaimResponse, CompleteRequest, EventsPage, Explain, FailRequest, HeartbeatRequest,
-    HeartbeatResponse, IdPrefix, JobFilter, JobId, JobSpec, JobStatusResponse, JobView, Lease,
-    ManifestError, ManifestStatus, PlanSummary, WorkerName, WorkerView,
+    ArtifactId, Capability, ClaimResponse, CompleteRequest, EventsPage, Explain, FailRequest,
+    HeartbeatRequest, HeartbeatResponse, IdPrefix, JobFilter, JobId, JobSpec, JobStatusResponse,
+    JobView, Lease, ManifestError, ManifestStatus, PlanSummary, WorkerName, WorkerView,
 };
 use rusqlite::{Connection, TransactionBehavior};
 

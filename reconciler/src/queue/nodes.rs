@@ -117,14 +117,26 @@ pub(crate) fn i_upsert_worker(
              instance_pid = CASE WHEN ?4 IS NULL THEN instance_pid ELSE ?5 END \
              WHERE name = ?1",
         )?
-        .execute(params![worker.as_str(), json, tx.now, instance_id, instance_pid])?;
+        .execute(params![
+            worker.as_str(),
+            json,
+            tx.now,
+            instance_id,
+            instance_pid
+        ])?;
     if updated == 0 {
         tx.db
             .prepare_cached(
                 "INSERT INTO workers (name, capability, first_seen, last_seen, instance_id, \
                  instance_pid) VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
             )?
-            .execute(params![worker.as_str(), json, tx.now, instance_id, instance_pid])?;
+            .execute(params![
+                worker.as_str(),
+                json,
+                tx.now,
+                instance_id,
+                instance_pid
+            ])?;
         let gpus = if cap.gpus.is_empty() {
             "no GPU".to_string()
         } else {

@@ -59,7 +59,8 @@ pub fn tokens_issued_in(path: &std::path::Path) -> Result<bool, QueueError> {
     if !path.exists() {
         return Ok(false);
     }
-    let db = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let db =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     db.busy_timeout(std::time::Duration::from_secs(10))?;
     let has_table: bool = db.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'worker_tokens')",
@@ -69,7 +70,11 @@ pub fn tokens_issued_in(path: &std::path::Path) -> Result<bool, QueueError> {
     if !has_table {
         return Ok(false);
     }
-    Ok(db.query_row("SELECT EXISTS (SELECT 1 FROM worker_tokens)", [], |r| r.get(0))?)
+    Ok(
+        db.query_row("SELECT EXISTS (SELECT 1 FROM worker_tokens)", [], |r| {
+            r.get(0)
+        })?,
+    )
 }
 
 impl Queue {

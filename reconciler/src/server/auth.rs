@@ -274,14 +274,8 @@ mod tests {
             async move { check_worker(&h, &c, &q).await.map_err(|e| e.status) }
         };
         assert_eq!(status(headers(&[])).await, Err(StatusCode::UNAUTHORIZED));
-        assert_eq!(
-            status(bearer_of("nope")).await,
-            Err(StatusCode::FORBIDDEN)
-        );
-        assert_eq!(
-            status(bearer_of("wtok")).await,
-            Ok(WorkerIdentity::AnyName)
-        );
+        assert_eq!(status(bearer_of("nope")).await, Err(StatusCode::FORBIDDEN));
+        assert_eq!(status(bearer_of("wtok")).await, Ok(WorkerIdentity::AnyName));
         let open = ServerConfig::new("m.toml", "state");
         assert_eq!(
             check_worker(&headers(&[]), &open, &q).await,
@@ -331,12 +325,13 @@ mod tests {
             require_worker_credentials: true,
             ..open
         };
-        let err = check_worker(&headers(&[]), &exposed, &q)
-            .await
-            .unwrap_err();
+        let err = check_worker(&headers(&[]), &exposed, &q).await.unwrap_err();
         assert_eq!(err.status, StatusCode::UNAUTHORIZED);
         let warnings = worker_credential_warnings(&exposed, &q).await.unwrap();
-        assert!(warnings[0].starts_with(NO_WORKER_CREDENTIAL), "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(NO_WORKER_CREDENTIAL),
+            "{warnings:?}"
+        );
     }
 
     #[tokio::test]
@@ -398,9 +393,11 @@ mod tests {
             StatusCode::UNAUTHORIZED
         );
         assert!(check_reader(&bearer_of("wtok"), &c, &q).await.is_ok());
-        assert!(check_reader(&headers(&[("x-operator-token", "otok")]), &c, &q)
-            .await
-            .is_ok());
+        assert!(
+            check_reader(&headers(&[("x-operator-token", "otok")]), &c, &q)
+                .await
+                .is_ok()
+        );
         assert_eq!(
             check_reader(&headers(&[("x-operator-token", "wtok")]), &c, &q)
                 .await
@@ -409,6 +406,8 @@ mod tests {
             StatusCode::FORBIDDEN
         );
         let issued = q.issue_worker_token(&name("gpu-1")).unwrap();
-        assert!(check_reader(&bearer_of(&issued.token), &c, &q).await.is_ok());
+        assert!(check_reader(&bearer_of(&issued.token), &c, &q)
+            .await
+            .is_ok());
     }
 }

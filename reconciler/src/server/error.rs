@@ -80,8 +80,13 @@ impl From<QueueError> for ApiFailure {
         let code = err.code();
         let status = match code {
             "not_found" => StatusCode::NOT_FOUND,
-            "ambiguous_id" | "lease_lost" | "invalid_state" | "conflict" | "name_in_use"
-            | "artifact_not_uploaded" | "artifact_required" => StatusCode::CONFLICT,
+            "ambiguous_id"
+            | "lease_lost"
+            | "invalid_state"
+            | "conflict"
+            | "name_in_use"
+            | "artifact_not_uploaded"
+            | "artifact_required" => StatusCode::CONFLICT,
             "bad_request" => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

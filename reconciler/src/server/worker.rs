@@ -13,8 +13,7 @@ use axum::Json;
 use cis490_api::{
     ArtifactId, Capability, ClaimRequest, CompleteRequest, FailRequest, HeartbeatRequest,
     HeartbeatResponse, JobId, JobStatusResponse, Lease, UploadResponse, WhoAmI, WorkerName,
-    WorkerView,
-    CONTENT_SHA256_HEADER, LEASE_ATTEMPT_HEADER, LEASE_TOKEN_HEADER, MAX_CLAIM_WAIT_S,
+    WorkerView, CONTENT_SHA256_HEADER, LEASE_ATTEMPT_HEADER, LEASE_TOKEN_HEADER, MAX_CLAIM_WAIT_S,
     WORKER_HEADER,
 };
 use serde::Deserialize;
@@ -51,10 +50,9 @@ pub(crate) async fn authorize(
             job.cloned(),
         );
         let message = refusal.message.clone();
-        let recorded = blocking(move || {
-            queue.record_wrong_worker(job.as_ref(), &proven, &claimed, &message)
-        })
-        .await;
+        let recorded =
+            blocking(move || queue.record_wrong_worker(job.as_ref(), &proven, &claimed, &message))
+                .await;
         if let Err(e) = recorded {
             tracing::warn!(error = %e.message, "could not record a wrong_worker refusal");
         }
