@@ -167,32 +167,18 @@ pub(crate) fn i_upsert_worker(
 struct Holder {
     id: String,
     pid: Option<u32>,
-    host: Option<String>,
     last_seen: i64,
 }
 
+/// Every claim asks this, so it reads only the instance columns; the host name for a
+/// refusal's message is looked up by [`i_describe_holder`] only when there is one.
 fn i_holder(tx: &Tx<'_>, worker: &WorkerName) -> Result<Option<Holder>, QueueError> {
-    let row: Option<(Option<String>, Option<u32>, i64, String)> = tx
+    let row: Option<(Option<String>, Option<u32>, i64)> = tx
         .db
-        .prepare_cached(
-            "SELECT instance_id, instance_pid, last_seen, capability FROM workers WHERE name = ?1",
-        )?
-        .query_row([worker.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })
+        .prepare_cached("SELECT instance_id, instance_pid, last_seen FROM workers WHERE name = ?1")?
+        .query_row([worker.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    Ok(row.and_then(|(id, pid, last_seen, capability)| {
-        let host = serde_json::from_str::<Capability>(&capability)
-            .ok()
-            .map(|c| c.hostname)
-            .filter(|h| !h.is_empty());
-        id.map(|id| Holder {
-            id,
-            pid,
-            host,
-            last_seen,
-        })
-    }))
+    Ok(row.and_then(|(id, pid, last_seen)| id.map(|id| Holder { id, pid, last_seen })))
 }
 
 /// Latest expiry of the leases `worker` holds, when any is still running.
@@ -227,7 +213,7 @@ fn i_take_name(
     let fresh_until = holder.last_seen.saturating_add(stale_ms);
     let lease_until = i_latest_lease_expiry(tx, worker)?.filter(|&at| at > tx.now);
     let frees_at = fresh_until.max(lease_until.unwrap_or(i64::MIN));
-    let who = describe_holder(&holder);
+    let who = i_describe_holder(tx, worker, &holder);
     if frees_at >= tx.now {
         let frees_in_s = (frees_at - tx.now + 999) / 1000;
         let why = match lease_until {
@@ -265,12 +251,18 @@ fn i_take_name(
     )
 }
 
-fn describe_holder(holder: &Holder) -> String {
+/// "instance ID, pid N on host H", as far as known.
+fn i_describe_holder(tx: &Tx<'_>, worker: &WorkerName, holder: &Holder) -> String {
     let mut who = format!("instance {}", holder.id);
     if let Some(pid) = holder.pid {
         who.push_str(&format!(", pid {pid}"));
     }
-    if let Some(host) = &holder.host {
+    let host = i_worker_row(tx, worker.as_str())
+        .ok()
+        .flatten()
+        .map(|row| row.capability.hostname)
+        .filter(|h| !h.is_empty());
+    if let Some(host) = host {
         who.push_str(&format!(" on host {host}"));
     }
     who
