@@ -1,18 +1,26 @@
 <#
 .SYNOPSIS
-  Enrolls this Windows host in a cis490 fleet: installs cis490-agent.exe, writes
-  %ProgramData%\cis490\agent.toml, runs the capability self-test, and registers a scheduled
-  task that starts the agent at boot and restarts it on failure.
+  Enrolls this Windows host in a cis490 fleet: installs cis490-agent.exe, writes the worker
+  token to %ProgramData%\cis490\worker.token (readable only by Administrators and SYSTEM)
+  and %ProgramData%\cis490\agent.toml (which names it), runs the self-tests (capability,
+  then check-server: the server answers and accepts the token for this name), and registers
+  a scheduled task that starts the agent at boot and restarts it on failure. Stops with the
+  reason when a self-test fails.
+
+  The token (per-worker from `cis490-reconciler tokens issue NAME`, or the shared one)
+  comes from -TokenFile FILE, else from $env:CIS490_WORKER_TOKEN, else (visible in the
+  process list and history; avoid) -Token. Without any, an existing worker.token is kept.
 
 .EXAMPLE
   # From an elevated PowerShell in the checkout:
   .\manifests\install-agent.ps1 -Server http://pi.local:8787 -WorkDir C:\cis490\training `
-      -Token $env:CIS490_WORKER_TOKEN -MaxConcurrent 1
+      -TokenFile .\lab-3.token -Name lab-3 -MaxConcurrent 1
 #>
 [CmdletBinding()]
 param(
     [Parameter(Mandatory = $true)] [string] $Server,
     [Parameter(Mandatory = $true)] [string] $WorkDir,
+    [string] $TokenFile = "",
     [string] $Token = "",
     [string] $Name = "",
     [int] $MaxConcurrent = 1,
@@ -28,12 +36,22 @@ if (-not $principal.IsInRole([Security.Principal.WindowsBuiltInRole]::Administra
 }
 if (-not (Test-Path -PathType Container $WorkDir)) { throw "work dir $WorkDir does not exist" }
 if ($MaxConcurrent -lt 1) { throw "-MaxConcurrent must be at least 1" }
+if ($TokenFile -ne "") {
+    if ($Token -ne "") { throw "give -TokenFile or -Token, not both" }
+    if (-not (Test-Path -PathType Leaf $TokenFile)) { throw "cannot read the token file $TokenFile" }
+    $Token = (Get-Content -Raw -Path $TokenFile).Trim()
+    if ($Token -eq "") { throw "the token file $TokenFile is empty" }
+} elseif ($Token -ne "") {
+    Write-Warning "-Token puts the secret on the command line; prefer -TokenFile FILE or `$env:CIS490_WORKER_TOKEN"
+} elseif ($env:CIS490_WORKER_TOKEN) {
+    $Token = $env:CIS490_WORKER_TOKEN.Trim()
+}
 
 if ($Binary -eq "") {
     $Binary = Join-Path $PSScriptRoot "..\target\release\cis490-agent.exe"
 }
 if (-not (Test-Path $Binary)) {
-    throw "no cis490-agent.exe at $Binary: build it (cargo build --release -p cis490-agent) or pass -Binary"
+    throw "no cis490-agent.exe at ${Binary}: build it (cargo build --release -p cis490-agent) or pass -Binary"
 }
 
 $installDir = Join-Path $env:ProgramFiles "cis490"
@@ -44,6 +62,22 @@ $exe = Join-Path $installDir "cis490-agent.exe"
 Copy-Item -Force $Binary $exe
 Write-Host "installed $exe"
 
+# The token lives in a file of its own that only Administrators and SYSTEM (the task's
+# account) can read: created empty, locked down, then written, so it is never readable by
+# others even for a moment. The config and the task's command line only name it.
+$tokenPath = Join-Path $configDir "worker.token"
+if ($Token -ne "") {
+    New-Item -ItemType File -Force -Path $tokenPath | Out-Null
+    icacls $tokenPath /inheritance:r /grant:r "Administrators:F" "SYSTEM:F" | Out-Null
+    if ($LASTEXITCODE -ne 0) { throw "could not restrict $tokenPath to Administrators and SYSTEM" }
+    Set-Content -Path $tokenPath -Value $Token -Encoding ASCII -NoNewline
+    Write-Host "wrote $tokenPath (Administrators and SYSTEM only)"
+} elseif (Test-Path $tokenPath) {
+    Write-Host "keeping the existing $tokenPath"
+} else {
+    Write-Host "no worker token given (-TokenFile FILE): the agent sends none"
+}
+
 function TomlString([string] $s) { '"' + ($s -replace '\\', '\\' -replace '"', '\"') + '"' }
 $lines = @(
     "# Written by install-agent.ps1 on $((Get-Date).ToUniversalTime().ToString('s'))Z; see etc/agent.toml.example.",
@@ -53,11 +87,11 @@ $lines = @(
     "python = ""python""",
     "max_concurrent = $MaxConcurrent"
 )
-if ($Token -ne "") { $lines += "worker_token = $(TomlString $Token)" }
+if (Test-Path $tokenPath) { $lines += "worker_token_file = $(TomlString $tokenPath)" }
 if ($Name -ne "") { $lines += "name = $(TomlString $Name)" }
 $config = Join-Path $configDir "agent.toml"
 Set-Content -Path $config -Value $lines -Encoding UTF8
-# Only administrators and SYSTEM may read the token.
+# Only administrators and SYSTEM may change what the agent runs.
 icacls $config /inheritance:r /grant:r "Administrators:F" "SYSTEM:F" | Out-Null
 Write-Host "wrote $config"
 
@@ -68,6 +102,10 @@ if ($Advertise -ne "") { $runArgs += @("--advertise", $Advertise); $testArgs += 
 Write-Host "self-test: cis490-agent capability"
 & $exe @testArgs
 if ($LASTEXITCODE -ne 0) { throw "the capability self-test failed; fix the message above, then run this script again" }
+
+Write-Host "self-test: cis490-agent check-server: reach $Server with the token"
+& $exe check-server --config $config
+if ($LASTEXITCODE -ne 0) { throw "the server check failed (unreachable server or refused token, see above); fix it, then run this script again" }
 
 $action = New-ScheduledTaskAction -Execute $exe -Argument ($runArgs -join " ") -WorkingDirectory $WorkDir
 $trigger = New-ScheduledTaskTrigger -AtStartup

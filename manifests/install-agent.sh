@@ -1,16 +1,25 @@
 #!/bin/sh
 # Enrolls this Linux host in a cis490 fleet: installs cis490-agent, creates the `cis490`
-# user, writes /etc/cis490/agent.toml, runs the capability self-test, and enables the
-# systemd unit. Run as root from a checkout (or pass --binary).
+# user, writes the worker token to /etc/cis490/worker.token (0600, owned by that user) and
+# /etc/cis490/agent.toml (which names it), runs the self-tests as that user (capability,
+# then check-server: the server answers and accepts the token for this name), and enables
+# the systemd unit. Stops with the reason when a self-test fails. Run as root from a
+# checkout (or pass --binary).
 #
 #   sudo manifests/install-agent.sh --server http://pi.local:8787 \
-#        --work-dir /opt/cis490/training [--token TOKEN] [--name NAME] \
+#        --work-dir /opt/cis490/training [--token-file FILE] [--name NAME] \
 #        [--max-concurrent N] [--advertise cuda=false,ram_gib=8] [--binary PATH]
+#
+# The token (per-worker from `cis490-reconciler tokens issue NAME`, or the shared one)
+# comes from --token-file FILE, else from $CIS490_WORKER_TOKEN, else (visible to other
+# users in the process list; avoid) --token TOKEN. Without any, an existing
+# /etc/cis490/worker.token is kept.
 set -eu
 
 SERVER=""
 WORK_DIR=""
 TOKEN=""
+TOKEN_FILE=""
 NAME=""
 MAX_CONCURRENT="1"
 ADVERTISE=""
@@ -24,12 +33,14 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --server) SERVER="$2"; shift 2 ;;
         --work-dir) WORK_DIR="$2"; shift 2 ;;
-        --token) TOKEN="$2"; shift 2 ;;
+        --token) TOKEN="$2"; shift 2
+            echo "install-agent: warning: --token puts the secret on the command line; prefer --token-file FILE or CIS490_WORKER_TOKEN" >&2 ;;
+        --token-file) TOKEN_FILE="$2"; shift 2 ;;
         --name) NAME="$2"; shift 2 ;;
         --max-concurrent) MAX_CONCURRENT="$2"; shift 2 ;;
         --advertise) ADVERTISE="$2"; shift 2 ;;
         --binary) BINARY="$2"; shift 2 ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
 done
@@ -39,6 +50,14 @@ done
 [ -n "$WORK_DIR" ] || die "--work-dir is required (the training checkout)"
 [ -d "$WORK_DIR" ] || die "work dir $WORK_DIR does not exist"
 case "$MAX_CONCURRENT" in ''|*[!0-9]*) die "--max-concurrent must be a number" ;; esac
+if [ -n "$TOKEN_FILE" ]; then
+    [ -z "$TOKEN" ] || die "give --token-file or --token, not both"
+    [ -r "$TOKEN_FILE" ] || die "cannot read the token file $TOKEN_FILE"
+    TOKEN=$(tr -d '[:space:]' <"$TOKEN_FILE")
+    [ -n "$TOKEN" ] || die "the token file $TOKEN_FILE is empty"
+elif [ -z "$TOKEN" ] && [ -n "${CIS490_WORKER_TOKEN:-}" ]; then
+    TOKEN="$CIS490_WORKER_TOKEN"
+fi
 
 if [ -z "$BINARY" ]; then
     for candidate in "$HERE/../target/release/cis490-agent" "$(command -v cis490-agent || true)"; do
@@ -64,13 +83,28 @@ install -d -m 0755 /etc/cis490
 
 toml_string() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
 
+# The token lives in a file of its own that only root and the service user can read; the
+# config (and the unit's command line) only name it.
+TOKEN_PATH=/etc/cis490/worker.token
+if [ -n "$TOKEN" ]; then
+    TMP=$(mktemp)
+    printf '%s\n' "$TOKEN" >"$TMP"
+    install -m 0600 -o "$SERVICE_USER" -g "$SERVICE_USER" "$TMP" "$TOKEN_PATH"
+    rm -f "$TMP"
+    echo "wrote $TOKEN_PATH (0600, $SERVICE_USER)"
+elif [ -e "$TOKEN_PATH" ]; then
+    echo "keeping the existing $TOKEN_PATH"
+else
+    echo "no worker token given (--token-file FILE): the agent sends none"
+fi
+
 CONFIG=/etc/cis490/agent.toml
 TMP=$(mktemp)
 {
     echo "# Written by install-agent.sh on $(date -u +%Y-%m-%dT%H:%M:%SZ); see etc/agent.toml.example."
     echo "server = $(toml_string "$SERVER")"
-    [ -n "$TOKEN" ] && echo "worker_token = $(toml_string "$TOKEN")"
-    [ -n "$NAME" ] && echo "name = $(toml_string "$NAME")"
+    if [ -e "$TOKEN_PATH" ]; then echo "worker_token_file = $(toml_string "$TOKEN_PATH")"; fi
+    if [ -n "$NAME" ]; then echo "name = $(toml_string "$NAME")"; fi
     echo "work_dir = $(toml_string "$WORK_DIR")"
     echo "state_dir = \"/var/lib/cis490-agent\""
     echo "max_concurrent = $MAX_CONCURRENT"
@@ -86,6 +120,11 @@ echo "self-test: cis490-agent capability (as $SERVICE_USER)"
 # shellcheck disable=SC2086
 if ! runuser -u "$SERVICE_USER" -- /usr/local/bin/cis490-agent capability --config "$CONFIG" $ADVERTISE_ARGS; then
     die "the capability self-test failed; fix the message above, then run this script again"
+fi
+
+echo "self-test: cis490-agent check-server (as $SERVICE_USER): reach $SERVER with the token"
+if ! runuser -u "$SERVICE_USER" -- /usr/local/bin/cis490-agent check-server --config "$CONFIG"; then
+    die "the server check failed (unreachable server or refused token, see above); fix it, then run this script again"
 fi
 
 UNIT=/etc/systemd/system/cis490-agent.service

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use cis490_api::{Capability, Client};
+use cis490_api::{Capability, Client, ClientError};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::watch;
 
@@ -34,6 +34,13 @@ pub enum Command {
     },
     /// Claim and run jobs until SIGTERM/SIGINT.
     Run {
+        #[command(flatten)]
+        flags: RunFlags,
+    },
+    /// Check that the server answers and accepts this agent's worker credential for its
+    /// --name (GET /v1/health, then GET /v1/whoami; changes nothing). Exit 1 with the
+    /// reason otherwise. The install scripts run it as their self-test.
+    CheckServer {
         #[command(flatten)]
         flags: RunFlags,
     },
@@ -76,6 +83,72 @@ pub async fn capability_command(flags: &RunFlags, output: Output) -> anyhow::Res
         Output::Text => print!("{}", capability::render_text(&cap)),
     }
     Ok(())
+}
+
+/// How long each call of `check-server` may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `cis490-agent check-server`: prints what it checked; any failure is the error.
+pub async fn check_server_command(flags: &RunFlags) -> anyhow::Result<()> {
+    let cfg = AgentConfig::resolve(flags)?;
+    let url = cfg.server_url()?.to_string();
+    let client = Client::new(&url)?.with_worker_token(cfg.worker_token.clone());
+    let health = tokio::time::timeout(CHECK_TIMEOUT, client.health())
+        .await
+        .map_err(|_| anyhow::anyhow!("the reconciler at {url} did not answer within {CHECK_TIMEOUT:?}: check --server / `server` and that the server runs"))?
+        .map_err(|e| anyhow::anyhow!("{e}: check --server / `server` and that the server runs and is reachable from this host"))?;
+    println!(
+        "server {url}: {} (version {})",
+        health.status, health.version
+    );
+    for warning in &health.warnings {
+        println!("  server warning: {warning}");
+    }
+    let me = tokio::time::timeout(CHECK_TIMEOUT, client.whoami())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the reconciler at {url} did not answer GET /v1/whoami within {CHECK_TIMEOUT:?}"
+            )
+        })?
+        .map_err(|e| credential_problem(&e, cfg.worker_token.is_some()))?;
+    let name = &cfg.name;
+    match &me.worker {
+        Some(bound) if bound == name => {
+            println!(
+                "worker credential: accepted, {} of worker {bound}",
+                me.credential
+            );
+        }
+        Some(bound) => anyhow::bail!(
+            "the {} belongs to worker {bound}, but this agent runs as worker {name}: set \
+             --name / `name` to {bound}, or issue a token for {name} \
+             (cis490-reconciler tokens issue {name})",
+            me.credential
+        ),
+        None => println!(
+            "worker credential: accepted ({}): this agent may act as any worker, {name} included",
+            me.credential
+        ),
+    }
+    Ok(())
+}
+
+/// A refused whoami, with what fixes it.
+fn credential_problem(e: &ClientError, has_token: bool) -> anyhow::Error {
+    match e.status().map(|s| s.as_u16()) {
+        Some(401) if !has_token => anyhow::anyhow!(
+            "the server needs a worker token and this agent has none: put the token in a file \
+             only root and the agent's user can read and name it as worker_token_file (or \
+             --worker-token-file / CIS490_WORKER_TOKEN_FILE) ({e})"
+        ),
+        Some(401) | Some(403) => anyhow::anyhow!(
+            "the server refused this agent's worker token ({e}): use the token \
+             `cis490-reconciler tokens issue NAME` printed for this worker (a new issue \
+             replaces the old one), or the server's shared worker token"
+        ),
+        _ => anyhow::anyhow!("GET /v1/whoami failed: {e}"),
+    }
 }
 
 /// `cis490-agent run`

@@ -1,7 +1,10 @@
 //! Command line, config file (`etc/agent.toml.example`) and environment, merged into one
 //! [`AgentConfig`]. Precedence: flags, then environment (`CIS490_SERVER`,
-//! `CIS490_WORKER_TOKEN`, `CIS490_CA_FILE`, `CIS490_CERT_FILE`, `CIS490_KEY_FILE`), then the
-//! file, then defaults.
+//! `CIS490_WORKER_TOKEN`, `CIS490_WORKER_TOKEN_FILE`, `CIS490_CA_FILE`, `CIS490_CERT_FILE`,
+//! `CIS490_KEY_FILE`), then the file, then defaults.
+//!
+//! The worker token is a secret, so it never has to be on a command line: a file named by
+//! `worker_token_file` (config) or `--worker-token-file` holds it, root-only.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -34,6 +37,12 @@ pub enum ConfigError {
     /// A numeric setting is out of range.
     #[error("{0}")]
     Range(String),
+    /// The worker token is given twice at the same level, so which one is meant is unclear.
+    #[error("{0}")]
+    TwoTokens(String),
+    /// The worker token file is empty.
+    #[error("the worker token file {0} is empty: put the token `cis490-reconciler tokens issue NAME` printed in it")]
+    EmptyTokenFile(PathBuf),
 }
 
 /// How GPUs are handed to jobs.
@@ -209,6 +218,8 @@ pub struct FileConfig {
     pub cert_file: Option<PathBuf>,
     /// The private key (PEM) of `cert_file`.
     pub key_file: Option<PathBuf>,
+    /// A file holding the worker token (readable only by root and the agent's user).
+    pub worker_token_file: Option<PathBuf>,
     pub name: Option<String>,
     pub work_dir: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
@@ -238,7 +249,8 @@ pub struct RunFlags {
     /// The reconciler's URL, e.g. http://pi.local:8787.
     #[arg(long, env = "CIS490_SERVER")]
     pub server: Option<String>,
-    /// Bearer token for worker routes.
+    /// Bearer token for worker routes (visible to other users in the process list: prefer
+    /// --worker-token-file or worker_token_file).
     #[arg(long, env = "CIS490_WORKER_TOKEN", hide_env_values = true)]
     pub worker_token: Option<String>,
     /// Trust the CA certificates in this PEM file for an https:// server (the lab CA: the
@@ -252,6 +264,9 @@ pub struct RunFlags {
     /// The private key (PEM) of --cert-file (NAME-key.pem).
     #[arg(long, value_name = "FILE", env = cis490_api::tls::KEY_FILE_ENV)]
     pub key_file: Option<PathBuf>,
+    /// A file holding the bearer token for worker routes (per-worker or shared).
+    #[arg(long, env = "CIS490_WORKER_TOKEN_FILE", value_name = "FILE")]
+    pub worker_token_file: Option<PathBuf>,
     /// Worker name (default: the host name).
     #[arg(long)]
     pub name: Option<String>,
@@ -400,9 +415,22 @@ impl AgentConfig {
             .or(file.claim_wait_s)
             .unwrap_or(20)
             .min(cis490_api::MAX_CLAIM_WAIT_S);
+        let worker_token = match token_at_one_level(
+            flags.worker_token.as_deref(),
+            flags.worker_token_file.as_deref(),
+            "--worker-token (or CIS490_WORKER_TOKEN) and --worker-token-file (or \
+             CIS490_WORKER_TOKEN_FILE)",
+        )? {
+            Some(token) => Some(token),
+            None => token_at_one_level(
+                file.worker_token.as_deref(),
+                file.worker_token_file.as_deref(),
+                "worker_token and worker_token_file in the config file",
+            )?,
+        };
         Ok(AgentConfig {
             server: flags.server.clone().or(file.server),
-            worker_token: flags.worker_token.clone().or(file.worker_token),
+            worker_token,
             tls: ClientTls {
                 ca_file: flags.ca_file.clone().or(file.ca_file),
                 cert_file: flags.cert_file.clone().or(file.cert_file),
@@ -429,6 +457,31 @@ impl AgentConfig {
     /// The server URL, required by `run`.
     pub fn server_url(&self) -> Result<&str, ConfigError> {
         self.server.as_deref().ok_or(ConfigError::NoServer)
+    }
+}
+
+/// The token given at one level of precedence (flags, or the file): inline or from a file,
+/// never both.
+fn token_at_one_level(
+    inline: Option<&str>,
+    file: Option<&Path>,
+    both: &str,
+) -> Result<Option<String>, ConfigError> {
+    let inline = inline.map(str::trim).filter(|t| !t.is_empty());
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(ConfigError::TwoTokens(format!(
+            "both {both} are given: keep one (the file keeps the token off the command line)"
+        ))),
+        (Some(token), None) => Ok(Some(token.to_string())),
+        (None, Some(path)) => {
+            let text = config_file::read_text(path)?;
+            let token = text.trim();
+            if token.is_empty() {
+                return Err(ConfigError::EmptyTokenFile(path.to_path_buf()));
+            }
+            Ok(Some(token.to_string()))
+        }
+        (None, None) => Ok(None),
     }
 }
 
@@ -625,6 +678,69 @@ mod tests {
         assert_eq!(worker_name_from_host("gpu box#1"), "gpu-box-1");
         assert!(WorkerName::parse(&worker_name_from_host("-x")).is_ok());
         assert_eq!(worker_name_from_host(""), "localhost");
+    }
+
+    #[test]
+    fn the_token_comes_from_a_file_and_never_from_two_places_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("worker.token");
+        std::fs::write(&token_file, "cis490w_from_file\n").unwrap();
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "worker_token_file = {:?}\n",
+                token_file.display().to_string()
+            ),
+        )
+        .unwrap();
+        let from_config = RunFlags {
+            config: Some(config.clone()),
+            name: Some("n".into()),
+            ..RunFlags::default()
+        };
+        let cfg = AgentConfig::resolve(&from_config).unwrap();
+        assert_eq!(cfg.worker_token.as_deref(), Some("cis490w_from_file"));
+
+        // A flag beats the file's key, as every flag does.
+        let flag = RunFlags {
+            worker_token: Some("from-flag".into()),
+            ..from_config.clone()
+        };
+        assert_eq!(
+            AgentConfig::resolve(&flag).unwrap().worker_token.as_deref(),
+            Some("from-flag")
+        );
+        let flag_file = RunFlags {
+            config: None,
+            worker_token_file: Some(token_file.clone()),
+            ..from_config.clone()
+        };
+        assert_eq!(
+            AgentConfig::resolve(&flag_file)
+                .unwrap()
+                .worker_token
+                .as_deref(),
+            Some("cis490w_from_file")
+        );
+
+        let both = RunFlags {
+            worker_token: Some("x".into()),
+            worker_token_file: Some(token_file.clone()),
+            ..from_config.clone()
+        };
+        let err = AgentConfig::resolve(&both).unwrap_err();
+        assert!(err.to_string().contains("--worker-token-file"), "{err}");
+
+        std::fs::write(&token_file, "\n").unwrap();
+        let err = AgentConfig::resolve(&from_config).unwrap_err();
+        assert!(
+            err.to_string().contains("empty") && err.to_string().contains("worker.token"),
+            "{err}"
+        );
+        std::fs::remove_file(&token_file).unwrap();
+        let err = AgentConfig::resolve(&from_config).unwrap_err();
+        assert!(err.to_string().contains("worker.token"), "{err}");
     }
 
     #[test]

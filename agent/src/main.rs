@@ -24,6 +24,7 @@ async fn agent_main() {
     let result = match &args.command {
         Command::Capability { output, flags } => cli::capability_command(flags, *output).await,
         Command::Run { flags } => cli::run_command(flags).await,
+        Command::CheckServer { flags } => cli::check_server_command(flags).await,
     };
     if let Err(e) = result {
         eprintln!("cis490-agent: {e:#}");

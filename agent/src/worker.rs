@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use cis490_api::{
-    ArtifactId, ClaimRequest, ClaimResponse, Client, ClientError, CompleteRequest, FailRequest,
-    HeartbeatRequest, JobId, JobSpec, Lease, WorkerName,
+    AgentInstance, ArtifactId, ClaimRequest, ClaimResponse, Client, ClientError, CompleteRequest,
+    FailRequest, HeartbeatRequest, JobId, JobSpec, Lease, WorkerName,
 };
 use rand::Rng;
 use tokio::sync::watch;
@@ -110,6 +110,29 @@ impl Shared {
 
     async fn report_node(&self) -> Result<(), ClientError> {
         let status = self.slots().node_status();
+        self.send_node_status(status).await
+    }
+
+    /// The last node report, as the agent exits: frees the worker name at once for the
+    /// next agent (a restart), instead of after the server's `node_stale_after_s`.
+    async fn sign_off(&self) {
+        let mut status = self.slots().node_status();
+        let Some(instance) = status.instance.as_mut() else {
+            return;
+        };
+        instance.stopping = true;
+        match tokio::time::timeout(SHUTDOWN_REPORT_WINDOW, self.send_node_status(status)).await {
+            Ok(Ok(())) => tracing::info!(worker = %self.worker(), "signed off: the name is free"),
+            Ok(Err(e)) => tracing::warn!(
+                "could not sign off ({e}); the name frees once the server sees this agent stale"
+            ),
+            Err(_) => tracing::warn!(
+                "could not sign off in time; the name frees once the server sees this agent stale"
+            ),
+        }
+    }
+
+    async fn send_node_status(&self, status: cis490_api::Capability) -> Result<(), ClientError> {
         match tokio::time::timeout(
             CALL_TIMEOUT,
             self.client.report_node(self.worker(), &status),
@@ -145,13 +168,32 @@ fn is_refusal(e: &ClientError) -> bool {
     matches!(e.status().map(|s| s.as_u16()), Some(401) | Some(403))
 }
 
+/// Another live agent process holds this agent's worker name (409 `name_in_use`).
+fn is_name_in_use(e: &ClientError) -> bool {
+    e.code() == Some("name_in_use")
+}
+
+/// A fresh instance for this agent process: a random ID and the process ID.
+pub fn new_instance() -> AgentInstance {
+    let bytes: [u8; 8] = rand::rng().random();
+    AgentInstance {
+        id: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        pid: Some(std::process::id()),
+        stopping: false,
+    }
+}
+
 /// Why the agent stopped without being asked to.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// Another live agent holds the worker name; retrying cannot help until it stops.
+    #[error("{0}")]
+    NameInUse(String),
     /// The server refused the agent's node report (401/403): retrying cannot help.
     #[error(
-        "the reconciler refused this worker ({0}); check its credentials: worker_token / \
-         CIS490_WORKER_TOKEN, or --cert-file and --key-file when the server requires client \
+        "the reconciler refused this worker ({0}); check its credentials: the worker token \
+         (worker_token_file, --worker-token-file or CIS490_WORKER_TOKEN) and that it was issued \
+         for this --name, or --cert-file and --key-file when the server requires client \
          certificates"
     )]
     Refused(String),
@@ -680,14 +722,19 @@ pub struct RunSummary {
 }
 
 impl Agent {
-    /// `base` is the advertised capability (detected, with `--advertise` applied).
+    /// `base` is the advertised capability (detected, with `--advertise` applied). Unless
+    /// it names an instance already, the agent makes one ([`new_instance`]) and sends it
+    /// with every claim and node report.
     pub fn new(
         cfg: AgentConfig,
         client: Client,
-        base: cis490_api::Capability,
+        mut base: cis490_api::Capability,
         shutdown: watch::Receiver<bool>,
         trainers: TrainerRegistry,
     ) -> Self {
+        if base.instance.is_none() {
+            base.instance = Some(new_instance());
+        }
         let slots = Slots::new(base, cfg.gpu_sharing);
         let (freed, freed_rx) = watch::channel(0u64);
         Self {
@@ -721,6 +768,10 @@ impl Agent {
         let mut summary = RunSummary::default();
         let mut stage = AgentStage::Register;
         let mut failures = 0u32;
+        // Set when a claim learns that another agent took this worker name over: no more
+        // claims; the jobs on hand finish (or learn their leases are lost), then it stops.
+        let mut lost_name: Option<String> = None;
+        let mut registered = false;
         loop {
             stage = match stage {
                 AgentStage::Register => {
@@ -736,6 +787,7 @@ impl Agent {
                         Some(Ok(())) => {
                             tracing::info!(worker = %self.shared.worker(), server = self.shared.client.base_url(), "registered");
                             failures = 0;
+                            registered = true;
                             AgentStage::Claim
                         }
                         Some(Err(e)) if is_refusal(&e) => {
@@ -743,6 +795,9 @@ impl Agent {
                         }
                         Some(Err(e)) if e.tls_problem().is_some() => {
                             return Err(AgentError::Tls(e.to_string()));
+                        }
+                        Some(Err(e)) if is_name_in_use(&e) => {
+                            return Err(AgentError::NameInUse(e.to_string()));
                         }
                         Some(Err(e)) => {
                             failures += 1;
@@ -754,7 +809,7 @@ impl Agent {
                     }
                 }
                 AgentStage::Claim => {
-                    if self.shutting_down() {
+                    if self.shutting_down() || lost_name.is_some() {
                         AgentStage::Draining
                     } else if !self.shared.slots().has_room() {
                         AgentStage::Full
@@ -771,6 +826,10 @@ impl Agent {
                                 if started.elapsed() < Duration::from_secs(1) {
                                     self.pause(Duration::from_secs(1)).await;
                                 }
+                            }
+                            ClaimOutcome::Error(e) if is_name_in_use(&e) => {
+                                tracing::error!("{e}; finishing the jobs on hand, then stopping");
+                                lost_name = Some(e.to_string());
                             }
                             ClaimOutcome::Error(e) => {
                                 failures += 1;
@@ -799,7 +858,13 @@ impl Agent {
                     while let Some(done) = self.jobs.join_next_with_id().await {
                         self.finished(done, &mut summary).await;
                     }
+                    if let Some(message) = lost_name {
+                        return Err(AgentError::NameInUse(message));
+                    }
                     tracing::info!("all jobs released; stopping");
+                    if registered {
+                        self.shared.sign_off().await;
+                    }
                     return Ok(summary);
                 }
             };

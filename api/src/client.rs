@@ -447,6 +447,12 @@ impl Client {
         self.json(rb).await
     }
 
+    /// `GET /v1/whoami`: who the server takes this client's worker credential to be
+    /// (changes nothing; 401/403 when the credential is missing or refused).
+    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
+        self.json(self.request(Method::GET, "/v1/whoami")).await
+    }
+
     /// `PUT /v1/worker/{name}`: node status.
     pub async fn report_node(
         &self,

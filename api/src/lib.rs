@@ -16,7 +16,7 @@ pub use ids::{ArtifactId, IdError, IdPrefix, JobId, WorkerName, SHORT_ID_LEN};
 pub use job::{
     Constraints, Event, Hyper, JobError, JobSpec, JobStatus, JobView, Lease, RetryPolicy,
 };
-pub use node::{Capability, Gpu, NodeState, WorkerView};
+pub use node::{AgentInstance, Capability, Gpu, NodeState, WorkerView};
 pub use tls::{ClientTls, TlsFileError, TlsProblem};
 pub use wire::*;
 

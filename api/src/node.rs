@@ -73,6 +73,51 @@ pub struct Capability {
     /// Jobs the agent is running now.
     #[serde(default)]
     pub running_jobs: Vec<JobId>,
+    /// Which agent process sent this (claims and node reports), so the server can refuse a
+    /// second live agent under the same worker name. Not a resource; absent from old agents
+    /// and from `cis490-agent capability`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<AgentInstance>,
+}
+
+/// One agent process. Each `cis490-agent run` makes a random ID at start; the server lets
+/// one live instance hold a worker name at a time (409 `name_in_use` for another).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInstance {
+    /// Random, 1 to 64 characters of `[A-Za-z0-9_-]`.
+    pub id: String,
+    /// The agent's process ID, shown to whoever is refused the name.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Set on the agent's last node report as it exits: the name is free at once instead
+    /// of after `node_stale_after_s`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopping: bool,
+}
+
+impl AgentInstance {
+    /// Longest instance ID the server accepts.
+    pub const MAX_ID_LEN: usize = 64;
+
+    /// None when `id` is usable; otherwise why not.
+    pub fn id_problem(id: &str) -> Option<String> {
+        if id.is_empty() || id.len() > Self::MAX_ID_LEN {
+            return Some(format!(
+                "instance ID must be 1 to {} characters, got {}",
+                Self::MAX_ID_LEN,
+                id.len()
+            ));
+        }
+        if !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Some(format!(
+                "instance ID {id:?} may hold only letters, digits, '-' and '_'"
+            ));
+        }
+        None
+    }
 }
 
 fn one() -> u32 {

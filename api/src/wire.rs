@@ -24,8 +24,9 @@ pub const MAX_CLAIM_WAIT_S: u64 = 60;
 /// The body of every error answer: a stable machine code and a human sentence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
-    /// Stable code: bad_request, unauthorized, forbidden, not_found, ambiguous_id,
-    /// lease_lost, conflict, invalid_state, payload_too_large, sha_mismatch,
+    /// Stable code: bad_request, unauthorized, forbidden, wrong_worker, not_found,
+    /// ambiguous_id, lease_lost, conflict, invalid_state, name_in_use,
+    /// artifact_not_uploaded, artifact_required, payload_too_large, sha_mismatch,
     /// invalid_manifest, internal.
     pub error: String,
     pub message: String,
@@ -217,6 +218,17 @@ pub struct Health {
     /// (`cis490ctl status` prints them).
     #[serde(default)]
     pub warnings: Vec<String>,
+}
+
+/// `GET /v1/whoami` (a worker route that changes nothing): who the server takes the
+/// request's worker credential to be. `cis490-agent check-server` asks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    /// The worker the credential is bound to; None when it may act as any worker.
+    pub worker: Option<WorkerName>,
+    /// What the server accepted: "worker token", "client certificate", "shared worker
+    /// token", or "none (worker routes are open)".
+    pub credential: String,
 }
 
 /// `GET /v1/events?since=SEQ&wait=SECONDS`: events after `since`, long-polled. Watchers

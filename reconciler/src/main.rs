@@ -31,6 +31,9 @@ enum Command {
     /// Make a small lab CA, the server's certificate and agents' client certificates (TLS
     /// and mTLS for a lab with no PKI).
     Certs(cli::certs::CertsArgs),
+    /// Per-worker tokens (issue, revoke, list): each binds an agent to its worker name, for
+    /// labs without PKI. Works on the state directory, also while the server runs.
+    Tokens(cli::tokens::TokensArgs),
 }
 
 fn main() {
@@ -40,6 +43,7 @@ fn main() {
         Command::Serve(args) => cli::serve::run(args),
         Command::Dev(args) => cli::dev::run(args),
         Command::Certs(args) => cli::certs::run(args),
+        Command::Tokens(args) => cli::tokens::run(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

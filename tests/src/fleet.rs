@@ -39,6 +39,9 @@ pub struct Fleet {
     /// A client with the operator and worker tokens, pointed at the current server.
     pub client: Client,
     pub agents: Vec<FleetAgent>,
+    /// Whether the server (and every agent) gets the shared [`WORKER_TOKEN`]; tests of
+    /// per-worker tokens turn it off before starting the server.
+    pub shared_worker_token: bool,
     server_starts: usize,
     /// Serve HTTPS with client certificates (see [`Fleet::enable_tls`]).
     tls: bool,
@@ -71,6 +74,7 @@ impl Fleet {
             rt,
             server: None,
             agents: Vec::new(),
+            shared_worker_token: true,
             server_starts: 0,
             tls: false,
         })
@@ -212,21 +216,19 @@ impl Fleet {
             }
         }
         args.extend_from_slice(extra);
-        let server = Reconciler::start_on(
-            listen,
-            &args,
-            &[
-                ("CIS490_OPERATOR_TOKEN", OPERATOR_TOKEN),
-                ("CIS490_WORKER_TOKEN", WORKER_TOKEN),
-                ("RUST_LOG", "info"),
-            ],
-            &log,
-        )?;
+        let mut envs = vec![
+            ("CIS490_OPERATOR_TOKEN", OPERATOR_TOKEN),
+            ("RUST_LOG", "info"),
+        ];
+        if self.shared_worker_token {
+            envs.push(("CIS490_WORKER_TOKEN", WORKER_TOKEN));
+        }
+        let server = Reconciler::start_on(listen, &args, &envs, &log)?;
         self.client = Client::builder(&server.url)
             .tls(self.client_tls(None)?)
             .build()?
             .with_operator_token(Some(OPERATOR_TOKEN.into()))
-            .with_worker_token(Some(WORKER_TOKEN.into()));
+            .with_worker_token(self.shared_worker_token.then(|| WORKER_TOKEN.into()));
         self.server = Some(server);
         Ok(())
     }
@@ -299,8 +301,9 @@ impl Fleet {
                 cmd.arg(flag).arg(path);
             }
         }
-        cmd.env("CIS490_WORKER_TOKEN", WORKER_TOKEN)
-            .env("RUST_LOG", "info")
+        cmd.env("RUST_LOG", "info")
+            .env_remove("CIS490_WORKER_TOKEN")
+            .env_remove("CIS490_WORKER_TOKEN_FILE")
             .env_remove("CIS490_SERVER")
             .env_remove("CIS490_AGENT_CONFIG")
             .env_remove("CIS490_CA_FILE")
@@ -309,7 +312,36 @@ impl Fleet {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.path(&format!("{name}.log")))?);
+        if self.shared_worker_token {
+            cmd.env("CIS490_WORKER_TOKEN", WORKER_TOKEN);
+        }
         Ok(cmd)
+    }
+
+    /// Runs `cis490-reconciler ARGS` (e.g. `tokens issue NAME --state-dir ...`) to its end.
+    pub fn reconciler_cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Command::new(bin("cis490-reconciler")?)
+            .args(args)
+            .env_remove("CIS490_STATE_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .context("running cis490-reconciler")
+    }
+
+    /// Runs `cis490-agent ARGS` to its end against the current server (no token from the
+    /// environment: pass one in `args`).
+    pub fn agent_cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Command::new(bin("cis490-agent")?)
+            .args(args)
+            .args(["--server", &self.url()?])
+            .env_remove("CIS490_WORKER_TOKEN")
+            .env_remove("CIS490_WORKER_TOKEN_FILE")
+            .env_remove("CIS490_SERVER")
+            .env_remove("CIS490_AGENT_CONFIG")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .context("running cis490-agent")
     }
 
     /// Starts an agent `name` against the current server.

@@ -87,6 +87,7 @@ pub async fn detect(
         labels: opts.labels.clone(),
         max_concurrent: opts.max_concurrent.max(1),
         running_jobs: Vec::new(),
+        instance: None,
     })
 }
 

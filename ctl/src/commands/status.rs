@@ -28,9 +28,9 @@ pub struct Summary {
     /// Worker routes require a client certificate.
     #[serde(default)]
     pub client_certs: bool,
-    /// What the server warns about its own security (`--insecure`).
+    /// The server's own warnings (`GET /v1/health`), e.g. open worker routes.
     #[serde(default)]
-    pub security_warnings: Vec<String>,
+    pub warnings: Vec<String>,
 }
 
 pub async fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<()> {
@@ -55,7 +55,7 @@ pub async fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<()> {
         manifest,
         tls: health.tls,
         client_certs: health.client_certs,
-        security_warnings: health.warnings,
+        warnings: health.warnings,
     };
     print(&match args.output {
         DataFormat::Text => summary_text(&summary, Utc::now()),
@@ -89,9 +89,6 @@ pub fn summary_text(s: &Summary, now: DateTime<Utc>) -> String {
         (false, _) => "plain HTTP",
     };
     let _ = writeln!(out, "Transport:   {transport}");
-    for w in &s.security_warnings {
-        let _ = writeln!(out, "Warning:     {w}");
-    }
     let m = &s.manifest;
     let applied = match m.last_applied_at {
         Some(t) => format!("applied {} ago", age(t, now)),
@@ -122,7 +119,7 @@ pub fn summary_text(s: &Summary, now: DateTime<Utc>) -> String {
             }
         }
     }
-    for w in &m.warnings {
+    for w in s.warnings.iter().chain(&m.warnings) {
         let _ = writeln!(out, "Warning:     {w}");
     }
     out
@@ -163,8 +160,9 @@ mod tests {
             },
             tls: false,
             client_certs: false,
-            security_warnings: vec![
+            warnings: vec![
                 "plain HTTP on 0.0.0.0:8787 (--insecure): tokens cross the network".into(),
+                "worker routes are open: no worker token configured".into(),
             ],
         }
     }
@@ -183,6 +181,10 @@ mod tests {
         assert!(text.contains("Last Error: (30s ago)"), "{text}");
         assert!(
             text.contains("  etc/training_manifest.toml:12:5: unknown hyper key \"lrate\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("Warning:     worker routes are open: no worker token configured"),
             "{text}"
         );
     }

@@ -4,3 +4,4 @@ pub mod certs;
 pub mod check;
 pub mod dev;
 pub mod serve;
+pub mod tokens;

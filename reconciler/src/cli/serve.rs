@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::server::config::{check_listen, resolve, FileConfig, Flags};
+use crate::queue::tokens::tokens_issued_in;
+use crate::server::config::{check_listen_with, resolve, FileConfig, Flags};
 use crate::server::Server;
 
 /// Arguments of `serve`.
@@ -44,6 +45,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub client_ca_file: Option<PathBuf>,
     /// Allow a non-loopback listen address without TLS or without a worker credential
+    /// (a client CA, the shared worker token or per-worker tokens)
     #[arg(long)]
     pub insecure: bool,
 }
@@ -104,9 +106,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         tls_key_file: args.tls_key_file,
         client_ca_file: args.client_ca_file,
     };
-    let config = resolve(&flags, |k| std::env::var(k).ok(), file)?;
+    let mut config = resolve(&flags, |k| std::env::var(k).ok(), file)?;
+    let tokens_issued = tokens_issued_in(&config.database_path())
+        .with_context(|| format!("reading {}", config.database_path().display()))?;
+    let addrs = check_listen_with(&config, tokens_issued)?;
+    let exposed = addrs.iter().any(|a| !a.ip().is_loopback());
     // What --insecure exposes is logged once the listener is bound (`Server::run`).
-    check_listen(&config)?;
+    config.require_worker_credentials = exposed && !config.insecure;
     if config.operator_token.is_none() {
         tracing::warn!(
             "no operator token configured: operator routes (cancel, requeue, reload, diff, \

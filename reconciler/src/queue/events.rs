@@ -26,6 +26,16 @@ pub(crate) mod kind {
     pub const UNCORDONED: &str = "Uncordoned";
     pub const DRAINING: &str = "Draining";
     pub const NODE_REGISTERED: &str = "NodeRegistered";
+    pub const WORKER_TOKEN_ISSUED: &str = "WorkerTokenIssued";
+    pub const WORKER_TOKEN_REVOKED: &str = "WorkerTokenRevoked";
+    /// A worker proved one name and tried to act as another (403 `wrong_worker`).
+    pub const WRONG_WORKER: &str = "WrongWorker";
+    /// A second agent process tried a worker name another live one holds (409).
+    pub const NAME_IN_USE: &str = "NameInUse";
+    /// A new agent process took a worker name over from one that went stale.
+    pub const INSTANCE_REPLACED: &str = "InstanceReplaced";
+    /// The agent process holding a worker name signed off as it exited.
+    pub const INSTANCE_STOPPED: &str = "InstanceStopped";
 }
 
 /// Appends one event at the transaction's time.

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use cis490_api::{
-    CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, IdPrefix, JobFilter, JobId,
-    JobStatus, JobStatusResponse, JobView, Lease, ManifestError, ManifestStatus, PlanSummary,
-    WorkerName, SHORT_ID_LEN,
+    ArtifactId, CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, IdPrefix,
+    JobFilter, JobId, JobStatus, JobStatusResponse, JobView, Lease, ManifestError, ManifestStatus,
+    PlanSummary, WorkerName, SHORT_ID_LEN,
 };
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 
 use super::events::{i_event, i_job_events, kind};
 use super::nodes::i_touch_worker;
@@ -386,12 +386,99 @@ pub(crate) fn i_heartbeat(
     Ok(HeartbeatResponse { cancel: false })
 }
 
+pub(crate) fn i_record_upload(
+    tx: &mut Tx<'_>,
+    id: &JobId,
+    worker: &WorkerName,
+    lease: &Lease,
+    artifact: &ArtifactId,
+    size_bytes: u64,
+) -> Result<(), QueueError> {
+    i_leased_job(tx, id, worker, lease, false)?;
+    tx.db
+        .prepare_cached(
+            "INSERT INTO uploads (job_id, attempt, lease_token, artifact_id, worker, size_bytes, \
+             at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            id.as_str(),
+            lease.attempt,
+            lease.token,
+            artifact.as_str(),
+            worker.as_str(),
+            i64::try_from(size_bytes).unwrap_or(i64::MAX),
+            tx.now
+        ])?;
+    Ok(())
+}
+
+/// Artifacts uploaded for `id` under the lease with `token`, oldest first.
+fn i_uploads_under(tx: &Tx<'_>, id: &JobId, token: &str) -> Result<Vec<String>, QueueError> {
+    let mut stmt = tx.db.prepare_cached(
+        "SELECT artifact_id FROM uploads WHERE job_id = ?1 AND lease_token = ?2 ORDER BY rowid",
+    )?;
+    let rows = stmt.query_map(params![id.as_str(), token], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The completion rule: only an artifact uploaded under this lease, and not none when the
+/// lease uploaded one.
+fn i_check_completion_artifact(
+    tx: &Tx<'_>,
+    id: &JobId,
+    req: &CompleteRequest,
+) -> Result<(), QueueError> {
+    let uploaded = i_uploads_under(tx, id, &req.lease.token)?;
+    let attempt = req.lease.attempt;
+    match &req.artifact_id {
+        Some(artifact) if uploaded.iter().any(|u| u == artifact.as_str()) => Ok(()),
+        Some(artifact) => {
+            let elsewhere: Option<String> = tx
+                .db
+                .prepare_cached(
+                    "SELECT job_id FROM uploads WHERE artifact_id = ?1 AND job_id <> ?2 \
+                     ORDER BY rowid LIMIT 1",
+                )?
+                .query_row(params![artifact.as_str(), id.as_str()], |r| r.get(0))
+                .optional()?;
+            let whose = match elsewhere {
+                Some(other) => format!(
+                    "it was uploaded for job {}",
+                    other.chars().take(SHORT_ID_LEN).collect::<String>()
+                ),
+                None => "it was never uploaded under it".to_string(),
+            };
+            Err(QueueError::ArtifactNotUploaded {
+                message: format!(
+                    "artifact {} was not uploaded under job {}'s current lease (attempt \
+                     {attempt}): {whose}; upload the job's own bundle (PUT /v1/model/{}) and \
+                     complete with the artifact ID that answer gives",
+                    artifact.short(),
+                    id.short(),
+                    id
+                ),
+            })
+        }
+        None => match uploaded.last() {
+            Some(last) => Err(QueueError::ArtifactRequired {
+                message: format!(
+                    "job {} uploaded artifact {last} under this lease (attempt {attempt}); \
+                     complete with it (artifact_id)",
+                    id.short()
+                ),
+            }),
+            None => Ok(()),
+        },
+    }
+}
+
 pub(crate) fn i_complete(
     tx: &mut Tx<'_>,
     id: &JobId,
     req: &CompleteRequest,
 ) -> Result<JobStatusResponse, QueueError> {
     let (row, _) = i_leased_job(tx, id, &req.worker, &req.lease, false)?;
+    i_check_completion_artifact(tx, id, req)?;
     tx.db
         .prepare_cached(
             "UPDATE jobs SET status = 'completed', artifact_id = ?2, lease_attempt = NULL, \

@@ -32,7 +32,10 @@ mod matching;
 mod nodes;
 mod rows;
 mod schema;
+pub mod tokens;
 
+#[cfg(test)]
+mod identity_tests;
 #[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]
@@ -45,9 +48,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 use cis490_api::{
-    Capability, ClaimResponse, CompleteRequest, EventsPage, Explain, FailRequest, HeartbeatRequest,
-    HeartbeatResponse, IdPrefix, JobFilter, JobId, JobSpec, JobStatusResponse, JobView, Lease,
-    ManifestError, ManifestStatus, PlanSummary, WorkerName, WorkerView,
+    ArtifactId, Capability, ClaimResponse, CompleteRequest, EventsPage, Explain, FailRequest,
+    HeartbeatRequest, HeartbeatResponse, IdPrefix, JobFilter, JobId, JobSpec, JobStatusResponse,
+    JobView, Lease, ManifestError, ManifestStatus, PlanSummary, WorkerName, WorkerView,
 };
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -119,6 +122,18 @@ pub enum QueueError {
     /// The operation is not allowed from the job's (or worker's) current state.
     #[error("{message}")]
     InvalidState { message: String },
+    /// Another live agent process (instance) holds the worker name: two agents may not
+    /// share one name.
+    #[error("{message}")]
+    NameInUse { worker: String, message: String },
+    /// A completion names an artifact that was not uploaded under the job's current lease
+    /// (another job's, or one never uploaded).
+    #[error("{message}")]
+    ArtifactNotUploaded { message: String },
+    /// A completion names no artifact although one was uploaded under the job's current
+    /// lease.
+    #[error("{message}")]
+    ArtifactRequired { message: String },
     /// The request itself is malformed (e.g. a label selector that is not `key=value`).
     #[error("{message}")]
     BadRequest { message: String },
@@ -137,14 +152,17 @@ pub enum QueueError {
 }
 
 impl QueueError {
-    /// The API error code: not_found, ambiguous_id, lease_lost, invalid_state, bad_request,
-    /// internal.
+    /// The API error code: not_found, ambiguous_id, lease_lost, invalid_state, name_in_use,
+    /// artifact_not_uploaded, artifact_required, bad_request, internal.
     pub fn code(&self) -> &'static str {
         match self {
             QueueError::NotFound { .. } => "not_found",
             QueueError::Ambiguous { .. } => "ambiguous_id",
             QueueError::LeaseLost { .. } => "lease_lost",
             QueueError::InvalidState { .. } => "invalid_state",
+            QueueError::NameInUse { .. } => "name_in_use",
+            QueueError::ArtifactNotUploaded { .. } => "artifact_not_uploaded",
+            QueueError::ArtifactRequired { .. } => "artifact_required",
             QueueError::BadRequest { .. } => "bad_request",
             QueueError::Db(_)
             | QueueError::Commit(_)
@@ -182,6 +200,11 @@ struct Inner {
     waiting: batch::Waiting,
     /// Dropping it stops the checkpoint thread (file databases only).
     checkpointer: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    /// A read-only connection for the lookups that authenticate requests (file databases
+    /// only; an in-memory queue reads through `conn`). In WAL mode it reads the last
+    /// commit without waiting for the writer, so a request's credential check never queues
+    /// behind a group commit.
+    auth_reader: Option<Mutex<Connection>>,
 }
 
 /// One open transaction and what it did, passed to every `i_*` helper.
@@ -209,7 +232,14 @@ impl Queue {
             std::fs::create_dir_all(dir)?;
         }
         let conn = Connection::open(path)?;
-        let queue = Self::with_connection(conn, config, true)?;
+        let mut queue = Self::with_connection(conn, config, true)?;
+        let reader = Connection::open(path)?;
+        reader.pragma_update(None, "query_only", true)?;
+        reader.busy_timeout(std::time::Duration::from_secs(10))?;
+        match Arc::get_mut(&mut queue.inner) {
+            Some(inner) => inner.auth_reader = Some(Mutex::new(reader)),
+            None => return Err(QueueError::corrupt("the new queue is already shared")),
+        }
         queue.start_checkpointer(path)?;
         Ok(queue)
     }
@@ -341,6 +371,7 @@ impl Queue {
                 last_event: sender,
                 waiting: batch::Waiting::default(),
                 checkpointer: Mutex::new(None),
+                auth_reader: None,
             }),
         })
     }
@@ -403,6 +434,23 @@ impl Queue {
         Ok(out)
     }
 
+    /// Runs one statement's worth of reading on the authentication connection (see
+    /// `Inner::auth_reader`), or on the writer's connection for an in-memory queue.
+    pub(crate) fn auth_read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, QueueError> {
+        match &self.inner.auth_reader {
+            Some(reader) => {
+                let db = reader
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                Ok(f(&db)?)
+            }
+            None => Ok(f(&self.lock())?),
+        }
+    }
+
     /// Runs `f` in one read (DEFERRED) transaction, so it sees one consistent snapshot.
     pub(crate) fn read<T>(
         &self,
@@ -460,9 +508,10 @@ impl Queue {
         worker: &WorkerName,
         cap: &Capability,
     ) -> Result<Option<ClaimResponse>, QueueError> {
-        match self.batched(batch::Op::Claim(worker.clone(), cap.clone()))? {
-            batch::Done::Claim(claimed) => Ok(claimed),
-            _ => Err(QueueError::corrupt("claim answered with another result")),
+        match self.batched(batch::Op::Claim(worker.clone(), cap.clone())) {
+            Ok(batch::Done::Claim(claimed)) => Ok(claimed),
+            Ok(_) => Err(QueueError::corrupt("claim answered with another result")),
+            Err(e) => Err(self.noted_refusal(worker, e)),
         }
     }
 
@@ -494,7 +543,23 @@ impl Queue {
         })
     }
 
-    /// Marks the job completed (with its artifact).
+    /// Records an upload the store accepted for job `id` under `lease`, fenced by the lease:
+    /// when the lease was lost while the bytes streamed (expired, cancelled, reassigned)
+    /// this is `LeaseLost` and nothing is recorded, so the upload cannot complete the job.
+    pub fn record_upload(
+        &self,
+        id: &JobId,
+        worker: &WorkerName,
+        lease: &Lease,
+        artifact: &ArtifactId,
+        size_bytes: u64,
+    ) -> Result<(), QueueError> {
+        self.write(|tx| lifecycle::i_record_upload(tx, id, worker, lease, artifact, size_bytes))
+    }
+
+    /// Marks the job completed (with its artifact). The artifact must be one uploaded under
+    /// the job's current lease (`ArtifactNotUploaded` otherwise), and a completion without
+    /// one is refused when the lease did upload one (`ArtifactRequired`).
     pub fn complete(
         &self,
         id: &JobId,
@@ -558,6 +623,49 @@ impl Queue {
         self.write(|tx| {
             nodes::i_upsert_worker(tx, worker, cap)?;
             nodes::i_worker_view(tx, worker)
+        })
+        .map_err(|e| self.noted_refusal(worker, e))
+    }
+
+    /// A `NameInUse` refusal is rolled back with the claim or report it refused, so it is
+    /// recorded here, in a transaction of its own: the operator sees that a second agent
+    /// tried the name. Other errors pass through.
+    fn noted_refusal(&self, worker: &WorkerName, err: QueueError) -> QueueError {
+        if let QueueError::NameInUse { message, .. } = &err {
+            let recorded = self.write(|tx| {
+                events::i_event(
+                    tx,
+                    None,
+                    Some(worker.as_str()),
+                    events::kind::NAME_IN_USE,
+                    format!("refused a second agent: {message}"),
+                )
+            });
+            if let Err(e) = recorded {
+                tracing::warn!(error = %e, "could not record a name_in_use refusal");
+            }
+        }
+        err
+    }
+
+    /// Records a refused request whose credential proved worker `proven` while the request
+    /// acted as `claimed` (403 `wrong_worker`), on the job when the route names one, so an
+    /// operator sees it in the events and `describe`.
+    pub fn record_wrong_worker(
+        &self,
+        job: Option<&JobId>,
+        proven: &WorkerName,
+        claimed: &WorkerName,
+        refusal: &str,
+    ) -> Result<(), QueueError> {
+        self.write(|tx| {
+            events::i_event(
+                tx,
+                job,
+                Some(proven.as_str()),
+                events::kind::WRONG_WORKER,
+                format!("refused: worker {proven} tried to act as worker {claimed} ({refusal})"),
+            )
         })
     }
 

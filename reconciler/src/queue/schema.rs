@@ -149,6 +149,36 @@ CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE lease_token IS NOT NULL
 DROP INDEX jobs_worker;
 CREATE INDEX jobs_worker ON jobs (worker, status) WHERE status IN ('claimed', 'running');
 "#,
+    // 4: per-worker tokens (`cis490-reconciler tokens issue NAME`). Only the token's sha256
+    // is kept; its UNIQUE index is what every request with a per-worker token looks up.
+    r#"
+CREATE TABLE worker_tokens (
+    name          TEXT PRIMARY KEY NOT NULL,
+    token_sha256  TEXT NOT NULL UNIQUE,
+    created_at    INTEGER NOT NULL          -- ms since the epoch
+) STRICT;
+"#,
+    // 5: one agent per name: the agent process (instance) that holds each worker name. NULL
+    // when no agent that sends an instance ID holds it (old agents, or one that signed off).
+    r#"
+ALTER TABLE workers ADD COLUMN instance_id TEXT;
+ALTER TABLE workers ADD COLUMN instance_pid INTEGER;
+"#,
+    // 6: every upload the store accepted, under the lease it was made with, so a completion
+    // can name only an artifact its own lease uploaded.
+    r#"
+CREATE TABLE uploads (
+    job_id       TEXT NOT NULL,
+    attempt      INTEGER NOT NULL,
+    lease_token  TEXT NOT NULL,
+    artifact_id  TEXT NOT NULL,
+    worker       TEXT NOT NULL,
+    size_bytes   INTEGER NOT NULL,
+    at           INTEGER NOT NULL           -- ms since the epoch
+) STRICT;
+CREATE INDEX uploads_lease ON uploads (job_id, lease_token);
+CREATE INDEX uploads_artifact ON uploads (artifact_id);
+"#,
 ];
 
 /// Brings the database to the newest schema, each migration in its own transaction.

@@ -4,7 +4,7 @@
 use chrono::Duration;
 use cis490_api::{
     ArtifactId, Capability, ClaimResponse, CompleteRequest, FailRequest, HeartbeatRequest,
-    IdPrefix, JobFilter, JobSpec, JobStatus, Lease, ManifestError, NodeState, RetryPolicy,
+    IdPrefix, JobFilter, JobId, JobSpec, JobStatus, Lease, ManifestError, NodeState, RetryPolicy,
 };
 
 use super::test_support::{cpu, gpu, id_of, spec, specs, worker};
@@ -46,11 +46,15 @@ fn hb(w: &str, lease: &Lease) -> HeartbeatRequest {
     }
 }
 
-fn done(w: &str, lease: &Lease) -> CompleteRequest {
+/// A completion of `id` with an artifact, which it first records as uploaded under `lease`
+/// (as the upload route does; refused, and so not recorded, when the lease is not current).
+fn done(q: &Queue, id: &JobId, w: &str, lease: &Lease) -> CompleteRequest {
+    let artifact = ArtifactId::parse(&"cd".repeat(32)).unwrap();
+    let _ = q.record_upload(id, &worker(w), lease, &artifact, 10);
     CompleteRequest {
         worker: worker(w),
         lease: lease.clone(),
-        artifact_id: Some(ArtifactId::parse(&"cd".repeat(32)).unwrap()),
+        artifact_id: Some(artifact),
     }
 }
 
@@ -203,7 +207,9 @@ fn a_tombstoned_running_job_finishes_as_orphaned() {
     q.heartbeat(&c.job.id, &hb("w1", &c.lease)).unwrap();
     load(&q, &[]);
     assert!(q.job(&c.job.id).unwrap().tombstoned);
-    let r = q.complete(&c.job.id, &done("w1", &c.lease)).unwrap();
+    let r = q
+        .complete(&c.job.id, &done(&q, &c.job.id, "w1", &c.lease))
+        .unwrap();
     assert_eq!(r.status, JobStatus::Completed);
     let k = kinds(&q, &jobs[0]);
     assert_eq!(k[k.len() - 2..], ["Completed", "Orphaned"]);
@@ -368,8 +374,11 @@ fn host_max_concurrent_limits_leased_jobs() {
     assert!(claim(&q, "box", &cpu(8)).is_some());
     let second = claim(&q, "box", &cpu(8)).unwrap();
     assert!(claim(&q, "box", &cpu(8)).is_none(), "at max_concurrent 2");
-    q.complete(&second.job.id, &done("box", &second.lease))
-        .unwrap();
+    q.complete(
+        &second.job.id,
+        &done(&q, &second.job.id, "box", &second.lease),
+    )
+    .unwrap();
     assert!(claim(&q, "box", &cpu(8)).is_some());
 }
 
@@ -386,7 +395,8 @@ fn cordoned_and_draining_workers_get_nothing() {
     assert_eq!(b.state, NodeState::Draining);
     assert!(b.cordoned && b.draining);
     assert!(claim(&q, "b", &cpu(8)).is_none());
-    q.complete(&held.job.id, &done("b", &held.lease)).unwrap();
+    q.complete(&held.job.id, &done(&q, &held.job.id, "b", &held.lease))
+        .unwrap();
     assert_eq!(q.worker(&worker("b")).unwrap().state, NodeState::Cordoned);
     assert_eq!(q.uncordon(&worker("a")).unwrap().state, NodeState::Ready);
     assert!(claim(&q, "a", &cpu(8)).is_some());
@@ -524,13 +534,13 @@ fn a_wrong_lease_worker_or_job_state_is_lease_lost() {
         assert_eq!(err.code(), "lease_lost", "{err}");
         assert!(q.check_lease(id, &worker(w), lease).is_err());
         assert!(matches!(
-            q.complete(id, &done(w, lease)),
+            q.complete(id, &done(&q, id, w, lease)),
             Err(QueueError::LeaseLost { .. })
         ));
     }
     assert_eq!(q.check_lease(id, &worker("w1"), &c.lease).unwrap().id, *id);
-    q.complete(id, &done("w1", &c.lease)).unwrap();
-    let err = q.complete(id, &done("w1", &c.lease)).unwrap_err();
+    q.complete(id, &done(&q, id, "w1", &c.lease)).unwrap();
+    let err = q.complete(id, &done(&q, id, "w1", &c.lease)).unwrap_err();
     assert!(err.to_string().contains("completed"), "{err}");
     assert!(matches!(
         q.heartbeat(&id_of("unknown"), &hb("w1", &c.lease)),
@@ -561,14 +571,15 @@ fn sweep_returns_an_expired_job_to_pending_and_fences_the_old_lease() {
     assert_eq!(q.job(&jobs[0].id).unwrap().attempts, 2);
     for err in [
         q.heartbeat(&jobs[0].id, &hb("w1", &old.lease)).unwrap_err(),
-        q.complete(&jobs[0].id, &done("w1", &old.lease))
+        q.complete(&jobs[0].id, &done(&q, &jobs[0].id, "w1", &old.lease))
             .unwrap_err(),
         q.fail(&jobs[0].id, &failure("w1", &old.lease, false))
             .unwrap_err(),
     ] {
         assert!(matches!(err, QueueError::LeaseLost { .. }), "{err}");
     }
-    q.complete(&jobs[0].id, &done("w2", &new.lease)).unwrap();
+    q.complete(&jobs[0].id, &done(&q, &jobs[0].id, "w2", &new.lease))
+        .unwrap();
     assert!(kinds(&q, &jobs[0]).contains(&"LeaseExpired".to_string()));
 }
 
@@ -707,7 +718,8 @@ fn job_in_state(q: &Queue, name: &str, state: JobStatus) -> (JobSpec, Option<Lea
             q.heartbeat(&job.id, &hb(&w, &c.lease)).unwrap();
         }
         JobStatus::Completed => {
-            q.complete(&job.id, &done(&w, &c.lease)).unwrap();
+            q.complete(&job.id, &done(q, &job.id, &w, &c.lease))
+                .unwrap();
         }
         JobStatus::Failed => {
             q.fail(&job.id, &failure(&w, &c.lease, false)).unwrap();
@@ -760,7 +772,8 @@ fn a_cancelled_job_tells_its_worker_through_the_old_lease_and_refuses_completion
     assert!(q.heartbeat(&job.id, &hb("w-other", &lease)).is_err());
     assert!(q.check_lease(&job.id, &worker("w-x"), &lease).is_err());
     for err in [
-        q.complete(&job.id, &done("w-x", &lease)).unwrap_err(),
+        q.complete(&job.id, &done(&q, &job.id, "w-x", &lease))
+            .unwrap_err(),
         q.fail(&job.id, &failure("w-x", &lease, false)).unwrap_err(),
     ] {
         assert_eq!(err.code(), "lease_lost");

@@ -86,8 +86,13 @@ pub struct ServerConfig {
     pub tls: Option<TlsSettings>,
     /// `X-Operator-Token`; when None, operator routes answer 403.
     pub operator_token: Option<Secret>,
-    /// `Authorization: Bearer`; when None, worker routes are open.
+    /// The shared `Authorization: Bearer` token (proves no worker name). Without it and
+    /// without per-worker tokens, worker routes are open (see `require_worker_credentials`).
     pub worker_token: Option<Secret>,
+    /// Refuse worker requests even while no worker credential exists (set by `serve` when
+    /// it listens beyond loopback without `--insecure`), so revoking the last per-worker
+    /// token of an exposed server closes the worker routes instead of opening them.
+    pub require_worker_credentials: bool,
     /// Require a worker or operator token on read routes too.
     pub protect_reads: bool,
     pub max_upload_bytes: u64,
@@ -114,6 +119,7 @@ impl ServerConfig {
             tls: None,
             operator_token: None,
             worker_token: None,
+            require_worker_credentials: false,
             protect_reads: false,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -170,16 +176,12 @@ impl SecurityPosture {
                  (`cis490-reconciler certs init` makes them)"
             ));
         }
-        if exposed && !config.has_worker_credential() {
-            warnings.push(format!(
-                "worker routes are open on {addr} (--insecure, no worker token, no client CA): \
-                 any host that can reach it can claim jobs and upload artifacts"
-            ));
-        }
+        // Open or closed worker routes depend on the per-worker tokens issued, which change
+        // while the server runs: `auth::worker_credential_warnings` says those.
         SecurityPosture {
             tls: config.tls.is_some(),
             client_certs: config.requires_client_certs(),
-            insecure: !warnings.is_empty(),
+            insecure: exposed && config.insecure,
             warnings,
         }
     }
@@ -228,8 +230,9 @@ pub enum ConfigError {
     /// A non-loopback address without a worker token and without `--insecure`.
     #[error(
         "refusing to listen on {addr} without a worker token: any host that can reach it could \
-         claim jobs and upload artifacts. Set CIS490_WORKER_TOKEN (or worker_token_file in the \
-         config file), or pass --insecure if the network is trusted"
+         claim jobs and upload artifacts. Issue per-worker tokens (cis490-reconciler tokens \
+         issue NAME), set CIS490_WORKER_TOKEN (or worker_token_file in the config file), or \
+         pass --insecure if the network is trusted"
     )]
     Exposed { addr: String },
     /// A non-loopback address without TLS and without `--insecure`.
@@ -407,6 +410,15 @@ pub fn resolve(
 /// Resolves `listen` and refuses a non-loopback address without TLS, or without a worker
 /// credential (a worker token or a client CA), unless `insecure` is true.
 pub fn check_listen(config: &ServerConfig) -> Result<Vec<SocketAddr>, ConfigError> {
+    check_listen_with(config, false)
+}
+
+/// [`check_listen`], where `worker_tokens_issued` (per-worker tokens in the queue) counts
+/// as a worker credential like the shared token.
+pub fn check_listen_with(
+    config: &ServerConfig,
+    worker_tokens_issued: bool,
+) -> Result<Vec<SocketAddr>, ConfigError> {
     let addrs: Vec<SocketAddr> = config
         .listen
         .to_socket_addrs()
@@ -422,14 +434,15 @@ pub fn check_listen(config: &ServerConfig) -> Result<Vec<SocketAddr>, ConfigErro
         });
     }
     let exposed = addrs.iter().any(|a| !a.ip().is_loopback());
+    let has_credential = config.has_worker_credential() || worker_tokens_issued;
     if exposed && !config.insecure {
         if config.tls.is_none() {
             return Err(ConfigError::PlainHttp {
                 addr: config.listen.clone(),
-                no_worker_credential: !config.has_worker_credential(),
+                no_worker_credential: !has_credential,
             });
         }
-        if !config.has_worker_credential() {
+        if !has_credential {
             return Err(ConfigError::Exposed {
                 addr: config.listen.clone(),
             });
@@ -577,6 +590,8 @@ mod tests {
         c.worker_token = None;
         let err = check_listen(&c).unwrap_err();
         assert!(matches!(err, ConfigError::Exposed { .. }), "{err}");
+        // So are per-worker tokens in the queue.
+        assert!(check_listen_with(&c, true).is_ok());
         // Client certificates are a worker credential.
         c.tls = tls(true);
         assert!(check_listen(&c).is_ok());

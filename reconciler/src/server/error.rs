@@ -80,7 +80,13 @@ impl From<QueueError> for ApiFailure {
         let code = err.code();
         let status = match code {
             "not_found" => StatusCode::NOT_FOUND,
-            "ambiguous_id" | "lease_lost" | "invalid_state" | "conflict" => StatusCode::CONFLICT,
+            "ambiguous_id"
+            | "lease_lost"
+            | "invalid_state"
+            | "conflict"
+            | "name_in_use"
+            | "artifact_not_uploaded"
+            | "artifact_required" => StatusCode::CONFLICT,
             "bad_request" => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -161,6 +167,28 @@ mod tests {
                 },
                 StatusCode::CONFLICT,
                 "invalid_state",
+            ),
+            (
+                QueueError::NameInUse {
+                    worker: "gpu-1".into(),
+                    message: "another agent holds worker name gpu-1".into(),
+                },
+                StatusCode::CONFLICT,
+                "name_in_use",
+            ),
+            (
+                QueueError::ArtifactNotUploaded {
+                    message: "not uploaded".into(),
+                },
+                StatusCode::CONFLICT,
+                "artifact_not_uploaded",
+            ),
+            (
+                QueueError::ArtifactRequired {
+                    message: "complete with it".into(),
+                },
+                StatusCode::CONFLICT,
+                "artifact_required",
             ),
             (
                 QueueError::Corrupt("x".into()),

@@ -26,6 +26,8 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiFa
     let queue = state.queue.clone();
     let jobs = blocking(move || queue.counts()).await?;
     let posture = &state.posture;
+    let mut warnings = posture.warnings.clone();
+    warnings.extend(super::auth::worker_credential_warnings(&state.config, &state.queue).await?);
     Ok(Json(Health {
         status: "ok".into(),
         version: cis490_api::VERSION.into(),
@@ -33,7 +35,7 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiFa
         tls: posture.tls,
         client_certs: posture.client_certs,
         insecure: posture.insecure,
-        warnings: posture.warnings.clone(),
+        warnings,
     }))
 }
 

@@ -15,7 +15,8 @@ use super::{auth, meta, operator, read, worker, AppState};
 pub enum Access {
     /// Anyone (or any token holder when `protect_reads` is set).
     Read,
-    /// `Authorization: Bearer <worker token>` when one is configured.
+    /// `Authorization: Bearer <worker token>`: per-worker or shared (open while neither
+    /// exists).
     Worker,
     /// `X-Operator-Token`; refused when the server has no operator token.
     Operator,
@@ -70,10 +71,11 @@ pub const ROUTES: &[RouteDoc] = &[
     doc("GET", "/metrics", Access::Read, "Prometheus metrics"),
     doc("POST", "/v1/job/claim", Access::Worker, "Claim a job (200 job + lease, or 204); ?wait= long-polls up to 60 s"),
     doc("POST", "/v1/job/{id}/heartbeat", Access::Worker, "Heartbeat a lease; answers {cancel}; 409 lease_lost when stale"),
-    doc("POST", "/v1/job/{id}/complete", Access::Worker, "Complete a job with its artifact ID"),
+    doc("POST", "/v1/job/{id}/complete", Access::Worker, "Complete a job with the artifact ID its lease uploaded; 409 artifact_not_uploaded / artifact_required"),
     doc("POST", "/v1/job/{id}/fail", Access::Worker, "Fail a job (reason, exit code, log tail, retryable)"),
     doc("PUT", "/v1/model/{id}", Access::Worker, "Upload a job's artifact (X-Worker, X-Lease-Token, X-Lease-Attempt, X-Content-Sha256); 413, 422"),
-    doc("PUT", "/v1/worker/{name}", Access::Worker, "Report node status"),
+    doc("PUT", "/v1/worker/{name}", Access::Worker, "Report node status; 409 name_in_use while another live agent holds the name"),
+    doc("GET", "/v1/whoami", Access::Worker, "The worker the request's credential proves (changes nothing)"),
     doc("POST", "/v1/job/{id}/cancel", Access::Operator, "Cancel a job"),
     doc("POST", "/v1/job/{id}/requeue", Access::Operator, "Requeue a failed, cancelled or completed job"),
     doc("POST", "/v1/manifest/reload", Access::Operator, "Reconcile the manifest file now; 422 invalid_manifest changes nothing"),
@@ -107,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/job/{id}/fail", post(worker::fail))
         .route("/v1/model/{id}", put(worker::upload))
         .route("/v1/worker/{name}", put(worker::report_node))
+        .route("/v1/whoami", get(worker::whoami))
         .route_layer(from_fn_with_state(state.clone(), auth::require_worker));
 
     let operators = Router::new()

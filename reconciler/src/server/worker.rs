@@ -1,5 +1,6 @@
-//! Worker routes (`Authorization: Bearer` when a worker token is configured): claim
-//! (long-polled), heartbeat, complete, fail, artifact upload and node status.
+//! Worker routes (`Authorization: Bearer` with a per-worker or the shared worker token):
+//! claim (long-polled), heartbeat, complete, fail, artifact upload and node status. Each
+//! checks every worker name its request gives against the proven identity ([`authorize`]).
 
 use std::time::Duration;
 
@@ -11,8 +12,8 @@ use axum::Extension;
 use axum::Json;
 use cis490_api::{
     ArtifactId, Capability, ClaimRequest, CompleteRequest, FailRequest, HeartbeatRequest,
-    HeartbeatResponse, JobStatusResponse, Lease, UploadResponse, WorkerName, WorkerView,
-    CONTENT_SHA256_HEADER, LEASE_ATTEMPT_HEADER, LEASE_TOKEN_HEADER, MAX_CLAIM_WAIT_S,
+    HeartbeatResponse, JobId, JobStatusResponse, Lease, UploadResponse, WhoAmI, WorkerName,
+    WorkerView, CONTENT_SHA256_HEADER, LEASE_ATTEMPT_HEADER, LEASE_TOKEN_HEADER, MAX_CLAIM_WAIT_S,
     WORKER_HEADER,
 };
 use serde::Deserialize;
@@ -29,6 +30,36 @@ use crate::store::Upload;
 /// that make a job claimable for one worker are the passing of time (a `prefer_cuda` job
 /// waiting long enough, a CUDA node going stale), not a commit.
 const CLAIM_RECHECK: Duration = Duration::from_secs(5);
+
+/// Ok when `identity` may act as `claimed`. A refusal (403 `wrong_worker`) is recorded as an
+/// event naming the proven worker and the name it tried, on `job` when the route has one.
+pub(crate) async fn authorize(
+    state: &AppState,
+    identity: &WorkerIdentity,
+    claimed: &WorkerName,
+    job: Option<&JobId>,
+) -> Result<(), ApiFailure> {
+    let Err(refusal) = identity.authorize(claimed) else {
+        return Ok(());
+    };
+    if let Some(proven) = identity.name() {
+        let (queue, proven, claimed, job) = (
+            state.queue.clone(),
+            proven.clone(),
+            claimed.clone(),
+            job.cloned(),
+        );
+        let message = refusal.message.clone();
+        let recorded =
+            blocking(move || queue.record_wrong_worker(job.as_ref(), &proven, &claimed, &message))
+                .await;
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e.message, "could not record a wrong_worker refusal");
+        }
+    }
+    tracing::warn!(message = %refusal.message, "worker request refused");
+    Err(refusal)
+}
 
 /// Query of `POST /v1/job/claim`.
 #[derive(Debug, Deserialize)]
@@ -47,7 +78,7 @@ pub async fn claim(
     ApiQuery(q): ApiQuery<ClaimQuery>,
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> Result<Response, ApiFailure> {
-    identity.authorize(&req.worker)?;
+    authorize(&state, &identity, &req.worker, None).await?;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_CLAIM_WAIT_S));
     let deadline = Instant::now() + wait;
     let mut changes = state.queue.subscribe();
@@ -92,8 +123,8 @@ pub async fn heartbeat(
     ApiPath(raw): ApiPath<String>,
     ApiJson(req): ApiJson<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiFailure> {
-    identity.authorize(&req.worker)?;
     let id = job_id(&raw)?;
+    authorize(&state, &identity, &req.worker, Some(&id)).await?;
     let queue = state.queue.clone();
     Ok(Json(blocking(move || queue.heartbeat(&id, &req)).await?))
 }
@@ -105,8 +136,8 @@ pub async fn complete(
     ApiPath(raw): ApiPath<String>,
     ApiJson(req): ApiJson<CompleteRequest>,
 ) -> Result<Json<JobStatusResponse>, ApiFailure> {
-    identity.authorize(&req.worker)?;
     let id = job_id(&raw)?;
+    authorize(&state, &identity, &req.worker, Some(&id)).await?;
     let queue = state.queue.clone();
     Ok(Json(blocking(move || queue.complete(&id, &req)).await?))
 }
@@ -118,8 +149,8 @@ pub async fn fail(
     ApiPath(raw): ApiPath<String>,
     ApiJson(req): ApiJson<FailRequest>,
 ) -> Result<Json<JobStatusResponse>, ApiFailure> {
-    identity.authorize(&req.worker)?;
     let id = job_id(&raw)?;
+    authorize(&state, &identity, &req.worker, Some(&id)).await?;
     let queue = state.queue.clone();
     Ok(Json(blocking(move || queue.fail(&id, &req)).await?))
 }
@@ -186,9 +217,10 @@ async fn store_upload(
 ) -> Result<UploadResponse, ApiFailure> {
     let id = job_id(raw)?;
     let (worker, lease, expected_sha256) = upload_headers(headers)?;
-    identity.authorize(&worker)?;
+    authorize(state, identity, &worker, Some(&id)).await?;
     let queue = state.queue.clone();
-    let (check_id, check_worker) = (id.clone(), worker.clone());
+    let (check_id, check_worker, record_id, record_lease) =
+        (id.clone(), worker.clone(), id.clone(), lease.clone());
     let spec = blocking(move || queue.check_lease(&check_id, &check_worker, &lease)).await?;
     let upload = Upload {
         job_id: id,
@@ -199,6 +231,14 @@ async fn store_upload(
         content_length: content_length(headers),
     };
     let stored = state.store.ingest(&upload, stream).await?;
+    // Fenced again now that the bytes are in: an upload whose lease was lost while it
+    // streamed is refused (409 lease_lost) and cannot complete the job. Its bundle stays
+    // in the store, harmless: nothing refers to it.
+    let queue = state.queue.clone();
+    let artifact = stored.artifact_id.clone();
+    let size = stored.size_bytes;
+    blocking(move || queue.record_upload(&record_id, &worker, &record_lease, &artifact, size))
+        .await?;
     Ok(UploadResponse {
         artifact_id: stored.artifact_id,
         status: stored.status,
@@ -214,9 +254,31 @@ pub async fn report_node(
     ApiJson(capability): ApiJson<Capability>,
 ) -> Result<Json<WorkerView>, ApiFailure> {
     let name = worker_name(&raw)?;
-    identity.authorize(&name)?;
+    authorize(&state, &identity, &name, None).await?;
     let queue = state.queue.clone();
     Ok(Json(
         blocking(move || queue.report_node(&name, &capability)).await?,
     ))
+}
+
+/// `GET /v1/whoami`: the proven identity, so an installer can check a credential with a
+/// call that changes nothing.
+pub async fn whoami(
+    State(state): State<AppState>,
+    Extension(identity): Extension<WorkerIdentity>,
+) -> Json<WhoAmI> {
+    Json(match identity {
+        WorkerIdentity::Named { name, via } => WhoAmI {
+            worker: Some(name),
+            credential: via.as_str().to_string(),
+        },
+        WorkerIdentity::AnyName if state.config.worker_token.is_some() => WhoAmI {
+            worker: None,
+            credential: "shared worker token".to_string(),
+        },
+        WorkerIdentity::AnyName => WhoAmI {
+            worker: None,
+            credential: "none (worker routes are open)".to_string(),
+        },
+    })
 }

@@ -1,0 +1,306 @@
+//! One agent per name (instance IDs) and "complete only what you uploaded".
+
+use chrono::Duration;
+use cis490_api::{
+    AgentInstance, ArtifactId, Capability, CompleteRequest, HeartbeatRequest, JobSpec, JobStatus,
+    Lease,
+};
+
+use super::events::kind;
+use super::test_support::{cpu, specs, worker};
+use super::{ManifestSource, Queue, QueueConfig, QueueError};
+use crate::plan::plan;
+
+fn queue_with(config: QueueConfig) -> Queue {
+    Queue::open_in_memory(config).unwrap()
+}
+
+fn queue() -> Queue {
+    queue_with(QueueConfig::default())
+}
+
+fn load(q: &Queue, jobs: &[JobSpec]) {
+    let p = plan(jobs, &q.actual().unwrap());
+    q.apply(&p, &[], &ManifestSource::default()).unwrap();
+}
+
+/// A CPU host reported by agent process `id` (pid 4242) on host `host`.
+fn agent(id: &str, host: &str) -> Capability {
+    Capability {
+        hostname: host.to_string(),
+        instance: Some(AgentInstance {
+            id: id.to_string(),
+            pid: Some(4242),
+            stopping: false,
+        }),
+        ..cpu(8)
+    }
+}
+
+fn stopping(cap: &Capability) -> Capability {
+    let mut cap = cap.clone();
+    if let Some(i) = cap.instance.as_mut() {
+        i.stopping = true;
+    }
+    cap
+}
+
+fn event_kinds(q: &Queue) -> Vec<String> {
+    q.events_since(0, 1000)
+        .unwrap()
+        .events
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+fn name_in_use(result: Result<impl std::fmt::Debug, QueueError>) -> String {
+    match result {
+        Err(QueueError::NameInUse { message, .. }) => message,
+        other => panic!("expected NameInUse, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_second_instance_is_refused_while_the_first_is_live_and_the_first_is_undisturbed() {
+    let q = queue();
+    load(&q, &specs("j", 2));
+    let first = agent("aaaa1111", "box-a");
+    let second = agent("bbbb2222", "box-b");
+    let gpu1 = worker("gpu-1");
+    q.report_node(&gpu1, &first).unwrap();
+    let claimed = q.claim(&gpu1, &first).unwrap().unwrap();
+
+    let message = name_in_use(q.claim(&gpu1, &second));
+    for needed in [
+        "another agent (instance aaaa1111, pid 4242 on host box-a)",
+        "holds worker name gpu-1",
+        "seen 0 s ago",
+        "--name",
+    ] {
+        assert!(message.contains(needed), "{needed:?} missing: {message}");
+    }
+    name_in_use(q.report_node(&gpu1, &second));
+    assert!(event_kinds(&q).contains(&kind::NAME_IN_USE.to_string()));
+
+    // The first keeps its job, heartbeats and completes.
+    let hb = HeartbeatRequest {
+        worker: gpu1.clone(),
+        lease: claimed.lease.clone(),
+        log_tail: None,
+    };
+    assert!(!q.heartbeat(&claimed.job.id, &hb).unwrap().cancel);
+    let done = CompleteRequest {
+        worker: gpu1.clone(),
+        lease: claimed.lease.clone(),
+        artifact_id: None,
+    };
+    assert_eq!(
+        q.complete(&claimed.job.id, &done).unwrap().status,
+        JobStatus::Completed
+    );
+    assert!(q.claim(&gpu1, &first).unwrap().is_some());
+    // The refused agent's report changed nothing the worker shows.
+    assert_eq!(q.worker(&gpu1).unwrap().capability.hostname, "box-a");
+}
+
+#[test]
+fn a_stale_holder_is_taken_over_and_then_refused_itself() {
+    let q = queue();
+    let first = agent("aaaa1111", "box-a");
+    let second = agent("bbbb2222", "box-b");
+    let gpu1 = worker("gpu-1");
+    q.report_node(&gpu1, &first).unwrap();
+    q.advance_clock(Duration::seconds(60));
+    let message = name_in_use(q.report_node(&gpu1, &second));
+    assert!(
+        message.contains("seen 60 s ago") && message.contains("frees in 30 s"),
+        "{message}"
+    );
+    q.advance_clock(Duration::seconds(31));
+    q.report_node(&gpu1, &second).unwrap();
+    assert!(event_kinds(&q).contains(&kind::INSTANCE_REPLACED.to_string()));
+    let message = name_in_use(q.claim(&gpu1, &first));
+    assert!(message.contains("instance bbbb2222"), "{message}");
+}
+
+#[test]
+fn a_holder_with_an_unexpired_lease_keeps_the_name_after_it_goes_stale() {
+    let q = queue_with(QueueConfig {
+        node_stale_after_s: 10,
+        ..QueueConfig::default()
+    });
+    load(&q, &specs("j", 1)); // 90 s leases
+    let first = agent("aaaa1111", "box-a");
+    let second = agent("bbbb2222", "box-b");
+    let gpu1 = worker("gpu-1");
+    q.claim(&gpu1, &first).unwrap().unwrap();
+    q.advance_clock(Duration::seconds(20));
+    let message = name_in_use(q.claim(&gpu1, &second));
+    assert!(message.contains("holds a lease until"), "{message}");
+    q.advance_clock(Duration::seconds(71));
+    // The lease has expired (the sweep has not run yet): the name is free.
+    assert!(q.report_node(&gpu1, &second).is_ok());
+}
+
+#[test]
+fn a_holder_that_signs_off_frees_the_name_at_once() {
+    let q = queue();
+    let first = agent("aaaa1111", "box-a");
+    let second = agent("bbbb2222", "box-b");
+    let third = agent("cccc3333", "box-c");
+    let gpu1 = worker("gpu-1");
+    q.report_node(&gpu1, &first).unwrap();
+    // A sign-off from an agent that does not hold the name changes nothing.
+    q.report_node(&gpu1, &stopping(&second)).unwrap();
+    name_in_use(q.report_node(&gpu1, &second));
+    q.report_node(&gpu1, &stopping(&first)).unwrap();
+    assert!(event_kinds(&q).contains(&kind::INSTANCE_STOPPED.to_string()));
+    q.report_node(&gpu1, &second).unwrap();
+    name_in_use(q.report_node(&gpu1, &third));
+}
+
+#[test]
+fn agents_that_send_no_instance_are_not_checked_and_bad_ids_are_refused() {
+    let q = queue();
+    let gpu1 = worker("gpu-1");
+    q.report_node(&gpu1, &agent("aaaa1111", "box-a")).unwrap();
+    assert!(q.report_node(&gpu1, &cpu(8)).is_ok());
+    // An old agent's report keeps the holder.
+    name_in_use(q.report_node(&gpu1, &agent("bbbb2222", "box-b")));
+    for bad in ["", "has space", &"x".repeat(65)] {
+        let err = q.report_node(&worker("w"), &agent(bad, "h")).unwrap_err();
+        assert!(
+            matches!(err, QueueError::BadRequest { .. }),
+            "{bad:?}: {err}"
+        );
+    }
+}
+
+fn artifact(byte: &str) -> ArtifactId {
+    ArtifactId::parse(&byte.repeat(32)).unwrap()
+}
+
+/// Two running jobs, each claimed by its own worker.
+fn two_running(q: &Queue) -> Vec<(JobSpec, Lease, &'static str)> {
+    load(q, &specs("j", 2));
+    ["w1", "w2"]
+        .into_iter()
+        .map(|w| {
+            let c = q.claim(&worker(w), &cpu(8)).unwrap().unwrap();
+            let hb = HeartbeatRequest {
+                worker: worker(w),
+                lease: c.lease.clone(),
+                log_tail: None,
+            };
+            q.heartbeat(&c.job.id, &hb).unwrap();
+            (c.job, c.lease, w)
+        })
+        .collect()
+}
+
+fn complete(
+    q: &Queue,
+    (job, lease, w): &(JobSpec, Lease, &str),
+    artifact: Option<ArtifactId>,
+) -> Result<JobStatus, QueueError> {
+    let req = CompleteRequest {
+        worker: worker(w),
+        lease: lease.clone(),
+        artifact_id: artifact,
+    };
+    q.complete(&job.id, &req).map(|r| r.status)
+}
+
+fn status_of(q: &Queue, job: &JobSpec) -> JobStatus {
+    q.job(&job.id).unwrap().status
+}
+
+#[test]
+fn a_completion_may_name_only_an_artifact_its_lease_uploaded() {
+    let q = queue();
+    let jobs = two_running(&q);
+    let (one, two) = (&jobs[0], &jobs[1]);
+    q.record_upload(&two.0.id, &worker(two.2), &two.1, &artifact("bb"), 100)
+        .unwrap();
+
+    // Another job's artifact.
+    let err = complete(&q, one, Some(artifact("bb"))).unwrap_err();
+    assert!(
+        matches!(&err, QueueError::ArtifactNotUploaded { message }
+            if message.contains(&format!("uploaded for job {}", two.0.id.short()))),
+        "{err}"
+    );
+    assert_eq!(err.code(), "artifact_not_uploaded");
+    // One never uploaded.
+    let err = complete(&q, one, Some(artifact("ee"))).unwrap_err();
+    assert!(
+        matches!(&err, QueueError::ArtifactNotUploaded { message } if message.contains("never uploaded")),
+        "{err}"
+    );
+    assert_eq!(status_of(&q, &one.0), JobStatus::Running);
+
+    // Having uploaded, job one may not complete without its artifact.
+    q.record_upload(&one.0.id, &worker(one.2), &one.1, &artifact("aa"), 100)
+        .unwrap();
+    let err = complete(&q, one, None).unwrap_err();
+    assert!(
+        matches!(&err, QueueError::ArtifactRequired { message } if message.contains(artifact("aa").as_str())),
+        "{err}"
+    );
+    assert_eq!(err.code(), "artifact_required");
+    assert_eq!(status_of(&q, &one.0), JobStatus::Running);
+
+    assert_eq!(
+        complete(&q, one, Some(artifact("aa"))).unwrap(),
+        JobStatus::Completed
+    );
+    assert_eq!(q.job(&one.0.id).unwrap().artifact_id, Some(artifact("aa")));
+    assert_eq!(
+        complete(&q, two, Some(artifact("bb"))).unwrap(),
+        JobStatus::Completed
+    );
+}
+
+#[test]
+fn a_completion_without_an_upload_and_without_an_artifact_is_allowed() {
+    let q = queue();
+    let jobs = two_running(&q);
+    assert_eq!(complete(&q, &jobs[0], None).unwrap(), JobStatus::Completed);
+}
+
+#[test]
+fn an_upload_of_an_earlier_lease_does_not_count_and_a_lost_lease_records_nothing() {
+    let q = queue();
+    load(&q, &specs("j", 1));
+    let first = q.claim(&worker("w1"), &cpu(8)).unwrap().unwrap();
+    let id = first.job.id.clone();
+    q.record_upload(&id, &worker("w1"), &first.lease, &artifact("aa"), 1)
+        .unwrap();
+    q.sweep(q.now() + Duration::seconds(91)).unwrap();
+    // The expired lease's upload (the bytes finished after the sweep) is refused.
+    let late = q
+        .record_upload(&id, &worker("w1"), &first.lease, &artifact("ab"), 1)
+        .unwrap_err();
+    assert!(matches!(late, QueueError::LeaseLost { .. }), "{late}");
+    let second = q.claim(&worker("w2"), &cpu(8)).unwrap().unwrap();
+    let now_running = (second.job.clone(), second.lease.clone(), "w2");
+    let err = complete(&q, &now_running, Some(artifact("aa"))).unwrap_err();
+    assert!(
+        matches!(err, QueueError::ArtifactNotUploaded { .. }),
+        "{err}"
+    );
+    // Nothing this lease uploaded: completing without an artifact is allowed.
+    assert_eq!(
+        complete(&q, &now_running, None).unwrap(),
+        JobStatus::Completed
+    );
+    let rows: i64 = q
+        .read(|tx| {
+            Ok(tx
+                .db
+                .query_row("SELECT COUNT(*) FROM uploads", [], |r| r.get(0))?)
+        })
+        .unwrap();
+    assert_eq!(rows, 1);
+}
