@@ -85,6 +85,15 @@ pub async fn capability_command(flags: &RunFlags, output: Output) -> anyhow::Res
     Ok(())
 }
 
+/// The client `run` and `check-server` talk to the reconciler with: its TLS files and its
+/// worker token.
+fn server_client(cfg: &AgentConfig) -> anyhow::Result<Client> {
+    Ok(Client::builder(cfg.server_url()?)
+        .tls(cfg.tls.clone())
+        .build()?
+        .with_worker_token(cfg.worker_token.clone()))
+}
+
 /// How long each call of `check-server` may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -92,7 +101,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
 pub async fn check_server_command(flags: &RunFlags) -> anyhow::Result<()> {
     let cfg = AgentConfig::resolve(flags)?;
     let url = cfg.server_url()?.to_string();
-    let client = Client::new(&url)?.with_worker_token(cfg.worker_token.clone());
+    let client = server_client(&cfg)?;
     let health = tokio::time::timeout(CHECK_TIMEOUT, client.health())
         .await
         .map_err(|_| anyhow::anyhow!("the reconciler at {url} did not answer within {CHECK_TIMEOUT:?}: check --server / `server` and that the server runs"))?
@@ -158,10 +167,7 @@ pub async fn run_command(flags: &RunFlags) -> anyhow::Result<()> {
     let trainers = TrainerRegistry::default();
     let mut shutdown = listen_for_signals(trainers.clone())?;
     let cfg = AgentConfig::resolve(flags)?;
-    let client = Client::builder(cfg.server_url()?)
-        .tls(cfg.tls.clone())
-        .build()?
-        .with_worker_token(cfg.worker_token.clone());
+    let client = server_client(&cfg)?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
     // Held for the agent's life: the leftover sweep below must never end the trainers of
