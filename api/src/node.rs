@@ -13,6 +13,7 @@ pub const MIB_PER_GIB: f64 = 1024.0;
 
 /// One NVIDIA GPU.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Gpu {
     /// NVML index; what CUDA_VISIBLE_DEVICES names.
     pub index: u32,
@@ -31,6 +32,7 @@ pub struct Gpu {
 /// (`PUT /v1/worker/{name}`) and send it with every claim; on a claim the allocatable
 /// fields describe what is free at that moment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Capability {
     pub hostname: String,
     #[serde(default)]
@@ -95,6 +97,7 @@ impl Capability {
 
 /// A node's condition, as `cis490ctl get workers` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum NodeState {
     /// Heartbeats are fresh and the node takes new jobs.
     Ready,
@@ -119,6 +122,7 @@ impl fmt::Display for NodeState {
 
 /// A worker as the API serves it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerView {
     pub name: WorkerName,
     pub state: NodeState,

@@ -12,6 +12,11 @@ use super::error::ApiFailure;
 
 /// A JSON body, size-capped by `DefaultBodyLimit`; any rejection is a JSON 400 (413 when
 /// over the cap). The content type is not checked: the body is the contract.
+///
+/// A field the server does not know, at any depth, is a 400 that names it: a typo'd or
+/// misplaced field would otherwise be dropped without a word. This is checked here rather
+/// than with `#[serde(deny_unknown_fields)]` on the wire types, which agent and cis490ctl
+/// also use to read answers: they keep accepting fields that a newer server adds.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
@@ -26,10 +31,35 @@ where
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|rejection| body_failure(rejection.status(), rejection.body_text()))?;
-        serde_json::from_slice(&bytes)
-            .map(ApiJson)
-            .map_err(|e| ApiFailure::bad_request(format!("invalid JSON body: {e}")))
+        parse_json_body(&bytes).map(ApiJson)
     }
+}
+
+/// Parses a JSON request body strictly: malformed JSON, a wrong type, trailing data or an
+/// unknown field are each a 400 that says which.
+pub fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiFailure> {
+    let mut unknown: Vec<String> = Vec::new();
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_ignored::deserialize(&mut json, |path| unknown.push(path.to_string()))
+        .and_then(|value| json.end().map(|()| value))
+        .map_err(|e| ApiFailure::bad_request(format!("invalid JSON body: {e}")))?;
+    if unknown.is_empty() {
+        return Ok(value);
+    }
+    let names = unknown
+        .iter()
+        .map(|field| format!("`{field}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (noun, pronoun) = if unknown.len() == 1 {
+        ("field", "it")
+    } else {
+        ("fields", "them")
+    };
+    Err(ApiFailure::bad_request(format!(
+        "unknown {noun} {names} in the JSON body: this server does not know {pronoun} (a typo, \
+         or a client newer than the server: upgrade the reconciler before its agents)"
+    )))
 }
 
 /// A UTF-8 text body (a manifest for `diff`), size-capped like JSON.
@@ -144,4 +174,57 @@ where
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use cis490_api::{ClaimRequest, HeartbeatRequest};
+    use serde_json::json;
+
+    use super::*;
+
+    fn claim_body() -> serde_json::Value {
+        json!({
+            "worker": "w1",
+            "capability": {"hostname": "h", "cores": 1, "ram_total_mib": 1, "ram_allocatable_mib": 1}
+        })
+    }
+
+    #[test]
+    fn a_known_body_parses() {
+        let body = serde_json::to_vec(&claim_body()).unwrap();
+        let req: ClaimRequest = parse_json_body(&body).unwrap();
+        assert_eq!(req.worker.as_str(), "w1");
+    }
+
+    #[test]
+    fn unknown_fields_at_any_depth_are_named() {
+        let mut body = claim_body();
+        body["workr"] = json!("typo");
+        body["capability"]["gpus"] = json!([{"index": 0, "name": "g", "vram_total_mib": 1,
+            "vram_free_mib": 1, "vram_allocatable_mib": 1, "colour": "green"}]);
+        let err = parse_json_body::<ClaimRequest>(&serde_json::to_vec(&body).unwrap()).unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert!(err.message.contains("`workr`"), "{}", err.message);
+        assert!(
+            err.message.contains("`capability.gpus.0.colour`"),
+            "{}",
+            err.message
+        );
+        assert!(err.message.contains("unknown fields"), "{}", err.message);
+    }
+
+    #[test]
+    fn malformed_and_trailing_json_are_bad_requests() {
+        for body in [&b"{"[..], b"{\"worker\": 1}", b"[]", b"", b"{} {}", b"\xff"] {
+            let err = parse_json_body::<HeartbeatRequest>(body).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{body:?}");
+            assert!(
+                err.message.starts_with("invalid JSON body"),
+                "{}",
+                err.message
+            );
+        }
+    }
 }
