@@ -249,6 +249,7 @@ pub struct JobFilter {
     pub worker: Option<String>,
     /// `key=value` label selector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", param(pattern = "="))]
     pub label: Option<String>,
     /// Include tombstoned jobs.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -147,9 +147,9 @@ const METHODS: [&str; 8] = [
 ];
 
 /// The served document: the shared answers added to every operation (a handler's own
-/// description of a status wins), and every object schema closed (`additionalProperties:
-/// false`), which is what the server enforces on request bodies (`extract::ApiJson`) and
-/// what it sends.
+/// description of a status wins), and every schema tightened to what the server enforces
+/// ([`tighten_schema`]): objects are closed (`additionalProperties: false`), as
+/// `extract::ApiJson` is on request bodies and as the server's answers are.
 pub(super) fn finish_document(doc: OpenApi) -> Value {
     let mut doc = match serde_json::to_value(&doc) {
         Ok(doc) => doc,
@@ -166,11 +166,9 @@ pub(super) fn finish_document(doc: OpenApi) -> Value {
             }
         }
     }
-    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
-        for schema in schemas.values_mut() {
-            close_object(schema);
-        }
-    }
+    tighten_schema(&mut doc["components"]["schemas"]);
+    tighten_schema(&mut doc["paths"]);
+    add_links(&mut doc);
     doc
 }
 
@@ -199,9 +197,100 @@ fn add_shared_responses(operation: &mut Value) {
     }
 }
 
-/// Closes a struct's schema (see [`finish_document`]) and drops `propertyNames` from maps'
-/// (JSON keys are strings anyway), at any depth.
-fn close_object(schema: &mut Value) {
+/// How one answer feeds the next call (OpenAPI links): a claim's job and lease are what
+/// heartbeat, complete, fail and upload take, a reported worker is what cordon takes, an
+/// upload's artifact is what download takes. Clients and test generators (schemathesis's
+/// stateful phase) follow them.
+fn links() -> Vec<(&'static str, &'static str, &'static str, Value)> {
+    let lease_body = json!({"worker": "$request.body#/worker", "lease": "$response.body#/lease"});
+    let claimed_job = json!({"path.id": "$response.body#/job/id"});
+    let named_worker = json!({"path.name": "$request.path.name"});
+    let mut links = vec![
+        (
+            "claim",
+            "200",
+            "heartbeat",
+            json!({"parameters": claimed_job, "requestBody": lease_body}),
+        ),
+        (
+            "claim",
+            "200",
+            "complete",
+            json!({"parameters": claimed_job, "requestBody": lease_body}),
+        ),
+        (
+            "claim",
+            "200",
+            "fail",
+            json!({"parameters": claimed_job, "requestBody": lease_body}),
+        ),
+        (
+            "claim",
+            "200",
+            "upload",
+            json!({"parameters": {
+                "path.id": "$response.body#/job/id",
+                "header.X-Worker": "$request.body#/worker",
+                "header.X-Lease-Token": "$response.body#/lease/token",
+                "header.X-Lease-Attempt": "$response.body#/lease/attempt",
+            }}),
+        ),
+        (
+            "upload",
+            "200",
+            "download",
+            json!({"parameters": {"path.id": "$response.body#/artifact_id"}}),
+        ),
+    ];
+    for target in ["job", "explain", "cancel", "requeue"] {
+        links.push(("claim", "200", target, json!({"parameters": claimed_job})));
+    }
+    for target in ["worker", "cordon", "uncordon", "drain"] {
+        links.push((
+            "report_node",
+            "200",
+            target,
+            json!({"parameters": named_worker}),
+        ));
+    }
+    links
+}
+
+fn add_links(doc: &mut Value) {
+    for (source, status, target, mut link) in links() {
+        let Some(pointer) = operation_pointer(doc, source) else {
+            continue;
+        };
+        let Some(response) = doc
+            .pointer_mut(&pointer)
+            .and_then(|op| op["responses"].get_mut(status))
+        else {
+            continue;
+        };
+        link["operationId"] = json!(target);
+        response["links"][target] = link;
+    }
+}
+
+/// The JSON pointer of the operation with this `operationId`.
+fn operation_pointer(doc: &Value, operation_id: &str) -> Option<String> {
+    let paths = doc["paths"].as_object()?;
+    paths.iter().find_map(|(path, item)| {
+        METHODS
+            .iter()
+            .find(|m| {
+                item.get(**m)
+                    .is_some_and(|op| op["operationId"] == operation_id)
+            })
+            .map(|m| format!("/paths/{}/{m}", path.replace('~', "~0").replace('/', "~1")))
+    })
+}
+
+/// Makes one schema (and every schema inside it) say what the server enforces: a struct's
+/// object is closed (see [`finish_document`]); an unsigned integer's range is its Rust
+/// type's (utoipa gives only the format); a map's `propertyNames: string` goes (JSON keys
+/// are strings anyway).
+fn tighten_schema(schema: &mut Value) {
     match schema {
         Value::Object(object) => {
             let is_object = object.get("type") == Some(&json!("object"));
@@ -214,9 +303,20 @@ fn close_object(schema: &mut Value) {
             if object.get("propertyNames") == Some(&json!({"type": "string"})) {
                 object.remove("propertyNames");
             }
-            object.values_mut().for_each(close_object);
+            let maximum = match object.get("format").and_then(Value::as_str) {
+                Some("uint8") => Some(u64::from(u8::MAX)),
+                Some("uint16") => Some(u64::from(u16::MAX)),
+                Some("uint32") => Some(u64::from(u32::MAX)),
+                Some("uint64") => Some(u64::MAX),
+                _ => None,
+            };
+            if let Some(maximum) = maximum {
+                object.entry("maximum").or_insert(json!(maximum));
+                object.entry("minimum").or_insert(json!(0));
+            }
+            object.values_mut().for_each(tighten_schema);
         }
-        Value::Array(items) => items.iter_mut().for_each(close_object),
+        Value::Array(items) => items.iter_mut().for_each(tighten_schema),
         _ => {}
     }
 }
