@@ -2,13 +2,16 @@
 //! IDs and names before anything touches the disk or the database.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use cis490_api::{ArtifactId, IdPrefix, JobId, WorkerName};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiFailure;
+use super::AppState;
 
 /// A JSON body, size-capped by `DefaultBodyLimit`; any rejection is a JSON 400 (413 when
 /// over the cap). The content type is not checked: the body is the contract.
@@ -60,6 +63,43 @@ pub fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiFailur
         "unknown {noun} {names} in the JSON body: this server does not know {pronoun} (a typo, \
          or a client newer than the server: upgrade the reconciler before its agents)"
     )))
+}
+
+/// The one route whose body is not capped by `max_body_bytes`, `PUT /v1/model/{id}` (an
+/// artifact upload has its own cap, `max_upload_bytes`, checked by the store).
+fn is_upload(req: &Request) -> bool {
+    req.method() == Method::PUT && req.uri().path().starts_with("/v1/model/")
+}
+
+/// Middleware: a body whose `Content-Length` is over `max_body_bytes` is refused with 413 from
+/// the headers, before a byte of it is read. Without this the request would wait for bytes
+/// up to the cap that a hostile client need never send.
+pub async fn refuse_oversized_bodies(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limit = state.config.max_body_bytes as u64;
+    match announced {
+        Some(n) if n > limit && !is_upload(&req) => {
+            let refusal = ApiFailure::too_large(format!(
+                "request body too large: {n} bytes announced, the limit is {limit} (max_body_bytes)"
+            ));
+            // A body a little over the cap is read and dropped so that the client gets the
+            // 413 rather than a reset (see [`drain_body`]); a far larger one is not read.
+            let bound = limit.saturating_mul(4);
+            if n <= bound {
+                drain_body(&mut req.into_body().into_data_stream(), bound).await;
+            }
+            refusal.into_response()
+        }
+        _ => next.run(req).await,
+    }
 }
 
 /// A UTF-8 text body (a manifest for `diff`), size-capped like JSON.

@@ -15,7 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiFailure;
-use super::{auth, meta, operator, read, worker, AppState};
+use super::{auth, extract, meta, operator, read, worker, AppState};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,12 +116,16 @@ pub fn router(state: AppState) -> Router {
         }
     });
     let max_body = state.config.max_body_bytes;
-    api.fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(Extension(meta::OpenApiJson::new(&doc)))
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+    api.layer(from_fn_with_state(
+        state.clone(),
+        extract::refuse_oversized_bodies,
+    ))
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed)
+    .layer(Extension(meta::OpenApiJson::new(&doc)))
+    .layer(DefaultBodyLimit::max(max_body))
+    .layer(TraceLayer::new_for_http())
+    .with_state(state)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiFailure {
