@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::node::{self, find, Diagnostics, Entry, Kind, Node};
 use super::{job_id, Defaults, HyperType, Manifest, ManifestErrors, ModelDef, SUPPORTED_VERSION};
 use crate::policy::HostPolicy;
+use crate::store::{MAX_GROUP_NAME_LEN, MAX_NAME_LEN};
 
 const TOP_KEYS: &[&str] = &["version", "defaults", "hosts", "models", "jobs"];
 const DEFAULTS_KEYS: &[&str] = &[
@@ -565,6 +566,19 @@ fn job_spec(
         Some(e) => want_str(d, e).filter(|m| check_name(d, e.value.at, "`mode`", m)),
     };
 
+    if let (Some(model), Some(mode), Some(e)) = (&model, &mode, find(entries, "mode")) {
+        let group = model.len() + 1 + mode.len();
+        if group > MAX_GROUP_NAME_LEN {
+            d.error(
+                e.value.at,
+                format!(
+                    "`model` and `mode` name the artifact directory `<model>_<mode>`, here {group} bytes; \
+                     the most is {MAX_GROUP_NAME_LEN}: shorten one of them"
+                ),
+            );
+        }
+    }
+
     let model_def = model.as_ref().and_then(|m| context.models.get(m));
     let command = match (&model, model_entry) {
         (Some(model), Some(e)) => {
@@ -1013,10 +1027,21 @@ fn want_labels(d: &mut Diagnostics, entry: &Entry) -> Option<BTreeMap<String, St
 }
 
 /// Model and mode names name artifact directories (`<model>_<mode>`), so they are kept
-/// path-safe. Returns whether `name` is fine.
+/// path-safe and within what the store takes. Returns whether `name` is fine.
 fn check_name(d: &mut Diagnostics, at: usize, what: &str, name: &str) -> bool {
     if name.is_empty() {
         d.error(at, format!("{what} must not be empty"));
+        return false;
+    }
+    if name.len() > MAX_NAME_LEN {
+        d.error(
+            at,
+            format!(
+                "{what} {} is {} characters long; the most is {MAX_NAME_LEN} (it names the artifact directory)",
+                shown(name),
+                name.len()
+            ),
+        );
         return false;
     }
     let ok = name
@@ -1029,10 +1054,23 @@ fn check_name(d: &mut Diagnostics, at: usize, what: &str, name: &str) -> bool {
     if !ok {
         d.error(
             at,
-            format!("{what} {name:?} may hold only letters, digits, '_', '.' and '-', starting with a letter or digit"),
+            format!("{what} {} may hold only letters, digits, '_', '.' and '-', starting with a letter or digit", shown(name)),
         );
     }
     ok
+}
+
+/// A name for a message: quoted, and cut to its first 40 characters when longer.
+fn shown(name: &str) -> String {
+    const SHOWN: usize = 40;
+    match name.char_indices().nth(SHOWN) {
+        None => format!("{name:?}"),
+        Some((cut, _)) => format!(
+            "{:?}... ({} characters)",
+            &name[..cut],
+            name.chars().count()
+        ),
+    }
 }
 
 fn check_keys(d: &mut Diagnostics, entries: &[Entry], allowed: &[&str], context: &str) {
