@@ -55,7 +55,12 @@ pub(crate) fn build(text: &str, path: &str) -> Result<(Manifest, Vec<String>), M
         Ok(doc) => doc,
         Err(err) => {
             let at = err.span().map_or(0, |span| span.start);
-            d.error(at, one_line(err.message()));
+            let message = match one_line(err.message()) {
+                // toml_edit says nothing about some characters (a lone carriage return).
+                m if m.is_empty() => unexplained_parse_error(text, at),
+                m => m,
+            };
+            d.error(at, message);
             return Err(ManifestErrors(d.finish().0));
         }
     };
@@ -107,6 +112,26 @@ pub(crate) fn build(text: &str, path: &str) -> Result<(Manifest, Vec<String>), M
         },
         warnings,
     ))
+}
+
+/// What is wrong at `at` when the TOML parser gives no message.
+fn unexplained_parse_error(text: &str, at: usize) -> String {
+    let here = text.get(at..).and_then(|rest| rest.chars().next());
+    // The parser may point just past the character it stumbled on.
+    let before = text.get(..at).and_then(|head| head.chars().next_back());
+    let control = [here, before]
+        .into_iter()
+        .flatten()
+        .find(|c| c.is_control() && !matches!(c, '\n' | '\t'));
+    match control.or(here) {
+        Some(c) if c.is_control() => format!(
+            "TOML does not allow the control character {} here (only tabs and line breaks; \
+             a carriage return must be followed by a line feed)",
+            c.escape_unicode()
+        ),
+        Some(c) => format!("TOML cannot read {c:?} here"),
+        None => "the file ends where TOML expects more".to_string(),
+    }
 }
 
 /// toml_edit's messages span lines ("invalid array\nexpected `]`"); errors are one line.

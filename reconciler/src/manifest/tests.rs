@@ -872,3 +872,13 @@ fn names_the_store_cannot_take_are_refused_where_they_stand() {
     let mode = "d".repeat(crate::store::MAX_GROUP_NAME_LEN - 1 - longest.len());
     ok(&undeclared(&longest, &mode));
 }
+
+#[test]
+fn a_stray_carriage_return_is_named_not_an_empty_message() {
+    // toml_edit gives no message for this one.
+    assert_one_error(
+        "version = 1\ncommand = [\r\"x\"]\n",
+        2,
+        "control character \\u{d}",
+    );
+}
