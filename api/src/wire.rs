@@ -25,8 +25,8 @@ pub const MAX_CLAIM_WAIT_S: u64 = 60;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
-    /// Stable code: bad_request, unauthorized, forbidden, not_found, ambiguous_id,
-    /// lease_lost, conflict, invalid_state, payload_too_large, sha_mismatch,
+    /// Stable code: bad_request, unauthorized, forbidden, not_found, method_not_allowed,
+    /// ambiguous_id, lease_lost, conflict, invalid_state, payload_too_large, sha_mismatch,
     /// invalid_manifest, internal.
     pub error: String,
     pub message: String,

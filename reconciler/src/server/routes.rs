@@ -10,7 +10,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
 use axum::{Extension, Router};
 use tower_http::trace::TraceLayer;
-use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -94,14 +93,6 @@ fn assemble(
 /// The OpenAPI document of every route [`router`] serves.
 pub fn openapi_document() -> serde_json::Value {
     assemble(|_, routes| routes).1
-}
-
-/// The document as utoipa builds it, before [`meta::finish_document`] (for tests).
-pub fn openapi_parts() -> Vec<(Access, OpenApi)> {
-    Access::ALL
-        .into_iter()
-        .map(|access| (access, access.routes().split_for_parts().1))
-        .collect()
 }
 
 /// The API router with its state, auth layers, body limit and request tracing.
