@@ -24,6 +24,17 @@ pub enum IdError {
 /// How many hex digits a short ID shows, like git's abbreviated hashes.
 pub const SHORT_ID_LEN: usize = 12;
 
+/// The longest worker name [`WorkerName::parse`] accepts.
+pub const MAX_WORKER_NAME_LEN: usize = 128;
+
+/// What [`JobId::parse`] and [`ArtifactId::parse`] accept, as a regular expression (upper
+/// case is accepted and lowered).
+pub const SHA256_PATTERN: &str = "^[0-9a-fA-F]{64}$";
+/// What [`IdPrefix::parse`] accepts.
+pub const ID_PREFIX_PATTERN: &str = "^[0-9a-fA-F]{1,64}$";
+/// What [`WorkerName::parse`] accepts (at most [`MAX_WORKER_NAME_LEN`] characters).
+pub const WORKER_NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$";
+
 fn is_lower_hex(s: &str) -> bool {
     s.bytes()
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -42,7 +53,7 @@ fn parse_sha256(what: &'static str, s: &str) -> Result<String, IdError> {
 }
 
 macro_rules! sha256_id {
-    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $what_doc:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -90,20 +101,51 @@ macro_rules! sha256_id {
                 id.0
             }
         }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                string_schema($what_doc, SHA256_PATTERN, 64, 64)
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
     };
+}
+
+/// The schema of a validated string: its real pattern and lengths, so the OpenAPI document
+/// is honest and generated test inputs hit both sides of the check.
+#[cfg(feature = "openapi")]
+fn string_schema(
+    description: &str,
+    pattern: &str,
+    min_length: usize,
+    max_length: usize,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .pattern(Some(pattern))
+        .min_length(Some(min_length))
+        .max_length(Some(max_length))
+        .into()
 }
 
 sha256_id!(
     /// A job's identity: sha256 (hex) of the canonical JSON of
     /// (model, mode, hyper, split_recipe, train_hosts, seed).
     JobId,
-    "job ID"
+    "job ID",
+    "A job ID: the sha256 (64 hex digits) of the job's identity fields"
 );
 
 sha256_id!(
     /// An artifact's identity: sha256 (hex) of the uploaded tar.zst bytes.
     ArtifactId,
-    "artifact ID"
+    "artifact ID",
+    "An artifact ID: the sha256 (64 hex digits) of the uploaded bundle"
 );
 
 /// A possibly abbreviated job or artifact ID, as operators type it (git-style prefixes).
@@ -144,6 +186,21 @@ impl FromStr for IdPrefix {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for IdPrefix {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema(
+            "A job or artifact ID or any unique prefix of it (1 to 64 hex digits)",
+            ID_PREFIX_PATTERN,
+            1,
+            64,
+        )
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for IdPrefix {}
+
 /// A worker (node) name: usually the host name. Safe to use in paths and URLs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -151,7 +208,7 @@ pub struct WorkerName(String);
 
 impl WorkerName {
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        let ok = s.len() <= 128
+        let ok = s.len() <= MAX_WORKER_NAME_LEN
             && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
@@ -193,6 +250,21 @@ impl From<WorkerName> for String {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for WorkerName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema(
+            "A worker name: 1 to 128 characters of [A-Za-z0-9_.-], starting with a letter or digit",
+            WORKER_NAME_PATTERN,
+            1,
+            MAX_WORKER_NAME_LEN,
+        )
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for WorkerName {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +299,34 @@ mod tests {
         assert!(IdPrefix::parse("").is_err());
         assert!(IdPrefix::parse("xyz").is_err());
         assert!(IdPrefix::parse(A).unwrap().is_full());
+    }
+
+    /// The patterns the OpenAPI document publishes, without their anchors (which proptest's
+    /// generator does not take).
+    fn unanchored(pattern: &str) -> &str {
+        pattern.trim_start_matches('^').trim_end_matches('$')
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn what_the_published_patterns_match_parses(
+            sha in proptest::string::string_regex(unanchored(SHA256_PATTERN)).unwrap(),
+            prefix in proptest::string::string_regex(unanchored(ID_PREFIX_PATTERN)).unwrap(),
+            name in proptest::string::string_regex(unanchored(WORKER_NAME_PATTERN)).unwrap(),
+        ) {
+            proptest::prop_assert!(JobId::parse(&sha).is_ok(), "{}", sha);
+            proptest::prop_assert!(ArtifactId::parse(&sha).is_ok(), "{}", sha);
+            proptest::prop_assert!(IdPrefix::parse(&prefix).is_ok(), "{}", prefix);
+            proptest::prop_assert!(WorkerName::parse(&name).is_ok(), "{}", name);
+        }
+    }
+
+    #[test]
+    fn the_published_lengths_are_the_parsers_limits() {
+        let longest = format!("a{}", "b".repeat(MAX_WORKER_NAME_LEN - 1));
+        assert!(WorkerName::parse(&longest).is_ok());
+        assert!(WorkerName::parse(&format!("{longest}c")).is_err());
+        assert!(IdPrefix::parse(&"a".repeat(65)).is_err());
     }
 
     #[test]

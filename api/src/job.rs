@@ -16,6 +16,7 @@ pub type Hyper = BTreeMap<String, serde_json::Value>;
 /// Where a job may run. None of these fields are part of the job's identity: changing them
 /// updates a job that has not started yet.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Constraints {
     /// The job needs an NVIDIA GPU with CUDA.
@@ -63,6 +64,7 @@ impl Constraints {
 /// `retries_on_failure` says otherwise; a vanished agent (lease expired) is always retried
 /// while attempts remain; an agent shutting down releases the job without using an attempt.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// How many times a trainer failure (non-zero exit) is retried. 0 = never.
@@ -73,11 +75,13 @@ pub struct RetryPolicy {
 /// One job as the manifest declares it, fully expanded (matrix applied, defaults filled in).
 /// This is also what a worker receives on claim.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobSpec {
     pub id: JobId,
     pub model: String,
     pub mode: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, serde_json::Value>))]
     pub hyper: Hyper,
     #[serde(default)]
     pub split_recipe: Option<String>,
@@ -110,6 +114,7 @@ pub struct JobSpec {
 
 /// The lifecycle states of design.md. `Claimed` becomes `Running` at the first heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Pending,
@@ -181,6 +186,7 @@ impl FromStr for JobStatus {
 /// A worker's hold on one attempt of a job. Every call about the job carries it; a stale
 /// lease is refused with 409 `lease_lost` (a fencing token).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Lease {
     pub attempt: u32,
     pub token: String,
@@ -188,6 +194,7 @@ pub struct Lease {
 
 /// Why a job failed, kept for the job's whole life.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobError {
     pub reason: String,
     #[serde(default)]
@@ -198,6 +205,7 @@ pub struct JobError {
 
 /// One transition or notable thing in a job's life, as `describe` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     /// Position in the server's event log; `GET /v1/events?since=` pages by it.
     #[serde(default)]
@@ -214,10 +222,12 @@ pub struct Event {
 
 /// A job as the API serves it: spec, state and history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobView {
     pub id: JobId,
     pub model: String,
     pub mode: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, serde_json::Value>))]
     pub hyper: Hyper,
     pub split_recipe: Option<String>,
     pub train_hosts: Vec<String>,

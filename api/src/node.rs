@@ -13,6 +13,7 @@ pub const MIB_PER_GIB: f64 = 1024.0;
 
 /// One NVIDIA GPU.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Gpu {
     /// NVML index; what CUDA_VISIBLE_DEVICES names.
     pub index: u32,
@@ -31,6 +32,7 @@ pub struct Gpu {
 /// (`PUT /v1/worker/{name}`) and send it with every claim; on a claim the allocatable
 /// fields describe what is free at that moment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Capability {
     pub hostname: String,
     #[serde(default)]
@@ -83,6 +85,7 @@ pub struct Capability {
 /// One agent process. Each `cis490-agent run` makes a random ID at start; the server lets
 /// one live instance hold a worker name at a time (409 `name_in_use` for another).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentInstance {
     /// Random, 1 to 64 characters of `[A-Za-z0-9_-]`.
     pub id: String,
@@ -140,6 +143,7 @@ impl Capability {
 
 /// A node's condition, as `cis490ctl get workers` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum NodeState {
     /// Heartbeats are fresh and the node takes new jobs.
     Ready,
@@ -164,6 +168,7 @@ impl fmt::Display for NodeState {
 
 /// A worker as the API serves it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerView {
     pub name: WorkerName,
     pub state: NodeState,

@@ -23,17 +23,19 @@ pub const MAX_CLAIM_WAIT_S: u64 = 60;
 
 /// The body of every error answer: a stable machine code and a human sentence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     /// Stable code: bad_request, unauthorized, forbidden, wrong_worker, not_found,
-    /// ambiguous_id, lease_lost, conflict, invalid_state, name_in_use,
+    /// method_not_allowed, ambiguous_id, lease_lost, conflict, invalid_state, name_in_use,
     /// artifact_not_uploaded, artifact_required, payload_too_large, sha_mismatch,
     /// invalid_manifest, internal.
     pub error: String,
     pub message: String,
 }
 
-/// `POST /v1/job/claim[?wait=SECONDS]`
+/// The body of `POST /v1/job/claim[?wait=SECONDS]`: who claims, and what it can take now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClaimRequest {
     pub worker: WorkerName,
     pub capability: Capability,
@@ -41,13 +43,15 @@ pub struct ClaimRequest {
 
 /// 200 answer to a claim (204 when nothing is eligible).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClaimResponse {
     pub job: JobSpec,
     pub lease: Lease,
 }
 
-/// `POST /v1/job/{id}/heartbeat`
+/// The body of `POST /v1/job/{id}/heartbeat`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatRequest {
     pub worker: WorkerName,
     pub lease: Lease,
@@ -57,13 +61,15 @@ pub struct HeartbeatRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatResponse {
     /// An operator cancelled the job: stop the trainer and discard its output.
     pub cancel: bool,
 }
 
-/// `POST /v1/job/{id}/complete`
+/// The body of `POST /v1/job/{id}/complete`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CompleteRequest {
     pub worker: WorkerName,
     pub lease: Lease,
@@ -71,8 +77,9 @@ pub struct CompleteRequest {
     pub artifact_id: Option<ArtifactId>,
 }
 
-/// `POST /v1/job/{id}/fail`
+/// The body of `POST /v1/job/{id}/fail`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailRequest {
     pub worker: WorkerName,
     pub lease: Lease,
@@ -89,6 +96,7 @@ pub struct FailRequest {
 
 /// Answer to complete, fail, cancel and requeue: where the job now stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobStatusResponse {
     pub id: JobId,
     pub status: crate::job::JobStatus,
@@ -96,6 +104,7 @@ pub struct JobStatusResponse {
 
 /// Whether an upload stored new bytes or matched an artifact already present.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum UploadStatus {
     Stored,
@@ -104,6 +113,7 @@ pub enum UploadStatus {
 
 /// Answer to `PUT /v1/model/{job_id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UploadResponse {
     pub artifact_id: ArtifactId,
     pub status: UploadStatus,
@@ -112,6 +122,7 @@ pub struct UploadResponse {
 
 /// One stored artifact (`GET /v1/models`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ArtifactView {
     pub artifact_id: ArtifactId,
     pub job_id: JobId,
@@ -124,6 +135,7 @@ pub struct ArtifactView {
 
 /// Where a manifest error is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ManifestError {
     pub path: String,
     pub line: Option<u32>,
@@ -131,8 +143,9 @@ pub struct ManifestError {
     pub message: String,
 }
 
-/// `GET /v1/manifest`
+/// The answer of `GET /v1/manifest`: what was last applied and how the last reload went.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ManifestStatus {
     pub path: String,
     /// sha256 of the last applied manifest text.
@@ -150,6 +163,7 @@ pub struct ManifestStatus {
 
 /// One job in a plan, as a reader needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlanEntry {
     pub id: JobId,
     pub model: String,
@@ -161,6 +175,7 @@ pub struct PlanEntry {
 
 /// What a reload does (or would do): `POST /v1/manifest/reload` and `/v1/manifest/diff`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlanSummary {
     pub create: Vec<PlanEntry>,
     pub update: Vec<PlanEntry>,
@@ -178,6 +193,7 @@ pub struct PlanSummary {
 
 /// Why one worker cannot take a pending job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerFit {
     pub worker: WorkerName,
     /// Empty when the worker could take the job now.
@@ -186,6 +202,7 @@ pub struct WorkerFit {
 
 /// Why a pending job is not running, like `condor_q -better-analyze`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Explain {
     pub job_id: JobId,
     /// 1-based position among claimable pending jobs in queue order; None when not pending.
@@ -196,8 +213,9 @@ pub struct Explain {
     pub summary: String,
 }
 
-/// `GET /v1/health`
+/// The answer of `GET /v1/health`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
     pub status: String,
     pub version: String,
@@ -223,6 +241,7 @@ pub struct Health {
 /// `GET /v1/whoami` (a worker route that changes nothing): who the server takes the
 /// request's worker credential to be. `cis490-agent check-server` asks it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WhoAmI {
     /// The worker the credential is bound to; None when it may act as any worker.
     pub worker: Option<WorkerName>,
@@ -234,6 +253,7 @@ pub struct WhoAmI {
 /// `GET /v1/events?since=SEQ&wait=SECONDS`: events after `since`, long-polled. Watchers
 /// (`get jobs -w`, `wait`, `logs -f`) follow the fleet through it without busy polling.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventsPage {
     pub events: Vec<crate::job::Event>,
     /// Pass as `since` on the next call.
@@ -242,6 +262,11 @@ pub struct EventsPage {
 
 /// Filters of `GET /v1/jobs`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::IntoParams),
+    into_params(parameter_in = Query)
+)]
 pub struct JobFilter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<crate::job::JobStatus>,
@@ -251,6 +276,7 @@ pub struct JobFilter {
     pub worker: Option<String>,
     /// `key=value` label selector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", param(pattern = "="))]
     pub label: Option<String>,
     /// Include tombstoned jobs.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

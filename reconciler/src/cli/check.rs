@@ -47,20 +47,25 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
     for warning in &loaded.warnings {
         writeln!(stderr, "warning: {warning}")?;
     }
-    let text = match args.output {
-        OutputFormat::Table => render_table(&loaded),
+    let text = render(&loaded, args.output)?;
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("writing to stdout")?;
+    Ok(0)
+}
+
+/// What `check` prints on stdout for a valid manifest.
+pub(crate) fn render(loaded: &LoadedManifest, output: OutputFormat) -> anyhow::Result<String> {
+    Ok(match output {
+        OutputFormat::Table => render_table(loaded),
         OutputFormat::Json => {
             let jobs: Vec<CheckedJob> = loaded.manifest.jobs.iter().map(CheckedJob::from).collect();
             let mut json = serde_json::to_string_pretty(&jobs).context("rendering jobs as JSON")?;
             json.push('\n');
             json
         }
-    };
-    std::io::stdout()
-        .lock()
-        .write_all(text.as_bytes())
-        .context("writing to stdout")?;
-    Ok(0)
+    })
 }
 
 /// One job of `check -o json`: identity and constraints flat, for `jq` and scripts.
@@ -115,7 +120,7 @@ impl<'a> From<&'a JobSpec> for CheckedJob<'a> {
     }
 }
 
-fn render_table(loaded: &LoadedManifest) -> String {
+pub(crate) fn render_table(loaded: &LoadedManifest) -> String {
     let header = [
         "ID",
         "MODEL",
@@ -151,10 +156,12 @@ fn render_table(loaded: &LoadedManifest) -> String {
     let mut line = |cells: &[String]| {
         let mut text = String::new();
         for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                text.push_str(cell);
-            } else {
-                text.push_str(&format!("{cell:<width$}  "));
+            text.push_str(cell);
+            if i + 1 != cells.len() {
+                // Padded by hand: a format width (`{cell:<width$}`) panics above 65,535,
+                // and a manifest's string may be longer than that.
+                let pad = width.saturating_sub(cell.chars().count());
+                text.extend(std::iter::repeat_n(' ', pad + 2));
             }
         }
         out.push_str(text.trim_end());
@@ -212,5 +219,34 @@ fn render_constraints(job: &JobSpec) -> String {
         "-".into()
     } else {
         parts.join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn a_value_longer_than_a_format_width_renders() {
+        let long = "x".repeat(70_000);
+        let text = format!(
+            "version = 1\n[defaults]\ncommand = [\"true\"]\n[[jobs]]\nmodel = \"gbt\"\nmode = \"m\"\n\
+             hyper = {{ note = \"{long}\" }}\n[[jobs]]\nmodel = \"gbt\"\nmode = \"n\"\n"
+        );
+        let loaded = manifest::parse_manifest(&text, Path::new("m.toml")).unwrap();
+        let table = render(&loaded, OutputFormat::Table).unwrap();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[1].contains(&long));
+        // The short row's HYPER cell is padded to the long one's width.
+        let constraints_at = lines[1].chars().count() - 1;
+        assert_eq!(
+            lines[2].chars().count(),
+            constraints_at + 1,
+            "{:.80}",
+            lines[2]
+        );
+        assert!(render(&loaded, OutputFormat::Json).unwrap().contains(&long));
     }
 }

@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::node::{self, find, Diagnostics, Entry, Kind, Node};
 use super::{job_id, Defaults, HyperType, Manifest, ManifestErrors, ModelDef, SUPPORTED_VERSION};
 use crate::policy::HostPolicy;
+use crate::store::{MAX_GROUP_NAME_LEN, MAX_NAME_LEN};
 
 const TOP_KEYS: &[&str] = &["version", "defaults", "hosts", "models", "jobs"];
 const DEFAULTS_KEYS: &[&str] = &[
@@ -54,7 +55,12 @@ pub(crate) fn build(text: &str, path: &str) -> Result<(Manifest, Vec<String>), M
         Ok(doc) => doc,
         Err(err) => {
             let at = err.span().map_or(0, |span| span.start);
-            d.error(at, one_line(err.message()));
+            let message = match one_line(err.message()) {
+                // toml_edit says nothing about some characters (a lone carriage return).
+                m if m.is_empty() => unexplained_parse_error(text, at),
+                m => m,
+            };
+            d.error(at, message);
             return Err(ManifestErrors(d.finish().0));
         }
     };
@@ -106,6 +112,26 @@ pub(crate) fn build(text: &str, path: &str) -> Result<(Manifest, Vec<String>), M
         },
         warnings,
     ))
+}
+
+/// What is wrong at `at` when the TOML parser gives no message.
+fn unexplained_parse_error(text: &str, at: usize) -> String {
+    let here = text.get(at..).and_then(|rest| rest.chars().next());
+    // The parser may point just past the character it stumbled on.
+    let before = text.get(..at).and_then(|head| head.chars().next_back());
+    let control = [here, before]
+        .into_iter()
+        .flatten()
+        .find(|c| c.is_control() && !matches!(c, '\n' | '\t'));
+    match control.or(here) {
+        Some(c) if c.is_control() => format!(
+            "TOML does not allow the control character {} here (only tabs and line breaks; \
+             a carriage return must be followed by a line feed)",
+            c.escape_unicode()
+        ),
+        Some(c) => format!("TOML cannot read {c:?} here"),
+        None => "the file ends where TOML expects more".to_string(),
+    }
 }
 
 /// toml_edit's messages span lines ("invalid array\nexpected `]`"); errors are one line.
@@ -565,6 +591,19 @@ fn job_spec(
         Some(e) => want_str(d, e).filter(|m| check_name(d, e.value.at, "`mode`", m)),
     };
 
+    if let (Some(model), Some(mode), Some(e)) = (&model, &mode, find(entries, "mode")) {
+        let group = model.len() + 1 + mode.len();
+        if group > MAX_GROUP_NAME_LEN {
+            d.error(
+                e.value.at,
+                format!(
+                    "`model` and `mode` name the artifact directory `<model>_<mode>`, here {group} bytes; \
+                     the most is {MAX_GROUP_NAME_LEN}: shorten one of them"
+                ),
+            );
+        }
+    }
+
     let model_def = model.as_ref().and_then(|m| context.models.get(m));
     let command = match (&model, model_entry) {
         (Some(model), Some(e)) => {
@@ -1013,10 +1052,21 @@ fn want_labels(d: &mut Diagnostics, entry: &Entry) -> Option<BTreeMap<String, St
 }
 
 /// Model and mode names name artifact directories (`<model>_<mode>`), so they are kept
-/// path-safe. Returns whether `name` is fine.
+/// path-safe and within what the store takes. Returns whether `name` is fine.
 fn check_name(d: &mut Diagnostics, at: usize, what: &str, name: &str) -> bool {
     if name.is_empty() {
         d.error(at, format!("{what} must not be empty"));
+        return false;
+    }
+    if name.len() > MAX_NAME_LEN {
+        d.error(
+            at,
+            format!(
+                "{what} {} is {} characters long; the most is {MAX_NAME_LEN} (it names the artifact directory)",
+                shown(name),
+                name.len()
+            ),
+        );
         return false;
     }
     let ok = name
@@ -1029,10 +1079,23 @@ fn check_name(d: &mut Diagnostics, at: usize, what: &str, name: &str) -> bool {
     if !ok {
         d.error(
             at,
-            format!("{what} {name:?} may hold only letters, digits, '_', '.' and '-', starting with a letter or digit"),
+            format!("{what} {} may hold only letters, digits, '_', '.' and '-', starting with a letter or digit", shown(name)),
         );
     }
     ok
+}
+
+/// A name for a message: quoted, and cut to its first 40 characters when longer.
+fn shown(name: &str) -> String {
+    const SHOWN: usize = 40;
+    match name.char_indices().nth(SHOWN) {
+        None => format!("{name:?}"),
+        Some((cut, _)) => format!(
+            "{:?}... ({} characters)",
+            &name[..cut],
+            name.chars().count()
+        ),
+    }
 }
 
 fn check_keys(d: &mut Diagnostics, entries: &[Entry], allowed: &[&str], context: &str) {

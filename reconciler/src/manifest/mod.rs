@@ -171,8 +171,15 @@ pub fn parse_manifest(text: &str, path: &Path) -> Result<LoadedManifest, Manifes
 
 /// Reads and parses the manifest at `path`. A read error is one error without a position.
 pub fn load_manifest(path: &Path) -> Result<LoadedManifest, ManifestErrors> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse_manifest(&text, path),
+    let text = read_manifest_text(path)?;
+    parse_manifest(&text, path)
+}
+
+/// Reads the manifest's text. A read error is one error without a position; bytes that are
+/// not UTF-8 are one error at the first of them.
+pub fn read_manifest_text(path: &Path) -> Result<String, ManifestErrors> {
+    match std::fs::read(path) {
+        Ok(bytes) => manifest_text(bytes, path),
         Err(err) => Err(ManifestErrors(vec![ManifestError {
             path: path.display().to_string(),
             line: None,
@@ -182,5 +189,23 @@ pub fn load_manifest(path: &Path) -> Result<LoadedManifest, ManifestErrors> {
     }
 }
 
+/// The manifest's bytes as text, or one error at the first byte that is not UTF-8.
+pub fn manifest_text(bytes: Vec<u8>, path: &Path) -> Result<String, ManifestErrors> {
+    String::from_utf8(bytes).map_err(|err| {
+        let bad = err.utf8_error();
+        let bytes = err.as_bytes();
+        let valid = std::str::from_utf8(&bytes[..bad.valid_up_to()]).unwrap_or_default();
+        let byte = bytes.get(bad.valid_up_to()).copied().unwrap_or_default();
+        let mut d = node::Diagnostics::new(path.display().to_string(), valid);
+        d.error(
+            valid.len(),
+            format!("the manifest is not UTF-8 text: byte 0x{byte:02x} here; TOML files are UTF-8 (re-save it as UTF-8)"),
+        );
+        ManifestErrors(d.finish().0)
+    })
+}
+
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

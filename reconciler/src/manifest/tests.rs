@@ -828,3 +828,57 @@ proptest! {
         prop_assert_eq!(&a.manifest.jobs[0].id, &job_id("m", "x", &hyper, None, &[], 0));
     }
 }
+
+#[test]
+fn names_the_store_cannot_take_are_refused_where_they_stand() {
+    let longest = "m".repeat(crate::store::MAX_NAME_LEN);
+    let too_long = "m".repeat(crate::store::MAX_NAME_LEN + 1);
+    // Lines 5-7.
+    let job = |model: &str, mode: &str| {
+        with_prelude(&format!(
+            "[[jobs]]\nmodel = \"gbt\"\nmode = \"{mode}\"\n[[jobs]]\nmodel = \"{model}\"\nmode = \"x\"\n"
+        ))
+    };
+    let e = assert_one_error(
+        &job("gbt", &too_long),
+        7,
+        "129 characters long; the most is 128",
+    );
+    assert!(
+        e.message.len() < 200,
+        "the message repeats the whole name: {}",
+        e.message
+    );
+    // 128 + 1 + 128 = 257 bytes: each part fits, the directory name does not.
+    // Lines 4-6.
+    let undeclared = |model: &str, mode: &str| {
+        format!("version = 1\n[defaults]\ncommand = [\"t\"]\n[[jobs]]\nmodel = \"{model}\"\nmode = \"{mode}\"\n")
+    };
+    let errs = errors(&undeclared(&longest, &longest));
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].line, Some(6));
+    assert!(
+        errs[0].message.contains("257 bytes; the most is 255"),
+        "{}",
+        errs[0].message
+    );
+    // A model name in [models] too.
+    assert_one_error(
+        &format!("version = 1\n[models.{too_long}]\ncommand = [\"t\"]\n"),
+        2,
+        "the most is 128",
+    );
+    // At the limits, accepted.
+    let mode = "d".repeat(crate::store::MAX_GROUP_NAME_LEN - 1 - longest.len());
+    ok(&undeclared(&longest, &mode));
+}
+
+#[test]
+fn a_stray_carriage_return_is_named_not_an_empty_message() {
+    // toml_edit gives no message for this one.
+    assert_one_error(
+        "version = 1\ncommand = [\r\"x\"]\n",
+        2,
+        "control character \\u{d}",
+    );
+}

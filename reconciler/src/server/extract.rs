@@ -2,16 +2,24 @@
 //! IDs and names before anything touches the disk or the database.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use cis490_api::{ArtifactId, IdPrefix, JobId, WorkerName};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiFailure;
+use super::AppState;
 
 /// A JSON body, size-capped by `DefaultBodyLimit`; any rejection is a JSON 400 (413 when
 /// over the cap). The content type is not checked: the body is the contract.
+///
+/// A field the server does not know, at any depth, is a 400 that names it: a typo'd or
+/// misplaced field would otherwise be dropped without a word. This is checked here rather
+/// than with `#[serde(deny_unknown_fields)]` on the wire types, which agent and cis490ctl
+/// also use to read answers: they keep accepting fields that a newer server adds.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
@@ -26,9 +34,71 @@ where
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|rejection| body_failure(rejection.status(), rejection.body_text()))?;
-        serde_json::from_slice(&bytes)
-            .map(ApiJson)
-            .map_err(|e| ApiFailure::bad_request(format!("invalid JSON body: {e}")))
+        parse_json_body(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses a JSON request body strictly: malformed JSON, a wrong type, trailing data or an
+/// unknown field are each a 400 that says which.
+pub fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiFailure> {
+    let mut unknown: Vec<String> = Vec::new();
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_ignored::deserialize(&mut json, |path| unknown.push(path.to_string()))
+        .and_then(|value| json.end().map(|()| value))
+        .map_err(|e| ApiFailure::bad_request(format!("invalid JSON body: {e}")))?;
+    if unknown.is_empty() {
+        return Ok(value);
+    }
+    let names = unknown
+        .iter()
+        .map(|field| format!("`{field}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (noun, pronoun) = if unknown.len() == 1 {
+        ("field", "it")
+    } else {
+        ("fields", "them")
+    };
+    Err(ApiFailure::bad_request(format!(
+        "unknown {noun} {names} in the JSON body: this server does not know {pronoun} (a typo, \
+         or a client newer than the server: upgrade the reconciler before its agents)"
+    )))
+}
+
+/// The one route whose body is not capped by `max_body_bytes`, `PUT /v1/model/{id}` (an
+/// artifact upload has its own cap, `max_upload_bytes`, checked by the store).
+fn is_upload(req: &Request) -> bool {
+    req.method() == Method::PUT && req.uri().path().starts_with("/v1/model/")
+}
+
+/// Middleware: a body whose `Content-Length` is over `max_body_bytes` is refused with 413 from
+/// the headers, before a byte of it is read. Without this the request would wait for bytes
+/// up to the cap that a hostile client need never send.
+pub async fn refuse_oversized_bodies(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limit = state.config.max_body_bytes as u64;
+    match announced {
+        Some(n) if n > limit && !is_upload(&req) => {
+            let refusal = ApiFailure::too_large(format!(
+                "request body too large: {n} bytes announced, the limit is {limit} (max_body_bytes)"
+            ));
+            // A body a little over the cap is read and dropped so that the client gets the
+            // 413 rather than a reset (see [`drain_body`]); a far larger one is not read.
+            let bound = limit.saturating_mul(4);
+            if n <= bound {
+                drain_body(&mut req.into_body().into_data_stream(), bound).await;
+            }
+            refusal.into_response()
+        }
+        _ => next.run(req).await,
     }
 }
 
@@ -144,4 +214,57 @@ where
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use cis490_api::{ClaimRequest, HeartbeatRequest};
+    use serde_json::json;
+
+    use super::*;
+
+    fn claim_body() -> serde_json::Value {
+        json!({
+            "worker": "w1",
+            "capability": {"hostname": "h", "cores": 1, "ram_total_mib": 1, "ram_allocatable_mib": 1}
+        })
+    }
+
+    #[test]
+    fn a_known_body_parses() {
+        let body = serde_json::to_vec(&claim_body()).unwrap();
+        let req: ClaimRequest = parse_json_body(&body).unwrap();
+        assert_eq!(req.worker.as_str(), "w1");
+    }
+
+    #[test]
+    fn unknown_fields_at_any_depth_are_named() {
+        let mut body = claim_body();
+        body["workr"] = json!("typo");
+        body["capability"]["gpus"] = json!([{"index": 0, "name": "g", "vram_total_mib": 1,
+            "vram_free_mib": 1, "vram_allocatable_mib": 1, "colour": "green"}]);
+        let err = parse_json_body::<ClaimRequest>(&serde_json::to_vec(&body).unwrap()).unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert!(err.message.contains("`workr`"), "{}", err.message);
+        assert!(
+            err.message.contains("`capability.gpus.0.colour`"),
+            "{}",
+            err.message
+        );
+        assert!(err.message.contains("unknown fields"), "{}", err.message);
+    }
+
+    #[test]
+    fn malformed_and_trailing_json_are_bad_requests() {
+        for body in [&b"{"[..], b"{\"worker\": 1}", b"[]", b"", b"{} {}", b"\xff"] {
+            let err = parse_json_body::<HeartbeatRequest>(body).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{body:?}");
+            assert!(
+                err.message.starts_with("invalid JSON body"),
+                "{}",
+                err.message
+            );
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 use axum::extract::State;
 use axum::Json;
-use cis490_api::{JobStatusResponse, PlanSummary, WorkerName, WorkerView};
+use cis490_api::{ApiError, IdPrefix, JobStatusResponse, PlanSummary, WorkerName, WorkerView};
 
 use super::error::ApiFailure;
 use super::extract::{id_prefix, worker_name, ApiPath, ApiText};
@@ -11,7 +11,17 @@ use super::reconcile::Trigger;
 use super::{blocking, AppState};
 use crate::queue::{Queue, QueueError};
 
-/// `POST /v1/job/{id}/cancel`
+/// Cancel a job.
+///
+/// A pending job is cancelled at once; a claimed or running one when its agent learns it
+/// on its next heartbeat.
+#[utoipa::path(post, path = "/v1/job/{id}/cancel", params(
+    ("id" = IdPrefix, Path, description = "The job's ID or a unique prefix of it"),
+), responses(
+    (status = 200, description = "The job is cancelled", body = JobStatusResponse),
+    (status = 404, description = "No job has this ID or prefix", body = ApiError),
+    (status = 409, description = "`ambiguous_id`: the prefix matches more than one job; `invalid_state`: the job has finished", body = ApiError),
+))]
 pub async fn cancel(
     State(state): State<AppState>,
     ApiPath(raw): ApiPath<String>,
@@ -27,7 +37,14 @@ pub async fn cancel(
     Ok(Json(answer))
 }
 
-/// `POST /v1/job/{id}/requeue`
+/// Requeue a failed, cancelled or completed job.
+#[utoipa::path(post, path = "/v1/job/{id}/requeue", params(
+    ("id" = IdPrefix, Path, description = "The job's ID or a unique prefix of it"),
+), responses(
+    (status = 200, description = "The job is pending again", body = JobStatusResponse),
+    (status = 404, description = "No job has this ID or prefix", body = ApiError),
+    (status = 409, description = "`ambiguous_id`: the prefix matches more than one job; `invalid_state`: the job has not finished", body = ApiError),
+))]
 pub async fn requeue(
     State(state): State<AppState>,
     ApiPath(raw): ApiPath<String>,
@@ -43,14 +60,26 @@ pub async fn requeue(
     Ok(Json(answer))
 }
 
-/// `POST /v1/manifest/reload`: reconcile now; 422 `invalid_manifest` changes nothing.
+/// Reconcile the manifest file now.
+///
+/// An invalid manifest changes nothing: the last good state stays.
+#[utoipa::path(post, path = "/v1/manifest/reload", responses(
+    (status = 200, description = "The plan, applied", body = PlanSummary),
+    (status = 422, description = "`invalid_manifest`: every error with its line and column; nothing changed", body = ApiError),
+))]
 pub async fn reload(State(state): State<AppState>) -> Result<Json<PlanSummary>, ApiFailure> {
     Ok(Json(
         state.reconciler.reconcile(Trigger::ReloadRoute).await?,
     ))
 }
 
-/// `POST /v1/manifest/diff`: body = manifest text; the plan, not applied.
+/// The plan for the manifest text in the body, not applied.
+#[utoipa::path(post, path = "/v1/manifest/diff",
+    request_body(content = String, content_type = "text/plain", description = "A whole manifest (TOML)"),
+    responses(
+        (status = 200, description = "What applying the manifest would do", body = PlanSummary),
+        (status = 422, description = "`invalid_manifest`: every error with its line and column", body = ApiError),
+    ))]
 pub async fn diff(
     State(state): State<AppState>,
     ApiText(text): ApiText,
@@ -60,7 +89,13 @@ pub async fn diff(
     Ok(Json(summary))
 }
 
-/// `POST /v1/worker/{name}/cordon`
+/// Cordon a worker: no new jobs go to it.
+#[utoipa::path(post, path = "/v1/worker/{name}/cordon", params(
+    ("name" = WorkerName, Path, description = "The worker's name"),
+), responses(
+    (status = 200, description = "The worker, cordoned", body = WorkerView),
+    (status = 404, description = "No worker of this name has reported", body = ApiError),
+))]
 pub async fn cordon(
     state: State<AppState>,
     raw: ApiPath<String>,
@@ -68,7 +103,13 @@ pub async fn cordon(
     set_schedulable(state, raw, Queue::cordon).await
 }
 
-/// `POST /v1/worker/{name}/uncordon`
+/// Uncordon a worker: it takes jobs again.
+#[utoipa::path(post, path = "/v1/worker/{name}/uncordon", params(
+    ("name" = WorkerName, Path, description = "The worker's name"),
+), responses(
+    (status = 200, description = "The worker, schedulable", body = WorkerView),
+    (status = 404, description = "No worker of this name has reported", body = ApiError),
+))]
 pub async fn uncordon(
     state: State<AppState>,
     raw: ApiPath<String>,
@@ -76,7 +117,13 @@ pub async fn uncordon(
     set_schedulable(state, raw, Queue::uncordon).await
 }
 
-/// `POST /v1/worker/{name}/drain`
+/// Drain a worker: cordon it and let its running jobs finish.
+#[utoipa::path(post, path = "/v1/worker/{name}/drain", params(
+    ("name" = WorkerName, Path, description = "The worker's name"),
+), responses(
+    (status = 200, description = "The worker, draining", body = WorkerView),
+    (status = 404, description = "No worker of this name has reported", body = ApiError),
+))]
 pub async fn drain(
     state: State<AppState>,
     raw: ApiPath<String>,

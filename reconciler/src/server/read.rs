@@ -9,19 +9,25 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cis490_api::{
-    EventsPage, Explain, Health, JobFilter, JobView, ManifestStatus, WorkerView, MAX_CLAIM_WAIT_S,
+    ApiError, ArtifactId, ArtifactView, EventsPage, Explain, Health, IdPrefix, JobFilter, JobView,
+    ManifestStatus, WorkerName, WorkerView, MAX_CLAIM_WAIT_S,
 };
 use serde::Deserialize;
 use tokio::time::Instant;
+use utoipa::IntoParams;
 
 use super::error::ApiFailure;
 use super::extract::{artifact_id, id_prefix, worker_name, ApiPath, ApiQuery};
+use super::meta::BundleBytes;
 use super::{blocking, AppState};
 
 /// Most events one page returns.
 const EVENTS_PAGE_LIMIT: usize = 1000;
 
-/// `GET /v1/health`
+/// Liveness, version and jobs per status.
+#[utoipa::path(get, path = "/v1/health", responses(
+    (status = 200, description = "The server is up", body = Health),
+))]
 pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiFailure> {
     let queue = state.queue.clone();
     let jobs = blocking(move || queue.counts()).await?;
@@ -39,7 +45,12 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiFa
     }))
 }
 
-/// `GET /v1/jobs?status=&model=&worker=&label=&all=`
+/// List jobs, filtered.
+///
+/// Tombstoned jobs (removed from the manifest) are left out unless `all` is true.
+#[utoipa::path(get, path = "/v1/jobs", params(JobFilter), responses(
+    (status = 200, description = "The jobs that match", body = Vec<JobView>),
+))]
 pub async fn jobs(
     State(state): State<AppState>,
     ApiQuery(filter): ApiQuery<JobFilter>,
@@ -48,7 +59,16 @@ pub async fn jobs(
     Ok(Json(blocking(move || queue.jobs(&filter)).await?))
 }
 
-/// `GET /v1/job/{id}`: a full ID or a unique prefix.
+/// One job with its events.
+///
+/// A unique prefix of the ID is accepted, like git's abbreviated hashes.
+#[utoipa::path(get, path = "/v1/job/{id}", params(
+    ("id" = IdPrefix, Path, description = "The job's ID or a unique prefix of it"),
+), responses(
+    (status = 200, description = "The job, its lease and its events", body = JobView),
+    (status = 404, description = "No job has this ID or prefix", body = ApiError),
+    (status = 409, description = "`ambiguous_id`: the prefix matches more than one job", body = ApiError),
+))]
 pub async fn job(
     State(state): State<AppState>,
     ApiPath(raw): ApiPath<String>,
@@ -64,7 +84,17 @@ pub async fn job(
     ))
 }
 
-/// `GET /v1/job/{id}/explain`
+/// Why a pending job is not running.
+///
+/// Each known worker with the reasons it cannot take the job now, and the job's place in
+/// the queue.
+#[utoipa::path(get, path = "/v1/job/{id}/explain", params(
+    ("id" = IdPrefix, Path, description = "The job's ID or a unique prefix of it"),
+), responses(
+    (status = 200, description = "The job's fit against every known worker", body = Explain),
+    (status = 404, description = "No job has this ID or prefix", body = ApiError),
+    (status = 409, description = "`ambiguous_id`: the prefix matches more than one job", body = ApiError),
+))]
 pub async fn explain(
     State(state): State<AppState>,
     ApiPath(raw): ApiPath<String>,
@@ -81,16 +111,24 @@ pub async fn explain(
 }
 
 /// Query of `GET /v1/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// Answer events after this sequence number (the `next` of the previous page).
     #[serde(default)]
     pub since: u64,
-    /// Seconds to wait for an event when there is none yet (at most 60).
+    /// Seconds to wait for an event when there is none yet; more than 60 waits 60.
     #[serde(default)]
     pub wait: u64,
 }
 
-/// `GET /v1/events?since=&wait=`: long-polls until an event after `since` exists.
+/// Events after `since`, long-polled.
+///
+/// Answers at once when there are events after `since` (at most 1,000 a page), otherwise
+/// when one arrives or `wait` seconds pass.
+#[utoipa::path(get, path = "/v1/events", params(EventsQuery), responses(
+    (status = 200, description = "The events after `since` (possibly none) and the `since` of the next call", body = EventsPage),
+))]
 pub async fn events(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<EventsQuery>,
@@ -114,13 +152,22 @@ pub async fn events(
     }
 }
 
-/// `GET /v1/workers`
+/// List workers with their node status.
+#[utoipa::path(get, path = "/v1/workers", responses(
+    (status = 200, description = "Every worker that has reported", body = Vec<WorkerView>),
+))]
 pub async fn workers(State(state): State<AppState>) -> Result<Json<Vec<WorkerView>>, ApiFailure> {
     let queue = state.queue.clone();
     Ok(Json(blocking(move || queue.workers()).await?))
 }
 
-/// `GET /v1/worker/{name}`
+/// One worker.
+#[utoipa::path(get, path = "/v1/worker/{name}", params(
+    ("name" = WorkerName, Path, description = "The worker's name"),
+), responses(
+    (status = 200, description = "The worker's node status", body = WorkerView),
+    (status = 404, description = "No worker of this name has reported", body = ApiError),
+))]
 pub async fn worker(
     State(state): State<AppState>,
     ApiPath(raw): ApiPath<String>,
@@ -130,22 +177,32 @@ pub async fn worker(
     Ok(Json(blocking(move || queue.worker(&name)).await?))
 }
 
-/// `GET /v1/manifest`
+/// Manifest status: path, sha256, generation and the last reload's errors.
+#[utoipa::path(get, path = "/v1/manifest", responses(
+    (status = 200, description = "What was last applied, and why the last reload failed if it did", body = ManifestStatus),
+))]
 pub async fn manifest(State(state): State<AppState>) -> Result<Json<ManifestStatus>, ApiFailure> {
     let queue = state.queue.clone();
     Ok(Json(blocking(move || queue.manifest_status()).await?))
 }
 
-/// `GET /v1/models`
-pub async fn models(
-    State(state): State<AppState>,
-) -> Result<Json<Vec<cis490_api::ArtifactView>>, ApiFailure> {
+/// List stored artifacts.
+#[utoipa::path(get, path = "/v1/models", responses(
+    (status = 200, description = "Every stored artifact, newest first", body = Vec<ArtifactView>),
+))]
+pub async fn models(State(state): State<AppState>) -> Result<Json<Vec<ArtifactView>>, ApiFailure> {
     let store = state.store.clone();
     let list = tokio::task::spawn_blocking(move || store.list()).await??;
     Ok(Json(list))
 }
 
-/// `GET /v1/model/{artifact_id}`: streams the bundle.
+/// Download an artifact's tar.zst bundle.
+#[utoipa::path(get, path = "/v1/model/{id}", params(
+    ("id" = ArtifactId, Path, description = "The artifact's ID (the bundle's sha256)"),
+), responses(
+    (status = 200, description = "The bundle, streamed", content_type = "application/zstd", body = BundleBytes),
+    (status = 404, description = "No artifact has this ID", body = ApiError),
+))]
 pub async fn download(
     State(state): State<AppState>,
     ApiPath(raw): ApiPath<String>,

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cis490_api::{ManifestError, PlanSummary};
+use cis490_api::PlanSummary;
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{parse_manifest, LoadedManifest, ManifestErrors};
+use crate::manifest::{parse_manifest, read_manifest_text, LoadedManifest, ManifestErrors};
 use crate::plan::{plan_owned, Plan};
 use crate::policy::HostPolicy;
 use crate::queue::{ManifestSource, Queue, QueueError};
@@ -108,17 +108,9 @@ impl Reconciler {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let path = self.manifest.display().to_string();
-        let text = match std::fs::read_to_string(&self.manifest) {
+        let text = match read_manifest_text(&self.manifest) {
             Ok(text) => text,
-            Err(err) => {
-                let errors = ManifestErrors(vec![ManifestError {
-                    path: path.clone(),
-                    line: None,
-                    column: None,
-                    message: format!("cannot read manifest: {err}"),
-                }]);
-                return Err(self.invalid(trigger, &path, errors, &mut last_applied)?);
-            }
+            Err(errors) => return Err(self.invalid(trigger, &path, errors, &mut last_applied)?),
         };
         if trigger == Trigger::Resync {
             let sha256 = hex::encode(Sha256::digest(text.as_bytes()));

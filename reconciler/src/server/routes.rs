@@ -1,14 +1,20 @@
 //! Every route of the API, in one place, grouped by who may call it. The paths are the
 //! ones `cis490_api::Client` calls.
+//!
+//! Each route is registered through `utoipa_axum::routes!` from its handler's
+//! `#[utoipa::path]`, so the router and the OpenAPI document (`GET /v1/openapi.json`) come
+//! from the same call and cannot drift. A route added with a plain `.route(...)` would be
+//! served but undocumented, so `reconciler/clippy.toml` disallows those methods.
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post, put};
-use axum::Router;
+use axum::{Extension, Router};
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::ApiFailure;
-use super::{auth, meta, operator, read, worker, AppState};
+use super::{auth, extract, meta, operator, read, worker, AppState};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +29,9 @@ pub enum Access {
 }
 
 impl Access {
+    pub const ALL: [Access; 3] = [Access::Read, Access::Worker, Access::Operator];
+
+    /// The OpenAPI tag of the group's routes.
     pub fn as_str(self) -> &'static str {
         match self {
             Access::Read => "read",
@@ -30,108 +39,86 @@ impl Access {
             Access::Operator => "operator",
         }
     }
-}
 
-/// One route as the OpenAPI document describes it.
-#[derive(Debug, Clone, Copy)]
-pub struct RouteDoc {
-    pub method: &'static str,
-    pub path: &'static str,
-    pub access: Access,
-    pub summary: &'static str,
-}
-
-const fn doc(
-    method: &'static str,
-    path: &'static str,
-    access: Access,
-    summary: &'static str,
-) -> RouteDoc {
-    RouteDoc {
-        method,
-        path,
-        access,
-        summary,
+    /// The routes of this group.
+    fn routes(self) -> OpenApiRouter<AppState> {
+        match self {
+            Access::Read => OpenApiRouter::new()
+                .routes(routes!(read::health))
+                .routes(routes!(read::jobs))
+                .routes(routes!(read::job))
+                .routes(routes!(read::explain))
+                .routes(routes!(read::events))
+                .routes(routes!(read::workers))
+                .routes(routes!(read::worker))
+                .routes(routes!(read::manifest))
+                .routes(routes!(read::models))
+                .routes(routes!(read::download))
+                .routes(routes!(meta::openapi))
+                .routes(routes!(meta::metrics)),
+            Access::Worker => OpenApiRouter::new()
+                .routes(routes!(worker::claim))
+                .routes(routes!(worker::heartbeat))
+                .routes(routes!(worker::complete))
+                .routes(routes!(worker::fail))
+                .routes(routes!(worker::upload))
+                .routes(routes!(worker::report_node))
+                .routes(routes!(worker::whoami)),
+            Access::Operator => OpenApiRouter::new()
+                .routes(routes!(operator::cancel))
+                .routes(routes!(operator::requeue))
+                .routes(routes!(operator::reload))
+                .routes(routes!(operator::diff))
+                .routes(routes!(operator::cordon))
+                .routes(routes!(operator::uncordon))
+                .routes(routes!(operator::drain)),
+        }
     }
 }
 
-/// Every route [`router`] serves (a test checks that each one is served).
-pub const ROUTES: &[RouteDoc] = &[
-    doc("GET", "/v1/health", Access::Read, "Liveness, version and jobs per status"),
-    doc("GET", "/v1/jobs", Access::Read, "List jobs (?status=&model=&worker=&label=&all=)"),
-    doc("GET", "/v1/job/{id}", Access::Read, "Job detail with events; a unique ID prefix is accepted (409 ambiguous_id)"),
-    doc("GET", "/v1/job/{id}/explain", Access::Read, "Why a pending job is not running"),
-    doc("GET", "/v1/events", Access::Read, "Events after ?since=, long-polled up to ?wait= seconds (max 60)"),
-    doc("GET", "/v1/workers", Access::Read, "List workers (node status)"),
-    doc("GET", "/v1/worker/{name}", Access::Read, "One worker"),
-    doc("GET", "/v1/manifest", Access::Read, "Manifest status: path, sha256, generation, last errors"),
-    doc("GET", "/v1/models", Access::Read, "List stored artifacts"),
-    doc("GET", "/v1/model/{id}", Access::Read, "Download an artifact's tar.zst bundle"),
-    doc("GET", "/v1/openapi.json", Access::Read, "This document"),
-    doc("GET", "/metrics", Access::Read, "Prometheus metrics"),
-    doc("POST", "/v1/job/claim", Access::Worker, "Claim a job (200 job + lease, or 204); ?wait= long-polls up to 60 s"),
-    doc("POST", "/v1/job/{id}/heartbeat", Access::Worker, "Heartbeat a lease; answers {cancel}; 409 lease_lost when stale"),
-    doc("POST", "/v1/job/{id}/complete", Access::Worker, "Complete a job with the artifact ID its lease uploaded; 409 artifact_not_uploaded / artifact_required"),
-    doc("POST", "/v1/job/{id}/fail", Access::Worker, "Fail a job (reason, exit code, log tail, retryable)"),
-    doc("PUT", "/v1/model/{id}", Access::Worker, "Upload a job's artifact (X-Worker, X-Lease-Token, X-Lease-Attempt, X-Content-Sha256); 413, 422"),
-    doc("PUT", "/v1/worker/{name}", Access::Worker, "Report node status; 409 name_in_use while another live agent holds the name"),
-    doc("GET", "/v1/whoami", Access::Worker, "The worker the request's credential proves (changes nothing)"),
-    doc("POST", "/v1/job/{id}/cancel", Access::Operator, "Cancel a job"),
-    doc("POST", "/v1/job/{id}/requeue", Access::Operator, "Requeue a failed, cancelled or completed job"),
-    doc("POST", "/v1/manifest/reload", Access::Operator, "Reconcile the manifest file now; 422 invalid_manifest changes nothing"),
-    doc("POST", "/v1/manifest/diff", Access::Operator, "The plan for the manifest text in the body, not applied"),
-    doc("POST", "/v1/worker/{name}/cordon", Access::Operator, "Stop new jobs going to a worker"),
-    doc("POST", "/v1/worker/{name}/uncordon", Access::Operator, "Let a worker take jobs again"),
-    doc("POST", "/v1/worker/{name}/drain", Access::Operator, "Cordon a worker and let its running jobs finish"),
-];
+/// Every group's routes, each passed through `guard` (its auth layer), merged into one
+/// router, and the document of exactly those routes.
+fn assemble(
+    mut guard: impl FnMut(Access, Router<AppState>) -> Router<AppState>,
+) -> (Router<AppState>, serde_json::Value) {
+    let mut doc = meta::base_document();
+    let mut router = Router::new();
+    for access in Access::ALL {
+        let (routes, mut part) = access.routes().split_for_parts();
+        meta::set_access(&mut part, access);
+        doc.merge(part);
+        router = router.merge(guard(access, routes));
+    }
+    (router, meta::finish_document(doc))
+}
+
+/// The OpenAPI document of every route [`router`] serves.
+pub fn openapi_document() -> serde_json::Value {
+    assemble(|_, routes| routes).1
+}
 
 /// The API router with its state, auth layers, body limit and request tracing.
 pub fn router(state: AppState) -> Router {
-    let reads = Router::new()
-        .route("/v1/health", get(read::health))
-        .route("/v1/jobs", get(read::jobs))
-        .route("/v1/job/{id}", get(read::job))
-        .route("/v1/job/{id}/explain", get(read::explain))
-        .route("/v1/events", get(read::events))
-        .route("/v1/workers", get(read::workers))
-        .route("/v1/worker/{name}", get(read::worker))
-        .route("/v1/manifest", get(read::manifest))
-        .route("/v1/models", get(read::models))
-        .route("/v1/model/{id}", get(read::download))
-        .route("/v1/openapi.json", get(meta::openapi))
-        .route("/metrics", get(meta::metrics))
-        .route_layer(from_fn_with_state(state.clone(), auth::require_reader));
-
-    let workers = Router::new()
-        .route("/v1/job/claim", post(worker::claim))
-        .route("/v1/job/{id}/heartbeat", post(worker::heartbeat))
-        .route("/v1/job/{id}/complete", post(worker::complete))
-        .route("/v1/job/{id}/fail", post(worker::fail))
-        .route("/v1/model/{id}", put(worker::upload))
-        .route("/v1/worker/{name}", put(worker::report_node))
-        .route("/v1/whoami", get(worker::whoami))
-        .route_layer(from_fn_with_state(state.clone(), auth::require_worker));
-
-    let operators = Router::new()
-        .route("/v1/job/{id}/cancel", post(operator::cancel))
-        .route("/v1/job/{id}/requeue", post(operator::requeue))
-        .route("/v1/manifest/reload", post(operator::reload))
-        .route("/v1/manifest/diff", post(operator::diff))
-        .route("/v1/worker/{name}/cordon", post(operator::cordon))
-        .route("/v1/worker/{name}/uncordon", post(operator::uncordon))
-        .route("/v1/worker/{name}/drain", post(operator::drain))
-        .route_layer(from_fn_with_state(state.clone(), auth::require_operator));
-
+    let (api, doc) = assemble(|access, routes| match access {
+        Access::Read => routes.route_layer(from_fn_with_state(state.clone(), auth::require_reader)),
+        Access::Worker => {
+            routes.route_layer(from_fn_with_state(state.clone(), auth::require_worker))
+        }
+        Access::Operator => {
+            routes.route_layer(from_fn_with_state(state.clone(), auth::require_operator))
+        }
+    });
     let max_body = state.config.max_body_bytes;
-    Router::new()
-        .merge(reads)
-        .merge(workers)
-        .merge(operators)
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+    api.layer(from_fn_with_state(
+        state.clone(),
+        extract::refuse_oversized_bodies,
+    ))
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed)
+    .layer(Extension(meta::OpenApiJson::new(&doc)))
+    .layer(DefaultBodyLimit::max(max_body))
+    .layer(TraceLayer::new_for_http())
+    .with_state(state)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiFailure {

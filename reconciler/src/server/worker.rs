@@ -11,18 +11,20 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
 use cis490_api::{
-    ArtifactId, Capability, ClaimRequest, CompleteRequest, FailRequest, HeartbeatRequest,
-    HeartbeatResponse, JobId, JobStatusResponse, Lease, UploadResponse, WhoAmI, WorkerName,
-    WorkerView, CONTENT_SHA256_HEADER, LEASE_ATTEMPT_HEADER, LEASE_TOKEN_HEADER, MAX_CLAIM_WAIT_S,
-    WORKER_HEADER,
+    ApiError, ArtifactId, Capability, ClaimRequest, ClaimResponse, CompleteRequest, FailRequest,
+    HeartbeatRequest, HeartbeatResponse, JobId, JobStatusResponse, Lease, UploadResponse, WhoAmI,
+    WorkerName, WorkerView, CONTENT_SHA256_HEADER, LEASE_ATTEMPT_HEADER, LEASE_TOKEN_HEADER,
+    MAX_CLAIM_WAIT_S, WORKER_HEADER,
 };
 use serde::Deserialize;
 use tokio::time::Instant;
+use utoipa::IntoParams;
 
 use super::claim_handoff::{claim_answer, start_claim};
 use super::error::ApiFailure;
 use super::extract::{drain_body, drain_bound, job_id, worker_name, ApiJson, ApiPath, ApiQuery};
 use super::identity::WorkerIdentity;
+use super::meta::BundleBytes;
 use super::{blocking, AppState};
 use crate::store::Upload;
 
@@ -62,16 +64,24 @@ pub(crate) async fn authorize(
 }
 
 /// Query of `POST /v1/job/claim`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ClaimQuery {
-    /// Seconds to wait for a claimable job (at most 60).
+    /// Seconds to wait for a claimable job; more than 60 waits 60. None or 0: answer at once.
     #[serde(default)]
     pub wait: Option<u64>,
 }
 
-/// `POST /v1/job/claim[?wait=S]`: 200 with the job and its lease, or 204. A waiting claim
-/// is retried on every queue commit that appended events (new job, requeue, retry, sweep),
-/// so it is answered the moment a job it may run becomes claimable.
+/// Claim a job: the best pending job this worker may run, with a new lease.
+///
+/// A waiting claim (`wait`) is retried on every queue commit that appended events (new
+/// job, requeue, retry, sweep), so it is answered the moment a job it may run becomes
+/// claimable.
+#[utoipa::path(post, path = "/v1/job/claim", params(ClaimQuery), request_body = ClaimRequest, responses(
+    (status = 200, description = "The claimed job and its lease", body = ClaimResponse),
+    (status = 204, description = "No job this worker may run became claimable within `wait`"),
+    (status = 409, description = "`name_in_use`: another live agent holds this worker name", body = ApiError),
+))]
 pub async fn claim(
     State(state): State<AppState>,
     Extension(identity): Extension<WorkerIdentity>,
@@ -116,7 +126,17 @@ pub async fn claim(
     }
 }
 
-/// `POST /v1/job/{id}/heartbeat`
+/// Heartbeat a lease: the job is still being worked on.
+///
+/// The first heartbeat moves a claimed job to running; the answer says whether an
+/// operator cancelled it.
+#[utoipa::path(post, path = "/v1/job/{id}/heartbeat", params(
+    ("id" = JobId, Path, description = "The job's full ID"),
+), request_body = HeartbeatRequest, responses(
+    (status = 200, description = "The lease is extended", body = HeartbeatResponse),
+    (status = 404, description = "No job has this ID", body = ApiError),
+    (status = 409, description = "`lease_lost`: the lease is stale (expired, reassigned or the job moved on)", body = ApiError),
+))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     Extension(identity): Extension<WorkerIdentity>,
@@ -129,7 +149,14 @@ pub async fn heartbeat(
     Ok(Json(blocking(move || queue.heartbeat(&id, &req)).await?))
 }
 
-/// `POST /v1/job/{id}/complete`
+/// Complete a job with the artifact its trainer made.
+#[utoipa::path(post, path = "/v1/job/{id}/complete", params(
+    ("id" = JobId, Path, description = "The job's full ID"),
+), request_body = CompleteRequest, responses(
+    (status = 200, description = "The job is completed", body = JobStatusResponse),
+    (status = 404, description = "No job has this ID", body = ApiError),
+    (status = 409, description = "`lease_lost`: the lease is stale; `artifact_not_uploaded`: the artifact was not uploaded under this lease; `artifact_required`: this lease uploaded an artifact, complete with it", body = ApiError),
+))]
 pub async fn complete(
     State(state): State<AppState>,
     Extension(identity): Extension<WorkerIdentity>,
@@ -142,7 +169,17 @@ pub async fn complete(
     Ok(Json(blocking(move || queue.complete(&id, &req)).await?))
 }
 
-/// `POST /v1/job/{id}/fail`
+/// Fail a job: reason, exit code, log tail, and whether to retry.
+///
+/// A retryable failure (`agent-shutdown`) or one within `retries_on_failure` puts the job
+/// back to pending.
+#[utoipa::path(post, path = "/v1/job/{id}/fail", params(
+    ("id" = JobId, Path, description = "The job's full ID"),
+), request_body = FailRequest, responses(
+    (status = 200, description = "Where the job now stands: failed, or pending again", body = JobStatusResponse),
+    (status = 404, description = "No job has this ID", body = ApiError),
+    (status = 409, description = "`lease_lost`: the lease is stale", body = ApiError),
+))]
 pub async fn fail(
     State(state): State<AppState>,
     Extension(identity): Extension<WorkerIdentity>,
@@ -179,9 +216,23 @@ fn upload_headers(headers: &HeaderMap) -> Result<(WorkerName, Lease, ArtifactId)
     Ok((worker, Lease { attempt, token }, sha))
 }
 
-/// `PUT /v1/model/{job_id}`: checks the lease, then streams the body into the store. On
-/// any refusal the rest of the body is drained (see [`drain_bound`]) so the client
-/// reads the answer instead of a connection reset.
+/// Upload a job's artifact (a tar.zst bundle) under its lease.
+///
+/// The lease is checked from the headers before the body is read; the body is then
+/// streamed into the store, hashed, and kept only when it matches `X-Content-Sha256`.
+#[utoipa::path(put, path = "/v1/model/{id}", params(
+    ("id" = JobId, Path, description = "The full ID of the job the bundle is the output of"),
+    ("X-Worker" = WorkerName, Header, description = "The uploading worker (the lease holder)"),
+    ("X-Lease-Token" = String, Header, description = "The lease's token"),
+    ("X-Lease-Attempt" = u32, Header, description = "The lease's attempt number"),
+    ("X-Content-Sha256" = ArtifactId, Header, description = "The sha256 of the body, 64 hex digits"),
+), request_body(content = BundleBytes, content_type = "application/octet-stream", description = "The bundle's bytes"), responses(
+    (status = 200, description = "Stored, or the same bytes were already stored", body = UploadResponse),
+    (status = 404, description = "No job has this ID", body = ApiError),
+    (status = 409, description = "`lease_lost`: the lease is stale", body = ApiError),
+    (status = 413, description = "`payload_too_large`: the bundle exceeds `max_upload_bytes`", body = ApiError),
+    (status = 422, description = "`sha_mismatch`: the bytes do not hash to `X-Content-Sha256`", body = ApiError),
+))]
 pub async fn upload(
     State(state): State<AppState>,
     Extension(identity): Extension<WorkerIdentity>,
@@ -246,7 +297,13 @@ async fn store_upload(
     })
 }
 
-/// `PUT /v1/worker/{name}`: node status from the agent.
+/// Report node status: what the worker's host is and can take now.
+#[utoipa::path(put, path = "/v1/worker/{name}", params(
+    ("name" = WorkerName, Path, description = "The reporting worker's name"),
+), request_body = Capability, responses(
+    (status = 200, description = "The worker as the server now sees it", body = WorkerView),
+    (status = 409, description = "`name_in_use`: another live agent holds this worker name", body = ApiError),
+))]
 pub async fn report_node(
     State(state): State<AppState>,
     Extension(identity): Extension<WorkerIdentity>,
@@ -263,6 +320,9 @@ pub async fn report_node(
 
 /// `GET /v1/whoami`: the proven identity, so an installer can check a credential with a
 /// call that changes nothing.
+#[utoipa::path(get, path = "/v1/whoami", responses(
+    (status = 200, description = "The worker the request's credential proves (none: it may act as any worker)", body = WhoAmI),
+))]
 pub async fn whoami(
     State(state): State<AppState>,
     Extension(identity): Extension<WorkerIdentity>,

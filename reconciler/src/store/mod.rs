@@ -165,10 +165,16 @@ impl Drop for PartialFile {
     }
 }
 
+/// The longest model or mode name the store takes (each is one part of a directory name).
+pub const MAX_NAME_LEN: usize = 128;
+/// The longest directory name `<model>_<mode>`: 255 bytes is the limit of common file
+/// systems (ext4, XFS, NTFS, APFS).
+pub const MAX_GROUP_NAME_LEN: usize = 255;
+
 /// True when `s` is safe as one path component (the seed's `_ID_RE`, minus leading dots).
 pub fn is_safe_component(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 128
+        && s.len() <= MAX_NAME_LEN
         && !s.starts_with('.')
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
@@ -183,7 +189,14 @@ fn group_name(model: &str, mode: &str) -> Result<String, StoreError> {
             });
         }
     }
-    Ok(format!("{model}_{mode}"))
+    let group = format!("{model}_{mode}");
+    if group.len() > MAX_GROUP_NAME_LEN {
+        return Err(StoreError::UnsafeName {
+            what: "model and mode",
+            value: group,
+        });
+    }
+    Ok(group)
 }
 
 /// fsyncs a directory so that renames and creations inside it survive a power cut.
