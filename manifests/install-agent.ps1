@@ -11,6 +11,11 @@
   comes from -TokenFile FILE, else from $env:CIS490_WORKER_TOKEN, else (visible in the
   process list and history; avoid) -Token. Without any, an existing worker.token is kept.
 
+  For a TLS server, -CaFile is the lab CA (ca.pem from `cis490-reconciler certs init`); for
+  mTLS, -CertFile and -KeyFile are this agent's client certificate and key (`certs
+  issue-agent NAME`). They are copied to %ProgramData%\cis490 (the key readable only by
+  Administrators and SYSTEM) and named in agent.toml.
+
 .EXAMPLE
   # From an elevated PowerShell in the checkout:
   .\manifests\install-agent.ps1 -Server http://pi.local:8787 -WorkDir C:\cis490\training `
@@ -26,6 +31,9 @@ param(
     [int] $MaxConcurrent = 1,
     [string] $Advertise = "",
     [string] $Binary = "",
+    [string] $CaFile = "",
+    [string] $CertFile = "",
+    [string] $KeyFile = "",
     [string] $TaskName = "cis490-agent"
 )
 $ErrorActionPreference = "Stop"
@@ -46,6 +54,11 @@ if ($TokenFile -ne "") {
 } elseif ($env:CIS490_WORKER_TOKEN) {
     $Token = $env:CIS490_WORKER_TOKEN.Trim()
 }
+
+if ($CaFile -ne "" -and -not (Test-Path -PathType Leaf $CaFile)) { throw "cannot read the CA file $CaFile" }
+if (($CertFile -ne "") -ne ($KeyFile -ne "")) { throw "give -CertFile and -KeyFile together" }
+if ($CertFile -ne "" -and -not (Test-Path -PathType Leaf $CertFile)) { throw "cannot read the certificate file $CertFile" }
+if ($KeyFile -ne "" -and -not (Test-Path -PathType Leaf $KeyFile)) { throw "cannot read the key file $KeyFile" }
 
 if ($Binary -eq "") {
     $Binary = Join-Path $PSScriptRoot "..\target\release\cis490-agent.exe"
@@ -78,6 +91,20 @@ if ($Token -ne "") {
     Write-Host "no worker token given (-TokenFile FILE): the agent sends none"
 }
 
+# TLS files: the CA and certificate are public; the key is locked down like the token.
+$caPath = Join-Path $configDir "ca.pem"
+$certPath = Join-Path $configDir "agent.pem"
+$keyPath = Join-Path $configDir "agent-key.pem"
+if ($CaFile -ne "") { Copy-Item -Force $CaFile $caPath; Write-Host "wrote $caPath" }
+if ($CertFile -ne "") {
+    Copy-Item -Force $CertFile $certPath
+    New-Item -ItemType File -Force -Path $keyPath | Out-Null
+    icacls $keyPath /inheritance:r /grant:r "Administrators:F" "SYSTEM:F" | Out-Null
+    if ($LASTEXITCODE -ne 0) { throw "could not restrict $keyPath to Administrators and SYSTEM" }
+    Set-Content -Path $keyPath -Value (Get-Content -Raw -Path $KeyFile) -Encoding ASCII -NoNewline
+    Write-Host "wrote $certPath and $keyPath (Administrators and SYSTEM only)"
+}
+
 function TomlString([string] $s) { '"' + ($s -replace '\\', '\\' -replace '"', '\"') + '"' }
 $lines = @(
     "# Written by install-agent.ps1 on $((Get-Date).ToUniversalTime().ToString('s'))Z; see etc/agent.toml.example.",
@@ -88,6 +115,11 @@ $lines = @(
     "max_concurrent = $MaxConcurrent"
 )
 if (Test-Path $tokenPath) { $lines += "worker_token_file = $(TomlString $tokenPath)" }
+if (Test-Path $caPath) { $lines += "ca_file = $(TomlString $caPath)" }
+if ((Test-Path $certPath) -and (Test-Path $keyPath)) {
+    $lines += "cert_file = $(TomlString $certPath)"
+    $lines += "key_file = $(TomlString $keyPath)"
+}
 if ($Name -ne "") { $lines += "name = $(TomlString $Name)" }
 $config = Join-Path $configDir "agent.toml"
 Set-Content -Path $config -Value $lines -Encoding UTF8
@@ -103,9 +135,9 @@ Write-Host "self-test: cis490-agent capability"
 & $exe @testArgs
 if ($LASTEXITCODE -ne 0) { throw "the capability self-test failed; fix the message above, then run this script again" }
 
-Write-Host "self-test: cis490-agent check-server: reach $Server with the token"
+Write-Host "self-test: cis490-agent check-server: reach $Server with the credentials"
 & $exe check-server --config $config
-if ($LASTEXITCODE -ne 0) { throw "the server check failed (unreachable server or refused token, see above); fix it, then run this script again" }
+if ($LASTEXITCODE -ne 0) { throw "the server check failed (unreachable server, untrusted certificate or refused credential, see above); fix it, then run this script again" }
 
 $action = New-ScheduledTaskAction -Execute $exe -Argument ($runArgs -join " ") -WorkingDirectory $WorkDir
 $trigger = New-ScheduledTaskTrigger -AtStartup

@@ -8,7 +8,13 @@
 #
 #   sudo manifests/install-agent.sh --server http://pi.local:8787 \
 #        --work-dir /opt/cis490/training [--token-file FILE] [--name NAME] \
+#        [--ca-file ca.pem] [--cert-file NAME.pem --key-file NAME-key.pem] \
 #        [--max-concurrent N] [--advertise cuda=false,ram_gib=8] [--binary PATH]
+#
+# For a TLS server, --ca-file is the lab CA (ca.pem from `cis490-reconciler certs init`),
+# copied to /etc/cis490/ca.pem; for mTLS, --cert-file/--key-file are this agent's client
+# certificate and key (`certs issue-agent NAME`), copied to /etc/cis490/agent.pem and
+# /etc/cis490/agent-key.pem (the key 0600, owned by the service user).
 #
 # The token (per-worker from `cis490-reconciler tokens issue NAME`, or the shared one)
 # comes from --token-file FILE, else from $CIS490_WORKER_TOKEN, else (visible to other
@@ -24,6 +30,9 @@ NAME=""
 MAX_CONCURRENT="1"
 ADVERTISE=""
 BINARY=""
+CA_FILE=""
+CERT_FILE=""
+KEY_FILE=""
 SERVICE_USER="cis490"
 HERE=$(cd "$(dirname "$0")" && pwd)
 
@@ -40,7 +49,10 @@ while [ $# -gt 0 ]; do
         --max-concurrent) MAX_CONCURRENT="$2"; shift 2 ;;
         --advertise) ADVERTISE="$2"; shift 2 ;;
         --binary) BINARY="$2"; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --ca-file) CA_FILE="$2"; shift 2 ;;
+        --cert-file) CERT_FILE="$2"; shift 2 ;;
+        --key-file) KEY_FILE="$2"; shift 2 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
 done
@@ -49,6 +61,12 @@ done
 [ -n "$SERVER" ] || die "--server URL is required"
 [ -n "$WORK_DIR" ] || die "--work-dir is required (the training checkout)"
 [ -d "$WORK_DIR" ] || die "work dir $WORK_DIR does not exist"
+[ -z "$CA_FILE" ] || [ -r "$CA_FILE" ] || die "cannot read the CA file $CA_FILE"
+if [ -n "$CERT_FILE" ] || [ -n "$KEY_FILE" ]; then
+    [ -n "$CERT_FILE" ] && [ -n "$KEY_FILE" ] || die "give --cert-file and --key-file together"
+    [ -r "$CERT_FILE" ] || die "cannot read the certificate file $CERT_FILE"
+    [ -r "$KEY_FILE" ] || die "cannot read the key file $KEY_FILE"
+fi
 case "$MAX_CONCURRENT" in ''|*[!0-9]*) die "--max-concurrent must be a number" ;; esac
 if [ -n "$TOKEN_FILE" ]; then
     [ -z "$TOKEN" ] || die "give --token-file or --token, not both"
@@ -98,12 +116,31 @@ else
     echo "no worker token given (--token-file FILE): the agent sends none"
 fi
 
+# TLS files: the CA and certificate are public; the key is as secret as a token.
+CA_PATH=/etc/cis490/ca.pem
+CERT_PATH=/etc/cis490/agent.pem
+KEY_PATH=/etc/cis490/agent-key.pem
+if [ -n "$CA_FILE" ]; then
+    install -m 0644 "$CA_FILE" "$CA_PATH"
+    echo "wrote $CA_PATH"
+fi
+if [ -n "$CERT_FILE" ]; then
+    install -m 0644 "$CERT_FILE" "$CERT_PATH"
+    install -m 0600 -o "$SERVICE_USER" -g "$SERVICE_USER" "$KEY_FILE" "$KEY_PATH"
+    echo "wrote $CERT_PATH and $KEY_PATH (0600, $SERVICE_USER)"
+fi
+
 CONFIG=/etc/cis490/agent.toml
 TMP=$(mktemp)
 {
     echo "# Written by install-agent.sh on $(date -u +%Y-%m-%dT%H:%M:%SZ); see etc/agent.toml.example."
     echo "server = $(toml_string "$SERVER")"
     if [ -e "$TOKEN_PATH" ]; then echo "worker_token_file = $(toml_string "$TOKEN_PATH")"; fi
+    if [ -e "$CA_PATH" ]; then echo "ca_file = $(toml_string "$CA_PATH")"; fi
+    if [ -e "$CERT_PATH" ] && [ -e "$KEY_PATH" ]; then
+        echo "cert_file = $(toml_string "$CERT_PATH")"
+        echo "key_file = $(toml_string "$KEY_PATH")"
+    fi
     if [ -n "$NAME" ]; then echo "name = $(toml_string "$NAME")"; fi
     echo "work_dir = $(toml_string "$WORK_DIR")"
     echo "state_dir = \"/var/lib/cis490-agent\""
@@ -122,9 +159,9 @@ if ! runuser -u "$SERVICE_USER" -- /usr/local/bin/cis490-agent capability --conf
     die "the capability self-test failed; fix the message above, then run this script again"
 fi
 
-echo "self-test: cis490-agent check-server (as $SERVICE_USER): reach $SERVER with the token"
+echo "self-test: cis490-agent check-server (as $SERVICE_USER): reach $SERVER with the credentials"
 if ! runuser -u "$SERVICE_USER" -- /usr/local/bin/cis490-agent check-server --config "$CONFIG"; then
-    die "the server check failed (unreachable server or refused token, see above); fix it, then run this script again"
+    die "the server check failed (unreachable server, untrusted certificate or refused credential, see above); fix it, then run this script again"
 fi
 
 UNIT=/etc/systemd/system/cis490-agent.service
