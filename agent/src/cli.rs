@@ -174,6 +174,7 @@ pub async fn run_command(flags: &RunFlags) -> anyhow::Result<()> {
     // another live agent on this state dir.
     let _state_lock =
         cis490_api::state_lock::StateLock::acquire(&cfg.state_dir, "agent.lock", "cis490-agent")?;
+    let instance = succeeding_instance(&cfg.state_dir);
     let launch = trainer_launch(&cfg);
     if let Some(records) = &launch.records {
         for ended in crate::leftover_trainers::end_leftovers(records) {
@@ -185,7 +186,7 @@ pub async fn run_command(flags: &RunFlags) -> anyhow::Result<()> {
             );
         }
     }
-    let cap = tokio::select! {
+    let mut cap = tokio::select! {
         cap = advertised_capability(&cfg) => cap?,
         _ = shutdown.wait_for(|s| *s) => {
             tracing::info!("signal during start-up: stopped before claiming anything");
@@ -200,12 +201,29 @@ pub async fn run_command(flags: &RunFlags) -> anyhow::Result<()> {
         max_concurrent = cfg.max_concurrent,
         "agent starting"
     );
+    cap.instance = Some(instance);
     let summary = Agent::new(cfg, client, cap, shutdown, trainers)
         .with_launch(launch)
         .run()
         .await?;
     tracing::info!(jobs = summary.jobs.len(), "agent stopped");
     Ok(())
+}
+
+/// This process's instance, naming the one its previous life on this state dir had (kept
+/// in `<state_dir>/instance`). Called under the state dir's lock, so that life is over and
+/// the server may hand the worker name over at once.
+fn succeeding_instance(state_dir: &std::path::Path) -> cis490_api::AgentInstance {
+    let path = state_dir.join("instance");
+    let mut instance = crate::worker::new_instance();
+    instance.replaces = std::fs::read_to_string(&path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|id| cis490_api::AgentInstance::id_problem(id).is_none());
+    if let Err(e) = std::fs::write(&path, format!("{}\n", instance.id)) {
+        tracing::warn!(path = %path.display(), "cannot record this agent's instance: {e}");
+    }
+    instance
 }
 
 /// Trainers start through this binary's parent-death shim (when it can find itself) and

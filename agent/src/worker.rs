@@ -180,6 +180,7 @@ pub fn new_instance() -> AgentInstance {
         id: bytes.iter().map(|b| format!("{b:02x}")).collect(),
         pid: Some(std::process::id()),
         stopping: false,
+        replaces: None,
     }
 }
 

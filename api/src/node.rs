@@ -96,6 +96,12 @@ pub struct AgentInstance {
     /// of after `node_stale_after_s`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopping: bool,
+    /// The instance of this agent's previous life on the same state dir. The agent holds
+    /// that state dir's lock, so the previous instance is gone however it ended (SIGKILL,
+    /// OOM, power cut): the server hands the name over at once instead of making a
+    /// restarted agent wait until the dead one goes stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 impl AgentInstance {

@@ -158,6 +158,7 @@ fn with_instance(name: &str, id: &str) -> ClaimRequest {
         id: id.to_string(),
         pid: Some(77),
         stopping: false,
+        replaces: None,
     });
     req
 }

@@ -290,4 +290,15 @@ fn a_killed_agents_trainer_dies_with_it_and_its_restart_ends_what_the_trainer_le
         "{}",
         fleet.log("mortal")
     );
+    // Its previous life is over (it held the state dir's lock), so the restarted agent
+    // gets its name back at once, although the dead one still holds a 60 s lease.
+    cis490_tests::wait_until(WAIT, "the restarted agent to register", || {
+        fleet.log("mortal").contains("registered").then_some(())
+    })
+    .unwrap();
+    assert!(
+        !fleet.log("mortal").contains("holds worker name"),
+        "{}",
+        fleet.log("mortal")
+    );
 }

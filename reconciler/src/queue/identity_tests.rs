@@ -32,6 +32,7 @@ fn agent(id: &str, host: &str) -> Capability {
             id: id.to_string(),
             pid: Some(4242),
             stopping: false,
+            replaces: None,
         }),
         ..cpu(8)
     }
@@ -102,6 +103,32 @@ fn a_second_instance_is_refused_while_the_first_is_live_and_the_first_is_undistu
     assert!(q.claim(&gpu1, &first).unwrap().is_some());
     // The refused agent's report changed nothing the worker shows.
     assert_eq!(q.worker(&gpu1).unwrap().capability.hostname, "box-a");
+}
+
+#[test]
+fn an_agent_restarted_on_its_state_dir_takes_its_name_over_from_its_previous_life_at_once() {
+    let q = queue();
+    load(&q, &specs("j", 2));
+    let gpu1 = worker("gpu-1");
+    let dead = agent("aaaa1111", "box-a");
+    q.report_node(&gpu1, &dead).unwrap();
+    // The dead life still holds a lease: without `replaces` the name stays taken.
+    q.claim(&gpu1, &dead).unwrap().unwrap();
+    let stranger = agent("bbbb2222", "box-a");
+    name_in_use(q.report_node(&gpu1, &stranger));
+    let mut successor = agent("cccc3333", "box-a");
+    if let Some(i) = successor.instance.as_mut() {
+        i.replaces = Some("aaaa1111".into());
+    }
+    q.report_node(&gpu1, &successor).unwrap();
+    assert!(q.claim(&gpu1, &successor).unwrap().is_some());
+    assert!(event_kinds(&q).contains(&kind::INSTANCE_REPLACED.to_string()));
+    // Naming an instance that does not hold the name proves nothing.
+    let mut pretender = agent("dddd4444", "box-b");
+    if let Some(i) = pretender.instance.as_mut() {
+        i.replaces = Some("aaaa1111".into());
+    }
+    name_in_use(q.report_node(&gpu1, &pretender));
 }
 
 #[test]

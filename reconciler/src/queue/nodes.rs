@@ -96,7 +96,10 @@ pub(crate) fn i_upsert_worker(
     cap: &Capability,
 ) -> Result<(), QueueError> {
     if let Some(instance) = &cap.instance {
-        if let Some(problem) = AgentInstance::id_problem(&instance.id) {
+        if let Some(problem) = std::iter::once(instance.id.as_str())
+            .chain(instance.replaces.as_deref())
+            .find_map(AgentInstance::id_problem)
+        {
             return Err(QueueError::BadRequest { message: problem });
         }
         if instance.stopping {
@@ -205,6 +208,20 @@ fn i_take_name(
     };
     if holder.id == instance.id {
         return Ok(());
+    }
+    if instance.replaces.as_deref() == Some(holder.id.as_str()) {
+        let who = i_describe_holder(tx, worker, &holder);
+        return i_event(
+            tx,
+            None,
+            Some(worker.as_str()),
+            kind::INSTANCE_REPLACED,
+            format!(
+                "agent instance {} took worker name {worker} over from its own previous life \
+                 on the same state dir ({who})",
+                instance.id
+            ),
+        );
     }
     let stale_ms = i64::try_from(tx.config.node_stale_after_s)
         .unwrap_or(i64::MAX / 1000)
