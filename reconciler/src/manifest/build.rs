@@ -10,24 +10,24 @@ use super::{job_id, Defaults, HyperType, Manifest, ManifestErrors, ModelDef, SUP
 use crate::policy::HostPolicy;
 use crate::store::{MAX_GROUP_NAME_LEN, MAX_NAME_LEN};
 
-const TOP_KEYS: &[&str] = &["version", "defaults", "hosts", "models", "jobs"];
-const DEFAULTS_KEYS: &[&str] = &[
+pub(super) const TOP_KEYS: &[&str] = &["version", "defaults", "hosts", "models", "jobs"];
+pub(super) const DEFAULTS_KEYS: &[&str] = &[
     "max_attempts",
     "stale_after_s",
     "command",
     "retries_on_failure",
     "priority",
 ];
-const HOST_KEYS: &[&str] = &[
+pub(super) const HOST_KEYS: &[&str] = &[
     "name",
     "allow_jobs",
     "deny_jobs",
     "max_concurrent",
     "labels",
 ];
-const MODEL_KEYS: &[&str] = &["command", "hyper"];
+pub(super) const MODEL_KEYS: &[&str] = &["command", "hyper"];
 /// The fields of a `[[jobs]]` entry; a `matrix` may vary any of them.
-const JOB_FIELDS: &[&str] = &[
+pub(super) const JOB_FIELDS: &[&str] = &[
     "model",
     "mode",
     "hyper",

@@ -359,40 +359,18 @@ fn table_of(
 /// wants, so that many are accepted (and `check` renders their jobs); `wild`: any key,
 /// type and name now and then, so that every check refuses something.
 fn manifest_like(wild: bool) -> BoxedStrategy<Vec<u8>> {
-    const DEFAULTS: &[&str] = &[
-        "max_attempts",
-        "stale_after_s",
-        "command",
-        "retries_on_failure",
-        "priority",
-    ];
-    const HOST: &[&str] = &[
-        "name",
-        "allow_jobs",
-        "deny_jobs",
-        "max_concurrent",
-        "labels",
-    ];
-    const MODEL: &[&str] = &["command", "hyper"];
-    const JOB: &[&str] = &[
-        "model",
-        "mode",
-        "hyper",
-        "split_recipe",
-        "train_hosts",
-        "seed",
-        "require_cuda",
-        "prefer_cuda",
-        "min_vram_gib",
-        "min_ram_gib",
-        "allowed_hosts",
-        "priority",
-        "max_attempts",
-        "stale_after_s",
-        "retries_on_failure",
-        "labels",
-        "matrix",
-    ];
+    use super::build::{
+        DEFAULTS_KEYS as DEFAULTS, HOST_KEYS as HOST, JOB_FIELDS, MODEL_KEYS as MODEL,
+    };
+    // A job entry takes its fields and a `matrix` over them.
+    let job: &'static [&'static str] = Box::leak(
+        JOB_FIELDS
+            .iter()
+            .copied()
+            .chain(["matrix"])
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    );
     let version = if wild {
         prop_oneof![8 => Just(Some(toml::Value::Integer(1))), 1 => scalar().prop_map(Some), 1 => Just(None)].boxed()
     } else {
@@ -406,7 +384,7 @@ fn manifest_like(wild: bool) -> BoxedStrategy<Vec<u8>> {
         prop::option::of(models),
         prop::option::weighted(
             0.9,
-            prop::collection::vec(table_of(JOB, &["model", "mode"], wild), 0..4),
+            prop::collection::vec(table_of(job, &["model", "mode"], wild), 0..4),
         ),
         sometimes(wild, 0.1, (any_string(), any_value()).boxed()),
     );
