@@ -110,11 +110,17 @@ pub struct UploadResponse {
     pub size_bytes: u64,
 }
 
-/// One stored artifact (`GET /v1/models`).
+/// One row of `GET /v1/models`: an upload of stored bytes, one row per (job, attempt,
+/// artifact). The store keeps each byte sequence once (its sha256 is the artifact ID), so
+/// jobs that produced identical bytes have rows with the same `artifact_id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArtifactView {
     pub artifact_id: ArtifactId,
     pub job_id: JobId,
+    /// The attempt that uploaded it; None for bytes stored before uploads were recorded
+    /// per attempt (then `job_id` is the job whose upload first stored them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
     pub model: String,
     pub mode: String,
     pub worker: String,

@@ -136,12 +136,15 @@ pub async fn manifest(State(state): State<AppState>) -> Result<Json<ManifestStat
     Ok(Json(blocking(move || queue.manifest_status()).await?))
 }
 
-/// `GET /v1/models`
+/// `GET /v1/models`: one row per (job, attempt, artifact) uploaded, see
+/// [`crate::store::ArtifactStore::listing`].
 pub async fn models(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<cis490_api::ArtifactView>>, ApiFailure> {
+    let queue = state.queue.clone();
+    let recorded = blocking(move || queue.uploads()).await?;
     let store = state.store.clone();
-    let list = tokio::task::spawn_blocking(move || store.list()).await??;
+    let list = tokio::task::spawn_blocking(move || store.listing(recorded)).await??;
     Ok(Json(list))
 }
 
