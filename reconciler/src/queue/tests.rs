@@ -256,7 +256,7 @@ fn the_claim_walks_an_index_without_sorting() {
         let details: Vec<String> = q
             .read(|tx| {
                 let mut stmt = tx.db.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-                let all = rusqlite::params![1.0, 1.0, "[]", "[]", "[\"w\"]"];
+                let all = rusqlite::params![1.0, 1.0, "[]", "[]", true, "[\"w\"]"];
                 let n = stmt.parameter_count();
                 let rows = stmt.query_map(&all[..n], |r| r.get(3))?;
                 Ok(rows.collect::<Result<Vec<String>, _>>()?)
@@ -283,6 +283,51 @@ fn require_cuda_needs_a_cuda_gpu() {
     no_gpu_listed.gpus.clear();
     assert!(claim(&q, "cuda0", &no_gpu_listed).is_none());
     assert_eq!(claim(&q, "gpu1", &gpu(24)).unwrap().job.id, job.id);
+}
+
+/// Issue 13, point 7: an agent sharing GPUs by VRAM gives a CUDA job without
+/// `min_vram_gib` a GPU to itself, so a claim whose only GPU is partly held (it lists the
+/// VRAM jobs declared on it) gets the jobs that fit next to them, never that one; a claim
+/// with a GPU no job holds gets it.
+#[test]
+fn a_cuda_job_without_min_vram_is_not_handed_to_a_claim_whose_gpus_are_all_shared() {
+    let q = queue();
+    let mut whole = spec("whole");
+    whole.constraints.require_cuda = true;
+    let mut declared = JobSpec {
+        manifest_order: 1,
+        ..spec("declared")
+    };
+    declared.constraints.require_cuda = true;
+    declared.constraints.min_vram_gib = 8.0;
+    load(&q, &[whole.clone(), declared.clone()]);
+    let mut shared = gpu(24);
+    shared.gpus[0].vram_allocatable_mib = 14 * 1024;
+    shared.gpus[0].vram_allocated_mib = 10 * 1024;
+    // Pinned walks too: the same rule for a job that names its hosts.
+    assert_eq!(claim(&q, "shared", &shared).unwrap().job.id, declared.id);
+    assert!(claim(&q, "shared", &shared).is_none());
+    let reasons = super::matching::hard_reasons("gbt", &whole.constraints, "shared", &shared, None);
+    assert!(reasons[0].contains("no whole GPU free"), "{reasons:?}");
+    // A second GPU that no job holds: the whole-GPU job fits.
+    let mut two = shared.clone();
+    two.gpus.push(gpu(12).gpus[0].clone());
+    two.gpus[1].index = 1;
+    assert_eq!(claim(&q, "shared", &two).unwrap().job.id, whole.id);
+}
+
+#[test]
+fn the_whole_gpu_rule_holds_for_pinned_jobs_too() {
+    let q = queue();
+    let mut whole = spec("pinned-whole");
+    whole.constraints.require_cuda = true;
+    whole.constraints.allowed_hosts = vec!["shared".to_string()];
+    load(&q, std::slice::from_ref(&whole));
+    let mut shared = gpu(24);
+    shared.gpus[0].vram_allocated_mib = 1024;
+    assert!(claim(&q, "shared", &shared).is_none());
+    shared.gpus[0].vram_allocated_mib = 0;
+    assert_eq!(claim(&q, "shared", &shared).unwrap().job.id, whole.id);
 }
 
 #[test]
