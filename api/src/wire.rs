@@ -186,17 +186,41 @@ pub struct PlanSummary {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerFit {
     pub worker: WorkerName,
-    /// Empty when the worker could take the job now.
+    /// Empty when the worker could take the job now. Lasting reasons come first.
     pub reasons: Vec<String>,
+    /// How many of `reasons`, from the first, last until the job, the worker's hardware
+    /// or the manifest's host policy changes (no CUDA, too little VRAM or RAM in all, not
+    /// in allowed_hosts, host policy): while it is above 0 the worker can never run the
+    /// job. The rest pass as jobs end or an operator acts (busy, GPU in use, cordoned,
+    /// not Ready). 0 from older servers.
+    #[serde(default)]
+    pub lasting_reasons: usize,
+}
+
+impl WorkerFit {
+    /// The reasons that last (see `lasting_reasons`).
+    pub fn lasting(&self) -> &[String] {
+        &self.reasons[..self.lasting_reasons.min(self.reasons.len())]
+    }
+
+    /// The reasons that pass.
+    pub fn passing(&self) -> &[String] {
+        &self.reasons[self.lasting_reasons.min(self.reasons.len())..]
+    }
 }
 
 /// Why a pending job is not running, like `condor_q -better-analyze`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Explain {
     pub job_id: JobId,
-    /// 1-based position among claimable pending jobs in queue order; None when not pending.
+    /// 1-based position among the pending jobs ahead of it in queue order that compete
+    /// for its workers (some worker that can run it can run them); None when not pending.
     pub queue_position: Option<u64>,
     pub pending_total: u64,
+    /// Pending jobs ahead of it in queue order that none of the workers able to run it can
+    /// ever run: they do not hold it back and `queue_position` leaves them out.
+    #[serde(default)]
+    pub never_runnable_ahead: u64,
     pub workers: Vec<WorkerFit>,
     /// One-line summary ("no Ready worker has CUDA", ...).
     pub summary: String,

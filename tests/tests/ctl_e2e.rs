@@ -994,3 +994,26 @@ fn a_store_of_the_old_layout_is_migrated_at_start_up_and_still_served() {
     fleet.ok(&["pull", &sha[..12], "-o", out.to_str().unwrap()], false);
     assert_eq!(sha256_file(&out).unwrap(), sha);
 }
+
+/// Issue 13, point 8, through the binaries: a worker whose slots all hold jobs is not
+/// "could run it now" in `describe job`, and says why it waits.
+#[test]
+fn describe_says_a_busy_worker_cannot_run_a_job_now() {
+    let fleet = Fleet::start();
+    let worker = fleet.worker("cpu-1");
+    for _ in 0..4 {
+        worker.claim();
+    }
+    let pending = fleet
+        .jobs()
+        .into_iter()
+        .find(|j| j.status == JobStatus::Pending)
+        .unwrap();
+    let text = fleet.ok(&["describe", "job", pending.id.short()], false);
+    assert!(
+        text.contains("cpu-1  not now: busy: all 4 slots hold jobs"),
+        "{text}"
+    );
+    assert!(!text.contains("could run it now"), "{text}");
+    assert!(text.contains("can run later on cpu-1"), "{text}");
+}
