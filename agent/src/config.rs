@@ -195,6 +195,7 @@ fn declared_gpu(index: usize) -> Gpu {
         vram_total_mib: 0,
         vram_free_mib: 0,
         vram_allocatable_mib: 0,
+        vram_allocated_mib: 0,
     }
 }
 
@@ -512,6 +513,7 @@ mod tests {
                     vram_total_mib: 12 * 1024,
                     vram_free_mib: 11 * 1024,
                     vram_allocatable_mib: 12 * 1024,
+                    vram_allocated_mib: 0,
                 })
                 .collect(),
             cuda: n > 0,

@@ -124,7 +124,9 @@ impl Slots {
     }
 
     /// What a claim advertises now: RAM not reserved, and only GPUs with room, each with
-    /// its unallocated VRAM.
+    /// its unallocated VRAM and what running jobs declared on it (so the server gives a job
+    /// that needs a GPU to itself only a GPU no job holds part of, as [`Slots::allocate`]
+    /// requires).
     pub fn free_capability(&self) -> Capability {
         let mut cap = self.node_status();
         cap.ram_allocatable_mib = self.ram_free();
@@ -135,6 +137,7 @@ impl Slots {
             .filter_map(|g| {
                 self.gpu_free(g.index, g.vram_allocatable_mib).map(|free| {
                     let mut g = g.clone();
+                    g.vram_allocated_mib = g.vram_allocatable_mib.saturating_sub(free);
                     g.vram_allocatable_mib = free;
                     g
                 })
@@ -230,6 +233,7 @@ mod tests {
                     vram_total_mib: gib * 1024,
                     vram_free_mib: gib * 1024,
                     vram_allocatable_mib: gib * 1024,
+                    vram_allocated_mib: 0,
                 })
                 .collect(),
             max_concurrent: max,
@@ -290,8 +294,11 @@ mod tests {
     #[test]
     fn vram_sharing_packs_declared_jobs_while_they_fit() {
         let mut s = Slots::new(cap(&[24], 64, 4), GpuSharing::Vram);
+        assert_eq!(s.free_capability().gpus[0].vram_allocated_mib, 0);
         assert_eq!(s.allocate(&job(1, cuda(10.0, 0.0))).unwrap().gpu, Some(0));
         assert_eq!(s.free_capability().gpus[0].vram_allocatable_mib, 14 * 1024);
+        // Told to the server, so it hands out no job that needs the GPU whole.
+        assert_eq!(s.free_capability().gpus[0].vram_allocated_mib, 10 * 1024);
         assert_eq!(s.allocate(&job(2, cuda(12.0, 0.0))).unwrap().gpu, Some(0));
         assert_eq!(s.free_capability().gpus[0].vram_allocatable_mib, 2 * 1024);
         assert_eq!(

@@ -26,6 +26,16 @@ pub struct Gpu {
     /// VRAM the agent can still hand to a job: total minus what its running jobs declared
     /// (or what `--advertise` says). The server matches `min_vram_gib` against this.
     pub vram_allocatable_mib: u64,
+    /// VRAM that running jobs declared on this GPU (claims of an agent sharing GPUs by
+    /// VRAM): 0 when no job holds any part of it. A CUDA job without `min_vram_gib` needs
+    /// a GPU to itself, so the server hands it out only when some GPU shows 0 here. Absent
+    /// (0) from older agents.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub vram_allocated_mib: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a host is and what it can take right now. Agents report it as node status
@@ -140,6 +150,12 @@ impl Capability {
             .iter()
             .map(|g| g.vram_allocatable_mib as f64 / MIB_PER_GIB)
             .fold(0.0, f64::max)
+    }
+
+    /// True when some listed GPU has no job holding any part of it (what a CUDA job
+    /// without `min_vram_gib` needs).
+    pub fn has_whole_gpu(&self) -> bool {
+        self.gpus.iter().any(|g| g.vram_allocated_mib == 0)
     }
 
     pub fn ram_allocatable_gib(&self) -> f64 {

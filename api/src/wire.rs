@@ -120,12 +120,18 @@ pub struct UploadResponse {
     pub size_bytes: u64,
 }
 
-/// One stored artifact (`GET /v1/models`).
+/// One row of `GET /v1/models`: an upload of stored bytes, one row per (job, attempt,
+/// artifact). The store keeps each byte sequence once (its sha256 is the artifact ID), so
+/// jobs that produced identical bytes have rows with the same `artifact_id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ArtifactView {
     pub artifact_id: ArtifactId,
     pub job_id: JobId,
+    /// The attempt that uploaded it; None for bytes stored before uploads were recorded
+    /// per attempt (then `job_id` is the job whose upload first stored them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
     pub model: String,
     pub mode: String,
     pub worker: String,
@@ -196,8 +202,27 @@ pub struct PlanSummary {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerFit {
     pub worker: WorkerName,
-    /// Empty when the worker could take the job now.
+    /// Empty when the worker could take the job now. Lasting reasons come first.
     pub reasons: Vec<String>,
+    /// How many of `reasons`, from the first, last until the job, the worker's hardware
+    /// or the manifest's host policy changes (no CUDA, too little VRAM or RAM in all, not
+    /// in allowed_hosts, host policy): while it is above 0 the worker can never run the
+    /// job. The rest pass as jobs end or an operator acts (busy, GPU in use, cordoned,
+    /// not Ready). 0 from older servers.
+    #[serde(default)]
+    pub lasting_reasons: usize,
+}
+
+impl WorkerFit {
+    /// The reasons that last (see `lasting_reasons`).
+    pub fn lasting(&self) -> &[String] {
+        &self.reasons[..self.lasting_reasons.min(self.reasons.len())]
+    }
+
+    /// The reasons that pass.
+    pub fn passing(&self) -> &[String] {
+        &self.reasons[self.lasting_reasons.min(self.reasons.len())..]
+    }
 }
 
 /// Why a pending job is not running, like `condor_q -better-analyze`.
@@ -205,9 +230,14 @@ pub struct WorkerFit {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Explain {
     pub job_id: JobId,
-    /// 1-based position among claimable pending jobs in queue order; None when not pending.
+    /// 1-based position among the pending jobs ahead of it in queue order that compete
+    /// for its workers (some worker that can run it can run them); None when not pending.
     pub queue_position: Option<u64>,
     pub pending_total: u64,
+    /// Pending jobs ahead of it in queue order that none of the workers able to run it can
+    /// ever run: they do not hold it back and `queue_position` leaves them out.
+    #[serde(default)]
+    pub never_runnable_ahead: u64,
     pub workers: Vec<WorkerFit>,
     /// One-line summary ("no Ready worker has CUDA", ...).
     pub summary: String,

@@ -119,7 +119,8 @@ pub enum Command {
     /// One-screen summary: jobs per status, workers, manifest.
     #[command(after_help = "Examples:\n  cis490ctl status\n  cis490ctl status -o json")]
     Status(StatusArgs),
-    /// Download an artifact (by artifact or job ID prefix) and verify its sha256.
+    /// Download an artifact (by artifact or job ID prefix) and verify its sha256. A job
+    /// gives its own artifact; an artifact ID gives those bytes, whichever jobs made them.
     #[command(
         after_help = "Examples:\n  cis490ctl pull 3fa9c1\n  cis490ctl pull 3fa9c1 -o model.tar.zst"
     )]
@@ -309,7 +310,9 @@ pub struct PullArgs {
     /// Artifact ID or job ID (or a unique prefix of either).
     #[arg(value_name = "ARTIFACT-OR-JOB")]
     pub id: String,
-    /// Where to write the bundle (default: MODEL_MODE_ARTIFACT.tar.zst here).
+    /// Where to write the bundle (default here: MODEL_MODE_JOB.tar.zst for a job,
+    /// MODEL_MODE_ARTIFACT.tar.zst for an artifact, ARTIFACT.tar.zst when jobs of several
+    /// models or modes produced its bytes).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
 }

@@ -503,6 +503,7 @@ pub mod samples {
                     vram_total_mib: 24 * 1024,
                     vram_free_mib: 24 * 1024,
                     vram_allocatable_mib: 24 * 1024,
+                    vram_allocated_mib: 0,
                 }],
                 cuda: true,
                 cuda_version: Some("12.4".into()),

@@ -224,6 +224,15 @@ impl Reconciler {
     }
 }
 
+/// Where the server's artifact store (`store_root`, e.g. `<state>/models`) keeps the
+/// bytes of `artifact_id` (64 hex digits): one folder per byte sequence, named by its sha256.
+pub fn stored_bundle(store_root: &Path, artifact_id: &str) -> PathBuf {
+    store_root
+        .join("blobs")
+        .join(artifact_id)
+        .join("bundle.tar.zst")
+}
+
 /// sha256 (hex) of a file's bytes.
 pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     use sha2::{Digest, Sha256};

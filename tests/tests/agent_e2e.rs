@@ -561,3 +561,55 @@ fn gpu_sharing_by_vram_runs_two_declared_jobs_on_one_gpu_at_once() {
         fleet.wait_status(&job.id, JobStatus::Completed);
     }
 }
+
+/// Issue 13, point 7: under `--gpu-sharing vram`, a CUDA job without `min_vram_gib` needs a
+/// GPU no job holds any part of. While a declared-VRAM job holds part of the only GPU, the
+/// server must not hand the whole-GPU job to this agent (it would only refuse it and hand it
+/// back, every claim, forever); once the GPU is free again the job runs.
+#[test]
+fn a_whole_gpu_job_waits_without_churn_while_vram_sharing_holds_part_of_the_gpu() {
+    let trainer = "#!/bin/sh\nwhile [ ! -e \"go-$CIS490_MODE\" ]; do sleep 0.05; done\necho ok > \"$CIS490_OUTPUT_DIR/o.txt\"\n";
+    // The declared job comes first in the manifest, so the agent's first claim takes it.
+    let jobs = "[[jobs]]\nmodel = \"m\"\nmode = \"part\"\nseed = 1\nrequire_cuda = true\nmin_vram_gib = 10\n\n\
+                [[jobs]]\nmodel = \"m\"\nmode = \"whole\"\nseed = 1\nrequire_cuda = true\n";
+    let mut fleet = Fleet::start(&manifest("", jobs), trainer);
+    let all = fleet.wait_jobs(2);
+    let part = all.iter().find(|j| j.mode == "part").unwrap().id.clone();
+    let whole = all.iter().find(|j| j.mode == "whole").unwrap().id.clone();
+    fleet.start_agent(
+        "shared-gpu",
+        &[
+            "--advertise",
+            "gpus=1,vram_gib=24",
+            "--gpu-sharing",
+            "vram",
+            "--max-concurrent",
+            "2",
+        ],
+    );
+    fleet.wait_status(&part, JobStatus::Running);
+    // Several claim rounds (the agent asks every 2 s at most while a slot is free).
+    std::thread::sleep(Duration::from_secs(7));
+    let waiting = fleet.job(&whole);
+    let claims = waiting
+        .events
+        .iter()
+        .filter(|e| e.kind == "Claimed")
+        .count();
+    assert_eq!(
+        (waiting.status, waiting.attempts, claims),
+        (JobStatus::Pending, 0, 0),
+        "the whole-GPU job was handed to an agent that cannot fit it: {:?}",
+        waiting
+            .events
+            .iter()
+            .map(|e| format!("{} {}", e.kind, e.message))
+            .collect::<Vec<_>>()
+    );
+    std::fs::write(fleet.path("work/go-part"), b"").unwrap();
+    fleet.wait_status(&part, JobStatus::Completed);
+    fleet.wait_status(&whole, JobStatus::Running);
+    std::fs::write(fleet.path("work/go-whole"), b"").unwrap();
+    let done = fleet.wait_status(&whole, JobStatus::Completed);
+    assert_eq!(done.attempts, 1);
+}

@@ -67,6 +67,11 @@ impl Fleet {
 
     /// Starts the server with `config` as its `--config` file.
     fn start_with_config(config: &str) -> Self {
+        Self::start_prepared(config, |_| {})
+    }
+
+    /// Starts the server after `prepare` has written into its (not yet created) state dir.
+    fn start_prepared(config: &str, prepare: impl FnOnce(&std::path::Path)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         // The manifest has a folder of its own: the server watches it, and the tests write
@@ -75,6 +80,7 @@ impl Fleet {
         let manifest = root.join("etc").join("training_manifest.toml");
         std::fs::write(&manifest, manifest_text(&[1, 2, 3, 4, 5], None)).unwrap();
         let state = root.join("state");
+        prepare(&state);
         let config_file = root.join("reconciler.toml");
         std::fs::write(&config_file, config).unwrap();
         let server = Reconciler::start(
@@ -618,18 +624,19 @@ fn pull_writes_a_file_whose_sha256_matches_and_artifacts_are_listed() {
     let table = fleet.ok(&["get", "artifacts"], false);
     assert_eq!(
         header(&table),
-        ["ARTIFACT", "JOB", "MODEL", "MODE", "SIZE", "WORKER", "RECEIVED"]
+        ["ARTIFACT", "JOB", "ATTEMPT", "MODEL", "MODE", "SIZE", "WORKER", "RECEIVED"]
     );
     let r = row(&table, artifact.short());
     assert_eq!(
-        r[1..4],
+        r[1..5],
         [
             claim.job.id.short(),
+            "1",
             claim.job.model.as_str(),
             claim.job.mode.as_str()
         ]
     );
-    assert_eq!(r[5], "cpu-1");
+    assert_eq!(r[6], "cpu-1");
     let json = fleet.ok(&["get", "artifacts", "-o", "json"], false);
     let list: Vec<cis490_api::ArtifactView> = serde_json::from_str(&json).unwrap();
     assert_eq!(list[0].artifact_id, artifact);
@@ -650,13 +657,13 @@ fn pull_writes_a_file_whose_sha256_matches_and_artifacts_are_listed() {
     );
     assert!(text.contains("sha256 verified"), "{text}");
     assert_eq!(sha256_file(&out_file).unwrap(), artifact.as_str());
-    // By job prefix, to the default name in the working directory.
+    // By job prefix, to the default name (after the job) in the working directory.
     fleet.ok(&["pull", claim.job.id.short()], false);
     let default: PathBuf = fleet.dir.join(format!(
         "{}_{}_{}.tar.zst",
         claim.job.model,
         claim.job.mode,
-        artifact.short()
+        claim.job.id.short()
     ));
     assert_eq!(sha256_file(&default).unwrap(), artifact.as_str());
 
@@ -856,4 +863,157 @@ fn tombstoned_jobs_show_only_with_all_and_diff_revives_them() {
         .map(|j| j.id.short())
         .collect();
     assert_eq!(revived, tombstoned, "{text}");
+}
+
+/// Files named `name` anywhere under `dir`.
+fn files_named(dir: &std::path::Path, name: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_named(&path, name));
+        } else if path.file_name().is_some_and(|n| n == name) {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Issue 13, point 4: three jobs (two models, two modes) upload the same bytes. The store
+/// keeps them once, the listing has one row per job, `-o name` names the artifact once,
+/// `pull SHA256` is not ambiguous, and `pull JOB` writes that job's own artifact under
+/// that job's name.
+#[test]
+fn identical_bytes_are_stored_once_and_each_job_pulls_its_own_artifact() {
+    let fleet = Fleet::start();
+    let worker = fleet.worker("cpu-1");
+    let bytes = b"the same model, trained three times\n".repeat(2000);
+    let claims: Vec<ClaimResponse> = (0..3).map(|_| worker.claim()).collect();
+    let pairs: BTreeSet<(String, String)> = claims
+        .iter()
+        .map(|c| (c.job.model.clone(), c.job.mode.clone()))
+        .collect();
+    assert_eq!(pairs.len(), 3, "three different (model, mode) pairs");
+    let artifacts: BTreeSet<_> = claims
+        .iter()
+        .map(|c| worker.complete(c, bytes.clone()))
+        .collect();
+    assert_eq!(artifacts.len(), 1);
+    let artifact = artifacts.into_iter().next().unwrap();
+
+    let bundles = files_named(&fleet.dir.join("state"), "bundle.tar.zst");
+    assert_eq!(bundles.len(), 1, "the bytes are stored once: {bundles:?}");
+
+    let json = fleet.ok(&["get", "artifacts", "-o", "json"], false);
+    let list: Vec<cis490_api::ArtifactView> = serde_json::from_str(&json).unwrap();
+    assert_eq!(list.len(), 3, "one row per job: {list:?}");
+    for c in &claims {
+        let rows: Vec<_> = list.iter().filter(|a| a.job_id == c.job.id).collect();
+        assert_eq!(rows.len(), 1, "job {}: {list:?}", c.job.id.short());
+        assert_eq!(rows[0].artifact_id, artifact);
+        assert_eq!((&rows[0].model, &rows[0].mode), (&c.job.model, &c.job.mode));
+        assert_eq!(rows[0].attempt, Some(1));
+    }
+    let names = fleet.ok(&["get", "artifacts", "-o", "name"], false);
+    assert_eq!(names, format!("artifact/{artifact}\n"));
+
+    // The full sha256 names these bytes, whoever uploaded them.
+    let by_sha = fleet.dir.join("by-sha.tar.zst");
+    let text = fleet.ok(
+        &["pull", artifact.as_str(), "-o", by_sha.to_str().unwrap()],
+        false,
+    );
+    assert!(text.contains("sha256 verified"), "{text}");
+    assert_eq!(sha256_file(&by_sha).unwrap(), artifact.as_str());
+
+    // Each job's own artifact, named after that job (the oldest first: a listing sorted
+    // newest first must not answer for it).
+    for c in &claims {
+        let text = fleet.ok(&["pull", c.job.id.short()], false);
+        let file = fleet.dir.join(format!(
+            "{}_{}_{}.tar.zst",
+            c.job.model,
+            c.job.mode,
+            c.job.id.short()
+        ));
+        assert!(
+            file.is_file(),
+            "{} missing; pull said {text}",
+            file.display()
+        );
+        assert_eq!(sha256_file(&file).unwrap(), artifact.as_str());
+        assert!(
+            text.contains(&format!("job/{}", c.job.id.short())),
+            "{text}"
+        );
+    }
+}
+
+/// A store written in the layout before content addressing (`<model>_<mode>/<sha256>/`,
+/// the same bytes under two pairs) is moved into `blobs/` when the server starts: its
+/// bytes are listed and pulled, and kept once.
+#[test]
+fn a_store_of_the_old_layout_is_migrated_at_start_up_and_still_served() {
+    use sha2::Digest;
+    let bytes = b"bundle written by an older server\n".repeat(100);
+    let sha = hex::encode(sha2::Sha256::digest(&bytes));
+    let fleet = Fleet::start_prepared("", |state| {
+        for (model, mode, job) in [("gbt", "realistic", 'a'), ("mlp", "oracle", 'b')] {
+            let folder = state
+                .join("models")
+                .join(format!("{model}_{mode}"))
+                .join(&sha);
+            std::fs::create_dir_all(&folder).unwrap();
+            std::fs::write(folder.join("bundle.tar.zst"), &bytes).unwrap();
+            let meta = serde_json::json!({
+                "artifact_id": sha,
+                "job_id": job.to_string().repeat(64),
+                "model": model,
+                "mode": mode,
+                "worker": "old-box",
+                "size_bytes": bytes.len(),
+                "received_at": "2024-05-01T12:00:00Z",
+            });
+            std::fs::write(folder.join("meta.json"), meta.to_string()).unwrap();
+        }
+    });
+    let store = fleet.dir.join("state/models");
+    assert_eq!(
+        files_named(&store, "bundle.tar.zst"),
+        [cis490_tests::stored_bundle(&store, &sha)]
+    );
+    let json = fleet.ok(&["get", "artifacts", "-o", "json"], false);
+    let list: Vec<cis490_api::ArtifactView> = serde_json::from_str(&json).unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0].artifact_id.as_str(), sha);
+    assert_eq!(list[0].attempt, None);
+    let out = fleet.dir.join("old.tar.zst");
+    fleet.ok(&["pull", &sha[..12], "-o", out.to_str().unwrap()], false);
+    assert_eq!(sha256_file(&out).unwrap(), sha);
+}
+
+/// Issue 13, point 8, through the binaries: a worker whose slots all hold jobs is not
+/// "could run it now" in `describe job`, and says why it waits.
+#[test]
+fn describe_says_a_busy_worker_cannot_run_a_job_now() {
+    let fleet = Fleet::start();
+    let worker = fleet.worker("cpu-1");
+    for _ in 0..4 {
+        worker.claim();
+    }
+    let pending = fleet
+        .jobs()
+        .into_iter()
+        .find(|j| j.status == JobStatus::Pending)
+        .unwrap();
+    let text = fleet.ok(&["describe", "job", pending.id.short()], false);
+    assert!(
+        text.contains("cpu-1  not now: busy: all 4 slots hold jobs"),
+        "{text}"
+    );
+    assert!(!text.contains("could run it now"), "{text}");
+    assert!(text.contains("can run later on cpu-1"), "{text}");
 }

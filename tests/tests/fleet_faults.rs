@@ -9,7 +9,7 @@ use std::path::Path;
 
 use cis490_api::{ArtifactView, CompleteRequest, HeartbeatRequest, JobStatus, WorkerName};
 use cis490_tests::fleet::{Fleet, WAIT};
-use cis490_tests::sha256_file;
+use cis490_tests::{sha256_file, stored_bundle};
 use reqwest::StatusCode;
 
 /// Holds while `work/hold` exists (bounded, so a stray trainer always ends), then records
@@ -204,10 +204,7 @@ fn reconciler_killed_mid_run_loses_nothing_and_runs_nothing_twice() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     for row in &rows {
-        let bundle = store
-            .join(format!("{}_{}", row.model, row.mode))
-            .join(row.artifact_id.as_str())
-            .join("bundle.tar.zst");
+        let bundle = stored_bundle(&store, row.artifact_id.as_str());
         assert_eq!(
             sha256_file(&bundle).unwrap(),
             row.artifact_id.as_str(),

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use cis490_api::{ArtifactView, Client, JobFilter, JobStatus, JobView};
 use cis490_tests::fleet::{processes_under, Fleet, WAIT};
-use cis490_tests::{bin, sha256_file, wait_until, workspace_root, ChildGuard, LISTENING_PREFIX};
+use cis490_tests::{
+    bin, sha256_file, stored_bundle, wait_until, workspace_root, ChildGuard, LISTENING_PREFIX,
+};
 
 fn example_manifest() -> String {
     std::fs::read_to_string(workspace_root().join("etc/training_manifest.toml.example")).unwrap()
@@ -31,7 +33,7 @@ fn cpu_eligible(job: &JobView) -> bool {
         && (c.allowed_hosts.is_empty() || c.allowed_hosts.iter().any(|h| h == "cpu-box"))
 }
 
-/// Every completed job's bundle is in the store under `<model>_<mode>/<sha256>/`, its bytes
+/// Every completed job's bundle is in the store under `blobs/<sha256>/`, its bytes
 /// hash to the artifact ID, and `index.jsonl` has its row.
 fn assert_artifacts_stored(store: &Path, completed: &[&JobView]) {
     let index = std::fs::read_to_string(store.join("index.jsonl")).unwrap();
@@ -44,10 +46,7 @@ fn assert_artifacts_stored(store: &Path, completed: &[&JobView]) {
             .artifact_id
             .as_ref()
             .expect("completed job has an artifact");
-        let bundle = store
-            .join(format!("{}_{}", job.model, job.mode))
-            .join(artifact.as_str())
-            .join("bundle.tar.zst");
+        let bundle = stored_bundle(store, artifact.as_str());
         assert!(bundle.is_file(), "missing {}", bundle.display());
         assert_eq!(sha256_file(&bundle).unwrap(), artifact.as_str());
         assert!(

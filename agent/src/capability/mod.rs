@@ -253,6 +253,7 @@ mod tests {
             vram_total_mib: gib * 1024,
             vram_free_mib: gib * 1024 - 300,
             vram_allocatable_mib: gib * 1024,
+            vram_allocated_mib: 0,
         }
     }
 

@@ -84,6 +84,7 @@ impl GpuProbe for NvmlProbe {
                 vram_total_mib: memory.total / MIB,
                 vram_free_mib: memory.free / MIB,
                 vram_allocatable_mib: memory.total / MIB,
+                vram_allocated_mib: 0,
             });
         }
         let note = if !problems.is_empty() {

@@ -219,6 +219,10 @@ pub fn describe_job(
     if let Some(Ok(ex)) = explain {
         let _ = writeln!(out, "Why Not Running:");
         let position = match ex.queue_position {
+            Some(p) if ex.never_runnable_ahead > 0 => format!(
+                "{p} of {} pending ({} ahead of it can never run where it can; not counted)",
+                ex.pending_total, ex.never_runnable_ahead
+            ),
             Some(p) => format!("{p} of {} pending", ex.pending_total),
             None => format!("not claimable ({} pending)", ex.pending_total),
         };
@@ -235,17 +239,29 @@ pub fn describe_job(
                 .max()
                 .unwrap_or(0);
             for fit in &ex.workers {
-                let verdict = if fit.reasons.is_empty() {
-                    "could run it now".to_string()
-                } else {
-                    fit.reasons.join("; ")
-                };
+                let verdict = fit_verdict(fit);
                 let _ = writeln!(out, "    {:<width$}  {verdict}", fit.worker.as_str());
             }
         }
     }
     out.push_str(&events_section(&job.events, now, term));
     out
+}
+
+/// One worker's line under "Why Not Running": "could run it now" only when nothing stops
+/// it; what lasts (it can never run the job as things are) before what passes.
+fn fit_verdict(fit: &cis490_api::WorkerFit) -> String {
+    let (lasting, passing) = (fit.lasting(), fit.passing());
+    match (lasting.is_empty(), passing.is_empty()) {
+        (true, true) => "could run it now".to_string(),
+        (true, false) => format!("not now: {}", passing.join("; ")),
+        (false, true) => format!("never (as configured): {}", lasting.join("; ")),
+        (false, false) => format!(
+            "never (as configured): {}; also now: {}",
+            lasting.join("; "),
+            passing.join("; ")
+        ),
+    }
 }
 
 /// `Events:` then a table (AGE, KIND, WORKER, MESSAGE), or `<none>`.
@@ -467,29 +483,58 @@ mod tests {
             job_id: j.id.clone(),
             queue_position: Some(2),
             pending_total: 5,
+            never_runnable_ahead: 2,
             workers: vec![
                 WorkerFit {
                     worker: WorkerName::parse("cpu-1").unwrap(),
                     reasons: vec!["no CUDA".into(), "needs 8 GiB VRAM".into()],
+                    lasting_reasons: 2,
                 },
                 WorkerFit {
                     worker: WorkerName::parse("gpu-box").unwrap(),
                     reasons: vec![],
+                    lasting_reasons: 0,
+                },
+                WorkerFit {
+                    worker: WorkerName::parse("gpu-busy").unwrap(),
+                    reasons: vec!["busy: all 2 slots hold jobs".into()],
+                    lasting_reasons: 0,
+                },
+                WorkerFit {
+                    worker: WorkerName::parse("gpu-deny").unwrap(),
+                    reasons: vec!["host policy denies gbt".into(), "cordoned".into()],
+                    lasting_reasons: 1,
                 },
             ],
             summary: "no Ready worker has CUDA".into(),
         };
         let text = describe_job(&j, Some(&Ok(ex)), now(), Terminal::plain());
-        assert!(text.contains("Queue Position:  2 of 5 pending"), "{text}");
+        assert!(
+            text.contains(
+                "Queue Position:  2 of 5 pending (2 ahead of it can never run where it can; \
+                 not counted)"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("Summary:         no Ready worker has CUDA"),
             "{text}"
         );
         assert!(
-            text.contains("    cpu-1    no CUDA; needs 8 GiB VRAM"),
+            text.contains("    cpu-1     never (as configured): no CUDA; needs 8 GiB VRAM"),
             "{text}"
         );
-        assert!(text.contains("    gpu-box  could run it now"), "{text}");
+        assert!(text.contains("    gpu-box   could run it now"), "{text}");
+        assert!(
+            text.contains("    gpu-busy  not now: busy: all 2 slots hold jobs"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "    gpu-deny  never (as configured): host policy denies gbt; also now: cordoned"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -281,19 +281,28 @@ pub async fn artifacts(ctx: &Ctx, args: &ListArgs) -> anyhow::Result<()> {
         }
         OutputFormat::Json => to_json(&list)?,
         OutputFormat::Yaml => to_yaml(&list)?,
-        OutputFormat::Name => list
-            .iter()
-            .map(|a| format!("artifact/{}\n", a.artifact_id))
-            .collect(),
+        OutputFormat::Name => artifact_names(&list),
     };
     print(&text)
 }
 
-/// ARTIFACT, JOB, MODEL, MODE, SIZE, WORKER, RECEIVED.
+/// `artifact/<sha256>` once per stored byte sequence (in listing order): a name is what
+/// `pull` takes, and jobs that produced the same bytes share one.
+pub fn artifact_names(list: &[ArtifactView]) -> String {
+    let mut seen = std::collections::HashSet::new();
+    list.iter()
+        .filter(|a| seen.insert(&a.artifact_id))
+        .map(|a| format!("artifact/{}\n", a.artifact_id))
+        .collect()
+}
+
+/// ARTIFACT, JOB, ATTEMPT, MODEL, MODE, SIZE, WORKER, RECEIVED: one row per upload of a
+/// job's attempt, so an artifact that several jobs produced has several rows.
 pub fn artifacts_table(list: &[ArtifactView], now: DateTime<Utc>) -> Table {
     let mut table = Table::new(vec![
         Column::fixed("ARTIFACT"),
         Column::fixed("JOB"),
+        Column::fixed("ATTEMPT"),
         Column::flex("MODEL"),
         Column::flex("MODE"),
         Column::fixed("SIZE"),
@@ -304,6 +313,7 @@ pub fn artifacts_table(list: &[ArtifactView], now: DateTime<Utc>) -> Table {
         table.push(vec![
             Cell::from(a.artifact_id.short()),
             Cell::from(a.job_id.short()),
+            Cell::from(or_none(a.attempt)),
             Cell::from(a.model.as_str()),
             Cell::from(a.mode.as_str()),
             Cell::from(human_bytes(a.size_bytes)),
@@ -422,6 +432,7 @@ mod tests {
         let a = ArtifactView {
             artifact_id: ArtifactId::parse(&id('e')).unwrap(),
             job_id: JobId::parse(&id('a')).unwrap(),
+            attempt: Some(2),
             model: "gbt".into(),
             mode: "realistic".into(),
             worker: "gpu-box".into(),
@@ -433,7 +444,7 @@ mod tests {
         let header: Vec<&str> = lines[0].split_whitespace().collect();
         assert_eq!(
             header,
-            ["ARTIFACT", "JOB", "MODEL", "MODE", "SIZE", "WORKER", "RECEIVED"]
+            ["ARTIFACT", "JOB", "ATTEMPT", "MODEL", "MODE", "SIZE", "WORKER", "RECEIVED"]
         );
         let row: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(
@@ -441,6 +452,7 @@ mod tests {
             [
                 "eeeeeeeeeeee",
                 "aaaaaaaaaaaa",
+                "2",
                 "gbt",
                 "realistic",
                 "3.0Mi",

@@ -3,15 +3,18 @@
 
 use std::collections::BTreeMap;
 
-use cis490_api::{Explain, JobId, JobStatus, WorkerFit, WorkerName};
+use std::collections::HashMap;
+
+use cis490_api::{Constraints, Explain, JobId, JobStatus, WorkerFit, WorkerName};
 use rusqlite::params;
 
 use super::matching::{
-    defers_to_cuda, hard_reasons, has_cuda, i_cuda_alternatives, i_worker_blocked,
+    defers_to_cuda, fit_reasons, has_cuda, i_cuda_alternatives, i_worker_blocked,
 };
-use super::nodes::{i_host_policy, i_worker_rows};
+use super::nodes::{i_host_policy, i_leased_jobs_of, i_worker_rows, WorkerRow};
 use super::rows::{i_existing_job, JobRow};
 use super::{QueueError, Tx};
+use crate::policy::HostPolicy;
 
 /// "42s", "5m", "3h", "2d": how long ago, for humans.
 pub(crate) fn ago(ms: i64) -> String {
@@ -22,6 +25,12 @@ pub(crate) fn ago(ms: i64) -> String {
         7200..=172_799 => format!("{}h", s / 3600),
         _ => format!("{}d", s / 86_400),
     }
+}
+
+/// One known worker as explain sees it.
+struct Known {
+    row: WorkerRow,
+    policy: Option<HostPolicy>,
 }
 
 pub(crate) fn i_explain(tx: &mut Tx<'_>, id: &JobId) -> Result<Explain, QueueError> {
@@ -37,108 +46,273 @@ pub(crate) fn i_explain(tx: &mut Tx<'_>, id: &JobId) -> Result<Explain, QueueErr
             job_id: id.clone(),
             queue_position: None,
             pending_total,
+            never_runnable_ahead: 0,
             workers: Vec::new(),
             summary: not_pending_summary(&row),
         });
     }
-    let ahead: i64 = tx.db.query_row(
-        "SELECT COUNT(*) FROM jobs WHERE status = 'pending' AND tombstoned = 0 AND \
-         (priority > ?1 OR (priority = ?1 AND (manifest_order < ?2 OR \
-          (manifest_order = ?2 AND id < ?3))))",
-        params![
-            row.spec.priority,
-            i64::try_from(row.spec.manifest_order).unwrap_or(i64::MAX),
-            id.as_str()
-        ],
-        |r| r.get(0),
-    )?;
-    let position = ahead.max(0) as u64 + 1;
-
-    let spec = &row.spec;
-    let mut workers = Vec::new();
+    let mut known = Vec::new();
     for w in i_worker_rows(tx)? {
         let policy = i_host_policy(tx, &w.name)?;
-        let mut reasons = Vec::new();
-        if !w.is_fresh(tx) {
-            reasons.push(format!(
-                "not Ready (last seen {} ago)",
-                ago(tx.now - w.last_seen)
-            ));
-        }
-        if let Some(blocked) = i_worker_blocked(tx, (&w).into(), policy.as_ref())? {
-            reasons.push(blocked);
-        }
-        reasons.extend(hard_reasons(
-            &spec.model,
-            &spec.constraints,
-            &w.name,
-            &w.capability,
-            policy.as_ref(),
-        ));
-        if reasons.is_empty() && spec.constraints.prefer_cuda && !has_cuda(&w.capability) {
-            let alternatives = i_cuda_alternatives(tx, &w.name)?;
-            if defers_to_cuda(
-                tx,
-                &spec.model,
-                &spec.constraints,
-                row.pending_since,
-                &alternatives,
-            ) {
-                let waited = (tx.now - row.pending_since).max(0) / 1000;
-                reasons.push(format!(
-                    "prefer_cuda: left to a Ready CUDA worker (waited {waited}s of {}s)",
-                    tx.config.prefer_cuda_wait_s
-                ));
-            }
-        }
-        workers.push(WorkerFit {
-            worker: WorkerName::parse(&w.name).map_err(QueueError::corrupt)?,
-            reasons,
-        });
+        known.push(Known { row: w, policy });
     }
-    let summary = pending_summary(&workers, position, pending_total);
+    let mut workers = Vec::new();
+    // The workers that can run it some time: the jobs ahead that compete for them are the
+    // ones that hold it back.
+    let mut able: Vec<&Known> = Vec::new();
+    for k in &known {
+        let fit = i_worker_fit(tx, &row, k)?;
+        if fit.lasting_reasons == 0 {
+            able.push(k);
+        }
+        workers.push(fit);
+    }
+    let (ahead, never_ahead) = i_jobs_ahead(tx, &row, &able)?;
+    let position = ahead + 1;
+    let summary = pending_summary(&workers, position, pending_total, never_ahead);
     Ok(Explain {
         job_id: id.clone(),
         queue_position: Some(position),
         pending_total,
+        never_runnable_ahead: never_ahead,
         workers,
         summary,
     })
 }
 
-fn pending_summary(workers: &[WorkerFit], position: u64, total: u64) -> String {
-    let place = format!("position {position} of {total} pending");
+/// Why worker `k` does not take the pending job `row` now: lasting reasons first (its
+/// hardware, allowed_hosts, host policy), then passing ones (not Ready, cordoned or
+/// draining, every slot busy, a GPU or RAM in use, a prefer_cuda deferral).
+fn i_worker_fit(tx: &Tx<'_>, row: &JobRow, k: &Known) -> Result<WorkerFit, QueueError> {
+    let spec = &row.spec;
+    let w = &k.row;
+    let policy = k.policy.as_ref();
+    let mut lasting = Vec::new();
+    let mut passing = Vec::new();
+    if !w.is_fresh(tx) {
+        passing.push(format!(
+            "not Ready (last seen {} ago)",
+            ago(tx.now - w.last_seen)
+        ));
+    }
+    match i_worker_blocked(tx, w.into(), policy)? {
+        Some(blocked) => passing.push(blocked),
+        None => {
+            let held = i_leased_jobs_of(tx, &w.name)?.len();
+            let slots = w.capability.max_concurrent.max(1) as usize;
+            if held >= slots {
+                passing.push(format!("busy: all {slots} slots hold jobs"));
+            }
+        }
+    }
+    for reason in fit_reasons(
+        &spec.model,
+        &spec.constraints,
+        &w.name,
+        &w.capability,
+        policy,
+    ) {
+        if reason.lasting {
+            lasting.push(reason.text);
+        } else {
+            passing.push(reason.text);
+        }
+    }
+    if lasting.is_empty()
+        && passing.is_empty()
+        && spec.constraints.prefer_cuda
+        && !has_cuda(&w.capability)
+    {
+        let alternatives = i_cuda_alternatives(tx, &w.name)?;
+        if defers_to_cuda(
+            tx,
+            &spec.model,
+            &spec.constraints,
+            row.pending_since,
+            &alternatives,
+        ) {
+            let waited = (tx.now - row.pending_since).max(0) / 1000;
+            passing.push(format!(
+                "prefer_cuda: left to a Ready CUDA worker (waited {waited}s of {}s)",
+                tx.config.prefer_cuda_wait_s
+            ));
+        }
+    }
+    let lasting_reasons = lasting.len();
+    lasting.extend(passing);
+    Ok(WorkerFit {
+        worker: WorkerName::parse(&w.name).map_err(QueueError::corrupt)?,
+        reasons: lasting,
+        lasting_reasons,
+    })
+}
+
+/// The pending jobs ahead of `row` in queue order: (those that some worker of `able` can
+/// run, those none of them ever can). With no able worker every job ahead counts, as
+/// nothing is known to separate them.
+fn i_jobs_ahead(tx: &Tx<'_>, row: &JobRow, able: &[&Known]) -> Result<(u64, u64), QueueError> {
+    let spec = &row.spec;
+    let order = i64::try_from(spec.manifest_order).unwrap_or(i64::MAX);
+    let ahead_of = "status = 'pending' AND tombstoned = 0 AND \
+         (priority > ?1 OR (priority = ?1 AND (manifest_order < ?2 OR \
+          (manifest_order = ?2 AND id < ?3))))";
+    if able.is_empty() {
+        let ahead: i64 = tx.db.query_row(
+            &format!("SELECT COUNT(*) FROM jobs WHERE {ahead_of}"),
+            params![spec.priority, order, row.spec.id.as_str()],
+            |r| r.get(0),
+        )?;
+        return Ok((ahead.max(0) as u64, 0));
+    }
+    let mut stmt = tx.db.prepare(&format!(
+        "SELECT model, require_cuda, prefer_cuda, min_vram_gib, min_ram_gib, allowed_hosts \
+         FROM jobs WHERE {ahead_of}"
+    ))?;
+    let mut rows = stmt.query(params![spec.priority, order, row.spec.id.as_str()])?;
+    // Jobs ahead are often alike (a matrix): decide once per distinct needs.
+    let mut competes: HashMap<(String, bool, bool, u64, u64, String), bool> = HashMap::new();
+    let (mut ahead, mut never) = (0u64, 0u64);
+    while let Some(r) = rows.next()? {
+        let (model, require_cuda, prefer_cuda, vram, ram, hosts): (
+            String,
+            bool,
+            bool,
+            f64,
+            f64,
+            String,
+        ) = (
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        );
+        let key = (
+            model,
+            require_cuda,
+            prefer_cuda,
+            vram.to_bits(),
+            ram.to_bits(),
+            hosts,
+        );
+        let runs = match competes.get(&key) {
+            Some(runs) => *runs,
+            None => {
+                let allowed_hosts = if key.5 == "[]" {
+                    Vec::new()
+                } else {
+                    serde_json::from_str(&key.5)
+                        .map_err(|e| QueueError::corrupt(format!("allowed_hosts {}: {e}", key.5)))?
+                };
+                let c = Constraints {
+                    require_cuda,
+                    prefer_cuda,
+                    min_vram_gib: vram,
+                    min_ram_gib: ram,
+                    allowed_hosts,
+                };
+                let runs = able.iter().any(|k| {
+                    fit_reasons(
+                        &key.0,
+                        &c,
+                        &k.row.name,
+                        &k.row.capability,
+                        k.policy.as_ref(),
+                    )
+                    .iter()
+                    .all(|reason| !reason.lasting)
+                });
+                competes.insert(key, runs);
+                runs
+            }
+        };
+        if runs {
+            ahead += 1;
+        } else {
+            never += 1;
+        }
+    }
+    Ok((ahead, never))
+}
+
+/// Up to three `worker (reason)` items, then how many more.
+fn some_workers(items: &[(&str, &str)]) -> String {
+    let mut shown: Vec<String> = items
+        .iter()
+        .take(3)
+        .map(|(w, r)| format!("{w} ({r})"))
+        .collect();
+    if items.len() > 3 {
+        shown.push(format!("{} more", items.len() - 3));
+    }
+    shown.join(", ")
+}
+
+/// The most frequent reasons, with their counts, at most three.
+fn top_reasons<'a>(reasons: impl Iterator<Item = &'a String>) -> String {
+    let mut tally: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in reasons {
+        *tally.entry(r.as_str()).or_default() += 1;
+    }
+    let mut by_count: Vec<(&str, usize)> = tally.into_iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    by_count
+        .iter()
+        .take(3)
+        .map(|(r, n)| format!("{r} ({n})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One line: who can run it now, who later and why not yet, or why nobody ever can
+/// (lasting reasons first, so a host policy is never hidden behind a cordon); then the
+/// place in the queue.
+fn pending_summary(workers: &[WorkerFit], position: u64, total: u64, never_ahead: u64) -> String {
+    let mut place = format!("position {position} of {total} pending");
+    if never_ahead > 0 {
+        place.push_str(&format!(
+            " ({never_ahead} ahead of it can never run on the workers that can run it, \
+             so they do not hold it back)"
+        ));
+    }
     if workers.is_empty() {
         return format!("no workers known yet; {place}");
     }
-    let able: Vec<&str> = workers
+    let now: Vec<&str> = workers
         .iter()
         .filter(|w| w.reasons.is_empty())
         .map(|w| w.worker.as_str())
         .collect();
-    if !able.is_empty() {
+    let later: Vec<(&str, &str)> = workers
+        .iter()
+        .filter(|w| w.lasting_reasons == 0)
+        .filter_map(|w| w.reasons.first().map(|r| (w.worker.as_str(), r.as_str())))
+        .collect();
+    let never: Vec<&WorkerFit> = workers.iter().filter(|w| w.lasting_reasons > 0).collect();
+    let never_reasons = || top_reasons(never.iter().flat_map(|w| w.lasting().iter()));
+    if !now.is_empty() {
         return format!(
-            "can run on {}; {place} (it waits for jobs ahead of it or a free slot)",
-            able.join(", ")
+            "can run now on {}; {place} (it goes to the first of them to claim, unless jobs \
+             ahead of it take them)",
+            now.join(", ")
         );
     }
-    let mut tally: BTreeMap<&str, usize> = BTreeMap::new();
-    for w in workers {
-        for r in &w.reasons {
-            *tally.entry(r.as_str()).or_default() += 1;
+    if !later.is_empty() {
+        let mut text = format!("can run later on {}", some_workers(&later));
+        if !never.is_empty() {
+            text.push_str(&format!(
+                "; {} of {} workers never can: {}",
+                never.len(),
+                workers.len(),
+                never_reasons()
+            ));
         }
+        return format!("{text}; {place}");
     }
-    let mut by_count: Vec<(&str, usize)> = tally.into_iter().collect();
-    by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    let top: Vec<String> = by_count
-        .iter()
-        .take(3)
-        .map(|(r, n)| format!("{r} ({n})"))
-        .collect();
     format!(
-        "none of {} workers can take it: {}; {place}",
-        workers.len(),
-        top.join(", ")
+        "no known worker can ever run it as things are: {}; {place}",
+        never_reasons()
     )
 }
 

@@ -331,3 +331,65 @@ fn an_upload_of_an_earlier_lease_does_not_count_and_a_lost_lease_records_nothing
         .unwrap();
     assert_eq!(rows, 1);
 }
+
+/// The artifact listing's rows: one per (job, attempt, artifact), however often the same
+/// lease uploaded the same bytes, with the job's model and mode.
+#[test]
+fn uploads_are_listed_once_per_job_attempt_and_artifact() {
+    let q = queue();
+    let jobs = two_running(&q);
+    let (one, two) = (&jobs[0], &jobs[1]);
+    for _ in 0..2 {
+        q.record_upload(&one.0.id, &worker(one.2), &one.1, &artifact("aa"), 100)
+            .unwrap();
+    }
+    q.record_upload(&two.0.id, &worker(two.2), &two.1, &artifact("aa"), 100)
+        .unwrap();
+    let rows = q.uploads().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for (job, _, w) in [one, two] {
+        let row = rows.iter().find(|r| r.job_id == job.id).unwrap();
+        assert_eq!(row.artifact_id, artifact("aa"));
+        assert_eq!(row.attempt, Some(1));
+        assert_eq!(row.worker, *w);
+        assert_eq!((&row.model, &row.mode), (&job.model, &job.mode));
+    }
+}
+
+/// Jobs completed before uploads were recorded (schema 6 and older) get their artifact's
+/// row when the database migrates, so the listing still names each job.
+#[test]
+fn jobs_completed_before_uploads_were_recorded_are_listed_after_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v6.db");
+    let done = specs("done", 2);
+    {
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        super::schema::migrate_to(&mut conn, 6).unwrap();
+        for job in &done {
+            conn.execute(
+                "INSERT INTO jobs (id, spec, status, priority, manifest_order, model, mode, \
+                 require_cuda, prefer_cuda, min_vram_gib, min_ram_gib, allowed_hosts, worker, \
+                 attempts, artifact_id, created_at, updated_at, pending_since, finished_at) \
+                 VALUES (?1, ?2, 'completed', 0, ?3, 'gbt', 'realistic', 0, 0, 0, 0, '[]', \
+                 'w1', 2, ?4, 0, 0, 0, 5000)",
+                rusqlite::params![
+                    job.id.as_str(),
+                    serde_json::to_string(job).unwrap(),
+                    job.manifest_order as i64,
+                    artifact("cc").as_str(),
+                ],
+            )
+            .unwrap();
+        }
+    }
+    let q = Queue::open(&path, QueueConfig::default()).unwrap();
+    let rows = q.uploads().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for job in &done {
+        let row = rows.iter().find(|r| r.job_id == job.id).unwrap();
+        assert_eq!(row.artifact_id, artifact("cc"));
+        assert_eq!(row.attempt, Some(2));
+        assert_eq!(row.received_at.timestamp_millis(), 5000);
+    }
+}

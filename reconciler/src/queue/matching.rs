@@ -29,8 +29,99 @@ fn gib(x: f64) -> String {
     format!("{rounded}")
 }
 
-/// Why `worker` (with `cap` and `policy`) can never run a job of `model` with `c`, empty
-/// when it can. Does not look at cordon, freshness, load or prefer_cuda.
+/// Why a worker does not take a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reason {
+    pub text: String,
+    /// True when it lasts until the job, the worker's hardware or the manifest's host
+    /// policy changes (no CUDA, too little RAM in all, not in allowed_hosts, host policy);
+    /// false when it passes as jobs end (a GPU in use, RAM reserved, a busy worker).
+    pub lasting: bool,
+}
+
+impl Reason {
+    pub(crate) fn lasting(text: impl Into<String>) -> Reason {
+        Reason {
+            text: text.into(),
+            lasting: true,
+        }
+    }
+
+    pub(crate) fn passing(text: impl Into<String>) -> Reason {
+        Reason {
+            text: text.into(),
+            lasting: false,
+        }
+    }
+}
+
+/// Why `worker` (with `cap`, its last report or claim, and `policy`) cannot take a job of
+/// `model` with `c` now, empty when it can. The same rules the agent applies to a claimed
+/// job (`agent/src/slots.rs`), so the server never hands out a job the agent must give
+/// back: a GPU job needs a listed GPU; one without `min_vram_gib` needs a GPU no job holds
+/// any part of. Does not look at cordon, freshness, load or prefer_cuda. Lasting reasons
+/// are judged from what `cap` lists (a busy GPU a claim leaves out is not seen).
+pub(crate) fn fit_reasons(
+    model: &str,
+    c: &Constraints,
+    worker: &str,
+    cap: &Capability,
+    policy: Option<&HostPolicy>,
+) -> Vec<Reason> {
+    let mut reasons = Vec::new();
+    let needs_gpu = c.require_cuda || c.min_vram_gib > 0.0;
+    if c.require_cuda && !cap.cuda {
+        reasons.push(Reason::lasting("no CUDA"));
+    } else if needs_gpu && cap.cuda && cap.gpus.is_empty() {
+        reasons.push(Reason::passing("no free GPU (all in use)"));
+    } else if c.require_cuda && c.min_vram_gib <= 0.0 && !cap.has_whole_gpu() {
+        reasons.push(Reason::passing(
+            "no whole GPU free (jobs sharing by VRAM hold part of each; a CUDA job \
+             without min_vram_gib needs a GPU to itself)",
+        ));
+    }
+    if c.min_vram_gib > 0.0 && !(cap.cuda && cap.gpus.is_empty()) {
+        let best = cap.max_gpu_allocatable_gib();
+        if best < c.min_vram_gib {
+            let text = format!(
+                "{} GiB VRAM < {} GiB required",
+                gib(best),
+                gib(c.min_vram_gib)
+            );
+            let largest = cap
+                .gpus
+                .iter()
+                .map(|g| g.vram_total_mib as f64 / cis490_api::node::MIB_PER_GIB)
+                .fold(0.0, f64::max);
+            reasons.push(if largest < c.min_vram_gib {
+                Reason::lasting(text)
+            } else {
+                Reason::passing(format!("{text} (the rest is in use)"))
+            });
+        }
+    }
+    if c.min_ram_gib > 0.0 {
+        let ram = cap.ram_allocatable_gib();
+        if ram < c.min_ram_gib {
+            let text = format!("{} GiB RAM < {} GiB required", gib(ram), gib(c.min_ram_gib));
+            let total = cap.ram_total_mib as f64 / cis490_api::node::MIB_PER_GIB;
+            reasons.push(if total < c.min_ram_gib {
+                Reason::lasting(text)
+            } else {
+                Reason::passing(format!("{text} (the rest is reserved)"))
+            });
+        }
+    }
+    if !c.allowed_hosts.is_empty() && !c.allowed_hosts.iter().any(|h| h == worker) {
+        reasons.push(Reason::lasting("not in allowed_hosts"));
+    }
+    if let Some(why) = policy.and_then(|p| p.denies_model(model)) {
+        reasons.push(Reason::lasting(why));
+    }
+    reasons
+}
+
+/// The texts of [`fit_reasons`]: empty when `worker` can take the job now.
 pub(crate) fn hard_reasons(
     model: &str,
     c: &Constraints,
@@ -38,37 +129,10 @@ pub(crate) fn hard_reasons(
     cap: &Capability,
     policy: Option<&HostPolicy>,
 ) -> Vec<String> {
-    let mut reasons = Vec::new();
-    if c.require_cuda && !has_cuda(cap) {
-        reasons.push("no CUDA".to_string());
-    }
-    if c.min_vram_gib > 0.0 {
-        let best = cap.max_gpu_allocatable_gib();
-        if best < c.min_vram_gib {
-            reasons.push(format!(
-                "{} GiB VRAM < {} GiB required",
-                gib(best),
-                gib(c.min_vram_gib)
-            ));
-        }
-    }
-    if c.min_ram_gib > 0.0 {
-        let ram = cap.ram_allocatable_gib();
-        if ram < c.min_ram_gib {
-            reasons.push(format!(
-                "{} GiB RAM < {} GiB required",
-                gib(ram),
-                gib(c.min_ram_gib)
-            ));
-        }
-    }
-    if !c.allowed_hosts.is_empty() && !c.allowed_hosts.iter().any(|h| h == worker) {
-        reasons.push("not in allowed_hosts".to_string());
-    }
-    if let Some(why) = policy.and_then(|p| p.denies_model(model)) {
-        reasons.push(why);
-    }
-    reasons
+    fit_reasons(model, c, worker, cap, policy)
+        .into_iter()
+        .map(|r| r.text)
+        .collect()
 }
 
 /// A Ready CUDA worker that could take prefer_cuda jobs instead of a CPU worker.
@@ -151,7 +215,8 @@ impl<'a> From<&'a WorkerRow> for Schedulability<'a> {
     }
 }
 
-/// Worker-level reasons it takes nothing now: cordon, drain, or host max_concurrent.
+/// Worker-level reasons it takes nothing now (all passing): cordon, drain, or host
+/// max_concurrent.
 pub(crate) fn i_worker_blocked(
     tx: &Tx<'_>,
     worker: Schedulability<'_>,
@@ -174,16 +239,18 @@ pub(crate) fn i_worker_blocked(
 
 /// One walk of the claim: claimable jobs in queue order through one partial index,
 /// with the cheap constraints in SQL. The shared walk (`jobs_claim_*`) holds only jobs no
-/// host list pins; each pinned walk (`jobs_pinned_*`, `?5` = one host list as stored)
+/// host list pins; each pinned walk (`jobs_pinned_*`, `?6` = one host list as stored)
 /// holds the jobs pinned to exactly that list (schema migration 3). A CPU worker's
 /// indexes leave out `require_cuda` jobs. So a claim only steps over jobs this worker may
 /// not run for RAM, VRAM, its host policy or a prefer_cuda deferral, never over other
 /// hosts' pinned jobs or CUDA-only jobs.
 /// `?1`: the worker's best GPU's allocatable VRAM (GiB), `?2`: its allocatable RAM (GiB),
 /// `?3`: models the host policy denies (JSON list, `[]` = none), `?4`: models it allows
-/// (`[]` = all). (`+?5`, not `?5`: with `column = ?5` SQLite marks the statement to be
-/// compiled again whenever ?5 is bound anew, which rusqlite's statement cache does on
-/// every use, and compiling costs more than the claim.)
+/// (`[]` = all), `?5`: whether a GPU is free whole (else a `require_cuda` job without
+/// `min_vram_gib` does not fit: the agent gives such a job a GPU to itself). (`+?6`, not
+/// `?6`: with `column = ?6` SQLite marks the statement to be compiled again whenever ?6
+/// is bound anew, which rusqlite's statement cache does on every use, and compiling costs
+/// more than the claim.)
 macro_rules! claim_query {
     ($index:literal, $which:literal, $prefer:literal) => {
         concat!(
@@ -193,6 +260,7 @@ macro_rules! claim_query {
             " WHERE status = 'pending' AND tombstoned = 0 AND ",
             $which,
             " AND min_vram_gib <= ?1 AND min_ram_gib <= ?2 \
+               AND (?5 OR require_cuda = 0 OR min_vram_gib > 0) \
                AND (?3 = '[]' OR NOT EXISTS (SELECT 1 FROM json_each(?3) WHERE value = jobs.model)) \
                AND (?4 = '[]' OR EXISTS (SELECT 1 FROM json_each(?4) WHERE value = jobs.model)) \
              ORDER BY priority DESC, prefer_cuda ",
@@ -211,16 +279,16 @@ pub(crate) const CLAIM_CPU: &str = claim_query!(
     "allowed_hosts = '[]' AND require_cuda = 0",
     "ASC"
 );
-/// [`CLAIM_CUDA`] over the jobs pinned to the host list `?5`.
+/// [`CLAIM_CUDA`] over the jobs pinned to the host list `?6`.
 pub(crate) const CLAIM_PINNED_CUDA: &str = claim_query!(
     "jobs_pinned_cuda",
-    "allowed_hosts <> '[]' AND allowed_hosts = +?5",
+    "allowed_hosts <> '[]' AND allowed_hosts = +?6",
     "DESC"
 );
-/// [`CLAIM_CPU`] over the jobs pinned to the host list `?5`.
+/// [`CLAIM_CPU`] over the jobs pinned to the host list `?6`.
 pub(crate) const CLAIM_PINNED_CPU: &str = claim_query!(
     "jobs_pinned_cpu",
-    "allowed_hosts <> '[]' AND require_cuda = 0 AND allowed_hosts = +?5",
+    "allowed_hosts <> '[]' AND require_cuda = 0 AND allowed_hosts = +?6",
     "ASC"
 );
 /// The next host list (as stored) after `?1` that pins a claimable job, in index order:
@@ -365,6 +433,7 @@ fn i_pick(
     let cuda = has_cuda(cap);
     let (denied, allowed) = policy_lists(policy);
     let (vram, ram) = (cap.max_gpu_allocatable_gib(), cap.ram_allocatable_gib());
+    let whole_gpu = cap.has_whole_gpu();
     let mut fit = FirstFit {
         tx,
         worker,
@@ -375,14 +444,15 @@ fn i_pick(
         cuda_could_run: HashMap::new(),
     };
     let shared = if cuda { CLAIM_CUDA } else { CLAIM_CPU };
-    let mut best = fit.walk(shared, params![vram, ram, denied, allowed])?;
+    let mut best = fit.walk(shared, params![vram, ram, denied, allowed, whole_gpu])?;
     let pinned = if cuda {
         CLAIM_PINNED_CUDA
     } else {
         CLAIM_PINNED_CPU
     };
     for list in i_pin_lists_naming(tx, worker, cuda)? {
-        let Some(found) = fit.walk(pinned, params![vram, ram, denied, allowed, list])? else {
+        let Some(found) = fit.walk(pinned, params![vram, ram, denied, allowed, whole_gpu, list])?
+        else {
             continue;
         };
         if best

@@ -557,6 +557,14 @@ impl Queue {
         self.write(|tx| lifecycle::i_record_upload(tx, id, worker, lease, artifact, size_bytes))
     }
 
+    /// Every recorded upload, one row per (job, attempt, artifact) with the worker and
+    /// time of its first upload and the job's model and mode. `size_bytes` is the size
+    /// the upload reported (0 for rows backfilled from jobs completed before uploads were
+    /// recorded); the store's listing puts the stored size in.
+    pub fn uploads(&self) -> Result<Vec<cis490_api::ArtifactView>, QueueError> {
+        self.read(lifecycle::i_uploads)
+    }
+
     /// Marks the job completed (with its artifact). The artifact must be one uploaded under
     /// the job's current lease (`ArtifactNotUploaded` otherwise), and a completion without
     /// one is refused when the lease did upload one (`ArtifactRequired`).

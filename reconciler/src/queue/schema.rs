@@ -179,6 +179,17 @@ CREATE TABLE uploads (
 CREATE INDEX uploads_lease ON uploads (job_id, lease_token);
 CREATE INDEX uploads_artifact ON uploads (artifact_id);
 "#,
+    // 7: the artifact listing is the uploads table, so each job completed before uploads
+    // were recorded gets the row of its artifact (under its last attempt; an empty lease
+    // token, which no lease has). Without it a job whose bytes another job had stored first
+    // would be missing from the listing.
+    r#"
+INSERT INTO uploads (job_id, attempt, lease_token, artifact_id, worker, size_bytes, at)
+SELECT id, attempts, '', artifact_id, COALESCE(worker, ''), 0, COALESCE(finished_at, updated_at)
+FROM jobs
+WHERE artifact_id IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.job_id = jobs.id AND u.artifact_id = jobs.artifact_id);
+"#,
 ];
 
 /// Brings the database to the newest schema, each migration in its own transaction.

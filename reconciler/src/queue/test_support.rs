@@ -71,6 +71,7 @@ pub(crate) fn gpu(vram_gib: u64) -> Capability {
             vram_total_mib: vram_gib * 1024,
             vram_free_mib: vram_gib * 1024,
             vram_allocatable_mib: vram_gib * 1024,
+            vram_allocated_mib: 0,
         }],
         ..cpu(64)
     }

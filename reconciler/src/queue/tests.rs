@@ -256,7 +256,7 @@ fn the_claim_walks_an_index_without_sorting() {
         let details: Vec<String> = q
             .read(|tx| {
                 let mut stmt = tx.db.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-                let all = rusqlite::params![1.0, 1.0, "[]", "[]", "[\"w\"]"];
+                let all = rusqlite::params![1.0, 1.0, "[]", "[]", true, "[\"w\"]"];
                 let n = stmt.parameter_count();
                 let rows = stmt.query_map(&all[..n], |r| r.get(3))?;
                 Ok(rows.collect::<Result<Vec<String>, _>>()?)
@@ -283,6 +283,51 @@ fn require_cuda_needs_a_cuda_gpu() {
     no_gpu_listed.gpus.clear();
     assert!(claim(&q, "cuda0", &no_gpu_listed).is_none());
     assert_eq!(claim(&q, "gpu1", &gpu(24)).unwrap().job.id, job.id);
+}
+
+/// Issue 13, point 7: an agent sharing GPUs by VRAM gives a CUDA job without
+/// `min_vram_gib` a GPU to itself, so a claim whose only GPU is partly held (it lists the
+/// VRAM jobs declared on it) gets the jobs that fit next to them, never that one; a claim
+/// with a GPU no job holds gets it.
+#[test]
+fn a_cuda_job_without_min_vram_is_not_handed_to_a_claim_whose_gpus_are_all_shared() {
+    let q = queue();
+    let mut whole = spec("whole");
+    whole.constraints.require_cuda = true;
+    let mut declared = JobSpec {
+        manifest_order: 1,
+        ..spec("declared")
+    };
+    declared.constraints.require_cuda = true;
+    declared.constraints.min_vram_gib = 8.0;
+    load(&q, &[whole.clone(), declared.clone()]);
+    let mut shared = gpu(24);
+    shared.gpus[0].vram_allocatable_mib = 14 * 1024;
+    shared.gpus[0].vram_allocated_mib = 10 * 1024;
+    // Pinned walks too: the same rule for a job that names its hosts.
+    assert_eq!(claim(&q, "shared", &shared).unwrap().job.id, declared.id);
+    assert!(claim(&q, "shared", &shared).is_none());
+    let reasons = super::matching::hard_reasons("gbt", &whole.constraints, "shared", &shared, None);
+    assert!(reasons[0].contains("no whole GPU free"), "{reasons:?}");
+    // A second GPU that no job holds: the whole-GPU job fits.
+    let mut two = shared.clone();
+    two.gpus.push(gpu(12).gpus[0].clone());
+    two.gpus[1].index = 1;
+    assert_eq!(claim(&q, "shared", &two).unwrap().job.id, whole.id);
+}
+
+#[test]
+fn the_whole_gpu_rule_holds_for_pinned_jobs_too() {
+    let q = queue();
+    let mut whole = spec("pinned-whole");
+    whole.constraints.require_cuda = true;
+    whole.constraints.allowed_hosts = vec!["shared".to_string()];
+    load(&q, std::slice::from_ref(&whole));
+    let mut shared = gpu(24);
+    shared.gpus[0].vram_allocated_mib = 1024;
+    assert!(claim(&q, "shared", &shared).is_none());
+    shared.gpus[0].vram_allocated_mib = 0;
+    assert_eq!(claim(&q, "shared", &shared).unwrap().job.id, whole.id);
 }
 
 #[test]
@@ -897,7 +942,10 @@ fn explain_names_each_workers_reasons_and_the_queue_position() {
         q.report_node(&worker(w), &cap).unwrap();
     }
     let why = q.explain(&job.id).unwrap();
-    assert_eq!(why.queue_position, Some(3));
+    // "first" is ahead of it and "gone" or "shut" could run both; "pinned" is for lab-z
+    // only, so it does not hold this job back.
+    assert_eq!(why.queue_position, Some(2));
+    assert_eq!(why.never_runnable_ahead, 1);
     assert_eq!(why.pending_total, 3);
     let reasons = |w: &str| {
         why.workers
@@ -916,7 +964,10 @@ fn explain_names_each_workers_reasons_and_the_queue_position() {
     assert_eq!(reasons("gone"), vec!["not Ready (last seen 5m ago)"]);
     assert_eq!(reasons("shut"), vec!["cordoned"]);
     assert!(
-        why.summary.starts_with("none of 5 workers"),
+        why.summary.starts_with(
+            "can run later on gone (not Ready (last seen 5m ago)), shut (cordoned); 3 of 5 \
+             workers never can: "
+        ),
         "{}",
         why.summary
     );
@@ -930,7 +981,7 @@ fn explain_names_each_workers_reasons_and_the_queue_position() {
     let first = q.explain(&id_of("first")).unwrap();
     assert_eq!(first.queue_position, Some(1));
     assert!(
-        first.summary.starts_with("can run on cpu"),
+        first.summary.starts_with("can run now on cpu"),
         "{}",
         first.summary
     );
@@ -943,6 +994,181 @@ fn explain_names_each_workers_reasons_and_the_queue_position() {
         running.summary,
         "claimed by cpu (attempt 1 of 3), not started yet"
     );
+}
+
+/// One case of [`explain_does_not_mislead`].
+struct ExplainCase {
+    name: &'static str,
+    /// The queue, its workers, and the job to explain.
+    setup: fn() -> (Queue, JobId),
+    /// Per worker: its lasting reasons, then its passing ones.
+    workers: &'static [(
+        &'static str,
+        &'static [&'static str],
+        &'static [&'static str],
+    )],
+    position: u64,
+    never_ahead: u64,
+    summary_has: &'static [&'static str],
+    summary_lacks: &'static [&'static str],
+}
+
+/// Issue 13, point 8: what explain said before, and must not say.
+const EXPLAIN_CASES: &[ExplainCase] = &[
+    // Was "can run on w ... " and `describe` said "could run it now": its only slot is busy.
+    ExplainCase {
+        name: "a worker whose slots are all busy",
+        setup: || {
+            let q = queue();
+            load(&q, &specs("j", 2));
+            claim(&q, "w", &cpu(8)).unwrap();
+            (q, specs("j", 2)[1].id.clone())
+        },
+        workers: &[("w", &[], &["busy: all 1 slots hold jobs"])],
+        position: 1,
+        never_ahead: 0,
+        summary_has: &["can run later on w (busy: all 1 slots hold jobs)"],
+        summary_lacks: &["can run now"],
+    },
+    // Was "position 4 of 4": the CUDA jobs ahead can never run on the only (CPU) worker.
+    ExplainCase {
+        name: "behind jobs that can never run where it can",
+        setup: || {
+            let q = queue();
+            let mut jobs = specs("j", 4);
+            for j in [0, 2] {
+                jobs[j].constraints.require_cuda = true;
+            }
+            jobs[1].constraints.min_vram_gib = 8.0;
+            let plain_ahead = spec("plain-ahead");
+            load(&q, &[jobs.clone(), vec![plain_ahead]].concat());
+            q.report_node(&worker("c"), &cpu(8)).unwrap();
+            (q, jobs[3].id.clone())
+        },
+        workers: &[("c", &[], &[])],
+        position: 2,
+        never_ahead: 3,
+        summary_has: &[
+            "can run now on c",
+            "position 2 of 5 pending (3 ahead of it can never run on the workers",
+        ],
+        summary_lacks: &["position 4", "position 5"],
+    },
+    // Was "none of 4 workers can take it: at max_concurrent 1 (1), cordoned (1), draining
+    // (1)": the host policy that keeps p from it for good was cut off.
+    ExplainCase {
+        name: "a host policy next to passing reasons",
+        setup: || {
+            let q = queue();
+            let hold = JobSpec {
+                model: "mlp".to_string(),
+                ..spec("hold")
+            };
+            let target = JobSpec {
+                manifest_order: 1,
+                ..spec("target")
+            };
+            load_hosts(
+                &q,
+                &[hold, target.clone()],
+                &[host("p", &["gbt"], None), host("m", &[], Some(1))],
+            );
+            for w in ["c", "d", "p"] {
+                q.report_node(&worker(w), &cpu(8)).unwrap();
+            }
+            claim(&q, "m", &cpu(8)).unwrap();
+            q.cordon(&worker("c")).unwrap();
+            q.cordon(&worker("p")).unwrap();
+            q.drain(&worker("d")).unwrap();
+            (q, target.id)
+        },
+        workers: &[
+            ("c", &[], &["cordoned"]),
+            ("d", &[], &["draining"]),
+            ("m", &[], &["at max_concurrent 1"]),
+            ("p", &["host policy denies gbt"], &["cordoned"]),
+        ],
+        position: 1,
+        never_ahead: 0,
+        summary_has: &[
+            "can run later on c (cordoned), d (draining), m (at max_concurrent 1)",
+            "1 of 4 workers never can: host policy denies gbt (1)",
+        ],
+        summary_lacks: &[],
+    },
+    // Nobody can ever run it: the lasting reasons are the summary.
+    ExplainCase {
+        name: "no worker can ever run it",
+        setup: || {
+            let q = queue();
+            let mut job = spec("cuda");
+            job.constraints.require_cuda = true;
+            load(&q, std::slice::from_ref(&job));
+            q.report_node(&worker("c"), &cpu(8)).unwrap();
+            (q, job.id)
+        },
+        workers: &[("c", &["no CUDA"], &[])],
+        position: 1,
+        never_ahead: 0,
+        summary_has: &["no known worker can ever run it as things are: no CUDA (1)"],
+        summary_lacks: &["later"],
+    },
+    // Was "no CUDA": a CUDA worker whose last claim listed no free GPU is busy, not unable.
+    ExplainCase {
+        name: "a CUDA worker with every GPU in use",
+        setup: || {
+            let q = queue();
+            let mut job = spec("cuda");
+            job.constraints.require_cuda = true;
+            load(&q, std::slice::from_ref(&job));
+            let mut busy = gpu(24);
+            busy.gpus.clear();
+            q.report_node(&worker("g"), &busy).unwrap();
+            (q, job.id)
+        },
+        workers: &[("g", &[], &["no free GPU (all in use)"])],
+        position: 1,
+        never_ahead: 0,
+        summary_has: &["can run later on g (no free GPU (all in use))"],
+        summary_lacks: &["no CUDA"],
+    },
+];
+
+#[test]
+fn explain_does_not_mislead() {
+    for case in EXPLAIN_CASES {
+        let (q, id) = (case.setup)();
+        let why = q.explain(&id).unwrap();
+        let name = case.name;
+        let got: Vec<(String, Vec<String>, Vec<String>)> = why
+            .workers
+            .iter()
+            .map(|w| {
+                (
+                    w.worker.to_string(),
+                    w.lasting().to_vec(),
+                    w.passing().to_vec(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, Vec<String>, Vec<String>)> = case
+            .workers
+            .iter()
+            .map(|(w, lasting, passing)| {
+                let texts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+                (w.to_string(), texts(lasting), texts(passing))
+            })
+            .collect();
+        assert_eq!(got, want, "{name}");
+        assert_eq!(why.queue_position, Some(case.position), "{name}: {why:?}");
+        assert_eq!(why.never_runnable_ahead, case.never_ahead, "{name}");
+        for text in case.summary_has {
+            assert!(why.summary.contains(text), "{name}: {}", why.summary);
+        }
+        for text in case.summary_lacks {
+            assert!(!why.summary.contains(text), "{name}: {}", why.summary);
+        }
+    }
 }
 
 #[test]

@@ -104,7 +104,7 @@ impl From<StoreError> for ApiFailure {
             }
             StoreError::BodyRead(_) => ApiFailure::bad_request(message),
             StoreError::NotFound(_) => ApiFailure::not_found(message),
-            StoreError::UnsafeName { .. } | StoreError::Io { .. } => ApiFailure::internal(message),
+            StoreError::Io { .. } => ApiFailure::internal(message),
         }
     }
 }

@@ -186,13 +186,16 @@ pub async fn manifest(State(state): State<AppState>) -> Result<Json<ManifestStat
     Ok(Json(blocking(move || queue.manifest_status()).await?))
 }
 
-/// List stored artifacts.
+/// List stored artifacts: one row per (job, attempt, artifact) uploaded, see
+/// [`crate::store::ArtifactStore::listing`].
 #[utoipa::path(get, path = "/v1/models", responses(
-    (status = 200, description = "Every stored artifact, newest first", body = Vec<ArtifactView>),
+    (status = 200, description = "One row per (job, attempt, artifact) uploaded, newest first", body = Vec<ArtifactView>),
 ))]
 pub async fn models(State(state): State<AppState>) -> Result<Json<Vec<ArtifactView>>, ApiFailure> {
+    let queue = state.queue.clone();
+    let recorded = blocking(move || queue.uploads()).await?;
     let store = state.store.clone();
-    let list = tokio::task::spawn_blocking(move || store.list()).await??;
+    let list = tokio::task::spawn_blocking(move || store.listing(recorded)).await??;
     Ok(Json(list))
 }
 

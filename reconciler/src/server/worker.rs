@@ -278,6 +278,7 @@ async fn store_upload(
         model: spec.model,
         mode: spec.mode,
         worker: worker.to_string(),
+        attempt: Some(record_lease.attempt),
         expected_sha256,
         content_length: content_length(headers),
     };

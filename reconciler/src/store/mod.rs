@@ -4,15 +4,22 @@
 //! its own partial file with a random suffix) and a start-up scan that repairs what a crash
 //! can leave behind.
 //!
-//! Layout under the store root:
+//! Layout under the store root (content-addressed: each byte sequence is stored once,
+//! whichever jobs, models and modes produced it):
 //!
 //! ```text
 //! index.jsonl                          append-only ingest log, one ArtifactView per line
 //! .incoming/<job_id>-<random>.partial  uploads in flight (removed on any error)
-//! <model>_<mode>/<artifact_id>/
+//! blobs/<artifact_id>/
 //!     meta.json                        the ArtifactView of the first upload of these bytes
 //!     bundle.tar.zst                   the uploaded bytes; artifact_id = their sha256
 //! ```
+//!
+//! Which job uploaded what is the queue's record (its `uploads` table, one row per job,
+//! attempt and artifact); [`ArtifactStore::listing`] joins it with what is stored. Stores
+//! written before this layout kept one copy per `<model>_<mode>/<artifact_id>/` (a name
+//! that two (model, mode) pairs could share); the start-up scan moves them into `blobs/`
+//! and drops the duplicate copies ([`ArtifactStore::recover`]).
 //!
 //! Commit order (so a crash at any instant is repairable): the bundle is fsynced in
 //! `.incoming/`, `meta.json` is written (temp + fsync + rename), the bundle is renamed into
@@ -48,6 +55,8 @@ pub const BUNDLE_FILE: &str = "bundle.tar.zst";
 pub const META_FILE: &str = "meta.json";
 /// The append-only ingest log at the store root.
 pub const INDEX_FILE: &str = "index.jsonl";
+/// The folder that holds one folder per stored byte sequence, named by its sha256.
+pub const BLOBS_DIR: &str = "blobs";
 /// Where uploads stream to before they are verified.
 pub const INCOMING_DIR: &str = ".incoming";
 /// Suffix of an upload in flight.
@@ -79,9 +88,6 @@ pub enum StoreError {
     /// No artifact with this ID is stored.
     #[error("no artifact {0}")]
     NotFound(ArtifactId),
-    /// A job's model or mode cannot be used as a path component.
-    #[error("{what} {value:?} cannot name a store directory (allowed: [A-Za-z0-9_.-], not starting with '.')")]
-    UnsafeName { what: &'static str, value: String },
     /// A file system operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -98,13 +104,15 @@ impl StoreError {
     }
 }
 
-/// What an upload is for: where its bytes go and what its meta.json says.
+/// What an upload is for: what its meta.json says (its bytes go where their sha256 says).
 #[derive(Debug, Clone)]
 pub struct Upload {
     pub job_id: JobId,
     pub model: String,
     pub mode: String,
     pub worker: String,
+    /// The lease attempt the upload was made under (None where unknown).
+    pub attempt: Option<u32>,
     /// The sha256 the client announced (`X-Content-Sha256`).
     pub expected_sha256: ArtifactId,
     /// The `Content-Length` the client announced, if any: checked against the cap up front.
@@ -180,23 +188,9 @@ pub fn is_safe_component(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-fn group_name(model: &str, mode: &str) -> Result<String, StoreError> {
-    for (what, value) in [("model", model), ("mode", mode)] {
-        if !is_safe_component(value) {
-            return Err(StoreError::UnsafeName {
-                what,
-                value: value.to_string(),
-            });
-        }
-    }
-    let group = format!("{model}_{mode}");
-    if group.len() > MAX_GROUP_NAME_LEN {
-        return Err(StoreError::UnsafeName {
-            what: "model and mode",
-            value: group,
-        });
-    }
-    Ok(group)
+/// True when `name` is a full artifact ID as the store names its folders.
+fn is_artifact_dir_name(name: &str) -> bool {
+    ArtifactId::parse(name).is_ok_and(|id| id.as_str() == name)
 }
 
 /// fsyncs a directory so that renames and creations inside it survive a power cut.
@@ -212,9 +206,10 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 impl ArtifactStore {
     /// Opens (creating) the store at `root`. Call [`ArtifactStore::recover`] before serving.
     pub fn open(root: &Path, max_upload_bytes: u64) -> Result<Self, StoreError> {
-        let incoming = root.join(INCOMING_DIR);
-        std::fs::create_dir_all(&incoming)
-            .map_err(StoreError::io(format!("creating {}", incoming.display())))?;
+        for dir in [root.join(INCOMING_DIR), root.join(BLOBS_DIR)] {
+            std::fs::create_dir_all(&dir)
+                .map_err(StoreError::io(format!("creating {}", dir.display())))?;
+        }
         let index = root.join(INDEX_FILE);
         std::fs::OpenOptions::new()
             .create(true)
@@ -248,6 +243,10 @@ impl ArtifactStore {
         self.inner.root.join(INDEX_FILE)
     }
 
+    fn blobs_dir(&self) -> PathBuf {
+        self.inner.root.join(BLOBS_DIR)
+    }
+
     /// Streams `body` into the store: hashed while written, capped, verified against the
     /// announced sha256, fsynced and renamed into place. Identical bytes already stored
     /// answer `AlreadyPresent`. On any error (including the future being dropped) no file
@@ -261,27 +260,22 @@ impl ArtifactStore {
         if upload.content_length.is_some_and(|n| n > limit) {
             return Err(StoreError::TooLarge { limit });
         }
-        let group = group_name(&upload.model, &upload.mode)?;
         let body = std::pin::pin!(body);
         let known = self
-            .bundle_path(&group, &upload.expected_sha256)
+            .bundle_path(&upload.expected_sha256)
             .try_exists()
             .unwrap_or(false);
         if known {
-            return self.verify_known(upload, group, body).await;
+            return self.verify_known(upload, body).await;
         }
         if upload.content_length.is_some_and(|n| n <= SMALL_UPLOAD) {
-            return self.ingest_small(upload, group, body).await;
+            return self.ingest_small(upload, body).await;
         }
-        self.ingest_streamed(upload, group, body).await
+        self.ingest_streamed(upload, body).await
     }
 
-    fn bundle_path(&self, group: &str, id: &ArtifactId) -> PathBuf {
-        self.inner
-            .root
-            .join(group)
-            .join(id.as_str())
-            .join(BUNDLE_FILE)
+    fn bundle_path(&self, id: &ArtifactId) -> PathBuf {
+        self.blobs_dir().join(id.as_str()).join(BUNDLE_FILE)
     }
 
     fn partial_path(&self, upload: &Upload) -> PathBuf {
@@ -304,7 +298,6 @@ impl ArtifactStore {
     async fn verify_known<S, E>(
         &self,
         upload: &Upload,
-        group: String,
         mut body: std::pin::Pin<&mut S>,
     ) -> Result<Stored, StoreError>
     where
@@ -329,7 +322,7 @@ impl ArtifactStore {
         // index row included), so "already present" is as durable as "stored".
         let present = blocking(move || {
             let _guard = store.lock_commit();
-            Ok(store.bundle_path(&group, &id).is_file())
+            Ok(store.bundle_path(&id).is_file())
         })
         .await?;
         if !present {
@@ -350,7 +343,6 @@ impl ArtifactStore {
     async fn ingest_small<S, E>(
         &self,
         upload: &Upload,
-        group: String,
         mut body: std::pin::Pin<&mut S>,
     ) -> Result<Stored, StoreError>
     where
@@ -388,7 +380,7 @@ impl ArtifactStore {
                     partial_path.display()
                 )))?;
             drop(file);
-            store.commit(&group, &mut partial, &record)
+            store.commit(&mut partial, &record)
         })
         .await?;
         Ok(Stored {
@@ -403,7 +395,6 @@ impl ArtifactStore {
     async fn ingest_streamed<S, E>(
         &self,
         upload: &Upload,
-        group: String,
         mut body: std::pin::Pin<&mut S>,
     ) -> Result<Stored, StoreError>
     where
@@ -489,7 +480,7 @@ impl ArtifactStore {
         // The partial guard moves into the blocking task, so a dropped request future
         // cannot remove a file the commit is renaming; the task removes it on error itself.
         let status = blocking(move || {
-            let result = store.commit(&group, &mut partial, &record);
+            let result = store.commit(&mut partial, &record);
             drop(partial);
             result
         })
@@ -505,6 +496,7 @@ impl ArtifactStore {
         ArtifactView {
             artifact_id: upload.expected_sha256.clone(),
             job_id: upload.job_id.clone(),
+            attempt: upload.attempt,
             model: upload.model.clone(),
             mode: upload.mode.clone(),
             worker: upload.worker.clone(),
@@ -516,13 +508,12 @@ impl ArtifactStore {
     /// Moves a verified partial file into place (see the module docs for the order).
     fn commit(
         &self,
-        group: &str,
         partial: &mut PartialFile,
         record: &ArtifactView,
     ) -> Result<UploadStatus, StoreError> {
         let _guard = self.lock_commit();
-        let group_dir = self.inner.root.join(group);
-        let final_dir = group_dir.join(record.artifact_id.as_str());
+        let blobs = self.blobs_dir();
+        let final_dir = blobs.join(record.artifact_id.as_str());
         let bundle = final_dir.join(BUNDLE_FILE);
         if bundle.exists() {
             return Ok(UploadStatus::AlreadyPresent);
@@ -533,8 +524,6 @@ impl ArtifactStore {
                 source: std::io::Error::other("partial file already gone"),
             });
         };
-        // The root's entry for the group directory needs an fsync only when it is new.
-        let new_group = !group_dir.is_dir();
         std::fs::create_dir_all(&final_dir)
             .map_err(StoreError::io(format!("creating {}", final_dir.display())))?;
         write_meta(&final_dir, record)?;
@@ -545,10 +534,7 @@ impl ArtifactStore {
         )))?;
         partial.disarm();
         sync_dir(&final_dir)?;
-        sync_dir(&group_dir)?;
-        if new_group {
-            sync_dir(&self.inner.root)?;
-        }
+        sync_dir(&blobs)?;
         self.append_index(record)?;
         tracing::info!(
             artifact = %record.artifact_id.short(),
@@ -578,7 +564,8 @@ impl ArtifactStore {
             .map_err(StoreError::io(format!("appending to {}", path.display())))
     }
 
-    /// Every stored artifact (read from the meta.json files), newest first.
+    /// Every stored byte sequence, once each (its meta.json: the upload that first stored
+    /// it), newest first.
     pub fn list(&self) -> Result<Vec<ArtifactView>, StoreError> {
         let mut out = Vec::new();
         for dir in self.artifact_dirs()? {
@@ -590,29 +577,50 @@ impl ArtifactStore {
                 Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "skipping artifact"),
             }
         }
-        out.sort_by(|a, b| {
-            b.received_at
-                .cmp(&a.received_at)
-                .then_with(|| a.artifact_id.cmp(&b.artifact_id))
-        });
+        sort_newest_first(&mut out);
+        Ok(out)
+    }
+
+    /// The artifact listing (`GET /v1/models`): one row per (job, attempt, artifact) that
+    /// `recorded` (the queue's uploads) names and the store holds, each with the stored
+    /// size, plus one row (from its meta.json) for each stored byte sequence no recorded
+    /// upload names, so nothing stored is invisible. Newest first.
+    pub fn listing(&self, recorded: Vec<ArtifactView>) -> Result<Vec<ArtifactView>, StoreError> {
+        let stored: std::collections::HashMap<ArtifactId, ArtifactView> = self
+            .list()?
+            .into_iter()
+            .map(|a| (a.artifact_id.clone(), a))
+            .collect();
+        let mut named = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(recorded.len());
+        for mut row in recorded {
+            let Some(blob) = stored.get(&row.artifact_id) else {
+                continue;
+            };
+            row.size_bytes = blob.size_bytes;
+            named.insert(row.artifact_id.clone());
+            out.push(row);
+        }
+        out.extend(
+            stored
+                .into_values()
+                .filter(|blob| !named.contains(&blob.artifact_id)),
+        );
+        sort_newest_first(&mut out);
         Ok(out)
     }
 
     /// The bundle file of one artifact and its size.
     pub fn locate(&self, id: &ArtifactId) -> Result<(PathBuf, u64), StoreError> {
-        for group in self.group_dirs()? {
-            let bundle = group.join(id.as_str()).join(BUNDLE_FILE);
-            if let Ok(md) = std::fs::metadata(&bundle) {
-                if md.is_file() {
-                    return Ok((bundle, md.len()));
-                }
-            }
+        let bundle = self.bundle_path(id);
+        match std::fs::metadata(&bundle) {
+            Ok(md) if md.is_file() => Ok((bundle, md.len())),
+            _ => Err(StoreError::NotFound(id.clone())),
         }
-        Err(StoreError::NotFound(id.clone()))
     }
 
-    /// `<root>/<model>_<mode>/` directories.
-    fn group_dirs(&self) -> Result<Vec<PathBuf>, StoreError> {
+    /// `<root>/<model>_<mode>/` directories of the layout before `blobs/`.
+    fn legacy_group_dirs(&self) -> Result<Vec<PathBuf>, StoreError> {
         let root = &self.inner.root;
         let mut out = Vec::new();
         let entries = std::fs::read_dir(root)
@@ -621,7 +629,8 @@ impl ArtifactStore {
             let entry = entry.map_err(StoreError::io(format!("listing {}", root.display())))?;
             let name = entry.file_name();
             let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            if is_dir && name.to_str().is_some_and(is_safe_component) {
+            // A legacy group is `<model>_<mode>`, so never `blobs` (no underscore).
+            if is_dir && name != BLOBS_DIR && name.to_str().is_some_and(is_safe_component) {
                 out.push(entry.path());
             }
         }
@@ -629,27 +638,36 @@ impl ArtifactStore {
         Ok(out)
     }
 
-    /// `<root>/<model>_<mode>/<artifact_id>/` directories (names that are valid IDs).
-    fn artifact_dirs(&self) -> Result<Vec<PathBuf>, StoreError> {
+    /// The folders named by a full artifact ID directly under `dir`.
+    fn artifact_dirs_in(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
         let mut out = Vec::new();
-        for group in self.group_dirs()? {
-            let entries = std::fs::read_dir(&group)
-                .map_err(StoreError::io(format!("listing {}", group.display())))?;
-            for entry in entries {
-                let entry =
-                    entry.map_err(StoreError::io(format!("listing {}", group.display())))?;
-                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-                let valid = entry
-                    .file_name()
-                    .to_str()
-                    .is_some_and(|n| ArtifactId::parse(n).is_ok_and(|id| id.as_str() == n));
-                if is_dir && valid {
-                    out.push(entry.path());
-                }
+        let entries =
+            std::fs::read_dir(dir).map_err(StoreError::io(format!("listing {}", dir.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io(format!("listing {}", dir.display())))?;
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if is_dir && entry.file_name().to_str().is_some_and(is_artifact_dir_name) {
+                out.push(entry.path());
             }
         }
+        out.sort();
         Ok(out)
     }
+
+    /// `<root>/blobs/<artifact_id>/` directories.
+    fn artifact_dirs(&self) -> Result<Vec<PathBuf>, StoreError> {
+        Self::artifact_dirs_in(&self.blobs_dir())
+    }
+}
+
+fn sort_newest_first(rows: &mut [ArtifactView]) {
+    rows.sort_by(|a, b| {
+        b.received_at
+            .cmp(&a.received_at)
+            .then_with(|| a.artifact_id.cmp(&b.artifact_id))
+            .then_with(|| a.job_id.cmp(&b.job_id))
+            .then_with(|| a.attempt.cmp(&b.attempt))
+    });
 }
 
 /// What the request hands the writer thread.

@@ -1,5 +1,6 @@
-//! The start-up scan: removes what interrupted uploads left behind and repairs a bundle
-//! whose meta.json or index row a crash cut off. Runs before the server accepts uploads, so
+//! The start-up scan: moves a store of the old `<model>_<mode>/<artifact_id>/` layout into
+//! `blobs/`, removes what interrupted uploads left behind and repairs a bundle whose
+//! meta.json or index row a crash cut off. Runs before the server accepts uploads, so
 //! nothing in `.incoming/` can belong to a live upload.
 
 use std::collections::BTreeMap;
@@ -11,6 +12,16 @@ use cis490_api::{ArtifactId, ArtifactView};
 use super::{
     read_meta, sync_dir, write_meta, ArtifactStore, StoreError, BUNDLE_FILE, INDEX_FILE, META_FILE,
 };
+
+/// What moving the old layout into `blobs/` did to one old artifact folder.
+enum LegacyMove {
+    /// Moved into `blobs/` whole.
+    Moved,
+    /// `blobs/` holds these bytes already: the old copy was removed.
+    Duplicate,
+    /// No bundle (a crash before its rename): removed.
+    Incomplete,
+}
 
 /// What the start-up scan found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,6 +38,10 @@ pub struct RecoveryReport {
     pub truncated_index_tail: bool,
     /// Bundles that could not be repaired (no meta.json and no index row), left in place.
     pub unrepairable: Vec<String>,
+    /// Artifact folders of the old `<model>_<mode>/` layout moved into `blobs/`.
+    pub migrated_legacy: usize,
+    /// Old-layout copies of bytes `blobs/` already held, removed.
+    pub removed_duplicates: usize,
 }
 
 impl RecoveryReport {
@@ -40,16 +55,94 @@ impl ArtifactStore {
     /// The start-up scan. Call it once before serving uploads.
     pub fn recover(&self) -> Result<RecoveryReport, StoreError> {
         let mut report = RecoveryReport::default();
+        self.migrate_legacy_layout(&mut report)?;
         self.remove_partials(&mut report)?;
         report.truncated_index_tail = self.drop_cut_off_index_tail()?;
         let index = self.read_index()?;
         for dir in self.artifact_dirs()? {
             self.repair_dir(&dir, &index, &mut report)?;
         }
-        if !report.is_clean() {
+        let migrated = report.migrated_legacy + report.removed_duplicates;
+        let repaired = RecoveryReport {
+            migrated_legacy: 0,
+            removed_duplicates: 0,
+            ..report.clone()
+        };
+        if migrated > 0 {
+            tracing::info!(
+                moved = report.migrated_legacy,
+                duplicates_removed = report.removed_duplicates,
+                root = %self.root().display(),
+                "artifact store moved to the content-addressed layout (blobs/)"
+            );
+        }
+        if !repaired.is_clean() {
             tracing::warn!(?report, root = %self.root().display(), "artifact store repaired after an unclean stop");
         }
         Ok(report)
+    }
+
+    /// Moves every `<model>_<mode>/<artifact_id>/` folder of the old layout to
+    /// `blobs/<artifact_id>/` (one rename each, so a crash midway leaves each folder in one
+    /// place or the other, and the next start carries on). A copy of bytes `blobs/` holds
+    /// already is removed: its meta.json named only the first job of its (model, mode) to
+    /// upload them, and index.jsonl keeps that row.
+    fn migrate_legacy_layout(&self, report: &mut RecoveryReport) -> Result<(), StoreError> {
+        let blobs = self.blobs_dir();
+        for group in self.legacy_group_dirs()? {
+            let mut changed = false;
+            for dir in Self::artifact_dirs_in(&group)? {
+                match self.move_legacy_dir(&dir)? {
+                    LegacyMove::Moved => report.migrated_legacy += 1,
+                    LegacyMove::Duplicate => report.removed_duplicates += 1,
+                    LegacyMove::Incomplete => report.removed_incomplete += 1,
+                }
+                changed = true;
+            }
+            if !changed {
+                continue;
+            }
+            sync_dir(&group)?;
+            sync_dir(&blobs)?;
+            // Emptied: the group folder goes too. Anything else in it is not the store's.
+            match std::fs::remove_dir(&group) {
+                Ok(()) => sync_dir(self.root())?,
+                Err(e) => tracing::warn!(
+                    dir = %group.display(),
+                    error = %e,
+                    "old artifact folder not empty after moving its artifacts to blobs/; left in place"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    fn move_legacy_dir(&self, dir: &Path) -> Result<LegacyMove, StoreError> {
+        if !dir.join(BUNDLE_FILE).is_file() {
+            std::fs::remove_dir_all(dir)
+                .map_err(StoreError::io(format!("removing {}", dir.display())))?;
+            return Ok(LegacyMove::Incomplete);
+        }
+        let Some(name) = dir.file_name() else {
+            return Ok(LegacyMove::Incomplete);
+        };
+        let target = self.blobs_dir().join(name);
+        if target.join(BUNDLE_FILE).is_file() {
+            std::fs::remove_dir_all(dir)
+                .map_err(StoreError::io(format!("removing {}", dir.display())))?;
+            return Ok(LegacyMove::Duplicate);
+        }
+        if target.exists() {
+            // A folder without its bundle: never acknowledged, so nothing to keep.
+            std::fs::remove_dir_all(&target)
+                .map_err(StoreError::io(format!("removing {}", target.display())))?;
+        }
+        std::fs::rename(dir, &target).map_err(StoreError::io(format!(
+            "moving {} to {}",
+            dir.display(),
+            target.display()
+        )))?;
+        Ok(LegacyMove::Moved)
     }
 
     fn remove_partials(&self, report: &mut RecoveryReport) -> Result<(), StoreError> {

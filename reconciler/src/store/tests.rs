@@ -19,6 +19,7 @@ fn upload_for(bytes: &[u8]) -> Upload {
         model: "gbt".into(),
         mode: "realistic".into(),
         worker: "w1".into(),
+        attempt: Some(1),
         expected_sha256: sha(bytes),
         content_length: None,
     }
@@ -70,7 +71,7 @@ async fn stores_streams_and_dedupes_identical_bytes() {
     assert_eq!(first.artifact_id, up.expected_sha256);
     let bundle = dir
         .path()
-        .join("gbt_realistic")
+        .join(BLOBS_DIR)
         .join(up.expected_sha256.as_str())
         .join(BUNDLE_FILE);
     assert_eq!(std::fs::read(&bundle).unwrap(), body);
@@ -176,15 +177,173 @@ async fn concurrent_uploads_of_one_job_do_not_share_a_partial_file() {
     assert_eq!(index_rows(&store), 2);
 }
 
+/// Model `a_b` with mode `c` and model `a` with mode `b_c` both made the folder `a_b_c/`
+/// in the old layout. Bytes are addressed by their sha256 now: each upload keeps its own
+/// model and mode, and identical bytes from both are stored once.
 #[tokio::test]
-async fn unsafe_model_names_are_refused() {
+async fn model_and_mode_names_never_share_a_folder_and_equal_bytes_are_stored_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
-    let mut up = upload_for(b"x");
-    up.model = "../escape".into();
-    let err = store.ingest(&up, chunks(b"x")).await.unwrap_err();
-    assert!(matches!(err, StoreError::UnsafeName { .. }), "{err}");
-    assert!(partials(&store).is_empty());
+    let upload = |model: &str, mode: &str, body: &[u8], job: char| {
+        let mut up = upload_for(body);
+        up.model = model.into();
+        up.mode = mode.into();
+        up.job_id = JobId::parse(&job.to_string().repeat(64)).unwrap();
+        up
+    };
+    let first = upload("a_b", "c", b"first", 'a');
+    let second = upload("a", "b_c", b"second", 'b');
+    for (up, body) in [(&first, &b"first"[..]), (&second, &b"second"[..])] {
+        let stored = store.ingest(up, chunks(body)).await.unwrap();
+        assert_eq!(stored.status, UploadStatus::Stored);
+        let listed = store.list().unwrap();
+        let row = listed
+            .iter()
+            .find(|a| a.artifact_id == up.expected_sha256)
+            .unwrap();
+        assert_eq!((&row.model, &row.mode), (&up.model, &up.mode));
+        let (path, _) = store.locate(&up.expected_sha256).unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), body);
+    }
+    assert_eq!(store.list().unwrap().len(), 2);
+    // A third pair uploads the first's bytes: no second copy, and no folder per pair.
+    let third = upload("other", "mode", b"first", 'c');
+    let again = store.ingest(&third, chunks(b"first")).await.unwrap();
+    assert_eq!(again.status, UploadStatus::AlreadyPresent);
+    let bundles: Vec<String> = files_under(dir.path())
+        .into_iter()
+        .filter(|f| f.ends_with(BUNDLE_FILE))
+        .collect();
+    assert_eq!(bundles.len(), 2, "{bundles:?}");
+    let top: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.') && n != INDEX_FILE)
+        .collect();
+    assert_eq!(top, [BLOBS_DIR]);
+}
+
+/// The listing is the recorded uploads (one row per job and attempt, with the stored size)
+/// plus one row for stored bytes nobody recorded; recorded rows of bytes not stored are
+/// left out.
+#[tokio::test]
+async fn listing_has_a_row_per_recorded_upload_and_one_for_unrecorded_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let shared = b"shared bytes".to_vec();
+    let lonely = b"uploaded, never recorded".to_vec();
+    store
+        .ingest(&upload_for(&shared), chunks(&shared))
+        .await
+        .unwrap();
+    store
+        .ingest(&upload_for(&lonely), chunks(&lonely))
+        .await
+        .unwrap();
+    let row = |job: char, attempt: u32, artifact: ArtifactId| cis490_api::ArtifactView {
+        artifact_id: artifact,
+        job_id: JobId::parse(&job.to_string().repeat(64)).unwrap(),
+        attempt: Some(attempt),
+        model: "gbt".into(),
+        mode: "realistic".into(),
+        worker: "w1".into(),
+        size_bytes: 0,
+        received_at: chrono::Utc::now(),
+    };
+    let recorded = vec![
+        row('b', 1, sha(&shared)),
+        row('c', 2, sha(&shared)),
+        row('d', 1, sha(b"not stored")),
+    ];
+    let listing = store.listing(recorded).unwrap();
+    assert_eq!(listing.len(), 3, "{listing:?}");
+    let of = |job: char| {
+        listing
+            .iter()
+            .find(|a| a.job_id.as_str().starts_with(job))
+            .unwrap()
+    };
+    assert_eq!(of('b').size_bytes, shared.len() as u64);
+    assert_eq!(
+        (of('c').attempt, of('c').artifact_id.clone()),
+        (Some(2), sha(&shared))
+    );
+    assert_eq!(
+        of('a').artifact_id,
+        sha(&lonely),
+        "the unrecorded bytes' own row"
+    );
+}
+
+/// A store written in the old `<model>_<mode>/<artifact_id>/` layout (the same bytes under
+/// two pairs, one folder whose bundle never arrived) is moved into `blobs/` at start-up:
+/// every artifact is found and listed again, stored once.
+#[tokio::test]
+async fn recovery_moves_the_old_layout_into_blobs_and_drops_duplicate_copies() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let same = b"trained twice".to_vec();
+    let other = b"trained once".to_vec();
+    let legacy = |group: &str, body: &[u8], job: char| {
+        let folder = dir.path().join(group).join(sha(body).as_str());
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join(BUNDLE_FILE), body).unwrap();
+        let (model, mode) = group.split_once('_').unwrap();
+        let meta = cis490_api::ArtifactView {
+            artifact_id: sha(body),
+            job_id: JobId::parse(&job.to_string().repeat(64)).unwrap(),
+            attempt: None,
+            model: model.into(),
+            mode: mode.into(),
+            worker: "w1".into(),
+            size_bytes: body.len() as u64,
+            received_at: chrono::Utc::now(),
+        };
+        let json = serde_json::to_string(&meta).unwrap();
+        assert!(
+            !json.contains("attempt"),
+            "written as the old code wrote it"
+        );
+        std::fs::write(folder.join(META_FILE), &json).unwrap();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join(INDEX_FILE))
+            .unwrap()
+            .write_all(format!("{json}\n").as_bytes())
+            .unwrap();
+    };
+    legacy("gbt_realistic", &same, 'a');
+    legacy("mlp_oracle", &same, 'b');
+    legacy("mlp_oracle", &other, 'c');
+    let never = dir
+        .path()
+        .join("gbt_oracle")
+        .join(sha(b"never renamed").as_str());
+    std::fs::create_dir_all(never).unwrap();
+
+    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let report = store.recover().unwrap();
+    assert_eq!(report.migrated_legacy, 2);
+    assert_eq!(report.removed_duplicates, 1);
+    assert_eq!(report.removed_incomplete, 1);
+    assert_eq!(report.repaired_index, 0);
+    for group in ["gbt_realistic", "mlp_oracle", "gbt_oracle"] {
+        assert!(!dir.path().join(group).exists(), "{group} left behind");
+    }
+    assert_eq!(store.list().unwrap().len(), 2);
+    for body in [&same, &other] {
+        let (path, size) = store.locate(&sha(body)).unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), *body);
+        assert_eq!(size, body.len() as u64);
+    }
+    // New uploads of the migrated bytes are deduplicated against blobs/.
+    let again = store
+        .ingest(&upload_for(&same), chunks(&same))
+        .await
+        .unwrap();
+    assert_eq!(again.status, UploadStatus::AlreadyPresent);
+    assert!(store.recover().unwrap().is_clean());
 }
 
 #[tokio::test]
@@ -197,7 +356,7 @@ async fn recovery_cleans_partials_and_repairs_meta_and_index() {
     for body in [&one, &two, &three] {
         store.ingest(&upload_for(body), chunks(body)).await.unwrap();
     }
-    let group = dir.path().join("gbt_realistic");
+    let group = dir.path().join(BLOBS_DIR);
     let index_path = dir.path().join(INDEX_FILE);
     let rows: Vec<String> = std::fs::read_to_string(&index_path)
         .unwrap()
@@ -265,12 +424,7 @@ async fn a_small_announced_upload_is_stored_and_deduped_like_a_streamed_one() {
     assert_eq!(std::fs::read(path).unwrap(), body);
     assert_eq!(size, body.len() as u64);
     assert_eq!(index_rows(&store), 1);
-    let meta = read_meta(
-        &dir.path()
-            .join("gbt_realistic")
-            .join(up.expected_sha256.as_str()),
-    )
-    .unwrap();
+    let meta = read_meta(&dir.path().join(BLOBS_DIR).join(up.expected_sha256.as_str())).unwrap();
     assert_eq!(meta.size_bytes, body.len() as u64);
 
     // The same bytes streamed without a length: deduplicated.

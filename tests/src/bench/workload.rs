@@ -31,6 +31,7 @@ pub fn capability(k: usize) -> Capability {
                 vram_total_mib: v * 1024,
                 vram_free_mib: v * 1024,
                 vram_allocatable_mib: v * 1024,
+                vram_allocated_mib: 0,
             }]
         })
         .unwrap_or_default();
