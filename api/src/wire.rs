@@ -231,9 +231,13 @@ pub struct Explain {
 pub struct Health {
     pub status: String,
     pub version: String,
-    /// Jobs per status.
+    /// Live jobs per status: tombstoned jobs are left out unless they still run (claimed
+    /// or running).
     #[serde(default)]
     pub jobs: std::collections::BTreeMap<String, u64>,
+    /// Tombstoned jobs (removed from the manifest, kept for their history) not in `jobs`.
+    #[serde(default)]
+    pub tombstoned: u64,
     /// The server speaks TLS (`--tls-cert-file`).
     #[serde(default)]
     pub tls: bool,
@@ -282,7 +286,8 @@ pub struct JobFilter {
     /// `key=value` label selector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
-    /// Include tombstoned jobs.
+    /// Include tombstoned jobs that no longer run (a tombstoned job that is claimed or
+    /// running is always listed: it still runs).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all: bool,
 }
