@@ -171,7 +171,25 @@ impl IdPrefix {
     pub fn is_full(&self) -> bool {
         self.0.len() == 64
     }
+
+    /// Ok when the prefix is long enough for a verb that changes a job (cancel, requeue):
+    /// at least [`MIN_MUTATING_PREFIX`] digits, so a typo of one or two digits cannot pick
+    /// some job by chance. The error says what to type.
+    pub fn check_mutating(&self, verb: &str) -> Result<(), String> {
+        if self.0.len() >= MIN_MUTATING_PREFIX {
+            return Ok(());
+        }
+        Err(format!(
+            "ID prefix {} is too short to {verb} a job: type at least {MIN_MUTATING_PREFIX} hex \
+             digits of its ID (see cis490ctl get jobs), so a short prefix cannot pick the \
+             wrong job",
+            self.0
+        ))
+    }
 }
+
+/// The fewest hex digits a job ID prefix needs for a verb that changes the job.
+pub const MIN_MUTATING_PREFIX: usize = 4;
 
 impl fmt::Display for IdPrefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -12,7 +12,9 @@ pub mod wire;
 
 pub use client::{Client, ClientBuilder, ClientError};
 pub use config_file::ConfigFileError;
-pub use ids::{ArtifactId, IdError, IdPrefix, JobId, WorkerName, SHORT_ID_LEN};
+pub use ids::{
+    ArtifactId, IdError, IdPrefix, JobId, WorkerName, MIN_MUTATING_PREFIX, SHORT_ID_LEN,
+};
 pub use job::{
     Constraints, Event, Hyper, JobError, JobSpec, JobStatus, JobView, Lease, RetryPolicy,
 };

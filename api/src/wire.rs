@@ -249,9 +249,13 @@ pub struct Explain {
 pub struct Health {
     pub status: String,
     pub version: String,
-    /// Jobs per status.
+    /// Live jobs per status: tombstoned jobs are left out unless they still run (claimed
+    /// or running).
     #[serde(default)]
     pub jobs: std::collections::BTreeMap<String, u64>,
+    /// Tombstoned jobs (removed from the manifest, kept for their history) not in `jobs`.
+    #[serde(default)]
+    pub tombstoned: u64,
     /// The server speaks TLS (`--tls-cert-file`).
     #[serde(default)]
     pub tls: bool,
@@ -308,7 +312,8 @@ pub struct JobFilter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", param(pattern = "="))]
     pub label: Option<String>,
-    /// Include tombstoned jobs.
+    /// Include tombstoned jobs that no longer run (a tombstoned job that is claimed or
+    /// running is always listed: it still runs).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all: bool,
 }

@@ -411,6 +411,34 @@ fn cancel_and_requeue_need_the_token_and_change_the_job() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("CIS490_OPERATOR_TOKEN"));
     assert_eq!(fleet.job(&job.id).status, JobStatus::Pending);
+
+    // Issue 13, point 9: a verb that changes a job takes no prefix shorter than 4 hex
+    // digits (one digit matches some job of 16 almost surely), from cis490ctl or the API.
+    for verb in ["cancel", "requeue"] {
+        let out = fleet.ctl(&[verb, &job.id.as_str()[..1]], true);
+        assert_eq!(out.status.code(), Some(1), "{verb}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("at least 4 hex digits"), "{err}");
+    }
+    let short = cis490_api::IdPrefix::parse(&job.id.as_str()[..3]).unwrap();
+    let refused = fleet.rt.block_on(fleet.client.cancel(&short)).unwrap_err();
+    assert!(
+        refused.to_string().contains("at least 4 hex digits"),
+        "{refused}"
+    );
+    assert_eq!(fleet.job(&job.id).status, JobStatus::Pending);
+
+    // A refusal says what was tried, in the right tense: not "cancelled job X: cannot
+    // cancel".
+    fleet.ok(&["cancel", prefix], true);
+    let out = fleet.ctl(&["cancel", prefix], true);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cancelling job {prefix}: cannot cancel")),
+        "{err}"
+    );
+    assert!(!err.contains("cancelled job"), "{err}");
 }
 
 #[test]
@@ -1016,4 +1044,78 @@ fn describe_says_a_busy_worker_cannot_run_a_job_now() {
     );
     assert!(!text.contains("could run it now"), "{text}");
     assert!(text.contains("can run later on cpu-1"), "{text}");
+}
+
+/// Issue 13, point 9: a tombstoned job that still runs stays in `get jobs` (marked), and
+/// `status` counts only live jobs, with the tombstoned ones apart.
+#[test]
+fn a_running_tombstoned_job_stays_listed_and_status_counts_tombstoned_jobs_apart() {
+    let fleet = Fleet::start();
+    let worker = fleet.worker("cpu-1");
+    // Seed 5's jobs come last in the manifest: the 17th claim is one of them.
+    let claims: Vec<ClaimResponse> = (0..17).map(|_| worker.claim()).collect();
+    let running = claims.last().unwrap();
+    assert_eq!(running.job.seed, 5);
+    worker.heartbeat(running, "epoch 1\n");
+    std::fs::write(&fleet.manifest, manifest_text(&[1, 2, 3, 4], None)).unwrap();
+    fleet.ok(&["reload"], true);
+    wait_until(WAIT, "seed 5 tombstoned", || {
+        let job = fleet.job(&running.job.id);
+        job.tombstoned.then_some(())
+    })
+    .unwrap();
+
+    let names = fleet.ok(&["get", "jobs", "-o", "name"], false);
+    assert!(
+        names.contains(&format!("job/{}", running.job.id)),
+        "the running tombstoned job vanished:\n{names}"
+    );
+    assert_eq!(names.lines().count(), 17, "{names}");
+    let table = fleet.ok(&["get", "jobs"], false);
+    assert!(
+        row(&table, running.job.id.short())
+            .join(" ")
+            .contains("running (tombstoned)"),
+        "{table}"
+    );
+
+    let text = fleet.ok(&["status"], false);
+    assert!(text.contains("Jobs:        17 total:"), "{text}");
+    assert!(text.contains("3 tombstoned"), "{text}");
+    let json = fleet.ok(&["status", "-o", "json"], false);
+    let summary: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(summary["tombstoned"], 3, "{json}");
+}
+
+/// Issue 13, point 9: `describe worker` of a CUDA worker that did not report its CUDA
+/// version says so, instead of "CUDA: <none>".
+#[test]
+fn describe_worker_shows_cuda_without_a_version_as_yes() {
+    let fleet = Fleet::start();
+    let name = WorkerName::parse("gpu-1").unwrap();
+    let capability = Capability {
+        hostname: "gpu-1".into(),
+        cores: 8,
+        ram_total_mib: 32 * 1024,
+        ram_allocatable_mib: 30 * 1024,
+        cuda: true,
+        gpus: vec![cis490_api::Gpu {
+            index: 0,
+            name: "RTX".into(),
+            vram_total_mib: 24 * 1024,
+            vram_free_mib: 24 * 1024,
+            vram_allocatable_mib: 24 * 1024,
+            ..cis490_api::Gpu::default()
+        }],
+        ..Capability::default()
+    };
+    fleet
+        .rt
+        .block_on(fleet.client.report_node(&name, &capability))
+        .unwrap();
+    let text = fleet.ok(&["describe", "worker", "gpu-1"], false);
+    assert!(
+        text.contains("CUDA:          yes (version unknown)"),
+        "{text}"
+    );
 }

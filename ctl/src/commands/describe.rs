@@ -342,10 +342,10 @@ pub fn describe_worker(
     let _ = writeln!(
         out,
         "  CUDA:          {}",
-        if cap.cuda {
-            or_none(cap.cuda_version.as_ref())
-        } else {
-            "no".to_string()
+        match (cap.cuda, cap.cuda_version.as_deref()) {
+            (true, Some(version)) => version.to_string(),
+            (true, None) => "yes (version unknown)".to_string(),
+            (false, _) => "no".to_string(),
         }
     );
     let _ = writeln!(
@@ -558,6 +558,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("  CUDA:          12.4"), "{text}");
+        // A CUDA worker that did not say which version (e.g. `--advertise cuda=true`).
+        let mut unknown = worker();
+        unknown.capability.cuda_version = None;
+        let unknown_text = describe_worker(&unknown, &[], &[], now(), Terminal::plain());
+        assert!(
+            unknown_text.contains("  CUDA:          yes (version unknown)"),
+            "{unknown_text}"
+        );
         assert!(text.contains("    0: RTX 4090 (24Gi total"), "{text}");
         assert!(
             text.contains("Running Jobs:\n  aaaaaaaaaaaa  gbt/realistic  running"),

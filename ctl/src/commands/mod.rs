@@ -119,33 +119,57 @@ pub async fn events_head(client: &Client) -> anyhow::Result<u64> {
     }
 }
 
-/// Applies an operator action to each typed job ID, printing `job/ID WORD` per success and
-/// one error line per failure; fails (exit 1) when any failed.
-pub async fn each_job<F, Fut>(ids: &[String], word: &str, action: F) -> anyhow::Result<()>
+/// An operator action on jobs, in the words its messages use.
+pub struct JobVerb {
+    /// "cancel": what the ID must be long enough for.
+    pub verb: &'static str,
+    /// "cancelling": what was being tried when it failed.
+    pub doing: &'static str,
+    /// "cancelled": what each success line says.
+    pub done: &'static str,
+}
+
+/// The typed prefix, long enough for a verb that changes a job.
+fn mutating_prefix(typed: &str, verb: &JobVerb) -> anyhow::Result<cis490_api::IdPrefix> {
+    let prefix = crate::resolve::parse_prefix(typed)?;
+    prefix
+        .check_mutating(verb.verb)
+        .map_err(anyhow::Error::msg)?;
+    Ok(prefix)
+}
+
+/// Applies an operator action to each typed job ID, printing `job/ID DONE` per success and
+/// one error line per failure (`cancelling job ID: why`); fails (exit 1) when any failed.
+pub async fn each_job<F, Fut>(ids: &[String], verb: JobVerb, action: F) -> anyhow::Result<()>
 where
     F: Fn(cis490_api::IdPrefix) -> Fut,
     Fut: std::future::Future<
         Output = Result<cis490_api::JobStatusResponse, cis490_api::ClientError>,
     >,
 {
+    let word = verb.done;
     if let [only] = ids {
-        let prefix = crate::resolve::parse_prefix(only)?;
+        let prefix = mutating_prefix(only, &verb)?;
         let done = action(prefix)
             .await
-            .with_context(|| format!("{word} job {only}"))?;
+            .with_context(|| format!("{} job {only}", verb.doing))?;
         return crate::output::print(&done_line(&done, word));
     }
     let mut failed = 0;
     for typed in ids {
-        let result = match crate::resolve::parse_prefix(typed) {
+        let result = match mutating_prefix(typed, &verb) {
             Ok(prefix) => action(prefix).await.map_err(anyhow::Error::from),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         };
         match result {
             Ok(done) => crate::output::print(&done_line(&done, word))?,
             Err(e) => {
                 failed += 1;
-                eprintln!("error: {word} job {typed}: {}", crate::errors::one_line(&e));
+                eprintln!(
+                    "error: {} job {typed}: {}",
+                    verb.doing,
+                    crate::errors::one_line(&e)
+                );
             }
         }
     }

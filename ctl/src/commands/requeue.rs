@@ -3,7 +3,7 @@
 use anyhow::{bail, Context};
 use cis490_api::{JobFilter, JobStatus};
 
-use super::{each_job, Ctx};
+use super::{each_job, Ctx, JobVerb};
 use crate::cli::RequeueArgs;
 use crate::output::print;
 
@@ -37,7 +37,12 @@ pub async fn run(ctx: &Ctx, args: &RequeueArgs) -> anyhow::Result<()> {
             jobs.into_iter().map(|j| j.id.to_string()).collect()
         }
     };
-    each_job(&ids, "requeued", |id| {
+    let verb = JobVerb {
+        verb: "requeue",
+        doing: "requeueing",
+        done: "requeued",
+    };
+    each_job(&ids, verb, |id| {
         let client = client.clone();
         async move { client.requeue(&id).await }
     })

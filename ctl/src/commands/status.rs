@@ -19,6 +19,9 @@ pub struct Summary {
     pub server_version: String,
     /// Jobs per status name (every status present, zero when none).
     pub jobs: BTreeMap<String, u64>,
+    /// Tombstoned jobs that no longer run, not counted in `jobs`.
+    #[serde(default)]
+    pub tombstoned: u64,
     pub workers_ready: u64,
     pub workers_total: u64,
     pub manifest: ManifestStatus,
@@ -43,10 +46,12 @@ pub async fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<()> {
         .map(|s| (s.as_str().to_string(), 0))
         .collect();
     jobs.extend(health.jobs);
+    let tombstoned = health.tombstoned;
     let summary = Summary {
         server: ctx.server.clone(),
         server_version: health.version,
         jobs,
+        tombstoned,
         workers_ready: workers
             .iter()
             .filter(|w| w.state == NodeState::Ready)
@@ -77,7 +82,19 @@ pub fn summary_text(s: &Summary, now: DateTime<Utc>) -> String {
         .iter()
         .map(|st| format!("{} {}", s.jobs.get(st.as_str()).copied().unwrap_or(0), st))
         .collect();
-    let _ = writeln!(out, "Jobs:        {total} total: {}", counts.join(", "));
+    let tombstoned = if s.tombstoned > 0 {
+        format!(
+            " (and {} tombstoned, not counted: cis490ctl get jobs --all)",
+            s.tombstoned
+        )
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        out,
+        "Jobs:        {total} total: {}{tombstoned}",
+        counts.join(", ")
+    );
     let _ = writeln!(
         out,
         "Workers:     {}/{} Ready",
@@ -142,6 +159,7 @@ mod tests {
             server: "http://pi:8787".into(),
             server_version: "0.1.0".into(),
             jobs,
+            tombstoned: 0,
             workers_ready: 2,
             workers_total: 3,
             manifest: ManifestStatus {
@@ -171,8 +189,18 @@ mod tests {
     fn summary_shows_counts_workers_generation_and_last_error() {
         let text = summary_text(&summary(), now());
         assert!(text.contains("Jobs:        13 total: 3 pending, 0 claimed, 0 running, 10 completed, 0 failed, 0 cancelled"), "{text}");
+        assert!(!text.contains("tombstoned"), "{text}");
         assert!(text.contains("Workers:     2/3 Ready"), "{text}");
         assert!(text.contains("Transport:   plain HTTP"), "{text}");
+        let with_tombstones = Summary {
+            tombstoned: 4,
+            ..summary()
+        };
+        let text = summary_text(&with_tombstones, now());
+        assert!(
+            text.contains("10 completed, 0 failed, 0 cancelled (and 4 tombstoned, not counted: cis490ctl get jobs --all)"),
+            "{text}"
+        );
         assert!(
             text.contains("Warning:     plain HTTP on 0.0.0.0:8787 (--insecure)"),
             "{text}"

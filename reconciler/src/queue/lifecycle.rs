@@ -328,6 +328,17 @@ pub(crate) fn i_leased_job(
     }
     let same_lease = row.lease_attempt == Some(lease.attempt)
         && row.lease_token.as_deref() == Some(lease.token.as_str());
+    if !same_lease && row.lease_attempt == Some(lease.attempt) {
+        // A lease handed back (agent shutdown, cannot fit) or requeued does not use up its
+        // attempt, so the next claim has the same number with a new token.
+        return Err(lost(format!(
+            "this lease ended and the job was leased again, to {}, under the same attempt \
+             number {} (a lease handed back or requeued does not use up an attempt); stop \
+             working on it",
+            row.worker.as_deref().unwrap_or("nobody"),
+            lease.attempt
+        )));
+    }
     if !same_lease {
         return Err(lost(format!(
             "lease attempt {} is not the current lease (attempt {})",
@@ -857,7 +868,8 @@ pub(crate) fn i_jobs(tx: &mut Tx<'_>, filter: &JobFilter) -> Result<Vec<JobView>
     let sql = format!(
         "SELECT {JOB_COLUMNS} FROM jobs \
          WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR model = ?2) \
-           AND (?3 IS NULL OR worker = ?3) AND (?4 OR tombstoned = 0) \
+           AND (?3 IS NULL OR worker = ?3) \
+           AND (?4 OR tombstoned = 0 OR status IN ('claimed', 'running')) \
          ORDER BY priority DESC, manifest_order, id"
     );
     let mut stmt = tx.db.prepare_cached(&sql)?;
@@ -881,6 +893,37 @@ pub(crate) fn i_jobs(tx: &mut Tx<'_>, filter: &JobFilter) -> Result<Vec<JobView>
         out.push(row.view()?);
     }
     Ok(out)
+}
+
+/// Live jobs per status (a tombstoned job that is claimed or running is live: it still
+/// runs), and how many tombstoned jobs are not.
+pub(crate) fn i_live_counts(tx: &mut Tx<'_>) -> Result<(BTreeMap<String, u64>, u64), QueueError> {
+    let mut out: BTreeMap<String, u64> = JobStatus::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), 0))
+        .collect();
+    let mut tombstoned = 0u64;
+    let mut stmt = tx.db.prepare_cached(
+        "SELECT status, tombstoned AND status NOT IN ('claimed', 'running'), COUNT(*) \
+         FROM jobs GROUP BY 1, 2",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, bool>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for r in rows {
+        let (status, dead, n) = r?;
+        let n = n.max(0) as u64;
+        if dead {
+            tombstoned += n;
+        } else {
+            *out.entry(status).or_default() += n;
+        }
+    }
+    Ok((out, tombstoned))
 }
 
 pub(crate) fn i_counts(tx: &mut Tx<'_>) -> Result<BTreeMap<String, u64>, QueueError> {

@@ -707,6 +707,12 @@ impl Queue {
         self.read(|tx| events::i_events_since(tx, since, limit))
     }
 
+    /// Live jobs per status name (every status present) and the number of tombstoned jobs
+    /// apart; a tombstoned job that is claimed or running counts as live.
+    pub fn live_counts(&self) -> Result<(BTreeMap<String, u64>, u64), QueueError> {
+        self.read(lifecycle::i_live_counts)
+    }
+
     /// Number of jobs per status name (every status present, tombstoned jobs included).
     pub fn counts(&self) -> Result<BTreeMap<String, u64>, QueueError> {
         self.read(lifecycle::i_counts)

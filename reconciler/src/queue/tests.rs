@@ -675,6 +675,44 @@ fn an_agent_shutdown_release_does_not_use_an_attempt() {
     assert!(kinds(&q, &job).contains(&"Released".to_string()));
 }
 
+/// Issue 13, point 9: a lease handed back (or requeued) and claimed again has the same
+/// attempt number with a new token. The old lease's refusal says that, not "attempt 1 is
+/// not the current lease (attempt 1)".
+#[test]
+fn a_replaced_lease_of_the_same_attempt_number_is_refused_with_what_happened() {
+    let q = queue();
+    let job = spec("j");
+    load(&q, std::slice::from_ref(&job));
+    let old = claim(&q, "w1", &cpu(8)).unwrap();
+    q.fail(&job.id, &failure("w1", &old.lease, true)).unwrap();
+    let new = claim(&q, "w2", &cpu(8)).unwrap();
+    assert_eq!(new.lease.attempt, old.lease.attempt);
+    let err = q.heartbeat(&job.id, &hb("w1", &old.lease)).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, QueueError::LeaseLost { .. }), "{text}");
+    assert!(
+        !text.contains("is not the current lease (attempt 1)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the job was leased again, to w2, under the same attempt number 1"),
+        "{text}"
+    );
+    // A lease of another attempt number still says which one is current.
+    let other = Lease {
+        attempt: 7,
+        token: new.lease.token.clone(),
+    };
+    let text = q
+        .heartbeat(&job.id, &hb("w2", &other))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("attempt 7 is not the current lease (attempt 1)"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_trainer_failure_fails_the_job_without_a_retry_policy() {
     let q = queue();

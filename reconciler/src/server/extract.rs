@@ -155,6 +155,16 @@ pub fn id_prefix(raw: &str) -> Result<IdPrefix, ApiFailure> {
     IdPrefix::parse(raw).map_err(|e| ApiFailure::bad_request(e.to_string()))
 }
 
+/// A job ID prefix from the path of a route that changes the job (`verb`: cancel,
+/// requeue): at least 4 hex digits.
+pub fn mutating_id_prefix(raw: &str, verb: &str) -> Result<IdPrefix, ApiFailure> {
+    let prefix = id_prefix(raw)?;
+    prefix
+        .check_mutating(verb)
+        .map_err(ApiFailure::bad_request)?;
+    Ok(prefix)
+}
+
 /// An artifact ID from the path.
 pub fn artifact_id(raw: &str) -> Result<ArtifactId, ApiFailure> {
     ArtifactId::parse(raw).map_err(|e| ApiFailure::bad_request(e.to_string()))

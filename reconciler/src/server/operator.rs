@@ -6,7 +6,7 @@ use axum::Json;
 use cis490_api::{ApiError, IdPrefix, JobStatusResponse, PlanSummary, WorkerName, WorkerView};
 
 use super::error::ApiFailure;
-use super::extract::{id_prefix, worker_name, ApiPath, ApiText};
+use super::extract::{mutating_id_prefix, worker_name, ApiPath, ApiText};
 use super::reconcile::Trigger;
 use super::{blocking, AppState};
 use crate::queue::{Queue, QueueError};
@@ -26,7 +26,7 @@ pub async fn cancel(
     State(state): State<AppState>,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<JobStatusResponse>, ApiFailure> {
-    let prefix = id_prefix(&raw)?;
+    let prefix = mutating_id_prefix(&raw, "cancel")?;
     let queue = state.queue.clone();
     let answer = blocking(move || {
         let id = queue.resolve(&prefix)?;
@@ -49,7 +49,7 @@ pub async fn requeue(
     State(state): State<AppState>,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<JobStatusResponse>, ApiFailure> {
-    let prefix = id_prefix(&raw)?;
+    let prefix = mutating_id_prefix(&raw, "requeue")?;
     let queue = state.queue.clone();
     let answer = blocking(move || {
         let id = queue.resolve(&prefix)?;

@@ -30,7 +30,7 @@ const EVENTS_PAGE_LIMIT: usize = 1000;
 ))]
 pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiFailure> {
     let queue = state.queue.clone();
-    let jobs = blocking(move || queue.counts()).await?;
+    let (jobs, tombstoned) = blocking(move || queue.live_counts()).await?;
     let posture = &state.posture;
     let mut warnings = posture.warnings.clone();
     warnings.extend(super::auth::worker_credential_warnings(&state.config, &state.queue).await?);
@@ -38,6 +38,7 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiFa
         status: "ok".into(),
         version: cis490_api::VERSION.into(),
         jobs,
+        tombstoned,
         tls: posture.tls,
         client_certs: posture.client_certs,
         insecure: posture.insecure,
