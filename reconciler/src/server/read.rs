@@ -90,7 +90,9 @@ pub struct EventsQuery {
     pub wait: u64,
 }
 
-/// `GET /v1/events?since=&wait=`: long-polls until an event after `since` exists.
+/// `GET /v1/events?since=&wait=`: long-polls until an event after `since` exists. Waiting
+/// takes one of `max_event_waits` places (429 `too_many_long_polls` when none is free); an
+/// answer that is there at once needs none.
 pub async fn events(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<EventsQuery>,
@@ -98,6 +100,7 @@ pub async fn events(
     let deadline = Instant::now() + Duration::from_secs(q.wait.min(MAX_CLAIM_WAIT_S));
     let mut changes = state.queue.subscribe();
     let mut shutdown = state.shutdown.clone();
+    let mut place = None;
     loop {
         changes.borrow_and_update();
         let queue = state.queue.clone();
@@ -105,6 +108,9 @@ pub async fn events(
         let page = blocking(move || queue.events_since(since, EVENTS_PAGE_LIMIT)).await?;
         if !page.events.is_empty() || Instant::now() >= deadline || *shutdown.borrow() {
             return Ok(Json(page));
+        }
+        if place.is_none() {
+            place = Some(state.budgets.event_wait()?);
         }
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return Ok(Json(page)) },

@@ -7,7 +7,11 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
+use axum::extract::Request;
+use axum::response::Response;
+
 use super::error::ApiFailure;
+use super::limits::{self, refuse};
 use super::{auth, meta, operator, read, worker, AppState};
 
 /// Who may call a route.
@@ -107,7 +111,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/job/{id}/heartbeat", post(worker::heartbeat))
         .route("/v1/job/{id}/complete", post(worker::complete))
         .route("/v1/job/{id}/fail", post(worker::fail))
-        .route("/v1/model/{id}", put(worker::upload))
+        .route(
+            "/v1/model/{id}",
+            put(worker::upload).route_layer(from_fn_with_state(state.clone(), limits::upload_slot)),
+        )
         .route("/v1/worker/{name}", put(worker::report_node))
         .route("/v1/whoami", get(worker::whoami))
         .route_layer(from_fn_with_state(state.clone(), auth::require_worker));
@@ -134,14 +141,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn not_found(uri: axum::http::Uri) -> ApiFailure {
-    ApiFailure::not_found(format!("no route {}", uri.path()))
+/// Refused before any handler: the body is read only as [`refuse`] allows.
+async fn not_found(req: Request) -> Response {
+    let failure = ApiFailure::not_found(format!("no route {}", req.uri().path()));
+    refuse(req, failure).await
 }
 
-async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiFailure {
-    ApiFailure::new(
+async fn method_not_allowed(req: Request) -> Response {
+    let failure = ApiFailure::new(
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{method} is not allowed on {}", uri.path()),
-    )
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    );
+    refuse(req, failure).await
 }

@@ -71,7 +71,8 @@ pub struct ClaimQuery {
 
 /// `POST /v1/job/claim[?wait=S]`: 200 with the job and its lease, or 204. A waiting claim
 /// is retried on every queue commit that appended events (new job, requeue, retry, sweep),
-/// so it is answered the moment a job it may run becomes claimable.
+/// so it is answered the moment a job it may run becomes claimable. Waiting takes one of
+/// `max_claim_waits` places (429 `too_many_long_polls` when none is free).
 pub async fn claim(
     State(state): State<AppState>,
     Extension(identity): Extension<WorkerIdentity>,
@@ -83,6 +84,7 @@ pub async fn claim(
     let deadline = Instant::now() + wait;
     let mut changes = state.queue.subscribe();
     let mut shutdown = state.shutdown.clone();
+    let mut place = None;
     loop {
         changes.borrow_and_update();
         let (answer, _task) = start_claim(
@@ -102,6 +104,9 @@ pub async fn claim(
         let now = Instant::now();
         if now >= deadline || *shutdown.borrow() {
             return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        if place.is_none() {
+            place = Some(state.budgets.claim_wait()?);
         }
         let recheck = (now + CLAIM_RECHECK).min(deadline);
         tokio::select! {
