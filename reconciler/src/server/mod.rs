@@ -35,6 +35,7 @@ use crate::store::{ArtifactStore, RecoveryReport, StoreError};
 
 pub use config::{Secret, SecurityPosture, ServerConfig, TlsSettings};
 pub use error::ApiFailure;
+pub use limits::RequestCaps;
 pub use listen::ConnectionOptions;
 pub use reconcile::{ReconcileError, Reconciler, Trigger};
 
