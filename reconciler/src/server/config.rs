@@ -643,6 +643,66 @@ mod tests {
         assert_eq!(c.listen, DEFAULT_LISTEN);
         assert_eq!(c.max_upload_bytes, DEFAULT_MAX_UPLOAD_BYTES);
         assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(c.connections, ConnectionOptions::default());
+        assert_eq!(c.caps, RequestCaps::default());
+    }
+
+    #[test]
+    fn timeouts_and_caps_come_from_the_file_and_zero_is_refused_where_it_would_stop_everything()
+    {
+        let file = FileConfig {
+            manifest: Some("m.toml".into()),
+            header_read_timeout_s: Some(5),
+            body_read_timeout_s: Some(6),
+            idle_timeout_s: Some(7),
+            tls_handshake_timeout_s: Some(8),
+            max_connections: Some(100),
+            max_concurrent_uploads: Some(2),
+            max_event_waits: Some(0),
+            max_claim_waits: Some(9),
+            ..FileConfig::default()
+        };
+        let c = resolve(&Flags::default(), env_of(&[]), file).unwrap();
+        assert_eq!(
+            c.connections,
+            ConnectionOptions {
+                header_read_timeout: Duration::from_secs(5),
+                body_read_timeout: Duration::from_secs(6),
+                idle_timeout: Duration::from_secs(7),
+                tls_handshake_timeout: Duration::from_secs(8),
+                max_connections: 100,
+            }
+        );
+        assert_eq!(
+            c.caps,
+            RequestCaps {
+                uploads: 2,
+                event_waits: 0,
+                claim_waits: 9,
+            }
+        );
+        for bad in [
+            FileConfig {
+                body_read_timeout_s: Some(0),
+                ..FileConfig::default()
+            },
+            FileConfig {
+                max_connections: Some(0),
+                ..FileConfig::default()
+            },
+            FileConfig {
+                max_concurrent_uploads: Some(0),
+                ..FileConfig::default()
+            },
+        ] {
+            let file = FileConfig {
+                manifest: Some("m.toml".into()),
+                ..bad
+            };
+            let err = resolve(&Flags::default(), env_of(&[]), file).unwrap_err();
+            assert!(matches!(err, ConfigError::BadLimit { value: 0, .. }), "{err}");
+            assert!(err.to_string().starts_with("config key "), "{err}");
+        }
     }
 
     #[test]
