@@ -152,7 +152,16 @@ fn timeout_error(client: &Client) -> ClientError {
     }
 }
 
-/// Transient: the call may succeed later (unreachable, 5xx, or no answer in time).
+/// How long to wait before retrying after `e`: the backoff, or longer when the server's
+/// `Retry-After` asks for it (429/503 at one of its caps), never past [`MAX_BACKOFF`].
+fn retry_wait(e: &ClientError, backoff: Duration) -> Duration {
+    match e.retry_after() {
+        Some(after) => backoff.max(after.min(MAX_BACKOFF)),
+        None => backoff,
+    }
+}
+
+/// Transient: the call may succeed later (unreachable, 5xx, 429, or no answer in time).
 fn is_transient(e: &ClientError) -> bool {
     e.is_transient()
         || matches!(e, ClientError::Protocol { message, .. } if message == "no answer in time")
@@ -441,7 +450,10 @@ impl JobRun {
                 }
                 RunEvent::Answer(Err(e)) => {
                     failures += 1;
-                    let wait = backoff(failures, Duration::from_secs(1), period.min(MAX_BACKOFF));
+                    let wait = retry_wait(
+                        &e,
+                        backoff(failures, Duration::from_secs(1), period.min(MAX_BACKOFF)),
+                    );
                     tracing::warn!(job = %self.spec.id.short(), "heartbeat failed ({e}); trainer keeps running, retry in {wait:?}");
                     retry_at = Some(Instant::now() + wait);
                 }
@@ -484,12 +496,16 @@ impl JobRun {
         }
     }
 
-    /// Waits `attempt`'s backoff; false when shutdown came first.
-    async fn wait_retry(&mut self, attempt: u32) -> bool {
+    /// Waits `attempt`'s backoff (longer when `error` carries a `Retry-After`); false when
+    /// shutdown came first.
+    async fn wait_retry(&mut self, attempt: u32, error: &ClientError) -> bool {
         if self.shutting_down() {
             return false;
         }
-        let wait = backoff(attempt, Duration::from_millis(500), MAX_BACKOFF);
+        let wait = retry_wait(
+            error,
+            backoff(attempt, Duration::from_millis(500), MAX_BACKOFF),
+        );
         let mut shutdown = self.shutdown.clone();
         tokio::select! {
             _ = tokio::time::sleep(wait) => true,
@@ -554,7 +570,7 @@ impl JobRun {
                 Err(e) if e.is_lease_lost() => return JobStage::Done(JobOutcome::LeaseLost),
                 Err(e) if is_transient(&e) => {
                     tracing::warn!(job = %self.spec.id.short(), "upload failed ({e}); retrying");
-                    if !self.wait_retry(tries).await {
+                    if !self.wait_retry(tries, &e).await {
                         return self.release_on_shutdown();
                     }
                 }
@@ -589,7 +605,7 @@ impl JobRun {
                 Err(e) if e.is_lease_lost() => return JobStage::Done(JobOutcome::LeaseLost),
                 Err(e) if is_transient(&e) => {
                     tracing::warn!(job = %self.spec.id.short(), "complete failed ({e}); retrying");
-                    if !self.wait_retry(tries).await {
+                    if !self.wait_retry(tries, &e).await {
                         return self.release_on_shutdown();
                     }
                 }
@@ -623,7 +639,8 @@ impl JobRun {
                         JobOutcome::Unreported(format!("could not report {:?}: {e}", req.reason))
                     } else {
                         tracing::warn!(job = %self.spec.id.short(), "reporting the failure failed ({e}); retrying");
-                        let wait = backoff(tries, Duration::from_millis(200), MAX_BACKOFF);
+                        let wait =
+                            retry_wait(&e, backoff(tries, Duration::from_millis(200), MAX_BACKOFF));
                         let wait = match self.report_deadline {
                             Some(d) => wait.min(d.saturating_duration_since(Instant::now())),
                             None => wait,
@@ -803,8 +820,8 @@ impl Agent {
                         Some(Err(e)) => {
                             failures += 1;
                             tracing::warn!("cannot report node status: {e}");
-                            self.pause(backoff(failures, Duration::from_secs(1), MAX_BACKOFF))
-                                .await;
+                            let wait = backoff(failures, Duration::from_secs(1), MAX_BACKOFF);
+                            self.pause(retry_wait(&e, wait)).await;
                             AgentStage::Register
                         }
                     }
@@ -834,7 +851,10 @@ impl Agent {
                             }
                             ClaimOutcome::Error(e) => {
                                 failures += 1;
-                                let wait = backoff(failures, Duration::from_secs(1), MAX_BACKOFF);
+                                let wait = retry_wait(
+                                    &e,
+                                    backoff(failures, Duration::from_secs(1), MAX_BACKOFF),
+                                );
                                 tracing::warn!("claim failed ({e}); retry in {wait:?}");
                                 self.pause(wait).await;
                             }
@@ -1045,6 +1065,7 @@ mod tests {
                 error: code.into(),
                 message: String::new(),
             },
+            retry_after: None,
         };
         assert!(is_gone(&api(StatusCode::CONFLICT, "lease_lost")));
         assert!(is_gone(&api(StatusCode::NOT_FOUND, "not_found")));
@@ -1057,5 +1078,38 @@ mod tests {
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large"
         )));
+    }
+
+    #[test]
+    fn a_servers_retry_after_lengthens_the_wait_up_to_the_cap() {
+        use cis490_api::ApiError;
+        use reqwest::StatusCode;
+        let busy = |after: u64| ClientError::Api {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            api: ApiError {
+                error: "busy".into(),
+                message: String::new(),
+            },
+            retry_after: Some(Duration::from_secs(after)),
+        };
+        assert!(is_transient(&busy(5)));
+        let short = Duration::from_millis(500);
+        assert_eq!(retry_wait(&busy(5), short), Duration::from_secs(5));
+        assert_eq!(
+            retry_wait(&busy(1), Duration::from_secs(8)),
+            Duration::from_secs(8)
+        );
+        assert_eq!(retry_wait(&busy(3600), short), MAX_BACKOFF);
+        let unreachable = timeout_error(&Client::new("http://127.0.0.1:9").unwrap());
+        assert_eq!(retry_wait(&unreachable, short), short);
+        let too_many = ClientError::Api {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            api: ApiError {
+                error: "too_many_long_polls".into(),
+                message: String::new(),
+            },
+            retry_after: Some(Duration::from_secs(5)),
+        };
+        assert!(is_transient(&too_many));
     }
 }

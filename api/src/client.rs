@@ -13,9 +13,9 @@ use crate::node::{Capability, WorkerView};
 use crate::tls::{read_certificates_pem, ClientTls, TlsFileError, TlsProblem};
 use crate::wire::*;
 
-/// How long an idle pooled connection is kept. Below the server's 30 s header-read timeout
-/// (which also ends idle keep-alive connections), so a connection is never reused at the
-/// moment the server drops it.
+/// How long an idle pooled connection is kept. Below the server's default 30 s idle and
+/// header-read timeouts (`idle_timeout_s`, `header_read_timeout_s`), so a connection is
+/// never reused at the moment the server drops it.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What can go wrong talking to the reconciler.
@@ -30,7 +30,12 @@ pub enum ClientError {
     },
     /// The server answered with an error status and a JSON error body.
     #[error("{status}: {}", api.message)]
-    Api { status: StatusCode, api: ApiError },
+    Api {
+        status: StatusCode,
+        api: ApiError,
+        /// The answer's `Retry-After` (seconds), sent with 429 and 503 at a server's cap.
+        retry_after: Option<Duration>,
+    },
     /// The answer was not what the API promises.
     #[error("unexpected answer from {url}: {message}")]
     Protocol { url: String, message: String },
@@ -86,15 +91,36 @@ impl ClientError {
         }
     }
 
-    /// True when retrying later may succeed: unreachable server, a 5xx, or a failed TLS
-    /// handshake (mid-run that may be a server certificate being replaced; the agent treats
-    /// one at start-up as final, see [`ClientError::tls_problem`]).
+    /// True when retrying later may succeed: unreachable server, a 5xx (503 `busy` at a
+    /// cap included), 429 (a long-poll budget is spent), or a failed TLS handshake (mid-run
+    /// that may be a server certificate being replaced; the agent treats one at start-up as
+    /// final, see [`ClientError::tls_problem`]). Wait at least [`ClientError::retry_after`]
+    /// when it says.
     pub fn is_transient(&self) -> bool {
         match self {
             ClientError::Unreachable { .. } | ClientError::Tls { .. } => true,
-            ClientError::Api { status, .. } => status.is_server_error(),
+            ClientError::Api { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
             _ => false,
         }
+    }
+
+    /// How long the server asked the client to wait before trying again (its `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Api { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The server is at one of its caps (429 or 503): try again after
+    /// [`ClientError::retry_after`].
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self.status(),
+            Some(StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
+        )
     }
 
     /// What went wrong with TLS, when that is why the call failed.
@@ -266,6 +292,7 @@ impl Client {
             return Ok(resp);
         }
         let url = resp.url().to_string();
+        let retry_after = retry_after(resp.headers());
         let text = resp.text().await.unwrap_or_default();
         let api = serde_json::from_str::<ApiError>(&text).unwrap_or_else(|_| ApiError {
             error: status
@@ -275,7 +302,11 @@ impl Client {
                 .replace(' ', "_"),
             message: format!("{url} answered {status}: {}", text.trim()),
         });
-        Err(ClientError::Api { status, api })
+        Err(ClientError::Api {
+            status,
+            api,
+            retry_after,
+        })
     }
 
     async fn json<T: DeserializeOwned>(&self, rb: RequestBuilder) -> Result<T, ClientError> {
@@ -503,6 +534,19 @@ impl Client {
     }
 }
 
+/// `Retry-After` in seconds (the server never sends the HTTP-date form); at most an hour, so
+/// a broken value cannot park a client for good.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds.min(3600)))
+}
+
 /// Operator actions on a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeAction {
@@ -554,6 +598,42 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(err.to_string().starts_with("--cert-file: "), "{err}");
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_bounded() {
+        use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+            retry_after(&h)
+        };
+        assert_eq!(with("5"), Some(Duration::from_secs(5)));
+        assert_eq!(with("999999"), Some(Duration::from_secs(3600)));
+        assert_eq!(with("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn answers_at_a_cap_are_transient_and_busy() {
+        let api = |status: StatusCode| ClientError::Api {
+            status,
+            api: ApiError {
+                error: "x".into(),
+                message: String::new(),
+            },
+            retry_after: Some(Duration::from_secs(5)),
+        };
+        for status in [
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ] {
+            let err = api(status);
+            assert!(err.is_transient() && err.is_busy(), "{status}");
+            assert_eq!(err.retry_after(), Some(Duration::from_secs(5)));
+        }
+        let err = api(StatusCode::CONFLICT);
+        assert!(!err.is_transient() && !err.is_busy());
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@ pub fn describe_client_error(err: &ClientError) -> String {
                  Point cis490ctl at it with --server URL or {SERVER_ENV}"
             )
         }
-        ClientError::Api { status, api } => match *status {
+        ClientError::Api { status, api, .. } => match *status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => format!(
                 "the reconciler refused the request ({status}: {}): set {OPERATOR_TOKEN_ENV} \
                  to the reconciler's operator token",
@@ -81,6 +81,7 @@ mod tests {
                 error: code.into(),
                 message: message.into(),
             },
+            retry_after: None,
         }
     }
 

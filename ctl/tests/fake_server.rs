@@ -30,6 +30,10 @@ struct Data {
     artifacts: Vec<(ArtifactView, Vec<u8>)>,
     /// Bytes served instead of the artifact's own (to fake a corrupt download).
     corrupt: bool,
+    /// This many waiting event polls are answered 429 with `Retry-After: 1` (a server at
+    /// its long-poll cap); when each was refused.
+    busy_polls: u32,
+    refused_at: Vec<Instant>,
 }
 
 #[derive(Clone)]
@@ -127,7 +131,27 @@ struct EventsQuery {
     wait: u64,
 }
 
-async fn events(State(f): State<Fake>, Query(q): Query<EventsQuery>) -> Json<EventsPage> {
+async fn events(State(f): State<Fake>, Query(q): Query<EventsQuery>) -> Response {
+    {
+        let mut data = f.data.lock().unwrap();
+        if q.wait > 0 && data.busy_polls > 0 {
+            data.busy_polls -= 1;
+            data.refused_at.push(Instant::now());
+            let mut refusal = api_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_long_polls",
+                "64 event long-polls are waiting already (max_event_waits)".into(),
+            );
+            refusal
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            return refusal;
+        }
+    }
+    events_page(f, q).await.into_response()
+}
+
+async fn events_page(f: Fake, q: EventsQuery) -> Json<EventsPage> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait);
     loop {
         let notified = f.changed.notified();
@@ -242,6 +266,8 @@ fn start() -> Server {
         events: vec![],
         artifacts: vec![(artifact, bytes)],
         corrupt: false,
+        busy_polls: 0,
+        refused_at: vec![],
     };
     let fake = Fake {
         data: Arc::new(Mutex::new(data)),
@@ -386,6 +412,45 @@ fn watch_prints_a_row_when_a_job_changes_status() {
     assert!(watch.seen[listed..]
         .iter()
         .all(|l| l.starts_with("bbbbbbbbbbbb")));
+}
+
+#[test]
+fn followers_wait_out_a_servers_long_poll_cap_and_keep_following() {
+    let server = start();
+    server.fake.data.lock().unwrap().busy_polls = 2;
+    let mut watch = Running::spawn(&server, &["get", "jobs", "-w"]);
+    watch.wait_line("the first listing", |l| l.starts_with("c2000000000"));
+    let deadline = Instant::now() + WAIT;
+    while server.fake.data.lock().unwrap().busy_polls > 0 {
+        assert!(Instant::now() < deadline, "the watch stopped polling");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let b = JobId::parse(&id_of('b')).unwrap();
+    server
+        .fake
+        .set(&b, |j| j.status = JobStatus::Running, "Started");
+    watch.wait_line("a row for the running job", |l| {
+        l.starts_with("bbbbbbbbbbbb") && l.contains("running")
+    });
+    // It honoured Retry-After: 1 instead of polling again at once.
+    let refused = server.fake.data.lock().unwrap().refused_at.clone();
+    assert!(
+        refused[1] - refused[0] >= Duration::from_millis(900),
+        "{refused:?}"
+    );
+
+    // `wait` too: refused polls delay it, never fail it.
+    server.fake.data.lock().unwrap().busy_polls = 1;
+    let mut wait = Running::spawn(&server, &["wait", "bbbb", "--timeout", "1m"]);
+    while server.fake.data.lock().unwrap().busy_polls > 0 {
+        assert!(Instant::now() < deadline, "wait stopped polling");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+        .fake
+        .set(&b, |j| j.status = JobStatus::Completed, "Completed");
+    let (code, err) = wait.wait_exit();
+    assert_eq!(code, 0, "{err}");
 }
 
 #[test]

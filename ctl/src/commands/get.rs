@@ -6,7 +6,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use cis490_api::{ArtifactView, Constraints, JobFilter, JobView, WorkerView};
 
-use super::{events_head, Ctx, EVENTS_WAIT};
+use super::{events_head, follow_events, Ctx, EVENTS_WAIT};
 use crate::cli::{GetJobsArgs, ListArgs, OutputFormat};
 use crate::output::{
     age, human_bytes, mib_as_gib, or_none, print, to_json, to_yaml, Cell, Column, Paint, Table,
@@ -44,10 +44,7 @@ pub async fn jobs(ctx: &Ctx, args: &GetJobsArgs) -> anyhow::Result<()> {
     let mut known: BTreeMap<String, JobView> =
         list.into_iter().map(|j| (j.id.to_string(), j)).collect();
     loop {
-        let page = client
-            .events(since, EVENTS_WAIT)
-            .await
-            .context("following the event log")?;
+        let page = follow_events(&client, since, EVENTS_WAIT).await?;
         since = page.next.max(since);
         if !page.events.iter().any(|e| e.job_id.is_some()) {
             continue;

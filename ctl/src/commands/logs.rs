@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cis490_api::JobView;
 
-use super::{events_head, Ctx};
+use super::{events_head, follow_events, Ctx};
 use crate::cli::LogsArgs;
 use crate::output::print;
 use crate::resolve::parse_prefix;
@@ -68,10 +68,7 @@ pub async fn run(ctx: &Ctx, args: &LogsArgs) -> anyhow::Result<()> {
     }
     let full = parse_prefix(job.id.as_str())?;
     loop {
-        let page = client
-            .events(since, REFRESH)
-            .await
-            .context("following the event log")?;
+        let page = follow_events(&client, since, REFRESH).await?;
         since = page.next.max(since);
         let job = client
             .job(&full)

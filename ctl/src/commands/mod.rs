@@ -102,6 +102,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// How long one long-poll of `/v1/events` waits for something to happen.
 pub const EVENTS_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// When a server at its long-poll cap sends no `Retry-After`.
+const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One long-poll of the event log for a follower (`get -w`, `wait`, `logs -f`). A server at
+/// one of its caps (429 `too_many_long_polls`, 503) is not an error: this waits what its
+/// `Retry-After` asks (at most `wait`) and answers an empty page, so the follower polls
+/// again later instead of failing or spinning.
+pub async fn follow_events(
+    client: &Client,
+    since: u64,
+    wait: std::time::Duration,
+) -> anyhow::Result<cis490_api::EventsPage> {
+    match client.events(since, wait).await {
+        Ok(page) => Ok(page),
+        Err(e) if e.is_busy() => {
+            let pause = e.retry_after().unwrap_or(BUSY_PAUSE);
+            tokio::time::sleep(pause.min(wait.max(BUSY_PAUSE))).await;
+            Ok(cis490_api::EventsPage {
+                events: Vec::new(),
+                next: since,
+            })
+        }
+        Err(e) => Err(e).context("following the event log"),
+    }
+}
+
 /// The event sequence number to follow from: everything up to now is skipped.
 pub async fn events_head(client: &Client) -> anyhow::Result<u64> {
     let mut since = 0;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use cis490_api::{Client, JobStatus, JobView};
 
-use super::{events_head, Ctx, EVENTS_WAIT};
+use super::{events_head, follow_events, Ctx, EVENTS_WAIT};
 use crate::cli::{WaitArgs, WaitFor};
 use crate::output::print;
 use crate::resolve::parse_prefix;
@@ -125,10 +125,7 @@ pub async fn run(ctx: &Ctx, args: &WaitArgs) -> anyhow::Result<()> {
                 }
                 // Whole seconds on the wire; never ask for 0 s while time is left.
                 let wait = Duration::from_secs(left.as_secs().max(1)).min(EVENTS_WAIT);
-                let page = client
-                    .events(since, wait)
-                    .await
-                    .context("following the event log")?;
+                let page = follow_events(&client, since, wait).await?;
                 since = page.next.max(since);
                 let touched: BTreeSet<String> = page
                     .events

@@ -29,7 +29,10 @@ pub struct ServeArgs {
     /// [default: 127.0.0.1:8787]
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
-    /// A TOML config file (see etc/reconciler.toml.example)
+    /// A TOML config file (see etc/reconciler.toml.example): token files, upload and body
+    /// caps, and what a client may cost: header_read_timeout_s, body_read_timeout_s,
+    /// idle_timeout_s, tls_handshake_timeout_s, max_connections, max_concurrent_uploads,
+    /// max_event_waits, max_claim_waits
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Serve HTTPS with this certificate chain (PEM; `certs init` makes server.pem)

@@ -13,13 +13,13 @@
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use cis490_api::OPERATOR_TOKEN_HEADER;
 
 use super::config::{env, ServerConfig};
 use super::error::ApiFailure;
-use super::extract::{drain_body, drain_bound};
 use super::identity::{ClientCertName, IdentitySource, WorkerIdentity};
+use super::limits::refuse;
 use super::{blocking, AppState};
 use crate::queue::Queue;
 
@@ -214,8 +214,9 @@ pub async fn check_reader(
     Err(ApiFailure::forbidden("the token is not valid"))
 }
 
-/// Middleware for the worker route group. A refused upload's body is drained first (see
-/// [`drain_body`]) so the client reads the 401/403 instead of a connection reset.
+/// Middleware for the worker route group, deciding from the headers (and the connection's
+/// client certificate) alone. A refused request's body is read only as far as [`refuse`]
+/// allows: an unauthenticated upload costs the server at most 64 KiB of its body.
 pub async fn require_worker(
     State(state): State<AppState>,
     mut req: Request,
@@ -234,24 +235,19 @@ pub async fn require_worker(
             req.extensions_mut().insert(identity);
             next.run(req).await
         }
-        Err(e) => {
-            let bound = drain_bound(state.config.max_upload_bytes);
-            let mut body = req.into_body().into_data_stream();
-            drain_body(&mut body, bound).await;
-            e.into_response()
-        }
+        Err(e) => refuse(req, e).await,
     }
 }
 
-/// Middleware for the operator route group.
+/// Middleware for the operator route group (a refusal reads the body as [`refuse`] allows).
 pub async fn require_operator(State(state): State<AppState>, req: Request, next: Next) -> Response {
     match check_operator(req.headers(), &state.config) {
         Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
+        Err(e) => refuse(req, e).await,
     }
 }
 
-/// Middleware for the read route group.
+/// Middleware for the read route group (a refusal reads the body as [`refuse`] allows).
 pub async fn require_reader(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let client_cert = req.extensions().get::<ClientCertName>().cloned();
     match check_reader(
@@ -263,7 +259,7 @@ pub async fn require_reader(State(state): State<AppState>, req: Request, next: N
     .await
     {
         Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
+        Err(e) => refuse(req, e).await,
     }
 }
 

@@ -10,6 +10,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::limits::RequestCaps;
+use super::listen::ConnectionOptions;
 use crate::queue::QueueConfig;
 
 /// Default `--listen`.
@@ -106,6 +108,10 @@ pub struct ServerConfig {
     /// Watch the manifest's directory (off: only start-up, resync and the reload route).
     pub watch: bool,
     pub queue: QueueConfig,
+    /// Timeouts and the cap on open connections.
+    pub connections: ConnectionOptions,
+    /// Caps on concurrent uploads and long-polls.
+    pub caps: RequestCaps,
 }
 
 impl ServerConfig {
@@ -128,6 +134,8 @@ impl ServerConfig {
             watch_debounce: Duration::from_millis(200),
             watch: true,
             queue: QueueConfig::default(),
+            connections: ConnectionOptions::default(),
+            caps: RequestCaps::default(),
         }
     }
 
@@ -214,6 +222,22 @@ pub struct FileConfig {
     pub watch: Option<bool>,
     pub prefer_cuda_wait_s: Option<u64>,
     pub node_stale_after_s: Option<u64>,
+    /// Seconds a client may take to send a request's headers.
+    pub header_read_timeout_s: Option<u64>,
+    /// Seconds a request body may send nothing before it is cut off.
+    pub body_read_timeout_s: Option<u64>,
+    /// Seconds a kept-alive connection may wait for its next request.
+    pub idle_timeout_s: Option<u64>,
+    /// Seconds a client may take to finish the TLS handshake.
+    pub tls_handshake_timeout_s: Option<u64>,
+    /// Open connections at most; more are closed as soon as they are accepted.
+    pub max_connections: Option<usize>,
+    /// Uploads at once; more are answered 503 `busy`.
+    pub max_concurrent_uploads: Option<usize>,
+    /// Waiting `GET /v1/events?wait=` at once; more are answered 429.
+    pub max_event_waits: Option<usize>,
+    /// Waiting `POST /v1/job/claim?wait=` at once; more are answered 429.
+    pub max_claim_waits: Option<usize>,
 }
 
 /// Why the settings are unusable.
@@ -252,6 +276,13 @@ pub enum ConfigError {
         given: &'static str,
         cert_env: &'static str,
         key_env: &'static str,
+    },
+    /// A timeout or cap of the config file that cannot work.
+    #[error("config key {key} = {value}: {why}")]
+    BadLimit {
+        key: &'static str,
+        value: u64,
+        why: &'static str,
     },
     /// A client CA without a server certificate.
     #[error(
@@ -312,6 +343,7 @@ pub fn resolve(
     file: FileConfig,
 ) -> Result<ServerConfig, ConfigError> {
     let env_nonempty = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    let limits = file_limits(&file)?;
     let manifest = flags
         .manifest
         .clone()
@@ -405,7 +437,77 @@ pub fn resolve(
     if let Some(v) = file.node_stale_after_s {
         config.queue.node_stale_after_s = v;
     }
+    (config.connections, config.caps) = limits;
     Ok(config)
+}
+
+/// The timeouts and caps of the config file over the defaults. A timeout of 0 s or a cap of
+/// 0 connections or uploads would refuse everything, so those are errors; a long-poll cap
+/// of 0 means no long-polls (each waiting request is answered 429 at once).
+fn file_limits(file: &FileConfig) -> Result<(ConnectionOptions, RequestCaps), ConfigError> {
+    let mut connections = ConnectionOptions::default();
+    let mut caps = RequestCaps::default();
+    let seconds = |key: &'static str, value: Option<u64>, into: &mut Duration| match value {
+        Some(0) => Err(ConfigError::BadLimit {
+            key,
+            value: 0,
+            why: "a timeout must be at least 1 second",
+        }),
+        Some(v) => {
+            *into = Duration::from_secs(v);
+            Ok(())
+        }
+        None => Ok(()),
+    };
+    seconds(
+        "header_read_timeout_s",
+        file.header_read_timeout_s,
+        &mut connections.header_read_timeout,
+    )?;
+    seconds(
+        "body_read_timeout_s",
+        file.body_read_timeout_s,
+        &mut connections.body_read_timeout,
+    )?;
+    seconds(
+        "idle_timeout_s",
+        file.idle_timeout_s,
+        &mut connections.idle_timeout,
+    )?;
+    seconds(
+        "tls_handshake_timeout_s",
+        file.tls_handshake_timeout_s,
+        &mut connections.tls_handshake_timeout,
+    )?;
+    let at_least_one = |key: &'static str, value: Option<usize>, into: &mut usize| match value {
+        Some(0) => Err(ConfigError::BadLimit {
+            key,
+            value: 0,
+            why: "0 would refuse every request; the cap must be at least 1",
+        }),
+        Some(v) => {
+            *into = v;
+            Ok(())
+        }
+        None => Ok(()),
+    };
+    at_least_one(
+        "max_connections",
+        file.max_connections,
+        &mut connections.max_connections,
+    )?;
+    at_least_one(
+        "max_concurrent_uploads",
+        file.max_concurrent_uploads,
+        &mut caps.uploads,
+    )?;
+    if let Some(v) = file.max_event_waits {
+        caps.event_waits = v;
+    }
+    if let Some(v) = file.max_claim_waits {
+        caps.claim_waits = v;
+    }
+    Ok((connections, caps))
 }
 
 /// Resolves `listen` and refuses a non-loopback address without TLS, or without a worker
@@ -541,6 +643,68 @@ mod tests {
         assert_eq!(c.listen, DEFAULT_LISTEN);
         assert_eq!(c.max_upload_bytes, DEFAULT_MAX_UPLOAD_BYTES);
         assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(c.connections, ConnectionOptions::default());
+        assert_eq!(c.caps, RequestCaps::default());
+    }
+
+    #[test]
+    fn timeouts_and_caps_come_from_the_file_and_zero_is_refused_where_it_would_stop_everything() {
+        let file = FileConfig {
+            manifest: Some("m.toml".into()),
+            header_read_timeout_s: Some(5),
+            body_read_timeout_s: Some(6),
+            idle_timeout_s: Some(7),
+            tls_handshake_timeout_s: Some(8),
+            max_connections: Some(100),
+            max_concurrent_uploads: Some(2),
+            max_event_waits: Some(0),
+            max_claim_waits: Some(9),
+            ..FileConfig::default()
+        };
+        let c = resolve(&Flags::default(), env_of(&[]), file).unwrap();
+        assert_eq!(
+            c.connections,
+            ConnectionOptions {
+                header_read_timeout: Duration::from_secs(5),
+                body_read_timeout: Duration::from_secs(6),
+                idle_timeout: Duration::from_secs(7),
+                tls_handshake_timeout: Duration::from_secs(8),
+                max_connections: 100,
+            }
+        );
+        assert_eq!(
+            c.caps,
+            RequestCaps {
+                uploads: 2,
+                event_waits: 0,
+                claim_waits: 9,
+            }
+        );
+        for bad in [
+            FileConfig {
+                body_read_timeout_s: Some(0),
+                ..FileConfig::default()
+            },
+            FileConfig {
+                max_connections: Some(0),
+                ..FileConfig::default()
+            },
+            FileConfig {
+                max_concurrent_uploads: Some(0),
+                ..FileConfig::default()
+            },
+        ] {
+            let file = FileConfig {
+                manifest: Some("m.toml".into()),
+                ..bad
+            };
+            let err = resolve(&Flags::default(), env_of(&[]), file).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::BadLimit { value: 0, .. }),
+                "{err}"
+            );
+            assert!(err.to_string().starts_with("config key "), "{err}");
+        }
     }
 
     #[test]

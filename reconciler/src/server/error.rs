@@ -1,7 +1,9 @@
 //! Every error the API answers, mapped to a status and a JSON `{"error", "message"}` body in
 //! this one place (after axum's `examples/error-handling`).
 
-use axum::http::StatusCode;
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cis490_api::ApiError;
@@ -17,6 +19,8 @@ pub struct ApiFailure {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Sent as `Retry-After` (whole seconds, at least 1): when a cap may have room again.
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiFailure {
@@ -25,6 +29,29 @@ impl ApiFailure {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 503 `busy`: a cap on work in flight is reached (uploads); try again after
+    /// `retry_after`.
+    pub fn busy(message: impl Into<String>, retry_after: Duration) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message)
+        }
+    }
+
+    /// 429 `too_many_long_polls`: a long-poll budget is spent; poll again after
+    /// `retry_after`.
+    pub fn too_many_long_polls(message: impl Into<String>, retry_after: Duration) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_long_polls",
+                message,
+            )
         }
     }
 
@@ -70,7 +97,14 @@ impl IntoResponse for ApiFailure {
             error: self.code.to_string(),
             message: self.message,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(after) = self.retry_after {
+            let seconds = after.as_secs_f64().ceil().max(1.0) as u64;
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -200,6 +234,19 @@ mod tests {
             let failure = ApiFailure::from(err);
             assert_eq!((failure.status, failure.code), (status, code));
         }
+    }
+
+    #[test]
+    fn answers_at_a_cap_carry_retry_after_in_whole_seconds() {
+        let response = ApiFailure::busy("full", Duration::from_millis(2500)).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        let response =
+            ApiFailure::too_many_long_polls("full", Duration::from_millis(10)).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let response = ApiFailure::not_found("x").into_response();
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
     }
 
     #[test]

@@ -195,10 +195,12 @@ where
     }
 }
 
-/// How much of a refused upload's body is drained: twice the upload cap, and never less
-/// than 64 MiB.
+/// How much of an authenticated worker's refused upload (409, 413, 422) is drained: at most
+/// what a worker may upload (the upload cap, never less than 64 MiB), inside the upload's
+/// place among `max_concurrent_uploads` and under the body-read timeout. Refusals before
+/// the handler (no credential, a full upload cap) read far less: see `limits::refuse`.
 pub fn drain_bound(max_upload_bytes: u64) -> u64 {
-    max_upload_bytes.saturating_mul(2).max(64 << 20)
+    max_upload_bytes.max(64 << 20)
 }
 
 /// Reads and discards what is left of a request body (at most `max` bytes) before an error

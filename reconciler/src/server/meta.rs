@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -19,6 +20,7 @@ use utoipa::openapi::{ComponentsBuilder, InfoBuilder, OpenApi, OpenApiBuilder};
 use utoipa::{PartialSchema, ToSchema};
 
 use super::error::ApiFailure;
+use super::limits::Budgets;
 use super::routes::Access;
 use super::AppState;
 
@@ -360,6 +362,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     );
     let _ = writeln!(out, "# TYPE cis490_manifest_errors gauge");
     let _ = writeln!(out, "cis490_manifest_errors {}", manifest.last_errors.len());
+    write_load(&mut out, &state.budgets);
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -367,4 +370,53 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         )],
         out,
     ))
+}
+
+/// What clients cost now: bytes read, connections, and the places in use under each cap.
+fn write_load(out: &mut String, budgets: &Budgets) {
+    let traffic = &budgets.traffic;
+    let (uploads, event_waits, claim_waits) = budgets.in_use();
+    let metrics: [(&str, &str, &str, u64); 6] = [
+        (
+            "cis490_http_bytes_read_total",
+            "counter",
+            "Bytes read from client connections (request heads and bodies).",
+            traffic.bytes_read.load(Ordering::Relaxed),
+        ),
+        (
+            "cis490_http_connections_open",
+            "gauge",
+            "Client connections open (max_connections).",
+            traffic.connections_open.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "cis490_http_connections_refused_total",
+            "counter",
+            "Connections closed at accept because max_connections were open.",
+            traffic.connections_refused.load(Ordering::Relaxed),
+        ),
+        (
+            "cis490_uploads_in_flight",
+            "gauge",
+            "Uploads streaming (max_concurrent_uploads).",
+            uploads as u64,
+        ),
+        (
+            "cis490_event_waits",
+            "gauge",
+            "GET /v1/events long-polls waiting (max_event_waits).",
+            event_waits as u64,
+        ),
+        (
+            "cis490_claim_waits",
+            "gauge",
+            "Claim long-polls waiting (max_claim_waits).",
+            claim_waits as u64,
+        ),
+    ];
+    for (name, kind, help, value) in metrics {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    }
 }

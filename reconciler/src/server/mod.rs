@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod identity;
+pub mod limits;
 pub mod listen;
 pub mod meta;
 pub mod operator;
@@ -34,6 +35,7 @@ use crate::store::{ArtifactStore, RecoveryReport, StoreError};
 
 pub use config::{Secret, SecurityPosture, ServerConfig, TlsSettings};
 pub use error::ApiFailure;
+pub use limits::RequestCaps;
 pub use listen::ConnectionOptions;
 pub use reconcile::{ReconcileError, Reconciler, Trigger};
 
@@ -48,6 +50,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// TLS, client certificates and what `--insecure` exposes (`GET /v1/health`).
     pub posture: Arc<SecurityPosture>,
+    /// Caps on uploads and long-polls, and the listener's counters.
+    pub budgets: Arc<limits::Budgets>,
 }
 
 /// Runs a queue call on the blocking pool (rusqlite blocks).
@@ -180,21 +184,23 @@ impl Server {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         // Whether the address is exposed is known once `run` has the listener.
         let posture = Arc::new(SecurityPosture::of(&config, &config.listen, false));
+        let connections = config.connections;
         Ok(Server {
             state: AppState {
                 queue,
                 store,
-                config,
                 reconciler,
                 shutdown,
                 posture,
+                budgets: Arc::new(limits::Budgets::new(config.caps)),
+                config,
             },
             stop,
             watch,
             recovery,
             state_lock,
             tls,
-            connections: ConnectionOptions::default(),
+            connections,
         })
     }
 
@@ -211,7 +217,7 @@ impl Server {
         &self.recovery
     }
 
-    /// Replaces the per-connection limits (header and handshake timeouts).
+    /// Replaces the connection limits of the config (timeouts, the connection cap).
     pub fn with_connection_options(mut self, options: ConnectionOptions) -> Self {
         self.connections = options;
         self
@@ -252,7 +258,8 @@ impl Server {
         }
         state.posture = Arc::new(posture);
         let app = routes::router(state.clone());
-        let serve = listen::serve(listener, tls, app, connections, async move {
+        let traffic = Arc::clone(&state.budgets.traffic);
+        let serve = listen::serve(listener, tls, app, connections, traffic, async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");
             let _ = stop.send(true);

@@ -126,7 +126,8 @@ pub struct EventsQuery {
 /// Events after `since`, long-polled.
 ///
 /// Answers at once when there are events after `since` (at most 1,000 a page), otherwise
-/// when one arrives or `wait` seconds pass.
+/// when one arrives or `wait` seconds pass. Waiting takes one of `max_event_waits` places
+/// (429 `too_many_long_polls` when none is free); an answer that is there at once needs none.
 #[utoipa::path(get, path = "/v1/events", params(EventsQuery), responses(
     (status = 200, description = "The events after `since` (possibly none) and the `since` of the next call", body = EventsPage),
 ))]
@@ -137,6 +138,7 @@ pub async fn events(
     let deadline = Instant::now() + Duration::from_secs(q.wait.min(MAX_CLAIM_WAIT_S));
     let mut changes = state.queue.subscribe();
     let mut shutdown = state.shutdown.clone();
+    let mut place = None;
     loop {
         changes.borrow_and_update();
         let queue = state.queue.clone();
@@ -144,6 +146,9 @@ pub async fn events(
         let page = blocking(move || queue.events_since(since, EVENTS_PAGE_LIMIT)).await?;
         if !page.events.is_empty() || Instant::now() >= deadline || *shutdown.borrow() {
             return Ok(Json(page));
+        }
+        if place.is_none() {
+            place = Some(state.budgets.event_wait()?);
         }
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return Ok(Json(page)) },

@@ -13,7 +13,11 @@ use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use axum::extract::Request;
+use axum::response::Response;
+
 use super::error::ApiFailure;
+use super::limits::{self, refuse};
 use super::{auth, extract, meta, operator, read, worker, AppState};
 
 /// Who may call a route.
@@ -101,9 +105,11 @@ pub fn openapi_document() -> serde_json::Value {
 pub fn router(state: AppState) -> Router {
     let (api, doc) = assemble(|access, routes| match access {
         Access::Read => routes.route_layer(from_fn_with_state(state.clone(), auth::require_reader)),
-        Access::Worker => {
-            routes.route_layer(from_fn_with_state(state.clone(), auth::require_worker))
-        }
+        // The upload cap applies inside the worker auth, so an unauthenticated upload never
+        // takes a place.
+        Access::Worker => routes
+            .route_layer(from_fn_with_state(state.clone(), limits::upload_slot))
+            .route_layer(from_fn_with_state(state.clone(), auth::require_worker)),
         Access::Operator => {
             routes.route_layer(from_fn_with_state(state.clone(), auth::require_operator))
         }
@@ -121,14 +127,17 @@ pub fn router(state: AppState) -> Router {
     .with_state(state)
 }
 
-async fn not_found(uri: axum::http::Uri) -> ApiFailure {
-    ApiFailure::not_found(format!("no route {}", uri.path()))
+/// Refused before any handler: the body is read only as [`refuse`] allows.
+async fn not_found(req: Request) -> Response {
+    let failure = ApiFailure::not_found(format!("no route {}", req.uri().path()));
+    refuse(req, failure).await
 }
 
-async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiFailure {
-    ApiFailure::new(
+async fn method_not_allowed(req: Request) -> Response {
+    let failure = ApiFailure::new(
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{method} is not allowed on {}", uri.path()),
-    )
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    );
+    refuse(req, failure).await
 }

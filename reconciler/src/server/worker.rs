@@ -76,7 +76,8 @@ pub struct ClaimQuery {
 ///
 /// A waiting claim (`wait`) is retried on every queue commit that appended events (new
 /// job, requeue, retry, sweep), so it is answered the moment a job it may run becomes
-/// claimable.
+/// claimable. Waiting takes one of `max_claim_waits` places (429 `too_many_long_polls`
+/// when none is free).
 #[utoipa::path(post, path = "/v1/job/claim", params(ClaimQuery), request_body = ClaimRequest, responses(
     (status = 200, description = "The claimed job and its lease", body = ClaimResponse),
     (status = 204, description = "No job this worker may run became claimable within `wait`"),
@@ -93,6 +94,7 @@ pub async fn claim(
     let deadline = Instant::now() + wait;
     let mut changes = state.queue.subscribe();
     let mut shutdown = state.shutdown.clone();
+    let mut place = None;
     loop {
         changes.borrow_and_update();
         let (answer, _task) = start_claim(
@@ -112,6 +114,9 @@ pub async fn claim(
         let now = Instant::now();
         if now >= deadline || *shutdown.borrow() {
             return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        if place.is_none() {
+            place = Some(state.budgets.claim_wait()?);
         }
         let recheck = (now + CLAIM_RECHECK).min(deadline);
         tokio::select! {

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use cis490_api::{Capability, ClaimRequest, Client, JobStatus, WorkerName};
 use cis490_reconciler::queue::Queue;
-use cis490_reconciler::server::{Secret, Server, ServerConfig, ServerError};
+use cis490_reconciler::server::{
+    ConnectionOptions, RequestCaps, Secret, Server, ServerConfig, ServerError,
+};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -26,6 +28,10 @@ pub struct AppOptions {
     pub sweep_interval: Duration,
     pub resync_interval: Duration,
     pub protect_reads: bool,
+    /// Timeouts and the connection cap.
+    pub connections: ConnectionOptions,
+    /// Caps on uploads and long-polls.
+    pub caps: RequestCaps,
 }
 
 impl Default for AppOptions {
@@ -40,6 +46,8 @@ impl Default for AppOptions {
             // Long: tests that rely on the watch must not be rescued by the resync.
             resync_interval: Duration::from_secs(3600),
             protect_reads: false,
+            connections: ConnectionOptions::default(),
+            caps: RequestCaps::default(),
         }
     }
 }
@@ -73,6 +81,8 @@ pub async fn spawn_app(opts: AppOptions) -> TestApp {
     config.resync_interval = opts.resync_interval;
     config.watch_debounce = Duration::from_millis(100);
     config.protect_reads = opts.protect_reads;
+    config.connections = opts.connections;
+    config.caps = opts.caps;
     let store_root = config.store_root();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
