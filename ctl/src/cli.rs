@@ -86,12 +86,14 @@ pub enum Command {
     /// Print a job's log tail (running or finished); -f follows it.
     #[command(after_help = "Examples:\n  cis490ctl logs 3fa9c1\n  cis490ctl logs -f 3fa9c1")]
     Logs(LogsArgs),
-    /// Cancel jobs (operator). A running job stops at its next heartbeat.
+    /// Cancel jobs (operator). A running job stops at its next heartbeat. Each ID needs at
+    /// least 4 hex digits.
     #[command(
         after_help = "Examples:\n  CIS490_OPERATOR_TOKEN=... cis490ctl cancel 3fa9c1 77be02"
     )]
     Cancel(CancelArgs),
-    /// Put failed, cancelled or completed jobs back in the queue (operator).
+    /// Put failed, cancelled or completed jobs back in the queue (operator). Each ID needs
+    /// at least 4 hex digits.
     #[command(
         after_help = "Examples:\n  cis490ctl requeue 3fa9c1\n  cis490ctl requeue --status failed"
     )]
@@ -155,10 +157,11 @@ pub enum GetResource {
         after_help = "Examples:\n  cis490ctl get workers\n  cis490ctl get nodes -o wide"
     )]
     Workers(ListArgs),
-    /// List stored artifacts.
+    /// List stored artifacts: one row per job and attempt that uploaded them (jobs that
+    /// made identical bytes share an artifact ID); `-o name` lists each artifact once.
     #[command(
         visible_aliases = ["artifact", "models"],
-        after_help = "Examples:\n  cis490ctl get artifacts\n  cis490ctl get artifacts -o json"
+        after_help = "Examples:\n  cis490ctl get artifacts\n  cis490ctl get artifacts -o json\n  cis490ctl get artifacts -o name"
     )]
     Artifacts(ListArgs),
 }

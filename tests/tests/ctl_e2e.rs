@@ -1119,3 +1119,48 @@ fn describe_worker_shows_cuda_without_a_version_as_yes() {
         "{text}"
     );
 }
+
+/// Issue 13, point 9: the refusal of a lease that was handed back and replaced under the
+/// same attempt number says what happened.
+#[test]
+fn a_replaced_lease_is_refused_with_what_happened() {
+    let fleet = Fleet::start();
+    let first = fleet.worker("cpu-1");
+    let old = first.claim();
+    let release = FailRequest {
+        worker: first.name.clone(),
+        lease: old.lease.clone(),
+        reason: "agent shutting down".into(),
+        exit_code: None,
+        log_tail: None,
+        retryable: true,
+    };
+    fleet
+        .rt
+        .block_on(fleet.client.fail(&old.job.id, &release))
+        .unwrap();
+    let second = fleet.worker("cpu-2");
+    let new = second.claim();
+    assert_eq!(
+        (&new.job.id, new.lease.attempt),
+        (&old.job.id, old.lease.attempt)
+    );
+    let stale = HeartbeatRequest {
+        worker: first.name.clone(),
+        lease: old.lease.clone(),
+        log_tail: None,
+    };
+    let err = fleet
+        .rt
+        .block_on(fleet.client.heartbeat(&old.job.id, &stale))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("leased again, to cpu-2, under the same attempt number 1"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("is not the current lease (attempt 1)"),
+        "{err}"
+    );
+}

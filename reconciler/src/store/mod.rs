@@ -206,9 +206,14 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 impl ArtifactStore {
     /// Opens (creating) the store at `root`. Call [`ArtifactStore::recover`] before serving.
     pub fn open(root: &Path, max_upload_bytes: u64) -> Result<Self, StoreError> {
+        let new_blobs = !root.join(BLOBS_DIR).is_dir();
         for dir in [root.join(INCOMING_DIR), root.join(BLOBS_DIR)] {
             std::fs::create_dir_all(&dir)
                 .map_err(StoreError::io(format!("creating {}", dir.display())))?;
+        }
+        // Commits fsync blobs/ itself; its own entry in the root is made durable here, once.
+        if new_blobs {
+            sync_dir(root)?;
         }
         let index = root.join(INDEX_FILE);
         std::fs::OpenOptions::new()
