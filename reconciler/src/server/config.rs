@@ -648,8 +648,7 @@ mod tests {
     }
 
     #[test]
-    fn timeouts_and_caps_come_from_the_file_and_zero_is_refused_where_it_would_stop_everything()
-    {
+    fn timeouts_and_caps_come_from_the_file_and_zero_is_refused_where_it_would_stop_everything() {
         let file = FileConfig {
             manifest: Some("m.toml".into()),
             header_read_timeout_s: Some(5),
@@ -700,7 +699,10 @@ mod tests {
                 ..bad
             };
             let err = resolve(&Flags::default(), env_of(&[]), file).unwrap_err();
-            assert!(matches!(err, ConfigError::BadLimit { value: 0, .. }), "{err}");
+            assert!(
+                matches!(err, ConfigError::BadLimit { value: 0, .. }),
+                "{err}"
+            );
             assert!(err.to_string().starts_with("config key "), "{err}");
         }
     }
