@@ -187,6 +187,41 @@ async fn a_body_that_stops_sending_is_cut_off_at_the_body_timeout() {
     assert!(body.contains("body_read_timeout_s"), "{body}");
     let (_, closed) = until_closed(&mut stream).await;
     assert!(closed - started >= Duration::from_millis(900));
+
+    // A body trickled a byte at a time never brings 1 KiB in a timeout: cut off too.
+    let stream = raw(&app).await;
+    let (mut reader, mut writer) = stream.into_split();
+    writer
+        .write_all(
+            format!(
+                "PUT /v1/worker/w1 HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {WORKER_TOKEN}\r\n\
+                 content-length: 100000\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let trickle = tokio::spawn(async move {
+        while writer.write_all(b" ").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(NOT_CUT, async {
+        while let Ok(n) = reader.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("a trickled body was never cut off");
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("less than 1024 bytes"), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

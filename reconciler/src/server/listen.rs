@@ -46,8 +46,8 @@ pub struct ConnectionOptions {
     /// when the connection is ready for a request, so on a kept-alive connection it also
     /// bounds the wait for the next one.
     pub header_read_timeout: Duration,
-    /// How long a request body may send nothing (while the server reads it) before the
-    /// request is cut off and the connection closed.
+    /// How long a request body may bring less than [`BODY_PROGRESS_BYTES`] (while the
+    /// server reads it) before the request is cut off and the connection closed.
     pub body_read_timeout: Duration,
     /// How long a connection may sit between requests (or before its first) without a byte.
     pub idle_timeout: Duration,
@@ -409,9 +409,10 @@ impl hyper::body::Body for AnswerBody {
 /// Why a request body ended early.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyReadError {
-    /// The client sent nothing for the body-read timeout.
+    /// The client sent (next to) nothing for the body-read timeout.
     #[error(
-        "the request body sent nothing for {} s (body_read_timeout_s): cut off",
+        "the request body brought less than {BODY_PROGRESS_BYTES} bytes in {} s \
+         (body_read_timeout_s): cut off",
         .0.as_secs()
     )]
     Idle(Duration),
@@ -420,9 +421,11 @@ pub enum BodyReadError {
     Hyper(#[from] hyper::Error),
 }
 
-/// A request body that fails with [`BodyReadError::Idle`] when the client sends nothing for
-/// `timeout` while it is being read. The clock runs only while someone waits on the body, so
-/// a handler that reads it later (or never) is not cut off by its own work.
+/// A request body that fails with [`BodyReadError::Idle`] when, while it is being read, it
+/// brings less than [`BODY_PROGRESS_BYTES`] in `timeout`: nothing at all, or a trickle (a
+/// byte a second would otherwise hold a connection, and an upload place, for days). The
+/// clock runs only while someone waits on the body, so a handler that reads it later (or
+/// never) is not cut off by its own work.
 ///
 /// When the clock runs out the body waits [`IDLE_CONFIRM`] more before it fails: a handler
 /// that stopped reading for a while (a slow disk) and comes back finds hyper has not read
@@ -431,31 +434,41 @@ pub enum BodyReadError {
 struct IdleTimeoutBody {
     inner: Incoming,
     timeout: Duration,
-    /// Created on the first wait.
+    /// When the body last brought [`BODY_PROGRESS_BYTES`] (or began to be read); the
+    /// deadline is this plus `timeout`.
+    mark: Option<Instant>,
+    /// Bytes since `mark`.
+    since_mark: u64,
+    /// Created on the first wait; armed for `armed` (a mark, or the confirmation).
     sleep: Option<Pin<Box<Sleep>>>,
-    wait: BodyWait,
+    armed: Armed,
 }
 
-/// How long a body whose idle clock ran out gets to show it has bytes after all.
-const IDLE_CONFIRM: Duration = Duration::from_millis(200);
-
+/// What the body's clock is set for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyWait {
-    /// The last poll got a frame (or there was none yet).
-    NotWaiting,
-    /// Waiting since the clock was set.
-    Waiting,
-    /// The clock ran out; the confirmation clock runs.
-    Confirming,
+enum Armed {
+    Nothing,
+    /// The deadline of this mark.
+    Mark(Instant),
+    /// The confirmation after the deadline of this mark.
+    Confirm(Instant),
 }
+
+/// The least a request body must bring per body-read timeout.
+pub const BODY_PROGRESS_BYTES: u64 = 1024;
+
+/// How long a body whose clock ran out gets to show it has bytes after all.
+const IDLE_CONFIRM: Duration = Duration::from_millis(200);
 
 impl IdleTimeoutBody {
     fn new(inner: Incoming, timeout: Duration) -> Self {
         Self {
             inner,
             timeout,
+            mark: None,
+            since_mark: 0,
             sleep: None,
-            wait: BodyWait::NotWaiting,
+            armed: Armed::Nothing,
         }
     }
 }
@@ -469,29 +482,36 @@ impl hyper::body::Body for IdleTimeoutBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyReadError>>> {
         let this = &mut *self;
+        let mark = *this.mark.get_or_insert_with(Instant::now);
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            this.wait = BodyWait::NotWaiting;
+            if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+                this.since_mark += data.map_or(0, |d| d.len() as u64);
+                if this.since_mark >= BODY_PROGRESS_BYTES {
+                    this.mark = Some(Instant::now());
+                    this.since_mark = 0;
+                }
+            }
             return Poll::Ready(frame.map(|f| f.map_err(BodyReadError::from)));
         }
-        let deadline = Instant::now() + this.timeout;
+        let deadline = mark + this.timeout;
         let sleep = this
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if this.wait == BodyWait::NotWaiting {
+        if !matches!(this.armed, Armed::Mark(m) | Armed::Confirm(m) if m == mark) {
             sleep.as_mut().reset(deadline);
-            this.wait = BodyWait::Waiting;
+            this.armed = Armed::Mark(mark);
         }
         loop {
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            match this.wait {
-                BodyWait::Confirming => {
+            match this.armed {
+                Armed::Confirm(_) => {
                     return Poll::Ready(Some(Err(BodyReadError::Idle(this.timeout))))
                 }
                 _ => {
                     sleep.as_mut().reset(Instant::now() + IDLE_CONFIRM);
-                    this.wait = BodyWait::Confirming;
+                    this.armed = Armed::Confirm(mark);
                 }
             }
         }

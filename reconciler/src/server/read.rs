@@ -24,6 +24,10 @@ use super::{blocking, AppState};
 /// Most events one page returns.
 const EVENTS_PAGE_LIMIT: usize = 1000;
 
+/// How long a waiting event poll lets further commits land after the first wakes it (what
+/// a follower like `cis490ctl get -w` waits more for a change, at most).
+const EVENTS_BATCH: Duration = Duration::from_millis(50);
+
 /// Liveness, version and jobs per status.
 #[utoipa::path(get, path = "/v1/health", responses(
     (status = 200, description = "The server is up", body = Health),
@@ -135,23 +139,40 @@ pub async fn events(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Json<EventsPage>, ApiFailure> {
-    let deadline = Instant::now() + Duration::from_secs(q.wait.min(MAX_CLAIM_WAIT_S));
+    let mut deadline = Instant::now() + Duration::from_secs(q.wait.min(MAX_CLAIM_WAIT_S));
     let mut changes = state.queue.subscribe();
     let mut shutdown = state.shutdown.clone();
     let mut place = None;
     loop {
-        changes.borrow_and_update();
-        let queue = state.queue.clone();
-        let since = q.since;
-        let page = blocking(move || queue.events_since(since, EVENTS_PAGE_LIMIT)).await?;
-        if !page.events.is_empty() || Instant::now() >= deadline || *shutdown.borrow() {
-            return Ok(Json(page));
+        let last_event = *changes.borrow_and_update();
+        let answer_now = Instant::now() >= deadline || *shutdown.borrow();
+        // Reads share the queue's one connection with the workers' commits: a poll that
+        // the last event's seq says can find nothing does not query.
+        if last_event > q.since || answer_now {
+            let queue = state.queue.clone();
+            let since = q.since;
+            let page = blocking(move || queue.events_since(since, EVENTS_PAGE_LIMIT)).await?;
+            if !page.events.is_empty() || answer_now {
+                return Ok(Json(page));
+            }
         }
         if place.is_none() {
             place = Some(state.budgets.event_wait()?);
         }
         tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return Ok(Json(page)) },
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    deadline = Instant::now();
+                    continue;
+                }
+                // Let a burst of commits (a claim, its heartbeat, its completion) land
+                // first: one query per waiting poll for the burst, not one per commit.
+                let batch = (Instant::now() + EVENTS_BATCH).min(deadline);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(batch) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => {}
             _ = shutdown.changed() => {}
         }

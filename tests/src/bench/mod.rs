@@ -1,4 +1,5 @@
-//! The benchmark harness behind `cis490-bench`: one module per figure of issue 7, a shared
+//! The benchmark harness behind `cis490-bench`: one module per figure of issue 7 (and
+//! `load` for the three of issue 12's hostile clients, 12a-12c), a shared
 //! workload generator (`workload`), and the result table.
 //!
 //! Every figure returns [`Row`]s. A row is measured (with its target checked), only "ran"
@@ -11,6 +12,7 @@ pub mod dispatch_latency;
 pub mod footprint;
 pub mod full_cycle;
 pub mod growth;
+pub mod load;
 pub mod makespan;
 pub mod proc_stats;
 pub mod reconcile_scale;

@@ -25,6 +25,16 @@ impl BenchServer {
     /// Writes `manifest_text` to `dir/training_manifest.toml` and starts
     /// `cis490-reconciler serve` on a loopback port with its state in `dir/state`.
     pub fn start(dir: &Path, manifest_text: &str) -> anyhow::Result<BenchServer> {
+        Self::start_with_config(dir, manifest_text, None)
+    }
+
+    /// [`BenchServer::start`] with `config` (TOML keys of `serve --config`) written to
+    /// `dir/reconciler.toml` and passed.
+    pub fn start_with_config(
+        dir: &Path,
+        manifest_text: &str,
+        config: Option<&str>,
+    ) -> anyhow::Result<BenchServer> {
         let manifest = dir.join("training_manifest.toml");
         std::fs::write(&manifest, manifest_text)
             .with_context(|| format!("writing {}", manifest.display()))?;
@@ -33,8 +43,16 @@ impl BenchServer {
         let stderr_log = dir.join("reconciler.log");
         let manifest_arg = manifest.display().to_string();
         let state_arg = state_dir.display().to_string();
+        let mut args = vec!["--manifest", &manifest_arg, "--state-dir", &state_arg];
+        let config_file = dir.join("reconciler.toml");
+        let config_arg = config_file.display().to_string();
+        if let Some(text) = config {
+            std::fs::write(&config_file, text)
+                .with_context(|| format!("writing {}", config_file.display()))?;
+            args.extend(["--config", &config_arg]);
+        }
         let reconciler = Reconciler::start(
-            &["--manifest", &manifest_arg, "--state-dir", &state_arg],
+            &args,
             &[
                 ("CIS490_OPERATOR_TOKEN", OPERATOR_TOKEN),
                 ("CIS490_WORKER_TOKEN", WORKER_TOKEN),

@@ -37,7 +37,8 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
         /// Only these figures, comma separated: 1-8 (each with its in-process variant),
-        /// or 1q / 2q for only the in-process variant of figure 1 or 2.
+        /// 1q / 2q for only the in-process variant of figure 1 or 2, 12a / 12b / 12c for
+        /// the hostile-client figures (12 for all three).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Job count for figures 1 and 2 (default 20,000 and 10,000), to profile other sizes.
@@ -119,7 +120,10 @@ async fn run_all(ctx: &Ctx, only: &[String]) -> anyhow::Result<Vec<Row>> {
     let want = |n: &str| only.is_empty() || only.iter().any(|o| o == n);
     // "1" selects figure 1 and its in-process variant "1q".
     let want_q = |n: &str| want(n) || want(n.trim_end_matches('q'));
-    let needs_server = ["1", "2", "3", "5", "6", "7"].iter().any(|&n| want(n));
+    // "12" selects 12a, 12b and 12c.
+    let want_12 = |n: &str| want(n) || want("12");
+    let needs_server = ["1", "2", "3", "5", "6", "7"].iter().any(|&n| want(n))
+        || ["12a", "12b", "12c"].iter().any(|&n| want_12(n));
     let missing = if needs_server {
         bench::server::unavailable(&ctx.dir("probe")?).await
     } else {
@@ -162,6 +166,15 @@ async fn run_all(ctx: &Ctx, only: &[String]) -> anyhow::Result<Vec<Row>> {
     }
     if want("8") {
         add(blocking(ctx, bench::growth::run).await);
+    }
+    if want_12("12a") {
+        add(bench::load::run_slow_clients(ctx, missing).await);
+    }
+    if want_12("12b") {
+        add(bench::load::run_refused_put(ctx, missing).await);
+    }
+    if want_12("12c") {
+        add(bench::load::run_long_polls(ctx, missing).await);
     }
     Ok(rows)
 }
