@@ -480,7 +480,8 @@ async fn uploads_over_the_cap_are_503_busy_with_retry_after() {
         .unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE), "{err}");
     assert_eq!(err.code(), Some("busy"));
-    assert_eq!(err.retry_after(), Some(Duration::from_secs(5)));
+    let after = err.retry_after().unwrap();
+    assert!((5..=10).contains(&after.as_secs()), "{after:?}");
     assert!(err.is_transient());
     assert!(err.to_string().contains("max_concurrent_uploads"), "{err}");
     // Credentials come first: without them it is 401, busy or not.
@@ -548,7 +549,8 @@ async fn long_polls_have_budgets_of_their_own_and_never_slow_a_worker() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(err.status(), Some(StatusCode::TOO_MANY_REQUESTS), "{err}");
     assert_eq!(err.code(), Some("too_many_long_polls"));
-    assert_eq!(err.retry_after(), Some(Duration::from_secs(5)));
+    let after = err.retry_after().unwrap();
+    assert!((5..=10).contains(&after.as_secs()), "{after:?}");
     assert!(err.to_string().contains("max_event_waits"), "{err}");
     // A poll that need not wait needs no place.
     let page = app.anon.events(0, Duration::from_secs(30)).await.unwrap();

@@ -32,8 +32,18 @@ pub const REFUSED_BODY_READ_BYTES: u64 = 64 * 1024;
 /// How long reading those bytes may take at most.
 const REFUSED_BODY_READ_TIME: Duration = Duration::from_secs(5);
 
-/// `Retry-After` of an answer at a cap.
+/// Event-log reads (`GET /v1/events`) at the database at once.
+pub const EVENT_READS_AT_ONCE: usize = 2;
+
+/// The shortest `Retry-After` of an answer at a cap.
 pub const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// `Retry-After` of one answer at a cap: [`RETRY_AFTER`] to twice that, at random, so that
+/// clients refused together (a burst of polls) do not all come back in the same second.
+pub fn retry_after() -> Duration {
+    use rand::Rng;
+    RETRY_AFTER + Duration::from_secs(rand::rng().random_range(0..=RETRY_AFTER.as_secs()))
+}
 
 /// Caps on work in flight. Defaults are sized for a Raspberry Pi.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +73,8 @@ pub struct Budgets {
     uploads: Arc<Semaphore>,
     event_waits: Arc<Semaphore>,
     claim_waits: Arc<Semaphore>,
+    /// Turns at the database for event-log reads (see [`Budgets::event_read_turn`]).
+    event_reads: Arc<Semaphore>,
     /// Bytes read and connections, from the accept loop (for `/metrics`).
     pub traffic: Arc<Traffic>,
 }
@@ -74,8 +86,17 @@ impl Budgets {
             uploads: Arc::new(Semaphore::new(caps.uploads)),
             event_waits: Arc::new(Semaphore::new(caps.event_waits)),
             claim_waits: Arc::new(Semaphore::new(caps.claim_waits)),
+            event_reads: Arc::new(Semaphore::new(EVENT_READS_AT_ONCE)),
             traffic: Arc::new(Traffic::default()),
         }
+    }
+
+    /// Waits for one of [`EVENT_READS_AT_ONCE`] turns to read the event log. Reads share
+    /// the queue's one connection (and the blocking pool) with the workers' calls: a crowd
+    /// of followers catching up at once (each a page of up to 1,000 events) then queues
+    /// here, cheaply, instead of in front of a worker's claim.
+    pub async fn event_read_turn(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.event_reads).acquire_owned().await.ok()
     }
 
     /// A place for one waiting `GET /v1/events`, or the 429 that says there is none.
@@ -89,7 +110,7 @@ impl Budgets {
                          after Retry-After, or without ?wait=",
                         self.caps.event_waits
                     ),
-                    RETRY_AFTER,
+                    retry_after(),
                 )
             })
     }
@@ -105,7 +126,7 @@ impl Budgets {
                          Retry-After",
                         self.caps.claim_waits
                     ),
-                    RETRY_AFTER,
+                    retry_after(),
                 )
             })
     }
@@ -143,7 +164,7 @@ pub async fn upload_slot(State(state): State<AppState>, req: Request, next: Next
                      after Retry-After",
                     state.budgets.caps.uploads
                 ),
-                RETRY_AFTER,
+                retry_after(),
             );
             refuse(req, failure).await
         }
@@ -237,7 +258,11 @@ mod tests {
         let over = budgets.event_wait().unwrap_err();
         assert_eq!(over.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(over.code, "too_many_long_polls");
-        assert_eq!(over.retry_after, Some(RETRY_AFTER));
+        let after = over.retry_after.unwrap();
+        assert!(
+            after >= RETRY_AFTER && after <= 2 * RETRY_AFTER,
+            "{after:?}"
+        );
         assert!(over.message.contains("max_event_waits"), "{}", over.message);
         // Event waits never take a claim's place.
         let claim = budgets.claim_wait().unwrap();

@@ -151,7 +151,9 @@ pub async fn events(
         if last_event > q.since || answer_now {
             let queue = state.queue.clone();
             let since = q.since;
+            let turn = state.budgets.event_read_turn().await;
             let page = blocking(move || queue.events_since(since, EVENTS_PAGE_LIMIT)).await?;
+            drop(turn);
             if !page.events.is_empty() || answer_now {
                 return Ok(Json(page));
             }
