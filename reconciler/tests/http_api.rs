@@ -556,14 +556,22 @@ async fn reload_diff_and_invalid_manifests() {
     let c = &app.client;
 
     // diff: the plan for new text, nothing applied.
-    let diff = c.diff(jobs_manifest(1..=4)).await.unwrap();
+    let diff = c.diff(jobs_manifest(1..=4), "local.toml").await.unwrap();
     assert_eq!(diff.create.len(), 2);
     assert_eq!(diff.keep, 2);
     assert!(!diff.applied);
     assert_eq!(app.anon.jobs(&JobFilter::default()).await.unwrap().len(), 2);
-    let err = c.diff("version = ".into()).await.unwrap_err();
+    let err = c
+        .diff("version = ".into(), "edits/local.toml")
+        .await
+        .unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::UNPROCESSABLE_ENTITY));
     assert_eq!(err.code(), Some("invalid_manifest"));
+    // The errors are in the client's file, named as the client named it.
+    let server_dir = app.dir.path().display().to_string();
+    let message = err.to_string();
+    assert!(message.contains("edits/local.toml:1:"), "{message}");
+    assert!(!message.contains(&server_dir), "{message}");
 
     // reload applies what the file says.
     std::fs::write(&app.manifest, jobs_manifest(2..=4)).unwrap();
@@ -593,6 +601,9 @@ async fn reload_diff_and_invalid_manifests() {
     let err = c.reload().await.unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::UNPROCESSABLE_ENTITY));
     assert_eq!(err.code(), Some("invalid_manifest"));
+    let message = err.to_string();
+    assert!(message.contains("training_manifest.toml:7:"), "{message}");
+    assert!(!message.contains(&server_dir), "{message}");
     let status = app.anon.manifest().await.unwrap();
     assert!(!status.last_errors.is_empty());
     assert!(
