@@ -833,8 +833,8 @@ async fn protected_reads_need_a_token() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    let listed: Vec<cis490_api::JobView> = resp.json().await.unwrap();
-    assert_eq!(listed.len(), 3);
+    let listed: cis490_api::Page<cis490_api::JobView> = resp.json().await.unwrap();
+    assert_eq!(listed.items.len(), 3);
 
     let filter = cis490_api::JobFilter::default();
     let anonymous = cis490_api::Client::new(&app.url).unwrap();

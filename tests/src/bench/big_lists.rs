@@ -244,9 +244,8 @@ fn unknown_hosts_manifest(hosts: usize) -> String {
 
 pub fn run_host_warnings(ctx: &Ctx) -> Vec<Row> {
     let (small, large) = (ctx.size(100_000, 2_000), ctx.size(200_000, 4_000));
-    let name = format!(
-        "12f. check with {large} unknown allowed_hosts entries: time vs {small} (linear)"
-    );
+    let name =
+        format!("12f. check with {large} unknown allowed_hosts entries: time vs {small} (linear)");
     let target = "<= 2.5x";
     let result = (|| {
         let dir = ctx.dir("host-warnings")?;
