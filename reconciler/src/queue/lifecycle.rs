@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use cis490_api::{
-    ArtifactId, ArtifactView, CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse,
-    IdPrefix, JobId, JobStatus, JobStatusResponse, JobView, Lease, ManifestError, ManifestStatus,
-    PlanSummary, WorkerName, SHORT_ID_LEN,
+    ArtifactId, CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, IdPrefix, JobId,
+    JobStatus, JobStatusResponse, JobView, Lease, ManifestError, ManifestStatus, PlanSummary,
+    WorkerName, SHORT_ID_LEN,
 };
 use rusqlite::{params, OptionalExtension};
 
@@ -419,43 +419,6 @@ pub(crate) fn i_record_upload(
             tx.now
         ])?;
     Ok(())
-}
-
-pub(crate) fn i_uploads(tx: &mut Tx<'_>) -> Result<Vec<ArtifactView>, QueueError> {
-    // SQLite takes the bare columns of a MIN() aggregate from the row holding the minimum:
-    // the first upload of each (job, attempt, artifact).
-    let mut stmt = tx.db.prepare_cached(
-        "SELECT u.artifact_id, u.job_id, u.attempt, u.worker, u.size_bytes, MIN(u.at), \
-         j.model, j.mode FROM uploads u JOIN jobs j ON j.id = u.job_id \
-         GROUP BY u.job_id, u.attempt, u.artifact_id",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, i64>(4)?,
-            r.get::<_, i64>(5)?,
-            r.get::<_, String>(6)?,
-            r.get::<_, String>(7)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (artifact, job, attempt, worker, size, at, model, mode) = row?;
-        out.push(ArtifactView {
-            artifact_id: ArtifactId::parse(&artifact).map_err(QueueError::corrupt)?,
-            job_id: JobId::parse(&job).map_err(QueueError::corrupt)?,
-            attempt: u32::try_from(attempt).ok(),
-            model,
-            mode,
-            worker,
-            size_bytes: u64::try_from(size).unwrap_or(0),
-            received_at: from_ms(at),
-        });
-    }
-    Ok(out)
 }
 
 /// Artifacts uploaded for `id` under the lease with `token`, oldest first.

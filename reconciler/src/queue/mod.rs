@@ -563,7 +563,16 @@ impl Queue {
     /// the upload reported (0 for rows backfilled from jobs completed before uploads were
     /// recorded); the store's listing puts the stored size in.
     pub fn uploads(&self) -> Result<Vec<cis490_api::ArtifactView>, QueueError> {
-        self.read(lifecycle::i_uploads)
+        let mut out = Vec::new();
+        let mut before = None;
+        loop {
+            let (rows, more) = self.uploads_page(before, cis490_api::MAX_PAGE_LIMIT as usize)?;
+            out.extend(rows);
+            match more {
+                Some(row) => before = Some(row),
+                None => return Ok(out),
+            }
+        }
     }
 
     /// Marks the job completed (with its artifact). The artifact must be one uploaded under
