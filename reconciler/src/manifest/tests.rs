@@ -910,3 +910,25 @@ fn the_entry_that_takes_the_manifest_past_its_job_limit_is_the_error() {
     let loaded = parse_manifest_with_limit(&text, Path::new(PATH), 30).unwrap();
     assert_eq!(loaded.manifest.jobs.len(), 30);
 }
+
+proptest! {
+    /// Columns counted from the last position on the same line are those counted from the
+    /// line's start, whatever order positions are asked in.
+    #[test]
+    fn columns_are_the_same_in_any_order(
+        text in "[a-zé\n]{0,60}",
+        positions in proptest::collection::vec(0usize..70, 1..20),
+    ) {
+        let d = node::Diagnostics::new("m.toml".into(), &text);
+        for at in positions {
+            let mut at = at.min(text.len());
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+            let line = text[..at].matches('\n').count() + 1;
+            let column = text[line_start..at].chars().count() + 1;
+            prop_assert_eq!(d.line_col(at), (line as u32, column as u32));
+        }
+    }
+}
