@@ -817,6 +817,11 @@ async fn protected_reads_need_a_token() {
     let jobs = format!("{}/v1/jobs", app.url);
     let resp = http.get(&jobs).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // Liveness and metrics stay open for load balancers and scrapers.
+    for open in ["/v1/health", "/metrics"] {
+        let resp = http.get(format!("{}{open}", app.url)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{open}");
+    }
     let resp = http.get(&jobs).bearer_auth("wrong").send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     let resp = http

@@ -425,6 +425,7 @@ fn access(operation_id: &str) -> &'static str {
         for op in item.as_object().unwrap().values() {
             if op["operationId"] == operation_id {
                 return match op["tags"][0].as_str().unwrap() {
+                    "open" => "open",
                     "read" => "read",
                     "worker" => "worker",
                     _ => "operator",
@@ -452,6 +453,17 @@ async fn missing_wrong_and_swapped_tokens_are_401_and_403_on_every_route() {
         let (extra, body) = valid_request_parts(&operation_id);
         // (credentials, expected status) for who may call the route.
         let cases: Vec<(Vec<(&str, String)>, u16)> = match access(&operation_id) {
+            // Open routes take no credential: a wrong one is not looked at.
+            "open" => {
+                for credentials in [vec![], vec![bearer("wrong")], vec![operator("wrong")]] {
+                    let mut headers = extra.clone();
+                    headers.extend(credentials);
+                    let answer = raw(&app, &request(&method, &path, &headers, &body)).await;
+                    assert_eq!(answer.status, 200, "{method} {path}: {answer:?}");
+                    checked += 1;
+                }
+                continue;
+            }
             "worker" => vec![
                 (vec![], 401),
                 (vec![bearer("wrong")], 403),

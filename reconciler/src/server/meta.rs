@@ -99,6 +99,7 @@ pub(super) fn base_document() -> OpenApi {
 /// Tags one group's operations and sets who may call them.
 pub(super) fn set_access(part: &mut OpenApi, access: Access) {
     let security = match access {
+        Access::Open => vec![SecurityRequirement::default()],
         // Open unless `protect_reads`; then either token will do.
         Access::Read => vec![
             SecurityRequirement::default(),

@@ -23,6 +23,9 @@ use super::{auth, extract, meta, operator, read, worker, AppState};
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
+    /// Anyone, always: liveness and Prometheus metrics (counts, never names or IDs), so a
+    /// load balancer or a scraper needs no token when `protect_reads` is set.
+    Open,
     /// Anyone (or any token holder when `protect_reads` is set).
     Read,
     /// `Authorization: Bearer <worker token>`: per-worker or shared (open while neither
@@ -33,11 +36,12 @@ pub enum Access {
 }
 
 impl Access {
-    pub const ALL: [Access; 3] = [Access::Read, Access::Worker, Access::Operator];
+    pub const ALL: [Access; 4] = [Access::Open, Access::Read, Access::Worker, Access::Operator];
 
     /// The OpenAPI tag of the group's routes.
     pub fn as_str(self) -> &'static str {
         match self {
+            Access::Open => "open",
             Access::Read => "read",
             Access::Worker => "worker",
             Access::Operator => "operator",
@@ -47,8 +51,10 @@ impl Access {
     /// The routes of this group.
     fn routes(self) -> OpenApiRouter<AppState> {
         match self {
-            Access::Read => OpenApiRouter::new()
+            Access::Open => OpenApiRouter::new()
                 .routes(routes!(read::health))
+                .routes(routes!(meta::metrics)),
+            Access::Read => OpenApiRouter::new()
                 .routes(routes!(read::jobs))
                 .routes(routes!(read::job))
                 .routes(routes!(read::explain))
@@ -58,8 +64,7 @@ impl Access {
                 .routes(routes!(read::manifest))
                 .routes(routes!(read::models))
                 .routes(routes!(read::download))
-                .routes(routes!(meta::openapi))
-                .routes(routes!(meta::metrics)),
+                .routes(routes!(meta::openapi)),
             Access::Worker => OpenApiRouter::new()
                 .routes(routes!(worker::claim))
                 .routes(routes!(worker::heartbeat))
@@ -104,6 +109,7 @@ pub fn openapi_document() -> serde_json::Value {
 /// The API router with its state, auth layers, body limit and request tracing.
 pub fn router(state: AppState) -> Router {
     let (api, doc) = assemble(|access, routes| match access {
+        Access::Open => routes,
         Access::Read => routes.route_layer(from_fn_with_state(state.clone(), auth::require_reader)),
         // The upload cap applies inside the worker auth, so an unauthenticated upload never
         // takes a place.
