@@ -179,6 +179,18 @@ pub struct PlanEntry {
     pub changes: Vec<String>,
 }
 
+/// One `[[hosts]]` policy a reload adds, removes or changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HostChange {
+    pub name: String,
+    /// `add`, `remove` or `update`.
+    pub change: String,
+    /// For updates: which keys change (allow_jobs, deny_jobs, max_concurrent, labels).
+    #[serde(default)]
+    pub fields: Vec<String>,
+}
+
 /// What a reload does (or would do): `POST /v1/manifest/reload` and `/v1/manifest/diff`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -188,6 +200,13 @@ pub struct PlanSummary {
     pub tombstone: Vec<PlanEntry>,
     pub revive: Vec<PlanEntry>,
     pub keep: u64,
+    /// Of `keep`: jobs whose only change is their place in the file (an entry added above
+    /// them, a seed added to a matrix); their order in the queue follows, nothing else.
+    #[serde(default)]
+    pub reordered: u64,
+    /// `[[hosts]]` policies added, removed or changed.
+    #[serde(default)]
+    pub hosts: Vec<HostChange>,
     #[serde(default)]
     pub warnings: Vec<String>,
     /// True when the plan was applied (reload), false for a diff.

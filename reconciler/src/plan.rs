@@ -63,11 +63,14 @@ impl Plan {
             mode: spec.mode.clone(),
             changes,
         };
+        let only_moved = |changes: &[String]| changes.len() == 1 && changes[0] == "manifest_order";
+        let reordered = self.update.iter().filter(|(_, c)| only_moved(c)).count() as u64;
         PlanSummary {
             create: self.create.iter().map(|s| entry(s, Vec::new())).collect(),
             update: self
                 .update
                 .iter()
+                .filter(|(_, changes)| !only_moved(changes))
                 .map(|(s, changes)| entry(s, changes.clone()))
                 .collect(),
             tombstone: self
@@ -84,7 +87,9 @@ impl Plan {
                 })
                 .collect(),
             revive: self.revive.iter().map(|s| entry(s, Vec::new())).collect(),
-            keep: self.keep.len() as u64,
+            keep: self.keep.len() as u64 + reordered,
+            reordered,
+            hosts: Vec::new(),
             warnings: Vec::new(),
             applied: false,
             generation: 0,

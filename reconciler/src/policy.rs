@@ -40,6 +40,48 @@ impl HostPolicy {
     }
 }
 
+/// How the policies `new` differ from `old`, by host name (sorted): added, removed, and
+/// changed with the keys that change.
+pub fn host_changes(old: &[HostPolicy], new: &[HostPolicy]) -> Vec<cis490_api::HostChange> {
+    use std::collections::BTreeMap;
+    let by_name = |hosts: &[HostPolicy]| -> BTreeMap<String, HostPolicy> {
+        hosts.iter().map(|h| (h.name.clone(), h.clone())).collect()
+    };
+    let (old, new) = (by_name(old), by_name(new));
+    let change = |name: &str, change: &str, fields: Vec<String>| cis490_api::HostChange {
+        name: name.to_string(),
+        change: change.to_string(),
+        fields,
+    };
+    let mut out = Vec::new();
+    for (name, was) in &old {
+        match new.get(name) {
+            None => out.push(change(name, "remove", Vec::new())),
+            Some(now) => {
+                let mut fields = Vec::new();
+                for (key, differs) in [
+                    ("allow_jobs", was.allow_jobs != now.allow_jobs),
+                    ("deny_jobs", was.deny_jobs != now.deny_jobs),
+                    ("max_concurrent", was.max_concurrent != now.max_concurrent),
+                    ("labels", was.labels != now.labels),
+                ] {
+                    if differs {
+                        fields.push(key.to_string());
+                    }
+                }
+                if !fields.is_empty() {
+                    out.push(change(name, "update", fields));
+                }
+            }
+        }
+    }
+    for name in new.keys().filter(|n| !old.contains_key(*n)) {
+        out.push(change(name, "add", Vec::new()));
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,25 @@ pub fn plan_text(plan: &PlanSummary, color: bool) -> String {
             }
         }
     }
+    for host in &plan.hosts {
+        let (sign, paint) = match host.change.as_str() {
+            "add" => ("+", Paint::Green),
+            "remove" => ("-", Paint::Red),
+            _ => ("~", Paint::Yellow),
+        };
+        let mut line = format!("{sign} host      {}", host.name);
+        if !host.fields.is_empty() {
+            let _ = write!(line, " ({})", host.fields.join(", "));
+        }
+        match paint_code(paint).filter(|_| color) {
+            Some(code) => {
+                let _ = writeln!(out, "\x1b[{code}m{line}\x1b[0m");
+            }
+            None => {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+    }
     for w in &plan.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
@@ -74,6 +93,10 @@ pub fn plan_text(plan: &PlanSummary, color: bool) -> String {
         if plan.applied { "revived" } else { "to revive" },
         plan.keep
     );
+    let counts = match plan.reordered {
+        0 => counts,
+        n => format!("{counts} ({n} only moved in the file)"),
+    };
     if plan.applied {
         let _ = writeln!(
             out,
@@ -118,6 +141,19 @@ mod tests {
             tombstone: vec![entry('c', "gbt", &[])],
             revive: vec![entry('d', "gbt", &[])],
             keep: 4,
+            reordered: 0,
+            hosts: vec![
+                cis490_api::HostChange {
+                    name: "gpu-2".into(),
+                    change: "add".into(),
+                    fields: vec![],
+                },
+                cis490_api::HostChange {
+                    name: "pi".into(),
+                    change: "update".into(),
+                    fields: vec!["allow_jobs".into()],
+                },
+            ],
             warnings: vec!["model knn has no jobs".into()],
             applied: false,
             generation: 3,
@@ -135,10 +171,15 @@ mod tests {
                 "~ update    bbbbbbbbbbbb mlp/realistic (priority, constraints)",
                 "- tombstone cccccccccccc gbt/realistic",
                 "^ revive    dddddddddddd gbt/realistic",
+                "+ host      gpu-2",
+                "~ host      pi (allow_jobs)",
                 "warning: model knn has no jobs",
                 "1 to create, 1 to update, 1 to tombstone, 1 to revive, 4 unchanged",
             ]
         );
+        let mut moved = plan();
+        moved.reordered = 3;
+        assert!(plan_text(&moved, false).ends_with("4 unchanged (3 only moved in the file)\n"));
     }
 
     #[test]

@@ -736,6 +736,20 @@ impl Queue {
         })
     }
 
+    /// The `[[hosts]]` policies of the manifest last applied, by name.
+    pub fn host_policies(&self) -> Result<Vec<HostPolicy>, QueueError> {
+        self.read(|tx| {
+            let mut stmt = tx
+                .db
+                .prepare_cached("SELECT policy FROM hosts ORDER BY name")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.map(|json| {
+                serde_json::from_str(&json?).map_err(|e| QueueError::corrupt(e.to_string()))
+            })
+            .collect()
+        })
+    }
+
     /// Every known worker, by name.
     pub fn workers(&self) -> Result<Vec<WorkerView>, QueueError> {
         self.read(nodes::i_workers)

@@ -18,6 +18,7 @@ use crate::manifest::{
     parse_manifest_with_limit, read_manifest_text, LoadedManifest, ManifestErrors,
 };
 use crate::plan::{plan_owned, Plan};
+use crate::policy::host_changes;
 use crate::policy::HostPolicy;
 use crate::queue::{ManifestSource, Queue, QueueError};
 
@@ -153,7 +154,9 @@ impl Reconciler {
             hosts,
             source,
         } = plan_against(&self.queue, loaded, path)?;
-        let summary = self.queue.apply(&plan, &hosts, &source)?;
+        let host_changes = host_changes(&self.queue.host_policies()?, &hosts);
+        let mut summary = self.queue.apply(&plan, &hosts, &source)?;
+        summary.hosts = host_changes;
         *last_applied = Some(source.sha256);
         let unchanged = plan.is_empty();
         drop(plan);
@@ -214,6 +217,7 @@ impl Reconciler {
         summary.applied = false;
         summary.generation = self.queue.manifest_status()?.generation;
         summary.warnings = warnings;
+        summary.hosts = host_changes(&self.queue.host_policies()?, &manifest.hosts);
         Ok(summary)
     }
 }
@@ -312,6 +316,37 @@ mod tests {
             assert_eq!(again.generation, first.generation);
         }
         assert_eq!(r.full_reconciles(), 3);
+    }
+
+    /// A job entry added above the others moves every job in the file's order: the plan
+    /// says so as one count, not as an update per job; `[[hosts]]` changes are listed.
+    #[test]
+    fn diff_counts_jobs_that_only_moved_and_lists_host_changes() {
+        let hosts = |pi_allows: &str, more: &str| {
+            format!("[[hosts]]\nname = \"pi\"\nallow_jobs = [\"{pi_allows}\"]\n{more}")
+        };
+        let before = format!("{TWO_JOBS}{}", hosts("gbt", ""));
+        let (_dir, r) = reconciler(&before);
+        r.reconcile_blocking(Trigger::Startup).unwrap();
+        let first = "[[jobs]]\nmodel = \"gbt\"\nmode = \"oracle\"\nseed = 9\n";
+        let after = TWO_JOBS.replace("[[jobs]]", &format!("{first}\n[[jobs]]"))
+            + &hosts("mlp", "[[hosts]]\nname = \"gpu-2\"\n");
+        let diff = r.diff_blocking(&after, "after.toml").unwrap();
+        assert_eq!(diff.create.len(), 1);
+        assert!(diff.update.is_empty(), "{:?}", diff.update);
+        assert_eq!((diff.keep, diff.reordered), (2, 2));
+        let hosts: Vec<(&str, &str, Vec<String>)> = diff
+            .hosts
+            .iter()
+            .map(|h| (h.name.as_str(), h.change.as_str(), h.fields.clone()))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("gpu-2", "add", vec![]),
+                ("pi", "update", vec!["allow_jobs".to_string()])
+            ]
+        );
     }
 
     #[test]
