@@ -771,6 +771,8 @@ fn read_hyper(
         return hyper;
     };
     for e in entries {
+        // An integer given for a `float` key is that float: `1` and `1.0` are one job.
+        let mut as_float = None;
         if !is_flag_name(&e.key) {
             d.error(
                 e.key_at,
@@ -818,8 +820,11 @@ fn read_hyper(
                 );
                 continue;
             }
+            if let (HyperType::Float, Kind::Int(i)) = (ty, &e.value.kind) {
+                as_float = serde_json::Number::from_f64(*i as f64).map(Value::Number);
+            }
         }
-        if let Some(value) = hyper_value(d, &e.key, &e.value) {
+        if let Some(value) = as_float.or_else(|| hyper_value(d, &e.key, &e.value)) {
             hyper.insert(e.key.clone(), value);
         }
     }

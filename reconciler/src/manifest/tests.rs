@@ -191,8 +191,8 @@ hyper = { when = 1979-05-27T07:32:00Z, list = [1, 2.5, "a"], f = 0.1 }
 "#,
     ));
     let jobs = &loaded.manifest.jobs;
-    // "float" accepts an integer and keeps it as written.
-    assert_eq!(jobs[0].hyper["lr"], json!(1));
+    // "float" accepts an integer, as the float it stands for.
+    assert_eq!(jobs[0].hyper["lr"], json!(1.0));
     assert_eq!(jobs[0].hyper["depth"], json!(3));
     assert_eq!(jobs[0].hyper["name"], json!("x"));
     assert_eq!(jobs[0].hyper["flag"], json!(true));
@@ -931,4 +931,28 @@ proptest! {
             prop_assert_eq!(d.line_col(at), (line as u32, column as u32));
         }
     }
+}
+
+/// `lr = 1` and `lr = 1.0` for a `float` key are one job: the same ID from either file, and
+/// a matrix listing both yields a duplicate.
+#[test]
+fn an_integer_for_a_float_hyper_is_the_same_job_as_the_float() {
+    let job = |lr: &str| {
+        ok(&with_prelude(&format!(
+            "[[jobs]]\nmodel = \"gbt\"\nmode = \"m\"\nhyper = {{ lr = {lr} }}\n"
+        )))
+        .manifest
+        .jobs[0]
+            .id
+            .clone()
+    };
+    assert_eq!(job("1"), job("1.0"));
+    assert_ne!(job("1"), job("2.0"));
+    let errs = errors(&with_prelude(
+        "[[jobs]]\nmodel = \"gbt\"\nmode = \"m\"\nmatrix = { \"hyper.lr\" = [1, 1.0] }\n",
+    ));
+    assert!(
+        errs.iter().any(|e| e.message.contains("duplicate job")),
+        "{errs:#?}"
+    );
 }
