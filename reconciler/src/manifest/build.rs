@@ -648,12 +648,7 @@ fn job_spec(
                     ),
                 );
             } else if model_def.is_none() {
-                d.warning(
-                    e.value.at,
-                    format!(
-                        "model `{model}` is not declared in [models]: it runs [defaults] command and its hyper is not checked"
-                    ),
-                );
+                d.undeclared_model(model, e.value.at);
             }
             command
         }

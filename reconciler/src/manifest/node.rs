@@ -143,6 +143,9 @@ pub(crate) struct Diagnostics<'a> {
     /// on the same line counts only the characters after it: a one-line array of 200,000
     /// hosts (a warning each) costs a pass over the line, not one per warning.
     last_column: std::cell::Cell<(usize, usize, usize)>,
+    /// Each model the jobs name that `[models]` does not declare: where a job first names
+    /// it, and how many jobs do; one warning each at the end, not one per job.
+    undeclared_models: std::collections::BTreeMap<String, (usize, usize)>,
 }
 
 impl<'a> Diagnostics<'a> {
@@ -158,6 +161,7 @@ impl<'a> Diagnostics<'a> {
             warnings: Vec::new(),
             warned: std::collections::HashSet::new(),
             last_column: std::cell::Cell::new((0, 0, 0)),
+            undeclared_models: std::collections::BTreeMap::new(),
         }
     }
 
@@ -213,9 +217,29 @@ impl<'a> Diagnostics<'a> {
         self.warnings.push((at, text));
     }
 
+    /// A job at `at` names `model`, which `[models]` does not declare.
+    pub fn undeclared_model(&mut self, model: &str, at: usize) {
+        self.undeclared_models
+            .entry(model.to_string())
+            .and_modify(|(_, jobs)| *jobs += 1)
+            .or_insert((at, 1));
+    }
+
     /// Errors and warnings in file order, each reported once (a matrix repeats the checks of
     /// its entry for every combination).
     pub fn finish(mut self) -> (Vec<ManifestError>, Vec<String>) {
+        for (model, (at, jobs)) in std::mem::take(&mut self.undeclared_models) {
+            let what = match jobs {
+                1 => "its job runs [defaults] command and its hyper is not checked".to_string(),
+                n => format!(
+                    "its {n} jobs (the first here) run [defaults] command and their hyper is not checked"
+                ),
+            };
+            self.warning(
+                at,
+                format!("model `{model}` is not declared in [models]: {what}"),
+            );
+        }
         self.errors.sort_by_key(|(at, _)| *at);
         let mut errors: Vec<ManifestError> = Vec::new();
         for (_, e) in self.errors {

@@ -956,3 +956,33 @@ fn an_integer_for_a_float_hyper_is_the_same_job_as_the_float() {
         "{errs:#?}"
     );
 }
+
+/// A thousand jobs of one undeclared model are one warning, at the first of them, with
+/// the count; each undeclared model has its own.
+#[test]
+fn undeclared_models_warn_once_each_with_their_job_count() {
+    let entry = |model: &str, seed: usize| {
+        format!("[[jobs]]\nmodel = \"{model}\"\nmode = \"m\"\nseed = {seed}\n")
+    };
+    let mut text = String::from("version = 1\n[defaults]\ncommand = [\"t\"]\n");
+    for seed in 0..1000 {
+        text.push_str(&entry("knn", seed));
+    }
+    text.push_str(&entry("svm", 0));
+    let loaded = ok(&text);
+    assert_eq!(
+        loaded.warnings.len(),
+        2,
+        "{:#?}",
+        &loaded.warnings[..3.min(loaded.warnings.len())]
+    );
+    assert!(
+        loaded.warnings[0]
+            .starts_with("m.toml:5:9: model `knn` is not declared in [models]: its 1000 jobs"),
+        "{}",
+        loaded.warnings[0]
+    );
+    assert!(
+        loaded.warnings[1].contains("model `svm`") && loaded.warnings[1].contains("its job runs")
+    );
+}
