@@ -64,6 +64,9 @@ pub async fn advertised_capability(cfg: &AgentConfig) -> anyhow::Result<Capabili
     let mut cap = capability::detect(&opts, &NvmlProbe)
         .await
         .context("this host cannot run jobs")?;
+    for warning in cfg.advertise.check(&cap)? {
+        tracing::warn!("{warning}");
+    }
     cfg.advertise.apply(&mut cap);
     Ok(cap)
 }

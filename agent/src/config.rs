@@ -143,6 +143,60 @@ impl Advertise {
         }
     }
 
+    /// What is wrong with the overrides for the `detected` host: an error where they
+    /// contradict themselves (`vram_gib` with no GPU to give it), warnings where they claim
+    /// more than the host has (the server would hand it jobs it cannot hold).
+    pub fn check(&self, detected: &Capability) -> Result<Vec<String>, ConfigError> {
+        let bad = |entry: String, why: &str| ConfigError::Advertise(entry, why.to_string());
+        if let Some(vram) = self.vram_gib {
+            let gpus = match (self.cuda, self.gpus) {
+                (Some(false), _) => 0,
+                (_, Some(n)) => n as usize,
+                (Some(true), None) => detected.gpus.len().max(1),
+                (None, None) => detected.gpus.len(),
+            };
+            if gpus == 0 {
+                return Err(bad(
+                    format!("vram_gib={vram}"),
+                    "this host advertises no GPU to give it: add gpus=N (or cuda=true)",
+                ));
+            }
+        }
+        let mut warnings = Vec::new();
+        let detected_ram_gib = detected.ram_total_mib as f64 / 1024.0;
+        if let Some(ram) = self.ram_gib.filter(|r| *r > detected_ram_gib) {
+            warnings.push(format!(
+                "--advertise ram_gib={ram} is more than this host's {detected_ram_gib:.1} GiB: it may be handed jobs it cannot hold"
+            ));
+        }
+        if let Some(cores) = self.cores.filter(|c| *c > detected.cores) {
+            warnings.push(format!(
+                "--advertise cores={cores} is more than this host's {} cores",
+                detected.cores
+            ));
+        }
+        let detected_vram_gib = detected
+            .gpus
+            .iter()
+            .map(|g| g.vram_total_mib as f64 / 1024.0)
+            .fold(0.0, f64::max);
+        if let Some(vram) = self
+            .vram_gib
+            .filter(|v| !detected.gpus.is_empty() && *v > detected_vram_gib)
+        {
+            warnings.push(format!(
+                "--advertise vram_gib={vram} is more than this host's largest GPU ({detected_vram_gib:.1} GiB)"
+            ));
+        }
+        if let Some(gpus) = self.gpus.filter(|g| *g as usize > detected.gpus.len()) {
+            warnings.push(format!(
+                "--advertise gpus={gpus} declares GPUs this host's driver does not show (it shows {})",
+                detected.gpus.len()
+            ));
+        }
+        Ok(warnings)
+    }
+
     /// Applies the overrides to a detected capability. `gpus=N` keeps the first N GPUs or
     /// adds declared ones; `vram_gib` sets each GPU's VRAM; `cuda=false` hides every GPU,
     /// `cuda=true` on a host without one declares one.
@@ -519,6 +573,28 @@ mod tests {
             cuda: n > 0,
             ..Capability::default()
         }
+    }
+
+    /// `vram_gib` with no GPU to give it is an error; claiming more than the host has is a
+    /// warning naming what it has; what fits says nothing.
+    #[test]
+    fn advertise_checks_against_the_detected_host() {
+        let check =
+            |text: &str, gpus: u32| Advertise::parse(text).unwrap().check(&cap_with_gpus(gpus));
+        for impossible in ["vram_gib=8", "vram_gib=8,gpus=0", "vram_gib=8,cuda=false"] {
+            let err =
+                check(impossible, if impossible == "vram_gib=8" { 0 } else { 2 }).unwrap_err();
+            assert!(err.to_string().contains("no GPU"), "{impossible}: {err}");
+        }
+        assert!(check("vram_gib=8,gpus=1", 0).is_ok());
+        assert!(check("vram_gib=8,cuda=true", 0).is_ok());
+        let warnings = check("ram_gib=999,cores=64,vram_gib=48,gpus=4", 2).unwrap();
+        assert_eq!(warnings.len(), 4, "{warnings:#?}");
+        assert!(warnings[0].contains("ram_gib=999") && warnings[0].contains("64.0 GiB"));
+        assert!(warnings[2].contains("12.0 GiB"));
+        assert!(check("ram_gib=8,cores=2,vram_gib=6,gpus=1", 2)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

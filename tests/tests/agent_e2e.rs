@@ -493,6 +493,24 @@ fn capability_self_test_prints_json_and_refuses_a_missing_work_dir() {
         stderr.contains("work dir") && stderr.contains("no-such-dir"),
         "{stderr}"
     );
+
+    // VRAM for no GPU is refused; more RAM than the host has is said, and still advertised.
+    let capability = |advertise: &str| {
+        Command::new(bin("cis490-agent").unwrap())
+            .args(["capability", "-o", "json", "--advertise", advertise])
+            .arg("--work-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = capability("cuda=false,vram_gib=8");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("vram_gib=8") && stderr.contains("no GPU"), "{stderr}");
+    let out = capability("ram_gib=99999");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("ram_gib=99999 is more than this host's"), "{stderr}");
 }
 
 #[test]
