@@ -123,3 +123,63 @@ async fn an_invalid_edit_changes_nothing_and_reports_its_line() {
     .await;
     assert_eq!(app.count(JobStatus::Pending).await, 3);
 }
+
+/// An editor that writes the file in two steps (the first half, a pause longer than the
+/// debounce, the rest) while holding it open: the valid first half is never applied; the
+/// whole file is, once, when the writer closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_written_in_two_steps_is_applied_once_it_is_closed() {
+    use std::io::Write;
+    let app = spawn_app(AppOptions {
+        manifest: jobs_manifest(1..=3),
+        ..AppOptions::default()
+    })
+    .await;
+    let before = app.anon.manifest().await.unwrap().generation;
+    let full = jobs_manifest(1..=4);
+    // The first half is a valid manifest of seed 1 only: applying it would tombstone two.
+    let cut = full.find("[1, 2, 3, 4]").unwrap() + "[1".len();
+    let (first, rest) = full.split_at(cut);
+    let first_alone = format!("{first}] }}\n");
+    assert!(cis490_reconciler::manifest::parse_manifest(
+        &first_alone,
+        std::path::Path::new("m.toml")
+    )
+    .is_ok());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&app.manifest)
+        .unwrap();
+    f.write_all(first_alone.as_bytes()).unwrap();
+    f.flush().unwrap();
+    // Ten debounces with the file open and half written.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        app.anon.manifest().await.unwrap().generation,
+        before,
+        "the half-written file was applied"
+    );
+    // The rest: rewrite from the start so the file is the whole manifest, then close.
+    use std::io::{Seek, SeekFrom};
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.write_all(first.as_bytes()).unwrap();
+    f.write_all(rest.as_bytes()).unwrap();
+    f.set_len(full.len() as u64).unwrap();
+    drop(f);
+    wait_pending(&app, 4).await;
+    let status = app.anon.manifest().await.unwrap();
+    assert_eq!(status.generation, before + 1, "applied once");
+    let all = app
+        .anon
+        .jobs(&JobFilter {
+            all: true,
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        all.iter().all(|j| !j.tombstoned),
+        "nothing was tombstoned on the way"
+    );
+}

@@ -506,11 +506,17 @@ fn capability_self_test_prints_json_and_refuses_a_missing_work_dir() {
     let out = capability("cuda=false,vram_gib=8");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("vram_gib=8") && stderr.contains("no GPU"), "{stderr}");
+    assert!(
+        stderr.contains("vram_gib=8") && stderr.contains("no GPU"),
+        "{stderr}"
+    );
     let out = capability("ram_gib=99999");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("ram_gib=99999 is more than this host's"), "{stderr}");
+    assert!(
+        stderr.contains("ram_gib=99999 is more than this host's"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
@@ -20,18 +20,33 @@ use super::reconcile::{Reconciler, Trigger};
 pub struct ManifestWatch {
     /// Kept alive: dropping it ends the watch.
     _watcher: RecommendedWatcher,
-    events: mpsc::UnboundedReceiver<()>,
+    events: mpsc::UnboundedReceiver<Change>,
     dir: PathBuf,
 }
 
-/// True for events that can change the file's content or which file the name points to.
-fn is_relevant(kind: &EventKind) -> bool {
+/// What an event on the manifest's name says about its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Bytes were written into the file, which may still be open for more.
+    Written,
+    /// The file is complete as far as the event tells: its writer closed it, or another
+    /// file was renamed over it, or it was created or removed.
+    Settled,
+}
+
+/// What an event means for the manifest, or None when it cannot change its content.
+fn change_of(kind: &EventKind) -> Option<Change> {
     match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        _ => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Change::Settled),
+        EventKind::Access(_) => None,
+        EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => Some(Change::Written),
+        _ => Some(Change::Settled),
     }
 }
+
+/// Longest wait for a writer to close a file it wrote into: a writer that keeps the file
+/// open past it is taken as done.
+const MAX_OPEN_WRITE_WAIT: Duration = Duration::from_secs(5);
 
 impl ManifestWatch {
     /// Starts watching the directory that holds `manifest`.
@@ -49,8 +64,8 @@ impl ManifestWatch {
                         .paths
                         .iter()
                         .any(|p| p.file_name().map(|n| n.to_os_string()) == name);
-                    if ours && is_relevant(&event.kind) {
-                        let _ = tx.send(());
+                    if let Some(change) = change_of(&event.kind).filter(|_| ours) {
+                        let _ = tx.send(change);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "manifest watch error"),
@@ -63,17 +78,30 @@ impl ManifestWatch {
         })
     }
 
-    /// Waits for a change, lets the burst settle for `debounce`, reconciles; forever.
+    /// Waits for a change and for the file to settle, reconciles; forever.
+    ///
+    /// Settled means `debounce` without an event after the last one, and, when the last
+    /// event was bytes written into the file, its writer's close (or
+    /// [`MAX_OPEN_WRITE_WAIT`] without an event): an editor that writes the file in two
+    /// steps, pausing between them, never has its valid first half applied.
     pub async fn run(mut self, reconciler: Arc<Reconciler>, debounce: Duration) -> Infallible {
         tracing::info!(dir = %self.dir.display(), "watching the manifest's directory");
         loop {
-            if self.events.recv().await.is_none() {
+            let Some(mut last) = self.events.recv().await else {
                 // The watcher thread ended; the periodic resync still covers changes.
                 tracing::error!("manifest watch stopped; relying on the periodic resync");
                 return std::future::pending().await;
+            };
+            loop {
+                let quiet = match last {
+                    Change::Written => MAX_OPEN_WRITE_WAIT.max(debounce),
+                    Change::Settled => debounce,
+                };
+                match tokio::time::timeout(quiet, self.events.recv()).await {
+                    Ok(Some(change)) => last = change,
+                    Ok(None) | Err(_) => break,
+                }
             }
-            // An in-place truncate + write is two events; wait until the writer is done.
-            while let Ok(Some(())) = tokio::time::timeout(debounce, self.events.recv()).await {}
             // Errors are logged and recorded by the reconciler; the loop goes on.
             let _ = reconciler.reconcile(Trigger::FileChange).await;
         }
