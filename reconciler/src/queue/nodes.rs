@@ -384,7 +384,9 @@ pub(crate) fn worker_view(tx: &Tx<'_>, row: WorkerRow) -> Result<WorkerView, Que
         state,
         ready: fresh,
         cordoned: row.cordoned || row.draining,
-        draining: row.draining,
+        // Draining while its jobs run; once they are done the drain is over and the worker
+        // is only cordoned (its state says Cordoned, so must this).
+        draining: row.draining && !running_jobs.is_empty(),
         capability: row.capability,
         first_seen: from_ms(row.first_seen),
         last_seen: from_ms(row.last_seen),

@@ -442,7 +442,13 @@ fn cordoned_and_draining_workers_get_nothing() {
     assert!(claim(&q, "b", &cpu(8)).is_none());
     q.complete(&held.job.id, &done(&q, &held.job.id, "b", &held.lease))
         .unwrap();
-    assert_eq!(q.worker(&worker("b")).unwrap().state, NodeState::Cordoned);
+    let drained = q.worker(&worker("b")).unwrap();
+    assert_eq!(drained.state, NodeState::Cordoned);
+    assert!(
+        drained.cordoned && !drained.draining,
+        "the drain is over once its jobs are done: Cordoned, not Draining"
+    );
+    assert!(claim(&q, "b", &cpu(8)).is_none(), "and it stays cordoned");
     assert_eq!(q.uncordon(&worker("a")).unwrap().state, NodeState::Ready);
     assert!(claim(&q, "a", &cpu(8)).is_some());
     assert!(matches!(
