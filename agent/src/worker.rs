@@ -285,6 +285,7 @@ impl JobRun {
             exit_code,
             log_tail: self.attempt.as_ref().and_then(Attempt::log_tail),
             retryable,
+            cause: Default::default(),
         }
     }
 
@@ -378,6 +379,7 @@ impl JobRun {
             worker: self.shared.worker().clone(),
             lease: self.lease.clone(),
             log_tail: self.attempt.as_ref().and_then(Attempt::log_tail),
+            log: None,
         };
         let client = &self.shared.client;
         match tokio::time::timeout(CALL_TIMEOUT, client.heartbeat(&self.spec.id, &req)).await {
@@ -989,6 +991,7 @@ impl Agent {
                 exit_code: None,
                 log_tail: None,
                 retryable: true,
+                cause: Default::default(),
             };
             let client = &self.shared.client;
             if let Ok(Err(e)) | Err(e) =

@@ -11,6 +11,7 @@ use cis490_api::{
 use rusqlite::{params, OptionalExtension};
 
 use super::events::{i_event, i_job_events, kind};
+use super::logs;
 use super::nodes::i_touch_worker;
 use super::rows::{
     from_ms, i_existing_job, i_insert_job, i_job_row, i_write_spec, JobRow, RawJob, JOB_COLUMNS,
@@ -368,8 +369,22 @@ pub(crate) fn i_heartbeat(
             .prepare_cached("UPDATE jobs SET log_tail = ?2 WHERE id = ?1")?
             .execute(params![id.as_str(), tail])?;
     }
+    let log_offset = match &req.log {
+        Some(chunk) => logs::i_append(
+            tx,
+            id,
+            &req.worker,
+            &req.lease,
+            chunk,
+            tx.config.max_log_bytes_per_attempt,
+        )?,
+        None => logs::i_source_next(tx, id, &req.lease)?,
+    };
     if cancelled {
-        return Ok(HeartbeatResponse { cancel: true });
+        return Ok(HeartbeatResponse {
+            cancel: true,
+            log_offset: Some(log_offset),
+        });
     }
     let expires = tx.now.saturating_add(
         i64::try_from(row.spec.stale_after_s)
@@ -394,7 +409,10 @@ pub(crate) fn i_heartbeat(
             ),
         )?;
     }
-    Ok(HeartbeatResponse { cancel: false })
+    Ok(HeartbeatResponse {
+        cancel: false,
+        log_offset: Some(log_offset),
+    })
 }
 
 pub(crate) fn i_record_upload(

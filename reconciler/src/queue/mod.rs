@@ -28,6 +28,7 @@ mod batch;
 mod events;
 mod explain;
 mod lifecycle;
+pub mod logs;
 mod matching;
 mod nodes;
 mod rows;
@@ -36,6 +37,8 @@ pub mod tokens;
 
 #[cfg(test)]
 mod identity_tests;
+#[cfg(test)]
+mod logs_tests;
 #[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]
@@ -50,7 +53,7 @@ use chrono::{DateTime, Utc};
 use cis490_api::{
     ArtifactId, Capability, ClaimResponse, CompleteRequest, EventsPage, Explain, FailRequest,
     HeartbeatRequest, HeartbeatResponse, IdPrefix, JobFilter, JobId, JobSpec, JobStatusResponse,
-    JobView, Lease, ManifestError, ManifestStatus, PlanSummary, WorkerName, WorkerView,
+    JobView, Lease, LogPage, LogQuery, ManifestError, ManifestStatus, PlanSummary, WorkerName, WorkerView,
 };
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -73,6 +76,12 @@ pub struct QueueConfig {
     pub prefer_cuda_wait_s: u64,
     /// A worker not seen (claim, heartbeat, node report) for this long is NotReady.
     pub node_stale_after_s: u64,
+    /// The most log text kept per attempt: past it the first half and the latest part are
+    /// kept (see `logs.rs`).
+    pub max_log_bytes_per_attempt: u64,
+    /// A job that failed on a worker waits this long for a worker it has not failed on
+    /// before that worker may take it again (while another Ready worker could run it).
+    pub retry_elsewhere_wait_s: u64,
 }
 
 impl Default for QueueConfig {
@@ -80,6 +89,8 @@ impl Default for QueueConfig {
         QueueConfig {
             prefer_cuda_wait_s: 300,
             node_stale_after_s: 90,
+            max_log_bytes_per_attempt: logs::DEFAULT_MAX_LOG_BYTES_PER_ATTEMPT,
+            retry_elsewhere_wait_s: 300,
         }
     }
 }
@@ -615,6 +626,11 @@ impl Queue {
     /// Jobs matching `filter` in queue order (priority, then manifest order); events empty.
     pub fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobView>, QueueError> {
         self.read(|tx| lifecycle::i_jobs(tx, filter))
+    }
+
+    /// One page of an attempt's log (`GET /v1/job/{id}/log`).
+    pub fn job_log(&self, id: &JobId, query: &LogQuery) -> Result<LogPage, QueueError> {
+        self.read(|tx| logs::i_read(tx, id, query))
     }
 
     /// Why a pending job is not running: per known worker, and its queue position.

@@ -43,6 +43,7 @@ fn hb(w: &str, lease: &Lease) -> HeartbeatRequest {
         worker: worker(w),
         lease: lease.clone(),
         log_tail: None,
+        log: None,
     }
 }
 
@@ -70,6 +71,7 @@ fn failure(w: &str, lease: &Lease, retryable: bool) -> FailRequest {
         exit_code: if retryable { None } else { Some(3) },
         log_tail: Some("Traceback: boom".to_string()),
         retryable,
+        cause: Default::default(),
     }
 }
 
