@@ -441,6 +441,14 @@ impl Fleet {
     /// Runs `cis490ctl ARGS` against the current server with the operator token (and the
     /// lab CA when TLS is on).
     pub fn ctl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.ctl_command(args)?
+            .output()
+            .context("running cis490ctl")
+    }
+
+    /// The `cis490ctl ARGS` command [`Fleet::ctl`] runs, to start it in the background
+    /// (`logs -f`, `get -w`).
+    pub fn ctl_command(&self, args: &[&str]) -> anyhow::Result<Command> {
         let mut cmd = Command::new(bin("cis490ctl")?);
         match self.client_tls(None)?.ca_file {
             Some(ca) => cmd.env("CIS490_CA_FILE", ca),
@@ -450,9 +458,8 @@ impl Fleet {
             .env("CIS490_SERVER", self.url()?)
             .env("CIS490_OPERATOR_TOKEN", OPERATOR_TOKEN)
             .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .output()
-            .context("running cis490ctl")
+            .stdin(Stdio::null());
+        Ok(cmd)
     }
 
     /// The artifact store's root (`<state>/models`, the server's layout).
