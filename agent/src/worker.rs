@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use cis490_api::{
     AgentInstance, ArtifactId, ClaimRequest, ClaimResponse, Client, ClientError, CompleteRequest,
-    FailRequest, HeartbeatRequest, JobId, JobSpec, Lease, WorkerName, MAX_LOG_CHUNK_BYTES,
+    FailRequest, FailureCause, HeartbeatRequest, JobId, JobSpec, Lease, WorkerName, MAX_LOG_CHUNK_BYTES,
 };
 use rand::Rng;
 use tokio::sync::watch;
@@ -32,7 +32,7 @@ use crate::config::AgentConfig;
 use crate::lease_keeper::{KeepLease, LeaseKeeper};
 use crate::log_ship::LogShipper;
 use crate::pack::{self, Packed};
-use crate::runner::{self, Attempt, Trainer};
+use crate::runner::{self, Attempt, RunError, Trainer};
 use crate::slots::{Allocation, Slots};
 
 /// The reason a job released on shutdown carries, so the server requeues it at once.
@@ -297,6 +297,15 @@ impl JobRun {
         }
     }
 
+    /// A failure of this host, not of the trainer: it could not be started at all. The
+    /// server gives the job to another worker without using an attempt and flags this one.
+    fn host_failure(&self, reason: String) -> FailRequest {
+        FailRequest {
+            cause: FailureCause::Host,
+            ..self.fail(reason, None, false)
+        }
+    }
+
     fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
     }
@@ -357,7 +366,7 @@ impl JobRun {
         let cfg = &self.shared.cfg;
         let attempt = match Attempt::prepare(&cfg.state_dir, &self.spec, &self.lease) {
             Ok(a) => a,
-            Err(e) => return JobStage::Report(self.fail(format!("agent: {e}"), None, true)),
+            Err(e) => return JobStage::Report(self.host_failure(format!("agent: {e}"))),
         };
         self.attempt = Some(attempt.clone());
         self.log = Some(LogShipper::new(&attempt.log_path));
@@ -372,6 +381,11 @@ impl JobRun {
                 tracing::info!(job = %self.spec.id.short(), pid = trainer.pid(), gpu = ?self.allocation.gpu, "trainer started");
                 self.shared.trainers.add(trainer.pid());
                 JobStage::Run(trainer)
+            }
+            // The program is missing or not executable here, the work dir unreadable, the
+            // log not writable: this host cannot run trainers, whatever the job is.
+            Err(e @ (RunError::Spawn { .. } | RunError::Prepare { .. })) => {
+                JobStage::Report(self.host_failure(e.to_string()))
             }
             Err(e) => JobStage::Report(self.fail(e.to_string(), None, false)),
         }

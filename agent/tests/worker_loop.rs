@@ -455,6 +455,25 @@ async fn non_zero_exit_fails_with_the_code_and_the_last_stderr_line() {
         .unwrap();
 }
 
+#[tokio::test]
+async fn a_trainer_that_cannot_start_is_the_hosts_failure_not_the_jobs() {
+    let h = start(vec![job(4, vec!["./no-such-trainer.sh".into()])], "").await;
+    let failed = wait_for("failure", || h.mock.lock().unwrap().failed.first().cloned()).await;
+    assert_eq!(failed.cause, cis490_api::FailureCause::Host);
+    assert!(!failed.retryable);
+    assert!(
+        failed.reason.contains("no-such-trainer.sh"),
+        "{}",
+        failed.reason
+    );
+    h.shutdown.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), h.agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
 /// A trainer that records its pid and its child's, then waits forever (ignoring SIGTERM).
 const STUBBORN: &str =
     "#!/bin/sh\ntrap '' TERM\nsleep 300 &\necho \"$$ $!\" > pids\necho running\nwait\n";

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use cis490_api::{
-    ArtifactId, ArtifactView, CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse,
+    ArtifactId, ArtifactView, CompleteRequest, FailRequest, FailureCause, HeartbeatRequest,
+    HeartbeatResponse,
     IdPrefix, JobFilter, JobId, JobStatus, JobStatusResponse, JobView, Lease, ManifestError,
     ManifestStatus, PlanSummary, WorkerName, SHORT_ID_LEN,
 };
@@ -12,7 +13,8 @@ use rusqlite::{params, OptionalExtension};
 
 use super::events::{i_event, i_job_events, kind};
 use super::logs;
-use super::nodes::i_touch_worker;
+use super::failures;
+use super::nodes::{i_clear_host_problem as clear_host_problem, i_touch_worker};
 use super::rows::{
     from_ms, i_existing_job, i_insert_job, i_job_row, i_write_spec, JobRow, RawJob, JOB_COLUMNS,
 };
@@ -21,7 +23,7 @@ use crate::plan::{changed_fields, ActualJob, Plan};
 use crate::policy::HostPolicy;
 
 /// Back to pending: the lease is dropped and the prefer_cuda wait starts again.
-fn i_to_pending(tx: &Tx<'_>, id: &JobId) -> Result<(), QueueError> {
+pub(crate) fn i_to_pending(tx: &Tx<'_>, id: &JobId) -> Result<(), QueueError> {
     tx.db
         .prepare_cached(
             "UPDATE jobs SET status = 'pending', lease_attempt = NULL, lease_token = NULL, \
@@ -38,7 +40,7 @@ fn i_set_attempts(tx: &Tx<'_>, id: &JobId, attempts: u32) -> Result<(), QueueErr
     Ok(())
 }
 
-fn i_set_error(
+pub(crate) fn i_set_error(
     tx: &Tx<'_>,
     id: &JobId,
     reason: &str,
@@ -55,7 +57,7 @@ fn i_set_error(
 }
 
 /// Terminal: failed, lease dropped.
-fn i_to_failed(tx: &Tx<'_>, id: &JobId) -> Result<(), QueueError> {
+pub(crate) fn i_to_failed(tx: &Tx<'_>, id: &JobId) -> Result<(), QueueError> {
     tx.db
         .prepare_cached(
             "UPDATE jobs SET status = 'failed', lease_attempt = NULL, lease_token = NULL, \
@@ -545,6 +547,8 @@ pub(crate) fn i_complete(
 ) -> Result<JobStatusResponse, QueueError> {
     let (row, _) = i_leased_job(tx, id, &req.worker, &req.lease, false)?;
     i_check_completion_artifact(tx, id, req)?;
+    // The worker ran a job to its end: whatever was wrong with its host is not any more.
+    clear_host_problem(tx, req.worker.as_str())?;
     tx.db
         .prepare_cached(
             "UPDATE jobs SET status = 'completed', artifact_id = ?2, lease_attempt = NULL, \
@@ -602,6 +606,9 @@ pub(crate) fn i_fail(
             .prepare_cached("UPDATE jobs SET log_tail = ?2 WHERE id = ?1")?
             .execute(params![id.as_str(), tail])?;
     }
+    if req.cause == FailureCause::Host && !req.retryable {
+        return failures::i_host_failure(tx, id, &row, req);
+    }
     if req.retryable {
         // Not the job's fault (the agent is shutting down): the attempt is refunded.
         i_set_attempts(tx, id, row.attempts.saturating_sub(1))?;
@@ -621,6 +628,7 @@ pub(crate) fn i_fail(
             status: JobStatus::Pending,
         });
     }
+    failures::i_record_failure(tx, id, worker, false, &req.reason)?;
     let failures = row.trainer_failures.saturating_add(1);
     tx.db
         .prepare_cached("UPDATE jobs SET trainer_failures = ?2 WHERE id = ?1")?
@@ -762,6 +770,7 @@ pub(crate) fn i_requeue(tx: &mut Tx<'_>, id: &JobId) -> Result<JobStatusResponse
     if let Some(e) = &row.error_reason {
         message.push_str(&format!("; previous error: {e}"));
     }
+    failures::i_forget_failures(tx, id)?;
     i_event(tx, Some(id), None, kind::REQUEUED, message)?;
     Ok(JobStatusResponse {
         id: id.clone(),

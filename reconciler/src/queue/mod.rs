@@ -27,6 +27,7 @@
 mod batch;
 mod events;
 mod explain;
+mod failures;
 mod lifecycle;
 pub mod logs;
 mod matching;
@@ -35,6 +36,8 @@ mod rows;
 mod schema;
 pub mod tokens;
 
+#[cfg(test)]
+mod failures_tests;
 #[cfg(test)]
 mod identity_tests;
 #[cfg(test)]
