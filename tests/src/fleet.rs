@@ -267,6 +267,19 @@ impl Fleet {
         server_url: &str,
         extra: &[&str],
     ) -> anyhow::Result<Command> {
+        self.agent_command_in(wrapper, name, server_url, &self.path("work"), extra)
+    }
+
+    /// Like [`Fleet::agent_command_via`], with `work_dir` as the agent's working dir
+    /// instead of the fleet's `work/`.
+    pub fn agent_command_in(
+        &self,
+        wrapper: &[&str],
+        name: &str,
+        server_url: &str,
+        work_dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Command> {
         let agent = bin("cis490-agent")?;
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
@@ -279,7 +292,7 @@ impl Fleet {
         cmd.arg("run")
             .args(["--server", server_url, "--name", name])
             .arg("--work-dir")
-            .arg(self.path("work"))
+            .arg(work_dir)
             .arg("--state-dir")
             .arg(self.path(&format!("agent-{name}")))
             .args([

@@ -331,6 +331,20 @@ pub fn describe_worker(
     let _ = writeln!(out, "  Ready:         {}", w.ready);
     let _ = writeln!(out, "  Cordoned:      {}", w.cordoned);
     let _ = writeln!(out, "  Draining:      {}", w.draining);
+    match &w.host_problem {
+        Some(p) => {
+            let _ = writeln!(
+                out,
+                "  HostProblem:   {} (job {}, {})",
+                p.reason,
+                p.job_id.short(),
+                time_with_age(Some(p.at), now)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  HostProblem:   none");
+        }
+    }
     let _ = writeln!(out, "Capability:");
     let _ = writeln!(out, "  Cores:         {}", cap.cores);
     let _ = writeln!(
