@@ -76,6 +76,32 @@ pub(crate) fn i_pending_failed_on(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// True while a pending job that failed on `worker` waits for another Ready worker that
+/// could run it and has not failed it (for at most `retry_elsewhere_wait_s` since it went
+/// back to pending): until then `worker` does not take it.
+pub(crate) fn i_left_to_others(
+    tx: &Tx<'_>,
+    job: &str,
+    worker: &str,
+    model: &str,
+    constraints: &cis490_api::Constraints,
+    pending_since: i64,
+) -> Result<bool, QueueError> {
+    let wait_ms = i64::try_from(tx.config.retry_elsewhere_wait_s)
+        .unwrap_or(i64::MAX / 1000)
+        .saturating_mul(1000);
+    if tx.now.saturating_sub(pending_since) >= wait_ms {
+        return Ok(false);
+    }
+    let failed = i_failed_workers(tx, job)?;
+    if !failed.contains(worker) {
+        return Ok(false);
+    }
+    Ok(i_workers_able_to_run(tx, model, constraints)?
+        .iter()
+        .any(|w| w != worker && !failed.contains(w)))
+}
+
 /// Ready workers (cordoned ones included: cordon passes) that could run `row`'s job as
 /// far as lasting reasons go.
 pub(crate) fn i_workers_able_to_run(

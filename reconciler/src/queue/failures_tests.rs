@@ -194,3 +194,30 @@ fn after_retry_elsewhere_wait_the_failed_worker_takes_the_job_again() {
     // w2 is stale by now too; either way w1 may take it.
     assert!(claim(&q, "w1").is_some());
 }
+
+#[test]
+fn explain_says_a_worker_leaves_a_job_it_failed_to_the_others() {
+    let q = queue(QueueConfig::default());
+    let job = retried("a");
+    load(&q, std::slice::from_ref(&job));
+    q.report_node(&worker("w2"), &cpu(8)).unwrap();
+    let first = claim(&q, "w1").unwrap();
+    fail(&q, &job.id, "w1", &first.lease, FailureCause::Trainer);
+    let explain = q.explain(&job.id).unwrap();
+    let w1 = explain
+        .workers
+        .iter()
+        .find(|f| f.worker.as_str() == "w1")
+        .unwrap();
+    assert!(
+        w1.passing().iter().any(|r| r.contains("failed it before")),
+        "{:?}",
+        w1.reasons
+    );
+    let w2 = explain
+        .workers
+        .iter()
+        .find(|f| f.worker.as_str() == "w2")
+        .unwrap();
+    assert!(w2.reasons.is_empty(), "{:?}", w2.reasons);
+}

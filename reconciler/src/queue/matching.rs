@@ -573,7 +573,15 @@ impl FirstFit<'_, '_> {
             }
         }
         if self.failed_here.contains(&cand.id) {
-            if !self.left_to_others(cand, &constraints)? {
+            let left = failures::i_left_to_others(
+                self.tx,
+                &cand.id,
+                self.worker,
+                &cand.model,
+                &constraints,
+                cand.pending_since,
+            )?;
+            if !left {
                 let better = self
                     .fallback
                     .as_ref()
@@ -585,27 +593,6 @@ impl FirstFit<'_, '_> {
             return Ok(false);
         }
         Ok(true)
-    }
-
-    /// True while a job that failed on this worker waits for another Ready worker that
-    /// could run it and has not failed it (for at most `retry_elsewhere_wait_s`).
-    fn left_to_others(
-        &self,
-        cand: &Candidate,
-        constraints: &Constraints,
-    ) -> Result<bool, QueueError> {
-        let wait_ms = i64::try_from(self.tx.config.retry_elsewhere_wait_s)
-            .unwrap_or(i64::MAX / 1000)
-            .saturating_mul(1000);
-        if self.tx.now.saturating_sub(cand.pending_since) >= wait_ms {
-            return Ok(false);
-        }
-        let failed = failures::i_failed_workers(self.tx, &cand.id)?;
-        Ok(
-            failures::i_workers_able_to_run(self.tx, &cand.model, constraints)?
-                .iter()
-                .any(|w| w != self.worker && !failed.contains(w)),
-        )
     }
 }
 
