@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use cis490_api::{
     AgentInstance, ArtifactId, ClaimRequest, ClaimResponse, Client, ClientError, CompleteRequest,
-    FailRequest, FailureCause, HeartbeatRequest, JobId, JobSpec, Lease, WorkerName, MAX_LOG_CHUNK_BYTES,
+    FailRequest, FailureCause, HeartbeatRequest, JobId, JobSpec, Lease, WorkerName,
+    MAX_LOG_CHUNK_BYTES,
 };
 use rand::Rng;
 use tokio::sync::watch;

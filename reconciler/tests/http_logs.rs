@@ -57,7 +57,8 @@ async fn read_all(app: &TestApp, id: &str, attempt: Option<u32>, limit: u64) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_streamed_log_reads_back_whole_by_offset_per_attempt() {
     let app = spawn_app(AppOptions {
-        manifest: jobs_manifest(1..=1).replace("[defaults]\n", "[defaults]\nretries_on_failure = 1\n"),
+        manifest: jobs_manifest(1..=1)
+            .replace("[defaults]\n", "[defaults]\nretries_on_failure = 1\n"),
         ..AppOptions::default()
     })
     .await;
@@ -110,14 +111,23 @@ async fn a_streamed_log_reads_back_whole_by_offset_per_attempt() {
     assert!(late.is_lease_lost(), "{late}");
     let second = c.claim(&cpu_claim("w2"), None).await.unwrap().unwrap();
     assert_eq!(second.lease.attempt, 2);
-    c.heartbeat(&second.job.id, &beat(&worker("w2"), &second.lease, 0, "second try\n"))
-        .await
-        .unwrap();
+    c.heartbeat(
+        &second.job.id,
+        &beat(&worker("w2"), &second.lease, 0, "second try\n"),
+    )
+    .await
+    .unwrap();
     assert_eq!(read_all(&app, &id, None, 1 << 20).await, "second try\n");
     assert_eq!(read_all(&app, &id, Some(1), 1 << 20).await, all);
     let page = app
         .anon
-        .job_log(&prefix(&id), &LogQuery { attempt: Some(1), ..LogQuery::default() })
+        .job_log(
+            &prefix(&id),
+            &LogQuery {
+                attempt: Some(1),
+                ..LogQuery::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(page.attempts, vec![1, 2]);

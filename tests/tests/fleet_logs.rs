@@ -65,11 +65,19 @@ fn logs_show_every_line_and_follow_without_gaps() {
     assert!(status.success(), "logs -f exited with {status}");
     let want = expected_lines(20_000);
     let followed = std::fs::read_to_string(&follow_out).unwrap();
-    assert!(followed == want, "logs -f: {}", first_difference(&followed, &want));
+    assert!(
+        followed == want,
+        "logs -f: {}",
+        first_difference(&followed, &want)
+    );
 
     // The completed job's whole log, and its end.
     let out = fleet.ctl(&["logs", id.short()]).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let all = String::from_utf8(out.stdout).unwrap();
     assert!(all == want, "logs: {}", first_difference(&all, &want));
     let out = fleet.ctl(&["logs", id.short(), "--tail", "3"]).unwrap();
@@ -91,7 +99,11 @@ fn attempt_and_previous_show_the_failed_attempts_log_after_a_retry() {
         let mut all = vec!["logs", id.short()];
         all.extend_from_slice(args);
         let out = fleet.ctl(&all).unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let latest = logs(&[]);
@@ -101,6 +113,8 @@ fn attempt_and_previous_show_the_failed_attempts_log_after_a_retry() {
     assert_eq!(logs(&["--previous"]), first);
     assert_eq!(logs(&["--attempt", "2"]), latest);
     // Nothing before the first attempt.
-    let out = fleet.ctl(&["logs", id.short(), "--attempt", "1", "--previous"]).unwrap();
+    let out = fleet
+        .ctl(&["logs", id.short(), "--attempt", "1", "--previous"])
+        .unwrap();
     assert!(!out.status.success());
 }

@@ -91,7 +91,10 @@ pub async fn run(ctx: &Ctx, args: &LogsArgs) -> anyhow::Result<()> {
     if !args.follow {
         if !printed.any {
             let what = match attempt {
-                Some(n) => format!("attempt {n} of job {} has no output yet", first.job_id.short()),
+                Some(n) => format!(
+                    "attempt {n} of job {} has no output yet",
+                    first.job_id.short()
+                ),
                 None => format!("job {} has no output yet", first.job_id.short()),
             };
             eprintln!("{what} (status {})", printed.last.job_status);
@@ -275,7 +278,6 @@ impl Follower<'_> {
 /// The log tail the job's heartbeats carried (agents and servers from before log
 /// streaming).
 async fn tail_only(ctx: &Ctx, args: &LogsArgs) -> anyhow::Result<()> {
-
     let client = ctx.client()?;
     // Take the event position first, so a change right after the first read still wakes us.
     let mut since = if args.follow {

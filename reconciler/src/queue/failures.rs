@@ -40,7 +40,14 @@ pub(crate) fn i_record_failure(
              host_failures = host_failures + excluded.host_failures, \
              last_reason = excluded.last_reason, at = excluded.at",
         )?
-        .execute(params![job.as_str(), worker, trainer_n, host_n, reason, tx.now])?;
+        .execute(params![
+            job.as_str(),
+            worker,
+            trainer_n,
+            host_n,
+            reason,
+            tx.now
+        ])?;
     Ok(())
 }
 
@@ -115,9 +122,15 @@ pub(crate) fn i_workers_able_to_run(
             continue;
         }
         let policy = nodes::i_host_policy(tx, &w.name)?;
-        let lasting = fit_reasons(row_model, constraints, &w.name, &w.capability, policy.as_ref())
-            .into_iter()
-            .any(|r| r.lasting);
+        let lasting = fit_reasons(
+            row_model,
+            constraints,
+            &w.name,
+            &w.capability,
+            policy.as_ref(),
+        )
+        .into_iter()
+        .any(|r| r.lasting);
         if !lasting {
             out.push(w.name);
         }

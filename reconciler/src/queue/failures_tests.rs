@@ -154,7 +154,11 @@ fn a_retried_trainer_failure_prefers_a_worker_it_has_not_failed_on() {
         fail(&q, &job.id, "w1", &first.lease, FailureCause::Trainer),
         JobStatus::Pending
     );
-    assert_eq!(q.job(&job.id).unwrap().attempts, 1, "a trainer failure counts");
+    assert_eq!(
+        q.job(&job.id).unwrap().attempts,
+        1,
+        "a trainer failure counts"
+    );
     assert!(claim(&q, "w1").is_none(), "left to w2, which has not tried");
     assert_eq!(claim(&q, "w2").unwrap().lease.attempt, 2);
 }

@@ -5,15 +5,14 @@ use std::collections::BTreeMap;
 
 use cis490_api::{
     ArtifactId, ArtifactView, CompleteRequest, FailRequest, FailureCause, HeartbeatRequest,
-    HeartbeatResponse,
-    IdPrefix, JobFilter, JobId, JobStatus, JobStatusResponse, JobView, Lease, ManifestError,
-    ManifestStatus, PlanSummary, WorkerName, SHORT_ID_LEN,
+    HeartbeatResponse, IdPrefix, JobFilter, JobId, JobStatus, JobStatusResponse, JobView, Lease,
+    ManifestError, ManifestStatus, PlanSummary, WorkerName, SHORT_ID_LEN,
 };
 use rusqlite::{params, OptionalExtension};
 
 use super::events::{i_event, i_job_events, kind};
-use super::logs;
 use super::failures;
+use super::logs;
 use super::nodes::{i_clear_host_problem as clear_host_problem, i_touch_worker};
 use super::rows::{
     from_ms, i_existing_job, i_insert_job, i_job_row, i_write_spec, JobRow, RawJob, JOB_COLUMNS,

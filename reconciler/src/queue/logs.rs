@@ -193,7 +193,12 @@ fn i_insert_chunk(
         .prepare_cached(
             "INSERT INTO job_log_chunks (job_id, attempt, start, data) VALUES (?1, ?2, ?3, ?4)",
         )?
-        .execute(params![id.as_str(), attempt, to_i64(start), text.as_bytes()])?;
+        .execute(params![
+            id.as_str(),
+            attempt,
+            to_i64(start),
+            text.as_bytes()
+        ])?;
     Ok(())
 }
 

@@ -25,7 +25,9 @@ fn load_one(q: &Queue, name: &str) -> JobId {
 }
 
 fn claim(q: &Queue, w: &str) -> ClaimResponse {
-    q.claim(&worker(w), &cpu(8)).unwrap().expect("a job to claim")
+    q.claim(&worker(w), &cpu(8))
+        .unwrap()
+        .expect("a job to claim")
 }
 
 /// A heartbeat carrying `text` as the bytes `from..from + len` of the lease's log file.
@@ -107,8 +109,15 @@ fn chunks_append_in_order_resends_are_ignored_and_pages_follow_offsets() {
     let id = load_one(&q, "a");
     let c = claim(&q, "w1");
     let before = read(&q, &id, None, 0, None);
-    assert_eq!(before.attempt, Some(1), "the current attempt, before any log");
-    assert_eq!((before.text.as_str(), before.size, before.finished), ("", 0, false));
+    assert_eq!(
+        before.attempt,
+        Some(1),
+        "the current attempt, before any log"
+    );
+    assert_eq!(
+        (before.text.as_str(), before.size, before.finished),
+        ("", 0, false)
+    );
 
     assert_eq!(send(&q, &id, "w1", &c.lease, 0, "line 1\nline 2\n"), 14);
     // The answer was lost and the agent sends the same chunk again: kept once.
@@ -118,11 +127,20 @@ fn chunks_append_in_order_resends_are_ignored_and_pages_follow_offsets() {
     assert_eq!(send(&q, &id, "w1", &c.lease, 14, "line 3\n"), 21);
     assert_eq!(read_all(&q, &id, None, None), "line 1\nline 2\nline 3\n");
     // Small pages: every byte once, in order.
-    assert_eq!(read_all(&q, &id, Some(1), Some(5)), "line 1\nline 2\nline 3\n");
+    assert_eq!(
+        read_all(&q, &id, Some(1), Some(5)),
+        "line 1\nline 2\nline 3\n"
+    );
     let page = read(&q, &id, None, 7, Some(7));
     assert_eq!((page.text.as_str(), page.next_offset), ("line 2\n", 14));
     assert!(matches!(
-        q.job_log(&id, &LogQuery { offset: Some(99), ..LogQuery::default() }),
+        q.job_log(
+            &id,
+            &LogQuery {
+                offset: Some(99),
+                ..LogQuery::default()
+            }
+        ),
         Err(QueueError::BadRequest { .. })
     ));
     // The old log_tail column follows the log.
@@ -163,15 +181,28 @@ fn over_the_cap_the_head_and_the_latest_part_stay_with_one_marker() {
     assert_eq!(page.size, all.len() as u64);
     let kept = page.size - page.dropped_bytes;
     assert!(kept <= cap, "kept {kept} bytes over the cap {cap}");
-    let marker = format!("[... truncated: {} bytes dropped ...]\n", page.dropped_bytes);
+    let marker = format!(
+        "[... truncated: {} bytes dropped ...]\n",
+        page.dropped_bytes
+    );
     let (head, tail) = text.split_once(&marker).expect("one marker");
     assert!(!tail.contains("truncated"));
-    assert!(all.starts_with(head) && head.len() as u64 >= cap / 2 - 10, "{head:?}");
+    assert!(
+        all.starts_with(head) && head.len() as u64 >= cap / 2 - 10,
+        "{head:?}"
+    );
     assert!(all.ends_with(tail) && tail.ends_with("line 0399\n"));
-    assert!(tail.starts_with("line "), "the kept tail starts at a line: {tail:?}");
+    assert!(
+        tail.starts_with("line "),
+        "the kept tail starts at a line: {tail:?}"
+    );
     // A reader that was inside the part since dropped resumes after the marker.
     let late = read(&q, &id, None, cap / 2 + 20, None);
-    assert!(late.text.starts_with("[... truncated: "), "{:?}", &late.text[..40]);
+    assert!(
+        late.text.starts_with("[... truncated: "),
+        "{:?}",
+        &late.text[..40]
+    );
     assert!(late.text.ends_with("line 0399\n"));
 }
 

@@ -56,7 +56,8 @@ use chrono::{DateTime, Utc};
 use cis490_api::{
     ArtifactId, Capability, ClaimResponse, CompleteRequest, EventsPage, Explain, FailRequest,
     HeartbeatRequest, HeartbeatResponse, IdPrefix, JobFilter, JobId, JobSpec, JobStatusResponse,
-    JobView, Lease, LogPage, LogQuery, ManifestError, ManifestStatus, PlanSummary, WorkerName, WorkerView,
+    JobView, Lease, LogPage, LogQuery, ManifestError, ManifestStatus, PlanSummary, WorkerName,
+    WorkerView,
 };
 use rusqlite::{Connection, TransactionBehavior};
 
