@@ -293,7 +293,7 @@ fn i_trim_tail(
                 attempt,
                 start,
                 start.saturating_add(cut as i64),
-                text[cut..].as_bytes()
+                &text.as_bytes()[cut..]
             ])?;
         row.kept -= cut as u64;
         row.dropped += cut as u64;
