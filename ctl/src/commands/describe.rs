@@ -597,5 +597,19 @@ mod tests {
             text.contains("  20s   Claimed   gpu-box   claimed by gpu-box (attempt 1)"),
             "{text}"
         );
+        assert!(text.contains("  HostProblem:   none\n"), "{text}");
+        let mut flagged = worker();
+        flagged.host_problem = Some(cis490_api::HostProblem {
+            reason: "cannot start trainer \"./train.sh\": not found".into(),
+            job_id: cis490_api::JobId::parse(&"c".repeat(64)).unwrap(),
+            at: now() - chrono::TimeDelta::seconds(30),
+        });
+        let flagged_text = describe_worker(&flagged, &[], &[], now(), Terminal::plain());
+        assert!(
+            flagged_text.contains(
+                "  HostProblem:   cannot start trainer \"./train.sh\": not found (job cccccccccccc, "
+            ),
+            "{flagged_text}"
+        );
     }
 }
