@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::ids::{ArtifactId, IdPrefix, JobId, WorkerName};
 use crate::job::{JobView, Lease};
 use crate::node::{Capability, WorkerView};
+use crate::paging::{Page, PageQuery};
 use crate::tls::{read_certificates_pem, ClientTls, TlsFileError, TlsProblem};
 use crate::wire::*;
 
@@ -341,7 +342,24 @@ impl Client {
     }
 
     /// `GET /v1/jobs`
+    /// Every job that matches, following the pages (`filter.limit` is the page size).
     pub async fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobView>, ClientError> {
+        let mut filter = filter.clone();
+        let mut out = Vec::new();
+        loop {
+            let page = self.jobs_page(&filter).await?;
+            out.extend(page.items);
+            match page.next {
+                Some(next) => {
+                    filter.after = Some(next_cursor(filter.after.take(), next, "/v1/jobs")?)
+                }
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// `GET /v1/jobs`: one page of the jobs that match (`filter.after` continues a listing).
+    pub async fn jobs_page(&self, filter: &JobFilter) -> Result<Page<JobView>, ClientError> {
         self.json(self.request(Method::GET, "/v1/jobs").query(filter))
             .await
     }
@@ -376,9 +394,9 @@ impl Client {
         self.json(rb).await
     }
 
-    /// `GET /v1/workers`
+    /// Every worker, following the pages of `GET /v1/workers`.
     pub async fn workers(&self) -> Result<Vec<WorkerView>, ClientError> {
-        self.json(self.request(Method::GET, "/v1/workers")).await
+        self.all_pages("/v1/workers").await
     }
 
     /// `GET /v1/worker/{name}`
@@ -392,9 +410,25 @@ impl Client {
         self.json(self.request(Method::GET, "/v1/manifest")).await
     }
 
-    /// `GET /v1/models`
+    /// Every artifact row, following the pages of `GET /v1/models`.
     pub async fn artifacts(&self) -> Result<Vec<ArtifactView>, ClientError> {
-        self.json(self.request(Method::GET, "/v1/models")).await
+        self.all_pages("/v1/models").await
+    }
+
+    /// Every item of a list route that takes [`PageQuery`], page after page.
+    async fn all_pages<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, ClientError> {
+        let mut query = PageQuery::default();
+        let mut out = Vec::new();
+        loop {
+            let page: Page<T> = self
+                .json(self.request(Method::GET, path).query(&query))
+                .await?;
+            out.extend(page.items);
+            match page.next {
+                Some(next) => query.after = Some(next_cursor(query.after.take(), next, path)?),
+                None => return Ok(out),
+            }
+        }
     }
 
     /// `GET /v1/model/{artifact_id}`: the response streams the tar.zst bundle.
@@ -524,9 +558,15 @@ impl Client {
     }
 
     /// `POST /v1/manifest/diff`: the plan for `manifest_text`, not applied.
-    pub async fn diff(&self, manifest_text: String) -> Result<PlanSummary, ClientError> {
+    /// `POST /v1/manifest/diff?file=`: errors in the text name it `file`.
+    pub async fn diff(
+        &self,
+        manifest_text: String,
+        file: &str,
+    ) -> Result<PlanSummary, ClientError> {
         let rb = self
             .request(Method::POST, "/v1/manifest/diff")
+            .query(&[("file", file)])
             .header(reqwest::header::CONTENT_TYPE, "application/toml")
             .body(manifest_text);
         self.json(rb).await
@@ -572,6 +612,18 @@ impl NodeAction {
             NodeAction::Drain => "drain",
         }
     }
+}
+
+/// The cursor of the next page, unless the server answered the one just asked for again
+/// (a listing that would never end).
+fn next_cursor(asked: Option<String>, next: String, path: &str) -> Result<String, ClientError> {
+    if asked.as_deref() == Some(next.as_str()) {
+        return Err(ClientError::Protocol {
+            url: path.to_string(),
+            message: format!("the server answered the page after {next:?} with the same cursor"),
+        });
+    }
+    Ok(next)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod config_file;
 pub mod ids;
 pub mod job;
 pub mod node;
+pub mod paging;
 pub mod state_lock;
 pub mod tls;
 pub mod wire;
@@ -19,6 +20,7 @@ pub use job::{
     Constraints, Event, Hyper, JobError, JobSpec, JobStatus, JobView, Lease, RetryPolicy,
 };
 pub use node::{AgentInstance, Capability, Gpu, HostProblem, NodeState, WorkerView};
+pub use paging::{page_limit, BadLimit, Page, PageQuery, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
 pub use tls::{ClientTls, TlsFileError, TlsProblem};
 pub use wire::*;
 

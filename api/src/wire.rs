@@ -350,6 +350,7 @@ pub struct EventsPage {
     derive(utoipa::IntoParams),
     into_params(parameter_in = Query)
 )]
+#[serde(deny_unknown_fields)]
 pub struct JobFilter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<crate::job::JobStatus>,
@@ -365,6 +366,13 @@ pub struct JobFilter {
     /// running is always listed: it still runs).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all: bool,
+    /// Most jobs to answer (see [`crate::paging`]: default 500, at most 1,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", param(minimum = 1))]
+    pub limit: Option<u32>,
+    /// The `next` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 /// Query of `GET /v1/job/{id}/log`.

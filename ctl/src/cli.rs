@@ -203,6 +203,11 @@ pub struct GetJobsArgs {
     /// After the listing, print a line whenever a job changes, until Ctrl-C.
     #[arg(short = 'w', long = "watch")]
     pub watch: bool,
+    /// Jobs asked for per request: the listing is fetched page by page (at most 1000 a
+    /// page), so a large queue never needs one huge answer.
+    #[arg(long, value_name = "N", default_value_t = cis490_api::DEFAULT_PAGE_LIMIT,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(cis490_api::MAX_PAGE_LIMIT)))]
+    pub chunk_size: u32,
 }
 
 #[derive(Debug, Args)]

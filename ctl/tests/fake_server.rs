@@ -104,18 +104,25 @@ impl Fake {
     }
 }
 
-async fn jobs(State(f): State<Fake>, Query(filter): Query<JobFilter>) -> Json<Vec<JobView>> {
+/// Pages by position: `after` is the index of the next job.
+async fn jobs(State(f): State<Fake>, Query(filter): Query<JobFilter>) -> Json<Page<JobView>> {
     let data = f.data.lock().unwrap();
-    Json(
-        data.jobs
-            .iter()
-            .filter(|j| filter.status.is_none_or(|s| s == j.status))
-            .map(|j| JobView {
-                events: vec![],
-                ..j.clone()
-            })
-            .collect(),
-    )
+    let start: usize = filter.after.as_deref().map_or(0, |a| a.parse().unwrap());
+    let limit = filter.limit.unwrap_or(500) as usize;
+    let matching: Vec<JobView> = data
+        .jobs
+        .iter()
+        .filter(|j| filter.status.is_none_or(|s| s == j.status))
+        .map(|j| JobView {
+            events: vec![],
+            ..j.clone()
+        })
+        .collect();
+    let end = (start + limit).min(matching.len());
+    Json(Page {
+        items: matching[start..end].to_vec(),
+        next: (end < matching.len()).then(|| end.to_string()),
+    })
 }
 
 async fn job(State(f): State<Fake>, Path(id): Path<String>) -> Response {
@@ -175,9 +182,12 @@ async fn events_page(f: Fake, q: EventsQuery) -> Json<EventsPage> {
     }
 }
 
-async fn artifacts(State(f): State<Fake>) -> Json<Vec<ArtifactView>> {
+async fn artifacts(State(f): State<Fake>) -> Json<Page<ArtifactView>> {
     let data = f.data.lock().unwrap();
-    Json(data.artifacts.iter().map(|(a, _)| a.clone()).collect())
+    Json(Page {
+        items: data.artifacts.iter().map(|(a, _)| a.clone()).collect(),
+        next: None,
+    })
 }
 
 async fn download(State(f): State<Fake>, Path(id): Path<String>) -> Response {

@@ -558,14 +558,22 @@ async fn reload_diff_and_invalid_manifests() {
     let c = &app.client;
 
     // diff: the plan for new text, nothing applied.
-    let diff = c.diff(jobs_manifest(1..=4)).await.unwrap();
+    let diff = c.diff(jobs_manifest(1..=4), "local.toml").await.unwrap();
     assert_eq!(diff.create.len(), 2);
     assert_eq!(diff.keep, 2);
     assert!(!diff.applied);
     assert_eq!(app.anon.jobs(&JobFilter::default()).await.unwrap().len(), 2);
-    let err = c.diff("version = ".into()).await.unwrap_err();
+    let err = c
+        .diff("version = ".into(), "edits/local.toml")
+        .await
+        .unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::UNPROCESSABLE_ENTITY));
     assert_eq!(err.code(), Some("invalid_manifest"));
+    // The errors are in the client's file, named as the client named it.
+    let server_dir = app.dir.path().display().to_string();
+    let message = err.to_string();
+    assert!(message.contains("edits/local.toml:1:"), "{message}");
+    assert!(!message.contains(&server_dir), "{message}");
 
     // reload applies what the file says.
     std::fs::write(&app.manifest, jobs_manifest(2..=4)).unwrap();
@@ -595,6 +603,9 @@ async fn reload_diff_and_invalid_manifests() {
     let err = c.reload().await.unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::UNPROCESSABLE_ENTITY));
     assert_eq!(err.code(), Some("invalid_manifest"));
+    let message = err.to_string();
+    assert!(message.contains("training_manifest.toml:7:"), "{message}");
+    assert!(!message.contains(&server_dir), "{message}");
     let status = app.anon.manifest().await.unwrap();
     assert!(!status.last_errors.is_empty());
     assert!(
@@ -824,8 +835,8 @@ async fn protected_reads_need_a_token() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    let listed: Vec<cis490_api::JobView> = resp.json().await.unwrap();
-    assert_eq!(listed.len(), 3);
+    let listed: cis490_api::Page<cis490_api::JobView> = resp.json().await.unwrap();
+    assert_eq!(listed.items.len(), 3);
 
     let filter = cis490_api::JobFilter::default();
     let anonymous = cis490_api::Client::new(&app.url).unwrap();

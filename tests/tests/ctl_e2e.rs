@@ -333,6 +333,15 @@ fn get_jobs_in_every_format_and_with_filters() {
     let names = fleet.ok(&["get", "j", "-o", "name"], false);
     assert_eq!(names.lines().count(), 20);
     assert!(names.contains(&format!("job/{}\n", one.id)), "{names}");
+    // Fetched 7 at a time (three pages), the listing is the same, in the same order.
+    let paged = fleet.ok(&["get", "j", "-o", "name", "--chunk-size", "7"], false);
+    assert_eq!(paged, names);
+    let out = fleet.ctl(&["get", "jobs", "--chunk-size", "0"], false);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a page of no jobs is a usage error"
+    );
 
     let gbt = fleet.ok(&["get", "jobs", "--model", "gbt", "-o", "name"], false);
     assert_eq!(gbt.lines().count(), 10, "{gbt}");
@@ -473,6 +482,22 @@ fn diff_lists_creates_and_tombstones_without_changing_the_queue() {
 
     let out = fleet.ctl(&["diff", "-f", changed.to_str().unwrap()], false);
     assert_eq!(out.status.code(), Some(1), "diff is an operator verb");
+
+    // An error in the local file is reported against the local file, not the server's.
+    let broken = fleet.dir.join("broken.toml");
+    std::fs::write(
+        &broken,
+        "version = 1\n[[jobs]]\nmodel = \"gbt\"\nmdoe = \"x\"\n",
+    )
+    .unwrap();
+    let out = fleet.ctl(&["diff", "-f", broken.to_str().unwrap()], true);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:4:1", broken.display())),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("training_manifest.toml"), "{stderr}");
 
     let text = fleet.ok(&["diff", "-f", changed.to_str().unwrap()], true);
     let creates: Vec<&str> = text.lines().filter(|l| l.starts_with("+ create")).collect();

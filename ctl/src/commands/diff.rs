@@ -14,7 +14,7 @@ pub async fn run(ctx: &Ctx, args: &DiffArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
     let plan = client
-        .diff(text)
+        .diff(text, &args.file.display().to_string())
         .await
         .with_context(|| format!("comparing {} with the queue", args.file.display()))?;
     print(&render(&plan, args.output, ctx.term.color)?)

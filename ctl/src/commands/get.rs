@@ -22,6 +22,8 @@ pub async fn jobs(ctx: &Ctx, args: &GetJobsArgs) -> anyhow::Result<()> {
         worker: args.worker.clone(),
         label: args.selector.clone(),
         all: args.all,
+        limit: Some(args.chunk_size),
+        after: None,
     };
     // Take the event position before listing, so no change between the two is missed.
     let since = if args.watch {

@@ -20,6 +20,9 @@ pub struct CheckArgs {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// Most jobs the manifest may make (the server's `max_manifest_jobs`).
+    #[arg(long, value_name = "N", default_value_t = manifest::DEFAULT_MAX_MANIFEST_JOBS)]
+    pub max_jobs: usize,
 }
 
 /// How `check` prints the expanded jobs.
@@ -33,7 +36,7 @@ pub enum OutputFormat {
 
 /// Validates the manifest and prints its jobs. Returns the process exit code.
 pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
-    let loaded = match manifest::load_manifest(&args.file) {
+    let loaded = match manifest::load_manifest(&args.file, args.max_jobs) {
         Ok(loaded) => loaded,
         Err(errors) => {
             let mut stderr = std::io::stderr().lock();

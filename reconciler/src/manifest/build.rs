@@ -49,7 +49,11 @@ pub(super) const JOB_FIELDS: &[&str] = &[
 const MAX_JOBS_PER_ENTRY: usize = 10_000;
 
 /// Builds the manifest, or every error found.
-pub(crate) fn build(text: &str, path: &str) -> Result<(Manifest, Vec<String>), ManifestErrors> {
+pub(crate) fn build(
+    text: &str,
+    path: &str,
+    max_jobs: usize,
+) -> Result<(Manifest, Vec<String>), ManifestErrors> {
     let mut d = Diagnostics::new(path.to_string(), text);
     let doc = match toml_edit::ImDocument::parse(text) {
         Ok(doc) => doc,
@@ -87,7 +91,7 @@ pub(crate) fn build(text: &str, path: &str) -> Result<(Manifest, Vec<String>), M
         host_names: hosts.iter().map(|h| h.name.clone()).collect(),
     };
     let jobs = find(entries, "jobs")
-        .map(|e| read_jobs(&mut d, e, &context))
+        .map(|e| read_jobs(&mut d, e, &context, max_jobs))
         .unwrap_or_default();
     if let Some(hosts_entry) = find(entries, "hosts") {
         let known: BTreeSet<&str> = models
@@ -335,7 +339,12 @@ struct JobContext<'a> {
     host_names: BTreeSet<String>,
 }
 
-fn read_jobs(d: &mut Diagnostics, entry: &Entry, context: &JobContext) -> Vec<JobSpec> {
+fn read_jobs(
+    d: &mut Diagnostics,
+    entry: &Entry,
+    context: &JobContext,
+    max_jobs: usize,
+) -> Vec<JobSpec> {
     let Some(items) = want_array_of_tables(d, entry, "[[jobs]]") else {
         return Vec::new();
     };
@@ -344,11 +353,32 @@ fn read_jobs(d: &mut Diagnostics, entry: &Entry, context: &JobContext) -> Vec<Jo
     // moved into a second list, nor their IDs copied into a map to find duplicates).
     let mut specs: Vec<JobSpec> = Vec::new();
     let mut entry_at: Vec<usize> = Vec::new();
+    let mut over_limit = false;
     for (item, entries) in items {
         let mut allowed: Vec<&str> = JOB_FIELDS.to_vec();
         allowed.push("matrix");
         check_keys(d, entries, &allowed, "in [[jobs]]");
-        for instance in expand(d, entries) {
+        if over_limit {
+            continue;
+        }
+        let instances = expand(d, entries);
+        if specs.len() + instances.len() > max_jobs {
+            d.error(
+                item.at,
+                format!(
+                    "with this entry the manifest makes more than {max_jobs} jobs ({} before it, \
+                     {} from it); raise `max_manifest_jobs` in the server's config (`check \
+                     --max-jobs`) if that many is meant",
+                    specs.len(),
+                    instances.len()
+                ),
+            );
+            over_limit = true;
+            specs = Vec::new();
+            entry_at = Vec::new();
+            continue;
+        }
+        for instance in instances {
             if let Some(spec) = job_spec(d, item.at, &instance, context) {
                 specs.push(spec);
                 entry_at.push(item.at);

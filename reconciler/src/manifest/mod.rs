@@ -158,9 +158,25 @@ pub fn format_error(error: &ManifestError) -> String {
     }
 }
 
-/// Parses and validates manifest `text`; `path` only names the file in messages.
+/// Most jobs a manifest may make unless the server's `max_manifest_jobs` (or `check
+/// --max-jobs`) says otherwise: a typo in a matrix must not make millions.
+pub const DEFAULT_MAX_MANIFEST_JOBS: usize = 100_000;
+
+/// Parses and validates manifest `text` with at most [`DEFAULT_MAX_MANIFEST_JOBS`] jobs;
+/// `path` only names the file in messages.
 pub fn parse_manifest(text: &str, path: &Path) -> Result<LoadedManifest, ManifestErrors> {
-    let (manifest, warnings) = build::build(text, &path.display().to_string())?;
+    parse_manifest_with_limit(text, path, DEFAULT_MAX_MANIFEST_JOBS)
+}
+
+/// [`parse_manifest`] with at most `max_jobs` jobs: the `[[jobs]]` entry that would make
+/// more is an error, and no entry after it is expanded, so validation holds at most one
+/// entry's jobs beyond the limit.
+pub fn parse_manifest_with_limit(
+    text: &str,
+    path: &Path,
+    max_jobs: usize,
+) -> Result<LoadedManifest, ManifestErrors> {
+    let (manifest, warnings) = build::build(text, &path.display().to_string(), max_jobs)?;
     Ok(LoadedManifest {
         manifest,
         warnings,
@@ -169,10 +185,11 @@ pub fn parse_manifest(text: &str, path: &Path) -> Result<LoadedManifest, Manifes
     })
 }
 
-/// Reads and parses the manifest at `path`. A read error is one error without a position.
-pub fn load_manifest(path: &Path) -> Result<LoadedManifest, ManifestErrors> {
+/// Reads and parses the manifest at `path`, with at most `max_jobs` jobs. A read error is
+/// one error without a position.
+pub fn load_manifest(path: &Path, max_jobs: usize) -> Result<LoadedManifest, ManifestErrors> {
     let text = read_manifest_text(path)?;
-    parse_manifest(&text, path)
+    parse_manifest_with_limit(&text, path, max_jobs)
 }
 
 /// Reads the manifest's text. A read error is one error without a position; bytes that are

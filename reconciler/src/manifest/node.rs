@@ -138,6 +138,11 @@ pub(crate) struct Diagnostics<'a> {
     /// every combination, and a pinned entry of a big sweep would otherwise format and hold
     /// one copy per job until the end.
     warned: std::collections::HashSet<(usize, String)>,
+    /// The last position whose column was counted: (its line's start, the position, its
+    /// 0-based column in characters). Positions come mostly in file order, so the next one
+    /// on the same line counts only the characters after it: a one-line array of 200,000
+    /// hosts (a warning each) costs a pass over the line, not one per warning.
+    last_column: std::cell::Cell<(usize, usize, usize)>,
 }
 
 impl<'a> Diagnostics<'a> {
@@ -152,6 +157,7 @@ impl<'a> Diagnostics<'a> {
             errors: Vec::new(),
             warnings: Vec::new(),
             warned: std::collections::HashSet::new(),
+            last_column: std::cell::Cell::new((0, 0, 0)),
         }
     }
 
@@ -164,7 +170,14 @@ impl<'a> Diagnostics<'a> {
         // The last line start at or before `at` (a '\n' at `at` belongs to its line).
         let line = self.line_starts.partition_point(|&start| start <= at);
         let line_start = self.line_starts[line.saturating_sub(1)];
-        let column = self.text[line_start..at].chars().count() + 1;
+        let (cached_line, cached_at, cached_column) = self.last_column.get();
+        let column = if cached_line == line_start && cached_at <= at {
+            cached_column + self.text[cached_at..at].chars().count()
+        } else {
+            self.text[line_start..at].chars().count()
+        };
+        self.last_column.set((line_start, at, column));
+        let column = column + 1;
         (
             u32::try_from(line).unwrap_or(u32::MAX),
             u32::try_from(column).unwrap_or(u32::MAX),

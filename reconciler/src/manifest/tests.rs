@@ -276,7 +276,9 @@ fn the_example_manifest_is_valid_and_shows_every_feature() {
 fn load_manifest_reports_a_missing_file_without_a_position() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("absent.toml");
-    let errs = load_manifest(&path).unwrap_err().0;
+    let errs = load_manifest(&path, super::DEFAULT_MAX_MANIFEST_JOBS)
+        .unwrap_err()
+        .0;
     assert_eq!(errs.len(), 1);
     assert_eq!((errs[0].line, errs[0].column), (None, None));
     assert!(errs[0].message.contains("cannot read manifest"));
@@ -881,4 +883,52 @@ fn a_stray_carriage_return_is_named_not_an_empty_message() {
         2,
         "control character \\u{d}",
     );
+}
+
+/// Three entries of ten jobs each against a limit of 25: the third entry is the error, with
+/// its line and the counts; up to the limit is fine.
+#[test]
+fn the_entry_that_takes_the_manifest_past_its_job_limit_is_the_error() {
+    let entry = |mode: &str| {
+        format!("[[jobs]]\nmodel = \"gbt\"\nmode = \"{mode}\"\nmatrix = {{ seed = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] }}\n")
+    };
+    let text = format!("{PRELUDE}{}{}{}", entry("a"), entry("b"), entry("c"));
+    let third_line = 5 + 4 + 4;
+    let errs = parse_manifest_with_limit(&text, Path::new(PATH), 25)
+        .unwrap_err()
+        .0;
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].line, Some(third_line), "{errs:#?}");
+    assert!(
+        errs[0]
+            .message
+            .contains("more than 25 jobs (20 before it, 10 from it)"),
+        "{}",
+        errs[0].message
+    );
+    assert!(errs[0].message.contains("max_manifest_jobs"));
+    let loaded = parse_manifest_with_limit(&text, Path::new(PATH), 30).unwrap();
+    assert_eq!(loaded.manifest.jobs.len(), 30);
+}
+
+proptest! {
+    /// Columns counted from the last position on the same line are those counted from the
+    /// line's start, whatever order positions are asked in.
+    #[test]
+    fn columns_are_the_same_in_any_order(
+        text in "[a-zé\n]{0,60}",
+        positions in proptest::collection::vec(0usize..70, 1..20),
+    ) {
+        let d = node::Diagnostics::new("m.toml".into(), &text);
+        for at in positions {
+            let mut at = at.min(text.len());
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+            let line = text[..at].matches('\n').count() + 1;
+            let column = text[line_start..at].chars().count() + 1;
+            prop_assert_eq!(d.line_col(at), (line as u32, column as u32));
+        }
+    }
 }

@@ -395,3 +395,53 @@ fn jobs_completed_before_uploads_were_recorded_are_listed_after_migration() {
         assert_eq!(row.received_at.timestamp_millis(), 5000);
     }
 }
+
+/// An upload repeated under one lease in a schema-7 database (where nothing stopped it) is
+/// kept once by the migration that makes uploads unique per (job, lease, artifact).
+#[test]
+fn uploads_repeated_under_one_lease_are_kept_once_after_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v7.db");
+    let job = &specs("dup", 1)[0];
+    {
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        super::schema::migrate_to(&mut conn, 7).unwrap();
+        conn.execute(
+            "INSERT INTO jobs (id, spec, status, priority, manifest_order, model, mode, \
+             require_cuda, prefer_cuda, min_vram_gib, min_ram_gib, allowed_hosts, worker, \
+             attempts, artifact_id, created_at, updated_at, pending_since, finished_at) \
+             VALUES (?1, ?2, 'completed', 0, 0, 'gbt', 'realistic', 0, 0, 0, 0, '[]', \
+             'w1', 1, ?3, 0, 0, 0, 5000)",
+            rusqlite::params![
+                job.id.as_str(),
+                serde_json::to_string(job).unwrap(),
+                artifact("dd").as_str()
+            ],
+        )
+        .unwrap();
+        for at in [100, 200, 300] {
+            conn.execute(
+                "INSERT INTO uploads (job_id, attempt, lease_token, artifact_id, worker, \
+                 size_bytes, at) VALUES (?1, 1, 'tok', ?2, 'w1', 7, ?3)",
+                rusqlite::params![job.id.as_str(), artifact("dd").as_str(), at],
+            )
+            .unwrap();
+        }
+    }
+    let q = Queue::open(&path, QueueConfig::default()).unwrap();
+    let rows = q.uploads().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        rows[0].received_at.timestamp_millis(),
+        100,
+        "the first is kept"
+    );
+    let stored: i64 = q
+        .read(|tx| {
+            Ok(tx
+                .db
+                .query_row("SELECT COUNT(*) FROM uploads", [], |r| r.get(0))?)
+        })
+        .unwrap();
+    assert_eq!(stored, 1);
+}

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use cis490_api::{
-    ArtifactId, ArtifactView, CompleteRequest, FailRequest, FailureCause, HeartbeatRequest,
-    HeartbeatResponse, IdPrefix, JobFilter, JobId, JobStatus, JobStatusResponse, JobView, Lease,
-    ManifestError, ManifestStatus, PlanSummary, WorkerName, SHORT_ID_LEN,
+    ArtifactId, CompleteRequest, FailRequest, FailureCause, HeartbeatRequest, HeartbeatResponse,
+    IdPrefix, JobId, JobStatus, JobStatusResponse, JobView, Lease, ManifestError, ManifestStatus,
+    PlanSummary, WorkerName, SHORT_ID_LEN,
 };
 use rusqlite::{params, OptionalExtension};
 
@@ -14,9 +14,7 @@ use super::events::{i_event, i_job_events, kind};
 use super::failures;
 use super::logs;
 use super::nodes::{i_clear_host_problem as clear_host_problem, i_touch_worker};
-use super::rows::{
-    from_ms, i_existing_job, i_insert_job, i_job_row, i_write_spec, JobRow, RawJob, JOB_COLUMNS,
-};
+use super::rows::{from_ms, i_existing_job, i_insert_job, i_job_row, i_write_spec, JobRow};
 use super::{QueueError, SweepOutcome, Tx};
 use crate::plan::{changed_fields, ActualJob, Plan};
 use crate::policy::HostPolicy;
@@ -427,8 +425,8 @@ pub(crate) fn i_record_upload(
     i_leased_job(tx, id, worker, lease, false)?;
     tx.db
         .prepare_cached(
-            "INSERT INTO uploads (job_id, attempt, lease_token, artifact_id, worker, size_bytes, \
-             at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT OR IGNORE INTO uploads (job_id, attempt, lease_token, artifact_id, worker, \
+             size_bytes, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
         .execute(params![
             id.as_str(),
@@ -440,43 +438,6 @@ pub(crate) fn i_record_upload(
             tx.now
         ])?;
     Ok(())
-}
-
-pub(crate) fn i_uploads(tx: &mut Tx<'_>) -> Result<Vec<ArtifactView>, QueueError> {
-    // SQLite takes the bare columns of a MIN() aggregate from the row holding the minimum:
-    // the first upload of each (job, attempt, artifact).
-    let mut stmt = tx.db.prepare_cached(
-        "SELECT u.artifact_id, u.job_id, u.attempt, u.worker, u.size_bytes, MIN(u.at), \
-         j.model, j.mode FROM uploads u JOIN jobs j ON j.id = u.job_id \
-         GROUP BY u.job_id, u.attempt, u.artifact_id",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, i64>(4)?,
-            r.get::<_, i64>(5)?,
-            r.get::<_, String>(6)?,
-            r.get::<_, String>(7)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (artifact, job, attempt, worker, size, at, model, mode) = row?;
-        out.push(ArtifactView {
-            artifact_id: ArtifactId::parse(&artifact).map_err(QueueError::corrupt)?,
-            job_id: JobId::parse(&job).map_err(QueueError::corrupt)?,
-            attempt: u32::try_from(attempt).ok(),
-            model,
-            mode,
-            worker,
-            size_bytes: u64::try_from(size).unwrap_or(0),
-            received_at: from_ms(at),
-        });
-    }
-    Ok(out)
 }
 
 /// Artifacts uploaded for `id` under the lease with `token`, oldest first.
@@ -882,43 +843,6 @@ pub(crate) fn i_job_view(
         view.events = i_job_events(tx, id)?;
     }
     Ok(view)
-}
-
-pub(crate) fn i_jobs(tx: &mut Tx<'_>, filter: &JobFilter) -> Result<Vec<JobView>, QueueError> {
-    let label = match filter.label.as_deref() {
-        None => None,
-        Some(sel) => Some(sel.split_once('=').ok_or_else(|| QueueError::BadRequest {
-            message: format!("label selector {sel:?} is not key=value"),
-        })?),
-    };
-    let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM jobs \
-         WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR model = ?2) \
-           AND (?3 IS NULL OR worker = ?3) \
-           AND (?4 OR tombstoned = 0 OR status IN ('claimed', 'running')) \
-         ORDER BY priority DESC, manifest_order, id"
-    );
-    let mut stmt = tx.db.prepare_cached(&sql)?;
-    let rows = stmt.query_map(
-        params![
-            filter.status.map(JobStatus::as_str),
-            filter.model,
-            filter.worker,
-            filter.all
-        ],
-        |r| RawJob::from_row(r, 0),
-    )?;
-    let mut out = Vec::new();
-    for raw in rows {
-        let row = raw?.decode()?;
-        if let Some((k, v)) = label {
-            if row.spec.labels.get(k).map(String::as_str) != Some(v) {
-                continue;
-            }
-        }
-        out.push(row.view()?);
-    }
-    Ok(out)
 }
 
 /// Live jobs per status (a tombstoned job that is claimed or running is live: it still

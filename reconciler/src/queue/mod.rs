@@ -29,6 +29,7 @@ mod events;
 mod explain;
 mod failures;
 mod lifecycle;
+pub mod listing;
 pub mod logs;
 mod matching;
 mod nodes;
@@ -577,7 +578,16 @@ impl Queue {
     /// the upload reported (0 for rows backfilled from jobs completed before uploads were
     /// recorded); the store's listing puts the stored size in.
     pub fn uploads(&self) -> Result<Vec<cis490_api::ArtifactView>, QueueError> {
-        self.read(lifecycle::i_uploads)
+        let mut out = Vec::new();
+        let mut before = None;
+        loop {
+            let (rows, more) = self.uploads_page(before, cis490_api::MAX_PAGE_LIMIT as usize)?;
+            out.extend(rows);
+            match more {
+                Some(row) => before = Some(row),
+                None => return Ok(out),
+            }
+        }
     }
 
     /// Marks the job completed (with its artifact). The artifact must be one uploaded under
@@ -629,7 +639,56 @@ impl Queue {
 
     /// Jobs matching `filter` in queue order (priority, then manifest order); events empty.
     pub fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobView>, QueueError> {
-        self.read(|tx| lifecycle::i_jobs(tx, filter))
+        let mut out = Vec::new();
+        let mut after: Option<listing::JobCursor> = None;
+        loop {
+            let page =
+                self.jobs_page(filter, after.as_ref(), cis490_api::MAX_PAGE_LIMIT as usize)?;
+            out.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(listing::JobCursor::decode(&next)?),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// One page of [`Queue::jobs`]: up to `limit` jobs after `after`, each page read in a
+    /// transaction of its own.
+    pub fn jobs_page(
+        &self,
+        filter: &JobFilter,
+        after: Option<&listing::JobCursor>,
+        limit: usize,
+    ) -> Result<cis490_api::Page<JobView>, QueueError> {
+        self.read(|tx| listing::i_jobs_page(tx, filter, after, limit))
+    }
+
+    /// Up to `limit` workers named after `after`, by name.
+    pub fn workers_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<cis490_api::Page<WorkerView>, QueueError> {
+        self.read(|tx| listing::i_workers_page(tx, after, limit))
+    }
+
+    /// Up to `limit` recorded uploads, newest first, before the row numbered `before`; the
+    /// row number to continue before, when there are more. One row per (job, attempt,
+    /// artifact), as [`Queue::uploads`].
+    pub fn uploads_page(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<(Vec<cis490_api::ArtifactView>, Option<i64>), QueueError> {
+        self.read(|tx| listing::i_uploads_page(tx, before, limit))
+    }
+
+    /// Which of `ids` a recorded upload names.
+    pub fn recorded_artifacts(
+        &self,
+        ids: &[cis490_api::ArtifactId],
+    ) -> Result<std::collections::HashSet<cis490_api::ArtifactId>, QueueError> {
+        self.read(|tx| listing::i_recorded_artifacts(tx, ids))
     }
 
     /// One page of an attempt's log (`GET /v1/job/{id}/log`).

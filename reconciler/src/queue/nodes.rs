@@ -84,6 +84,20 @@ pub(crate) fn i_worker_rows(tx: &Tx<'_>) -> Result<Vec<WorkerRow>, QueueError> {
     rows.map(|r| decode(r?)).collect()
 }
 
+/// Up to `limit` workers named after `after`, by name.
+pub(crate) fn i_worker_rows_after(
+    tx: &Tx<'_>,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<WorkerRow>, QueueError> {
+    let sql =
+        format!("SELECT {WORKER_COLUMNS} FROM workers WHERE name > ?1 ORDER BY name LIMIT ?2");
+    let mut stmt = tx.db.prepare_cached(&sql)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![after, limit], raw)?;
+    rows.map(|r| decode(r?)).collect()
+}
+
 /// Records `cap` as the worker's node status and marks it seen now. The first report of a
 /// worker appends a `NodeRegistered` event.
 ///
@@ -363,7 +377,7 @@ pub(crate) fn node_state(row: &WorkerRow, fresh: bool, holds_jobs: bool) -> Node
     }
 }
 
-fn view(tx: &Tx<'_>, row: WorkerRow) -> Result<WorkerView, QueueError> {
+pub(crate) fn worker_view(tx: &Tx<'_>, row: WorkerRow) -> Result<WorkerView, QueueError> {
     let running_jobs = i_leased_jobs_of(tx, &row.name)?;
     let fresh = row.is_fresh(tx);
     let state = node_state(&row, fresh, !running_jobs.is_empty());
@@ -430,13 +444,13 @@ pub(crate) fn i_worker_view(tx: &mut Tx<'_>, name: &WorkerName) -> Result<Worker
         what: "worker",
         key: name.to_string(),
     })?;
-    view(tx, row)
+    worker_view(tx, row)
 }
 
 pub(crate) fn i_workers(tx: &mut Tx<'_>) -> Result<Vec<WorkerView>, QueueError> {
     i_worker_rows(tx)?
         .into_iter()
-        .map(|row| view(tx, row))
+        .map(|row| worker_view(tx, row))
         .collect()
 }
 

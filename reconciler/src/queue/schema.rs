@@ -190,7 +190,20 @@ FROM jobs
 WHERE artifact_id IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.job_id = jobs.id AND u.artifact_id = jobs.artifact_id);
 "#,
-    // 8: each attempt's whole log, streamed by the agent under its lease (`logs.rs`), and
+    // 8: paged listings. `jobs_listing` is the queue order `GET /v1/jobs` pages through
+    // (none of its columns changes when a job's state does, so claims write nothing to
+    // it). An upload repeated under one lease is kept once (`uploads_once`, whose prefix
+    // also serves the per-lease lookups `uploads_lease` did), and `uploads_attempt` finds
+    // the first upload of each (job, attempt, artifact) for the artifact listing.
+    r#"
+CREATE INDEX jobs_listing ON jobs (priority DESC, manifest_order, id);
+DELETE FROM uploads WHERE rowid NOT IN
+    (SELECT MIN(rowid) FROM uploads GROUP BY job_id, lease_token, artifact_id);
+CREATE UNIQUE INDEX uploads_once ON uploads (job_id, lease_token, artifact_id);
+DROP INDEX uploads_lease;
+CREATE INDEX uploads_attempt ON uploads (job_id, attempt, artifact_id);
+"#,
+    // 9: each attempt's whole log, streamed by the agent under its lease (`logs.rs`), and
     // which workers a job failed on (a retry prefers another host; a failure of the host
     // itself flags the worker and does not use an attempt).
     // `job_logs` holds one row per (job, attempt): the lease whose stream is being

@@ -99,6 +99,8 @@ pub struct ServerConfig {
     pub protect_reads: bool,
     pub max_upload_bytes: u64,
     pub max_body_bytes: usize,
+    /// Most jobs the manifest may make; more is an invalid manifest (nothing changes).
+    pub max_manifest_jobs: usize,
     /// How often the manifest is reconciled even when no change was seen.
     pub resync_interval: Duration,
     /// How often expired leases are swept.
@@ -129,6 +131,7 @@ impl ServerConfig {
             protect_reads: false,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_manifest_jobs: crate::manifest::DEFAULT_MAX_MANIFEST_JOBS,
             resync_interval: Duration::from_secs(60),
             sweep_interval: Duration::from_secs(5),
             watch_debounce: Duration::from_millis(200),
@@ -216,6 +219,8 @@ pub struct FileConfig {
     pub protect_reads: Option<bool>,
     pub max_upload_bytes: Option<u64>,
     pub max_body_bytes: Option<usize>,
+    /// Most jobs the manifest may make (default 100,000).
+    pub max_manifest_jobs: Option<usize>,
     pub resync_interval_s: Option<u64>,
     pub sweep_interval_s: Option<u64>,
     pub watch_debounce_ms: Option<u64>,
@@ -424,6 +429,9 @@ pub fn resolve(
     }
     if let Some(v) = file.max_body_bytes {
         config.max_body_bytes = v;
+    }
+    if let Some(v) = file.max_manifest_jobs {
+        config.max_manifest_jobs = v;
     }
     if let Some(v) = file.resync_interval_s {
         config.resync_interval = Duration::from_secs(v.max(1));

@@ -138,7 +138,14 @@ impl From<StoreError> for ApiFailure {
             }
             StoreError::BodyRead(_) => ApiFailure::bad_request(message),
             StoreError::NotFound(_) => ApiFailure::not_found(message),
-            StoreError::Io { .. } => ApiFailure::internal(message),
+            // The detail names the server's files: it goes to the log, not to the client.
+            StoreError::Io { .. } => {
+                tracing::error!(error = %message, "artifact store failed");
+                ApiFailure::internal(
+                    "the artifact store failed to read or write a file; the server's log has \
+                     the detail",
+                )
+            }
         }
     }
 }
@@ -247,6 +254,20 @@ mod tests {
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
         let response = ApiFailure::not_found("x").into_response();
         assert!(response.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn store_io_errors_answer_without_the_server_path() {
+        let f = ApiFailure::from(StoreError::Io {
+            context: "creating /srv/cis490/state/models/blobs/ab".into(),
+            source: std::io::Error::other("disk full"),
+        });
+        assert_eq!(
+            (f.status, f.code),
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        );
+        assert!(!f.message.contains("/srv"), "{}", f.message);
+        assert!(f.message.contains("artifact store"), "{}", f.message);
     }
 
     #[test]

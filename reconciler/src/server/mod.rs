@@ -165,7 +165,11 @@ impl Server {
             })
         })??;
 
-        let reconciler = Reconciler::new(queue.clone(), config.manifest.clone());
+        let reconciler = Reconciler::new(
+            queue.clone(),
+            config.manifest.clone(),
+            config.max_manifest_jobs,
+        );
         // Watch before the first read, so an edit racing the start-up reconcile is seen.
         let watch = if config.watch {
             match watch::ManifestWatch::start(&config.manifest) {

@@ -6,7 +6,10 @@ use axum::Json;
 use cis490_api::{ApiError, IdPrefix, JobStatusResponse, PlanSummary, WorkerName, WorkerView};
 
 use super::error::ApiFailure;
-use super::extract::{mutating_id_prefix, worker_name, ApiPath, ApiText};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::extract::{mutating_id_prefix, worker_name, ApiPath, ApiQuery, ApiText};
 use super::reconcile::Trigger;
 use super::{blocking, AppState};
 use crate::queue::{Queue, QueueError};
@@ -73,19 +76,41 @@ pub async fn reload(State(state): State<AppState>) -> Result<Json<PlanSummary>, 
     ))
 }
 
+/// Query of `POST /v1/manifest/diff`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DiffQuery {
+    /// How errors and warnings name the text (the client's file); default `manifest`.
+    #[param(max_length = 255)]
+    pub file: Option<String>,
+}
+
 /// The plan for the manifest text in the body, not applied.
-#[utoipa::path(post, path = "/v1/manifest/diff",
+///
+/// Errors and warnings name the text by `file` (the client's own file name), never by the
+/// server's manifest path.
+#[utoipa::path(post, path = "/v1/manifest/diff", params(DiffQuery),
     request_body(content = String, content_type = "text/plain", description = "A whole manifest (TOML)"),
     responses(
         (status = 200, description = "What applying the manifest would do", body = PlanSummary),
+        (status = 400, description = "A `file` name of more than 255 characters or with control characters", body = ApiError),
         (status = 422, description = "`invalid_manifest`: every error with its line and column", body = ApiError),
     ))]
 pub async fn diff(
     State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<DiffQuery>,
     ApiText(text): ApiText,
 ) -> Result<Json<PlanSummary>, ApiFailure> {
+    let name = query.file.unwrap_or_else(|| "manifest".into());
+    if name.chars().count() > 255 || name.chars().any(char::is_control) {
+        return Err(ApiFailure::bad_request(
+            "`file` must be at most 255 characters, with no control characters",
+        ));
+    }
     let reconciler = state.reconciler.clone();
-    let summary = tokio::task::spawn_blocking(move || reconciler.diff_blocking(&text)).await??;
+    let summary =
+        tokio::task::spawn_blocking(move || reconciler.diff_blocking(&text, &name)).await??;
     Ok(Json(summary))
 }
 

@@ -9,8 +9,8 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cis490_api::{
-    ApiError, ArtifactId, ArtifactView, EventsPage, Explain, Health, IdPrefix, JobFilter, JobView,
-    ManifestStatus, WorkerName, WorkerView, MAX_CLAIM_WAIT_S,
+    page_limit, ApiError, ArtifactId, ArtifactView, EventsPage, Explain, Health, IdPrefix,
+    JobFilter, JobView, ManifestStatus, Page, PageQuery, WorkerName, WorkerView, MAX_CLAIM_WAIT_S,
 };
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -20,6 +20,7 @@ use super::error::ApiFailure;
 use super::extract::{artifact_id, id_prefix, worker_name, ApiPath, ApiQuery};
 use super::meta::BundleBytes;
 use super::{blocking, AppState};
+use crate::queue::listing::JobCursor;
 
 /// Most events one page returns.
 const EVENTS_PAGE_LIMIT: usize = 1000;
@@ -50,18 +51,25 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiFa
     }))
 }
 
-/// List jobs, filtered.
+/// List jobs, filtered, one page at a time.
 ///
-/// Tombstoned jobs (removed from the manifest) are left out unless `all` is true.
+/// In queue order (priority, then manifest order). Tombstoned jobs (removed from the
+/// manifest) are left out unless `all` is true. At most `limit` jobs a page (default 500,
+/// at most 1,000); `next` is the `after` of the next page.
 #[utoipa::path(get, path = "/v1/jobs", params(JobFilter), responses(
-    (status = 200, description = "The jobs that match", body = Vec<JobView>),
+    (status = 200, description = "A page of the jobs that match", body = Page<JobView>),
+    (status = 400, description = "A bad filter, limit or cursor", body = ApiError),
 ))]
 pub async fn jobs(
     State(state): State<AppState>,
     ApiQuery(filter): ApiQuery<JobFilter>,
-) -> Result<Json<Vec<JobView>>, ApiFailure> {
+) -> Result<Json<Page<JobView>>, ApiFailure> {
+    let limit = page_limit(filter.limit).map_err(|e| ApiFailure::bad_request(e.to_string()))?;
+    let after = filter.after.as_deref().map(JobCursor::decode).transpose()?;
     let queue = state.queue.clone();
-    Ok(Json(blocking(move || queue.jobs(&filter)).await?))
+    Ok(Json(
+        blocking(move || queue.jobs_page(&filter, after.as_ref(), limit)).await?,
+    ))
 }
 
 /// One job with its events.
@@ -118,6 +126,7 @@ pub async fn explain(
 /// Query of `GET /v1/events`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Answer events after this sequence number (the `next` of the previous page).
     #[serde(default)]
@@ -125,6 +134,10 @@ pub struct EventsQuery {
     /// Seconds to wait for an event when there is none yet; more than 60 waits 60.
     #[serde(default)]
     pub wait: u64,
+    /// Most events to answer (default and most: 1,000).
+    #[serde(default)]
+    #[param(minimum = 1)]
+    pub limit: Option<u32>,
 }
 
 /// Events after `since`, long-polled.
@@ -139,6 +152,15 @@ pub async fn events(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Json<EventsPage>, ApiFailure> {
+    let limit = match q.limit {
+        None => EVENTS_PAGE_LIMIT,
+        Some(0) => {
+            return Err(ApiFailure::bad_request(
+                "limit must be at least 1 (it is 0)",
+            ))
+        }
+        Some(n) => EVENTS_PAGE_LIMIT.min(n as usize),
+    };
     let mut deadline = Instant::now() + Duration::from_secs(q.wait.min(MAX_CLAIM_WAIT_S));
     let mut changes = state.queue.subscribe();
     let mut shutdown = state.shutdown.clone();
@@ -152,7 +174,7 @@ pub async fn events(
             let queue = state.queue.clone();
             let since = q.since;
             let turn = state.budgets.event_read_turn().await;
-            let page = blocking(move || queue.events_since(since, EVENTS_PAGE_LIMIT)).await?;
+            let page = blocking(move || queue.events_since(since, limit)).await?;
             drop(turn);
             if !page.events.is_empty() || answer_now {
                 return Ok(Json(page));
@@ -181,13 +203,21 @@ pub async fn events(
     }
 }
 
-/// List workers with their node status.
-#[utoipa::path(get, path = "/v1/workers", responses(
-    (status = 200, description = "Every worker that has reported", body = Vec<WorkerView>),
+/// List workers with their node status, by name, one page at a time.
+#[utoipa::path(get, path = "/v1/workers", params(PageQuery), responses(
+    (status = 200, description = "A page of the workers that have reported", body = Page<WorkerView>),
+    (status = 400, description = "A bad limit or cursor", body = ApiError),
 ))]
-pub async fn workers(State(state): State<AppState>) -> Result<Json<Vec<WorkerView>>, ApiFailure> {
+pub async fn workers(
+    State(state): State<AppState>,
+    ApiQuery(page): ApiQuery<PageQuery>,
+) -> Result<Json<Page<WorkerView>>, ApiFailure> {
+    let limit = page_limit(page.limit).map_err(|e| ApiFailure::bad_request(e.to_string()))?;
+    let after = page.after.map(|a| worker_name(&a)).transpose()?;
     let queue = state.queue.clone();
-    Ok(Json(blocking(move || queue.workers()).await?))
+    Ok(Json(
+        blocking(move || queue.workers_page(after.as_ref().map(WorkerName::as_str), limit)).await?,
+    ))
 }
 
 /// One worker.
@@ -215,17 +245,100 @@ pub async fn manifest(State(state): State<AppState>) -> Result<Json<ManifestStat
     Ok(Json(blocking(move || queue.manifest_status()).await?))
 }
 
-/// List stored artifacts: one row per (job, attempt, artifact) uploaded, see
-/// [`crate::store::ArtifactStore::listing`].
-#[utoipa::path(get, path = "/v1/models", responses(
-    (status = 200, description = "One row per (job, attempt, artifact) uploaded, newest first", body = Vec<ArtifactView>),
+/// List stored artifacts, one page at a time: one row per (job, attempt, artifact)
+/// uploaded, newest first, then one row for each stored byte sequence no recorded upload
+/// names (an upload whose lease was lost while it streamed).
+#[utoipa::path(get, path = "/v1/models", params(PageQuery), responses(
+    (status = 200, description = "A page of the uploads of stored artifacts", body = Page<ArtifactView>),
+    (status = 400, description = "A bad limit or cursor", body = ApiError),
 ))]
-pub async fn models(State(state): State<AppState>) -> Result<Json<Vec<ArtifactView>>, ApiFailure> {
-    let queue = state.queue.clone();
-    let recorded = blocking(move || queue.uploads()).await?;
-    let store = state.store.clone();
-    let list = tokio::task::spawn_blocking(move || store.listing(recorded)).await??;
-    Ok(Json(list))
+pub async fn models(
+    State(state): State<AppState>,
+    ApiQuery(page): ApiQuery<PageQuery>,
+) -> Result<Json<Page<ArtifactView>>, ApiFailure> {
+    let limit = page_limit(page.limit).map_err(|e| ApiFailure::bad_request(e.to_string()))?;
+    let cursor = page
+        .after
+        .as_deref()
+        .map(ArtifactCursor::decode)
+        .transpose()?;
+    let (queue, store) = (state.queue.clone(), state.store.clone());
+    let page = tokio::task::spawn_blocking(move || -> Result<_, ApiFailure> {
+        let (mut items, mut next) = (Vec::new(), None);
+        let unrecorded_after = match cursor {
+            Some(ArtifactCursor::Unrecorded(after)) => Some(after),
+            upload => {
+                let before = match upload {
+                    Some(ArtifactCursor::Upload(row)) => Some(row),
+                    _ => None,
+                };
+                let (rows, more) = queue.uploads_page(before, limit)?;
+                items = store.held(rows);
+                match more {
+                    Some(row) => {
+                        next = Some(ArtifactCursor::Upload(row));
+                        None
+                    }
+                    // The recorded rows are done: the unrecorded ones follow, on this page
+                    // as far as it has room.
+                    None => Some(None),
+                }
+            }
+        };
+        if let Some(after) = unrecorded_after {
+            let room = limit - items.len();
+            let (rows, more) = store.unrecorded_page(after.as_ref(), room, |ids| {
+                queue.recorded_artifacts(ids).map_err(ApiFailure::from)
+            })?;
+            if more {
+                let last = rows.last().map(|r| r.artifact_id.clone()).or(after);
+                next = Some(ArtifactCursor::Unrecorded(last));
+            }
+            items.extend(rows);
+        }
+        Ok(Page {
+            items,
+            next: next.map(|c| c.encode()),
+        })
+    })
+    .await??;
+    Ok(Json(page))
+}
+
+/// Where an artifact page ends: before an upload row (`u<row>`), or among the stored
+/// bytes no upload names, after an artifact ID (`s<id>`, or `s` for their start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ArtifactCursor {
+    Upload(i64),
+    Unrecorded(Option<ArtifactId>),
+}
+
+impl ArtifactCursor {
+    fn encode(&self) -> String {
+        match self {
+            Self::Upload(row) => format!("u{row}"),
+            Self::Unrecorded(None) => "s".into(),
+            Self::Unrecorded(Some(id)) => format!("s{id}"),
+        }
+    }
+
+    fn decode(text: &str) -> Result<Self, ApiFailure> {
+        let bad = || {
+            ApiFailure::bad_request(
+                "`after` is not a cursor of this listing; pass the `next` of the previous page",
+            )
+        };
+        if let Some(row) = text.strip_prefix('u') {
+            return row.parse().map(Self::Upload).map_err(|_| bad());
+        }
+        match text.strip_prefix('s') {
+            Some("") => Ok(Self::Unrecorded(None)),
+            Some(id) => ArtifactId::parse(id)
+                .map(|id| Self::Unrecorded(Some(id)))
+                .map_err(|_| bad()),
+            None => Err(bad()),
+        }
+    }
 }
 
 /// Download an artifact's tar.zst bundle.

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use cis490_api::PlanSummary;
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{parse_manifest, read_manifest_text, LoadedManifest, ManifestErrors};
+use crate::manifest::{
+    parse_manifest_with_limit, read_manifest_text, LoadedManifest, ManifestErrors,
+};
 use crate::plan::{plan_owned, Plan};
 use crate::policy::HostPolicy;
 use crate::queue::{ManifestSource, Queue, QueueError};
@@ -58,6 +60,8 @@ pub enum ReconcileError {
 pub struct Reconciler {
     queue: Queue,
     manifest: PathBuf,
+    /// Most jobs the manifest may make.
+    max_jobs: usize,
     /// Serializes reconciles, and holds the sha256 of the manifest text last applied with
     /// success (None before the first and after an invalid one): two planners must never
     /// apply plans made from one `actual`.
@@ -67,10 +71,11 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(queue: Queue, manifest: PathBuf) -> Arc<Self> {
+    pub fn new(queue: Queue, manifest: PathBuf, max_jobs: usize) -> Arc<Self> {
         Arc::new(Self {
             queue,
             manifest,
+            max_jobs,
             serial: Mutex::new(None),
             full_reconciles: AtomicU64::new(0),
         })
@@ -79,6 +84,14 @@ impl Reconciler {
     /// The manifest file this reconciler reads.
     pub fn manifest_path(&self) -> &Path {
         &self.manifest
+    }
+
+    /// The manifest as errors in API answers name it: its file name, never the server's
+    /// path to it (the server's log has that).
+    fn manifest_name(&self) -> PathBuf {
+        self.manifest
+            .file_name()
+            .map_or_else(|| PathBuf::from("manifest"), PathBuf::from)
     }
 
     /// Runs [`Reconciler::reconcile_blocking`] on the blocking pool.
@@ -127,7 +140,7 @@ impl Reconciler {
             }
         }
         self.full_reconciles.fetch_add(1, Ordering::Relaxed);
-        let loaded = match parse_manifest(&text, &self.manifest) {
+        let loaded = match parse_manifest_with_limit(&text, &self.manifest_name(), self.max_jobs) {
             Ok(loaded) => loaded,
             Err(errors) => return Err(self.invalid(trigger, &path, errors, &mut last_applied)?),
         };
@@ -172,23 +185,29 @@ impl Reconciler {
         &self,
         trigger: Trigger,
         path: &str,
-        errors: ManifestErrors,
+        mut errors: ManifestErrors,
         last_applied: &mut Option<String>,
     ) -> Result<ReconcileError, ReconcileError> {
         tracing::error!(
             trigger = trigger.as_str(),
             "manifest {path} is invalid; keeping the last good state:\n{errors}"
         );
+        let name = self.manifest_name().display().to_string();
+        for error in &mut errors.0 {
+            error.path.clone_from(&name);
+        }
         *last_applied = None;
         self.queue.record_manifest_errors(path, &errors.0)?;
         Ok(ReconcileError::Invalid(errors))
     }
 
-    /// The plan `text` would make against the queue now; applies nothing.
-    pub fn diff_blocking(&self, text: &str) -> Result<PlanSummary, ReconcileError> {
+    /// The plan `text` would make against the queue now; applies nothing. `name` names the
+    /// text in errors and warnings (the client's own file).
+    pub fn diff_blocking(&self, text: &str, name: &str) -> Result<PlanSummary, ReconcileError> {
         let LoadedManifest {
             manifest, warnings, ..
-        } = parse_manifest(text, &self.manifest).map_err(ReconcileError::Invalid)?;
+        } = parse_manifest_with_limit(text, Path::new(name), self.max_jobs)
+            .map_err(ReconcileError::Invalid)?;
         let actual = self.queue.actual()?;
         // As in a reconcile: the plan takes the specs rather than a copy of them.
         let mut summary = plan_owned(manifest.jobs, &actual).summary();
@@ -249,7 +268,10 @@ mod tests {
         let manifest = dir.path().join("training_manifest.toml");
         std::fs::write(&manifest, text).unwrap();
         let queue = Queue::open_in_memory(QueueConfig::default()).unwrap();
-        (dir, Reconciler::new(queue, manifest))
+        (
+            dir,
+            Reconciler::new(queue, manifest, crate::manifest::DEFAULT_MAX_MANIFEST_JOBS),
+        )
     }
 
     #[test]

@@ -586,33 +586,84 @@ impl ArtifactStore {
         Ok(out)
     }
 
-    /// The artifact listing (`GET /v1/models`): one row per (job, attempt, artifact) that
-    /// `recorded` (the queue's uploads) names and the store holds, each with the stored
-    /// size, plus one row (from its meta.json) for each stored byte sequence no recorded
-    /// upload names, so nothing stored is invisible. Newest first.
-    pub fn listing(&self, recorded: Vec<ArtifactView>) -> Result<Vec<ArtifactView>, StoreError> {
-        let stored: std::collections::HashMap<ArtifactId, ArtifactView> = self
-            .list()?
+    /// The rows of `recorded` (uploads the queue names) whose bytes the store holds, each
+    /// with the stored size (rows backfilled from old queues report none): one `stat` per
+    /// row.
+    pub fn held(&self, recorded: Vec<ArtifactView>) -> Vec<ArtifactView> {
+        recorded
             .into_iter()
-            .map(|a| (a.artifact_id.clone(), a))
-            .collect();
-        let mut named = std::collections::HashSet::new();
-        let mut out = Vec::with_capacity(recorded.len());
-        for mut row in recorded {
-            let Some(blob) = stored.get(&row.artifact_id) else {
+            .filter_map(|mut row| {
+                let (_, size) = self.locate(&row.artifact_id).ok()?;
+                row.size_bytes = size;
+                Some(row)
+            })
+            .collect()
+    }
+
+    /// Up to `limit` stored byte sequences that no recorded upload names (an upload whose
+    /// lease was lost while it streamed), by artifact ID after `after`, each as its
+    /// meta.json tells; `recorded` says which of a batch of IDs the queue names. They are
+    /// listed after the recorded uploads, so nothing stored is invisible. Every call walks
+    /// the blob directory; its memory is in `limit` and in the unrecorded blobs.
+    pub fn unrecorded_page<E>(
+        &self,
+        after: Option<&ArtifactId>,
+        limit: usize,
+        mut recorded: impl FnMut(&[ArtifactId]) -> Result<std::collections::HashSet<ArtifactId>, E>,
+    ) -> Result<(Vec<ArtifactView>, bool), E>
+    where
+        E: From<StoreError>,
+    {
+        const BATCH: usize = 512;
+        let dir = self.blobs_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), false)),
+            Err(e) => return Err(StoreError::io(format!("listing {}", dir.display()))(e).into()),
+        };
+        let mut unrecorded: Vec<ArtifactId> = Vec::new();
+        let mut batch: Vec<ArtifactId> = Vec::with_capacity(BATCH);
+        let mut sift = |batch: &mut Vec<ArtifactId>, out: &mut Vec<ArtifactId>| -> Result<(), E> {
+            let named = recorded(batch)?;
+            out.extend(batch.drain(..).filter(|id| !named.contains(id)));
+            Ok(())
+        };
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io(format!("listing {}", dir.display())))?;
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| ArtifactId::parse(name).ok())
+            else {
                 continue;
             };
-            row.size_bytes = blob.size_bytes;
-            named.insert(row.artifact_id.clone());
-            out.push(row);
+            if after.is_some_and(|after| id <= *after) {
+                continue;
+            }
+            batch.push(id);
+            if batch.len() == BATCH {
+                sift(&mut batch, &mut unrecorded)?;
+            }
         }
-        out.extend(
-            stored
-                .into_values()
-                .filter(|blob| !named.contains(&blob.artifact_id)),
-        );
-        sort_newest_first(&mut out);
-        Ok(out)
+        sift(&mut batch, &mut unrecorded)?;
+        unrecorded.sort();
+        let mut out = Vec::new();
+        let mut more = false;
+        for id in unrecorded {
+            let dir = self.blobs_dir().join(id.as_str());
+            if !dir.join(BUNDLE_FILE).is_file() {
+                continue;
+            }
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            match read_meta(&dir) {
+                Ok(meta) => out.push(meta),
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "skipping artifact"),
+            }
+        }
+        Ok((out, more))
     }
 
     /// The bundle file of one artifact and its size.

@@ -1,5 +1,5 @@
 //! The benchmark harness behind `cis490-bench`: one module per figure of issue 7 (and
-//! `load` for the three of issue 12's hostile clients, 12a-12c), a shared
+//! `load` and `big_lists` for issue 12's hostile and careless clients, 12a-12f), a shared
 //! workload generator (`workload`), and the result table.
 //!
 //! Every figure returns [`Row`]s. A row is measured (with its target checked), only "ran"
@@ -7,6 +7,7 @@
 //! (a piece it needs is missing) — never a made-up number.
 
 pub mod artifacts;
+pub mod big_lists;
 pub mod claim_throughput;
 pub mod dispatch_latency;
 pub mod footprint;

@@ -52,7 +52,8 @@ fn reload(
 ) -> anyhow::Result<[Duration; 3]> {
     let peak = || super::proc_stats::peak_rss_mib(std::process::id()).unwrap_or(0.0);
     let t0 = Instant::now();
-    let loaded = load_manifest(path).map_err(anyhow::Error::msg)?;
+    let loaded = load_manifest(path, cis490_reconciler::manifest::DEFAULT_MAX_MANIFEST_JOBS)
+        .map_err(anyhow::Error::msg)?;
     let t1 = Instant::now();
     peaks[0] = peak();
     // The server's own planning step (`server/reconcile.rs`), so the peak measured is the

@@ -37,7 +37,7 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
         /// Only these figures, comma separated: 1-8 (each with its in-process variant),
-        /// 1q / 2q for only the in-process variant of figure 1 or 2, 12a / 12b / 12c for
+        /// 1q / 2q for only the in-process variant of figure 1 or 2, 12a-12f for
         /// the hostile-client figures (12 for all three).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
@@ -120,10 +120,10 @@ async fn run_all(ctx: &Ctx, only: &[String]) -> anyhow::Result<Vec<Row>> {
     let want = |n: &str| only.is_empty() || only.iter().any(|o| o == n);
     // "1" selects figure 1 and its in-process variant "1q".
     let want_q = |n: &str| want(n) || want(n.trim_end_matches('q'));
-    // "12" selects 12a, 12b and 12c.
+    // "12" selects 12a-12f.
     let want_12 = |n: &str| want(n) || want("12");
     let needs_server = ["1", "2", "3", "5", "6", "7"].iter().any(|&n| want(n))
-        || ["12a", "12b", "12c"].iter().any(|&n| want_12(n));
+        || ["12a", "12b", "12c", "12d"].iter().any(|&n| want_12(n));
     let missing = if needs_server {
         bench::server::unavailable(&ctx.dir("probe")?).await
     } else {
@@ -175,6 +175,15 @@ async fn run_all(ctx: &Ctx, only: &[String]) -> anyhow::Result<Vec<Row>> {
     }
     if want_12("12c") {
         add(bench::load::run_long_polls(ctx, missing).await);
+    }
+    if want_12("12d") {
+        add(bench::big_lists::run_paging(ctx, missing).await);
+    }
+    if want_12("12e") {
+        add(blocking(ctx, bench::big_lists::run_manifest_cap).await);
+    }
+    if want_12("12f") {
+        add(blocking(ctx, bench::big_lists::run_host_warnings).await);
     }
     Ok(rows)
 }
