@@ -7,13 +7,12 @@
 //! trainer exits until the job is completed, failed or released, a [`LeaseKeeper`]
 //! heartbeats the lease in the background; dropping it stops the heartbeats.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use cis490_api::{Client, HeartbeatRequest, JobId, Lease, WorkerName};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::runner::{log_tail, LOG_TAIL_BYTES};
+use crate::log_ship::LogShipper;
 
 /// Heartbeats one lease until dropped (or until the server says the lease is gone).
 #[derive(Debug)]
@@ -31,9 +30,9 @@ pub struct KeepLease {
     pub period: Duration,
     /// Longest a heartbeat may take.
     pub call_timeout: Duration,
-    /// The trainer's log, whose tail rides on each heartbeat (so the last lines a trainer
-    /// wrote are on the server even before the job completes).
-    pub log: Option<PathBuf>,
+    /// The trainer's log, whose unsent part rides on each heartbeat (so the last lines a
+    /// trainer wrote are on the server even before the job completes).
+    pub log: Option<LogShipper>,
 }
 
 impl LeaseKeeper {
@@ -59,14 +58,16 @@ async fn keep_alive(keep: KeepLease) {
         let req = HeartbeatRequest {
             worker: keep.worker.clone(),
             lease: keep.lease.clone(),
-            log_tail: keep
-                .log
-                .as_deref()
-                .and_then(|p| log_tail(p, LOG_TAIL_BYTES)),
+            log_tail: None,
+            log: keep.log.as_ref().and_then(|l| l.next_chunk(true)),
         };
         match tokio::time::timeout(keep.call_timeout, keep.client.heartbeat(&keep.job, &req)).await
         {
-            Ok(Ok(_)) => {}
+            Ok(Ok(answer)) => {
+                if let Some(log) = &keep.log {
+                    log.ack(answer.log_offset);
+                }
+            }
             // The job moved on: the stage in progress learns it from its own call.
             Ok(Err(e)) if e.is_lease_lost() || e.status().is_some_and(|s| s.as_u16() == 404) => {
                 tracing::debug!(job = %keep.job.short(), "lease gone; no more heartbeats: {e}");

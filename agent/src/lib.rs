@@ -10,6 +10,7 @@ pub mod config;
 pub mod exec_trainer;
 pub mod lease_keeper;
 pub mod leftover_trainers;
+pub mod log_ship;
 pub mod pack;
 pub mod runner;
 pub mod slots;

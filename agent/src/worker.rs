@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use cis490_api::{
     AgentInstance, ArtifactId, ClaimRequest, ClaimResponse, Client, ClientError, CompleteRequest,
-    FailRequest, HeartbeatRequest, JobId, JobSpec, Lease, WorkerName,
+    FailRequest, FailureCause, HeartbeatRequest, JobId, JobSpec, Lease, WorkerName,
+    MAX_LOG_CHUNK_BYTES,
 };
 use rand::Rng;
 use tokio::sync::watch;
@@ -30,13 +31,17 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::AgentConfig;
 use crate::lease_keeper::{KeepLease, LeaseKeeper};
+use crate::log_ship::LogShipper;
 use crate::pack::{self, Packed};
-use crate::runner::{self, Attempt, Trainer};
+use crate::runner::{self, Attempt, RunError, Trainer};
 use crate::slots::{Allocation, Slots};
 
 /// The reason a job released on shutdown carries, so the server requeues it at once.
 pub const SHUTDOWN_REASON: &str = "agent-shutdown";
 
+/// How often a running trainer's new output is sent (with a heartbeat) when there is any,
+/// so `cis490ctl logs -f` follows it closely.
+const LOG_SHIP_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one API call (other than a long-poll claim or an upload) may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long reports may take once shutdown has stopped the trainers.
@@ -247,6 +252,8 @@ enum RunEvent {
     Exited(std::io::Result<std::process::ExitStatus>),
     Shutdown,
     BeatDue,
+    /// Time to send new log output, if there is any.
+    LogDue,
     /// The heartbeat's answer: `Ok(true)` means cancelled.
     Answer(Result<bool, ClientError>),
 }
@@ -274,6 +281,8 @@ struct JobRun {
     report_deadline: Option<Instant>,
     /// The trainer is gone and its slot handed back for the next job.
     slot_freed: bool,
+    /// Streams the trainer's log to the server (set once the attempt dir exists).
+    log: Option<LogShipper>,
 }
 
 impl JobRun {
@@ -285,6 +294,16 @@ impl JobRun {
             exit_code,
             log_tail: self.attempt.as_ref().and_then(Attempt::log_tail),
             retryable,
+            cause: Default::default(),
+        }
+    }
+
+    /// A failure of this host, not of the trainer: it could not be started at all. The
+    /// server gives the job to another worker without using an attempt and flags this one.
+    fn host_failure(&self, reason: String) -> FailRequest {
+        FailRequest {
+            cause: FailureCause::Host,
+            ..self.fail(reason, None, false)
         }
     }
 
@@ -328,7 +347,7 @@ impl JobRun {
             lease: self.lease.clone(),
             period: self.shared.cfg.heartbeat,
             call_timeout: CALL_TIMEOUT,
-            log: self.attempt.as_ref().map(|a| a.log_path.clone()),
+            log: self.log.clone(),
         })
     }
 
@@ -348,9 +367,10 @@ impl JobRun {
         let cfg = &self.shared.cfg;
         let attempt = match Attempt::prepare(&cfg.state_dir, &self.spec, &self.lease) {
             Ok(a) => a,
-            Err(e) => return JobStage::Report(self.fail(format!("agent: {e}"), None, true)),
+            Err(e) => return JobStage::Report(self.host_failure(format!("agent: {e}"))),
         };
         self.attempt = Some(attempt.clone());
+        self.log = Some(LogShipper::new(&attempt.log_path));
         let argv = match runner::trainer_argv(&self.spec.command, &self.spec.hyper) {
             Ok(argv) => argv,
             Err(e) => return JobStage::Report(self.fail(e.to_string(), None, false)),
@@ -363,6 +383,11 @@ impl JobRun {
                 self.shared.trainers.add(trainer.pid());
                 JobStage::Run(trainer)
             }
+            // The program is missing or not executable here, the work dir unreadable, the
+            // log not writable: this host cannot run trainers, whatever the job is.
+            Err(e @ (RunError::Spawn { .. } | RunError::Prepare { .. })) => {
+                JobStage::Report(self.host_failure(e.to_string()))
+            }
             Err(e) => JobStage::Report(self.fail(e.to_string(), None, false)),
         }
     }
@@ -373,16 +398,57 @@ impl JobRun {
         self.shared.trainers.remove(trainer.pid());
     }
 
-    async fn heartbeat(&self) -> Result<bool, ClientError> {
+    /// One heartbeat with the next piece of the log. `trainer_done`: the log is complete.
+    async fn heartbeat_with_log(&self, trainer_done: bool) -> Result<bool, ClientError> {
         let req = HeartbeatRequest {
             worker: self.shared.worker().clone(),
             lease: self.lease.clone(),
-            log_tail: self.attempt.as_ref().and_then(Attempt::log_tail),
+            log_tail: None,
+            log: self.log.as_ref().and_then(|l| l.next_chunk(trainer_done)),
         };
         let client = &self.shared.client;
         match tokio::time::timeout(CALL_TIMEOUT, client.heartbeat(&self.spec.id, &req)).await {
-            Ok(r) => r.map(|resp| resp.cancel),
+            Ok(Ok(resp)) => {
+                if let Some(log) = &self.log {
+                    log.ack(resp.log_offset);
+                }
+                Ok(resp.cancel)
+            }
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(timeout_error(client)),
+        }
+    }
+
+    async fn heartbeat(&self) -> Result<bool, ClientError> {
+        self.heartbeat_with_log(false).await
+    }
+
+    /// Sends the rest of the trainer's log (it has exited), so the server holds all of it
+    /// before the job is reported; gives up on a lost lease or after a few failed tries
+    /// (the lease keeper sends what is left with its heartbeats).
+    async fn flush_log(&self) {
+        let Some(log) = &self.log else { return };
+        let mut failures = 0u32;
+        // Each chunk moves the offset on, so this many calls send any file that is there.
+        let mut calls = log.unsent() / MAX_LOG_CHUNK_BYTES + 3;
+        while log.unsent() > 0 && calls > 0 {
+            calls -= 1;
+            let before = log.acked();
+            match self.heartbeat_with_log(true).await {
+                Ok(_) if log.acked() > before => failures = 0,
+                // Nothing moved: a server without log streaming, or nothing it can take.
+                Ok(_) => return,
+                Err(e) if is_gone(&e) => return,
+                Err(e) => {
+                    failures += 1;
+                    if failures >= 3 || self.shutting_down() {
+                        tracing::warn!(job = %self.spec.id.short(), "could not send the end of the log ({e}); the lease keeper tries again");
+                        return;
+                    }
+                    tokio::time::sleep(backoff(failures, Duration::from_millis(200), MAX_BACKOFF))
+                        .await;
+                }
+            }
         }
     }
 
@@ -390,6 +456,8 @@ impl JobRun {
         let period = self.shared.cfg.heartbeat;
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut log_tick = tokio::time::interval(LOG_SHIP_INTERVAL);
+        log_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut failures = 0u32;
         let mut retry_at: Option<Instant> = None;
         let mut shutdown = self.shutdown.clone();
@@ -400,7 +468,15 @@ impl JobRun {
                 status = trainer.wait() => RunEvent::Exited(status),
                 _ = shutdown_signalled(&mut shutdown) => RunEvent::Shutdown,
                 _ = tick.tick(), if retry_at.is_none() => RunEvent::BeatDue,
+                _ = log_tick.tick(), if retry_at.is_none() => RunEvent::LogDue,
                 _ = sleep_until_opt(retry_at), if retry_at.is_some() => RunEvent::BeatDue,
+            };
+            let event = match event {
+                // New output goes out between heartbeats; without any, nothing is sent.
+                RunEvent::LogDue if self.log.as_ref().is_some_and(|l| l.unsent() > 0) => {
+                    RunEvent::BeatDue
+                }
+                other => other,
             };
             let event = match event {
                 RunEvent::BeatDue => tokio::select! {
@@ -411,9 +487,10 @@ impl JobRun {
                 other => other,
             };
             match event {
-                RunEvent::BeatDue => {}
+                RunEvent::BeatDue | RunEvent::LogDue => {}
                 RunEvent::Exited(status) => {
                     self.shared.trainers.remove(trainer.pid());
+                    self.flush_log().await;
                     return match status {
                         Ok(s) if s.success() => JobStage::Pack,
                         Ok(s) => JobStage::Report(self.exit_failure(s)),
@@ -433,6 +510,7 @@ impl JobRun {
                 RunEvent::Answer(Ok(true)) => {
                     tracing::info!(job = %self.spec.id.short(), "cancelled by an operator: stopping the trainer");
                     self.stop(&mut trainer).await;
+                    self.flush_log().await;
                     return JobStage::Done(JobOutcome::Cancelled);
                 }
                 RunEvent::Answer(Ok(false)) => {
@@ -442,6 +520,14 @@ impl JobRun {
                     failures = 0;
                     retry_at = None;
                     tick.reset();
+                    if self
+                        .log
+                        .as_ref()
+                        .is_some_and(|l| l.unsent() >= MAX_LOG_CHUNK_BYTES)
+                    {
+                        // The trainer writes faster than one chunk a tick: keep up.
+                        log_tick.reset_immediately();
+                    }
                 }
                 RunEvent::Answer(Err(e)) if is_gone(&e) => {
                     tracing::warn!(job = %self.spec.id.short(), "lease lost ({e}): stopping the trainer");
@@ -582,6 +668,8 @@ impl JobRun {
     }
 
     async fn complete(&mut self, artifact: ArtifactId) -> JobStage {
+        // Whatever the lease keeper has not sent yet: once completed, the lease is gone.
+        self.flush_log().await;
         let req = CompleteRequest {
             worker: self.shared.worker().clone(),
             lease: self.lease.clone(),
@@ -617,6 +705,14 @@ impl JobRun {
     }
 
     async fn report(&mut self, req: FailRequest) -> JobStage {
+        match self.report_deadline {
+            // Shutting down: the log may use half of what is left of the window.
+            Some(deadline) => {
+                let half = deadline.saturating_duration_since(Instant::now()) / 2;
+                let _ = tokio::time::timeout(half, self.flush_log()).await;
+            }
+            None => self.flush_log().await,
+        }
         let client = self.shared.client.clone();
         let mut tries = 0u32;
         loop {
@@ -971,6 +1067,7 @@ impl Agent {
                         shutdown: self.shutdown.clone(),
                         report_deadline: None,
                         slot_freed: false,
+                        log: None,
                     };
                     let id = job.id.clone();
                     let handle = self.jobs.spawn(async move { (id, run.drive().await) });
@@ -989,6 +1086,7 @@ impl Agent {
                 exit_code: None,
                 log_tail: None,
                 retryable: true,
+                cause: Default::default(),
             };
             let client = &self.shared.client;
             if let Ok(Err(e)) | Err(e) =

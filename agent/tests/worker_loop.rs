@@ -70,6 +70,7 @@ async fn report(State(_): State<Shared>, Json(cap): Json<Capability>) -> Respons
         capability: cap,
         first_seen: chrono::Utc::now(),
         last_seen: chrono::Utc::now(),
+        host_problem: None,
     };
     Json(view).into_response()
 }
@@ -125,9 +126,12 @@ async fn heartbeat(
     if m.leases.get(&id) != Some(&req.lease) {
         return api_error(StatusCode::CONFLICT, "lease_lost");
     }
+    // Acknowledges every chunk as it comes (a real server ignores one that does not start
+    // where its copy ends).
+    let log_offset = req.log.as_ref().map(|c| c.to);
     m.heartbeats.push(req);
     let cancel = m.cancel.contains(&id);
-    Json(HeartbeatResponse { cancel }).into_response()
+    Json(HeartbeatResponse { cancel, log_offset }).into_response()
 }
 
 async fn upload(
@@ -451,6 +455,25 @@ async fn non_zero_exit_fails_with_the_code_and_the_last_stderr_line() {
         .unwrap();
 }
 
+#[tokio::test]
+async fn a_trainer_that_cannot_start_is_the_hosts_failure_not_the_jobs() {
+    let h = start(vec![job(4, vec!["./no-such-trainer.sh".into()])], "").await;
+    let failed = wait_for("failure", || h.mock.lock().unwrap().failed.first().cloned()).await;
+    assert_eq!(failed.cause, cis490_api::FailureCause::Host);
+    assert!(!failed.retryable);
+    assert!(
+        failed.reason.contains("no-such-trainer.sh"),
+        "{}",
+        failed.reason
+    );
+    h.shutdown.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), h.agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
 /// A trainer that records its pid and its child's, then waits forever (ignoring SIGTERM).
 const STUBBORN: &str =
     "#!/bin/sh\ntrap '' TERM\nsleep 300 &\necho \"$$ $!\" > pids\necho running\nwait\n";
@@ -471,11 +494,11 @@ async fn cancel_on_heartbeat_kills_trainer_and_child_and_reports_nothing() {
     let id = j.id.to_string();
     let h = start(vec![j], STUBBORN).await;
     let (leader, child) = pids(h.work.path()).await;
-    wait_for("a heartbeat with the log tail", || {
+    wait_for("a heartbeat with the log", || {
         let m = h.mock.lock().unwrap();
         m.heartbeats
             .iter()
-            .any(|b| b.log_tail.as_deref().is_some_and(|t| t.contains("running")))
+            .any(|b| b.log.as_ref().is_some_and(|c| c.text.contains("running")))
             .then_some(())
     })
     .await;

@@ -370,6 +370,15 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/job/{id}/log?attempt=&offset=&limit=`: one page of an attempt's log.
+    pub async fn job_log(&self, id: &IdPrefix, query: &LogQuery) -> Result<LogPage, ClientError> {
+        self.json(
+            self.request(Method::GET, &format!("/v1/job/{id}/log"))
+                .query(query),
+        )
+        .await
+    }
+
     /// `GET /v1/job/{id}/explain`: why a pending job is not running.
     pub async fn explain(&self, id: &IdPrefix) -> Result<Explain, ClientError> {
         self.json(self.request(Method::GET, &format!("/v1/job/{id}/explain")))

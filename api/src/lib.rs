@@ -19,7 +19,7 @@ pub use ids::{
 pub use job::{
     Constraints, Event, Hyper, JobError, JobSpec, JobStatus, JobView, Lease, RetryPolicy,
 };
-pub use node::{AgentInstance, Capability, Gpu, NodeState, WorkerView};
+pub use node::{AgentInstance, Capability, Gpu, HostProblem, NodeState, WorkerView};
 pub use paging::{page_limit, BadLimit, Page, PageQuery, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
 pub use tls::{ClientTls, TlsFileError, TlsProblem};
 pub use wire::*;

@@ -203,4 +203,17 @@ pub struct WorkerView {
     pub last_seen: DateTime<Utc>,
     /// Jobs the queue says this worker holds (claimed or running).
     pub running_jobs: Vec<JobId>,
+    /// The last failure of this host itself (a trainer it could not start), until the
+    /// worker next completes a job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_problem: Option<HostProblem>,
+}
+
+/// A failure that was the host's, not the trainer's: `HostProblem` in `get workers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HostProblem {
+    pub reason: String,
+    pub job_id: JobId,
+    pub at: DateTime<Utc>,
 }

@@ -55,16 +55,62 @@ pub struct ClaimResponse {
 pub struct HeartbeatRequest {
     pub worker: WorkerName,
     pub lease: Lease,
-    /// The tail of the trainer's output so far, so `cis490ctl logs` can show a running job.
+    /// The tail of the trainer's output so far (agents before log streaming; the server
+    /// keeps it as the job's `log_tail`). Newer agents send `log` instead.
     #[serde(default)]
     pub log_tail: Option<String>,
+    /// The next piece of this attempt's log, from the offset the server last acknowledged
+    /// (`HeartbeatResponse::log_offset`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogChunk>,
 }
+
+/// A piece of an attempt's log as the agent streams it. `from` and `to` are byte offsets
+/// in the lease's own log file; `text` is those bytes as UTF-8 (invalid bytes replaced), so
+/// its length may differ from `to - from`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LogChunk {
+    pub from: u64,
+    pub to: u64,
+    pub text: String,
+}
+
+/// The most raw log bytes an agent puts in one [`LogChunk`].
+pub const MAX_LOG_CHUNK_BYTES: u64 = 256 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatResponse {
     /// An operator cancelled the job: stop the trainer and discard its output.
     pub cancel: bool,
+    /// How much of this lease's log file the server holds (the next chunk starts here).
+    /// None from servers without log streaming.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_offset: Option<u64>,
+}
+
+/// Whose fault a failure is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum FailureCause {
+    /// The trainer ran and failed (or the job itself is wrong): counts as an attempt.
+    #[default]
+    Trainer,
+    /// The host could not run any trainer (program not found or not executable, work dir
+    /// unreadable, attempt dir not writable): the job goes back to pending without using
+    /// an attempt and prefers another host; the host is flagged.
+    Host,
+}
+
+impl FailureCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCause::Trainer => "trainer",
+            FailureCause::Host => "host",
+        }
+    }
 }
 
 /// The body of `POST /v1/job/{id}/complete`.
@@ -92,6 +138,9 @@ pub struct FailRequest {
     /// back to pending without using up an attempt.
     #[serde(default)]
     pub retryable: bool,
+    /// Whose fault the failure is (`trainer` when absent).
+    #[serde(default)]
+    pub cause: FailureCause,
 }
 
 /// Answer to complete, fail, cancel and requeue: where the job now stands.
@@ -343,4 +392,51 @@ pub struct JobFilter {
     /// The `next` of the previous page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
+}
+
+/// Query of `GET /v1/job/{id}/log`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::IntoParams),
+    into_params(parameter_in = Query)
+)]
+pub struct LogQuery {
+    /// The attempt whose log to read; default: the job's current attempt while it is
+    /// leased, else its latest attempt with a log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// Where to start reading (the `next_offset` of the previous page); default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Most bytes of log text in the answer (at most 1 MiB; default 256 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+}
+
+/// One page of an attempt's log: `GET /v1/job/{id}/log`.
+///
+/// Offsets count bytes of the log as the server keeps it. A log over the server's
+/// `max_log_bytes_per_attempt` keeps its first half and its latest part; a page that
+/// starts in the dropped middle begins with a `[... truncated: N bytes dropped ...]` line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LogPage {
+    pub job_id: JobId,
+    /// The attempt read; None when the job has no log yet and no current attempt.
+    pub attempt: Option<u32>,
+    /// Every attempt that has a log, oldest first.
+    pub attempts: Vec<u32>,
+    /// Where `text` starts.
+    pub offset: u64,
+    pub text: String,
+    /// Pass as `offset` for the rest.
+    pub next_offset: u64,
+    /// The log's length so far (a page that ends before it has more to read).
+    pub size: u64,
+    /// Bytes dropped from the middle of this attempt's log (over the cap).
+    pub dropped_bytes: u64,
+    /// The attempt is over (its lease ended): nothing more will be appended.
+    pub finished: bool,
+    pub job_status: crate::job::JobStatus,
 }

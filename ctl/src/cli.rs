@@ -83,8 +83,15 @@ pub enum Command {
         after_help = "Examples:\n  cis490ctl wait 3fa9c1 77be02\n  cis490ctl wait 3fa9c1 --for running --timeout 2m"
     )]
     Wait(WaitArgs),
-    /// Print a job's log tail (running or finished); -f follows it.
-    #[command(after_help = "Examples:\n  cis490ctl logs 3fa9c1\n  cis490ctl logs -f 3fa9c1")]
+    /// Print a job's log: the whole log of its current (or latest) attempt, as the server
+    /// keeps it; -f follows it as it grows.
+    ///
+    /// The server keeps each attempt's log up to its `max_log_bytes_per_attempt` (16 MiB
+    /// by default); a longer log keeps its first half and its latest part, with one
+    /// "[... truncated: N bytes dropped ...]" line between them.
+    #[command(
+        after_help = "Examples:\n  cis490ctl logs 3fa9c1\n  cis490ctl logs -f 3fa9c1\n  cis490ctl logs 3fa9c1 --tail 20\n  cis490ctl logs 3fa9c1 --previous\n  cis490ctl logs 3fa9c1 --attempt 1"
+    )]
     Logs(LogsArgs),
     /// Cancel jobs (operator). A running job stops at its next heartbeat. Each ID needs at
     /// least 4 hex digits.
@@ -260,9 +267,20 @@ pub struct LogsArgs {
     /// Job ID or unique prefix.
     #[arg(value_name = "JOB")]
     pub job: String,
-    /// Keep printing new output until the job finishes.
+    /// Keep printing new output, without gaps, until the job finishes (through its
+    /// retries); with --attempt or --previous, until that attempt ends.
     #[arg(short = 'f', long = "follow")]
     pub follow: bool,
+    /// The log of this attempt (1 is the first) instead of the current or latest one.
+    #[arg(long, value_name = "N", conflicts_with = "previous")]
+    pub attempt: Option<u32>,
+    /// The log of the attempt before the current or latest one (after a retry: the one
+    /// that failed).
+    #[arg(short = 'p', long)]
+    pub previous: bool,
+    /// Only the last N lines (then, with -f, what follows).
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
 }
 
 #[derive(Debug, Args)]

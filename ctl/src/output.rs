@@ -514,6 +514,7 @@ pub mod samples {
             first_seen: now() - chrono::TimeDelta::hours(3),
             last_seen: now() - chrono::TimeDelta::seconds(4),
             running_jobs: vec![JobId::parse(&id('a')).unwrap()],
+            host_problem: None,
         }
     }
 }

@@ -289,6 +289,7 @@ async fn the_job_lifecycle_over_http() {
         worker: worker("w1"),
         lease: first.lease.clone(),
         log_tail: Some("epoch 1".into()),
+        log: None,
     };
     assert!(!c.heartbeat(&first.job.id, &hb).await.unwrap().cancel);
     let stale = HeartbeatRequest {
@@ -377,6 +378,7 @@ async fn the_job_lifecycle_over_http() {
                 exit_code: Some(3),
                 log_tail: Some("Traceback ...".into()),
                 retryable: false,
+                cause: Default::default(),
             },
         )
         .await

@@ -388,6 +388,7 @@ async fn slow_bodies_do_not_hold_up_other_requests() {
                     worker: worker(&format!("fast-{n}")),
                     lease: claimed.lease.clone(),
                     log_tail: None,
+                    log: None,
                 },
             )
             .await
@@ -544,6 +545,7 @@ async fn a_worker_using_another_workers_lease_changes_nothing() {
         worker: intruder.clone(),
         lease: lease.clone(),
         log_tail: Some("x".into()),
+        log: None,
     };
     assert!(refused(c.heartbeat(&id, &hb).await.unwrap_err().status()));
     let complete = CompleteRequest {
@@ -561,6 +563,7 @@ async fn a_worker_using_another_workers_lease_changes_nothing() {
         exit_code: Some(1),
         log_tail: None,
         retryable: false,
+        cause: Default::default(),
     };
     assert!(refused(c.fail(&id, &fail).await.unwrap_err().status()));
     let bundle = b"not yours".to_vec();
@@ -578,6 +581,7 @@ async fn a_worker_using_another_workers_lease_changes_nothing() {
         worker: worker("w1"),
         lease: forged,
         log_tail: None,
+        log: None,
     };
     assert!(refused(c.heartbeat(&id, &hb).await.unwrap_err().status()));
 
@@ -594,6 +598,7 @@ async fn a_worker_using_another_workers_lease_changes_nothing() {
         worker: worker("w1"),
         lease,
         log_tail: None,
+        log: None,
     };
     assert!(!c.heartbeat(&id, &hb).await.unwrap().cancel);
 }

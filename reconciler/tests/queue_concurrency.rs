@@ -91,6 +91,7 @@ fn concurrent_workers_and_a_sweeper_run_every_job_to_completion_once() {
                         worker: me.clone(),
                         lease: c.lease.clone(),
                         log_tail: Some(format!("step of {t}")),
+                        log: None,
                     };
                     assert!(!q.heartbeat(&c.job.id, &hb).unwrap().cancel);
                     let req = CompleteRequest {

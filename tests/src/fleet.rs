@@ -267,6 +267,19 @@ impl Fleet {
         server_url: &str,
         extra: &[&str],
     ) -> anyhow::Result<Command> {
+        self.agent_command_in(wrapper, name, server_url, &self.path("work"), extra)
+    }
+
+    /// Like [`Fleet::agent_command_via`], with `work_dir` as the agent's working dir
+    /// instead of the fleet's `work/`.
+    pub fn agent_command_in(
+        &self,
+        wrapper: &[&str],
+        name: &str,
+        server_url: &str,
+        work_dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Command> {
         let agent = bin("cis490-agent")?;
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
@@ -279,7 +292,7 @@ impl Fleet {
         cmd.arg("run")
             .args(["--server", server_url, "--name", name])
             .arg("--work-dir")
-            .arg(self.path("work"))
+            .arg(work_dir)
             .arg("--state-dir")
             .arg(self.path(&format!("agent-{name}")))
             .args([
@@ -441,6 +454,14 @@ impl Fleet {
     /// Runs `cis490ctl ARGS` against the current server with the operator token (and the
     /// lab CA when TLS is on).
     pub fn ctl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.ctl_command(args)?
+            .output()
+            .context("running cis490ctl")
+    }
+
+    /// The `cis490ctl ARGS` command [`Fleet::ctl`] runs, to start it in the background
+    /// (`logs -f`, `get -w`).
+    pub fn ctl_command(&self, args: &[&str]) -> anyhow::Result<Command> {
         let mut cmd = Command::new(bin("cis490ctl")?);
         match self.client_tls(None)?.ca_file {
             Some(ca) => cmd.env("CIS490_CA_FILE", ca),
@@ -450,9 +471,8 @@ impl Fleet {
             .env("CIS490_SERVER", self.url()?)
             .env("CIS490_OPERATOR_TOKEN", OPERATOR_TOKEN)
             .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .output()
-            .context("running cis490ctl")
+            .stdin(Stdio::null());
+        Ok(cmd)
     }
 
     /// The artifact store's root (`<state>/models`, the server's layout).

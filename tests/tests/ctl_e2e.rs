@@ -206,6 +206,7 @@ impl FakeWorker<'_> {
             worker: self.name.clone(),
             lease: claim.lease.clone(),
             log_tail: Some(log.to_string()),
+            log: None,
         };
         self.fleet
             .rt
@@ -248,6 +249,7 @@ impl FakeWorker<'_> {
             exit_code: Some(code),
             log_tail: Some("Traceback (most recent call last):\nValueError: boom\n".into()),
             retryable: false,
+            cause: Default::default(),
         };
         self.fleet
             .rt
@@ -1159,6 +1161,7 @@ fn a_replaced_lease_is_refused_with_what_happened() {
         exit_code: None,
         log_tail: None,
         retryable: true,
+        cause: Default::default(),
     };
     fleet
         .rt
@@ -1174,6 +1177,7 @@ fn a_replaced_lease_is_refused_with_what_happened() {
         worker: first.name.clone(),
         lease: old.lease.clone(),
         log_tail: None,
+        log: None,
     };
     let err = fleet
         .rt

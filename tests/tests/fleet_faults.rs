@@ -60,6 +60,7 @@ fn agent_killed_mid_job_its_job_moves_on_and_its_lease_is_refused() {
             worker: doomed.clone(),
             lease: dead_lease.clone(),
             log_tail: None,
+            log: None,
         },
     ));
     let err = heartbeat.expect_err("a dead agent's heartbeat must be refused");

@@ -331,6 +331,20 @@ pub fn describe_worker(
     let _ = writeln!(out, "  Ready:         {}", w.ready);
     let _ = writeln!(out, "  Cordoned:      {}", w.cordoned);
     let _ = writeln!(out, "  Draining:      {}", w.draining);
+    match &w.host_problem {
+        Some(p) => {
+            let _ = writeln!(
+                out,
+                "  HostProblem:   {} (job {}, {})",
+                p.reason,
+                p.job_id.short(),
+                time_with_age(Some(p.at), now)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  HostProblem:   none");
+        }
+    }
     let _ = writeln!(out, "Capability:");
     let _ = writeln!(out, "  Cores:         {}", cap.cores);
     let _ = writeln!(
@@ -582,6 +596,20 @@ mod tests {
         assert!(
             text.contains("  20s   Claimed   gpu-box   claimed by gpu-box (attempt 1)"),
             "{text}"
+        );
+        assert!(text.contains("  HostProblem:   none\n"), "{text}");
+        let mut flagged = worker();
+        flagged.host_problem = Some(cis490_api::HostProblem {
+            reason: "cannot start trainer \"./train.sh\": not found".into(),
+            job_id: cis490_api::JobId::parse(&"c".repeat(64)).unwrap(),
+            at: now() - chrono::TimeDelta::seconds(30),
+        });
+        let flagged_text = describe_worker(&flagged, &[], &[], now(), Terminal::plain());
+        assert!(
+            flagged_text.contains(
+                "  HostProblem:   cannot start trainer \"./train.sh\": not found (job cccccccccccc, "
+            ),
+            "{flagged_text}"
         );
     }
 }

@@ -223,7 +223,11 @@ pub fn workers_table(list: &[WorkerView], wide: bool, now: DateTime<Utc>) -> Tab
     let mut table = Table::new(columns);
     for w in list {
         let cap = &w.capability;
-        let state = w.state.to_string();
+        // Like kubectl's "Ready,SchedulingDisabled": the flag rides on the state.
+        let state = match &w.host_problem {
+            Some(_) => format!("{},HostProblem", w.state),
+            None => w.state.to_string(),
+        };
         let cuda = if cap.cuda {
             cap.cuda_version
                 .clone()
@@ -424,6 +428,19 @@ mod tests {
             wide.contains("linux/x86_64") && wide.contains("RTX 4090"),
             "{wide}"
         );
+    }
+
+    #[test]
+    fn a_worker_with_a_host_problem_says_so_in_its_status() {
+        let mut w = worker();
+        w.host_problem = Some(cis490_api::HostProblem {
+            reason: "cannot start trainer \"./train.sh\"".into(),
+            job_id: JobId::parse(&id('b')).unwrap(),
+            at: now(),
+        });
+        let text = workers_table(&[w], false, now()).render(Terminal::plain());
+        let row: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(row[1], "Ready,HostProblem");
     }
 
     #[test]

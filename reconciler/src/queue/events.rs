@@ -17,6 +17,8 @@ pub(crate) mod kind {
     pub const COMPLETED: &str = "Completed";
     pub const FAILED: &str = "Failed";
     pub const RETRYING: &str = "Retrying";
+    /// The host could not start the trainer: back to pending without using an attempt.
+    pub const HOST_PROBLEM: &str = "HostProblem";
     pub const RELEASED: &str = "Released";
     pub const LEASE_EXPIRED: &str = "LeaseExpired";
     pub const CANCELLED: &str = "Cancelled";

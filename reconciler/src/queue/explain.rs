@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use cis490_api::{Constraints, Explain, JobId, JobStatus, WorkerFit, WorkerName};
 use rusqlite::params;
 
+use super::failures;
 use super::matching::{
     defers_to_cuda, fit_reasons, has_cuda, i_cuda_alternatives, i_worker_blocked,
 };
@@ -137,6 +138,24 @@ fn i_worker_fit(tx: &Tx<'_>, row: &JobRow, k: &Known) -> Result<WorkerFit, Queue
                 tx.config.prefer_cuda_wait_s
             ));
         }
+    }
+    if lasting.is_empty()
+        && passing.is_empty()
+        && failures::i_left_to_others(
+            tx,
+            spec.id.as_str(),
+            &w.name,
+            &spec.model,
+            &spec.constraints,
+            row.pending_since,
+        )?
+    {
+        let waited = (tx.now - row.pending_since).max(0) / 1000;
+        passing.push(format!(
+            "failed it before: left to a Ready worker that has not tried it (waited {waited}s \
+             of {}s)",
+            tx.config.retry_elsewhere_wait_s
+        ));
     }
     let lasting_reasons = lasting.len();
     lasting.extend(passing);

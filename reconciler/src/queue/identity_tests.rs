@@ -89,6 +89,7 @@ fn a_second_instance_is_refused_while_the_first_is_live_and_the_first_is_undistu
         worker: gpu1.clone(),
         lease: claimed.lease.clone(),
         log_tail: None,
+        log: None,
     };
     assert!(!q.heartbeat(&claimed.job.id, &hb).unwrap().cancel);
     let done = CompleteRequest {
@@ -219,6 +220,7 @@ fn two_running(q: &Queue) -> Vec<(JobSpec, Lease, &'static str)> {
                 worker: worker(w),
                 lease: c.lease.clone(),
                 log_tail: None,
+                log: None,
             };
             q.heartbeat(&c.job.id, &hb).unwrap();
             (c.job, c.lease, w)

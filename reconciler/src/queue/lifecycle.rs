@@ -4,21 +4,23 @@
 use std::collections::BTreeMap;
 
 use cis490_api::{
-    ArtifactId, CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, IdPrefix, JobId,
-    JobStatus, JobStatusResponse, JobView, Lease, ManifestError, ManifestStatus, PlanSummary,
-    WorkerName, SHORT_ID_LEN,
+    ArtifactId, CompleteRequest, FailRequest, FailureCause, HeartbeatRequest, HeartbeatResponse,
+    IdPrefix, JobId, JobStatus, JobStatusResponse, JobView, Lease, ManifestError, ManifestStatus,
+    PlanSummary, WorkerName, SHORT_ID_LEN,
 };
 use rusqlite::{params, OptionalExtension};
 
 use super::events::{i_event, i_job_events, kind};
-use super::nodes::i_touch_worker;
+use super::failures;
+use super::logs;
+use super::nodes::{i_clear_host_problem as clear_host_problem, i_touch_worker};
 use super::rows::{from_ms, i_existing_job, i_insert_job, i_job_row, i_write_spec, JobRow};
 use super::{QueueError, SweepOutcome, Tx};
 use crate::plan::{changed_fields, ActualJob, Plan};
 use crate::policy::HostPolicy;
 
 /// Back to pending: the lease is dropped and the prefer_cuda wait starts again.
-fn i_to_pending(tx: &Tx<'_>, id: &JobId) -> Result<(), QueueError> {
+pub(crate) fn i_to_pending(tx: &Tx<'_>, id: &JobId) -> Result<(), QueueError> {
     tx.db
         .prepare_cached(
             "UPDATE jobs SET status = 'pending', lease_attempt = NULL, lease_token = NULL, \
@@ -35,7 +37,7 @@ fn i_set_attempts(tx: &Tx<'_>, id: &JobId, attempts: u32) -> Result<(), QueueErr
     Ok(())
 }
 
-fn i_set_error(
+pub(crate) fn i_set_error(
     tx: &Tx<'_>,
     id: &JobId,
     reason: &str,
@@ -52,7 +54,7 @@ fn i_set_error(
 }
 
 /// Terminal: failed, lease dropped.
-fn i_to_failed(tx: &Tx<'_>, id: &JobId) -> Result<(), QueueError> {
+pub(crate) fn i_to_failed(tx: &Tx<'_>, id: &JobId) -> Result<(), QueueError> {
     tx.db
         .prepare_cached(
             "UPDATE jobs SET status = 'failed', lease_attempt = NULL, lease_token = NULL, \
@@ -366,8 +368,22 @@ pub(crate) fn i_heartbeat(
             .prepare_cached("UPDATE jobs SET log_tail = ?2 WHERE id = ?1")?
             .execute(params![id.as_str(), tail])?;
     }
+    let log_offset = match &req.log {
+        Some(chunk) => logs::i_append(
+            tx,
+            id,
+            &req.worker,
+            &req.lease,
+            chunk,
+            tx.config.max_log_bytes_per_attempt,
+        )?,
+        None => logs::i_source_next(tx, id, &req.lease)?,
+    };
     if cancelled {
-        return Ok(HeartbeatResponse { cancel: true });
+        return Ok(HeartbeatResponse {
+            cancel: true,
+            log_offset: Some(log_offset),
+        });
     }
     let expires = tx.now.saturating_add(
         i64::try_from(row.spec.stale_after_s)
@@ -392,7 +408,10 @@ pub(crate) fn i_heartbeat(
             ),
         )?;
     }
-    Ok(HeartbeatResponse { cancel: false })
+    Ok(HeartbeatResponse {
+        cancel: false,
+        log_offset: Some(log_offset),
+    })
 }
 
 pub(crate) fn i_record_upload(
@@ -488,6 +507,8 @@ pub(crate) fn i_complete(
 ) -> Result<JobStatusResponse, QueueError> {
     let (row, _) = i_leased_job(tx, id, &req.worker, &req.lease, false)?;
     i_check_completion_artifact(tx, id, req)?;
+    // The worker ran a job to its end: whatever was wrong with its host is not any more.
+    clear_host_problem(tx, req.worker.as_str())?;
     tx.db
         .prepare_cached(
             "UPDATE jobs SET status = 'completed', artifact_id = ?2, lease_attempt = NULL, \
@@ -545,6 +566,9 @@ pub(crate) fn i_fail(
             .prepare_cached("UPDATE jobs SET log_tail = ?2 WHERE id = ?1")?
             .execute(params![id.as_str(), tail])?;
     }
+    if req.cause == FailureCause::Host && !req.retryable {
+        return failures::i_host_failure(tx, id, &row, req);
+    }
     if req.retryable {
         // Not the job's fault (the agent is shutting down): the attempt is refunded.
         i_set_attempts(tx, id, row.attempts.saturating_sub(1))?;
@@ -564,6 +588,7 @@ pub(crate) fn i_fail(
             status: JobStatus::Pending,
         });
     }
+    failures::i_record_failure(tx, id, worker, false, &req.reason)?;
     let failures = row.trainer_failures.saturating_add(1);
     tx.db
         .prepare_cached("UPDATE jobs SET trainer_failures = ?2 WHERE id = ?1")?
@@ -705,6 +730,7 @@ pub(crate) fn i_requeue(tx: &mut Tx<'_>, id: &JobId) -> Result<JobStatusResponse
     if let Some(e) = &row.error_reason {
         message.push_str(&format!("; previous error: {e}"));
     }
+    failures::i_forget_failures(tx, id)?;
     i_event(tx, Some(id), None, kind::REQUEUED, message)?;
     Ok(JobStatusResponse {
         id: id.clone(),

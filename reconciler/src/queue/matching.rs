@@ -13,6 +13,7 @@ use rand::Rng;
 use rusqlite::{params, OptionalExtension};
 
 use super::events::{i_event, kind};
+use super::failures;
 use super::nodes::{self, WorkerRow};
 use super::rows::i_existing_job;
 use super::{QueueError, Tx};
@@ -306,6 +307,7 @@ pub(crate) const NEXT_PIN_LIST_CPU: &str =
      AND require_cuda = 0 AND allowed_hosts > +?1 ORDER BY allowed_hosts LIMIT 1";
 
 /// One candidate as the claim query returns it.
+#[derive(Clone)]
 struct Candidate {
     id: String,
     model: String,
@@ -442,6 +444,8 @@ fn i_pick(
         cuda,
         alternatives: None,
         cuda_could_run: HashMap::new(),
+        failed_here: failures::i_pending_failed_on(tx, worker)?,
+        fallback: None,
     };
     let shared = if cuda { CLAIM_CUDA } else { CLAIM_CPU };
     let mut best = fit.walk(shared, params![vram, ram, denied, allowed, whole_gpu])?;
@@ -462,7 +466,10 @@ fn i_pick(
             best = Some(found);
         }
     }
-    best.map(|c| JobId::parse(&c.id).map_err(QueueError::corrupt))
+    // A job this worker failed on only when nothing else fits (and no other worker is
+    // waiting to try it).
+    best.or(fit.fallback)
+        .map(|c| JobId::parse(&c.id).map_err(QueueError::corrupt))
         .transpose()
 }
 
@@ -502,6 +509,12 @@ struct FirstFit<'a, 't> {
     /// Whether a CUDA worker could run jobs with these needs, per distinct needs: a CPU
     /// worker may skip many prefer_cuda jobs that all look alike.
     cuda_could_run: HashMap<String, bool>,
+    /// Pending jobs that failed on this worker before (usually none): taken only after
+    /// every other fit, and not while another Ready worker that could run them has not
+    /// tried yet (for `retry_elsewhere_wait_s`).
+    failed_here: std::collections::BTreeSet<String>,
+    /// The first such job that fits, in queue order over all walks.
+    fallback: Option<Candidate>,
 }
 
 impl FirstFit<'_, '_> {
@@ -558,6 +571,26 @@ impl FirstFit<'_, '_> {
             if defer {
                 return Ok(false);
             }
+        }
+        if self.failed_here.contains(&cand.id) {
+            let left = failures::i_left_to_others(
+                self.tx,
+                &cand.id,
+                self.worker,
+                &cand.model,
+                &constraints,
+                cand.pending_since,
+            )?;
+            if !left {
+                let better = self
+                    .fallback
+                    .as_ref()
+                    .is_none_or(|f| cand.queue_key(self.cuda) < f.queue_key(self.cuda));
+                if better {
+                    self.fallback = Some(cand.clone());
+                }
+            }
+            return Ok(false);
         }
         Ok(true)
     }

@@ -27,8 +27,10 @@
 mod batch;
 mod events;
 mod explain;
+mod failures;
 mod lifecycle;
 pub mod listing;
+pub mod logs;
 mod matching;
 mod nodes;
 mod rows;
@@ -36,7 +38,11 @@ mod schema;
 pub mod tokens;
 
 #[cfg(test)]
+mod failures_tests;
+#[cfg(test)]
 mod identity_tests;
+#[cfg(test)]
+mod logs_tests;
 #[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]
@@ -51,7 +57,8 @@ use chrono::{DateTime, Utc};
 use cis490_api::{
     ArtifactId, Capability, ClaimResponse, CompleteRequest, EventsPage, Explain, FailRequest,
     HeartbeatRequest, HeartbeatResponse, IdPrefix, JobFilter, JobId, JobSpec, JobStatusResponse,
-    JobView, Lease, ManifestError, ManifestStatus, PlanSummary, WorkerName, WorkerView,
+    JobView, Lease, LogPage, LogQuery, ManifestError, ManifestStatus, PlanSummary, WorkerName,
+    WorkerView,
 };
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -74,6 +81,12 @@ pub struct QueueConfig {
     pub prefer_cuda_wait_s: u64,
     /// A worker not seen (claim, heartbeat, node report) for this long is NotReady.
     pub node_stale_after_s: u64,
+    /// The most log text kept per attempt: past it the first half and the latest part are
+    /// kept (see `logs.rs`).
+    pub max_log_bytes_per_attempt: u64,
+    /// A job that failed on a worker waits this long for a worker it has not failed on
+    /// before that worker may take it again (while another Ready worker could run it).
+    pub retry_elsewhere_wait_s: u64,
 }
 
 impl Default for QueueConfig {
@@ -81,6 +94,8 @@ impl Default for QueueConfig {
         QueueConfig {
             prefer_cuda_wait_s: 300,
             node_stale_after_s: 90,
+            max_log_bytes_per_attempt: logs::DEFAULT_MAX_LOG_BYTES_PER_ATTEMPT,
+            retry_elsewhere_wait_s: 300,
         }
     }
 }
@@ -674,6 +689,11 @@ impl Queue {
         ids: &[cis490_api::ArtifactId],
     ) -> Result<std::collections::HashSet<cis490_api::ArtifactId>, QueueError> {
         self.read(|tx| listing::i_recorded_artifacts(tx, ids))
+    }
+
+    /// One page of an attempt's log (`GET /v1/job/{id}/log`).
+    pub fn job_log(&self, id: &JobId, query: &LogQuery) -> Result<LogPage, QueueError> {
+        self.read(|tx| logs::i_read(tx, id, query))
     }
 
     /// Why a pending job is not running: per known worker, and its queue position.

@@ -1,7 +1,9 @@
 //! Workers (nodes): their last reported capability, freshness, cordon and drain, and the
 //! host policy the manifest gives them.
 
-use cis490_api::{AgentInstance, Capability, JobId, NodeState, WorkerName, WorkerView};
+use cis490_api::{
+    AgentInstance, Capability, HostProblem, JobId, NodeState, WorkerName, WorkerView,
+};
 use rusqlite::{params, OptionalExtension};
 
 use super::events::{i_event, kind};
@@ -391,7 +393,52 @@ pub(crate) fn worker_view(tx: &Tx<'_>, row: WorkerRow) -> Result<WorkerView, Que
         first_seen: from_ms(row.first_seen),
         last_seen: from_ms(row.last_seen),
         running_jobs,
+        host_problem: i_host_problem(tx, &row.name)?,
     })
+}
+
+/// The worker's last host failure, if it has not completed a job since.
+fn i_host_problem(tx: &Tx<'_>, name: &str) -> Result<Option<HostProblem>, QueueError> {
+    let found: Option<(Option<String>, Option<String>, Option<i64>)> = tx
+        .db
+        .prepare_cached(
+            "SELECT host_problem, host_problem_job, host_problem_at FROM workers WHERE name = ?1",
+        )?
+        .query_row([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((Some(reason), Some(job), Some(at))) = found else {
+        return Ok(None);
+    };
+    Ok(Some(HostProblem {
+        reason,
+        job_id: JobId::parse(&job).map_err(QueueError::corrupt)?,
+        at: from_ms(at),
+    }))
+}
+
+/// Flags `worker`'s host: a trainer of `job` could not start there.
+pub(crate) fn i_flag_host_problem(
+    tx: &Tx<'_>,
+    worker: &str,
+    job: &JobId,
+    reason: &str,
+) -> Result<(), QueueError> {
+    tx.db
+        .prepare_cached(
+            "UPDATE workers SET host_problem = ?2, host_problem_job = ?3, host_problem_at = ?4              WHERE name = ?1",
+        )?
+        .execute(params![worker, reason, job.as_str(), tx.now])?;
+    Ok(())
+}
+
+/// The worker completed a job: its host works again.
+pub(crate) fn i_clear_host_problem(tx: &Tx<'_>, worker: &str) -> Result<(), QueueError> {
+    tx.db
+        .prepare_cached(
+            "UPDATE workers SET host_problem = NULL, host_problem_job = NULL,              host_problem_at = NULL WHERE name = ?1 AND host_problem IS NOT NULL",
+        )?
+        .execute([worker])?;
+    Ok(())
 }
 
 pub(crate) fn i_worker_view(tx: &mut Tx<'_>, name: &WorkerName) -> Result<WorkerView, QueueError> {

@@ -203,6 +203,48 @@ CREATE UNIQUE INDEX uploads_once ON uploads (job_id, lease_token, artifact_id);
 DROP INDEX uploads_lease;
 CREATE INDEX uploads_attempt ON uploads (job_id, attempt, artifact_id);
 "#,
+    // 9: each attempt's whole log, streamed by the agent under its lease (`logs.rs`), and
+    // which workers a job failed on (a retry prefers another host; a failure of the host
+    // itself flags the worker and does not use an attempt).
+    // `job_logs` holds one row per (job, attempt): the lease whose stream is being
+    // appended, how much of that lease's log file is in (`source_next`), the log's length
+    // as kept (`size`, the offset space readers page by) and the bytes kept and dropped.
+    // `job_log_chunks` holds the kept text, in pieces addressed by their start offset.
+    r#"
+CREATE TABLE job_logs (
+    job_id       TEXT NOT NULL,
+    attempt      INTEGER NOT NULL,
+    worker       TEXT NOT NULL,
+    lease_token  TEXT NOT NULL,
+    source_next  INTEGER NOT NULL,
+    size         INTEGER NOT NULL,
+    kept_bytes   INTEGER NOT NULL,
+    dropped      INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,           -- ms since the epoch
+    PRIMARY KEY (job_id, attempt)
+) STRICT;
+CREATE TABLE job_log_chunks (
+    job_id   TEXT NOT NULL,
+    attempt  INTEGER NOT NULL,
+    start    INTEGER NOT NULL,
+    data     BLOB NOT NULL,                  -- UTF-8 text
+    PRIMARY KEY (job_id, attempt, start)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE job_worker_failures (
+    job_id            TEXT NOT NULL,
+    worker            TEXT NOT NULL,
+    trainer_failures  INTEGER NOT NULL DEFAULT 0,
+    host_failures     INTEGER NOT NULL DEFAULT 0,
+    last_reason       TEXT NOT NULL,
+    at                INTEGER NOT NULL,      -- ms since the epoch
+    PRIMARY KEY (job_id, worker)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX job_worker_failures_worker ON job_worker_failures (worker, job_id);
+ALTER TABLE jobs ADD COLUMN host_failures INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE workers ADD COLUMN host_problem TEXT;
+ALTER TABLE workers ADD COLUMN host_problem_job TEXT;
+ALTER TABLE workers ADD COLUMN host_problem_at INTEGER;
+"#,
 ];
 
 /// Brings the database to the newest schema, each migration in its own transaction.

@@ -43,6 +43,7 @@ fn hb(w: &str, lease: &Lease) -> HeartbeatRequest {
         worker: worker(w),
         lease: lease.clone(),
         log_tail: None,
+        log: None,
     }
 }
 
@@ -70,6 +71,7 @@ fn failure(w: &str, lease: &Lease, retryable: bool) -> FailRequest {
         exit_code: if retryable { None } else { Some(3) },
         log_tail: Some("Traceback: boom".to_string()),
         retryable,
+        cause: Default::default(),
     }
 }
 
@@ -766,16 +768,18 @@ fn a_retry_policy_retries_trainer_failures_until_retries_or_attempts_run_out() {
     assert_eq!(c.job.id, job.id);
     let r = q.fail(&job.id, &failure("w1", &c.lease, false)).unwrap();
     assert_eq!(r.status, JobStatus::Pending);
-    let c = claim(&q, "w1", &cpu(8)).unwrap();
+    // (A retry prefers a worker it has not failed on: each try here is on a new worker.)
+    let c = claim(&q, "w2", &cpu(8)).unwrap();
     assert_eq!((c.job.id.clone(), c.lease.attempt), (job.id.clone(), 2));
-    let r = q.fail(&job.id, &failure("w1", &c.lease, false)).unwrap();
+    let r = q.fail(&job.id, &failure("w2", &c.lease, false)).unwrap();
     assert_eq!(r.status, JobStatus::Failed, "one retry only");
 
     // Retries are also bounded by max_attempts.
     for attempt in 1..=2 {
-        let c = claim(&q, "w1", &cpu(8)).unwrap();
+        let w = format!("w{}", attempt + 2);
+        let c = claim(&q, &w, &cpu(8)).unwrap();
         assert_eq!(c.lease.attempt, attempt);
-        let r = q.fail(&short.id, &failure("w1", &c.lease, false)).unwrap();
+        let r = q.fail(&short.id, &failure(&w, &c.lease, false)).unwrap();
         let want = if attempt == 1 {
             JobStatus::Pending
         } else {

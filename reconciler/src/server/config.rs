@@ -227,6 +227,12 @@ pub struct FileConfig {
     pub watch: Option<bool>,
     pub prefer_cuda_wait_s: Option<u64>,
     pub node_stale_after_s: Option<u64>,
+    /// The most log text kept per attempt (bytes); past it the first half and the latest
+    /// part are kept, with a truncation marker between them.
+    pub max_log_bytes_per_attempt: Option<u64>,
+    /// Seconds a job that failed on a worker waits for a worker it has not failed on
+    /// before that worker may take it again.
+    pub retry_elsewhere_wait_s: Option<u64>,
     /// Seconds a client may take to send a request's headers.
     pub header_read_timeout_s: Option<u64>,
     /// Seconds a request body may send nothing before it is cut off.
@@ -444,6 +450,12 @@ pub fn resolve(
     }
     if let Some(v) = file.node_stale_after_s {
         config.queue.node_stale_after_s = v;
+    }
+    if let Some(v) = file.max_log_bytes_per_attempt {
+        config.queue.max_log_bytes_per_attempt = v;
+    }
+    if let Some(v) = file.retry_elsewhere_wait_s {
+        config.queue.retry_elsewhere_wait_s = v;
     }
     (config.connections, config.caps) = limits;
     Ok(config)

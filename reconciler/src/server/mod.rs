@@ -15,6 +15,7 @@ pub mod extract;
 pub mod identity;
 pub mod limits;
 pub mod listen;
+pub mod logs;
 pub mod meta;
 pub mod operator;
 pub mod read;

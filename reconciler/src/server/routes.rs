@@ -18,7 +18,7 @@ use axum::response::Response;
 
 use super::error::ApiFailure;
 use super::limits::{self, refuse};
-use super::{auth, extract, meta, operator, read, worker, AppState};
+use super::{auth, extract, logs, meta, operator, read, worker, AppState};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +58,7 @@ impl Access {
                 .routes(routes!(read::jobs))
                 .routes(routes!(read::job))
                 .routes(routes!(read::explain))
+                .routes(routes!(logs::job_log))
                 .routes(routes!(read::events))
                 .routes(routes!(read::workers))
                 .routes(routes!(read::worker))

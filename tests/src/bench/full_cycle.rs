@@ -77,6 +77,7 @@ fn cycle_thread(queue: &Queue, k: usize) -> anyhow::Result<Vec<JobId>> {
             worker: me.clone(),
             lease: c.lease.clone(),
             log_tail: None,
+            log: None,
         };
         queue.heartbeat(&c.job.id, &hb)?;
         let req = CompleteRequest {
@@ -122,6 +123,7 @@ pub async fn run_http(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
                         worker: req.worker.clone(),
                         lease: c.lease.clone(),
                         log_tail: None,
+                        log: None,
                     };
                     client.heartbeat(&c.job.id, &hb).await?;
                     let complete = CompleteRequest {

@@ -1,0 +1,238 @@
+//! Which workers a job failed on, and failures of the host itself (schema migration 8).
+//!
+//! Every reported failure is recorded per (job, worker), so a retry prefers a worker the
+//! job has not failed on (`matching.rs`). A failure whose cause is the host (the agent
+//! could not start any trainer: program not found or not executable, work dir unreadable,
+//! attempt dir not writable) does not use an attempt: the job goes back to pending and the
+//! worker is flagged (`HostProblem` in `get workers`). Host failures are bounded: the job
+//! fails once every Ready worker that could run it has had one, or after
+//! [`MAX_HOST_FAILURES`] of them.
+
+use std::collections::BTreeSet;
+
+use cis490_api::{FailRequest, JobId, JobStatus, JobStatusResponse};
+use rusqlite::params;
+
+use super::events::{i_event, kind};
+use super::matching::fit_reasons;
+use super::nodes::{self, i_flag_host_problem};
+use super::rows::JobRow;
+use super::{QueueError, Tx};
+
+/// Host failures of one job (over all workers) after which it fails for good.
+pub const MAX_HOST_FAILURES: u32 = 5;
+
+/// Records that `job` failed on `worker`, counted as a host or a trainer failure.
+pub(crate) fn i_record_failure(
+    tx: &Tx<'_>,
+    job: &JobId,
+    worker: &str,
+    host: bool,
+    reason: &str,
+) -> Result<(), QueueError> {
+    let (trainer_n, host_n) = if host { (0, 1) } else { (1, 0) };
+    tx.db
+        .prepare_cached(
+            "INSERT INTO job_worker_failures (job_id, worker, trainer_failures, host_failures, \
+             last_reason, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (job_id, worker) DO UPDATE SET \
+             trainer_failures = trainer_failures + excluded.trainer_failures, \
+             host_failures = host_failures + excluded.host_failures, \
+             last_reason = excluded.last_reason, at = excluded.at",
+        )?
+        .execute(params![
+            job.as_str(),
+            worker,
+            trainer_n,
+            host_n,
+            reason,
+            tx.now
+        ])?;
+    Ok(())
+}
+
+/// The workers `job` has failed on (for any cause).
+pub(crate) fn i_failed_workers(tx: &Tx<'_>, job: &str) -> Result<BTreeSet<String>, QueueError> {
+    let mut stmt = tx
+        .db
+        .prepare_cached("SELECT worker FROM job_worker_failures WHERE job_id = ?1")?;
+    let rows = stmt.query_map([job], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The workers `job` had a host failure on, with the last reason of each.
+fn i_host_failed_workers(tx: &Tx<'_>, job: &JobId) -> Result<Vec<(String, String)>, QueueError> {
+    let mut stmt = tx.db.prepare_cached(
+        "SELECT worker, last_reason FROM job_worker_failures \
+         WHERE job_id = ?1 AND host_failures > 0 ORDER BY worker",
+    )?;
+    let rows = stmt.query_map([job.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The pending jobs `worker` has failed on: its claims take them only after others.
+pub(crate) fn i_pending_failed_on(
+    tx: &Tx<'_>,
+    worker: &str,
+) -> Result<BTreeSet<String>, QueueError> {
+    let mut stmt = tx.db.prepare_cached(
+        "SELECT f.job_id FROM job_worker_failures f JOIN jobs j ON j.id = f.job_id \
+         WHERE f.worker = ?1 AND j.status = 'pending'",
+    )?;
+    let rows = stmt.query_map([worker], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// True while a pending job that failed on `worker` waits for another Ready worker that
+/// could run it and has not failed it (for at most `retry_elsewhere_wait_s` since it went
+/// back to pending): until then `worker` does not take it.
+pub(crate) fn i_left_to_others(
+    tx: &Tx<'_>,
+    job: &str,
+    worker: &str,
+    model: &str,
+    constraints: &cis490_api::Constraints,
+    pending_since: i64,
+) -> Result<bool, QueueError> {
+    let wait_ms = i64::try_from(tx.config.retry_elsewhere_wait_s)
+        .unwrap_or(i64::MAX / 1000)
+        .saturating_mul(1000);
+    if tx.now.saturating_sub(pending_since) >= wait_ms {
+        return Ok(false);
+    }
+    let failed = i_failed_workers(tx, job)?;
+    if !failed.contains(worker) {
+        return Ok(false);
+    }
+    Ok(i_workers_able_to_run(tx, model, constraints)?
+        .iter()
+        .any(|w| w != worker && !failed.contains(w)))
+}
+
+/// Ready workers (cordoned ones included: cordon passes) that could run `row`'s job as
+/// far as lasting reasons go.
+pub(crate) fn i_workers_able_to_run(
+    tx: &Tx<'_>,
+    row_model: &str,
+    constraints: &cis490_api::Constraints,
+) -> Result<Vec<String>, QueueError> {
+    let mut out = Vec::new();
+    for w in nodes::i_worker_rows(tx)? {
+        if !w.is_fresh(tx) {
+            continue;
+        }
+        let policy = nodes::i_host_policy(tx, &w.name)?;
+        let lasting = fit_reasons(
+            row_model,
+            constraints,
+            &w.name,
+            &w.capability,
+            policy.as_ref(),
+        )
+        .into_iter()
+        .any(|r| r.lasting);
+        if !lasting {
+            out.push(w.name);
+        }
+    }
+    Ok(out)
+}
+
+/// The host could not start the trainer: the attempt is refunded, the host flagged, and
+/// the job goes back to pending, unless every Ready worker able to run it has had a host
+/// failure with it, or it has had [`MAX_HOST_FAILURES`].
+pub(crate) fn i_host_failure(
+    tx: &mut Tx<'_>,
+    id: &JobId,
+    row: &JobRow,
+    req: &FailRequest,
+) -> Result<JobStatusResponse, QueueError> {
+    let worker = req.worker.as_str();
+    i_record_failure(tx, id, worker, true, &req.reason)?;
+    i_flag_host_problem(tx, worker, id, &req.reason)?;
+    let host_failures: u32 = tx
+        .db
+        .prepare_cached(
+            "UPDATE jobs SET host_failures = host_failures + 1, attempts = ?2 WHERE id = ?1 \
+             RETURNING host_failures",
+        )?
+        .query_row(params![id.as_str(), row.attempts.saturating_sub(1)], |r| {
+            r.get(0)
+        })?;
+    super::lifecycle::i_set_error(tx, id, &req.reason, req.exit_code, req.log_tail.as_deref())?;
+    let failed_on = i_host_failed_workers(tx, id)?;
+    let failed_names: BTreeSet<&str> = failed_on.iter().map(|(w, _)| w.as_str()).collect();
+    let able = i_workers_able_to_run(tx, &row.spec.model, &row.spec.constraints)?;
+    let untried: Vec<&String> = able
+        .iter()
+        .filter(|w| !failed_names.contains(w.as_str()))
+        .collect();
+    let where_ = failed_on
+        .iter()
+        .map(|(w, why)| format!("{w} ({why})"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if untried.is_empty() || host_failures >= MAX_HOST_FAILURES {
+        let why = if untried.is_empty() {
+            format!(
+                "every Ready worker that can run it failed to start its trainer: {where_}; fix \
+                 the hosts, then requeue it"
+            )
+        } else {
+            format!(
+                "{host_failures} host failures (at most {MAX_HOST_FAILURES}): {where_}; fix the \
+                 hosts, then requeue it"
+            )
+        };
+        super::lifecycle::i_set_error(tx, id, &why, None, req.log_tail.as_deref())?;
+        super::lifecycle::i_to_failed(tx, id)?;
+        i_event(
+            tx,
+            Some(id),
+            Some(worker),
+            kind::FAILED,
+            format!(
+                "attempt {} could not start on {worker}: {}; {why}",
+                req.lease.attempt, req.reason
+            ),
+        )?;
+        return Ok(JobStatusResponse {
+            id: id.clone(),
+            status: JobStatus::Failed,
+        });
+    }
+    super::lifecycle::i_to_pending(tx, id)?;
+    i_event(
+        tx,
+        Some(id),
+        Some(worker),
+        kind::HOST_PROBLEM,
+        format!(
+            "attempt {} could not start on {worker}: {}; a problem of the host, not the \
+             trainer: the attempt does not count, back to pending for another worker ({} \
+             not tried yet)",
+            req.lease.attempt,
+            req.reason,
+            untried
+                .iter()
+                .map(|w| w.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )?;
+    Ok(JobStatusResponse {
+        id: id.clone(),
+        status: JobStatus::Pending,
+    })
+}
+
+/// An operator requeued the job: its failures start over.
+pub(crate) fn i_forget_failures(tx: &Tx<'_>, id: &JobId) -> Result<(), QueueError> {
+    tx.db
+        .prepare_cached("DELETE FROM job_worker_failures WHERE job_id = ?1")?
+        .execute([id.as_str()])?;
+    tx.db
+        .prepare_cached("UPDATE jobs SET host_failures = 0 WHERE id = ?1")?
+        .execute([id.as_str()])?;
+    Ok(())
+}
