@@ -63,6 +63,7 @@ async fn keep_alive(keep: KeepLease) {
                 .log
                 .as_deref()
                 .and_then(|p| log_tail(p, LOG_TAIL_BYTES)),
+            progress: None,
         };
         match tokio::time::timeout(keep.call_timeout, keep.client.heartbeat(&keep.job, &req)).await
         {

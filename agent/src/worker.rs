@@ -285,6 +285,7 @@ impl JobRun {
             exit_code,
             log_tail: self.attempt.as_ref().and_then(Attempt::log_tail),
             retryable,
+            report: Default::default(),
         }
     }
 
@@ -378,6 +379,7 @@ impl JobRun {
             worker: self.shared.worker().clone(),
             lease: self.lease.clone(),
             log_tail: self.attempt.as_ref().and_then(Attempt::log_tail),
+            progress: None,
         };
         let client = &self.shared.client;
         match tokio::time::timeout(CALL_TIMEOUT, client.heartbeat(&self.spec.id, &req)).await {
@@ -586,6 +588,7 @@ impl JobRun {
             worker: self.shared.worker().clone(),
             lease: self.lease.clone(),
             artifact_id: Some(artifact.clone()),
+            report: Default::default(),
         };
         let client = self.shared.client.clone();
         let mut tries = 0u32;
@@ -989,6 +992,7 @@ impl Agent {
                 exit_code: None,
                 log_tail: None,
                 retryable: true,
+                report: Default::default(),
             };
             let client = &self.shared.client;
             if let Ok(Err(e)) | Err(e) =

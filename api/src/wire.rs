@@ -58,6 +58,10 @@ pub struct HeartbeatRequest {
     /// The tail of the trainer's output so far, so `cis490ctl logs` can show a running job.
     #[serde(default)]
     pub log_tail: Option<String>,
+    /// The latest line of the trainer's progress file (`$CIS490_PROGRESS_FILE`), parsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<std::collections::BTreeMap<String, crate::results::MetricValue>>))]
+    pub progress: Option<crate::results::Metrics>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +79,12 @@ pub struct CompleteRequest {
     pub lease: Lease,
     #[serde(default)]
     pub artifact_id: Option<ArtifactId>,
+    /// The trainer's final metrics and progress series, and what was wrong with them.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::results::TrainerReport::is_empty"
+    )]
+    pub report: crate::results::TrainerReport,
 }
 
 /// The body of `POST /v1/job/{id}/fail`.
@@ -92,6 +102,12 @@ pub struct FailRequest {
     /// back to pending without using up an attempt.
     #[serde(default)]
     pub retryable: bool,
+    /// The trainer's progress series, and what was wrong with its files.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::results::TrainerReport::is_empty"
+    )]
+    pub report: crate::results::TrainerReport,
 }
 
 /// Answer to complete, fail, cancel and requeue: where the job now stands.

@@ -478,6 +478,8 @@ pub mod samples {
                 kind: "Created".into(),
                 message: "created by manifest generation 1".into(),
             }],
+            progress: None,
+            metrics: None,
         }
     }
 

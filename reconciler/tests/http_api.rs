@@ -289,6 +289,7 @@ async fn the_job_lifecycle_over_http() {
         worker: worker("w1"),
         lease: first.lease.clone(),
         log_tail: Some("epoch 1".into()),
+        progress: None,
     };
     assert!(!c.heartbeat(&first.job.id, &hb).await.unwrap().cancel);
     let stale = HeartbeatRequest {
@@ -327,6 +328,7 @@ async fn the_job_lifecycle_over_http() {
                 worker: worker("w1"),
                 lease: first.lease.clone(),
                 artifact_id: Some(up.artifact_id.clone()),
+                report: Default::default(),
             },
         )
         .await
@@ -340,6 +342,7 @@ async fn the_job_lifecycle_over_http() {
                 worker: worker("w1"),
                 lease: first.lease.clone(),
                 artifact_id: None,
+                report: Default::default(),
             },
         )
         .await
@@ -377,6 +380,7 @@ async fn the_job_lifecycle_over_http() {
                 exit_code: Some(3),
                 log_tail: Some("Traceback ...".into()),
                 retryable: false,
+                report: Default::default(),
             },
         )
         .await

@@ -137,6 +137,7 @@ async fn the_sweeper_requeues_an_expired_lease_and_wakes_a_waiting_claimer() {
                 worker: worker("vanishing"),
                 lease: first.lease.clone(),
                 log_tail: None,
+                progress: None,
             },
         )
         .await

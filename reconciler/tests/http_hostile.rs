@@ -388,6 +388,7 @@ async fn slow_bodies_do_not_hold_up_other_requests() {
                     worker: worker(&format!("fast-{n}")),
                     lease: claimed.lease.clone(),
                     log_tail: None,
+                    progress: None,
                 },
             )
             .await
@@ -532,12 +533,14 @@ async fn a_worker_using_another_workers_lease_changes_nothing() {
         worker: intruder.clone(),
         lease: lease.clone(),
         log_tail: Some("x".into()),
+        progress: None,
     };
     assert!(refused(c.heartbeat(&id, &hb).await.unwrap_err().status()));
     let complete = CompleteRequest {
         worker: intruder.clone(),
         lease: lease.clone(),
         artifact_id: None,
+        report: Default::default(),
     };
     assert!(refused(
         c.complete(&id, &complete).await.unwrap_err().status()
@@ -549,6 +552,7 @@ async fn a_worker_using_another_workers_lease_changes_nothing() {
         exit_code: Some(1),
         log_tail: None,
         retryable: false,
+        report: Default::default(),
     };
     assert!(refused(c.fail(&id, &fail).await.unwrap_err().status()));
     let bundle = b"not yours".to_vec();
@@ -566,6 +570,7 @@ async fn a_worker_using_another_workers_lease_changes_nothing() {
         worker: worker("w1"),
         lease: forged,
         log_tail: None,
+        progress: None,
     };
     assert!(refused(c.heartbeat(&id, &hb).await.unwrap_err().status()));
 
@@ -582,6 +587,7 @@ async fn a_worker_using_another_workers_lease_changes_nothing() {
         worker: worker("w1"),
         lease,
         log_tail: None,
+        progress: None,
     };
     assert!(!c.heartbeat(&id, &hb).await.unwrap().cancel);
 }

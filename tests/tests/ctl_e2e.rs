@@ -206,6 +206,7 @@ impl FakeWorker<'_> {
             worker: self.name.clone(),
             lease: claim.lease.clone(),
             log_tail: Some(log.to_string()),
+            progress: None,
         };
         self.fleet
             .rt
@@ -232,6 +233,7 @@ impl FakeWorker<'_> {
             worker: self.name.clone(),
             lease: claim.lease.clone(),
             artifact_id: Some(up.artifact_id.clone()),
+            report: Default::default(),
         };
         self.fleet
             .rt
@@ -248,6 +250,7 @@ impl FakeWorker<'_> {
             exit_code: Some(code),
             log_tail: Some("Traceback (most recent call last):\nValueError: boom\n".into()),
             retryable: false,
+            report: Default::default(),
         };
         self.fleet
             .rt
@@ -1159,6 +1162,7 @@ fn a_replaced_lease_is_refused_with_what_happened() {
         exit_code: None,
         log_tail: None,
         retryable: true,
+        report: Default::default(),
     };
     fleet
         .rt
@@ -1174,6 +1178,7 @@ fn a_replaced_lease_is_refused_with_what_happened() {
         worker: first.name.clone(),
         lease: old.lease.clone(),
         log_tail: None,
+        progress: None,
     };
     let err = fleet
         .rt

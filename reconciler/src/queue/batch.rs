@@ -337,6 +337,7 @@ mod tests {
                 token: "nope".to_string(),
             },
             log_tail: None,
+            progress: None,
         };
         let batch: Vec<(Op, Slot)> = vec![
             (Op::Claim(worker("w1"), cpu(8)), Slot::default()),

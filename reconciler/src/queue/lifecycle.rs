@@ -12,6 +12,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::events::{i_event, i_job_events, kind};
 use super::nodes::i_touch_worker;
+use super::results;
 use super::rows::{from_ms, i_existing_job, i_insert_job, i_job_row, i_write_spec, JobRow};
 use super::{QueueError, SweepOutcome, Tx};
 use crate::plan::{changed_fields, ActualJob, Plan};
@@ -366,6 +367,9 @@ pub(crate) fn i_heartbeat(
             .prepare_cached("UPDATE jobs SET log_tail = ?2 WHERE id = ?1")?
             .execute(params![id.as_str(), tail])?;
     }
+    if let Some(point) = &req.progress {
+        results::i_record_progress(tx, id, &req.worker, &req.lease, point)?;
+    }
     if cancelled {
         return Ok(HeartbeatResponse { cancel: true });
     }
@@ -500,6 +504,15 @@ pub(crate) fn i_complete(
             req.artifact_id.as_ref().map(|a| a.as_str()),
             tx.now
         ])?;
+    results::i_record_outcome(
+        tx,
+        &row,
+        &req.worker,
+        &req.lease,
+        results::outcome::COMPLETED,
+        &req.report,
+        req.artifact_id.as_ref(),
+    )?;
     let artifact = req.artifact_id.as_ref().map_or_else(
         || "no artifact".to_string(),
         |a| format!("artifact {}", a.short()),
@@ -545,6 +558,12 @@ pub(crate) fn i_fail(
             .prepare_cached("UPDATE jobs SET log_tail = ?2 WHERE id = ?1")?
             .execute(params![id.as_str(), tail])?;
     }
+    let ended = if req.retryable {
+        results::outcome::RELEASED
+    } else {
+        results::outcome::FAILED
+    };
+    results::i_record_outcome(tx, &row, &req.worker, &req.lease, ended, &req.report, None)?;
     if req.retryable {
         // Not the job's fault (the agent is shutting down): the attempt is refunded.
         i_set_attempts(tx, id, row.attempts.saturating_sub(1))?;
@@ -813,6 +832,8 @@ pub(crate) fn i_job_view(
 ) -> Result<JobView, QueueError> {
     let row = i_existing_job(tx, id)?;
     let mut view = row.view()?;
+    view.progress = results::i_current_progress(tx, &row)?;
+    view.metrics = results::i_completed_metrics(tx, &row)?;
     if with_events {
         view.events = i_job_events(tx, id)?;
     }

@@ -31,12 +31,15 @@ mod lifecycle;
 pub mod listing;
 mod matching;
 mod nodes;
+mod results;
 mod rows;
 mod schema;
 pub mod tokens;
 
 #[cfg(test)]
 mod identity_tests;
+#[cfg(test)]
+mod results_tests;
 #[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]
@@ -182,6 +185,11 @@ impl QueueError {
             key: id.to_string(),
         }
     }
+}
+
+/// A request refused for what it carries (a trainer report beyond its bounds).
+fn bad_request(message: String) -> QueueError {
+    QueueError::BadRequest { message }
 }
 
 /// The job queue. Cheap to clone (shared state); `Send + Sync`. All methods block on
@@ -523,6 +531,9 @@ impl Queue {
         id: &JobId,
         req: &HeartbeatRequest,
     ) -> Result<HeartbeatResponse, QueueError> {
+        if let Some(point) = &req.progress {
+            cis490_api::results::check_point(point).map_err(bad_request)?;
+        }
         match self.batched(batch::Op::Heartbeat(id.clone(), req.clone()))? {
             batch::Done::Heartbeat(answer) => Ok(answer),
             _ => Err(QueueError::corrupt(
@@ -583,6 +594,7 @@ impl Queue {
         id: &JobId,
         req: &CompleteRequest,
     ) -> Result<JobStatusResponse, QueueError> {
+        req.report.check().map_err(bad_request)?;
         match self.batched(batch::Op::Complete(id.clone(), req.clone()))? {
             batch::Done::Status(status) => Ok(status),
             _ => Err(QueueError::corrupt("complete answered with another result")),
@@ -591,6 +603,7 @@ impl Queue {
 
     /// Reports a failure; see the module docs for where the job goes.
     pub fn fail(&self, id: &JobId, req: &FailRequest) -> Result<JobStatusResponse, QueueError> {
+        req.report.check().map_err(bad_request)?;
         match self.batched(batch::Op::Fail(id.clone(), req.clone()))? {
             batch::Done::Status(status) => Ok(status),
             _ => Err(QueueError::corrupt("fail answered with another result")),
@@ -674,6 +687,24 @@ impl Queue {
         ids: &[cis490_api::ArtifactId],
     ) -> Result<std::collections::HashSet<cis490_api::ArtifactId>, QueueError> {
         self.read(|tx| listing::i_recorded_artifacts(tx, ids))
+    }
+
+    /// One page of completed jobs (or attempts) with their metrics; see
+    /// [`cis490_api::ResultsQuery`].
+    pub fn results_page(
+        &self,
+        query: &cis490_api::ResultsQuery,
+        limit: usize,
+    ) -> Result<cis490_api::Page<cis490_api::ResultRow>, QueueError> {
+        self.read(|tx| results::i_results_page(tx, query, limit))
+    }
+
+    /// Every attempt of job `id` that reported progress or an outcome, oldest first.
+    pub fn job_progress(&self, id: &JobId) -> Result<cis490_api::JobProgress, QueueError> {
+        self.read(|tx| {
+            let row = rows::i_existing_job(tx, id)?;
+            results::i_job_progress(tx, &row)
+        })
     }
 
     /// Why a pending job is not running: per known worker, and its queue position.

@@ -203,6 +203,34 @@ CREATE UNIQUE INDEX uploads_once ON uploads (job_id, lease_token, artifact_id);
 DROP INDEX uploads_lease;
 CREATE INDEX uploads_attempt ON uploads (job_id, attempt, artifact_id);
 "#,
+    // 9: training results per attempt (one row per lease: an attempt number repeats after a
+    // lease is handed back or the job requeued): the latest progress point and the series
+    // (heartbeats append while it runs; the agent's history replaces it at the end), the
+    // final metrics, the trainer's file warnings, and how the attempt ended. Written by
+    // heartbeats that carry progress and by complete and fail, never by claims. Jobs
+    // completed before it get a row without metrics, so `GET /v1/results` lists them.
+    r#"
+CREATE TABLE attempt_results (
+    job_id       TEXT NOT NULL,
+    attempt      INTEGER NOT NULL,
+    lease_token  TEXT NOT NULL,
+    worker       TEXT NOT NULL,
+    outcome      TEXT,                      -- NULL while running; completed, failed, released
+    progress     TEXT,                      -- the latest point, JSON object
+    series       TEXT NOT NULL DEFAULT '[]',
+    metrics      TEXT,                      -- metrics.json, JSON object
+    warnings     TEXT NOT NULL DEFAULT '[]',
+    artifact_id  TEXT,
+    started_at   INTEGER,                   -- ms since the epoch
+    finished_at  INTEGER,
+    PRIMARY KEY (job_id, lease_token)
+) STRICT;
+CREATE INDEX attempt_results_outcome ON attempt_results (outcome, job_id);
+INSERT INTO attempt_results (job_id, attempt, lease_token, worker, outcome, artifact_id,
+                             started_at, finished_at)
+SELECT id, attempts, '', COALESCE(worker, ''), 'completed', artifact_id, started_at, finished_at
+FROM jobs WHERE status = 'completed';
+"#,
 ];
 
 /// Brings the database to the newest schema, each migration in its own transaction.

@@ -43,6 +43,7 @@ fn hb(w: &str, lease: &Lease) -> HeartbeatRequest {
         worker: worker(w),
         lease: lease.clone(),
         log_tail: None,
+        progress: None,
     }
 }
 
@@ -55,6 +56,7 @@ fn done(q: &Queue, id: &JobId, w: &str, lease: &Lease) -> CompleteRequest {
         worker: worker(w),
         lease: lease.clone(),
         artifact_id: Some(artifact),
+        report: Default::default(),
     }
 }
 
@@ -70,6 +72,7 @@ fn failure(w: &str, lease: &Lease, retryable: bool) -> FailRequest {
         exit_code: if retryable { None } else { Some(3) },
         log_tail: Some("Traceback: boom".to_string()),
         retryable,
+        report: Default::default(),
     }
 }
 

@@ -95,6 +95,7 @@ fn release_undelivered(queue: &Queue, worker: &WorkerName, claimed: ClaimRespons
         exit_code: None,
         log_tail: None,
         retryable: true,
+        report: Default::default(),
     };
     match queue.fail(&id, &release) {
         Ok(_) => tracing::info!(job = %id.short(), %worker, "claim undelivered: job released"),

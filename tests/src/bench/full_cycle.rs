@@ -77,12 +77,14 @@ fn cycle_thread(queue: &Queue, k: usize) -> anyhow::Result<Vec<JobId>> {
             worker: me.clone(),
             lease: c.lease.clone(),
             log_tail: None,
+            progress: None,
         };
         queue.heartbeat(&c.job.id, &hb)?;
         let req = CompleteRequest {
             worker: me.clone(),
             lease: c.lease,
             artifact_id: None,
+            report: Default::default(),
         };
         queue.complete(&c.job.id, &req)?;
         done.push(c.job.id);
@@ -122,12 +124,14 @@ pub async fn run_http(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
                         worker: req.worker.clone(),
                         lease: c.lease.clone(),
                         log_tail: None,
+                        progress: None,
                     };
                     client.heartbeat(&c.job.id, &hb).await?;
                     let complete = CompleteRequest {
                         worker: req.worker.clone(),
                         lease: c.lease,
                         artifact_id: None,
+                        report: Default::default(),
                     };
                     client.complete(&c.job.id, &complete).await?;
                     done.push(c.job.id);
