@@ -19,6 +19,7 @@ pub mod meta;
 pub mod operator;
 pub mod read;
 pub mod reconcile;
+pub mod results;
 pub mod routes;
 pub mod sweeper;
 pub mod tls;
