@@ -76,6 +76,11 @@ impl Attempt {
         })
     }
 
+    /// `$CIS490_PROGRESS_FILE`: beside `output/`, so it is not part of the artifact.
+    pub fn progress_path(&self) -> PathBuf {
+        self.dir.join(crate::progress::PROGRESS_FILE_NAME)
+    }
+
     /// The last `LOG_TAIL_BYTES` of the trainer's log.
     pub fn log_tail(&self) -> Option<String> {
         log_tail(&self.log_path, LOG_TAIL_BYTES)
@@ -130,6 +135,10 @@ pub fn trainer_env(
         (
             "CIS490_JOB_SPEC".to_string(),
             attempt.spec_path.display().to_string(),
+        ),
+        (
+            "CIS490_PROGRESS_FILE".to_string(),
+            attempt.progress_path().display().to_string(),
         ),
     ];
     if let Some(index) = gpu {
@@ -468,6 +477,10 @@ mod tests {
         assert_eq!(get("CIS490_MODE"), Some("oracle"));
         assert_eq!(get("CIS490_SEED"), Some("7"));
         assert_eq!(get("CIS490_ATTEMPT"), Some("2"));
+        assert_eq!(
+            get("CIS490_PROGRESS_FILE").map(PathBuf::from),
+            Some(again.dir.join("progress.jsonl"))
+        );
         assert_eq!(get("CUDA_VISIBLE_DEVICES"), Some("1"));
         assert_eq!(
             get("CIS490_OUTPUT_DIR").map(PathBuf::from),

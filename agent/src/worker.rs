@@ -19,9 +19,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use cis490_api::results::MAX_WARNING_CHARS;
 use cis490_api::{
     AgentInstance, ArtifactId, ClaimRequest, ClaimResponse, Client, ClientError, CompleteRequest,
-    FailRequest, HeartbeatRequest, JobId, JobSpec, Lease, WorkerName,
+    FailRequest, HeartbeatRequest, JobId, JobSpec, Lease, TrainerReport, WorkerName,
 };
 use rand::Rng;
 use tokio::sync::watch;
@@ -33,6 +34,7 @@ use crate::lease_keeper::{KeepLease, LeaseKeeper};
 use crate::pack::{self, Packed};
 use crate::runner::{self, Attempt, Trainer};
 use crate::slots::{Allocation, Slots};
+use crate::{metrics_file, progress};
 
 /// The reason a job released on shutdown carries, so the server requeues it at once.
 pub const SHUTDOWN_REASON: &str = "agent-shutdown";
@@ -274,6 +276,8 @@ struct JobRun {
     report_deadline: Option<Instant>,
     /// The trainer is gone and its slot handed back for the next job.
     slot_freed: bool,
+    /// What the trainer's files said, read once it exited (metrics only at exit 0).
+    report: TrainerReport,
 }
 
 impl JobRun {
@@ -285,7 +289,10 @@ impl JobRun {
             exit_code,
             log_tail: self.attempt.as_ref().and_then(Attempt::log_tail),
             retryable,
-            report: Default::default(),
+            report: TrainerReport {
+                metrics: None,
+                ..self.report.clone()
+            },
         }
     }
 
@@ -379,7 +386,10 @@ impl JobRun {
             worker: self.shared.worker().clone(),
             lease: self.lease.clone(),
             log_tail: self.attempt.as_ref().and_then(Attempt::log_tail),
-            progress: None,
+            progress: self
+                .attempt
+                .as_ref()
+                .and_then(|a| progress::latest_point(&a.progress_path())),
         };
         let client = &self.shared.client;
         match tokio::time::timeout(CALL_TIMEOUT, client.heartbeat(&self.spec.id, &req)).await {
@@ -416,6 +426,8 @@ impl JobRun {
                 RunEvent::BeatDue => {}
                 RunEvent::Exited(status) => {
                     self.shared.trainers.remove(trainer.pid());
+                    let success = matches!(&status, Ok(s) if s.success());
+                    self.read_report(success).await;
                     return match status {
                         Ok(s) if s.success() => JobStage::Pack,
                         Ok(s) => JobStage::Report(self.exit_failure(s)),
@@ -461,6 +473,40 @@ impl JobRun {
                 }
             }
         }
+    }
+
+    /// Reads the trainer's progress file and, after exit 0, its `metrics.json` (off the
+    /// async threads: a long progress file is read whole). Bad files become warnings.
+    async fn read_report(&mut self, success: bool) {
+        let Some(attempt) = self.attempt.clone() else {
+            return;
+        };
+        let read = tokio::task::spawn_blocking(move || {
+            let history = progress::read_history(&attempt.progress_path());
+            let metrics = success.then(|| metrics_file::read_metrics(&attempt.output_dir));
+            (history, metrics.unwrap_or_default())
+        })
+        .await;
+        let (history, metrics) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!(job = %self.spec.id.short(), "reading the trainer's report failed: {e}");
+                return;
+            }
+        };
+        let warnings: Vec<String> = [history.warning, metrics.warning]
+            .into_iter()
+            .flatten()
+            .map(|w| w.chars().take(MAX_WARNING_CHARS).collect())
+            .collect();
+        for w in &warnings {
+            tracing::warn!(job = %self.spec.id.short(), "{w}");
+        }
+        self.report = TrainerReport {
+            metrics: metrics.metrics,
+            progress: history.points,
+            warnings,
+        };
     }
 
     fn exit_failure(&self, status: std::process::ExitStatus) -> FailRequest {
@@ -588,7 +634,7 @@ impl JobRun {
             worker: self.shared.worker().clone(),
             lease: self.lease.clone(),
             artifact_id: Some(artifact.clone()),
-            report: Default::default(),
+            report: self.report.clone(),
         };
         let client = self.shared.client.clone();
         let mut tries = 0u32;
@@ -974,6 +1020,7 @@ impl Agent {
                         shutdown: self.shutdown.clone(),
                         report_deadline: None,
                         slot_freed: false,
+                        report: TrainerReport::default(),
                     };
                     let id = job.id.clone();
                     let handle = self.jobs.spawn(async move { (id, run.drive().await) });
