@@ -289,7 +289,7 @@ fn get_jobs_in_every_format_and_with_filters() {
     let table = fleet.ok(&["get", "jobs"], false);
     assert_eq!(
         header(&table),
-        ["ID", "MODEL", "MODE", "STATUS", "WORKER", "ATTEMPTS", "AGE"]
+        ["ID", "MODEL", "MODE", "STATUS", "WORKER", "ATTEMPTS", "PROGRESS", "AGE"]
     );
     assert_eq!(table.lines().count(), 21, "{table}");
     let r = row(&table, one.id.short());
