@@ -230,6 +230,9 @@ def main():
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "model.json"), "w", encoding="utf-8") as f:
         json.dump(params, f)
+    # What it trained with, nested as it came (metrics.json stays flat for the fleet).
+    with open(os.path.join(output_dir, "run.json"), "w", encoding="utf-8") as f:
+        json.dump({"hyper": vars(args), "seed": seed, "split_recipe": split_recipe}, f, indent=2)
     with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2, sort_keys=True)
     print(f"done: test accuracy {metrics['accuracy']:.3f}", flush=True)
