@@ -300,7 +300,7 @@ fn get_jobs_in_every_format_and_with_filters() {
     assert_eq!(r[5], format!("0/{}", one.max_attempts));
 
     let wide = fleet.ok(&["get", "jobs", "-o", "wide"], false);
-    assert_eq!(header(&wide)[7..], ["CONSTRAINTS", "LEASE", "ARTIFACT"]);
+    assert_eq!(header(&wide)[8..], ["CONSTRAINTS", "LEASE", "ARTIFACT"]);
 
     let json = fleet.ok(&["get", "jobs", "-o", "json"], false);
     let parsed: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
@@ -857,8 +857,9 @@ fn more_formats_names_wide_rows_reload_and_version_yaml() {
     let wide = fleet.ok(&["get", "jobs", "-o", "wide"], false);
     let r = row(&wide, claim.job.id.short());
     assert_eq!(r[3..6], ["running", "cpu-1", "1/2"], "{wide}");
-    assert_eq!(r[7], "<none>", "no constraints: {wide}");
-    assert_eq!(r[9], "<none>", "no artifact yet: {wide}");
+    assert_eq!(r[6], "<none>", "no progress reported: {wide}");
+    assert_eq!(r[8], "<none>", "no constraints: {wide}");
+    assert_eq!(r[10], "<none>", "no artifact yet: {wide}");
 
     let names = fleet.ok(&["get", "workers", "-o", "name"], false);
     assert_eq!(names, "worker/cpu-1\n");
