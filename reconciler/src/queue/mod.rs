@@ -699,6 +699,18 @@ impl Queue {
         self.read(|tx| results::i_results_page(tx, query, limit))
     }
 
+    /// The model of job `id` (None when there is no such job), read on the
+    /// authentication connection: never behind the writer (metrics label their counters
+    /// with it).
+    pub fn job_model(&self, id: &JobId) -> Result<Option<String>, QueueError> {
+        use rusqlite::OptionalExtension;
+        self.auth_read(|db| {
+            db.prepare_cached("SELECT model FROM jobs WHERE id = ?1")?
+                .query_row([id.as_str()], |r| r.get(0))
+                .optional()
+        })
+    }
+
     /// Every attempt of job `id` that reported progress or an outcome, oldest first.
     pub fn job_progress(&self, id: &JobId) -> Result<cis490_api::JobProgress, QueueError> {
         self.read(|tx| {
