@@ -88,6 +88,16 @@ pub(crate) fn i_record_outcome(
     artifact: Option<&ArtifactId>,
 ) -> Result<(), QueueError> {
     let id = &row.spec.id;
+    if outcome == self::outcome::RELEASED && report.is_empty() {
+        // A lease handed back with nothing to report (a claim never delivered, an agent
+        // shutting down before its trainer wrote anything) adds no row of its own.
+        tx.db
+            .prepare_cached(
+                "UPDATE attempt_results SET outcome = ?3, finished_at = ?4                  WHERE job_id = ?1 AND lease_token = ?2",
+            )?
+            .execute(params![id.as_str(), lease.token, outcome, tx.now])?;
+        return Ok(());
+    }
     let series = bound_series(&report.progress);
     let latest = series.last().map(to_json).transpose()?;
     let metrics = report.metrics.as_ref().map(to_json).transpose()?;

@@ -359,3 +359,58 @@ fn requeued_jobs_keep_each_completed_attempt_for_comparison() {
         .unwrap();
     assert_eq!(progress.attempts.len(), 2);
 }
+
+/// Jobs completed before results were kept (schema 8) are listed by `GET /v1/results`
+/// after the migration, without metrics, under their last attempt.
+#[test]
+fn jobs_completed_before_results_were_kept_are_listed_after_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v8.db");
+    let job = spec("old");
+    {
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        super::schema::migrate_to(&mut conn, 8).unwrap();
+        conn.execute(
+            "INSERT INTO jobs (id, spec, status, priority, manifest_order, model, mode, \
+             require_cuda, prefer_cuda, min_vram_gib, min_ram_gib, allowed_hosts, worker, \
+             attempts, created_at, updated_at, pending_since, started_at, finished_at) \
+             VALUES (?1, ?2, 'completed', 0, 0, 'gbt', 'realistic', 0, 0, 0, 0, '[]', \
+             'w1', 2, 0, 0, 0, 1000, 5000)",
+            rusqlite::params![job.id.as_str(), serde_json::to_string(&job).unwrap()],
+        )
+        .unwrap();
+    }
+    let q = Queue::open(&path, QueueConfig::default()).unwrap();
+    let rows = q.results_page(&ResultsQuery::default(), 10).unwrap().items;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!((row.id.clone(), row.attempt), (job.id.clone(), 2));
+    assert!(row.metrics.is_empty());
+    assert_eq!(row.duration_s, Some(4.0));
+    assert_eq!(row.worker, "w1");
+}
+
+#[test]
+fn a_lease_handed_back_with_nothing_to_report_adds_no_attempt() {
+    let q = queue_with(&[spec("a")]);
+    let release = |c: &cis490_api::ClaimResponse| FailRequest {
+        worker: worker("w1"),
+        lease: c.lease.clone(),
+        reason: "agent-shutdown".into(),
+        exit_code: None,
+        log_tail: None,
+        retryable: true,
+        report: TrainerReport::default(),
+    };
+    let c = q.claim(&worker("w1"), &cpu(16)).unwrap().unwrap();
+    q.fail(&c.job.id, &release(&c)).unwrap();
+    assert!(q.job_progress(&c.job.id).unwrap().attempts.is_empty());
+    // One that reported progress keeps it, marked released.
+    let c = q.claim(&worker("w1"), &cpu(16)).unwrap().unwrap();
+    beat(&q, &c.job, &c.lease, Some(m(r#"{"step": 1}"#)));
+    q.fail(&c.job.id, &release(&c)).unwrap();
+    let attempts = q.job_progress(&c.job.id).unwrap().attempts;
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, "released");
+    assert!(attempts[0].finished_at.is_some());
+}
