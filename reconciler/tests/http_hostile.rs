@@ -627,8 +627,9 @@ async fn unknown_json_fields_are_400_naming_the_field_and_change_nothing() {
         (
             "POST",
             format!("/v1/job/{id}/heartbeat"),
-            with(heartbeat.clone(), "", "progress"),
-            "progress",
+            // (`progress` is a field now: the trainer's latest progress point.)
+            with(heartbeat.clone(), "", "eta"),
+            "eta",
         ),
         (
             "POST",
