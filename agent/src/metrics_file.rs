@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use cis490_api::results::{parse_flat, MAX_METRICS_BYTES};
+use cis490_api::results::{check_flat, parse_flat, MAX_METRICS_BYTES};
 use cis490_api::Metrics;
 
 /// The file's name in the output directory.
@@ -50,7 +50,11 @@ pub fn read_metrics(output_dir: &Path) -> MetricsFile {
     if let Err(e) = read {
         return warn(format!("cannot be read: {e}"));
     }
-    match parse_flat(&text, MAX_METRICS_BYTES) {
+    // Checked again as it will be sent: numbers are written back in their shortest form,
+    // which is not always the trainer's.
+    match parse_flat(&text, MAX_METRICS_BYTES)
+        .and_then(|m| check_flat(&m, MAX_METRICS_BYTES).map(|()| m))
+    {
         Ok(metrics) => MetricsFile {
             metrics: Some(metrics),
             warning: None,

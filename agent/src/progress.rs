@@ -12,7 +12,8 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use cis490_api::results::{
-    bound_series, parse_flat, thin_evenly, MAX_PROGRESS_LINE_BYTES, MAX_PROGRESS_POINTS,
+    bound_series, check_flat, parse_flat, thin_evenly, ResultsProblem, MAX_PROGRESS_LINE_BYTES,
+    MAX_PROGRESS_POINTS,
 };
 use cis490_api::Metrics;
 
@@ -40,7 +41,15 @@ pub fn latest_point(path: &Path) -> Option<Metrics> {
         None if start == 0 => complete,
         None => return None,
     };
-    parse_flat(trim_cr(line), MAX_PROGRESS_LINE_BYTES).ok()
+    parse_point(trim_cr(line)).ok()
+}
+
+/// One line as a point, checked as it will be sent (numbers are written back in their
+/// shortest form, which is not always the trainer's).
+fn parse_point(line: &[u8]) -> Result<Metrics, ResultsProblem> {
+    let point = parse_flat(line, MAX_PROGRESS_LINE_BYTES)?;
+    check_flat(&point, MAX_PROGRESS_LINE_BYTES)?;
+    Ok(point)
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {
@@ -130,7 +139,7 @@ pub fn read_history(path: &Path) -> History {
             lines -= 1;
             None
         } else {
-            match parse_flat(text, MAX_PROGRESS_LINE_BYTES) {
+            match parse_point(text) {
                 Ok(point) => {
                     sample.push(point);
                     None

@@ -630,7 +630,7 @@ impl JobRun {
     }
 
     async fn complete(&mut self, artifact: ArtifactId) -> JobStage {
-        let req = CompleteRequest {
+        let mut req = CompleteRequest {
             worker: self.shared.worker().clone(),
             lease: self.lease.clone(),
             artifact_id: Some(artifact.clone()),
@@ -652,6 +652,10 @@ impl JobRun {
             match result {
                 Ok(_) => return JobStage::Done(JobOutcome::Completed(artifact)),
                 Err(e) if e.is_lease_lost() => return JobStage::Done(JobOutcome::LeaseLost),
+                Err(e) if refused_report(&e, &req.report) => {
+                    tracing::warn!(job = %self.spec.id.short(), "the server refused the trainer's report ({e}); completing without it");
+                    req.report = report_refused(&e);
+                }
                 Err(e) if is_transient(&e) => {
                     tracing::warn!(job = %self.spec.id.short(), "complete failed ({e}); retrying");
                     if !self.wait_retry(tries, &e).await {
@@ -665,7 +669,7 @@ impl JobRun {
         }
     }
 
-    async fn report(&mut self, req: FailRequest) -> JobStage {
+    async fn report(&mut self, mut req: FailRequest) -> JobStage {
         let client = self.shared.client.clone();
         let mut tries = 0u32;
         loop {
@@ -682,6 +686,11 @@ impl JobRun {
                 Ok(_) if req.retryable && req.reason == SHUTDOWN_REASON => JobOutcome::Released,
                 Ok(_) => JobOutcome::Failed(req.reason.clone()),
                 Err(e) if is_gone(&e) => JobOutcome::LeaseLost,
+                Err(e) if refused_report(&e, &req.report) => {
+                    tracing::warn!(job = %self.spec.id.short(), "the server refused the trainer's report ({e}); reporting without it");
+                    req.report = report_refused(&e);
+                    continue;
+                }
                 Err(e) if is_transient(&e) => {
                     let past_deadline = self.report_deadline.is_some_and(|d| Instant::now() >= d);
                     if past_deadline {
@@ -721,6 +730,34 @@ impl JobRun {
             tracing::debug!("cleaning {}: {e}", attempt.dir.display());
         }
     }
+}
+
+/// A 400 to a call that carried a trainer report: the report (the trainer's files) is what
+/// the server refused, so the call goes again without it and the job's result stands.
+fn refused_report(e: &ClientError, report: &TrainerReport) -> bool {
+    e.status().is_some_and(|s| s.as_u16() == 400)
+        && !report.is_empty()
+        && !is_report_refusal(report)
+}
+
+/// The report that replaces a refused one: only a warning saying so.
+fn report_refused(e: &ClientError) -> TrainerReport {
+    TrainerReport {
+        warnings: vec![format!("{REPORT_REFUSED}: {e}")
+            .chars()
+            .take(MAX_WARNING_CHARS)
+            .collect()],
+        ..TrainerReport::default()
+    }
+}
+
+const REPORT_REFUSED: &str = "the server refused the trainer's metrics and progress";
+
+fn is_report_refusal(report: &TrainerReport) -> bool {
+    report.metrics.is_none()
+        && report.progress.is_empty()
+        && report.warnings.len() == 1
+        && report.warnings[0].starts_with(REPORT_REFUSED)
 }
 
 /// Resolves once shutdown has been signalled (holds no borrow of the channel afterwards).

@@ -44,6 +44,8 @@ struct Mock {
     hold_uploads: bool,
     /// Jobs whose upload reached the mock (answered or not).
     uploads_started: Vec<String>,
+    /// Completions carrying metrics are refused 400 (a server stricter than the agent).
+    refuse_metrics: bool,
 }
 
 type Shared = Arc<Mutex<Mock>>;
@@ -184,6 +186,10 @@ async fn complete(
     Json(req): Json<CompleteRequest>,
 ) -> Response {
     let mut m = m.lock().unwrap();
+    if m.refuse_metrics && req.report.metrics.is_some() {
+        m.completed.push(req);
+        return api_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
     if m.leases.remove(&id).as_ref() != Some(&req.lease) {
         return api_error(StatusCode::CONFLICT, "lease_lost");
     }
@@ -1007,5 +1013,35 @@ async fn a_failed_trainer_reports_its_progress_but_no_metrics() {
     assert_eq!(failed.exit_code, Some(4));
     assert_eq!(failed.report.metrics, None, "metrics count only at exit 0");
     assert_eq!(steps(&failed.report.progress), ["1"]);
+    stop(h).await;
+}
+
+#[tokio::test]
+async fn a_report_the_server_refuses_is_dropped_and_the_job_still_completes() {
+    let script = "#!/bin/sh\necho '{\"accuracy\": 0.5}' > \"$CIS490_OUTPUT_DIR/metrics.json\"\n";
+    let mock = Mock {
+        pending: [job(1, sh("./train.sh"))].into(),
+        refuse_metrics: true,
+        ..Mock::default()
+    };
+    let h = start_mock_state(mock, script, capability()).await;
+    let second = wait_for("the completion without the report", || {
+        h.mock.lock().unwrap().completed.get(1).cloned()
+    })
+    .await;
+    let first = h.mock.lock().unwrap().completed[0].clone();
+    assert!(
+        first.report.metrics.is_some(),
+        "the first try carried the metrics"
+    );
+    assert_eq!(second.report.metrics, None);
+    assert_eq!(second.report.warnings.len(), 1, "{:?}", second.report);
+    assert!(
+        second.report.warnings[0].starts_with("the server refused the trainer's metrics"),
+        "{:?}",
+        second.report.warnings
+    );
+    assert!(second.artifact_id.is_some());
+    assert!(h.mock.lock().unwrap().failed.is_empty());
     stop(h).await;
 }
