@@ -78,13 +78,13 @@ pub enum Command {
         after_help = "Examples:\n  cis490ctl describe job 3fa9c1\n  cis490ctl describe worker gpu-box"
     )]
     Describe(DescribeArgs),
-    /// Block until jobs complete; fail at once when one fails or is cancelled.
     /// The leaderboard of completed jobs: the hyper keys that vary and the metrics each
     /// trainer wrote to metrics.json.
     #[command(
         after_help = "Examples:\n  cis490ctl results gbt --sort -accuracy\n  cis490ctl results --mode oracle --sort -val_accuracy --top 5\n  cis490ctl results gbt --group-by hyper.learning_rate --sort -accuracy\n  cis490ctl results gbt --columns id,hyper.learning_rate,accuracy -o csv > runs.csv\n\nColumns and sort keys: a metric (accuracy, or metrics.accuracy), hyper.KEY, or one of\nid, model, mode, seed, worker, attempt, duration, finished, artifact. A leading - sorts\ndescending; rows without the value come last."
     )]
     Results(ResultsArgs),
+    /// Block until jobs complete; fail at once when one fails or is cancelled.
     #[command(
         after_help = "Examples:\n  cis490ctl wait 3fa9c1 77be02\n  cis490ctl wait 3fa9c1 --for running --timeout 2m"
     )]
