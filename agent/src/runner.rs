@@ -1,6 +1,13 @@
 //! Running one attempt of a job: a fresh directory, the trainer's argv (never a shell) with
 //! the hyperparameters appended, the trainer contract's environment, output to a log file,
 //! and stopping the trainer's whole process tree.
+//!
+//! The trainer contract (README, "Trainer contract"): argv plus `--key value` per hyper key;
+//! env CIS490_JOB_ID, CIS490_MODEL, CIS490_MODE, CIS490_SEED, CIS490_ATTEMPT,
+//! CIS490_OUTPUT_DIR (what is in it at exit 0 is the artifact), CIS490_JOB_SPEC,
+//! CIS490_PROGRESS_FILE (JSON lines of live progress, read by `progress`), and
+//! CUDA_VISIBLE_DEVICES with a GPU; `$CIS490_OUTPUT_DIR/metrics.json` holds the final
+//! metrics (read by `metrics_file`). Neither file can fail a job.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
