@@ -88,14 +88,23 @@ pub(crate) fn i_record_outcome(
     artifact: Option<&ArtifactId>,
 ) -> Result<(), QueueError> {
     let id = &row.spec.id;
-    if outcome == self::outcome::RELEASED && report.is_empty() {
-        // A lease handed back with nothing to report (a claim never delivered, an agent
-        // shutting down before its trainer wrote anything) adds no row of its own.
+    if report.is_empty() {
+        // Nothing to report adds no row (the cycle of a job whose trainer writes neither
+        // file costs nothing more): one made by progress heartbeats gets its outcome. A
+        // completion without a row is still a result: the listing reads it from the job.
         tx.db
             .prepare_cached(
-                "UPDATE attempt_results SET outcome = ?3, finished_at = ?4                  WHERE job_id = ?1 AND lease_token = ?2",
+                "UPDATE attempt_results SET outcome = ?3, finished_at = ?4, artifact_id = ?5, \
+                 started_at = COALESCE(?6, started_at) WHERE job_id = ?1 AND lease_token = ?2",
             )?
-            .execute(params![id.as_str(), lease.token, outcome, tx.now])?;
+            .execute(params![
+                id.as_str(),
+                lease.token,
+                outcome,
+                tx.now,
+                artifact.map(ArtifactId::as_str),
+                row.started_at
+            ])?;
         return Ok(());
     }
     let series = bound_series(&report.progress);
@@ -111,7 +120,7 @@ pub(crate) fn i_record_outcome(
              series = CASE WHEN excluded.series = '[]' THEN series ELSE excluded.series END, \
              metrics = excluded.metrics, warnings = excluded.warnings, \
              artifact_id = excluded.artifact_id, finished_at = excluded.finished_at, \
-             started_at = COALESCE(started_at, excluded.started_at)",
+             started_at = excluded.started_at",
         )?
         .execute(params![
             id.as_str(),
@@ -168,13 +177,14 @@ pub(crate) fn i_completed_metrics(
     if row.status != cis490_api::JobStatus::Completed {
         return Ok(None);
     }
+    // The completing attempt's row has the job's finish time (one transaction wrote both).
     let text: Option<Option<String>> = tx
         .db
         .prepare_cached(
             "SELECT metrics FROM attempt_results WHERE job_id = ?1 AND outcome = 'completed' \
-             ORDER BY rowid DESC LIMIT 1",
+             AND finished_at = ?2",
         )?
-        .query_row(params![row.spec.id.as_str()], |r| r.get(0))
+        .query_row(params![row.spec.id.as_str(), row.finished_at], |r| r.get(0))
         .optional()?;
     text.flatten().map(|t| from_json("metrics", &t)).transpose()
 }
@@ -278,23 +288,23 @@ fn sort_key(sort: Option<&str>) -> Result<Option<SortKey>, QueueError> {
     };
     let column = |expr| key_of(expr, None);
     match key {
-        "id" => column("j.id"),
-        "model" => column("j.model"),
-        "mode" => column("j.mode"),
-        "seed" => column("json_extract(j.spec, '$.seed')"),
-        "worker" => column("r.worker"),
-        "attempt" => column("r.attempt"),
-        "duration" | "duration_s" => column("(r.finished_at - r.started_at)"),
-        "finished" | "finished_at" => column("r.finished_at"),
-        "started" | "started_at" => column("r.started_at"),
+        "id" => column("id"),
+        "model" => column("model"),
+        "mode" => column("mode"),
+        "seed" => column("json_extract(spec, '$.seed')"),
+        "worker" => column("worker"),
+        "attempt" => column("attempt"),
+        "duration" | "duration_s" => column("(finished - started)"),
+        "finished" | "finished_at" => column("finished"),
+        "started" | "started_at" => column("started"),
         _ => {
             if let Some(h) = key.strip_prefix("hyper.") {
                 let path = format!("$.hyper.{}", json_member(h, "hyper key")?);
-                key_of("json_extract(j.spec, ?8)", Some(path))
+                key_of("json_extract(spec, ?8)", Some(path))
             } else {
                 let m = key.strip_prefix("metrics.").unwrap_or(key);
                 let path = format!("$.{}", json_member(m, "metric")?);
-                key_of("json_extract(r.metrics, ?8)", Some(path))
+                key_of("json_extract(metrics, ?8)", Some(path))
             }
         }
     }
@@ -345,16 +355,30 @@ pub(crate) fn i_results_page(
             e = key.expr
         ),
     };
+    // Every completed job, with the row of the attempt that completed it when that attempt
+    // reported anything (same finish time: one transaction wrote both); with `attempts`,
+    // also the earlier completed attempts that reported (re-runs before a requeue).
+    let job_filter = "(?1 IS NULL OR j.model = ?1) AND (?2 IS NULL OR j.mode = ?2) \
+                      AND (?3 IS NULL OR json_extract(j.spec, ?3) = ?4)";
     let sql = format!(
-        "SELECT j.spec, r.attempt, r.worker, r.metrics, r.started_at, r.finished_at, \
-         r.artifact_id FROM attempt_results r JOIN jobs j ON j.id = r.job_id \
-         WHERE r.outcome = 'completed' \
-           AND (?1 IS NULL OR j.model = ?1) AND (?2 IS NULL OR j.mode = ?2) \
-           AND (?3 IS NULL OR json_extract(j.spec, ?3) = ?4) \
-           AND (?5 OR (j.status = 'completed' AND r.rowid = (SELECT MAX(x.rowid) \
-                FROM attempt_results x WHERE x.job_id = j.id AND x.outcome = 'completed'))) \
-           AND (?8 IS NULL OR ?8 IS NOT NULL) \
-         ORDER BY {order}j.priority DESC, j.manifest_order, j.id, r.rowid \
+        "SELECT spec, attempt, worker, metrics, started, finished, artifact FROM ( \
+           SELECT j.spec AS spec, j.id AS id, j.model AS model, j.mode AS mode, \
+             j.priority AS priority, j.manifest_order AS manifest_order, \
+             COALESCE(r.attempt, j.attempts) AS attempt, \
+             COALESCE(r.worker, j.worker, '') AS worker, r.metrics AS metrics, \
+             j.started_at AS started, j.finished_at AS finished, j.artifact_id AS artifact, \
+             9223372036854775807 AS seq \
+           FROM jobs j LEFT JOIN attempt_results r ON r.job_id = j.id \
+             AND r.outcome = 'completed' AND r.finished_at = j.finished_at \
+           WHERE j.status = 'completed' AND {job_filter} \
+           UNION ALL \
+           SELECT j.spec, j.id, j.model, j.mode, j.priority, j.manifest_order, r.attempt, \
+             r.worker, r.metrics, r.started_at, r.finished_at, r.artifact_id, r.rowid \
+           FROM attempt_results r JOIN jobs j ON j.id = r.job_id \
+           WHERE ?5 AND r.outcome = 'completed' AND {job_filter} \
+             AND NOT (j.status = 'completed' AND r.finished_at IS j.finished_at)) \
+         WHERE (?8 IS NULL OR ?8 IS NOT NULL) \
+         ORDER BY {order}priority DESC, manifest_order, id, seq \
          LIMIT ?6 OFFSET ?7",
     );
     let want = i64::try_from(limit + 1).unwrap_or(i64::MAX);
@@ -440,14 +464,14 @@ mod tests {
         let k = key("-duration");
         assert_eq!(
             (k.expr, k.path, k.descending),
-            ("(r.finished_at - r.started_at)", None, true)
+            ("(finished - started)", None, true)
         );
         assert!(!key("seed").descending);
         let k = key("-val_accuracy");
         assert_eq!(
             (k.expr, k.path.as_deref(), k.descending),
             (
-                "json_extract(r.metrics, ?8)",
+                "json_extract(metrics, ?8)",
                 Some("$.\"val_accuracy\""),
                 true
             )
@@ -456,10 +480,7 @@ mod tests {
         let k = key("+hyper.learning_rate");
         assert_eq!(
             (k.expr, k.path.as_deref()),
-            (
-                "json_extract(j.spec, ?8)",
-                Some("$.hyper.\"learning_rate\"")
-            )
+            ("json_extract(spec, ?8)", Some("$.hyper.\"learning_rate\""))
         );
         assert!(sort_key(None).unwrap().is_none());
         for bad in ["a\"b", "hyper.x\\y", "-"] {

@@ -414,3 +414,39 @@ fn a_lease_handed_back_with_nothing_to_report_adds_no_attempt() {
     assert_eq!(attempts[0].outcome, "released");
     assert!(attempts[0].finished_at.is_some());
 }
+
+#[test]
+fn a_completion_with_nothing_to_report_writes_no_row_and_is_still_a_result() {
+    let q = queue_with(&[spec("a"), spec("b")]);
+    let c = q.claim(&worker("w1"), &cpu(16)).unwrap().unwrap();
+    beat(&q, &c.job, &c.lease, None);
+    complete(&q, &c.job, &c.lease, TrainerReport::default());
+    let stored: i64 = q
+        .read(|tx| {
+            Ok(tx
+                .db
+                .query_row("SELECT COUNT(*) FROM attempt_results", [], |r| r.get(0))?)
+        })
+        .unwrap();
+    assert_eq!(
+        stored, 0,
+        "the cycle of a trainer without files writes nothing more"
+    );
+    let rows = q.results_page(&ResultsQuery::default(), 10).unwrap().items;
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].id.clone(), rows[0].attempt), (c.job.id.clone(), 1));
+    assert!(rows[0].metrics.is_empty() && rows[0].started_at.is_some());
+    // A job whose trainer reported progress but wrote no metrics keeps its row, completed.
+    let d = q.claim(&worker("w1"), &cpu(16)).unwrap().unwrap();
+    beat(&q, &d.job, &d.lease, Some(m(r#"{"step": 1}"#)));
+    complete(&q, &d.job, &d.lease, TrainerReport::default());
+    let a = q.job_progress(&d.job.id).unwrap().attempts.remove(0);
+    assert_eq!(a.outcome, "completed");
+    assert_eq!(
+        q.results_page(&ResultsQuery::default(), 10)
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+}

@@ -204,11 +204,14 @@ DROP INDEX uploads_lease;
 CREATE INDEX uploads_attempt ON uploads (job_id, attempt, artifact_id);
 "#,
     // 9: training results per attempt (one row per lease: an attempt number repeats after a
-    // lease is handed back or the job requeued): the latest progress point and the series
-    // (heartbeats append while it runs; the agent's history replaces it at the end), the
-    // final metrics, the trainer's file warnings, and how the attempt ended. Written by
-    // heartbeats that carry progress and by complete and fail, never by claims. Jobs
-    // completed before it get a row without metrics, so `GET /v1/results` lists them.
+    // lease is handed back or the job requeued), written only for attempts that report
+    // something: the latest progress point and the series (heartbeats append while it
+    // runs; the agent's history replaces it at the end), the final metrics, the trainer's
+    // file warnings, and how the attempt ended. A completion writes its row in the
+    // transaction that completes the job, so the row's `finished_at` is the job's: that is
+    // how the results listing finds the attempt that completed a job (jobs completed
+    // without a report, and before this table, are listed from the job alone). No index
+    // beside the key: claims never touch the table and a completion writes one entry.
     r#"
 CREATE TABLE attempt_results (
     job_id       TEXT NOT NULL,
@@ -225,11 +228,6 @@ CREATE TABLE attempt_results (
     finished_at  INTEGER,
     PRIMARY KEY (job_id, lease_token)
 ) STRICT;
-CREATE INDEX attempt_results_outcome ON attempt_results (outcome, job_id);
-INSERT INTO attempt_results (job_id, attempt, lease_token, worker, outcome, artifact_id,
-                             started_at, finished_at)
-SELECT id, attempts, '', COALESCE(worker, ''), 'completed', artifact_id, started_at, finished_at
-FROM jobs WHERE status = 'completed';
 "#,
 ];
 
