@@ -3,7 +3,7 @@
 //! (`GET /v1/results`, `GET /v1/job/{id}/progress`, the progress and metrics of a job view).
 //! Each `i_*` runs inside the caller's transaction, after the caller checked the lease.
 
-use cis490_api::results::{bound_series, MAX_PROGRESS_POINTS, MAX_PROGRESS_SERIES_BYTES};
+use cis490_api::results::{MAX_PROGRESS_POINTS, MAX_PROGRESS_SERIES_BYTES};
 use cis490_api::{
     ArtifactId, AttemptProgress, JobId, JobProgress, JobSpec, Lease, Metrics, Page, ResultRow,
     ResultsQuery, TrainerReport, WorkerName,
@@ -107,7 +107,8 @@ pub(crate) fn i_record_outcome(
             ])?;
         return Ok(());
     }
-    let series = bound_series(&report.progress);
+    // Within its bounds already: `Queue::complete` and `fail` check the report first.
+    let series = &report.progress;
     let latest = series.last().map(to_json).transpose()?;
     let metrics = report.metrics.as_ref().map(to_json).transpose()?;
     tx.db
@@ -129,7 +130,7 @@ pub(crate) fn i_record_outcome(
             worker.as_str(),
             outcome,
             latest,
-            to_json(&series)?,
+            to_json(series)?,
             metrics,
             to_json(&report.warnings)?,
             artifact.map(ArtifactId::as_str),
@@ -193,7 +194,8 @@ pub(crate) fn i_completed_metrics(
 pub(crate) fn i_job_progress(tx: &Tx<'_>, row: &JobRow) -> Result<JobProgress, QueueError> {
     let mut stmt = tx.db.prepare_cached(
         "SELECT attempt, lease_token, worker, outcome, progress, series, metrics, warnings, \
-         started_at, finished_at FROM attempt_results WHERE job_id = ?1 ORDER BY rowid",
+         started_at, finished_at FROM attempt_results WHERE job_id = ?1 \
+         ORDER BY COALESCE(started_at, finished_at), lease_token",
     )?;
     type Raw = (
         u32,
@@ -373,7 +375,7 @@ pub(crate) fn i_results_page(
            WHERE j.status = 'completed' AND {job_filter} \
            UNION ALL \
            SELECT j.spec, j.id, j.model, j.mode, j.priority, j.manifest_order, r.attempt, \
-             r.worker, r.metrics, r.started_at, r.finished_at, r.artifact_id, r.rowid \
+             r.worker, r.metrics, r.started_at, r.finished_at, r.artifact_id, r.finished_at \
            FROM attempt_results r JOIN jobs j ON j.id = r.job_id \
            WHERE ?5 AND r.outcome = 'completed' AND {job_filter} \
              AND NOT (j.status = 'completed' AND r.finished_at IS j.finished_at)) \

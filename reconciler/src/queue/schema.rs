@@ -210,8 +210,9 @@ CREATE INDEX uploads_attempt ON uploads (job_id, attempt, artifact_id);
     // file warnings, and how the attempt ended. A completion writes its row in the
     // transaction that completes the job, so the row's `finished_at` is the job's: that is
     // how the results listing finds the attempt that completed a job (jobs completed
-    // without a report, and before this table, are listed from the job alone). No index
-    // beside the key: claims never touch the table and a completion writes one entry.
+    // without a report, and before this table, are listed from the job alone). One b-tree
+    // (WITHOUT ROWID, no other index): claims never touch the table, and a heartbeat or a
+    // completion that reports writes one entry.
     r#"
 CREATE TABLE attempt_results (
     job_id       TEXT NOT NULL,
@@ -227,7 +228,7 @@ CREATE TABLE attempt_results (
     started_at   INTEGER,                   -- ms since the epoch
     finished_at  INTEGER,
     PRIMARY KEY (job_id, lease_token)
-) STRICT;
+) STRICT, WITHOUT ROWID;
 "#,
 ];
 
