@@ -3,7 +3,6 @@
 //! (`GET /v1/results`, `GET /v1/job/{id}/progress`, the progress and metrics of a job view).
 //! Each `i_*` runs inside the caller's transaction, after the caller checked the lease.
 
-use cis490_api::results::{MAX_PROGRESS_POINTS, MAX_PROGRESS_SERIES_BYTES};
 use cis490_api::{
     ArtifactId, AttemptProgress, JobId, JobProgress, JobSpec, Lease, Metrics, Page, ResultRow,
     ResultsQuery, TrainerReport, WorkerName,
@@ -13,6 +12,13 @@ use rusqlite::{params, OptionalExtension};
 use super::events::{i_event, kind};
 use super::rows::{from_ms, JobRow};
 use super::{QueueError, Tx};
+
+/// Most points of a live series (the heartbeats' points while an attempt runs), and its
+/// most bytes as JSON: each heartbeat rewrites the row, so a long run costs a few pages a
+/// heartbeat, not the whole history's. The agent's full history (up to 1,000 points)
+/// replaces it when the attempt ends.
+const LIVE_SERIES_POINTS: usize = 200;
+const LIVE_SERIES_BYTES: usize = 32 * 1024;
 
 /// How an attempt ended, as stored in `attempt_results.outcome`.
 pub(crate) mod outcome {
@@ -52,7 +58,7 @@ pub(crate) fn i_record_progress(
     series.push(point.clone());
     let mut series_json = to_json(&series)?;
     while series.len() > 1
-        && (series.len() > MAX_PROGRESS_POINTS || series_json.len() > MAX_PROGRESS_SERIES_BYTES)
+        && (series.len() > LIVE_SERIES_POINTS || series_json.len() > LIVE_SERIES_BYTES)
     {
         series = cis490_api::results::thin_evenly(&series, series.len() / 2);
         series_json = to_json(&series)?;
