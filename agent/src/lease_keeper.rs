@@ -60,6 +60,7 @@ async fn keep_alive(keep: KeepLease) {
             lease: keep.lease.clone(),
             log_tail: None,
             log: keep.log.as_ref().and_then(|l| l.next_chunk(true)),
+            progress: None,
         };
         match tokio::time::timeout(keep.call_timeout, keep.client.heartbeat(&keep.job, &req)).await
         {

@@ -1,6 +1,13 @@
 //! Running one attempt of a job: a fresh directory, the trainer's argv (never a shell) with
 //! the hyperparameters appended, the trainer contract's environment, output to a log file,
 //! and stopping the trainer's whole process tree.
+//!
+//! The trainer contract (README, "Trainer contract"): argv plus `--key value` per hyper key;
+//! env CIS490_JOB_ID, CIS490_MODEL, CIS490_MODE, CIS490_SEED, CIS490_ATTEMPT,
+//! CIS490_OUTPUT_DIR (what is in it at exit 0 is the artifact), CIS490_JOB_SPEC,
+//! CIS490_PROGRESS_FILE (JSON lines of live progress, read by `progress`), and
+//! CUDA_VISIBLE_DEVICES with a GPU; `$CIS490_OUTPUT_DIR/metrics.json` holds the final
+//! metrics (read by `metrics_file`). Neither file can fail a job.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -76,6 +83,11 @@ impl Attempt {
         })
     }
 
+    /// `$CIS490_PROGRESS_FILE`: beside `output/`, so it is not part of the artifact.
+    pub fn progress_path(&self) -> PathBuf {
+        self.dir.join(crate::progress::PROGRESS_FILE_NAME)
+    }
+
     /// The last `LOG_TAIL_BYTES` of the trainer's log.
     pub fn log_tail(&self) -> Option<String> {
         log_tail(&self.log_path, LOG_TAIL_BYTES)
@@ -130,6 +142,10 @@ pub fn trainer_env(
         (
             "CIS490_JOB_SPEC".to_string(),
             attempt.spec_path.display().to_string(),
+        ),
+        (
+            "CIS490_PROGRESS_FILE".to_string(),
+            attempt.progress_path().display().to_string(),
         ),
     ];
     if let Some(index) = gpu {
@@ -468,6 +484,10 @@ mod tests {
         assert_eq!(get("CIS490_MODE"), Some("oracle"));
         assert_eq!(get("CIS490_SEED"), Some("7"));
         assert_eq!(get("CIS490_ATTEMPT"), Some("2"));
+        assert_eq!(
+            get("CIS490_PROGRESS_FILE").map(PathBuf::from),
+            Some(again.dir.join("progress.jsonl"))
+        );
         assert_eq!(get("CUDA_VISIBLE_DEVICES"), Some("1"));
         assert_eq!(
             get("CIS490_OUTPUT_DIR").map(PathBuf::from),

@@ -19,9 +19,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use cis490_api::results::MAX_WARNING_CHARS;
 use cis490_api::{
     AgentInstance, ArtifactId, ClaimRequest, ClaimResponse, Client, ClientError, CompleteRequest,
-    FailRequest, FailureCause, HeartbeatRequest, JobId, JobSpec, Lease, WorkerName,
+    FailRequest, FailureCause, HeartbeatRequest, JobId, JobSpec, Lease, TrainerReport, WorkerName,
     MAX_LOG_CHUNK_BYTES,
 };
 use rand::Rng;
@@ -35,6 +36,7 @@ use crate::log_ship::LogShipper;
 use crate::pack::{self, Packed};
 use crate::runner::{self, Attempt, RunError, Trainer};
 use crate::slots::{Allocation, Slots};
+use crate::{metrics_file, progress};
 
 /// The reason a job released on shutdown carries, so the server requeues it at once.
 pub const SHUTDOWN_REASON: &str = "agent-shutdown";
@@ -283,6 +285,8 @@ struct JobRun {
     slot_freed: bool,
     /// Streams the trainer's log to the server (set once the attempt dir exists).
     log: Option<LogShipper>,
+    /// What the trainer's files said, read once it exited (metrics only at exit 0).
+    report: TrainerReport,
 }
 
 impl JobRun {
@@ -295,6 +299,10 @@ impl JobRun {
             log_tail: self.attempt.as_ref().and_then(Attempt::log_tail),
             retryable,
             cause: Default::default(),
+            report: TrainerReport {
+                metrics: None,
+                ..self.report.clone()
+            },
         }
     }
 
@@ -405,6 +413,10 @@ impl JobRun {
             lease: self.lease.clone(),
             log_tail: None,
             log: self.log.as_ref().and_then(|l| l.next_chunk(trainer_done)),
+            progress: self
+                .attempt
+                .as_ref()
+                .and_then(|a| progress::latest_point(&a.progress_path())),
         };
         let client = &self.shared.client;
         match tokio::time::timeout(CALL_TIMEOUT, client.heartbeat(&self.spec.id, &req)).await {
@@ -491,6 +503,8 @@ impl JobRun {
                 RunEvent::Exited(status) => {
                     self.shared.trainers.remove(trainer.pid());
                     self.flush_log().await;
+                    let success = matches!(&status, Ok(s) if s.success());
+                    self.read_report(success).await;
                     return match status {
                         Ok(s) if s.success() => JobStage::Pack,
                         Ok(s) => JobStage::Report(self.exit_failure(s)),
@@ -545,6 +559,40 @@ impl JobRun {
                 }
             }
         }
+    }
+
+    /// Reads the trainer's progress file and, after exit 0, its `metrics.json` (off the
+    /// async threads: a long progress file is read whole). Bad files become warnings.
+    async fn read_report(&mut self, success: bool) {
+        let Some(attempt) = self.attempt.clone() else {
+            return;
+        };
+        let read = tokio::task::spawn_blocking(move || {
+            let history = progress::read_history(&attempt.progress_path());
+            let metrics = success.then(|| metrics_file::read_metrics(&attempt.output_dir));
+            (history, metrics.unwrap_or_default())
+        })
+        .await;
+        let (history, metrics) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!(job = %self.spec.id.short(), "reading the trainer's report failed: {e}");
+                return;
+            }
+        };
+        let warnings: Vec<String> = [history.warning, metrics.warning]
+            .into_iter()
+            .flatten()
+            .map(|w| w.chars().take(MAX_WARNING_CHARS).collect())
+            .collect();
+        for w in &warnings {
+            tracing::warn!(job = %self.spec.id.short(), "{w}");
+        }
+        self.report = TrainerReport {
+            metrics: metrics.metrics,
+            progress: history.points,
+            warnings,
+        };
     }
 
     fn exit_failure(&self, status: std::process::ExitStatus) -> FailRequest {
@@ -670,10 +718,11 @@ impl JobRun {
     async fn complete(&mut self, artifact: ArtifactId) -> JobStage {
         // Whatever the lease keeper has not sent yet: once completed, the lease is gone.
         self.flush_log().await;
-        let req = CompleteRequest {
+        let mut req = CompleteRequest {
             worker: self.shared.worker().clone(),
             lease: self.lease.clone(),
             artifact_id: Some(artifact.clone()),
+            report: self.report.clone(),
         };
         let client = self.shared.client.clone();
         let mut tries = 0u32;
@@ -691,6 +740,10 @@ impl JobRun {
             match result {
                 Ok(_) => return JobStage::Done(JobOutcome::Completed(artifact)),
                 Err(e) if e.is_lease_lost() => return JobStage::Done(JobOutcome::LeaseLost),
+                Err(e) if refused_report(&e, &req.report) => {
+                    tracing::warn!(job = %self.spec.id.short(), "the server refused the trainer's report ({e}); completing without it");
+                    req.report = report_refused(&e);
+                }
                 Err(e) if is_transient(&e) => {
                     tracing::warn!(job = %self.spec.id.short(), "complete failed ({e}); retrying");
                     if !self.wait_retry(tries, &e).await {
@@ -704,7 +757,7 @@ impl JobRun {
         }
     }
 
-    async fn report(&mut self, req: FailRequest) -> JobStage {
+    async fn report(&mut self, mut req: FailRequest) -> JobStage {
         match self.report_deadline {
             // Shutting down: the log may use half of what is left of the window.
             Some(deadline) => {
@@ -729,6 +782,11 @@ impl JobRun {
                 Ok(_) if req.retryable && req.reason == SHUTDOWN_REASON => JobOutcome::Released,
                 Ok(_) => JobOutcome::Failed(req.reason.clone()),
                 Err(e) if is_gone(&e) => JobOutcome::LeaseLost,
+                Err(e) if refused_report(&e, &req.report) => {
+                    tracing::warn!(job = %self.spec.id.short(), "the server refused the trainer's report ({e}); reporting without it");
+                    req.report = report_refused(&e);
+                    continue;
+                }
                 Err(e) if is_transient(&e) => {
                     let past_deadline = self.report_deadline.is_some_and(|d| Instant::now() >= d);
                     if past_deadline {
@@ -768,6 +826,34 @@ impl JobRun {
             tracing::debug!("cleaning {}: {e}", attempt.dir.display());
         }
     }
+}
+
+/// A 400 to a call that carried a trainer report: the report (the trainer's files) is what
+/// the server refused, so the call goes again without it and the job's result stands.
+fn refused_report(e: &ClientError, report: &TrainerReport) -> bool {
+    e.status().is_some_and(|s| s.as_u16() == 400)
+        && !report.is_empty()
+        && !is_report_refusal(report)
+}
+
+/// The report that replaces a refused one: only a warning saying so.
+fn report_refused(e: &ClientError) -> TrainerReport {
+    TrainerReport {
+        warnings: vec![format!("{REPORT_REFUSED}: {e}")
+            .chars()
+            .take(MAX_WARNING_CHARS)
+            .collect()],
+        ..TrainerReport::default()
+    }
+}
+
+const REPORT_REFUSED: &str = "the server refused the trainer's metrics and progress";
+
+fn is_report_refusal(report: &TrainerReport) -> bool {
+    report.metrics.is_none()
+        && report.progress.is_empty()
+        && report.warnings.len() == 1
+        && report.warnings[0].starts_with(REPORT_REFUSED)
 }
 
 /// Resolves once shutdown has been signalled (holds no borrow of the channel afterwards).
@@ -1068,6 +1154,7 @@ impl Agent {
                         report_deadline: None,
                         slot_freed: false,
                         log: None,
+                        report: TrainerReport::default(),
                     };
                     let id = job.id.clone();
                     let handle = self.jobs.spawn(async move { (id, run.drive().await) });
@@ -1087,6 +1174,7 @@ impl Agent {
                 log_tail: None,
                 retryable: true,
                 cause: Default::default(),
+                report: Default::default(),
             };
             let client = &self.shared.client;
             if let Ok(Err(e)) | Err(e) =

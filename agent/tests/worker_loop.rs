@@ -44,6 +44,8 @@ struct Mock {
     hold_uploads: bool,
     /// Jobs whose upload reached the mock (answered or not).
     uploads_started: Vec<String>,
+    /// Completions carrying metrics are refused 400 (a server stricter than the agent).
+    refuse_metrics: bool,
 }
 
 type Shared = Arc<Mutex<Mock>>;
@@ -188,6 +190,10 @@ async fn complete(
     Json(req): Json<CompleteRequest>,
 ) -> Response {
     let mut m = m.lock().unwrap();
+    if m.refuse_metrics && req.report.metrics.is_some() {
+        m.completed.push(req);
+        return api_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
     if m.leases.remove(&id).as_ref() != Some(&req.lease) {
         return api_error(StatusCode::CONFLICT, "lease_lost");
     }
@@ -937,4 +943,128 @@ async fn the_lease_is_heartbeat_while_the_upload_is_in_flight() {
     assert_eq!(h.mock.lock().unwrap().heartbeats.len(), after_complete);
     h.shutdown.send(true).unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(10), h.agent).await;
+}
+
+/// The steps of a progress series.
+fn steps(points: &[Metrics]) -> Vec<String> {
+    points.iter().map(|p| p["step"].to_string()).collect()
+}
+
+async fn stop(h: Harness) {
+    h.shutdown.send(true).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), h.agent).await;
+}
+
+#[tokio::test]
+async fn progress_rides_on_heartbeats_and_metrics_and_the_series_on_the_completion() {
+    // Each step waits longer than a heartbeat period, so heartbeats see the steps move.
+    let script = "#!/bin/sh\nfor i in 1 2 3; do\n  echo \"{\\\"step\\\": $i, \\\"of\\\": 3, \\\"loss\\\": 0.$i}\" >> \"$CIS490_PROGRESS_FILE\"\n  sleep 0.5\ndone\necho '{\"accuracy\": 0.91, \"note\": \"ok\"}' > \"$CIS490_OUTPUT_DIR/metrics.json\"\n";
+    let h = start(vec![job(1, sh("./train.sh"))], script).await;
+    let done = wait_for("completion", || {
+        h.mock.lock().unwrap().completed.first().cloned()
+    })
+    .await;
+    let report = &done.report;
+    assert_eq!(report.warnings, Vec::<String>::new());
+    let metrics = report.metrics.as_ref().expect("metrics.json was sent");
+    assert_eq!(metrics["accuracy"].as_f64(), Some(0.91));
+    assert_eq!(metrics["note"], MetricValue::Text("ok".into()));
+    assert_eq!(steps(&report.progress), ["1", "2", "3"]);
+    let seen: Vec<String> = {
+        let m = h.mock.lock().unwrap();
+        m.heartbeats
+            .iter()
+            .filter_map(|hb| hb.progress.as_ref())
+            .map(|p| p["step"].to_string())
+            .collect()
+    };
+    assert!(
+        seen.len() >= 2 && seen.first() != seen.last(),
+        "heartbeats should carry the moving latest step: {seen:?}"
+    );
+    // The progress file is not part of the artifact.
+    let bundle = h
+        .mock
+        .lock()
+        .unwrap()
+        .uploads
+        .values()
+        .next()
+        .cloned()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.tar.zst");
+    std::fs::write(&path, &bundle).unwrap();
+    cis490_agent::pack::unpack(&path, &dir.path().join("x")).unwrap();
+    assert!(dir.path().join("x/metrics.json").exists());
+    assert!(!dir.path().join("x/progress.jsonl").exists());
+    stop(h).await;
+}
+
+#[tokio::test]
+async fn bad_metrics_and_progress_files_are_warnings_and_the_job_still_completes() {
+    let script = "#!/bin/sh\necho 'not json' >> \"$CIS490_PROGRESS_FILE\"\necho '{\"step\": 1}' >> \"$CIS490_PROGRESS_FILE\"\necho '{\"accuracy\": [0.9]}' > \"$CIS490_OUTPUT_DIR/metrics.json\"\n";
+    let h = start(vec![job(1, sh("./train.sh"))], script).await;
+    let done = wait_for("completion", || {
+        h.mock.lock().unwrap().completed.first().cloned()
+    })
+    .await;
+    assert!(done.artifact_id.is_some());
+    let report = &done.report;
+    assert_eq!(report.metrics, None);
+    assert_eq!(steps(&report.progress), ["1"]);
+    assert_eq!(report.warnings.len(), 2, "{:?}", report.warnings);
+    assert!(
+        report.warnings[0].starts_with("progress file: skipped 1 of 2 lines"),
+        "{:?}",
+        report.warnings
+    );
+    assert!(
+        report.warnings[1].starts_with("metrics.json is not a flat JSON object"),
+        "{:?}",
+        report.warnings
+    );
+    assert!(h.mock.lock().unwrap().failed.is_empty());
+    stop(h).await;
+}
+
+#[tokio::test]
+async fn a_failed_trainer_reports_its_progress_but_no_metrics() {
+    let script = "#!/bin/sh\necho '{\"step\": 1, \"of\": 9}' >> \"$CIS490_PROGRESS_FILE\"\necho '{\"accuracy\": 0.5}' > \"$CIS490_OUTPUT_DIR/metrics.json\"\nexit 4\n";
+    let h = start(vec![job(1, sh("./train.sh"))], script).await;
+    let failed = wait_for("failure", || h.mock.lock().unwrap().failed.first().cloned()).await;
+    assert_eq!(failed.exit_code, Some(4));
+    assert_eq!(failed.report.metrics, None, "metrics count only at exit 0");
+    assert_eq!(steps(&failed.report.progress), ["1"]);
+    stop(h).await;
+}
+
+#[tokio::test]
+async fn a_report_the_server_refuses_is_dropped_and_the_job_still_completes() {
+    let script = "#!/bin/sh\necho '{\"accuracy\": 0.5}' > \"$CIS490_OUTPUT_DIR/metrics.json\"\n";
+    let mock = Mock {
+        pending: [job(1, sh("./train.sh"))].into(),
+        refuse_metrics: true,
+        ..Mock::default()
+    };
+    let h = start_mock_state(mock, script, capability()).await;
+    let second = wait_for("the completion without the report", || {
+        h.mock.lock().unwrap().completed.get(1).cloned()
+    })
+    .await;
+    let first = h.mock.lock().unwrap().completed[0].clone();
+    assert!(
+        first.report.metrics.is_some(),
+        "the first try carried the metrics"
+    );
+    assert_eq!(second.report.metrics, None);
+    assert_eq!(second.report.warnings.len(), 1, "{:?}", second.report);
+    assert!(
+        second.report.warnings[0].starts_with("the server refused the trainer's metrics"),
+        "{:?}",
+        second.report.warnings
+    );
+    assert!(second.artifact_id.is_some());
+    assert!(h.mock.lock().unwrap().failed.is_empty());
+    stop(h).await;
 }

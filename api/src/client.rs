@@ -379,6 +379,21 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/results`: one page of completed jobs with their metrics.
+    pub async fn results_page(
+        &self,
+        query: &crate::ResultsQuery,
+    ) -> Result<crate::Page<crate::ResultRow>, ClientError> {
+        self.json(self.request(Method::GET, "/v1/results").query(query))
+            .await
+    }
+
+    /// `GET /v1/job/{id}/progress`: the job's progress per attempt.
+    pub async fn job_progress(&self, id: &IdPrefix) -> Result<crate::JobProgress, ClientError> {
+        self.json(self.request(Method::GET, &format!("/v1/job/{id}/progress")))
+            .await
+    }
+
     /// `GET /v1/job/{id}/explain`: why a pending job is not running.
     pub async fn explain(&self, id: &IdPrefix) -> Result<Explain, ClientError> {
         self.json(self.request(Method::GET, &format!("/v1/job/{id}/explain")))

@@ -253,6 +253,15 @@ pub struct JobView {
     /// The last log tail a heartbeat or failure carried.
     #[serde(default)]
     pub log_tail: Option<String>,
+    /// The latest progress point of the current attempt, while the job is claimed or
+    /// running (`$CIS490_PROGRESS_FILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<BTreeMap<String, crate::results::MetricValue>>))]
+    pub progress: Option<crate::results::Metrics>,
+    /// The final metrics of the attempt that completed the job (`metrics.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<BTreeMap<String, crate::results::MetricValue>>))]
+    pub metrics: Option<crate::results::Metrics>,
     /// Present on the detail route (`GET /v1/job/{id}`), empty in lists.
     #[serde(default)]
     pub events: Vec<Event>,

@@ -63,6 +63,10 @@ pub struct HeartbeatRequest {
     /// (`HeartbeatResponse::log_offset`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<LogChunk>,
+    /// The latest line of the trainer's progress file (`$CIS490_PROGRESS_FILE`), parsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<std::collections::BTreeMap<String, crate::results::MetricValue>>))]
+    pub progress: Option<crate::results::Metrics>,
 }
 
 /// A piece of an attempt's log as the agent streams it. `from` and `to` are byte offsets
@@ -121,6 +125,12 @@ pub struct CompleteRequest {
     pub lease: Lease,
     #[serde(default)]
     pub artifact_id: Option<ArtifactId>,
+    /// The trainer's final metrics and progress series, and what was wrong with them.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::results::TrainerReport::is_empty"
+    )]
+    pub report: crate::results::TrainerReport,
 }
 
 /// The body of `POST /v1/job/{id}/fail`.
@@ -141,6 +151,12 @@ pub struct FailRequest {
     /// Whose fault the failure is (`trainer` when absent).
     #[serde(default)]
     pub cause: FailureCause,
+    /// The trainer's progress series, and what was wrong with its files.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::results::TrainerReport::is_empty"
+    )]
+    pub report: crate::results::TrainerReport,
 }
 
 /// Answer to complete, fail, cancel and requeue: where the job now stands.

@@ -78,6 +78,12 @@ pub enum Command {
         after_help = "Examples:\n  cis490ctl describe job 3fa9c1\n  cis490ctl describe worker gpu-box"
     )]
     Describe(DescribeArgs),
+    /// The leaderboard of completed jobs: the hyper keys that vary and the metrics each
+    /// trainer wrote to metrics.json.
+    #[command(
+        after_help = "Examples:\n  cis490ctl results gbt --sort -accuracy\n  cis490ctl results --mode oracle --sort -val_accuracy --top 5\n  cis490ctl results gbt --group-by hyper.learning_rate --sort -accuracy\n  cis490ctl results gbt --columns id,hyper.learning_rate,accuracy -o csv > runs.csv\n\nColumns and sort keys: a metric (accuracy, or metrics.accuracy), hyper.KEY, or one of\nid, model, mode, seed, worker, attempt, duration, finished, artifact. A leading - sorts\ndescending; rows without the value come last."
+    )]
+    Results(ResultsArgs),
     /// Block until jobs complete; fail at once when one fails or is cancelled.
     #[command(
         after_help = "Examples:\n  cis490ctl wait 3fa9c1 77be02\n  cis490ctl wait 3fa9c1 --for running --timeout 2m"
@@ -208,6 +214,48 @@ pub struct GetJobsArgs {
     #[arg(long, value_name = "N", default_value_t = cis490_api::DEFAULT_PAGE_LIMIT,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(cis490_api::MAX_PAGE_LIMIT)))]
     pub chunk_size: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResultsFormat {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+    /// Comma-separated, one header line (pandas.read_csv, Python's csv module).
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct ResultsArgs {
+    /// Only this model's jobs.
+    #[arg(value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Only this mode's jobs.
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Only jobs with this label (`key=value`).
+    #[arg(short = 'l', long = "selector", value_name = "KEY=VALUE")]
+    pub selector: Option<String>,
+    /// Order by a metric, a hyper key (hyper.KEY) or a field; `-` first for descending.
+    #[arg(long, value_name = "KEY", allow_hyphen_values = true)]
+    pub sort: Option<String>,
+    /// Only the first N rows (or groups).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub top: Option<u32>,
+    /// The columns to show, comma-separated (default: ID, the hyper keys that vary, the
+    /// metrics, the duration). With --group-by: the metrics to aggregate.
+    #[arg(long, value_name = "KEY,...", value_delimiter = ',')]
+    pub columns: Option<Vec<String>>,
+    /// Aggregate over the rows that share these keys (e.g. hyper.learning_rate, over
+    /// seeds): the mean, sample standard deviation and count of each metric.
+    #[arg(long, value_name = "KEY,...", value_delimiter = ',')]
+    pub group_by: Vec<String>,
+    /// One row per completed attempt (re-runs after a requeue), not one per job.
+    #[arg(long)]
+    pub attempts: bool,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ResultsFormat::Table)]
+    pub output: ResultsFormat,
 }
 
 #[derive(Debug, Args)]

@@ -101,21 +101,28 @@ impl Paint {
 /// One column: its header, and whether it may be cut to fit (IDs may not).
 #[derive(Debug, Clone)]
 pub struct Column {
-    pub header: &'static str,
+    pub header: std::borrow::Cow<'static, str>,
     pub shrinkable: bool,
 }
 
 impl Column {
     pub fn fixed(header: &'static str) -> Self {
         Self {
-            header,
+            header: header.into(),
             shrinkable: false,
         }
     }
     pub fn flex(header: &'static str) -> Self {
         Self {
-            header,
+            header: header.into(),
             shrinkable: true,
+        }
+    }
+    /// A column whose header is made at run time (a metric or hyper key).
+    pub fn named(header: String, shrinkable: bool) -> Self {
+        Self {
+            header: header.into(),
+            shrinkable,
         }
     }
 }
@@ -200,7 +207,7 @@ impl Table {
                     .iter()
                     .filter_map(|r| r.get(i))
                     .map(|c| width_of(&c.text))
-                    .chain(std::iter::once(width_of(col.header)))
+                    .chain(std::iter::once(width_of(&col.header)))
                     .max()
                     .unwrap_or(0)
             })
@@ -215,7 +222,7 @@ impl Table {
             .zip(&widths)
             .map(|(col, &w)| {
                 if col.shrinkable {
-                    w.min(width_of(col.header).max(MIN_SHRUNK))
+                    w.min(width_of(&col.header).max(MIN_SHRUNK))
                 } else {
                     w
                 }
@@ -243,7 +250,11 @@ impl Table {
     pub fn render(&self, term: Terminal) -> String {
         let widths = self.widths(term.width);
         let mut out = String::new();
-        let headers: Vec<Cell> = self.columns.iter().map(|c| Cell::from(c.header)).collect();
+        let headers: Vec<Cell> = self
+            .columns
+            .iter()
+            .map(|c| Cell::from(c.header.as_ref()))
+            .collect();
         for row in std::iter::once(&headers).chain(self.rows.iter()) {
             out.push_str(&render_row(row, &widths, term.color));
         }
@@ -478,6 +489,8 @@ pub mod samples {
                 kind: "Created".into(),
                 message: "created by manifest generation 1".into(),
             }],
+            progress: None,
+            metrics: None,
         }
     }
 

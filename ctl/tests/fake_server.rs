@@ -248,6 +248,8 @@ fn sample_job(id: String, status: JobStatus) -> JobView {
         lease_expires_at: None,
         log_tail: None,
         events: vec![],
+        progress: None,
+        metrics: None,
     }
 }
 

@@ -3,7 +3,10 @@
 
 It follows the trainer contract (README, "Trainer contract"): the job's hyperparameters
 arrive as ``--key value`` arguments, the job's identity in CIS490_* environment variables,
-and whatever it leaves in CIS490_OUTPUT_DIR when it exits 0 is the artifact.
+and whatever it leaves in CIS490_OUTPUT_DIR when it exits 0 is the artifact. Its final
+metrics go to CIS490_OUTPUT_DIR/metrics.json (a flat object of numbers and strings, which
+``cis490ctl results`` ranks), and one JSON line per boosting round or epoch is appended to
+CIS490_PROGRESS_FILE (``cis490ctl get jobs`` shows the latest as PROGRESS).
 
 Models (CIS490_MODEL):
   gbt  gradient-boosted regression trees of depth max_depth (squared loss)
@@ -21,6 +24,24 @@ import os
 import random
 import sys
 import time
+
+
+class Progress:
+    """Appends one JSON line per step to $CIS490_PROGRESS_FILE (nothing when unset)."""
+
+    def __init__(self, total):
+        self.path = os.environ.get("CIS490_PROGRESS_FILE")
+        self.total = total
+        # The contract is only a file: a trainer may also slow itself down for a demo.
+        self.pause = float(os.environ.get("TRAINER_STEP_SECONDS", "0") or 0)
+
+    def step(self, n, **values):
+        if self.path:
+            line = {"step": n, "of": self.total, **values}
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(line) + "\n")
+        if self.pause > 0:
+            time.sleep(self.pause)
 
 
 def fail(message):
@@ -104,8 +125,10 @@ def train_gbt(train, args, rng):
     preds = [base] * len(train)
     dims = len(xs[0])
     trees = []
-    for _ in range(args.n_estimators):
+    progress = Progress(args.n_estimators)
+    for round_ in range(args.n_estimators):
         residuals = [y - p for (_, y), p in zip(train, preds)]
+        progress.step(round_ + 1, loss=round(sum(r * r for r in residuals) / len(residuals), 6))
         tree = fit_tree(xs, residuals, args.max_depth, dims)
         trees.append(tree)
         for i, x in enumerate(xs):
@@ -131,10 +154,13 @@ def train_mlp(train, args, rng):
         z = max(-30.0, min(30.0, z))
         return hidden, 1 / (1 + math.exp(-z))
 
-    for _ in range(args.epochs):
+    progress = Progress(args.epochs)
+    for epoch in range(args.epochs):
         rng.shuffle(train)
+        total_loss = 0.0
         for x, y in train:
             hidden, p = forward(x)
+            total_loss -= math.log(max(p if y > 0.5 else 1 - p, 1e-12))
             grad = p - y
             for j in range(h):
                 g_hidden = grad * w2[j] * (1 - hidden[j] ** 2)
@@ -143,6 +169,7 @@ def train_mlp(train, args, rng):
                     w1[j][k] -= args.learning_rate * g_hidden * x[k]
                 b1[j] -= args.learning_rate * g_hidden
             b2 -= args.learning_rate * grad
+        progress.step(epoch + 1, loss=round(total_loss / len(train), 6))
 
     def predict(x):
         return forward(x)[1]
@@ -189,22 +216,26 @@ def main():
     else:
         fail(f"unknown model {model!r}: this trainer knows gbt and mlp")
 
+    # Flat: numbers and strings only (the hyperparameters are the job's, the fleet has them).
     metrics = {
         "model": model,
         "mode": mode,
         "seed": seed,
-        "split_recipe": split_recipe,
         "train_accuracy": accuracy(predict, train),
-        "test_accuracy": accuracy(predict, test),
+        "accuracy": accuracy(predict, test),
         "train_seconds": round(time.time() - started, 3),
-        "hyper": vars(args),
     }
+    if split_recipe:
+        metrics["split_recipe"] = split_recipe
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "model.json"), "w", encoding="utf-8") as f:
         json.dump(params, f)
+    # What it trained with, nested as it came (metrics.json stays flat for the fleet).
+    with open(os.path.join(output_dir, "run.json"), "w", encoding="utf-8") as f:
+        json.dump({"hyper": vars(args), "seed": seed, "split_recipe": split_recipe}, f, indent=2)
     with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2, sort_keys=True)
-    print(f"done: test accuracy {metrics['test_accuracy']:.3f}", flush=True)
+    print(f"done: test accuracy {metrics['accuracy']:.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -290,6 +290,7 @@ async fn the_job_lifecycle_over_http() {
         lease: first.lease.clone(),
         log_tail: Some("epoch 1".into()),
         log: None,
+        progress: None,
     };
     assert!(!c.heartbeat(&first.job.id, &hb).await.unwrap().cancel);
     let stale = HeartbeatRequest {
@@ -328,6 +329,7 @@ async fn the_job_lifecycle_over_http() {
                 worker: worker("w1"),
                 lease: first.lease.clone(),
                 artifact_id: Some(up.artifact_id.clone()),
+                report: Default::default(),
             },
         )
         .await
@@ -341,6 +343,7 @@ async fn the_job_lifecycle_over_http() {
                 worker: worker("w1"),
                 lease: first.lease.clone(),
                 artifact_id: None,
+                report: Default::default(),
             },
         )
         .await
@@ -379,6 +382,7 @@ async fn the_job_lifecycle_over_http() {
                 log_tail: Some("Traceback ...".into()),
                 retryable: false,
                 cause: Default::default(),
+                report: Default::default(),
             },
         )
         .await

@@ -138,6 +138,7 @@ async fn the_sweeper_requeues_an_expired_lease_and_wakes_a_waiting_claimer() {
                 lease: first.lease.clone(),
                 log_tail: None,
                 log: None,
+                progress: None,
             },
         )
         .await

@@ -389,6 +389,7 @@ async fn slow_bodies_do_not_hold_up_other_requests() {
                     lease: claimed.lease.clone(),
                     log_tail: None,
                     log: None,
+                    progress: None,
                 },
             )
             .await
@@ -546,12 +547,14 @@ async fn a_worker_using_another_workers_lease_changes_nothing() {
         lease: lease.clone(),
         log_tail: Some("x".into()),
         log: None,
+        progress: None,
     };
     assert!(refused(c.heartbeat(&id, &hb).await.unwrap_err().status()));
     let complete = CompleteRequest {
         worker: intruder.clone(),
         lease: lease.clone(),
         artifact_id: None,
+        report: Default::default(),
     };
     assert!(refused(
         c.complete(&id, &complete).await.unwrap_err().status()
@@ -564,6 +567,7 @@ async fn a_worker_using_another_workers_lease_changes_nothing() {
         log_tail: None,
         retryable: false,
         cause: Default::default(),
+        report: Default::default(),
     };
     assert!(refused(c.fail(&id, &fail).await.unwrap_err().status()));
     let bundle = b"not yours".to_vec();
@@ -582,6 +586,7 @@ async fn a_worker_using_another_workers_lease_changes_nothing() {
         lease: forged,
         log_tail: None,
         log: None,
+        progress: None,
     };
     assert!(refused(c.heartbeat(&id, &hb).await.unwrap_err().status()));
 
@@ -599,6 +604,7 @@ async fn a_worker_using_another_workers_lease_changes_nothing() {
         lease,
         log_tail: None,
         log: None,
+        progress: None,
     };
     assert!(!c.heartbeat(&id, &hb).await.unwrap().cancel);
 }
@@ -638,8 +644,9 @@ async fn unknown_json_fields_are_400_naming_the_field_and_change_nothing() {
         (
             "POST",
             format!("/v1/job/{id}/heartbeat"),
-            with(heartbeat.clone(), "", "progress"),
-            "progress",
+            // (`progress` is a field now: the trainer's latest progress point.)
+            with(heartbeat.clone(), "", "eta"),
+            "eta",
         ),
         (
             "POST",

@@ -49,6 +49,7 @@ async fn claim_and_start(client: &Client, name: &str) -> ClaimResponse {
         lease: claimed.lease.clone(),
         log_tail: None,
         log: None,
+        progress: None,
     };
     client.heartbeat(&claimed.job.id, &hb).await.unwrap();
     claimed
@@ -100,6 +101,7 @@ async fn per_worker_tokens_bind_their_name_and_a_revoked_one_is_refused_at_once(
         lease: claimed.lease.clone(),
         log_tail: None,
         log: None,
+        progress: None,
     };
     let err = w1.heartbeat(&claimed.job.id, &hb_as_w2).await.unwrap_err();
     assert_eq!(err.code(), Some("wrong_worker"), "{err}");
@@ -123,6 +125,7 @@ async fn per_worker_tokens_bind_their_name_and_a_revoked_one_is_refused_at_once(
         lease: claimed.lease.clone(),
         log_tail: None,
         log: None,
+        progress: None,
     };
     let err = w1.heartbeat(&claimed.job.id, &hb).await.unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::FORBIDDEN), "{err}");
@@ -203,6 +206,7 @@ fn completion(name: &str, lease: &Lease, artifact: Option<ArtifactId>) -> Comple
         worker: worker(name),
         lease: lease.clone(),
         artifact_id: artifact,
+        report: Default::default(),
     }
 }
 

@@ -566,6 +566,7 @@ async fn long_polls_have_budgets_of_their_own_and_never_slow_a_worker() {
         },
         log_tail: None,
         log: None,
+        progress: None,
     };
     app.client.heartbeat(&claimed.job.id, &beat).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(2));

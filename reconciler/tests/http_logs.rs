@@ -17,6 +17,7 @@ fn prefix(s: &str) -> IdPrefix {
 
 fn beat(w: &WorkerName, lease: &Lease, from: u64, text: &str) -> HeartbeatRequest {
     HeartbeatRequest {
+        progress: Default::default(),
         worker: w.clone(),
         lease: lease.clone(),
         log_tail: None,
@@ -91,6 +92,7 @@ async fn a_streamed_log_reads_back_whole_by_offset_per_attempt() {
 
     // The trainer fails; the retry runs elsewhere with a log of its own.
     let fail = FailRequest {
+        report: Default::default(),
         worker: w1.clone(),
         lease: first.lease.clone(),
         reason: "trainer exited with code 1".into(),

@@ -92,12 +92,14 @@ fn concurrent_workers_and_a_sweeper_run_every_job_to_completion_once() {
                         lease: c.lease.clone(),
                         log_tail: Some(format!("step of {t}")),
                         log: None,
+                        progress: None,
                     };
                     assert!(!q.heartbeat(&c.job.id, &hb).unwrap().cancel);
                     let req = CompleteRequest {
                         worker: me.clone(),
                         lease: c.lease,
                         artifact_id: None,
+                        report: Default::default(),
                     };
                     q.complete(&c.job.id, &req).unwrap();
                     done += 1;

@@ -55,6 +55,7 @@ fn crash_child() {
                             worker: me.clone(),
                             lease: c.lease.clone(),
                             artifact_id: None,
+                            report: Default::default(),
                         };
                         q.complete(&c.job.id, &req).unwrap();
                         let mut out = std::io::stdout().lock();

@@ -545,10 +545,12 @@ fn the_example_trainer_runs_through_the_agent_with_its_hyperparameters() {
     std::fs::write(&bundle, &bytes).unwrap();
     let out = fleet.path("example-out");
     cis490_agent::pack::unpack(&bundle, &out).unwrap();
+    let run: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["hyper"]["n_estimators"], 5);
+    assert_eq!(run["hyper"]["max_depth"], 2);
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
-    assert_eq!(metrics["hyper"]["n_estimators"], 5);
-    assert_eq!(metrics["hyper"]["max_depth"], 2);
     assert_eq!(metrics["seed"], 4);
     assert_eq!(metrics["split_recipe"], "by_subject");
     assert!(out.join("model.json").exists());

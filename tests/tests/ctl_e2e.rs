@@ -207,6 +207,7 @@ impl FakeWorker<'_> {
             lease: claim.lease.clone(),
             log_tail: Some(log.to_string()),
             log: None,
+            progress: None,
         };
         self.fleet
             .rt
@@ -233,6 +234,7 @@ impl FakeWorker<'_> {
             worker: self.name.clone(),
             lease: claim.lease.clone(),
             artifact_id: Some(up.artifact_id.clone()),
+            report: Default::default(),
         };
         self.fleet
             .rt
@@ -250,6 +252,7 @@ impl FakeWorker<'_> {
             log_tail: Some("Traceback (most recent call last):\nValueError: boom\n".into()),
             retryable: false,
             cause: Default::default(),
+            report: Default::default(),
         };
         self.fleet
             .rt
@@ -288,7 +291,7 @@ fn get_jobs_in_every_format_and_with_filters() {
     let table = fleet.ok(&["get", "jobs"], false);
     assert_eq!(
         header(&table),
-        ["ID", "MODEL", "MODE", "STATUS", "WORKER", "ATTEMPTS", "AGE"]
+        ["ID", "MODEL", "MODE", "STATUS", "WORKER", "ATTEMPTS", "PROGRESS", "AGE"]
     );
     assert_eq!(table.lines().count(), 21, "{table}");
     let r = row(&table, one.id.short());
@@ -299,7 +302,7 @@ fn get_jobs_in_every_format_and_with_filters() {
     assert_eq!(r[5], format!("0/{}", one.max_attempts));
 
     let wide = fleet.ok(&["get", "jobs", "-o", "wide"], false);
-    assert_eq!(header(&wide)[7..], ["CONSTRAINTS", "LEASE", "ARTIFACT"]);
+    assert_eq!(header(&wide)[8..], ["CONSTRAINTS", "LEASE", "ARTIFACT"]);
 
     let json = fleet.ok(&["get", "jobs", "-o", "json"], false);
     let parsed: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
@@ -856,8 +859,9 @@ fn more_formats_names_wide_rows_reload_and_version_yaml() {
     let wide = fleet.ok(&["get", "jobs", "-o", "wide"], false);
     let r = row(&wide, claim.job.id.short());
     assert_eq!(r[3..6], ["running", "cpu-1", "1/2"], "{wide}");
-    assert_eq!(r[7], "<none>", "no constraints: {wide}");
-    assert_eq!(r[9], "<none>", "no artifact yet: {wide}");
+    assert_eq!(r[6], "<none>", "no progress reported: {wide}");
+    assert_eq!(r[8], "<none>", "no constraints: {wide}");
+    assert_eq!(r[10], "<none>", "no artifact yet: {wide}");
 
     let names = fleet.ok(&["get", "workers", "-o", "name"], false);
     assert_eq!(names, "worker/cpu-1\n");
@@ -1162,6 +1166,7 @@ fn a_replaced_lease_is_refused_with_what_happened() {
         log_tail: None,
         retryable: true,
         cause: Default::default(),
+        report: Default::default(),
     };
     fleet
         .rt
@@ -1178,6 +1183,7 @@ fn a_replaced_lease_is_refused_with_what_happened() {
         lease: old.lease.clone(),
         log_tail: None,
         log: None,
+        progress: None,
     };
     let err = fleet
         .rt

@@ -61,6 +61,7 @@ fn agent_killed_mid_job_its_job_moves_on_and_its_lease_is_refused() {
             lease: dead_lease.clone(),
             log_tail: None,
             log: None,
+            progress: None,
         },
     ));
     let err = heartbeat.expect_err("a dead agent's heartbeat must be refused");
@@ -72,6 +73,7 @@ fn agent_killed_mid_job_its_job_moves_on_and_its_lease_is_refused() {
             worker: doomed,
             lease: dead_lease,
             artifact_id: done.artifact_id.clone(),
+            report: Default::default(),
         },
     ));
     let err = complete.expect_err("a dead agent's completion must be refused");

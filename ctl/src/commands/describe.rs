@@ -195,6 +195,23 @@ pub fn describe_job(
     line(&mut out, "Started", time_with_age(job.started_at, now));
     line(&mut out, "Finished", time_with_age(job.finished_at, now));
     line(&mut out, "Artifact", or_none(job.artifact_id.as_ref()));
+    if let Some(point) = &job.progress {
+        line(
+            &mut out,
+            "Progress",
+            cis490_api::results::progress_summary(point, usize::MAX),
+        );
+    }
+    match &job.metrics {
+        Some(metrics) if !metrics.is_empty() => {
+            let _ = writeln!(out, "Metrics:");
+            for (k, v) in metrics {
+                let _ = writeln!(out, "  {k}: {v}");
+            }
+        }
+        _ if job.status == cis490_api::JobStatus::Completed => line(&mut out, "Metrics", "<none>"),
+        _ => {}
+    }
     match &job.error {
         None => line(&mut out, "Error", "<none>"),
         Some(err) => {
@@ -461,6 +478,27 @@ mod tests {
     use super::*;
     use crate::output::samples::{job, now, worker};
     use cis490_api::{WorkerFit, WorkerName};
+
+    #[test]
+    fn completed_job_shows_its_metrics_and_a_running_one_its_progress() {
+        let mut done = job('c', JobStatus::Completed);
+        let text = describe_job(&done, None, now(), Terminal::plain());
+        assert!(text.contains("Metrics:        <none>"), "{text}");
+        done.metrics = Some(
+            cis490_api::results::parse_flat(br#"{"accuracy": 0.91, "note": "ok"}"#, 1000).unwrap(),
+        );
+        let text = describe_job(&done, None, now(), Terminal::plain());
+        assert!(
+            text.contains("Metrics:\n  accuracy: 0.91\n  note: ok\n"),
+            "{text}"
+        );
+        let mut running = job('a', JobStatus::Running);
+        running.progress =
+            Some(cis490_api::results::parse_flat(br#"{"step": 3, "of": 9}"#, 1000).unwrap());
+        let text = describe_job(&running, None, now(), Terminal::plain());
+        assert!(text.contains("Progress:       3/9\n"), "{text}");
+        assert!(!text.contains("Metrics"), "{text}");
+    }
 
     #[test]
     fn failed_job_shows_error_exit_code_log_tail_and_events() {

@@ -141,7 +141,19 @@ fn lease_age(job: &JobView, now: DateTime<Utc>) -> String {
     }
 }
 
-/// ID, MODEL, MODE, STATUS, WORKER, ATTEMPTS, AGE (+ CONSTRAINTS, LEASE, ARTIFACT when wide).
+/// A running job's PROGRESS cell (`7/20 loss=0.31`) from its latest progress point.
+fn progress_cell(job: &JobView, wide: bool) -> Cell {
+    match &job.progress {
+        Some(point) => Cell::from(cis490_api::results::progress_summary(
+            point,
+            if wide { 6 } else { 2 },
+        )),
+        None => Cell::from("<none>"),
+    }
+}
+
+/// ID, MODEL, MODE, STATUS, WORKER, ATTEMPTS, PROGRESS, AGE (+ CONSTRAINTS, LEASE,
+/// ARTIFACT when wide).
 pub fn jobs_table(list: &[JobView], wide: bool, now: DateTime<Utc>) -> Table {
     let mut columns = vec![
         Column::fixed("ID"),
@@ -150,6 +162,7 @@ pub fn jobs_table(list: &[JobView], wide: bool, now: DateTime<Utc>) -> Table {
         Column::fixed("STATUS"),
         Column::flex("WORKER"),
         Column::fixed("ATTEMPTS"),
+        Column::flex("PROGRESS"),
         Column::fixed("AGE"),
     ];
     if wide {
@@ -166,6 +179,7 @@ pub fn jobs_table(list: &[JobView], wide: bool, now: DateTime<Utc>) -> Table {
             status_cell(job),
             Cell::from(or_none(job.worker.as_ref())),
             Cell::from(format!("{}/{}", job.attempts, job.max_attempts)),
+            progress_cell(job, wide),
             Cell::from(age(job.created_at, now)),
         ];
         if wide {
@@ -335,13 +349,18 @@ mod tests {
 
     #[test]
     fn jobs_table_has_the_issue_columns_and_a_row_per_job() {
-        let list = vec![job('a', JobStatus::Running), job('b', JobStatus::Pending)];
+        let mut running = job('a', JobStatus::Running);
+        running.progress = Some(
+            cis490_api::results::parse_flat(br#"{"step": 7, "of": 20, "loss": 0.31}"#, 1000)
+                .unwrap(),
+        );
+        let list = vec![running, job('b', JobStatus::Pending)];
         let text = jobs_table(&list, false, now()).render(Terminal::plain());
         let lines: Vec<&str> = text.lines().collect();
         let header: Vec<&str> = lines[0].split_whitespace().collect();
         assert_eq!(
             header,
-            ["ID", "MODEL", "MODE", "STATUS", "WORKER", "ATTEMPTS", "AGE"]
+            ["ID", "MODEL", "MODE", "STATUS", "WORKER", "ATTEMPTS", "PROGRESS", "AGE"]
         );
         let row: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(
@@ -353,12 +372,15 @@ mod tests {
                 "running",
                 "gpu-box",
                 "1/3",
+                "7/20",
+                "loss=0.31",
                 "5m"
             ]
         );
         let row: Vec<&str> = lines[2].split_whitespace().collect();
         assert_eq!(row[3], "pending");
         assert_eq!(row[4], "<none>");
+        assert_eq!(row[6], "<none>", "no progress");
     }
 
     #[test]
@@ -376,6 +398,7 @@ mod tests {
                 "STATUS",
                 "WORKER",
                 "ATTEMPTS",
+                "PROGRESS",
                 "AGE",
                 "CONSTRAINTS",
                 "LEASE",

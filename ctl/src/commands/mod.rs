@@ -17,6 +17,7 @@ pub mod logs;
 pub mod pull;
 pub mod reload;
 pub mod requeue;
+pub mod results;
 pub mod status;
 pub mod version;
 pub mod wait;
@@ -77,6 +78,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             GetResource::Artifacts(a) => get::artifacts(&ctx, &a).await,
         },
         Command::Describe(args) => describe::run(&ctx, &args).await,
+        Command::Results(args) => results::run(&ctx, &args).await,
         Command::Wait(args) => wait::run(&ctx, &args).await,
         Command::Logs(args) => logs::run(&ctx, &args).await,
         Command::Cancel(args) => cancel::run(&ctx, &args).await,

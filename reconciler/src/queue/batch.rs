@@ -338,6 +338,7 @@ mod tests {
             },
             log_tail: None,
             log: None,
+            progress: None,
         };
         let batch: Vec<(Op, Slot)> = vec![
             (Op::Claim(worker("w1"), cpu(8)), Slot::default()),

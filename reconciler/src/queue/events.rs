@@ -38,6 +38,9 @@ pub(crate) mod kind {
     pub const INSTANCE_REPLACED: &str = "InstanceReplaced";
     /// The agent process holding a worker name signed off as it exited.
     pub const INSTANCE_STOPPED: &str = "InstanceStopped";
+    /// The trainer's metrics or progress file was bad or too large (the job's result
+    /// stands).
+    pub const TRAINER_WARNING: &str = "TrainerWarning";
 }
 
 /// Appends one event at the transaction's time.

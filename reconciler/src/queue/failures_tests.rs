@@ -27,6 +27,7 @@ fn fail(q: &Queue, id: &JobId, w: &str, lease: &Lease, cause: FailureCause) -> J
     q.fail(
         id,
         &FailRequest {
+            report: Default::default(),
             worker: worker(w),
             lease: lease.clone(),
             reason: match cause {
@@ -77,6 +78,7 @@ fn a_host_failure_uses_no_attempt_flags_the_host_and_goes_to_another_worker() {
     q.heartbeat(
         &job.id,
         &cis490_api::HeartbeatRequest {
+            progress: Default::default(),
             worker: worker("good"),
             lease: second.lease.clone(),
             log_tail: None,
@@ -87,6 +89,7 @@ fn a_host_failure_uses_no_attempt_flags_the_host_and_goes_to_another_worker() {
     q.complete(
         &job.id,
         &cis490_api::CompleteRequest {
+            report: Default::default(),
             worker: worker("good"),
             lease: second.lease,
             artifact_id: None,

@@ -90,12 +90,14 @@ fn a_second_instance_is_refused_while_the_first_is_live_and_the_first_is_undistu
         lease: claimed.lease.clone(),
         log_tail: None,
         log: None,
+        progress: None,
     };
     assert!(!q.heartbeat(&claimed.job.id, &hb).unwrap().cancel);
     let done = CompleteRequest {
         worker: gpu1.clone(),
         lease: claimed.lease.clone(),
         artifact_id: None,
+        report: Default::default(),
     };
     assert_eq!(
         q.complete(&claimed.job.id, &done).unwrap().status,
@@ -221,6 +223,7 @@ fn two_running(q: &Queue) -> Vec<(JobSpec, Lease, &'static str)> {
                 lease: c.lease.clone(),
                 log_tail: None,
                 log: None,
+                progress: None,
             };
             q.heartbeat(&c.job.id, &hb).unwrap();
             (c.job, c.lease, w)
@@ -237,6 +240,7 @@ fn complete(
         worker: worker(w),
         lease: lease.clone(),
         artifact_id: artifact,
+        report: Default::default(),
     };
     q.complete(&job.id, &req).map(|r| r.status)
 }

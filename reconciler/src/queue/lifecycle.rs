@@ -14,6 +14,7 @@ use super::events::{i_event, i_job_events, kind};
 use super::failures;
 use super::logs;
 use super::nodes::{i_clear_host_problem as clear_host_problem, i_touch_worker};
+use super::results;
 use super::rows::{from_ms, i_existing_job, i_insert_job, i_job_row, i_write_spec, JobRow};
 use super::{QueueError, SweepOutcome, Tx};
 use crate::plan::{changed_fields, ActualJob, Plan};
@@ -379,6 +380,9 @@ pub(crate) fn i_heartbeat(
         )?,
         None => logs::i_source_next(tx, id, &req.lease)?,
     };
+    if let Some(point) = &req.progress {
+        results::i_record_progress(tx, id, &req.worker, &req.lease, point)?;
+    }
     if cancelled {
         return Ok(HeartbeatResponse {
             cancel: true,
@@ -521,6 +525,15 @@ pub(crate) fn i_complete(
             req.artifact_id.as_ref().map(|a| a.as_str()),
             tx.now
         ])?;
+    results::i_record_outcome(
+        tx,
+        &row,
+        &req.worker,
+        &req.lease,
+        results::outcome::COMPLETED,
+        &req.report,
+        req.artifact_id.as_ref(),
+    )?;
     let artifact = req.artifact_id.as_ref().map_or_else(
         || "no artifact".to_string(),
         |a| format!("artifact {}", a.short()),
@@ -566,6 +579,12 @@ pub(crate) fn i_fail(
             .prepare_cached("UPDATE jobs SET log_tail = ?2 WHERE id = ?1")?
             .execute(params![id.as_str(), tail])?;
     }
+    let ended = if req.retryable || req.cause == FailureCause::Host {
+        results::outcome::RELEASED
+    } else {
+        results::outcome::FAILED
+    };
+    results::i_record_outcome(tx, &row, &req.worker, &req.lease, ended, &req.report, None)?;
     if req.cause == FailureCause::Host && !req.retryable {
         return failures::i_host_failure(tx, id, &row, req);
     }
@@ -839,6 +858,8 @@ pub(crate) fn i_job_view(
 ) -> Result<JobView, QueueError> {
     let row = i_existing_job(tx, id)?;
     let mut view = row.view()?;
+    view.progress = results::i_current_progress(tx, &row)?;
+    view.metrics = results::i_completed_metrics(tx, &row)?;
     if with_events {
         view.events = i_job_events(tx, id)?;
     }

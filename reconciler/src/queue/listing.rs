@@ -111,7 +111,9 @@ pub(crate) fn i_jobs_page(
                     continue;
                 }
             }
-            items.push((JobCursor::of(&job.spec), job.view()?));
+            let mut view = job.view()?;
+            view.progress = super::results::i_current_progress(tx, &job)?;
+            items.push((JobCursor::of(&job.spec), view));
         }
         Ok(())
     };

@@ -49,6 +49,7 @@ fn try_send(
     q.heartbeat(
         id,
         &HeartbeatRequest {
+            progress: Default::default(),
             worker: worker(w),
             lease: lease.clone(),
             log_tail: None,
@@ -91,6 +92,7 @@ fn fail(q: &Queue, id: &JobId, w: &str, lease: &Lease) {
     q.fail(
         id,
         &FailRequest {
+            report: Default::default(),
             worker: worker(w),
             lease: lease.clone(),
             reason: "boom".into(),
@@ -262,6 +264,7 @@ fn a_lease_handed_back_and_leased_again_goes_on_after_a_separator() {
     q.fail(
         &id,
         &FailRequest {
+            report: Default::default(),
             worker: worker("w1"),
             lease: first.lease.clone(),
             reason: "agent-shutdown".into(),

@@ -33,6 +33,7 @@ pub mod listing;
 pub mod logs;
 mod matching;
 mod nodes;
+mod results;
 mod rows;
 mod schema;
 pub mod tokens;
@@ -43,6 +44,8 @@ mod failures_tests;
 mod identity_tests;
 #[cfg(test)]
 mod logs_tests;
+#[cfg(test)]
+mod results_tests;
 #[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]
@@ -197,6 +200,11 @@ impl QueueError {
             key: id.to_string(),
         }
     }
+}
+
+/// A request refused for what it carries (a trainer report beyond its bounds).
+fn bad_request(message: String) -> QueueError {
+    QueueError::BadRequest { message }
 }
 
 /// The job queue. Cheap to clone (shared state); `Send + Sync`. All methods block on
@@ -538,6 +546,9 @@ impl Queue {
         id: &JobId,
         req: &HeartbeatRequest,
     ) -> Result<HeartbeatResponse, QueueError> {
+        if let Some(point) = &req.progress {
+            cis490_api::results::check_point(point).map_err(bad_request)?;
+        }
         match self.batched(batch::Op::Heartbeat(id.clone(), req.clone()))? {
             batch::Done::Heartbeat(answer) => Ok(answer),
             _ => Err(QueueError::corrupt(
@@ -598,6 +609,7 @@ impl Queue {
         id: &JobId,
         req: &CompleteRequest,
     ) -> Result<JobStatusResponse, QueueError> {
+        req.report.check().map_err(bad_request)?;
         match self.batched(batch::Op::Complete(id.clone(), req.clone()))? {
             batch::Done::Status(status) => Ok(status),
             _ => Err(QueueError::corrupt("complete answered with another result")),
@@ -606,6 +618,7 @@ impl Queue {
 
     /// Reports a failure; see the module docs for where the job goes.
     pub fn fail(&self, id: &JobId, req: &FailRequest) -> Result<JobStatusResponse, QueueError> {
+        req.report.check().map_err(bad_request)?;
         match self.batched(batch::Op::Fail(id.clone(), req.clone()))? {
             batch::Done::Status(status) => Ok(status),
             _ => Err(QueueError::corrupt("fail answered with another result")),
@@ -694,6 +707,36 @@ impl Queue {
     /// One page of an attempt's log (`GET /v1/job/{id}/log`).
     pub fn job_log(&self, id: &JobId, query: &LogQuery) -> Result<LogPage, QueueError> {
         self.read(|tx| logs::i_read(tx, id, query))
+    }
+
+    /// One page of completed jobs (or attempts) with their metrics; see
+    /// [`cis490_api::ResultsQuery`].
+    pub fn results_page(
+        &self,
+        query: &cis490_api::ResultsQuery,
+        limit: usize,
+    ) -> Result<cis490_api::Page<cis490_api::ResultRow>, QueueError> {
+        self.read(|tx| results::i_results_page(tx, query, limit))
+    }
+
+    /// The model of job `id` (None when there is no such job), read on the
+    /// authentication connection: never behind the writer (metrics label their counters
+    /// with it).
+    pub fn job_model(&self, id: &JobId) -> Result<Option<String>, QueueError> {
+        use rusqlite::OptionalExtension;
+        self.auth_read(|db| {
+            db.prepare_cached("SELECT model FROM jobs WHERE id = ?1")?
+                .query_row([id.as_str()], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    /// Every attempt of job `id` that reported progress or an outcome, oldest first.
+    pub fn job_progress(&self, id: &JobId) -> Result<cis490_api::JobProgress, QueueError> {
+        self.read(|tx| {
+            let row = rows::i_existing_job(tx, id)?;
+            results::i_job_progress(tx, &row)
+        })
     }
 
     /// Why a pending job is not running: per known worker, and its queue position.

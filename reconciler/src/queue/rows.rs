@@ -251,6 +251,8 @@ impl JobRow {
             },
             log_tail: self.log_tail.clone(),
             events: Vec::new(),
+            progress: None,
+            metrics: None,
         })
     }
 }

@@ -245,6 +245,33 @@ ALTER TABLE workers ADD COLUMN host_problem TEXT;
 ALTER TABLE workers ADD COLUMN host_problem_job TEXT;
 ALTER TABLE workers ADD COLUMN host_problem_at INTEGER;
 "#,
+    // 10: training results per attempt (one row per lease: an attempt number repeats after a
+    // lease is handed back or the job requeued), written only for attempts that report
+    // something: the latest progress point and the series (heartbeats append while it
+    // runs; the agent's history replaces it at the end), the final metrics, the trainer's
+    // file warnings, and how the attempt ended. A completion writes its row in the
+    // transaction that completes the job, so the row's `finished_at` is the job's: that is
+    // how the results listing finds the attempt that completed a job (jobs completed
+    // without a report, and before this table, are listed from the job alone). One b-tree
+    // (WITHOUT ROWID, no other index): claims never touch the table, and a heartbeat or a
+    // completion that reports writes one entry.
+    r#"
+CREATE TABLE attempt_results (
+    job_id       TEXT NOT NULL,
+    attempt      INTEGER NOT NULL,
+    lease_token  TEXT NOT NULL,
+    worker       TEXT NOT NULL,
+    outcome      TEXT,                      -- NULL while running; completed, failed, released
+    progress     TEXT,                      -- the latest point, JSON object
+    series       TEXT NOT NULL DEFAULT '[]',
+    metrics      TEXT,                      -- metrics.json, JSON object
+    warnings     TEXT NOT NULL DEFAULT '[]',
+    artifact_id  TEXT,
+    started_at   INTEGER,                   -- ms since the epoch
+    finished_at  INTEGER,
+    PRIMARY KEY (job_id, lease_token)
+) STRICT, WITHOUT ROWID;
+"#,
 ];
 
 /// Brings the database to the newest schema, each migration in its own transaction.

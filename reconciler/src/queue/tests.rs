@@ -44,6 +44,7 @@ fn hb(w: &str, lease: &Lease) -> HeartbeatRequest {
         lease: lease.clone(),
         log_tail: None,
         log: None,
+        progress: None,
     }
 }
 
@@ -56,6 +57,7 @@ fn done(q: &Queue, id: &JobId, w: &str, lease: &Lease) -> CompleteRequest {
         worker: worker(w),
         lease: lease.clone(),
         artifact_id: Some(artifact),
+        report: Default::default(),
     }
 }
 
@@ -72,6 +74,7 @@ fn failure(w: &str, lease: &Lease, retryable: bool) -> FailRequest {
         log_tail: Some("Traceback: boom".to_string()),
         retryable,
         cause: Default::default(),
+        report: Default::default(),
     }
 }
 

@@ -96,6 +96,7 @@ fn release_undelivered(queue: &Queue, worker: &WorkerName, claimed: ClaimRespons
         log_tail: None,
         retryable: true,
         cause: Default::default(),
+        report: Default::default(),
     };
     match queue.fail(&id, &release) {
         Ok(_) => tracing::info!(job = %id.short(), %worker, "claim undelivered: job released"),

@@ -3,8 +3,6 @@
 //! answers every route shares, and strict request bodies.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -20,8 +18,8 @@ use utoipa::openapi::{ComponentsBuilder, InfoBuilder, OpenApi, OpenApiBuilder};
 use utoipa::{PartialSchema, ToSchema};
 
 use super::error::ApiFailure;
-use super::limits::Budgets;
 use super::routes::Access;
+use super::telemetry::Snapshot;
 use super::AppState;
 
 /// The served document, serialised once when the router is built.
@@ -324,100 +322,36 @@ fn tighten_schema(schema: &mut Value) {
     }
 }
 
-/// Prometheus metrics: jobs per status, workers per state, manifest generation and errors.
+/// Prometheus metrics (OpenMetrics text): jobs per status, workers per state, the
+/// manifest, the listener's load, and counters and histograms of claims, completions,
+/// failures, lease expiries, reconciles and uploads.
 #[utoipa::path(get, path = "/metrics", responses(
-    (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+    (status = 200, description = "OpenMetrics text format", content_type = "application/openmetrics-text", body = String),
 ))]
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiFailure> {
     let queue = state.queue.clone();
     let (counts, workers, manifest) =
         super::blocking(move || Ok((queue.counts()?, queue.workers()?, queue.manifest_status()?)))
             .await?;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP cis490_jobs Jobs per status (tombstoned included)."
-    );
-    let _ = writeln!(out, "# TYPE cis490_jobs gauge");
-    for (status, n) in &counts {
-        let _ = writeln!(out, "cis490_jobs{{status=\"{status}\"}} {n}");
-    }
     let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
     for w in &workers {
         *by_state.entry(w.state.to_string()).or_default() += 1;
     }
-    let _ = writeln!(out, "# HELP cis490_workers Known workers per node state.");
-    let _ = writeln!(out, "# TYPE cis490_workers gauge");
-    for (node_state, n) in &by_state {
-        let _ = writeln!(out, "cis490_workers{{state=\"{node_state}\"}} {n}");
-    }
-    let _ = writeln!(
-        out,
-        "# HELP cis490_manifest_generation Applies that changed something."
-    );
-    let _ = writeln!(out, "# TYPE cis490_manifest_generation gauge");
-    let _ = writeln!(out, "cis490_manifest_generation {}", manifest.generation);
-    let _ = writeln!(
-        out,
-        "# HELP cis490_manifest_errors Errors of the last reload (0: it applied)."
-    );
-    let _ = writeln!(out, "# TYPE cis490_manifest_errors gauge");
-    let _ = writeln!(out, "cis490_manifest_errors {}", manifest.last_errors.len());
-    write_load(&mut out, &state.budgets);
+    let snapshot = Snapshot {
+        jobs: counts,
+        workers: by_state,
+        manifest_generation: manifest.generation,
+        manifest_errors: manifest.last_errors.len(),
+    };
+    let text = state
+        .telemetry
+        .render(&snapshot, &state.budgets)
+        .map_err(|_| ApiFailure::internal("encoding the metrics failed"))?;
     Ok((
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        out,
+        text,
     ))
-}
-
-/// What clients cost now: bytes read, connections, and the places in use under each cap.
-fn write_load(out: &mut String, budgets: &Budgets) {
-    let traffic = &budgets.traffic;
-    let (uploads, event_waits, claim_waits) = budgets.in_use();
-    let metrics: [(&str, &str, &str, u64); 6] = [
-        (
-            "cis490_http_bytes_read_total",
-            "counter",
-            "Bytes read from client connections (request heads and bodies).",
-            traffic.bytes_read.load(Ordering::Relaxed),
-        ),
-        (
-            "cis490_http_connections_open",
-            "gauge",
-            "Client connections open (max_connections).",
-            traffic.connections_open.load(Ordering::Relaxed) as u64,
-        ),
-        (
-            "cis490_http_connections_refused_total",
-            "counter",
-            "Connections closed at accept because max_connections were open.",
-            traffic.connections_refused.load(Ordering::Relaxed),
-        ),
-        (
-            "cis490_uploads_in_flight",
-            "gauge",
-            "Uploads streaming (max_concurrent_uploads).",
-            uploads as u64,
-        ),
-        (
-            "cis490_event_waits",
-            "gauge",
-            "GET /v1/events long-polls waiting (max_event_waits).",
-            event_waits as u64,
-        ),
-        (
-            "cis490_claim_waits",
-            "gauge",
-            "Claim long-polls waiting (max_claim_waits).",
-            claim_waits as u64,
-        ),
-    ];
-    for (name, kind, help, value) in metrics {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {value}");
-    }
 }

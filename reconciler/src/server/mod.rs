@@ -20,8 +20,10 @@ pub mod meta;
 pub mod operator;
 pub mod read;
 pub mod reconcile;
+pub mod results;
 pub mod routes;
 pub mod sweeper;
+pub mod telemetry;
 pub mod tls;
 pub mod watch;
 pub mod worker;
@@ -53,6 +55,8 @@ pub struct AppState {
     pub posture: Arc<SecurityPosture>,
     /// Caps on uploads and long-polls, and the listener's counters.
     pub budgets: Arc<limits::Budgets>,
+    /// Counters and histograms for `/metrics`.
+    pub telemetry: Arc<telemetry::Telemetry>,
 }
 
 /// Runs a queue call on the blocking pool (rusqlite blocks).
@@ -190,10 +194,12 @@ impl Server {
         // Whether the address is exposed is known once `run` has the listener.
         let posture = Arc::new(SecurityPosture::of(&config, &config.listen, false));
         let connections = config.connections;
+        let telemetry = Arc::new(telemetry::Telemetry::new(reconciler.reconciles()));
         Ok(Server {
             state: AppState {
                 queue,
                 store,
+                telemetry,
                 reconciler,
                 shutdown,
                 posture,
@@ -285,7 +291,7 @@ impl Server {
             _ = watch::resync(Arc::clone(&state.reconciler), config.resync_interval) => {
                 Err(ServerError::LoopStopped("manifest resync"))
             }
-            _ = sweeper::run(state.queue.clone(), config.sweep_interval) => {
+            _ = sweeper::run(state.queue.clone(), Arc::clone(&state.telemetry), config.sweep_interval) => {
                 Err(ServerError::LoopStopped("sweeper"))
             }
         };

@@ -12,8 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cis490_api::PlanSummary;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use sha2::{Digest, Sha256};
 
+use super::telemetry::Label1;
 use crate::manifest::{
     parse_manifest_with_limit, read_manifest_text, LoadedManifest, ManifestErrors,
 };
@@ -69,6 +72,8 @@ pub struct Reconciler {
     serial: Mutex<Option<String>>,
     /// Reconciles that parsed, planned and applied (every one but a skipped resync).
     full_reconciles: AtomicU64,
+    /// Reconciles by result, for `/metrics`.
+    reconciles: Family<Label1, Counter>,
 }
 
 impl Reconciler {
@@ -79,7 +84,13 @@ impl Reconciler {
             max_jobs,
             serial: Mutex::new(None),
             full_reconciles: AtomicU64::new(0),
+            reconciles: Family::default(),
         })
+    }
+
+    /// Reconciles by result (applied, unchanged, skipped, invalid, error), for `/metrics`.
+    pub fn reconciles(&self) -> Family<Label1, Counter> {
+        self.reconciles.clone()
     }
 
     /// The manifest file this reconciler reads.
@@ -117,6 +128,28 @@ impl Reconciler {
     /// text last applied answers an empty, unapplied summary without parsing; every other
     /// trigger always reconciles.
     pub fn reconcile_blocking(&self, trigger: Trigger) -> Result<PlanSummary, ReconcileError> {
+        let result = self.reconcile_once(trigger);
+        let outcome = match &result {
+            Ok(summary) if !summary.applied => "skipped",
+            Ok(summary)
+                if summary.create.is_empty()
+                    && summary.update.is_empty()
+                    && summary.tombstone.is_empty()
+                    && summary.revive.is_empty() =>
+            {
+                "unchanged"
+            }
+            Ok(_) => "applied",
+            Err(ReconcileError::Invalid(_)) => "invalid",
+            Err(_) => "error",
+        };
+        self.reconciles
+            .get_or_create(&[("result", outcome.to_string())])
+            .inc();
+        result
+    }
+
+    fn reconcile_once(&self, trigger: Trigger) -> Result<PlanSummary, ReconcileError> {
         let mut last_applied = self
             .serial
             .lock()

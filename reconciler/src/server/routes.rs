@@ -18,7 +18,7 @@ use axum::response::Response;
 
 use super::error::ApiFailure;
 use super::limits::{self, refuse};
-use super::{auth, extract, logs, meta, operator, read, worker, AppState};
+use super::{auth, extract, logs, meta, operator, read, results, worker, AppState};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +65,8 @@ impl Access {
                 .routes(routes!(read::manifest))
                 .routes(routes!(read::models))
                 .routes(routes!(read::download))
+                .routes(routes!(results::results))
+                .routes(routes!(results::progress))
                 .routes(routes!(meta::openapi)),
             Access::Worker => OpenApiRouter::new()
                 .routes(routes!(worker::claim))

@@ -2,10 +2,12 @@
 //! sweep appends events, which wakes waiting claimers.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
 
+use super::telemetry::{FailureCause, Telemetry};
 use crate::queue::{Queue, QueueError, SweepOutcome};
 
 /// One pass: sweeps at the queue's notion of now and logs what moved.
@@ -21,14 +23,29 @@ pub fn sweep_once(queue: &Queue) -> Result<SweepOutcome, QueueError> {
 }
 
 /// Sweeps every `every` forever; a failed pass is logged and retried at the next tick.
-pub async fn run(queue: Queue, every: Duration) -> Infallible {
+pub async fn run(queue: Queue, telemetry: Arc<Telemetry>, every: Duration) -> Infallible {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
         let q = queue.clone();
-        match tokio::task::spawn_blocking(move || sweep_once(&q)).await {
-            Ok(Ok(_)) => {}
+        match tokio::task::spawn_blocking(move || {
+            let outcome = sweep_once(&q)?;
+            let failed: Vec<String> = outcome
+                .failed
+                .iter()
+                .map(|id| q.job_model(id).map(Option::unwrap_or_default))
+                .collect::<Result<_, _>>()?;
+            Ok::<_, QueueError>((outcome.requeued.len() + outcome.failed.len(), failed))
+        })
+        .await
+        {
+            Ok(Ok((expired, failed))) => {
+                telemetry.leases_expired(expired);
+                for model in failed {
+                    telemetry.failed(&model, FailureCause::LeaseExpired);
+                }
+            }
             Ok(Err(e)) => tracing::error!(error = %e, "sweep failed"),
             Err(e) => tracing::error!(error = %e, "sweep task failed"),
         }

@@ -25,6 +25,7 @@ use super::error::ApiFailure;
 use super::extract::{drain_body, drain_bound, job_id, worker_name, ApiJson, ApiPath, ApiQuery};
 use super::identity::WorkerIdentity;
 use super::meta::BundleBytes;
+use super::telemetry::FailureCause;
 use super::{blocking, AppState};
 use crate::store::Upload;
 
@@ -97,12 +98,16 @@ pub async fn claim(
     let mut place = None;
     loop {
         changes.borrow_and_update();
+        let started = std::time::Instant::now();
         let (answer, _task) = start_claim(
             state.queue.clone(),
             req.worker.clone(),
             req.capability.clone(),
         );
-        if let Some(claimed) = claim_answer(answer).await? {
+        let answer = claim_answer(answer).await;
+        state.telemetry.claim_took(started.elapsed());
+        if let Some(claimed) = answer? {
+            state.telemetry.claimed(&claimed.job.model);
             tracing::info!(
                 job = %claimed.job.id.short(),
                 worker = %req.worker,
@@ -113,6 +118,7 @@ pub async fn claim(
         }
         let now = Instant::now();
         if now >= deadline || *shutdown.borrow() {
+            state.telemetry.claim_empty();
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
         if place.is_none() {
@@ -122,6 +128,7 @@ pub async fn claim(
         tokio::select! {
             changed = changes.changed() => {
                 if changed.is_err() {
+                    state.telemetry.claim_empty();
                     return Ok(StatusCode::NO_CONTENT.into_response());
                 }
             }
@@ -171,7 +178,15 @@ pub async fn complete(
     let id = job_id(&raw)?;
     authorize(&state, &identity, &req.worker, Some(&id)).await?;
     let queue = state.queue.clone();
-    Ok(Json(blocking(move || queue.complete(&id, &req)).await?))
+    let (answer, model) = blocking(move || {
+        let answer = queue.complete(&id, &req)?;
+        Ok((answer, queue.job_model(&id)?))
+    })
+    .await?;
+    state
+        .telemetry
+        .completed(model.as_deref().unwrap_or_default());
+    Ok(Json(answer))
 }
 
 /// Fail a job: reason, exit code, log tail, and whether to retry.
@@ -194,7 +209,20 @@ pub async fn fail(
     let id = job_id(&raw)?;
     authorize(&state, &identity, &req.worker, Some(&id)).await?;
     let queue = state.queue.clone();
-    Ok(Json(blocking(move || queue.fail(&id, &req)).await?))
+    let cause = if req.retryable {
+        FailureCause::Released
+    } else {
+        FailureCause::Trainer
+    };
+    let (answer, model) = blocking(move || {
+        let answer = queue.fail(&id, &req)?;
+        Ok((answer, queue.job_model(&id)?))
+    })
+    .await?;
+    state
+        .telemetry
+        .failed(model.as_deref().unwrap_or_default(), cause);
+    Ok(Json(answer))
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, ApiFailure> {
@@ -246,7 +274,13 @@ pub async fn upload(
     body: Body,
 ) -> Result<Json<UploadResponse>, ApiFailure> {
     let mut stream = body.into_data_stream();
+    let started = std::time::Instant::now();
     let result = store_upload(&state, &identity, &raw, &headers, &mut stream).await;
+    if let Ok(stored) = &result {
+        state
+            .telemetry
+            .uploaded(stored.size_bytes, started.elapsed());
+    }
     if result.is_err() {
         let bound = drain_bound(state.store.max_upload_bytes());
         let announced = content_length(&headers);

@@ -133,6 +133,7 @@ async fn reconciler(ctx: &Ctx) -> anyhow::Result<(f64, f64)> {
             lease,
             log_tail: Some("epoch 3/10 loss 0.412".to_string()),
             log: None,
+            progress: None,
         });
         tasks.push(tokio::spawn(async move {
             let mut next = start + offset;

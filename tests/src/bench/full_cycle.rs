@@ -1,12 +1,15 @@
 //! Figure 2: claim + heartbeat + complete per job, no trainer: jobs/s. 64 simulated agents
-//! each loop over the three calls until nothing is left for them.
+//! each loop over the three calls until nothing is left for them. Figure 2r is the same
+//! cycle carrying what a trainer reports: a progress point on the heartbeat and a small
+//! metrics.json with a short progress series on the completion.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use cis490_api::{ClaimRequest, CompleteRequest, HeartbeatRequest, JobId};
+use cis490_api::results::{parse_flat, MAX_METRICS_BYTES, MAX_PROGRESS_LINE_BYTES};
+use cis490_api::{ClaimRequest, CompleteRequest, HeartbeatRequest, JobId, Metrics, TrainerReport};
 use cis490_reconciler::queue::Queue;
 
 use super::claim_throughput::{check_exactly_once, load_queue, wait_pending, AGENTS};
@@ -78,12 +81,14 @@ fn cycle_thread(queue: &Queue, k: usize) -> anyhow::Result<Vec<JobId>> {
             lease: c.lease.clone(),
             log_tail: None,
             log: None,
+            progress: None,
         };
         queue.heartbeat(&c.job.id, &hb)?;
         let req = CompleteRequest {
             worker: me.clone(),
             lease: c.lease,
             artifact_id: None,
+            report: Default::default(),
         };
         queue.complete(&c.job.id, &req)?;
         done.push(c.job.id);
@@ -91,13 +96,76 @@ fn cycle_thread(queue: &Queue, k: usize) -> anyhow::Result<Vec<JobId>> {
     Ok(done)
 }
 
+/// What figure 2r's trainers report: six metrics, and a point per tenth of the run.
+fn sample_report() -> anyhow::Result<(Metrics, TrainerReport)> {
+    let point = |step: u32| {
+        parse_flat(
+            format!(
+                r#"{{"step": {step}, "of": 10, "loss": {}}}"#,
+                1.0 / f64::from(step)
+            )
+            .as_bytes(),
+            MAX_PROGRESS_LINE_BYTES,
+        )
+    };
+    let metrics = parse_flat(
+        br#"{"accuracy": 0.9132, "val_accuracy": 0.8871, "loss": 0.2311, "val_loss": 0.2954, "train_seconds": 12.5, "note": "early stop at epoch 10"}"#,
+        MAX_METRICS_BYTES,
+    )?;
+    let report = TrainerReport {
+        metrics: Some(metrics),
+        progress: (1..=10).map(point).collect::<Result<_, _>>()?,
+        warnings: Vec::new(),
+    };
+    Ok((point(10)?, report))
+}
+
 /// The figure: through the real server over loopback.
 pub async fn run_http(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
-    let name = "2. full cycle over HTTP, 64 agents";
+    cycle_http(
+        ctx,
+        server_missing,
+        "2. full cycle over HTTP, 64 agents",
+        false,
+    )
+    .await
+}
+
+/// Figure 2r: figure 2 with results (progress on heartbeats, metrics on completions). Its
+/// target is figure 2's rate less 10% when figure 2 ran in the same invocation (`baseline`).
+pub async fn run_http_results(
+    ctx: &Ctx,
+    server_missing: Option<&str>,
+    baseline: Option<f64>,
+) -> Vec<Row> {
+    let name = "2r. full cycle over HTTP with metrics and progress, 64 agents";
+    let mut rows = cycle_http(ctx, server_missing, name, true).await;
+    if let (Some(base), Some(rate)) = (baseline, rows.first().and_then(|r| r.value)) {
+        let ratio = rate / base.max(1e-9);
+        rows.push(Row::measured(
+            ctx,
+            "2r. full cycle with results vs figure 2",
+            ">= 0.90 of figure 2",
+            ratio,
+            "x figure 2",
+            ratio >= 0.9,
+        ));
+    }
+    rows
+}
+
+async fn cycle_http(
+    ctx: &Ctx,
+    server_missing: Option<&str>,
+    name: &str,
+    with_results: bool,
+) -> Vec<Row> {
     if let Some(why) = server_missing {
         return vec![Row::not_measured(name, TARGET_TEXT, why)];
     }
     let result = async {
+        let (point, report) = sample_report()?;
+        let (point, report) = (Arc::new(point), Arc::new(report));
         let jobs = ctx.jobs(10_000, 500);
         let dir = ctx.dir("cycle-http")?;
         let text = manifest_text(jobs, 10, &["true"], 0);
@@ -116,6 +184,7 @@ pub async fn run_http(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
                 worker: worker(k)?,
                 capability: capability(k),
             });
+            let (point, report) = (Arc::clone(&point), Arc::clone(&report));
             tasks.push(tokio::spawn(async move {
                 let mut done = Vec::new();
                 while let Some(c) = client.claim(&req, None).await? {
@@ -124,12 +193,18 @@ pub async fn run_http(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
                         lease: c.lease.clone(),
                         log_tail: None,
                         log: None,
+                        progress: with_results.then(|| (*point).clone()),
                     };
                     client.heartbeat(&c.job.id, &hb).await?;
                     let complete = CompleteRequest {
                         worker: req.worker.clone(),
                         lease: c.lease,
                         artifact_id: None,
+                        report: if with_results {
+                            (*report).clone()
+                        } else {
+                            TrainerReport::default()
+                        },
                     };
                     client.complete(&c.job.id, &complete).await?;
                     done.push(c.job.id);

@@ -122,7 +122,9 @@ async fn run_all(ctx: &Ctx, only: &[String]) -> anyhow::Result<Vec<Row>> {
     let want_q = |n: &str| want(n) || want(n.trim_end_matches('q'));
     // "12" selects 12a-12f.
     let want_12 = |n: &str| want(n) || want("12");
-    let needs_server = ["1", "2", "3", "5", "6", "7"].iter().any(|&n| want(n))
+    let needs_server = ["1", "2", "2r", "3", "5", "6", "7"]
+        .iter()
+        .any(|&n| want(n))
         || ["12a", "12b", "12c", "12d"].iter().any(|&n| want_12(n));
     let missing = if needs_server {
         bench::server::unavailable(&ctx.dir("probe")?).await
@@ -143,8 +145,14 @@ async fn run_all(ctx: &Ctx, only: &[String]) -> anyhow::Result<Vec<Row>> {
     if want_q("1q") {
         add(blocking(ctx, bench::claim_throughput::run_queue).await);
     }
+    let mut figure_2 = None;
     if want("2") {
-        add(bench::full_cycle::run_http(ctx, missing).await);
+        let figure = bench::full_cycle::run_http(ctx, missing).await;
+        figure_2 = figure.first().and_then(|r| r.value);
+        add(figure);
+    }
+    if want("2") || want("2r") {
+        add(bench::full_cycle::run_http_results(ctx, missing, figure_2).await);
     }
     if want_q("2q") {
         add(blocking(ctx, bench::full_cycle::run_queue).await);
