@@ -551,6 +551,18 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/job/{id}/hold`
+    pub async fn hold(&self, id: &IdPrefix) -> Result<JobStatusResponse, ClientError> {
+        self.json(self.request(Method::POST, &format!("/v1/job/{id}/hold")))
+            .await
+    }
+
+    /// `POST /v1/job/{id}/release`
+    pub async fn release(&self, id: &IdPrefix) -> Result<JobStatusResponse, ClientError> {
+        self.json(self.request(Method::POST, &format!("/v1/job/{id}/release")))
+            .await
+    }
+
     /// `POST /v1/manifest/reload`
     pub async fn reload(&self) -> Result<PlanSummary, ClientError> {
         self.json(self.request(Method::POST, "/v1/manifest/reload"))

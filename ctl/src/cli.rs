@@ -17,7 +17,7 @@ pub const OPERATOR_TOKEN_ENV: &str = "CIS490_OPERATOR_TOKEN";
     name = "cis490ctl",
     version,
     about,
-    after_help = "Examples:\n  cis490ctl get jobs --status running\n  cis490ctl describe job 3fa9\n  cis490ctl --server http://pi.lab:8787 status\n  cis490ctl --server https://pi.lab:8787 --ca-file ca.pem status\n\nOperator verbs (cancel, requeue, reload, diff, cordon, uncordon, drain) need\nCIS490_OPERATOR_TOKEN set to the reconciler's operator token."
+    after_help = "Examples:\n  cis490ctl get jobs --status running\n  cis490ctl describe job 3fa9\n  cis490ctl --server http://pi.lab:8787 status\n  cis490ctl --server https://pi.lab:8787 --ca-file ca.pem status\n\nOperator verbs (cancel, hold, release, requeue, reload, diff, cordon, uncordon,\ndrain) need CIS490_OPERATOR_TOKEN set to the reconciler's operator token."
 )]
 pub struct Cli {
     /// The reconciler's URL (https:// when it serves TLS).
@@ -105,6 +105,16 @@ pub enum Command {
         after_help = "Examples:\n  cis490ctl requeue 3fa9c1\n  cis490ctl requeue --status failed"
     )]
     Requeue(RequeueArgs),
+    /// Hold pending jobs (operator): they stay in the queue with their history, but no
+    /// worker claims them until `release`. A held job still takes manifest updates and can
+    /// be cancelled; `requeue` refuses it. Each ID needs at least 4 hex digits.
+    #[command(
+        after_help = "Examples:\n  cis490ctl hold 3fa9c1\n  cis490ctl get jobs --status held\n  cis490ctl release 3fa9c1"
+    )]
+    Hold(HoldArgs),
+    /// Make held jobs pending again (operator); a job that is not held is refused (409).
+    #[command(after_help = "Examples:\n  cis490ctl release 3fa9c1 77be02")]
+    Release(HoldArgs),
     /// Re-read the manifest on the server and apply it now (operator).
     #[command(
         visible_alias = "apply",
@@ -185,7 +195,8 @@ pub struct GetJobsArgs {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
-    /// Only jobs in this status (pending, claimed, running, completed, failed, cancelled).
+    /// Only jobs in this status (pending, held, claimed, running, completed, failed,
+    /// cancelled).
     #[arg(long)]
     pub status: Option<cis490_api::JobStatus>,
     /// Only jobs of this model.
@@ -285,6 +296,13 @@ pub struct LogsArgs {
 
 #[derive(Debug, Args)]
 pub struct CancelArgs {
+    /// Job IDs or unique prefixes.
+    #[arg(required = true, value_name = "JOB")]
+    pub jobs: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HoldArgs {
     /// Job IDs or unique prefixes.
     #[arg(required = true, value_name = "JOB")]
     pub jobs: Vec<String>,

@@ -26,17 +26,18 @@ pub async fn run(ctx: &Ctx, args: &DescribeArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("describing job {id}"))?;
             // The job is shown even when the server cannot say why it waits.
-            let explain = if job.status == JobStatus::Pending && !job.tombstoned {
-                let full = parse_prefix(job.id.as_str())?;
-                Some(
-                    client
-                        .explain(&full)
-                        .await
-                        .map_err(|e| crate::errors::describe_client_error(&e)),
-                )
-            } else {
-                None
-            };
+            let explain =
+                if matches!(job.status, JobStatus::Pending | JobStatus::Held) && !job.tombstoned {
+                    let full = parse_prefix(job.id.as_str())?;
+                    Some(
+                        client
+                            .explain(&full)
+                            .await
+                            .map_err(|e| crate::errors::describe_client_error(&e)),
+                    )
+                } else {
+                    None
+                };
             print(&describe_job(&job, explain.as_ref(), Utc::now(), ctx.term))
         }
         DescribeResource::Worker { name } => {

@@ -13,6 +13,7 @@ pub mod cordon;
 pub mod describe;
 pub mod diff;
 pub mod get;
+pub mod hold;
 pub mod logs;
 pub mod pull;
 pub mod reload;
@@ -81,6 +82,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(args) => logs::run(&ctx, &args).await,
         Command::Cancel(args) => cancel::run(&ctx, &args).await,
         Command::Requeue(args) => requeue::run(&ctx, &args).await,
+        Command::Hold(args) => hold::hold(&ctx, &args).await,
+        Command::Release(args) => hold::release(&ctx, &args).await,
         Command::Reload(args) => reload::run(&ctx, &args).await,
         Command::Diff(args) => diff::run(&ctx, &args).await,
         Command::Cordon(args) => {

@@ -23,6 +23,11 @@ pub(crate) mod kind {
     pub const LEASE_EXPIRED: &str = "LeaseExpired";
     pub const CANCELLED: &str = "Cancelled";
     pub const REQUEUED: &str = "Requeued";
+    /// An operator set a pending job aside (`cis490ctl hold`).
+    pub const HELD: &str = "Held";
+    /// An operator let a held job go back to pending (`cis490ctl release`); not
+    /// `Released`, which is an agent handing a lease back.
+    pub const RELEASED_BY_OPERATOR: &str = "Unheld";
     pub const ORPHANED: &str = "Orphaned";
     pub const CORDONED: &str = "Cordoned";
     pub const UNCORDONED: &str = "Uncordoned";

@@ -23,11 +23,14 @@
 //!   lease stays valid **only for heartbeat**, which answers `{cancel: true}` so the agent
 //!   stops its trainer; `complete`, `fail` and `check_lease` on it answer `LeaseLost`.
 //! - `requeue` (failed, cancelled, completed) -> pending with attempts reset to 0.
+//! - `hold` (pending) -> held: never claimed, updated and tombstoned like pending;
+//!   `release` (held) -> pending. `cancel` takes a held job; `requeue` refuses it.
 
 mod batch;
 mod events;
 mod explain;
 mod failures;
+mod hold;
 mod lifecycle;
 pub mod listing;
 pub mod logs;
@@ -39,6 +42,8 @@ pub mod tokens;
 
 #[cfg(test)]
 mod failures_tests;
+#[cfg(test)]
+mod hold_tests;
 #[cfg(test)]
 mod identity_tests;
 #[cfg(test)]
@@ -620,6 +625,16 @@ impl Queue {
     /// Operator: sends a failed, cancelled or completed job back to pending (attempts reset).
     pub fn requeue(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
         self.write(|tx| lifecycle::i_requeue(tx, id))
+    }
+
+    /// Operator: sets a pending job aside (status held): kept, never claimed.
+    pub fn hold(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
+        self.write(|tx| hold::i_hold(tx, id))
+    }
+
+    /// Operator: makes a held job pending again.
+    pub fn release(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
+        self.write(|tx| hold::i_release(tx, id))
     }
 
     /// Expires every lease whose time has passed at `now`.

@@ -12,6 +12,7 @@ pub mod claim_handoff;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod hold;
 pub mod identity;
 pub mod limits;
 pub mod listen;

@@ -18,7 +18,7 @@ use axum::response::Response;
 
 use super::error::ApiFailure;
 use super::limits::{self, refuse};
-use super::{auth, extract, logs, meta, operator, read, worker, AppState};
+use super::{auth, extract, hold, logs, meta, operator, read, worker, AppState};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +77,8 @@ impl Access {
             Access::Operator => OpenApiRouter::new()
                 .routes(routes!(operator::cancel))
                 .routes(routes!(operator::requeue))
+                .routes(routes!(hold::hold))
+                .routes(routes!(hold::release))
                 .routes(routes!(operator::reload))
                 .routes(routes!(operator::diff))
                 .routes(routes!(operator::cordon))
