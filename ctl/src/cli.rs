@@ -75,7 +75,7 @@ pub enum Command {
     Get(GetArgs),
     /// Show everything about one job or worker, with its events.
     #[command(
-        after_help = "Examples:\n  cis490ctl describe job 3fa9c1\n  cis490ctl describe worker gpu-box"
+        after_help = "Examples:\n  cis490ctl describe job 3fa9c1\n  cis490ctl describe worker gpu-box\n  cis490ctl describe job 3fa9c1 -o json"
     )]
     Describe(DescribeArgs),
     /// Block until jobs complete; fail at once when one fails or is cancelled.
@@ -165,7 +165,7 @@ pub enum GetResource {
     /// List jobs.
     #[command(
         visible_aliases = ["job", "j"],
-        after_help = "Examples:\n  cis490ctl get jobs\n  cis490ctl get jobs --model gbt --status pending\n  cis490ctl get jobs -A -o name\n  cis490ctl get jobs -w"
+        after_help = "Examples:\n  cis490ctl get jobs\n  cis490ctl get jobs --model gbt --status pending\n  cis490ctl get jobs -A -o name\n  cis490ctl get jobs -w\n  cis490ctl get job 3fa9c1 -o yaml"
     )]
     Jobs(GetJobsArgs),
     /// List workers (nodes).
@@ -192,6 +192,10 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct GetJobsArgs {
+    /// One job: its ID or a unique prefix (`-o json|yaml` prints the job itself, with its
+    /// events, not a list).
+    #[arg(value_name = "JOB", conflicts_with_all = ["status", "model", "worker", "selector", "all", "watch"])]
+    pub id: Option<String>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -232,20 +236,28 @@ pub enum DescribeResource {
     /// Describe a job by ID prefix.
     #[command(
         visible_aliases = ["jobs", "j"],
-        after_help = "Examples:\n  cis490ctl describe job 3fa9c1"
+        after_help = "Examples:\n  cis490ctl describe job 3fa9c1\n  cis490ctl describe job 3fa9c1 -o json"
     )]
     Job {
         /// Job ID or unique prefix.
         id: String,
+        /// Output format: the text view, or the whole view (job with events, explain) as
+        /// JSON or YAML.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = DataFormat::Text)]
+        output: DataFormat,
     },
     /// Describe a worker by name.
     #[command(
         visible_aliases = ["workers", "node", "nodes"],
-        after_help = "Examples:\n  cis490ctl describe worker gpu-box"
+        after_help = "Examples:\n  cis490ctl describe worker gpu-box\n  cis490ctl describe worker gpu-box -o yaml"
     )]
     Worker {
         /// Worker name.
         name: String,
+        /// Output format: the text view, or the whole view (worker, its jobs, its latest
+        /// events) as JSON or YAML.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = DataFormat::Text)]
+        output: DataFormat,
     },
 }
 
@@ -439,6 +451,29 @@ mod tests {
         assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
         assert!(parse_duration("10x").is_err());
         assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn get_one_job_and_describe_output_parse() {
+        let cli = Cli::try_parse_from(["cis490ctl", "get", "job", "3fa9", "-o", "json"]).unwrap();
+        let Command::Get(GetArgs {
+            resource: GetResource::Jobs(args),
+        }) = cli.command
+        else {
+            panic!("not get jobs");
+        };
+        assert_eq!(args.id.as_deref(), Some("3fa9"));
+        assert_eq!(args.output, OutputFormat::Json);
+        // One job takes no listing filters.
+        assert!(
+            Cli::try_parse_from(["cis490ctl", "get", "job", "3fa9", "--status", "held"]).is_err()
+        );
+        for words in [
+            &["cis490ctl", "describe", "job", "3fa9", "-o", "yaml"][..],
+            &["cis490ctl", "describe", "worker", "gpu-box", "-o", "json"],
+        ] {
+            Cli::try_parse_from(words).unwrap();
+        }
     }
 
     #[test]

@@ -124,3 +124,57 @@ fn hold_keeps_a_job_unclaimable_until_release() {
     assert_eq!(c.job.id, held.id);
     assert_eq!(fleet.job(&held.id).unwrap().status, JobStatus::Claimed);
 }
+
+#[test]
+fn get_one_job_in_every_format_and_describe_as_data() {
+    let (fleet, jobs) = start();
+    let job = &jobs[0];
+    let short = job.id.short();
+
+    let table = ok(fleet.ctl(&["get", "job", short]).unwrap());
+    assert_eq!(table.lines().count(), 2, "{table}");
+    assert!(table.lines().nth(1).unwrap().starts_with(short), "{table}");
+    let wide = ok(fleet.ctl(&["get", "job", short, "-o", "wide"]).unwrap());
+    assert!(
+        wide.lines().next().unwrap().contains("CONSTRAINTS"),
+        "{wide}"
+    );
+    let name = ok(fleet.ctl(&["get", "job", short, "-o", "name"]).unwrap());
+    assert_eq!(name.trim(), format!("job/{}", job.id));
+    // JSON and YAML: the job itself (not a list), with its events.
+    let json: JobView = serde_json::from_str(&ok(fleet
+        .ctl(&["get", "job", short, "-o", "json"])
+        .unwrap()))
+    .unwrap();
+    assert_eq!(json.id, job.id);
+    assert_eq!(json.events[0].kind, "Created");
+    let yaml: JobView = serde_yaml_ng::from_str(&ok(fleet
+        .ctl(&["get", "job", short, "-o", "yaml"])
+        .unwrap()))
+    .unwrap();
+    assert_eq!(yaml.id, job.id);
+    let err = refused(fleet.ctl(&["get", "job", "ffffffff"]).unwrap());
+    assert!(err.contains("not found") || err.contains("no job"), "{err}");
+
+    let described: serde_json::Value = serde_json::from_str(&ok(fleet
+        .ctl(&["describe", "job", short, "-o", "json"])
+        .unwrap()))
+    .unwrap();
+    assert_eq!(described["job"]["id"], job.id.as_str());
+    assert!(described["explain"]["summary"].is_string(), "{described}");
+
+    claim(&fleet, "w1").unwrap();
+    let described: serde_yaml_ng::Value = serde_yaml_ng::from_str(&ok(fleet
+        .ctl(&["describe", "worker", "w1", "-o", "yaml"])
+        .unwrap()))
+    .unwrap();
+    assert_eq!(described["worker"]["name"].as_str(), Some("w1"));
+    assert_eq!(described["jobs"].as_sequence().unwrap().len(), 1);
+    let kinds: Vec<&str> = described["events"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"Claimed"), "{kinds:?}");
+}

@@ -9,9 +9,12 @@ use cis490_api::{Event, Explain, JobFilter, JobStatus, JobView, WorkerName, Work
 
 use super::get::constraints_summary;
 use super::Ctx;
-use crate::cli::{DescribeArgs, DescribeResource};
-use crate::output::{age, mib_as_gib, or_none, print, Cell, Column, Paint, Table, Terminal};
+use crate::cli::{DataFormat, DescribeArgs, DescribeResource};
+use crate::output::{
+    age, mib_as_gib, or_none, print, to_json, to_yaml, Cell, Column, Paint, Table, Terminal,
+};
 use crate::resolve::parse_prefix;
+use serde::{Deserialize, Serialize};
 
 /// Width of the label column (`Lease Expires:` plus padding).
 const LABEL: usize = 16;
@@ -19,7 +22,7 @@ const LABEL: usize = 16;
 pub async fn run(ctx: &Ctx, args: &DescribeArgs) -> anyhow::Result<()> {
     let client = ctx.client()?;
     match &args.resource {
-        DescribeResource::Job { id } => {
+        DescribeResource::Job { id, output } => {
             let prefix = parse_prefix(id)?;
             let job = client
                 .job(&prefix)
@@ -38,9 +41,15 @@ pub async fn run(ctx: &Ctx, args: &DescribeArgs) -> anyhow::Result<()> {
                 } else {
                     None
                 };
+            if let Some(text) = described_data(*output, || DescribedJob {
+                job: job.clone(),
+                explain: explain.as_ref().and_then(|e| e.as_ref().ok()).cloned(),
+            })? {
+                return print(&text);
+            }
             print(&describe_job(&job, explain.as_ref(), Utc::now(), ctx.term))
         }
-        DescribeResource::Worker { name } => {
+        DescribeResource::Worker { name, output } => {
             let name = WorkerName::parse(name)?;
             let worker = client
                 .worker_detail(&name)
@@ -55,6 +64,13 @@ pub async fn run(ctx: &Ctx, args: &DescribeArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("listing the jobs of worker {name}"))?;
             let events = recent_worker_events(&client, &name).await?;
+            if let Some(text) = described_data(*output, || DescribedWorker {
+                worker: worker.clone(),
+                jobs: jobs.clone(),
+                events: events.clone(),
+            })? {
+                return print(&text);
+            }
             print(&describe_worker(
                 &worker,
                 &jobs,
@@ -64,6 +80,35 @@ pub async fn run(ctx: &Ctx, args: &DescribeArgs) -> anyhow::Result<()> {
             ))
         }
     }
+}
+
+/// What `describe job -o json|yaml` prints: the job with every event, and why it waits
+/// (pending or held jobs only; absent when the server could not say).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DescribedJob {
+    pub job: JobView,
+    #[serde(default)]
+    pub explain: Option<Explain>,
+}
+
+/// What `describe worker -o json|yaml` prints: the worker, its jobs and its latest events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DescribedWorker {
+    pub worker: WorkerView,
+    pub jobs: Vec<JobView>,
+    pub events: Vec<Event>,
+}
+
+/// The JSON or YAML text of what `view` builds; None for text output.
+fn described_data<T: Serialize>(
+    format: DataFormat,
+    view: impl FnOnce() -> T,
+) -> anyhow::Result<Option<String>> {
+    Ok(match format {
+        DataFormat::Text => None,
+        DataFormat::Json => Some(to_json(&view())?),
+        DataFormat::Yaml => Some(to_yaml(&view())?),
+    })
 }
 
 /// How many of a worker's events `describe worker` shows.

@@ -15,6 +15,9 @@ use crate::output::{
 
 /// `get jobs`
 pub async fn jobs(ctx: &Ctx, args: &GetJobsArgs) -> anyhow::Result<()> {
+    if let Some(id) = &args.id {
+        return super::get_one::job(ctx, id, args.output).await;
+    }
     let client = ctx.client()?;
     let filter = JobFilter {
         status: args.status,
@@ -99,7 +102,7 @@ pub fn changed_jobs(known: &mut BTreeMap<String, JobView>, fresh: Vec<JobView>) 
     changed
 }
 
-fn render_jobs(
+pub(crate) fn render_jobs(
     list: &[JobView],
     format: OutputFormat,
     table: &Table,

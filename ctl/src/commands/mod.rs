@@ -13,6 +13,7 @@ pub mod cordon;
 pub mod describe;
 pub mod diff;
 pub mod get;
+pub mod get_one;
 pub mod hold;
 pub mod logs;
 pub mod pull;
