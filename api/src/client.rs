@@ -138,6 +138,13 @@ impl ClientError {
     }
 }
 
+/// The filters of `GET /v1/events`: one job (an ID or unique prefix) and/or one worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventsFilter {
+    pub job: Option<IdPrefix>,
+    pub worker: Option<WorkerName>,
+}
+
 /// A client for one reconciler. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -387,10 +394,27 @@ impl Client {
 
     /// `GET /v1/events?since=&wait=`: long-polls for events after `since`.
     pub async fn events(&self, since: u64, wait: Duration) -> Result<EventsPage, ClientError> {
-        let rb = self
+        self.events_filtered(since, wait, &EventsFilter::default())
+            .await
+    }
+
+    /// `GET /v1/events?job=&worker=`: only the events `filter` keeps.
+    pub async fn events_filtered(
+        &self,
+        since: u64,
+        wait: Duration,
+        filter: &EventsFilter,
+    ) -> Result<EventsPage, ClientError> {
+        let mut rb = self
             .request(Method::GET, "/v1/events")
             .query(&[("since", since), ("wait", wait.as_secs())])
             .timeout(wait + Duration::from_secs(30));
+        if let Some(job) = &filter.job {
+            rb = rb.query(&[("job", job.as_str())]);
+        }
+        if let Some(worker) = &filter.worker {
+            rb = rb.query(&[("worker", worker.as_str())]);
+        }
         self.json(rb).await
     }
 

@@ -68,7 +68,7 @@ pub enum DataFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// List jobs, workers or artifacts.
+    /// List jobs, workers, artifacts or events.
     #[command(
         after_help = "Examples:\n  cis490ctl get jobs\n  cis490ctl get jobs --status failed -o wide\n  cis490ctl get jobs -l team=vision -o json\n  cis490ctl get jobs -w\n  cis490ctl get workers\n  cis490ctl get artifacts -o yaml"
     )]
@@ -171,9 +171,9 @@ pub enum GetResource {
     /// List workers (nodes).
     #[command(
         visible_aliases = ["worker", "nodes", "node"],
-        after_help = "Examples:\n  cis490ctl get workers\n  cis490ctl get nodes -o wide"
+        after_help = "Examples:\n  cis490ctl get workers\n  cis490ctl get nodes -o wide\n  cis490ctl get workers -w"
     )]
-    Workers(ListArgs),
+    Workers(GetWorkersArgs),
     /// List stored artifacts: one row per job and attempt that uploaded them (jobs that
     /// made identical bytes share an artifact ID); `-o name` lists each artifact once.
     #[command(
@@ -181,6 +181,39 @@ pub enum GetResource {
         after_help = "Examples:\n  cis490ctl get artifacts\n  cis490ctl get artifacts -o json\n  cis490ctl get artifacts -o name"
     )]
     Artifacts(ListArgs),
+    /// The event log, oldest first (filtered on the server); -w then follows it.
+    #[command(
+        visible_aliases = ["event", "ev"],
+        after_help = "Examples:\n  cis490ctl get events\n  cis490ctl get events --job 3fa9c1\n  cis490ctl get events --worker gpu-box -w\n  cis490ctl get events -o json"
+    )]
+    Events(GetEventsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GetWorkersArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// After the listing, print a worker's line whenever it changes (state, cordon,
+    /// running jobs, host problem, agent version), until Ctrl-C.
+    #[arg(short = 'w', long = "watch")]
+    pub watch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GetEventsArgs {
+    /// Output format (`-o wide` adds the sequence number and the time).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Only the events of this job (ID or unique prefix).
+    #[arg(long, value_name = "JOB")]
+    pub job: Option<String>,
+    /// Only the events that name this worker.
+    #[arg(long, value_name = "NAME")]
+    pub worker: Option<String>,
+    /// After the log, print each new event as it happens, until Ctrl-C.
+    #[arg(short = 'w', long = "watch")]
+    pub watch: bool,
 }
 
 #[derive(Debug, Args)]

@@ -4,10 +4,13 @@
 #![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Output;
+use std::io::{BufRead, BufReader};
+use std::process::{Output, Stdio};
+use std::sync::mpsc;
 
-use cis490_api::{Capability, ClaimRequest, JobStatus, JobView, WorkerName};
-use cis490_tests::fleet::Fleet;
+use cis490_api::{Capability, ClaimRequest, Event, JobStatus, JobView, WorkerName};
+use cis490_tests::fleet::{Fleet, WAIT};
+use cis490_tests::{wait_until, ChildGuard};
 
 /// Two jobs of model gbt, labelled, a lease of 90 s.
 const MANIFEST: &str = r#"version = 1
@@ -177,4 +180,131 @@ fn get_one_job_in_every_format_and_describe_as_data() {
         .filter_map(|e| e["kind"].as_str())
         .collect();
     assert!(kinds.contains(&"Claimed"), "{kinds:?}");
+}
+
+/// `cis490ctl ARGS` in the background, its stdout lines collected as they come.
+struct Follower {
+    _process: ChildGuard,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Follower {
+    fn start(fleet: &Fleet, args: &[&str]) -> Self {
+        let mut cmd = fleet.ctl_command(args).unwrap();
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut process = ChildGuard::spawn("cis490ctl follower", cmd).unwrap();
+        let stdout = process.child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            _process: process,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for `n` lines in all, and returns them.
+    fn wait_lines(&mut self, n: usize, what: &str) -> Vec<String> {
+        wait_until(WAIT, what, || {
+            while let Ok(l) = self.lines.try_recv() {
+                self.seen.push(l);
+            }
+            (self.seen.len() >= n).then(|| self.seen.clone())
+        })
+        .unwrap_or_else(|e| panic!("{e:#}; seen {:?}", self.seen))
+    }
+
+    /// Waits for a line after the first `from` that contains `text`.
+    fn wait_for(&mut self, from: usize, text: &str) -> String {
+        wait_until(WAIT, text, || {
+            while let Ok(l) = self.lines.try_recv() {
+                self.seen.push(l);
+            }
+            self.seen
+                .get(from..)?
+                .iter()
+                .find(|l| l.contains(text))
+                .cloned()
+        })
+        .unwrap_or_else(|e| panic!("{e:#}; seen {:?}", self.seen))
+    }
+}
+
+#[test]
+fn get_events_filters_by_job_and_worker_on_the_server_and_follows() {
+    let (fleet, jobs) = start();
+    let c = claim(&fleet, "w1").unwrap();
+    let other = jobs.iter().find(|j| j.id != c.job.id).unwrap();
+    let short = c.job.id.short();
+
+    let of_job: Vec<Event> = serde_json::from_str(&ok(fleet
+        .ctl(&["get", "events", "--job", short, "-o", "json"])
+        .unwrap()))
+    .unwrap();
+    let kinds: Vec<&str> = of_job.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["Created", "Claimed"]);
+    let of_worker: Vec<Event> = serde_json::from_str(&ok(fleet
+        .ctl(&["get", "events", "--worker", "w1", "-o", "json"])
+        .unwrap()))
+    .unwrap();
+    assert!(!of_worker.is_empty());
+    assert!(of_worker
+        .iter()
+        .all(|e| e.worker.as_ref().map(|w| w.as_str()) == Some("w1")));
+    let all: Vec<Event> =
+        serde_json::from_str(&ok(fleet.ctl(&["get", "events", "-o", "json"]).unwrap())).unwrap();
+    assert!(all.len() > of_job.len() + 1, "{all:?}");
+    let table = ok(fleet.ctl(&["get", "events", "--job", short]).unwrap());
+    assert_eq!(
+        table
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["AGE", "KIND", "JOB", "WORKER", "MESSAGE"]
+    );
+    assert_eq!(table.lines().count(), 3, "{table}");
+
+    // A bad filter is the server's 400, named.
+    let err = refused(
+        fleet
+            .ctl(&["get", "events", "--worker", "bad name!"])
+            .unwrap(),
+    );
+    assert!(err.contains("worker"), "{err}");
+
+    // -w: a new event of the job is printed; the other job's is not.
+    let mut follower = Follower::start(&fleet, &["get", "events", "--job", short, "-w"]);
+    let listed = follower
+        .wait_lines(3, "the job's two events and the header")
+        .len();
+    ok(fleet.ctl(&["hold", other.id.short()]).unwrap());
+    ok(fleet.ctl(&["cancel", short]).unwrap());
+    let line = follower.wait_for(listed, "Cancelled");
+    assert!(line.contains(short), "{line}");
+    assert!(
+        !follower.seen.iter().any(|l| l.contains("Held")),
+        "another job's event was printed: {:?}",
+        follower.seen
+    );
+}
+
+#[test]
+fn get_workers_watch_prints_a_line_when_a_worker_changes() {
+    let (fleet, _) = start();
+    claim(&fleet, "w1").unwrap();
+    let mut follower = Follower::start(&fleet, &["get", "workers", "-w"]);
+    let listed = follower.wait_lines(2, "the header and worker w1").len();
+    ok(fleet.ctl(&["cordon", "w1"]).unwrap());
+    let line = follower.wait_for(listed, "Cordoned");
+    assert!(line.starts_with("w1"), "{line}");
 }

@@ -115,7 +115,8 @@ fn described_data<T: Serialize>(
 const RECENT_EVENTS: usize = 20;
 
 /// The worker's latest events (its jobs' claims and results, cordons, registrations). The
-/// API pages the log oldest first, so this reads it through and keeps the tail.
+/// API pages the log oldest first, filtered to this worker, so this reads it through and
+/// keeps the tail.
 async fn recent_worker_events(
     client: &cis490_api::Client,
     name: &WorkerName,
@@ -123,8 +124,12 @@ async fn recent_worker_events(
     let mut recent: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
     let mut since = 0;
     loop {
+        let filter = cis490_api::client::EventsFilter {
+            job: None,
+            worker: Some(name.clone()),
+        };
         let page = client
-            .events(since, std::time::Duration::ZERO)
+            .events_filtered(since, std::time::Duration::ZERO, &filter)
             .await
             .context("reading the event log")?;
         let next = page.next.max(since);

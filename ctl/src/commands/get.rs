@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use cis490_api::{ArtifactView, Constraints, JobFilter, JobView, WorkerView};
 
 use super::{events_head, follow_events, Ctx, EVENTS_WAIT};
-use crate::cli::{GetJobsArgs, ListArgs, OutputFormat};
+use crate::cli::{GetJobsArgs, GetWorkersArgs, ListArgs, OutputFormat};
 use crate::output::{
     age, human_bytes, mib_as_gib, or_none, print, to_json, to_yaml, Cell, Column, Paint, Table,
     Terminal,
@@ -184,24 +184,35 @@ pub fn jobs_table(list: &[JobView], wide: bool, now: DateTime<Utc>) -> Table {
 }
 
 /// `get workers`
-pub async fn workers(ctx: &Ctx, args: &ListArgs) -> anyhow::Result<()> {
+pub async fn workers(ctx: &Ctx, args: &GetWorkersArgs) -> anyhow::Result<()> {
+    if args.watch {
+        return super::watch_workers::run(ctx, args.output).await;
+    }
     let list = ctx.client()?.workers().await.context("listing workers")?;
     if list.is_empty() && is_table(args.output) {
         eprintln!("No workers found.");
         return Ok(());
     }
-    let text = match args.output {
+    print(&render_workers(&list, args.output, ctx.term)?)
+}
+
+/// The workers in `format`.
+pub(crate) fn render_workers(
+    list: &[WorkerView],
+    format: OutputFormat,
+    term: Terminal,
+) -> anyhow::Result<String> {
+    Ok(match format {
         OutputFormat::Table | OutputFormat::Wide => {
-            workers_table(&list, args.output == OutputFormat::Wide, Utc::now()).render(ctx.term)
+            workers_table(list, format == OutputFormat::Wide, Utc::now()).render(term)
         }
-        OutputFormat::Json => to_json(&list)?,
-        OutputFormat::Yaml => to_yaml(&list)?,
+        OutputFormat::Json => to_json(list)?,
+        OutputFormat::Yaml => to_yaml(list)?,
         OutputFormat::Name => list
             .iter()
             .map(|w| format!("worker/{}\n", w.name))
             .collect(),
-    };
-    print(&text)
+    })
 }
 
 /// NAME, STATUS, CUDA, GPUS, VRAM, RAM, RUNNING, LAST-SEEN, VERSION (+ OS, CORES, GPU, TORCH).

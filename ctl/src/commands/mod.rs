@@ -1,6 +1,7 @@
 //! One file per verb; `run` dispatches the parsed command line to it.
 
 use anyhow::Context;
+use cis490_api::client::EventsFilter;
 use cis490_api::{Client, ClientTls};
 
 use crate::cli::{Cli, Command, GetResource, OPERATOR_TOKEN_ENV};
@@ -12,6 +13,7 @@ pub mod completion;
 pub mod cordon;
 pub mod describe;
 pub mod diff;
+pub mod events;
 pub mod get;
 pub mod get_one;
 pub mod hold;
@@ -22,6 +24,7 @@ pub mod requeue;
 pub mod status;
 pub mod version;
 pub mod wait;
+pub mod watch_workers;
 
 /// What every verb needs: where the server is, how to trust it, the operator token, and the
 /// terminal.
@@ -77,6 +80,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             GetResource::Jobs(a) => get::jobs(&ctx, &a).await,
             GetResource::Workers(a) => get::workers(&ctx, &a).await,
             GetResource::Artifacts(a) => get::artifacts(&ctx, &a).await,
+            GetResource::Events(a) => events::run(&ctx, &a).await,
         },
         Command::Describe(args) => describe::run(&ctx, &args).await,
         Command::Wait(args) => wait::run(&ctx, &args).await,
@@ -118,7 +122,17 @@ pub async fn follow_events(
     since: u64,
     wait: std::time::Duration,
 ) -> anyhow::Result<cis490_api::EventsPage> {
-    match client.events(since, wait).await {
+    follow_filtered_events(client, since, wait, &EventsFilter::default()).await
+}
+
+/// [`follow_events`] of only the events `filter` keeps (`get events -w --job/--worker`).
+pub async fn follow_filtered_events(
+    client: &Client,
+    since: u64,
+    wait: std::time::Duration,
+    filter: &EventsFilter,
+) -> anyhow::Result<cis490_api::EventsPage> {
+    match client.events_filtered(since, wait, filter).await {
         Ok(page) => Ok(page),
         Err(e) if e.is_busy() => {
             let pause = e.retry_after().unwrap_or(BUSY_PAUSE);

@@ -28,6 +28,7 @@
 
 mod batch;
 mod events;
+pub use events::EventFilter;
 mod explain;
 mod failures;
 mod hold;
@@ -40,6 +41,8 @@ mod rows;
 mod schema;
 pub mod tokens;
 
+#[cfg(test)]
+mod events_tests;
 #[cfg(test)]
 mod failures_tests;
 #[cfg(test)]
@@ -812,7 +815,17 @@ impl Queue {
 
     /// Up to `limit` events with seq > `since`, oldest first.
     pub fn events_since(&self, since: u64, limit: usize) -> Result<EventsPage, QueueError> {
-        self.read(|tx| events::i_events_since(tx, since, limit))
+        self.events_filtered(since, limit, &EventFilter::default())
+    }
+
+    /// Up to `limit` events with seq > `since` that `filter` keeps, oldest first.
+    pub fn events_filtered(
+        &self,
+        since: u64,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<EventsPage, QueueError> {
+        self.read(|tx| events::i_events_since(tx, since, limit, filter))
     }
 
     /// Live jobs per status name (every status present) and the number of tombstoned jobs

@@ -245,6 +245,10 @@ ALTER TABLE workers ADD COLUMN host_problem TEXT;
 ALTER TABLE workers ADD COLUMN host_problem_job TEXT;
 ALTER TABLE workers ADD COLUMN host_problem_at INTEGER;
 "#,
+    // 10: `GET /v1/events?worker=` (and `describe worker`) walk one worker's events.
+    r#"
+CREATE INDEX events_worker ON events (worker, seq) WHERE worker IS NOT NULL;
+"#,
 ];
 
 /// Brings the database to the newest schema, each migration in its own transaction.
