@@ -7,6 +7,7 @@ pub mod ids;
 pub mod job;
 pub mod node;
 pub mod paging;
+pub mod selector;
 pub mod state_lock;
 pub mod tls;
 pub mod wire;
@@ -21,6 +22,7 @@ pub use job::{
 };
 pub use node::{AgentInstance, Capability, Gpu, HostProblem, NodeState, WorkerView};
 pub use paging::{page_limit, BadLimit, Page, PageQuery, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
+pub use selector::{BadSelector, LabelSelector, LabelTerm};
 pub use tls::{ClientTls, TlsFileError, TlsProblem};
 pub use wire::*;
 

@@ -165,7 +165,7 @@ pub enum GetResource {
     /// List jobs.
     #[command(
         visible_aliases = ["job", "j"],
-        after_help = "Examples:\n  cis490ctl get jobs\n  cis490ctl get jobs --model gbt --status pending\n  cis490ctl get jobs -A -o name\n  cis490ctl get jobs -w\n  cis490ctl get job 3fa9c1 -o yaml"
+        after_help = "Examples:\n  cis490ctl get jobs\n  cis490ctl get jobs --model gbt --status pending\n  cis490ctl get jobs -A -o name\n  cis490ctl get jobs -w\n  cis490ctl get jobs -l team=vision,gpu!=none -l '!legacy'\n  cis490ctl get job 3fa9c1 -o yaml"
     )]
     Jobs(GetJobsArgs),
     /// List workers (nodes).
@@ -242,9 +242,11 @@ pub struct GetJobsArgs {
     /// Only jobs held (or last run) by this worker.
     #[arg(long)]
     pub worker: Option<String>,
-    /// Label selector `key=value`.
-    #[arg(short = 'l', long = "selector", value_name = "KEY=VALUE")]
-    pub selector: Option<String>,
+    /// Label selector, kubectl style: `key=value`, `key!=value` (an absent label counts
+    /// as different), `key` (present) or `!key` (absent), comma-separated; every term must
+    /// hold, and -l given several times adds terms.
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR", action = clap::ArgAction::Append)]
+    pub selector: Vec<String>,
     /// Include tombstoned jobs (removed from the manifest).
     #[arg(short = 'A', long = "all")]
     pub all: bool,

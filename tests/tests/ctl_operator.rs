@@ -308,3 +308,49 @@ fn get_workers_watch_prints_a_line_when_a_worker_changes() {
     let line = follower.wait_for(listed, "Cordoned");
     assert!(line.starts_with("w1"), "{line}");
 }
+
+#[test]
+fn label_selectors_with_several_terms_and_not_equals() {
+    let (fleet, jobs) = start();
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["get", "jobs", "-o", "name"];
+        all.extend_from_slice(args);
+        let mut out: Vec<String> = ok(fleet.ctl(&all).unwrap())
+            .lines()
+            .map(str::to_string)
+            .collect();
+        out.sort();
+        out
+    };
+    let expect = |pick: &dyn Fn(&JobView) -> bool| -> Vec<String> {
+        let mut out: Vec<String> = jobs
+            .iter()
+            .filter(|j| pick(j))
+            .map(|j| format!("job/{}", j.id))
+            .collect();
+        out.sort();
+        out
+    };
+    let label = |j: &JobView, k: &str| j.labels.get(k).cloned().unwrap_or_default();
+    assert_eq!(
+        names(&["-l", "team=a,gpu!=none"]),
+        expect(&|j| label(j, "team") == "a" && label(j, "gpu") != "none")
+    );
+    // Repeated -l ANDs.
+    assert_eq!(
+        names(&["-l", "gpu=small", "-l", "team!=a"]),
+        expect(&|j| label(j, "gpu") == "small" && label(j, "team") != "a")
+    );
+    assert_eq!(names(&["-l", "!gpu"]), Vec::<String>::new());
+
+    // A bad term: cis490ctl names it before asking, and the server's 400 names it too.
+    let err = refused(fleet.ctl(&["get", "jobs", "-l", "team=a,gpu="]).unwrap());
+    assert!(err.contains("\"gpu=\""), "{err}");
+    let filter = cis490_api::JobFilter {
+        label: Some("team=a,=x".into()),
+        ..cis490_api::JobFilter::default()
+    };
+    let err = fleet.rt.block_on(fleet.client.jobs(&filter)).unwrap_err();
+    assert_eq!(err.code(), Some("bad_request"), "{err}");
+    assert!(err.to_string().contains("\"=x\""), "{err}");
+}

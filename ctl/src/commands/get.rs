@@ -23,7 +23,7 @@ pub async fn jobs(ctx: &Ctx, args: &GetJobsArgs) -> anyhow::Result<()> {
         status: args.status,
         model: args.model.clone(),
         worker: args.worker.clone(),
-        label: args.selector.clone(),
+        label: selector(&args.selector)?,
         all: args.all,
         limit: Some(args.chunk_size),
         after: None,
@@ -76,6 +76,16 @@ pub async fn jobs(ctx: &Ctx, args: &GetJobsArgs) -> anyhow::Result<()> {
         };
         print(&text)?;
     }
+}
+
+/// The `-l` flags as one selector (all their terms ANDed), checked before any request.
+fn selector(flags: &[String]) -> anyhow::Result<Option<String>> {
+    if flags.is_empty() {
+        return Ok(None);
+    }
+    let joined = flags.join(",");
+    cis490_api::LabelSelector::parse(&joined)?;
+    Ok(Some(joined))
 }
 
 /// An empty table prints no header, only a note on stderr, like kubectl.

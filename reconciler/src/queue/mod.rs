@@ -52,6 +52,8 @@ mod identity_tests;
 #[cfg(test)]
 mod logs_tests;
 #[cfg(test)]
+mod selector_tests;
+#[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;
@@ -158,7 +160,7 @@ pub enum QueueError {
     /// lease.
     #[error("{message}")]
     ArtifactRequired { message: String },
-    /// The request itself is malformed (e.g. a label selector that is not `key=value`).
+    /// The request itself is malformed (e.g. a label selector term that is not `key=value`, `key!=value`, `key` or `!key`).
     #[error("{message}")]
     BadRequest { message: String },
     /// SQLite failed.
