@@ -575,6 +575,12 @@ impl Client {
             .await
     }
 
+    /// `DELETE /v1/worker/{name}`: forget a worker; answers it as it was.
+    pub async fn delete_worker(&self, name: &WorkerName) -> Result<WorkerView, ClientError> {
+        self.json(self.request(Method::DELETE, &format!("/v1/worker/{name}")))
+            .await
+    }
+
     /// `POST /v1/job/{id}/hold`
     pub async fn hold(&self, id: &IdPrefix) -> Result<JobStatusResponse, ClientError> {
         self.json(self.request(Method::POST, &format!("/v1/job/{id}/hold")))

@@ -17,7 +17,7 @@ pub const OPERATOR_TOKEN_ENV: &str = "CIS490_OPERATOR_TOKEN";
     name = "cis490ctl",
     version,
     about,
-    after_help = "Examples:\n  cis490ctl get jobs --status running\n  cis490ctl describe job 3fa9\n  cis490ctl --server http://pi.lab:8787 status\n  cis490ctl --server https://pi.lab:8787 --ca-file ca.pem status\n\nOperator verbs (cancel, hold, release, requeue, reload, diff, cordon, uncordon,\ndrain) need CIS490_OPERATOR_TOKEN set to the reconciler's operator token."
+    after_help = "Examples:\n  cis490ctl get jobs --status running\n  cis490ctl describe job 3fa9\n  cis490ctl --server http://pi.lab:8787 status\n  cis490ctl --server https://pi.lab:8787 --ca-file ca.pem status\n\nOperator verbs (cancel, hold, release, requeue, reload, diff, cordon, uncordon,\ndrain, delete) need CIS490_OPERATOR_TOKEN set to the reconciler's operator token."
 )]
 pub struct Cli {
     /// The reconciler's URL (https:// when it serves TLS).
@@ -126,6 +126,14 @@ pub enum Command {
         after_help = "Examples:\n  cis490ctl diff -f etc/training_manifest.toml\n\nOutput lines:\n  + create    abc123def456 gbt/realistic\n  ~ update    abc123def456 gbt/realistic (priority)\n  - tombstone abc123def456 gbt/realistic\n  ^ revive    abc123def456 gbt/realistic"
     )]
     Diff(DiffArgs),
+    /// Forget workers that are gone (operator), like `kubectl delete node`. A worker that
+    /// holds a job's lease is refused (drain it first); an agent still running under the
+    /// name registers again at its next report. Its tokens stay (`cis490-reconciler tokens
+    /// revoke` takes them).
+    #[command(
+        after_help = "Examples:\n  cis490ctl delete worker old-box\n  cis490ctl delete node lab-2 lab-3"
+    )]
+    Delete(DeleteArgs),
     /// Stop new jobs going to a worker (operator).
     #[command(after_help = "Examples:\n  cis490ctl cordon gpu-box")]
     Cordon(NodeArgs),
@@ -346,6 +354,26 @@ pub struct CancelArgs {
     /// Job IDs or unique prefixes.
     #[arg(required = true, value_name = "JOB")]
     pub jobs: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    #[command(subcommand)]
+    pub resource: DeleteResource,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeleteResource {
+    /// Forget workers by name.
+    #[command(
+        visible_aliases = ["workers", "node", "nodes"],
+        after_help = "Examples:\n  cis490ctl delete worker old-box"
+    )]
+    Worker {
+        /// Worker names.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -354,3 +354,37 @@ fn label_selectors_with_several_terms_and_not_equals() {
     assert_eq!(err.code(), Some("bad_request"), "{err}");
     assert!(err.to_string().contains("\"=x\""), "{err}");
 }
+
+#[test]
+fn delete_worker_forgets_a_worker_without_leases_and_refuses_one_with() {
+    let (fleet, _) = start();
+    let c = claim(&fleet, "busy").unwrap();
+    let req = ClaimRequest {
+        worker: WorkerName::parse("idle").unwrap(),
+        capability: capability("idle"),
+    };
+    fleet
+        .rt
+        .block_on(fleet.client.report_node(&req.worker, &req.capability))
+        .unwrap();
+
+    let err = refused(fleet.ctl(&["delete", "worker", "busy"]).unwrap());
+    assert!(err.contains("holds the lease"), "{err}");
+    assert!(err.contains(c.job.id.short()), "{err}");
+
+    let out = ok(fleet.ctl(&["delete", "node", "idle"]).unwrap());
+    assert_eq!(out.trim(), "worker/idle deleted");
+    let names = ok(fleet.ctl(&["get", "workers", "-o", "name"]).unwrap());
+    assert_eq!(names.trim(), "worker/busy");
+    let err = refused(fleet.ctl(&["delete", "worker", "idle"]).unwrap());
+    assert!(
+        err.contains("not found") || err.contains("no worker"),
+        "{err}"
+    );
+
+    // Without the operator token: refused before any request.
+    let mut cmd = fleet.ctl_command(&["delete", "worker", "busy"]).unwrap();
+    cmd.env_remove("CIS490_OPERATOR_TOKEN");
+    let err = refused(cmd.output().unwrap());
+    assert!(err.contains("CIS490_OPERATOR_TOKEN"), "{err}");
+}

@@ -11,6 +11,7 @@ use crate::output::Terminal;
 pub mod cancel;
 pub mod completion;
 pub mod cordon;
+pub mod delete;
 pub mod describe;
 pub mod diff;
 pub mod events;
@@ -100,6 +101,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Drain(args) => {
             cordon::run(&ctx, &args, cis490_api::client::NodeAction::Drain).await
         }
+        Command::Delete(args) => delete::run(&ctx, &args).await,
         Command::Status(args) => status::run(&ctx, &args).await,
         Command::Pull(args) => pull::run(&ctx, &args).await,
         Command::Completion(args) => completion::run(&args),

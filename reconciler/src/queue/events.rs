@@ -25,6 +25,8 @@ pub(crate) mod kind {
     pub const REQUEUED: &str = "Requeued";
     /// An operator set a pending job aside (`cis490ctl hold`).
     pub const HELD: &str = "Held";
+    /// An operator forgot a worker (`cis490ctl delete worker`).
+    pub const WORKER_DELETED: &str = "WorkerDeleted";
     /// An operator let a held job go back to pending (`cis490ctl release`); not
     /// `Released`, which is an agent handing a lease back.
     pub const RELEASED_BY_OPERATOR: &str = "Unheld";

@@ -31,6 +31,7 @@ mod events;
 pub use events::EventFilter;
 mod explain;
 mod failures;
+mod forget_worker;
 mod hold;
 mod lifecycle;
 pub mod listing;
@@ -45,6 +46,8 @@ pub mod tokens;
 mod events_tests;
 #[cfg(test)]
 mod failures_tests;
+#[cfg(test)]
+mod forget_worker_tests;
 #[cfg(test)]
 mod hold_tests;
 #[cfg(test)]
@@ -803,6 +806,11 @@ impl Queue {
     /// Operator: no new jobs go to the worker.
     pub fn cordon(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
         self.write(|tx| nodes::i_set_schedulable(tx, name, nodes::Schedulable::Cordon))
+    }
+
+    /// Operator: forgets a worker that holds no lease; answers it as it was.
+    pub fn forget_worker(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
+        self.write(|tx| forget_worker::i_forget_worker(tx, name))
     }
 
     /// Operator: the worker takes new jobs again (clears cordon and drain).

@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod claim_handoff;
 pub mod config;
+pub mod delete_worker;
 pub mod error;
 pub mod extract;
 pub mod hold;

@@ -18,7 +18,7 @@ use axum::response::Response;
 
 use super::error::ApiFailure;
 use super::limits::{self, refuse};
-use super::{auth, extract, hold, logs, meta, operator, read, worker, AppState};
+use super::{auth, delete_worker, extract, hold, logs, meta, operator, read, worker, AppState};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +83,8 @@ impl Access {
                 .routes(routes!(operator::diff))
                 .routes(routes!(operator::cordon))
                 .routes(routes!(operator::uncordon))
-                .routes(routes!(operator::drain)),
+                .routes(routes!(operator::drain))
+                .routes(routes!(delete_worker::delete_worker)),
         }
     }
 }
