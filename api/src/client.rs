@@ -614,6 +614,21 @@ impl Client {
         self.json(rb).await
     }
 
+    /// `PUT /v1/manifest`: replace the server's manifest with `manifest_text` (validated
+    /// first; `file` names it in errors) and apply it.
+    pub async fn put_manifest(
+        &self,
+        manifest_text: String,
+        file: &str,
+    ) -> Result<PlanSummary, ClientError> {
+        let rb = self
+            .request(Method::PUT, "/v1/manifest")
+            .query(&[("file", file)])
+            .header(reqwest::header::CONTENT_TYPE, "application/toml")
+            .body(manifest_text);
+        self.json(rb).await
+    }
+
     /// `POST /v1/worker/{name}/{cordon|uncordon|drain}`
     pub async fn node_action(
         &self,

@@ -17,7 +17,7 @@ pub const OPERATOR_TOKEN_ENV: &str = "CIS490_OPERATOR_TOKEN";
     name = "cis490ctl",
     version,
     about,
-    after_help = "Examples:\n  cis490ctl get jobs --status running\n  cis490ctl describe job 3fa9\n  cis490ctl --server http://pi.lab:8787 status\n  cis490ctl --server https://pi.lab:8787 --ca-file ca.pem status\n\nOperator verbs (cancel, hold, release, requeue, reload, diff, cordon, uncordon,\ndrain, delete) need CIS490_OPERATOR_TOKEN set to the reconciler's operator token."
+    after_help = "Examples:\n  cis490ctl get jobs --status running\n  cis490ctl describe job 3fa9\n  cis490ctl --server http://pi.lab:8787 status\n  cis490ctl --server https://pi.lab:8787 --ca-file ca.pem status\n\nOperator verbs (cancel, hold, release, requeue, reload, apply, diff, cordon,\nuncordon, drain, delete) need CIS490_OPERATOR_TOKEN set to the reconciler's operator token."
 )]
 pub struct Cli {
     /// The reconciler's URL (https:// when it serves TLS).
@@ -116,11 +116,18 @@ pub enum Command {
     #[command(after_help = "Examples:\n  cis490ctl release 3fa9c1 77be02")]
     Release(HoldArgs),
     /// Re-read the manifest on the server and apply it now (operator).
-    #[command(
-        visible_alias = "apply",
-        after_help = "Examples:\n  cis490ctl reload\n  cis490ctl apply -o json"
-    )]
+    #[command(after_help = "Examples:\n  cis490ctl reload\n  cis490ctl reload -o json")]
     Reload(ReloadArgs),
+    /// Write FILE as the server's manifest and apply it (operator), like `kubectl apply
+    /// -f`: the server validates it first (an invalid one changes nothing), cis490ctl
+    /// shows the diff, asks before writing when stdin is a terminal (-y skips it), and the
+    /// server writes it atomically beside its manifest and reconciles. Without -f: the same
+    /// as `reload`. Needs a server with `allow_manifest_writes` (the default) and write
+    /// access to its manifest's directory.
+    #[command(
+        after_help = "Examples:\n  cis490ctl apply -f etc/training_manifest.toml\n  cis490ctl apply -f new.toml --dry-run\n  cis490ctl apply -f new.toml -y -o json\n  cis490ctl apply"
+    )]
+    Apply(ApplyArgs),
     /// Show what reloading FILE would create, update, tombstone and revive (operator).
     #[command(
         after_help = "Examples:\n  cis490ctl diff -f etc/training_manifest.toml\n\nOutput lines:\n  + create    abc123def456 gbt/realistic\n  ~ update    abc123def456 gbt/realistic (priority)\n  - tombstone abc123def456 gbt/realistic\n  ^ revive    abc123def456 gbt/realistic"
@@ -401,6 +408,22 @@ pub struct ReloadArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The manifest to write on the server; without it, `apply` reloads the server's own.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Only show what applying FILE would change (the same as `diff -f FILE`).
+    #[arg(long, requires = "file")]
+    pub dry_run: bool,
+    /// Do not ask before writing (cis490ctl asks only when stdin is a terminal).
+    #[arg(short = 'y', long, requires = "file")]
+    pub yes: bool,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = DataFormat::Text)]
+    pub output: DataFormat,
+}
+
+#[derive(Debug, Args)]
 pub struct DiffArgs {
     /// The manifest to compare with what the queue holds.
     #[arg(short = 'f', long = "filename", value_name = "FILE")]
@@ -546,11 +569,14 @@ mod tests {
             &["cis490ctl", "get", "j", "-o", "json"],
             &["cis490ctl", "get", "nodes", "-o", "wide"],
             &["cis490ctl", "apply"],
+            &["cis490ctl", "apply", "-f", "m.toml", "--dry-run"],
+            &["cis490ctl", "apply", "-f", "m.toml", "-y", "-o", "json"],
             &["cis490ctl", "requeue", "--status", "failed"],
         ] {
             Cli::try_parse_from(words).unwrap();
         }
         assert!(Cli::try_parse_from(["cis490ctl", "requeue"]).is_err());
+        assert!(Cli::try_parse_from(["cis490ctl", "apply", "--dry-run"]).is_err());
         assert!(Cli::try_parse_from(["cis490ctl", "get", "jobs", "--status", "done"]).is_err());
     }
 }

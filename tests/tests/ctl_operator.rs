@@ -388,3 +388,72 @@ fn delete_worker_forgets_a_worker_without_leases_and_refuses_one_with() {
     let err = refused(cmd.output().unwrap());
     assert!(err.contains("CIS490_OPERATOR_TOKEN"), "{err}");
 }
+
+#[test]
+fn apply_writes_a_valid_manifest_and_applies_it_and_refuses_an_invalid_one() {
+    let (fleet, _) = start();
+    let manifest = fleet.path("manifest.toml");
+    let grown = format!("{MANIFEST}\n[[jobs]]\nmodel = \"mlp\"\nmode = \"oracle\"\nseed = 4\n");
+    let file = fleet.path("work/new.toml");
+    std::fs::write(&file, &grown).unwrap();
+    let file_arg = file.to_str().unwrap();
+
+    // --dry-run: the diff, nothing written.
+    let dry = ok(fleet.ctl(&["apply", "-f", file_arg, "--dry-run"]).unwrap());
+    assert!(dry.contains("+ create"), "{dry}");
+    assert_eq!(std::fs::read_to_string(&manifest).unwrap(), MANIFEST);
+    assert_eq!(fleet.jobs().len(), 3);
+
+    // stdin is not a terminal: no prompt, written and applied.
+    let out = ok(fleet.ctl(&["apply", "-f", file_arg]).unwrap());
+    assert!(out.contains("+ create"), "{out}");
+    assert!(out.contains("manifest written and applied"), "{out}");
+    assert_eq!(std::fs::read_to_string(&manifest).unwrap(), grown);
+    assert_eq!(fleet.jobs().len(), 4, "applied before the answer");
+    let leftovers: Vec<_> = std::fs::read_dir(fleet.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // An invalid manifest: its errors, and the server's file stays as it was.
+    std::fs::write(&file, "version = 1\n[[jobs]]\nmodel = 3\n").unwrap();
+    let err = refused(fleet.ctl(&["apply", "-f", file_arg, "-y"]).unwrap());
+    assert!(err.contains("new.toml"), "{err}");
+    assert_eq!(std::fs::read_to_string(&manifest).unwrap(), grown);
+    // The route itself validates too (a client that skips the diff).
+    let put = fleet.rt.block_on(
+        fleet
+            .client
+            .put_manifest("version = 1\n[[jobs]]\nmodel = 3\n".into(), "x.toml"),
+    );
+    assert_eq!(put.unwrap_err().code(), Some("invalid_manifest"));
+    assert_eq!(std::fs::read_to_string(&manifest).unwrap(), grown);
+}
+
+#[test]
+fn apply_is_refused_when_the_server_disallows_manifest_writes() {
+    let mut fleet = Fleet::prepare(MANIFEST).unwrap();
+    let config = fleet.path("server.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("allow_manifest_writes = false\n");
+    std::fs::write(&config, text).unwrap();
+    fleet.start_server("127.0.0.1:0").unwrap();
+    fleet.wait_jobs(3).unwrap();
+    let file = fleet.path("work/new.toml");
+    std::fs::write(&file, MANIFEST.replace("seed = 3", "seed = 30")).unwrap();
+    let err = refused(
+        fleet
+            .ctl(&["apply", "-f", file.to_str().unwrap(), "-y"])
+            .unwrap(),
+    );
+    assert!(err.contains("allow_manifest_writes"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(fleet.path("manifest.toml")).unwrap(),
+        MANIFEST
+    );
+    // diff and reload still work.
+    ok(fleet.ctl(&["diff", "-f", file.to_str().unwrap()]).unwrap());
+    ok(fleet.ctl(&["apply"]).unwrap());
+}

@@ -8,6 +8,7 @@ use crate::cli::{Cli, Command, GetResource, OPERATOR_TOKEN_ENV};
 use crate::errors::MissingToken;
 use crate::output::Terminal;
 
+pub mod apply;
 pub mod cancel;
 pub mod completion;
 pub mod cordon;
@@ -91,6 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Hold(args) => hold::hold(&ctx, &args).await,
         Command::Release(args) => hold::release(&ctx, &args).await,
         Command::Reload(args) => reload::run(&ctx, &args).await,
+        Command::Apply(args) => apply::run(&ctx, &args).await,
         Command::Diff(args) => diff::run(&ctx, &args).await,
         Command::Cordon(args) => {
             cordon::run(&ctx, &args, cis490_api::client::NodeAction::Cordon).await

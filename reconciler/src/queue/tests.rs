@@ -1321,9 +1321,11 @@ fn counts_and_filters() {
         }),
         1
     );
+    // `team` alone selects jobs that have the label (selector_tests.rs); an empty value
+    // is no selector term.
     let bad = q
         .jobs(&JobFilter {
-            label: Some("team".to_string()),
+            label: Some("team=".to_string()),
             ..JobFilter::default()
         })
         .unwrap_err();

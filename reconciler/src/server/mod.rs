@@ -18,6 +18,7 @@ pub mod identity;
 pub mod limits;
 pub mod listen;
 pub mod logs;
+pub mod manifest_write;
 pub mod meta;
 pub mod operator;
 pub mod read;

@@ -18,7 +18,10 @@ use axum::response::Response;
 
 use super::error::ApiFailure;
 use super::limits::{self, refuse};
-use super::{auth, delete_worker, extract, hold, logs, meta, operator, read, worker, AppState};
+use super::{
+    auth, delete_worker, extract, hold, logs, manifest_write, meta, operator, read, worker,
+    AppState,
+};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +84,7 @@ impl Access {
                 .routes(routes!(hold::release))
                 .routes(routes!(operator::reload))
                 .routes(routes!(operator::diff))
+                .routes(routes!(manifest_write::put_manifest))
                 .routes(routes!(operator::cordon))
                 .routes(routes!(operator::uncordon))
                 .routes(routes!(operator::drain))
