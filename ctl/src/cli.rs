@@ -20,9 +20,19 @@ pub const OPERATOR_TOKEN_ENV: &str = "CIS490_OPERATOR_TOKEN";
     after_help = "Examples:\n  cis490ctl get jobs --status running\n  cis490ctl describe job 3fa9\n  cis490ctl --server http://pi.lab:8787 status\n  cis490ctl --server https://pi.lab:8787 --ca-file ca.pem status\n\nOperator verbs (cancel, hold, release, requeue, reload, apply, diff, cordon,\nuncordon, drain, delete) need CIS490_OPERATOR_TOKEN set to the reconciler's operator token."
 )]
 pub struct Cli {
-    /// The reconciler's URL (https:// when it serves TLS).
-    #[arg(long, global = true, env = SERVER_ENV, default_value = DEFAULT_SERVER)]
-    pub server: String,
+    /// The reconciler's URL (https:// when it serves TLS); default: the current context's
+    /// server, else http://127.0.0.1:8787.
+    #[arg(long, global = true, env = SERVER_ENV)]
+    pub server: Option<String>,
+
+    /// The client config file (contexts); default ~/.config/cis490/config.toml
+    /// ($XDG_CONFIG_HOME/cis490/config.toml when set).
+    #[arg(long, global = true, value_name = "FILE", env = crate::client_config::CONFIG_ENV)]
+    pub config: Option<PathBuf>,
+
+    /// Use this context of the config file instead of its current_context.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
 
     /// Trust the CA certificates in this PEM file, e.g. the ca.pem made by
     /// `cis490-reconciler certs init` (besides the public roots).
@@ -164,6 +174,17 @@ pub enum Command {
         after_help = "Examples:\n  cis490ctl completion bash > /etc/bash_completion.d/cis490ctl\n  cis490ctl completion zsh > \"${fpath[1]}/_cis490ctl\"\n  cis490ctl completion fish > ~/.config/fish/completions/cis490ctl.fish"
     )]
     Completion(CompletionArgs),
+    /// Show or switch the contexts of the client config file (kubeconfig style).
+    ///
+    /// The file (~/.config/cis490/config.toml, or --config / CIS490_CONFIG) holds
+    /// `current_context = "NAME"` and `[contexts.NAME]` tables with `server`,
+    /// `operator_token_file`, `ca_file`, `cert_file` and `key_file` (relative paths from
+    /// the file's directory). --server, --ca-file, --cert-file, --key-file and their
+    /// environment variables, and CIS490_OPERATOR_TOKEN, win over the context.
+    #[command(
+        after_help = "Examples:\n  cis490ctl config get-contexts\n  cis490ctl config use-context lab\n  cis490ctl config current-context\n  cis490ctl --context dev get jobs"
+    )]
+    Config(ConfigArgs),
     /// Print the client's and the server's versions.
     #[command(after_help = "Examples:\n  cis490ctl version\n  cis490ctl version --client")]
     Version(VersionArgs),
@@ -380,6 +401,34 @@ pub enum DeleteResource {
         /// Worker names.
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub action: ConfigAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// List the contexts; `*` marks the current one.
+    #[command(
+        after_help = "Examples:\n  cis490ctl config get-contexts\n  cis490ctl config get-contexts -o name"
+    )]
+    GetContexts {
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Print the current context's name.
+    #[command(after_help = "Examples:\n  cis490ctl config current-context")]
+    CurrentContext,
+    /// Make NAME the current context (rewrites only the file's current_context line).
+    #[command(after_help = "Examples:\n  cis490ctl config use-context lab")]
+    UseContext {
+        /// A context of the config file.
+        name: String,
     },
 }
 

@@ -457,3 +457,82 @@ fn apply_is_refused_when_the_server_disallows_manifest_writes() {
     ok(fleet.ctl(&["diff", "-f", file.to_str().unwrap()]).unwrap());
     ok(fleet.ctl(&["apply"]).unwrap());
 }
+
+#[test]
+fn contexts_of_the_client_config_file_and_flags_and_env_win() {
+    let (fleet, jobs) = start();
+    let url = fleet.url().unwrap();
+    let dir = fleet.path("work/config");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("lab.token"),
+        format!("{}\n", cis490_tests::fleet::OPERATOR_TOKEN),
+    )
+    .unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "# two fleets\ncurrent_context = \"gone\"\n\n[contexts.gone]\nserver = \"http://127.0.0.1:9\"\n\n[contexts.lab]\nserver = \"{url}\"\noperator_token_file = \"lab.token\"\n"
+        ),
+    )
+    .unwrap();
+    // Only the config file says where the server is and what the token is.
+    let ctl = |args: &[&str], envs: &[(&str, &str)]| {
+        let mut cmd = fleet.ctl_command(args).unwrap();
+        cmd.env_remove("CIS490_SERVER")
+            .env_remove("CIS490_OPERATOR_TOKEN")
+            .env("CIS490_CONFIG", &config);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+
+    let listed = ok(ctl(&["config", "get-contexts"], &[]));
+    let rows: Vec<Vec<&str>> = listed
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["CURRENT", "NAME", "SERVER", "CA"]);
+    assert_eq!(rows[1][..2], ["*", "gone"]);
+    assert_eq!(rows[2][..2], ["lab", url.as_str()]);
+    assert_eq!(ok(ctl(&["config", "current-context"], &[])).trim(), "gone");
+    refused(ctl(&["get", "jobs"], &[]));
+    // --context picks another one for one command.
+    ok(ctl(&["--context", "lab", "get", "jobs"], &[]));
+
+    let err = refused(ctl(&["config", "use-context", "nope"], &[]));
+    assert!(err.contains("lab"), "{err}");
+    assert_eq!(
+        ok(ctl(&["config", "use-context", "lab"], &[])).trim(),
+        "Switched to context \"lab\"."
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.starts_with("# two fleets\ncurrent_context = \"lab\"\n"),
+        "{text}"
+    );
+    assert_eq!(ok(ctl(&["config", "current-context"], &[])).trim(), "lab");
+
+    // The context's server and operator token file are used.
+    let names = ok(ctl(&["get", "jobs", "-o", "name"], &[]));
+    assert_eq!(names.lines().count(), 3, "{names}");
+    let short = jobs[0].id.short();
+    ok(ctl(&["hold", short], &[]));
+    // Flags and environment variables win over the context.
+    refused(ctl(&["--server", "http://127.0.0.1:9", "get", "jobs"], &[]));
+    refused(ctl(
+        &["get", "jobs"],
+        &[("CIS490_SERVER", "http://127.0.0.1:9")],
+    ));
+    let err = refused(ctl(
+        &["release", short],
+        &[("CIS490_OPERATOR_TOKEN", "wrong")],
+    ));
+    assert!(
+        err.contains("403") || err.to_lowercase().contains("forbidden"),
+        "{err}"
+    );
+    ok(ctl(&["release", short], &[]));
+}

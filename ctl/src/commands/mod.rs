@@ -11,6 +11,7 @@ use crate::output::Terminal;
 pub mod apply;
 pub mod cancel;
 pub mod completion;
+pub mod config;
 pub mod cordon;
 pub mod delete;
 pub mod describe;
@@ -39,6 +40,19 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// Reads the environment (operator token, else the context's token file) and the
+    /// terminal.
+    pub fn from_connection(conn: config::Connection) -> anyhow::Result<Self> {
+        let mut ctx = Self::from_env(conn.server, conn.tls);
+        if ctx.operator_token.is_none() {
+            if let Some(file) = &conn.operator_token_file {
+                let token = cis490_api::config_file::read_text(file)?;
+                ctx.operator_token = Some(token.trim().to_string()).filter(|t| !t.is_empty());
+            }
+        }
+        Ok(ctx)
+    }
+
     /// Reads the environment (operator token) and the terminal.
     pub fn from_env(server: String, tls: ClientTls) -> Self {
         Self {
@@ -71,12 +85,10 @@ impl Ctx {
 
 /// Runs one parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let tls = ClientTls {
-        ca_file: cli.ca_file,
-        cert_file: cli.cert_file,
-        key_file: cli.key_file,
-    };
-    let ctx = Ctx::from_env(cli.server, tls);
+    if let Command::Config(args) = &cli.command {
+        return config::run(&cli, &args.action, Terminal::detect());
+    }
+    let ctx = Ctx::from_connection(config::connection(&cli)?)?;
     match cli.command {
         Command::Get(args) => match args.resource {
             GetResource::Jobs(a) => get::jobs(&ctx, &a).await,
@@ -107,6 +119,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(&ctx, &args).await,
         Command::Pull(args) => pull::run(&ctx, &args).await,
         Command::Completion(args) => completion::run(&args),
+        Command::Config(_) => Ok(()),
         Command::Version(args) => version::run(&ctx, &args).await,
     }
 }
