@@ -138,6 +138,13 @@ impl ClientError {
     }
 }
 
+/// The filters of `GET /v1/events`: one job (an ID or unique prefix) and/or one worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventsFilter {
+    pub job: Option<IdPrefix>,
+    pub worker: Option<WorkerName>,
+}
+
 /// A client for one reconciler. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -402,10 +409,27 @@ impl Client {
 
     /// `GET /v1/events?since=&wait=`: long-polls for events after `since`.
     pub async fn events(&self, since: u64, wait: Duration) -> Result<EventsPage, ClientError> {
-        let rb = self
+        self.events_filtered(since, wait, &EventsFilter::default())
+            .await
+    }
+
+    /// `GET /v1/events?job=&worker=`: only the events `filter` keeps.
+    pub async fn events_filtered(
+        &self,
+        since: u64,
+        wait: Duration,
+        filter: &EventsFilter,
+    ) -> Result<EventsPage, ClientError> {
+        let mut rb = self
             .request(Method::GET, "/v1/events")
             .query(&[("since", since), ("wait", wait.as_secs())])
             .timeout(wait + Duration::from_secs(30));
+        if let Some(job) = &filter.job {
+            rb = rb.query(&[("job", job.as_str())]);
+        }
+        if let Some(worker) = &filter.worker {
+            rb = rb.query(&[("worker", worker.as_str())]);
+        }
         self.json(rb).await
     }
 
@@ -566,6 +590,24 @@ impl Client {
             .await
     }
 
+    /// `DELETE /v1/worker/{name}`: forget a worker; answers it as it was.
+    pub async fn delete_worker(&self, name: &WorkerName) -> Result<WorkerView, ClientError> {
+        self.json(self.request(Method::DELETE, &format!("/v1/worker/{name}")))
+            .await
+    }
+
+    /// `POST /v1/job/{id}/hold`
+    pub async fn hold(&self, id: &IdPrefix) -> Result<JobStatusResponse, ClientError> {
+        self.json(self.request(Method::POST, &format!("/v1/job/{id}/hold")))
+            .await
+    }
+
+    /// `POST /v1/job/{id}/release`
+    pub async fn release(&self, id: &IdPrefix) -> Result<JobStatusResponse, ClientError> {
+        self.json(self.request(Method::POST, &format!("/v1/job/{id}/release")))
+            .await
+    }
+
     /// `POST /v1/manifest/reload`
     pub async fn reload(&self) -> Result<PlanSummary, ClientError> {
         self.json(self.request(Method::POST, "/v1/manifest/reload"))
@@ -581,6 +623,21 @@ impl Client {
     ) -> Result<PlanSummary, ClientError> {
         let rb = self
             .request(Method::POST, "/v1/manifest/diff")
+            .query(&[("file", file)])
+            .header(reqwest::header::CONTENT_TYPE, "application/toml")
+            .body(manifest_text);
+        self.json(rb).await
+    }
+
+    /// `PUT /v1/manifest`: replace the server's manifest with `manifest_text` (validated
+    /// first; `file` names it in errors) and apply it.
+    pub async fn put_manifest(
+        &self,
+        manifest_text: String,
+        file: &str,
+    ) -> Result<PlanSummary, ClientError> {
+        let rb = self
+            .request(Method::PUT, "/v1/manifest")
             .query(&[("file", file)])
             .header(reqwest::header::CONTENT_TYPE, "application/toml")
             .body(manifest_text);

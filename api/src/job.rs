@@ -113,11 +113,14 @@ pub struct JobSpec {
 }
 
 /// The lifecycle states of design.md. `Claimed` becomes `Running` at the first heartbeat.
+/// `Held` is a pending job an operator set aside (`cis490ctl hold`): kept, never claimed,
+/// until `release` makes it pending again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Pending,
+    Held,
     Claimed,
     Running,
     Completed,
@@ -126,8 +129,9 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 6] = [
+    pub const ALL: [JobStatus; 7] = [
         JobStatus::Pending,
+        JobStatus::Held,
         JobStatus::Claimed,
         JobStatus::Running,
         JobStatus::Completed,
@@ -138,6 +142,7 @@ impl JobStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             JobStatus::Pending => "pending",
+            JobStatus::Held => "held",
             JobStatus::Claimed => "claimed",
             JobStatus::Running => "running",
             JobStatus::Completed => "completed",
@@ -169,7 +174,7 @@ impl fmt::Display for JobStatus {
 /// An unknown status name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown job status {0:?} (expected pending, claimed, running, completed, failed or cancelled)"
+    "unknown job status {0:?} (expected pending, held, claimed, running, completed, failed or cancelled)"
 )]
 pub struct UnknownStatus(pub String);
 

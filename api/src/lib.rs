@@ -8,6 +8,7 @@ pub mod job;
 pub mod node;
 pub mod paging;
 pub mod results;
+pub mod selector;
 pub mod state_lock;
 pub mod tls;
 pub mod wire;
@@ -25,6 +26,7 @@ pub use paging::{page_limit, BadLimit, Page, PageQuery, DEFAULT_PAGE_LIMIT, MAX_
 pub use results::{
     AttemptProgress, JobProgress, MetricValue, Metrics, ResultRow, ResultsQuery, TrainerReport,
 };
+pub use selector::{BadSelector, LabelSelector, LabelTerm};
 pub use tls::{ClientTls, TlsFileError, TlsProblem};
 pub use wire::*;
 

@@ -393,9 +393,10 @@ pub struct JobFilter {
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
-    /// `key=value` label selector.
+    /// Label selector, kubectl style: comma-separated terms that must all hold,
+    /// `key=value`, `key!=value` (absent counts as different), `key` (present) or `!key`
+    /// (absent), e.g. `team=a,gpu!=none`. A bad term is a 400 that names it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", param(pattern = "="))]
     pub label: Option<String>,
     /// Include tombstoned jobs that no longer run (a tombstoned job that is claimed or
     /// running is always listed: it still runs).

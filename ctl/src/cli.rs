@@ -17,12 +17,22 @@ pub const OPERATOR_TOKEN_ENV: &str = "CIS490_OPERATOR_TOKEN";
     name = "cis490ctl",
     version,
     about,
-    after_help = "Examples:\n  cis490ctl get jobs --status running\n  cis490ctl describe job 3fa9\n  cis490ctl --server http://pi.lab:8787 status\n  cis490ctl --server https://pi.lab:8787 --ca-file ca.pem status\n\nOperator verbs (cancel, requeue, reload, diff, cordon, uncordon, drain) need\nCIS490_OPERATOR_TOKEN set to the reconciler's operator token."
+    after_help = "Examples:\n  cis490ctl get jobs --status running\n  cis490ctl describe job 3fa9\n  cis490ctl --server http://pi.lab:8787 status\n  cis490ctl --server https://pi.lab:8787 --ca-file ca.pem status\n\nOperator verbs (cancel, hold, release, requeue, reload, apply, diff, cordon,\nuncordon, drain, delete) need CIS490_OPERATOR_TOKEN set to the reconciler's operator token."
 )]
 pub struct Cli {
-    /// The reconciler's URL (https:// when it serves TLS).
-    #[arg(long, global = true, env = SERVER_ENV, default_value = DEFAULT_SERVER)]
-    pub server: String,
+    /// The reconciler's URL (https:// when it serves TLS); default: the current context's
+    /// server, else http://127.0.0.1:8787.
+    #[arg(long, global = true, env = SERVER_ENV)]
+    pub server: Option<String>,
+
+    /// The client config file (contexts); default ~/.config/cis490/config.toml
+    /// ($XDG_CONFIG_HOME/cis490/config.toml when set).
+    #[arg(long, global = true, value_name = "FILE", env = crate::client_config::CONFIG_ENV)]
+    pub config: Option<PathBuf>,
+
+    /// Use this context of the config file instead of its current_context.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
 
     /// Trust the CA certificates in this PEM file, e.g. the ca.pem made by
     /// `cis490-reconciler certs init` (besides the public roots).
@@ -68,14 +78,14 @@ pub enum DataFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// List jobs, workers or artifacts.
+    /// List jobs, workers, artifacts or events.
     #[command(
         after_help = "Examples:\n  cis490ctl get jobs\n  cis490ctl get jobs --status failed -o wide\n  cis490ctl get jobs -l team=vision -o json\n  cis490ctl get jobs -w\n  cis490ctl get workers\n  cis490ctl get artifacts -o yaml"
     )]
     Get(GetArgs),
     /// Show everything about one job or worker, with its events.
     #[command(
-        after_help = "Examples:\n  cis490ctl describe job 3fa9c1\n  cis490ctl describe worker gpu-box"
+        after_help = "Examples:\n  cis490ctl describe job 3fa9c1\n  cis490ctl describe worker gpu-box\n  cis490ctl describe job 3fa9c1 -o json"
     )]
     Describe(DescribeArgs),
     /// The leaderboard of completed jobs: the hyper keys that vary and the metrics each
@@ -111,17 +121,42 @@ pub enum Command {
         after_help = "Examples:\n  cis490ctl requeue 3fa9c1\n  cis490ctl requeue --status failed"
     )]
     Requeue(RequeueArgs),
-    /// Re-read the manifest on the server and apply it now (operator).
+    /// Hold pending jobs (operator): they stay in the queue with their history, but no
+    /// worker claims them until `release`. A held job still takes manifest updates and can
+    /// be cancelled; `requeue` refuses it. Each ID needs at least 4 hex digits.
     #[command(
-        visible_alias = "apply",
-        after_help = "Examples:\n  cis490ctl reload\n  cis490ctl apply -o json"
+        after_help = "Examples:\n  cis490ctl hold 3fa9c1\n  cis490ctl get jobs --status held\n  cis490ctl release 3fa9c1"
     )]
+    Hold(HoldArgs),
+    /// Make held jobs pending again (operator); a job that is not held is refused (409).
+    #[command(after_help = "Examples:\n  cis490ctl release 3fa9c1 77be02")]
+    Release(HoldArgs),
+    /// Re-read the manifest on the server and apply it now (operator).
+    #[command(after_help = "Examples:\n  cis490ctl reload\n  cis490ctl reload -o json")]
     Reload(ReloadArgs),
+    /// Write FILE as the server's manifest and apply it (operator), like `kubectl apply
+    /// -f`: the server validates it first (an invalid one changes nothing), cis490ctl
+    /// shows the diff, asks before writing when stdin is a terminal (-y skips it), and the
+    /// server writes it atomically beside its manifest and reconciles. Without -f: the same
+    /// as `reload`. Needs a server with `allow_manifest_writes` (the default) and write
+    /// access to its manifest's directory.
+    #[command(
+        after_help = "Examples:\n  cis490ctl apply -f etc/training_manifest.toml\n  cis490ctl apply -f new.toml --dry-run\n  cis490ctl apply -f new.toml -y -o json\n  cis490ctl apply"
+    )]
+    Apply(ApplyArgs),
     /// Show what reloading FILE would create, update, tombstone and revive (operator).
     #[command(
         after_help = "Examples:\n  cis490ctl diff -f etc/training_manifest.toml\n\nOutput lines:\n  + create    abc123def456 gbt/realistic\n  ~ update    abc123def456 gbt/realistic (priority)\n  - tombstone abc123def456 gbt/realistic\n  ^ revive    abc123def456 gbt/realistic"
     )]
     Diff(DiffArgs),
+    /// Forget workers that are gone (operator), like `kubectl delete node`. A worker that
+    /// holds a job's lease is refused (drain it first); an agent still running under the
+    /// name registers again at its next report. Its tokens stay (`cis490-reconciler tokens
+    /// revoke` takes them).
+    #[command(
+        after_help = "Examples:\n  cis490ctl delete worker old-box\n  cis490ctl delete node lab-2 lab-3"
+    )]
+    Delete(DeleteArgs),
     /// Stop new jobs going to a worker (operator).
     #[command(after_help = "Examples:\n  cis490ctl cordon gpu-box")]
     Cordon(NodeArgs),
@@ -145,6 +180,17 @@ pub enum Command {
         after_help = "Examples:\n  cis490ctl completion bash > /etc/bash_completion.d/cis490ctl\n  cis490ctl completion zsh > \"${fpath[1]}/_cis490ctl\"\n  cis490ctl completion fish > ~/.config/fish/completions/cis490ctl.fish"
     )]
     Completion(CompletionArgs),
+    /// Show or switch the contexts of the client config file (kubeconfig style).
+    ///
+    /// The file (~/.config/cis490/config.toml, or --config / CIS490_CONFIG) holds
+    /// `current_context = "NAME"` and `[contexts.NAME]` tables with `server`,
+    /// `operator_token_file`, `ca_file`, `cert_file` and `key_file` (relative paths from
+    /// the file's directory). --server, --ca-file, --cert-file, --key-file and their
+    /// environment variables, and CIS490_OPERATOR_TOKEN, win over the context.
+    #[command(
+        after_help = "Examples:\n  cis490ctl config get-contexts\n  cis490ctl config use-context lab\n  cis490ctl config current-context\n  cis490ctl --context dev get jobs"
+    )]
+    Config(ConfigArgs),
     /// Print the client's and the server's versions.
     #[command(after_help = "Examples:\n  cis490ctl version\n  cis490ctl version --client")]
     Version(VersionArgs),
@@ -161,15 +207,15 @@ pub enum GetResource {
     /// List jobs.
     #[command(
         visible_aliases = ["job", "j"],
-        after_help = "Examples:\n  cis490ctl get jobs\n  cis490ctl get jobs --model gbt --status pending\n  cis490ctl get jobs -A -o name\n  cis490ctl get jobs -w"
+        after_help = "Examples:\n  cis490ctl get jobs\n  cis490ctl get jobs --model gbt --status pending\n  cis490ctl get jobs -A -o name\n  cis490ctl get jobs -w\n  cis490ctl get jobs -l team=vision,gpu!=none -l '!legacy'\n  cis490ctl get job 3fa9c1 -o yaml"
     )]
     Jobs(GetJobsArgs),
     /// List workers (nodes).
     #[command(
         visible_aliases = ["worker", "nodes", "node"],
-        after_help = "Examples:\n  cis490ctl get workers\n  cis490ctl get nodes -o wide"
+        after_help = "Examples:\n  cis490ctl get workers\n  cis490ctl get nodes -o wide\n  cis490ctl get workers -w"
     )]
-    Workers(ListArgs),
+    Workers(GetWorkersArgs),
     /// List stored artifacts: one row per job and attempt that uploaded them (jobs that
     /// made identical bytes share an artifact ID); `-o name` lists each artifact once.
     #[command(
@@ -177,6 +223,39 @@ pub enum GetResource {
         after_help = "Examples:\n  cis490ctl get artifacts\n  cis490ctl get artifacts -o json\n  cis490ctl get artifacts -o name"
     )]
     Artifacts(ListArgs),
+    /// The event log, oldest first (filtered on the server); -w then follows it.
+    #[command(
+        visible_aliases = ["event", "ev"],
+        after_help = "Examples:\n  cis490ctl get events\n  cis490ctl get events --job 3fa9c1\n  cis490ctl get events --worker gpu-box -w\n  cis490ctl get events -o json"
+    )]
+    Events(GetEventsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GetWorkersArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// After the listing, print a worker's line whenever it changes (state, cordon,
+    /// running jobs, host problem, agent version), until Ctrl-C.
+    #[arg(short = 'w', long = "watch")]
+    pub watch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GetEventsArgs {
+    /// Output format (`-o wide` adds the sequence number and the time).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Only the events of this job (ID or unique prefix).
+    #[arg(long, value_name = "JOB")]
+    pub job: Option<String>,
+    /// Only the events that name this worker.
+    #[arg(long, value_name = "NAME")]
+    pub worker: Option<String>,
+    /// After the log, print each new event as it happens, until Ctrl-C.
+    #[arg(short = 'w', long = "watch")]
+    pub watch: bool,
 }
 
 #[derive(Debug, Args)]
@@ -188,10 +267,15 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct GetJobsArgs {
+    /// One job: its ID or a unique prefix (`-o json|yaml` prints the job itself, with its
+    /// events, not a list).
+    #[arg(value_name = "JOB", conflicts_with_all = ["status", "model", "worker", "selector", "all", "watch"])]
+    pub id: Option<String>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
-    /// Only jobs in this status (pending, claimed, running, completed, failed, cancelled).
+    /// Only jobs in this status (pending, held, claimed, running, completed, failed,
+    /// cancelled).
     #[arg(long)]
     pub status: Option<cis490_api::JobStatus>,
     /// Only jobs of this model.
@@ -200,9 +284,11 @@ pub struct GetJobsArgs {
     /// Only jobs held (or last run) by this worker.
     #[arg(long)]
     pub worker: Option<String>,
-    /// Label selector `key=value`.
-    #[arg(short = 'l', long = "selector", value_name = "KEY=VALUE")]
-    pub selector: Option<String>,
+    /// Label selector, kubectl style: `key=value`, `key!=value` (an absent label counts
+    /// as different), `key` (present) or `!key` (absent), comma-separated; every term must
+    /// hold, and -l given several times adds terms.
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR", action = clap::ArgAction::Append)]
+    pub selector: Vec<String>,
     /// Include tombstoned jobs (removed from the manifest).
     #[arg(short = 'A', long = "all")]
     pub all: bool,
@@ -269,20 +355,28 @@ pub enum DescribeResource {
     /// Describe a job by ID prefix.
     #[command(
         visible_aliases = ["jobs", "j"],
-        after_help = "Examples:\n  cis490ctl describe job 3fa9c1"
+        after_help = "Examples:\n  cis490ctl describe job 3fa9c1\n  cis490ctl describe job 3fa9c1 -o json"
     )]
     Job {
         /// Job ID or unique prefix.
         id: String,
+        /// Output format: the text view, or the whole view (job with events, explain) as
+        /// JSON or YAML.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = DataFormat::Text)]
+        output: DataFormat,
     },
     /// Describe a worker by name.
     #[command(
         visible_aliases = ["workers", "node", "nodes"],
-        after_help = "Examples:\n  cis490ctl describe worker gpu-box"
+        after_help = "Examples:\n  cis490ctl describe worker gpu-box\n  cis490ctl describe worker gpu-box -o yaml"
     )]
     Worker {
         /// Worker name.
         name: String,
+        /// Output format: the text view, or the whole view (worker, its jobs, its latest
+        /// events) as JSON or YAML.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = DataFormat::Text)]
+        output: DataFormat,
     },
 }
 
@@ -339,6 +433,61 @@ pub struct CancelArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct DeleteArgs {
+    #[command(subcommand)]
+    pub resource: DeleteResource,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeleteResource {
+    /// Forget workers by name.
+    #[command(
+        visible_aliases = ["workers", "node", "nodes"],
+        after_help = "Examples:\n  cis490ctl delete worker old-box"
+    )]
+    Worker {
+        /// Worker names.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub action: ConfigAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// List the contexts; `*` marks the current one.
+    #[command(
+        after_help = "Examples:\n  cis490ctl config get-contexts\n  cis490ctl config get-contexts -o name"
+    )]
+    GetContexts {
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Print the current context's name.
+    #[command(after_help = "Examples:\n  cis490ctl config current-context")]
+    CurrentContext,
+    /// Make NAME the current context (rewrites only the file's current_context line).
+    #[command(after_help = "Examples:\n  cis490ctl config use-context lab")]
+    UseContext {
+        /// A context of the config file.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct HoldArgs {
+    /// Job IDs or unique prefixes.
+    #[arg(required = true, value_name = "JOB")]
+    pub jobs: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct RequeueArgs {
     /// Job IDs or unique prefixes.
     #[arg(value_name = "JOB", required_unless_present = "status")]
@@ -350,6 +499,22 @@ pub struct RequeueArgs {
 
 #[derive(Debug, Args)]
 pub struct ReloadArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = DataFormat::Text)]
+    pub output: DataFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The manifest to write on the server; without it, `apply` reloads the server's own.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Only show what applying FILE would change (the same as `diff -f FILE`).
+    #[arg(long, requires = "file")]
+    pub dry_run: bool,
+    /// Do not ask before writing (cis490ctl asks only when stdin is a terminal).
+    #[arg(short = 'y', long, requires = "file")]
+    pub yes: bool,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = DataFormat::Text)]
     pub output: DataFormat,
@@ -472,17 +637,43 @@ mod tests {
     }
 
     #[test]
+    fn get_one_job_and_describe_output_parse() {
+        let cli = Cli::try_parse_from(["cis490ctl", "get", "job", "3fa9", "-o", "json"]).unwrap();
+        let Command::Get(GetArgs {
+            resource: GetResource::Jobs(args),
+        }) = cli.command
+        else {
+            panic!("not get jobs");
+        };
+        assert_eq!(args.id.as_deref(), Some("3fa9"));
+        assert_eq!(args.output, OutputFormat::Json);
+        // One job takes no listing filters.
+        assert!(
+            Cli::try_parse_from(["cis490ctl", "get", "job", "3fa9", "--status", "held"]).is_err()
+        );
+        for words in [
+            &["cis490ctl", "describe", "job", "3fa9", "-o", "yaml"][..],
+            &["cis490ctl", "describe", "worker", "gpu-box", "-o", "json"],
+        ] {
+            Cli::try_parse_from(words).unwrap();
+        }
+    }
+
+    #[test]
     fn aliases_parse() {
         for words in [
             &["cis490ctl", "get", "job"][..],
             &["cis490ctl", "get", "j", "-o", "json"],
             &["cis490ctl", "get", "nodes", "-o", "wide"],
             &["cis490ctl", "apply"],
+            &["cis490ctl", "apply", "-f", "m.toml", "--dry-run"],
+            &["cis490ctl", "apply", "-f", "m.toml", "-y", "-o", "json"],
             &["cis490ctl", "requeue", "--status", "failed"],
         ] {
             Cli::try_parse_from(words).unwrap();
         }
         assert!(Cli::try_parse_from(["cis490ctl", "requeue"]).is_err());
+        assert!(Cli::try_parse_from(["cis490ctl", "apply", "--dry-run"]).is_err());
         assert!(Cli::try_parse_from(["cis490ctl", "get", "jobs", "--status", "done"]).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! cis490ctl: the kubectl-style operator CLI for a cis490 training fleet.
 
 mod cli;
+mod client_config;
 mod commands;
 mod errors;
 mod leaderboard;

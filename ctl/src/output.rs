@@ -84,7 +84,7 @@ impl Paint {
             JobStatus::Claimed | JobStatus::Running => Paint::Cyan,
             JobStatus::Completed => Paint::Green,
             JobStatus::Failed => Paint::Red,
-            JobStatus::Cancelled => Paint::Dim,
+            JobStatus::Held | JobStatus::Cancelled => Paint::Dim,
         }
     }
 

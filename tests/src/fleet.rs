@@ -471,6 +471,9 @@ impl Fleet {
             .env("CIS490_SERVER", self.url()?)
             .env("CIS490_OPERATOR_TOKEN", OPERATOR_TOKEN)
             .env("NO_COLOR", "1")
+            // No client config file of the developer's (~/.config/cis490) applies.
+            .env("XDG_CONFIG_HOME", self.dir.path())
+            .env_remove("CIS490_CONFIG")
             .stdin(Stdio::null());
         Ok(cmd)
     }

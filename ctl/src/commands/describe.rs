@@ -9,9 +9,12 @@ use cis490_api::{Event, Explain, JobFilter, JobStatus, JobView, WorkerName, Work
 
 use super::get::constraints_summary;
 use super::Ctx;
-use crate::cli::{DescribeArgs, DescribeResource};
-use crate::output::{age, mib_as_gib, or_none, print, Cell, Column, Paint, Table, Terminal};
+use crate::cli::{DataFormat, DescribeArgs, DescribeResource};
+use crate::output::{
+    age, mib_as_gib, or_none, print, to_json, to_yaml, Cell, Column, Paint, Table, Terminal,
+};
 use crate::resolve::parse_prefix;
+use serde::{Deserialize, Serialize};
 
 /// Width of the label column (`Lease Expires:` plus padding).
 const LABEL: usize = 16;
@@ -19,27 +22,34 @@ const LABEL: usize = 16;
 pub async fn run(ctx: &Ctx, args: &DescribeArgs) -> anyhow::Result<()> {
     let client = ctx.client()?;
     match &args.resource {
-        DescribeResource::Job { id } => {
+        DescribeResource::Job { id, output } => {
             let prefix = parse_prefix(id)?;
             let job = client
                 .job(&prefix)
                 .await
                 .with_context(|| format!("describing job {id}"))?;
             // The job is shown even when the server cannot say why it waits.
-            let explain = if job.status == JobStatus::Pending && !job.tombstoned {
-                let full = parse_prefix(job.id.as_str())?;
-                Some(
-                    client
-                        .explain(&full)
-                        .await
-                        .map_err(|e| crate::errors::describe_client_error(&e)),
-                )
-            } else {
-                None
-            };
+            let explain =
+                if matches!(job.status, JobStatus::Pending | JobStatus::Held) && !job.tombstoned {
+                    let full = parse_prefix(job.id.as_str())?;
+                    Some(
+                        client
+                            .explain(&full)
+                            .await
+                            .map_err(|e| crate::errors::describe_client_error(&e)),
+                    )
+                } else {
+                    None
+                };
+            if let Some(text) = described_data(*output, || DescribedJob {
+                job: job.clone(),
+                explain: explain.as_ref().and_then(|e| e.as_ref().ok()).cloned(),
+            })? {
+                return print(&text);
+            }
             print(&describe_job(&job, explain.as_ref(), Utc::now(), ctx.term))
         }
-        DescribeResource::Worker { name } => {
+        DescribeResource::Worker { name, output } => {
             let name = WorkerName::parse(name)?;
             let worker = client
                 .worker_detail(&name)
@@ -54,6 +64,13 @@ pub async fn run(ctx: &Ctx, args: &DescribeArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("listing the jobs of worker {name}"))?;
             let events = recent_worker_events(&client, &name).await?;
+            if let Some(text) = described_data(*output, || DescribedWorker {
+                worker: worker.clone(),
+                jobs: jobs.clone(),
+                events: events.clone(),
+            })? {
+                return print(&text);
+            }
             print(&describe_worker(
                 &worker,
                 &jobs,
@@ -65,11 +82,41 @@ pub async fn run(ctx: &Ctx, args: &DescribeArgs) -> anyhow::Result<()> {
     }
 }
 
+/// What `describe job -o json|yaml` prints: the job with every event, and why it waits
+/// (pending or held jobs only; absent when the server could not say).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DescribedJob {
+    pub job: JobView,
+    #[serde(default)]
+    pub explain: Option<Explain>,
+}
+
+/// What `describe worker -o json|yaml` prints: the worker, its jobs and its latest events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DescribedWorker {
+    pub worker: WorkerView,
+    pub jobs: Vec<JobView>,
+    pub events: Vec<Event>,
+}
+
+/// The JSON or YAML text of what `view` builds; None for text output.
+fn described_data<T: Serialize>(
+    format: DataFormat,
+    view: impl FnOnce() -> T,
+) -> anyhow::Result<Option<String>> {
+    Ok(match format {
+        DataFormat::Text => None,
+        DataFormat::Json => Some(to_json(&view())?),
+        DataFormat::Yaml => Some(to_yaml(&view())?),
+    })
+}
+
 /// How many of a worker's events `describe worker` shows.
 const RECENT_EVENTS: usize = 20;
 
 /// The worker's latest events (its jobs' claims and results, cordons, registrations). The
-/// API pages the log oldest first, so this reads it through and keeps the tail.
+/// API pages the log oldest first, filtered to this worker, so this reads it through and
+/// keeps the tail.
 async fn recent_worker_events(
     client: &cis490_api::Client,
     name: &WorkerName,
@@ -77,8 +124,12 @@ async fn recent_worker_events(
     let mut recent: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
     let mut since = 0;
     loop {
+        let filter = cis490_api::client::EventsFilter {
+            job: None,
+            worker: Some(name.clone()),
+        };
         let page = client
-            .events(since, std::time::Duration::ZERO)
+            .events_filtered(since, std::time::Duration::ZERO, &filter)
             .await
             .context("reading the event log")?;
         let next = page.next.max(since);

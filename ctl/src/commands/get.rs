@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use cis490_api::{ArtifactView, Constraints, JobFilter, JobView, WorkerView};
 
 use super::{events_head, follow_events, Ctx, EVENTS_WAIT};
-use crate::cli::{GetJobsArgs, ListArgs, OutputFormat};
+use crate::cli::{GetJobsArgs, GetWorkersArgs, ListArgs, OutputFormat};
 use crate::output::{
     age, human_bytes, mib_as_gib, or_none, print, to_json, to_yaml, Cell, Column, Paint, Table,
     Terminal,
@@ -15,12 +15,15 @@ use crate::output::{
 
 /// `get jobs`
 pub async fn jobs(ctx: &Ctx, args: &GetJobsArgs) -> anyhow::Result<()> {
+    if let Some(id) = &args.id {
+        return super::get_one::job(ctx, id, args.output).await;
+    }
     let client = ctx.client()?;
     let filter = JobFilter {
         status: args.status,
         model: args.model.clone(),
         worker: args.worker.clone(),
-        label: args.selector.clone(),
+        label: selector(&args.selector)?,
         all: args.all,
         limit: Some(args.chunk_size),
         after: None,
@@ -75,6 +78,16 @@ pub async fn jobs(ctx: &Ctx, args: &GetJobsArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The `-l` flags as one selector (all their terms ANDed), checked before any request.
+fn selector(flags: &[String]) -> anyhow::Result<Option<String>> {
+    if flags.is_empty() {
+        return Ok(None);
+    }
+    let joined = flags.join(",");
+    cis490_api::LabelSelector::parse(&joined)?;
+    Ok(Some(joined))
+}
+
 /// An empty table prints no header, only a note on stderr, like kubectl.
 fn is_table(format: OutputFormat) -> bool {
     matches!(format, OutputFormat::Table | OutputFormat::Wide)
@@ -99,7 +112,7 @@ pub fn changed_jobs(known: &mut BTreeMap<String, JobView>, fresh: Vec<JobView>) 
     changed
 }
 
-fn render_jobs(
+pub(crate) fn render_jobs(
     list: &[JobView],
     format: OutputFormat,
     table: &Table,
@@ -195,24 +208,35 @@ pub fn jobs_table(list: &[JobView], wide: bool, now: DateTime<Utc>) -> Table {
 }
 
 /// `get workers`
-pub async fn workers(ctx: &Ctx, args: &ListArgs) -> anyhow::Result<()> {
+pub async fn workers(ctx: &Ctx, args: &GetWorkersArgs) -> anyhow::Result<()> {
+    if args.watch {
+        return super::watch_workers::run(ctx, args.output).await;
+    }
     let list = ctx.client()?.workers().await.context("listing workers")?;
     if list.is_empty() && is_table(args.output) {
         eprintln!("No workers found.");
         return Ok(());
     }
-    let text = match args.output {
+    print(&render_workers(&list, args.output, ctx.term)?)
+}
+
+/// The workers in `format`.
+pub(crate) fn render_workers(
+    list: &[WorkerView],
+    format: OutputFormat,
+    term: Terminal,
+) -> anyhow::Result<String> {
+    Ok(match format {
         OutputFormat::Table | OutputFormat::Wide => {
-            workers_table(&list, args.output == OutputFormat::Wide, Utc::now()).render(ctx.term)
+            workers_table(list, format == OutputFormat::Wide, Utc::now()).render(term)
         }
-        OutputFormat::Json => to_json(&list)?,
-        OutputFormat::Yaml => to_yaml(&list)?,
+        OutputFormat::Json => to_json(list)?,
+        OutputFormat::Yaml => to_yaml(list)?,
         OutputFormat::Name => list
             .iter()
             .map(|w| format!("worker/{}\n", w.name))
             .collect(),
-    };
-    print(&text)
+    })
 }
 
 /// NAME, STATUS, CUDA, GPUS, VRAM, RAM, RUNNING, LAST-SEEN, VERSION (+ OS, CORES, GPU, TORCH).

@@ -1,18 +1,25 @@
 //! One file per verb; `run` dispatches the parsed command line to it.
 
 use anyhow::Context;
+use cis490_api::client::EventsFilter;
 use cis490_api::{Client, ClientTls};
 
 use crate::cli::{Cli, Command, GetResource, OPERATOR_TOKEN_ENV};
 use crate::errors::MissingToken;
 use crate::output::Terminal;
 
+pub mod apply;
 pub mod cancel;
 pub mod completion;
+pub mod config;
 pub mod cordon;
+pub mod delete;
 pub mod describe;
 pub mod diff;
+pub mod events;
 pub mod get;
+pub mod get_one;
+pub mod hold;
 pub mod logs;
 pub mod pull;
 pub mod reload;
@@ -21,6 +28,7 @@ pub mod results;
 pub mod status;
 pub mod version;
 pub mod wait;
+pub mod watch_workers;
 
 /// What every verb needs: where the server is, how to trust it, the operator token, and the
 /// terminal.
@@ -33,6 +41,19 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// Reads the environment (operator token, else the context's token file) and the
+    /// terminal.
+    pub fn from_connection(conn: config::Connection) -> anyhow::Result<Self> {
+        let mut ctx = Self::from_env(conn.server, conn.tls);
+        if ctx.operator_token.is_none() {
+            if let Some(file) = &conn.operator_token_file {
+                let token = cis490_api::config_file::read_text(file)?;
+                ctx.operator_token = Some(token.trim().to_string()).filter(|t| !t.is_empty());
+            }
+        }
+        Ok(ctx)
+    }
+
     /// Reads the environment (operator token) and the terminal.
     pub fn from_env(server: String, tls: ClientTls) -> Self {
         Self {
@@ -65,17 +86,16 @@ impl Ctx {
 
 /// Runs one parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let tls = ClientTls {
-        ca_file: cli.ca_file,
-        cert_file: cli.cert_file,
-        key_file: cli.key_file,
-    };
-    let ctx = Ctx::from_env(cli.server, tls);
+    if let Command::Config(args) = &cli.command {
+        return config::run(&cli, &args.action, Terminal::detect());
+    }
+    let ctx = Ctx::from_connection(config::connection(&cli)?)?;
     match cli.command {
         Command::Get(args) => match args.resource {
             GetResource::Jobs(a) => get::jobs(&ctx, &a).await,
             GetResource::Workers(a) => get::workers(&ctx, &a).await,
             GetResource::Artifacts(a) => get::artifacts(&ctx, &a).await,
+            GetResource::Events(a) => events::run(&ctx, &a).await,
         },
         Command::Describe(args) => describe::run(&ctx, &args).await,
         Command::Results(args) => results::run(&ctx, &args).await,
@@ -83,7 +103,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(args) => logs::run(&ctx, &args).await,
         Command::Cancel(args) => cancel::run(&ctx, &args).await,
         Command::Requeue(args) => requeue::run(&ctx, &args).await,
+        Command::Hold(args) => hold::hold(&ctx, &args).await,
+        Command::Release(args) => hold::release(&ctx, &args).await,
         Command::Reload(args) => reload::run(&ctx, &args).await,
+        Command::Apply(args) => apply::run(&ctx, &args).await,
         Command::Diff(args) => diff::run(&ctx, &args).await,
         Command::Cordon(args) => {
             cordon::run(&ctx, &args, cis490_api::client::NodeAction::Cordon).await
@@ -94,9 +117,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Drain(args) => {
             cordon::run(&ctx, &args, cis490_api::client::NodeAction::Drain).await
         }
+        Command::Delete(args) => delete::run(&ctx, &args).await,
         Command::Status(args) => status::run(&ctx, &args).await,
         Command::Pull(args) => pull::run(&ctx, &args).await,
         Command::Completion(args) => completion::run(&args),
+        Command::Config(_) => Ok(()),
         Command::Version(args) => version::run(&ctx, &args).await,
     }
 }
@@ -116,7 +141,17 @@ pub async fn follow_events(
     since: u64,
     wait: std::time::Duration,
 ) -> anyhow::Result<cis490_api::EventsPage> {
-    match client.events(since, wait).await {
+    follow_filtered_events(client, since, wait, &EventsFilter::default()).await
+}
+
+/// [`follow_events`] of only the events `filter` keeps (`get events -w --job/--worker`).
+pub async fn follow_filtered_events(
+    client: &Client,
+    since: u64,
+    wait: std::time::Duration,
+    filter: &EventsFilter,
+) -> anyhow::Result<cis490_api::EventsPage> {
+    match client.events_filtered(since, wait, filter).await {
         Ok(page) => Ok(page),
         Err(e) if e.is_busy() => {
             let pause = e.retry_after().unwrap_or(BUSY_PAUSE);

@@ -1,4 +1,4 @@
-//! `reload` (alias `apply`, operator): the server re-reads its manifest and applies it now.
+//! `reload` (operator; `apply` without -f does the same): the server re-reads its manifest and applies it now.
 
 use anyhow::Context;
 

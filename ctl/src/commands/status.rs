@@ -78,9 +78,12 @@ pub fn summary_text(s: &Summary, now: DateTime<Utc>) -> String {
         s.server, s.server_version
     );
     let total: u64 = s.jobs.values().sum();
+    // Held is an operator's exception: shown only when some job is held.
     let counts: Vec<String> = JobStatus::ALL
         .iter()
-        .map(|st| format!("{} {}", s.jobs.get(st.as_str()).copied().unwrap_or(0), st))
+        .map(|st| (st, s.jobs.get(st.as_str()).copied().unwrap_or(0)))
+        .filter(|(st, n)| **st != JobStatus::Held || *n > 0)
+        .map(|(st, n)| format!("{n} {st}"))
         .collect();
     let tombstoned = if s.tombstoned > 0 {
         format!(
@@ -196,6 +199,13 @@ mod tests {
             tombstoned: 4,
             ..summary()
         };
+        let mut with_held = summary();
+        with_held.jobs.insert("held".into(), 2);
+        let text = summary_text(&with_held, now());
+        assert!(
+            text.contains("15 total: 3 pending, 2 held, 0 claimed"),
+            "{text}"
+        );
         let text = summary_text(&with_tombstones, now());
         assert!(
             text.contains("10 completed, 0 failed, 0 cancelled (and 4 tombstoned, not counted: cis490ctl get jobs --all)"),

@@ -23,6 +23,13 @@ pub(crate) mod kind {
     pub const LEASE_EXPIRED: &str = "LeaseExpired";
     pub const CANCELLED: &str = "Cancelled";
     pub const REQUEUED: &str = "Requeued";
+    /// An operator set a pending job aside (`cis490ctl hold`).
+    pub const HELD: &str = "Held";
+    /// An operator forgot a worker (`cis490ctl delete worker`).
+    pub const WORKER_DELETED: &str = "WorkerDeleted";
+    /// An operator let a held job go back to pending (`cis490ctl release`); not
+    /// `Released`, which is an agent handing a lease back.
+    pub const RELEASED_BY_OPERATOR: &str = "Unheld";
     pub const ORPHANED: &str = "Orphaned";
     pub const CORDONED: &str = "Cordoned";
     pub const UNCORDONED: &str = "Uncordoned";
@@ -108,22 +115,68 @@ pub(crate) fn i_job_events(tx: &Tx<'_>, id: &JobId) -> Result<Vec<Event>, QueueE
     rows.map(|r| decode(r?)).collect()
 }
 
-/// Up to `limit` events after `since`.
+/// Which events a page keeps: those of one job and/or one worker (both: events of that
+/// job that name that worker).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub job: Option<JobId>,
+    pub worker: Option<WorkerName>,
+}
+
+/// Up to `limit` events after `since` that `filter` keeps. `next` is the last event seen:
+/// the last one answered when the page is full, else the log's head, so a filtered
+/// follower never reads the same events twice.
 pub(crate) fn i_events_since(
     tx: &Tx<'_>,
     since: u64,
     limit: usize,
+    filter: &EventFilter,
 ) -> Result<EventsPage, QueueError> {
-    let mut stmt = tx.db.prepare_cached(
-        "SELECT seq, at, job_id, worker, kind, message FROM events WHERE seq > ?1 \
-         ORDER BY seq LIMIT ?2",
-    )?;
+    // One statement per filter shape, so each walks its own index (`events_job`,
+    // `events_worker` or the seq itself).
+    let sql = match (&filter.job, &filter.worker) {
+        (None, None) => {
+            "SELECT seq, at, job_id, worker, kind, message FROM events WHERE seq > ?1 \
+             ORDER BY seq LIMIT ?2"
+        }
+        (Some(_), None) => {
+            "SELECT seq, at, job_id, worker, kind, message FROM events \
+             WHERE job_id = ?3 AND seq > ?1 ORDER BY seq LIMIT ?2"
+        }
+        (None, Some(_)) => {
+            "SELECT seq, at, job_id, worker, kind, message FROM events \
+             WHERE worker = ?4 AND seq > ?1 ORDER BY seq LIMIT ?2"
+        }
+        (Some(_), Some(_)) => {
+            "SELECT seq, at, job_id, worker, kind, message FROM events \
+             WHERE job_id = ?3 AND worker = ?4 AND seq > ?1 ORDER BY seq LIMIT ?2"
+        }
+    };
+    let mut stmt = tx.db.prepare_cached(sql)?;
     let since_i = i64::try_from(since).unwrap_or(i64::MAX);
     let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
+    let job = filter.job.as_ref().map(JobId::as_str);
+    let worker = filter.worker.as_ref().map(WorkerName::as_str);
+    let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&since_i, &limit_i];
+    if job.is_some() || worker.is_some() {
+        bound.push(&job);
+    }
+    if worker.is_some() {
+        bound.push(&worker);
+    }
     let events = stmt
-        .query_map(params![since_i, limit_i], raw)?
+        .query_map(bound.as_slice(), raw)?
         .map(|r| decode(r?))
         .collect::<Result<Vec<_>, _>>()?;
-    let next = events.last().map_or(since, |e| e.seq);
+    let next = match events.last() {
+        Some(last) if events.len() >= limit => last.seq,
+        _ => {
+            let head: i64 = tx
+                .db
+                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events")?
+                .query_row([], |r| r.get(0))?;
+            since.max(head.max(0) as u64)
+        }
+    };
     Ok(EventsPage { events, next })
 }

@@ -339,9 +339,14 @@ fn not_pending_summary(row: &JobRow) -> String {
     let worker = row.worker.as_deref().unwrap_or("?");
     let max = row.spec.max_attempts;
     match row.status {
-        JobStatus::Pending => {
+        JobStatus::Pending | JobStatus::Held if row.tombstoned => {
             "tombstoned: removed from the manifest, so no worker will claim it".to_string()
         }
+        JobStatus::Pending => "pending".to_string(),
+        JobStatus::Held => format!(
+            "held by an operator: no worker will claim it until `cis490ctl release {}`",
+            row.spec.id.short()
+        ),
         JobStatus::Claimed => format!(
             "claimed by {worker} (attempt {} of {max}), not started yet",
             row.attempts

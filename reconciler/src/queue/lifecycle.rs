@@ -161,7 +161,7 @@ pub(crate) fn i_apply(
             .execute(params![id.as_str(), tx.now])?;
         let what = if row.status.is_leased() {
             "it finishes on its worker and will be marked orphaned"
-        } else if row.status == JobStatus::Pending {
+        } else if matches!(row.status, JobStatus::Pending | JobStatus::Held) {
             "no longer claimable"
         } else {
             "history and artifacts kept"
@@ -682,7 +682,9 @@ fn tail_note(log_tail: Option<&str>) -> String {
 pub(crate) fn i_cancel(tx: &mut Tx<'_>, id: &JobId) -> Result<JobStatusResponse, QueueError> {
     let row = i_existing_job(tx, id)?;
     let message = match row.status {
-        JobStatus::Pending => "cancelled by an operator while pending".to_string(),
+        JobStatus::Pending | JobStatus::Held => {
+            format!("cancelled by an operator while {}", row.status)
+        }
         JobStatus::Claimed | JobStatus::Running => format!(
             "cancelled by an operator while {} on {}; the worker stops it at its next heartbeat",
             row.status,
@@ -691,7 +693,7 @@ pub(crate) fn i_cancel(tx: &mut Tx<'_>, id: &JobId) -> Result<JobStatusResponse,
         other => {
             return Err(QueueError::InvalidState {
                 message: format!(
-                    "cannot cancel job {} in state {other} (only pending, claimed or running \
+                    "cannot cancel job {} in state {other} (only pending, held, claimed or running \
                      jobs can be cancelled)",
                     id.short()
                 ),
@@ -720,6 +722,16 @@ pub(crate) fn i_cancel(tx: &mut Tx<'_>, id: &JobId) -> Result<JobStatusResponse,
 
 pub(crate) fn i_requeue(tx: &mut Tx<'_>, id: &JobId) -> Result<JobStatusResponse, QueueError> {
     let row = i_existing_job(tx, id)?;
+    if row.status == JobStatus::Held {
+        return Err(QueueError::InvalidState {
+            message: format!(
+                "cannot requeue job {}: it is held, not finished; `cis490ctl release {}` \
+                 makes it pending again",
+                id.short(),
+                id.short()
+            ),
+        });
+    }
     if !row.status.is_terminal() {
         return Err(QueueError::InvalidState {
             message: format!(

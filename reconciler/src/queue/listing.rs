@@ -3,7 +3,9 @@
 //! the queue: the jobs page seeks `jobs_listing` from its cursor, so paging through every
 //! job reads each index entry once.
 
-use cis490_api::{ArtifactId, ArtifactView, JobFilter, JobId, JobView, Page, WorkerView};
+use cis490_api::{
+    ArtifactId, ArtifactView, JobFilter, JobId, JobView, LabelSelector, Page, WorkerView,
+};
 use rusqlite::params;
 
 use super::nodes::{i_worker_rows_after, worker_view};
@@ -59,17 +61,17 @@ fn shorten(text: &str) -> String {
     text.chars().take(80).collect()
 }
 
-/// A label selector `key=value`, split.
-fn label_selector(filter: &JobFilter) -> Result<Option<(&str, &str)>, QueueError> {
-    match filter.label.as_deref() {
-        None => Ok(None),
-        Some(sel) => sel
-            .split_once('=')
-            .map(Some)
-            .ok_or_else(|| QueueError::BadRequest {
-                message: format!("label selector {sel:?} is not key=value"),
-            }),
-    }
+/// The label selector of `filter` (`team=a,gpu!=none`), parsed; a bad term is a 400 that
+/// names it.
+fn label_selector(filter: &JobFilter) -> Result<Option<LabelSelector>, QueueError> {
+    filter
+        .label
+        .as_deref()
+        .map(LabelSelector::parse)
+        .transpose()
+        .map_err(|e| QueueError::BadRequest {
+            message: e.to_string(),
+        })
 }
 
 /// The filters of `GET /v1/jobs` other than the label, as SQL whose parameters start at
@@ -106,8 +108,8 @@ pub(crate) fn i_jobs_page(
         while items.len() < want {
             let Some(row) = rows.next()? else { break };
             let job = RawJob::from_row(row, 0)?.decode()?;
-            if let Some((k, v)) = label {
-                if job.spec.labels.get(k).map(String::as_str) != Some(v) {
+            if let Some(selector) = &label {
+                if !selector.matches(&job.spec.labels) {
                     continue;
                 }
             }

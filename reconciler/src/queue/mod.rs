@@ -23,11 +23,16 @@
 //!   lease stays valid **only for heartbeat**, which answers `{cancel: true}` so the agent
 //!   stops its trainer; `complete`, `fail` and `check_lease` on it answer `LeaseLost`.
 //! - `requeue` (failed, cancelled, completed) -> pending with attempts reset to 0.
+//! - `hold` (pending) -> held: never claimed, updated and tombstoned like pending;
+//!   `release` (held) -> pending. `cancel` takes a held job; `requeue` refuses it.
 
 mod batch;
 mod events;
+pub use events::EventFilter;
 mod explain;
 mod failures;
+mod forget_worker;
+mod hold;
 mod lifecycle;
 pub mod listing;
 pub mod logs;
@@ -39,13 +44,21 @@ mod schema;
 pub mod tokens;
 
 #[cfg(test)]
+mod events_tests;
+#[cfg(test)]
 mod failures_tests;
+#[cfg(test)]
+mod forget_worker_tests;
+#[cfg(test)]
+mod hold_tests;
 #[cfg(test)]
 mod identity_tests;
 #[cfg(test)]
 mod logs_tests;
 #[cfg(test)]
 mod results_tests;
+#[cfg(test)]
+mod selector_tests;
 #[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]
@@ -153,7 +166,7 @@ pub enum QueueError {
     /// lease.
     #[error("{message}")]
     ArtifactRequired { message: String },
-    /// The request itself is malformed (e.g. a label selector that is not `key=value`).
+    /// The request itself is malformed (e.g. a label selector term that is not `key=value`, `key!=value`, `key` or `!key`).
     #[error("{message}")]
     BadRequest { message: String },
     /// SQLite failed.
@@ -635,6 +648,16 @@ impl Queue {
         self.write(|tx| lifecycle::i_requeue(tx, id))
     }
 
+    /// Operator: sets a pending job aside (status held): kept, never claimed.
+    pub fn hold(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
+        self.write(|tx| hold::i_hold(tx, id))
+    }
+
+    /// Operator: makes a held job pending again.
+    pub fn release(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
+        self.write(|tx| hold::i_release(tx, id))
+    }
+
     /// Expires every lease whose time has passed at `now`.
     pub fn sweep(&self, now: DateTime<Utc>) -> Result<SweepOutcome, QueueError> {
         self.write(|tx| lifecycle::i_sweep(tx, now.timestamp_millis()))
@@ -828,6 +851,11 @@ impl Queue {
         self.write(|tx| nodes::i_set_schedulable(tx, name, nodes::Schedulable::Cordon))
     }
 
+    /// Operator: forgets a worker that holds no lease; answers it as it was.
+    pub fn forget_worker(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
+        self.write(|tx| forget_worker::i_forget_worker(tx, name))
+    }
+
     /// Operator: the worker takes new jobs again (clears cordon and drain).
     pub fn uncordon(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
         self.write(|tx| nodes::i_set_schedulable(tx, name, nodes::Schedulable::Uncordon))
@@ -840,7 +868,17 @@ impl Queue {
 
     /// Up to `limit` events with seq > `since`, oldest first.
     pub fn events_since(&self, since: u64, limit: usize) -> Result<EventsPage, QueueError> {
-        self.read(|tx| events::i_events_since(tx, since, limit))
+        self.events_filtered(since, limit, &EventFilter::default())
+    }
+
+    /// Up to `limit` events with seq > `since` that `filter` keeps, oldest first.
+    pub fn events_filtered(
+        &self,
+        since: u64,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<EventsPage, QueueError> {
+        self.read(|tx| events::i_events_since(tx, since, limit, filter))
     }
 
     /// Live jobs per status name (every status present) and the number of tombstoned jobs

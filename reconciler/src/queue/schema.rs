@@ -272,6 +272,10 @@ CREATE TABLE attempt_results (
     PRIMARY KEY (job_id, lease_token)
 ) STRICT, WITHOUT ROWID;
 "#,
+    // 11: `GET /v1/events?worker=` (and `describe worker`) walk one worker's events.
+    r#"
+CREATE INDEX events_worker ON events (worker, seq) WHERE worker IS NOT NULL;
+"#,
 ];
 
 /// Brings the database to the newest schema, each migration in its own transaction.

@@ -12,7 +12,7 @@ use super::{ManifestSource, Queue, QueueConfig, QueueError};
 use crate::plan::plan;
 use crate::policy::HostPolicy;
 
-fn queue() -> Queue {
+pub(super) fn queue() -> Queue {
     Queue::open_in_memory(QueueConfig::default()).unwrap()
 }
 
@@ -30,11 +30,11 @@ fn load_hosts(q: &Queue, desired: &[JobSpec], hosts: &[HostPolicy]) -> u64 {
     q.apply(&p, hosts, &source()).unwrap().generation
 }
 
-fn load(q: &Queue, desired: &[JobSpec]) -> u64 {
+pub(super) fn load(q: &Queue, desired: &[JobSpec]) -> u64 {
     load_hosts(q, desired, &[])
 }
 
-fn claim(q: &Queue, w: &str, cap: &Capability) -> Option<ClaimResponse> {
+pub(super) fn claim(q: &Queue, w: &str, cap: &Capability) -> Option<ClaimResponse> {
     q.claim(&worker(w), cap).unwrap()
 }
 
@@ -87,11 +87,11 @@ fn host(name: &str, deny: &[&str], max_concurrent: Option<u32>) -> HostPolicy {
     }
 }
 
-fn status(q: &Queue, spec: &JobSpec) -> JobStatus {
+pub(super) fn status(q: &Queue, spec: &JobSpec) -> JobStatus {
     q.job(&spec.id).unwrap().status
 }
 
-fn kinds(q: &Queue, spec: &JobSpec) -> Vec<String> {
+pub(super) fn kinds(q: &Queue, spec: &JobSpec) -> Vec<String> {
     q.job(&spec.id)
         .unwrap()
         .events
@@ -794,12 +794,16 @@ fn a_retry_policy_retries_trainer_failures_until_retries_or_attempts_run_out() {
 }
 
 /// Puts a fresh job into `state` and returns it with the lease it holds, if any.
-fn job_in_state(q: &Queue, name: &str, state: JobStatus) -> (JobSpec, Option<Lease>) {
+pub(super) fn job_in_state(q: &Queue, name: &str, state: JobStatus) -> (JobSpec, Option<Lease>) {
     let job = spec(name);
     let mut desired: Vec<JobSpec> = q.actual().unwrap().into_iter().map(|a| a.spec).collect();
     desired.push(job.clone());
     load(q, &desired);
     if state == JobStatus::Pending {
+        return (job, None);
+    }
+    if state == JobStatus::Held {
+        q.hold(&job.id).unwrap();
         return (job, None);
     }
     let c = q.claim(&worker(&format!("w-{name}")), &cpu(8)).unwrap();
@@ -823,7 +827,7 @@ fn job_in_state(q: &Queue, name: &str, state: JobStatus) -> (JobSpec, Option<Lea
         JobStatus::Cancelled => {
             q.cancel(&job.id).unwrap();
         }
-        JobStatus::Pending => unreachable!(),
+        JobStatus::Pending | JobStatus::Held => unreachable!(),
     }
     assert_eq!(status(q, &job), state);
     (job, Some(c.lease))
@@ -836,7 +840,7 @@ fn cancel_from_every_state() {
         let (job, _) = job_in_state(&q, "x", state);
         let result = q.cancel(&job.id);
         match state {
-            JobStatus::Pending | JobStatus::Claimed | JobStatus::Running => {
+            JobStatus::Pending | JobStatus::Held | JobStatus::Claimed | JobStatus::Running => {
                 assert_eq!(result.unwrap().status, JobStatus::Cancelled, "from {state}");
                 assert_eq!(status(&q, &job), JobStatus::Cancelled);
                 assert_eq!(kinds(&q, &job).last().unwrap(), "Cancelled");
@@ -847,8 +851,8 @@ fn cancel_from_every_state() {
                 assert_eq!(
                     err.to_string(),
                     format!(
-                        "cannot cancel job {} in state {state} (only pending, claimed or \
-                         running jobs can be cancelled)",
+                        "cannot cancel job {} in state {state} (only pending, held, claimed \
+                         or running jobs can be cancelled)",
                         job.id.short()
                     )
                 );
@@ -895,6 +899,10 @@ fn requeue_from_every_state() {
             assert!(view.artifact_id.is_none());
             assert_eq!(view.events.last().unwrap().kind, "Requeued");
             assert_eq!(claim(&q, "again", &cpu(8)).unwrap().lease.attempt, 1);
+        } else if state == JobStatus::Held {
+            // hold_tests.rs: refused, naming release.
+            assert_eq!(result.unwrap_err().code(), "invalid_state");
+            assert_eq!(status(&q, &job), state);
         } else {
             let err = result.unwrap_err();
             assert_eq!(err.code(), "invalid_state");
@@ -1286,7 +1294,7 @@ fn counts_and_filters() {
     assert_eq!(counts["pending"], 2);
     assert_eq!(counts["claimed"], 1);
     assert_eq!(counts["failed"], 0);
-    assert_eq!(counts.len(), 6);
+    assert_eq!(counts.len(), JobStatus::ALL.len());
     let by = |f: JobFilter| q.jobs(&f).unwrap().len();
     assert_eq!(
         by(JobFilter {
@@ -1316,9 +1324,11 @@ fn counts_and_filters() {
         }),
         1
     );
+    // `team` alone selects jobs that have the label (selector_tests.rs); an empty value
+    // is no selector term.
     let bad = q
         .jobs(&JobFilter {
-            label: Some("team".to_string()),
+            label: Some("team=".to_string()),
             ..JobFilter::default()
         })
         .unwrap_err();

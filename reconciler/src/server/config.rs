@@ -97,6 +97,9 @@ pub struct ServerConfig {
     pub require_worker_credentials: bool,
     /// Require a worker or operator token on read routes too.
     pub protect_reads: bool,
+    /// Let operators replace the manifest file through `PUT /v1/manifest`
+    /// (`cis490ctl apply -f`); the server then needs write access to its directory.
+    pub allow_manifest_writes: bool,
     pub max_upload_bytes: u64,
     pub max_body_bytes: usize,
     /// Most jobs the manifest may make; more is an invalid manifest (nothing changes).
@@ -129,6 +132,7 @@ impl ServerConfig {
             worker_token: None,
             require_worker_credentials: false,
             protect_reads: false,
+            allow_manifest_writes: true,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_manifest_jobs: crate::manifest::DEFAULT_MAX_MANIFEST_JOBS,
@@ -217,6 +221,8 @@ pub struct FileConfig {
     /// CA certificates (PEM) of client certificates; worker routes then require one.
     pub client_ca_file: Option<PathBuf>,
     pub protect_reads: Option<bool>,
+    /// `PUT /v1/manifest` (`cis490ctl apply -f`) may replace the manifest (default true).
+    pub allow_manifest_writes: Option<bool>,
     pub max_upload_bytes: Option<u64>,
     pub max_body_bytes: Option<usize>,
     /// Most jobs the manifest may make (default 100,000).
@@ -423,6 +429,9 @@ pub fn resolve(
     };
     if let Some(v) = file.protect_reads {
         config.protect_reads = v;
+    }
+    if let Some(v) = file.allow_manifest_writes {
+        config.allow_manifest_writes = v;
     }
     if let Some(v) = file.max_upload_bytes {
         config.max_upload_bytes = v;

@@ -10,12 +10,15 @@
 pub mod auth;
 pub mod claim_handoff;
 pub mod config;
+pub mod delete_worker;
 pub mod error;
 pub mod extract;
+pub mod hold;
 pub mod identity;
 pub mod limits;
 pub mod listen;
 pub mod logs;
+pub mod manifest_write;
 pub mod meta;
 pub mod operator;
 pub mod read;

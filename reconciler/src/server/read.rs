@@ -21,6 +21,7 @@ use super::extract::{artifact_id, id_prefix, worker_name, ApiPath, ApiQuery};
 use super::meta::BundleBytes;
 use super::{blocking, AppState};
 use crate::queue::listing::JobCursor;
+use crate::queue::EventFilter;
 
 /// Most events one page returns.
 const EVENTS_PAGE_LIMIT: usize = 1000;
@@ -138,6 +139,12 @@ pub struct EventsQuery {
     #[serde(default)]
     #[param(minimum = 1)]
     pub limit: Option<u32>,
+    /// Only the events of this job (its ID or a unique prefix).
+    #[param(value_type = Option<IdPrefix>)]
+    pub job: Option<String>,
+    /// Only the events that name this worker.
+    #[param(value_type = Option<WorkerName>)]
+    pub worker: Option<String>,
 }
 
 /// Events after `since`, long-polled.
@@ -145,8 +152,15 @@ pub struct EventsQuery {
 /// Answers at once when there are events after `since` (at most 1,000 a page), otherwise
 /// when one arrives or `wait` seconds pass. Waiting takes one of `max_event_waits` places
 /// (429 `too_many_long_polls` when none is free); an answer that is there at once needs none.
+///
+/// With `job` and/or `worker`, only the matching events are answered, and `next` is the
+/// last event looked at (the log's head when the page is not full), so a follower skips
+/// what the filter dropped.
 #[utoipa::path(get, path = "/v1/events", params(EventsQuery), responses(
     (status = 200, description = "The events after `since` (possibly none) and the `since` of the next call", body = EventsPage),
+    (status = 400, description = "A bad limit, job ID prefix or worker name", body = ApiError),
+    (status = 404, description = "`job` matches no job", body = ApiError),
+    (status = 409, description = "`ambiguous_id`: `job` matches more than one job", body = ApiError),
 ))]
 pub async fn events(
     State(state): State<AppState>,
@@ -161,6 +175,8 @@ pub async fn events(
         }
         Some(n) => EVENTS_PAGE_LIMIT.min(n as usize),
     };
+    let filter = event_filter(&state, &q).await?;
+    let mut since = q.since;
     let mut deadline = Instant::now() + Duration::from_secs(q.wait.min(MAX_CLAIM_WAIT_S));
     let mut changes = state.queue.subscribe();
     let mut shutdown = state.shutdown.clone();
@@ -170,15 +186,17 @@ pub async fn events(
         let answer_now = Instant::now() >= deadline || *shutdown.borrow();
         // Reads share the queue's one connection with the workers' commits: a poll that
         // the last event's seq says can find nothing does not query.
-        if last_event > q.since || answer_now {
+        if last_event > since || answer_now {
             let queue = state.queue.clone();
-            let since = q.since;
+            let filter = filter.clone();
             let turn = state.budgets.event_read_turn().await;
-            let page = blocking(move || queue.events_since(since, limit)).await?;
+            let page = blocking(move || queue.events_filtered(since, limit, &filter)).await?;
             drop(turn);
             if !page.events.is_empty() || answer_now {
                 return Ok(Json(page));
             }
+            // Events the filter dropped are not looked at again.
+            since = page.next.max(since);
         }
         if place.is_none() {
             place = Some(state.budgets.event_wait()?);
@@ -201,6 +219,20 @@ pub async fn events(
             _ = shutdown.changed() => {}
         }
     }
+}
+
+/// The filter of an events query: the job prefix resolved to its one job.
+async fn event_filter(state: &AppState, q: &EventsQuery) -> Result<EventFilter, ApiFailure> {
+    let worker = q.worker.as_deref().map(worker_name).transpose()?;
+    let job = match q.job.as_deref() {
+        None => None,
+        Some(raw) => {
+            let prefix = id_prefix(raw)?;
+            let queue = state.queue.clone();
+            Some(blocking(move || queue.resolve(&prefix)).await?)
+        }
+    };
+    Ok(EventFilter { job, worker })
 }
 
 /// List workers with their node status, by name, one page at a time.

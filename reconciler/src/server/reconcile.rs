@@ -32,6 +32,8 @@ pub enum Trigger {
     FileChange,
     Resync,
     ReloadRoute,
+    /// `PUT /v1/manifest` wrote a new manifest.
+    ApplyRoute,
 }
 
 impl Trigger {
@@ -41,6 +43,7 @@ impl Trigger {
             Trigger::FileChange => "file change",
             Trigger::Resync => "periodic resync",
             Trigger::ReloadRoute => "reload request",
+            Trigger::ApplyRoute => "apply request",
         }
     }
 }

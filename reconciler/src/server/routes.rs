@@ -18,7 +18,10 @@ use axum::response::Response;
 
 use super::error::ApiFailure;
 use super::limits::{self, refuse};
-use super::{auth, extract, logs, meta, operator, read, results, worker, AppState};
+use super::{
+    auth, delete_worker, extract, hold, logs, manifest_write, meta, operator, read, results,
+    worker, AppState,
+};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,11 +82,15 @@ impl Access {
             Access::Operator => OpenApiRouter::new()
                 .routes(routes!(operator::cancel))
                 .routes(routes!(operator::requeue))
+                .routes(routes!(hold::hold))
+                .routes(routes!(hold::release))
                 .routes(routes!(operator::reload))
                 .routes(routes!(operator::diff))
+                .routes(routes!(manifest_write::put_manifest))
                 .routes(routes!(operator::cordon))
                 .routes(routes!(operator::uncordon))
-                .routes(routes!(operator::drain)),
+                .routes(routes!(operator::drain))
+                .routes(routes!(delete_worker::delete_worker)),
         }
     }
 }
