@@ -168,6 +168,18 @@ pub fn describe_job(
         "Constraints",
         constraints_summary(&job.constraints),
     );
+    line(
+        &mut out,
+        "Timeout",
+        job.timeout_s
+            .map_or_else(|| "<none>".to_string(), |t| format!("{t}s")),
+    );
+    if !job.env.is_empty() {
+        let _ = writeln!(out, "Env:");
+        for (k, v) in &job.env {
+            let _ = writeln!(out, "  {k}={v}");
+        }
+    }
     line(&mut out, "Worker", or_none(job.worker.as_ref()));
     line(
         &mut out,
@@ -409,7 +421,13 @@ pub fn describe_worker(
             );
         }
     }
-    let labels: Vec<String> = cap.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    // The merged labels from a server that sends them, else the agent's own.
+    let labels = if w.labels.is_empty() {
+        &cap.labels
+    } else {
+        &w.labels
+    };
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     line(
         &mut out,
         "Labels",

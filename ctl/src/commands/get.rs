@@ -215,7 +215,8 @@ pub async fn workers(ctx: &Ctx, args: &ListArgs) -> anyhow::Result<()> {
     print(&text)
 }
 
-/// NAME, STATUS, CUDA, GPUS, VRAM, RAM, RUNNING, LAST-SEEN, VERSION (+ OS, CORES, GPU, TORCH).
+/// NAME, STATUS, CUDA, GPUS, VRAM, RAM, RUNNING, LAST-SEEN, VERSION (+ OS, CORES, GPU, TORCH,
+/// LABELS).
 pub fn workers_table(list: &[WorkerView], wide: bool, now: DateTime<Utc>) -> Table {
     let mut columns = vec![
         Column::flex("NAME"),
@@ -233,6 +234,7 @@ pub fn workers_table(list: &[WorkerView], wide: bool, now: DateTime<Utc>) -> Tab
         columns.push(Column::fixed("CORES"));
         columns.push(Column::flex("GPU"));
         columns.push(Column::flex("TORCH"));
+        columns.push(Column::flex("LABELS"));
     }
     let mut table = Table::new(columns);
     for w in list {
@@ -275,6 +277,17 @@ pub fn workers_table(list: &[WorkerView], wide: bool, now: DateTime<Utc>) -> Tab
                 gpus.join(",")
             }));
             row.push(Cell::from(or_none(cap.torch_version.as_ref())));
+            let labels = if w.labels.is_empty() {
+                &cap.labels
+            } else {
+                &w.labels
+            };
+            let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            row.push(Cell::from(if labels.is_empty() {
+                "<none>".to_string()
+            } else {
+                labels.join(",")
+            }));
         }
         table.push(row);
     }

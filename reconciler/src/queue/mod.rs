@@ -33,6 +33,7 @@ pub mod listing;
 pub mod logs;
 mod matching;
 mod nodes;
+mod placement;
 mod results;
 mod rows;
 mod schema;

@@ -272,6 +272,13 @@ CREATE TABLE attempt_results (
     PRIMARY KEY (job_id, lease_token)
 ) STRICT, WITHOUT ROWID;
 "#,
+    // 11: what a job asks of the worker beyond the columns of migration 1, copied from its
+    // spec so that a claim reads it without decoding the spec: node_selector, cores and
+    // gpus as a JSON object holding only what the job asks for ('{}' for most jobs, which
+    // the claim then skips without parsing). Jobs stored before have none of these.
+    r#"
+ALTER TABLE jobs ADD COLUMN placement TEXT NOT NULL DEFAULT '{}';
+"#,
 ];
 
 /// Brings the database to the newest schema, each migration in its own transaction.
