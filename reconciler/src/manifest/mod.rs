@@ -235,4 +235,6 @@ pub fn manifest_text(bytes: Vec<u8>, path: &Path) -> Result<String, ManifestErro
 #[cfg(test)]
 mod fuzz;
 #[cfg(test)]
+mod jobspec_tests;
+#[cfg(test)]
 mod tests;
