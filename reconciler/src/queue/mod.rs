@@ -46,6 +46,8 @@ mod identity_tests;
 #[cfg(test)]
 mod logs_tests;
 #[cfg(test)]
+mod placement_tests;
+#[cfg(test)]
 mod results_tests;
 #[cfg(test)]
 pub(crate) mod test_support;
