@@ -508,6 +508,18 @@ mod tests {
     }
 
     #[test]
+    fn the_manifests_env_comes_first_and_several_gpus_are_listed() {
+        let state = tempfile::tempdir().unwrap();
+        let mut spec = spec(&["true"]);
+        spec.env = [("OMP_NUM_THREADS".to_string(), "4".to_string())].into();
+        let attempt = Attempt::prepare(state.path(), &spec, &lease()).unwrap();
+        let env = trainer_env(&spec, &lease(), &attempt, &[0, 2]);
+        assert_eq!(env[0], ("OMP_NUM_THREADS".to_string(), "4".to_string()));
+        let gpus = env.iter().find(|(k, _)| k == "CUDA_VISIBLE_DEVICES");
+        assert_eq!(gpus.map(|(_, v)| v.as_str()), Some("0,2"));
+    }
+
+    #[test]
     fn log_tail_keeps_the_end_from_a_line_start() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");

@@ -340,6 +340,49 @@ mod tests {
     }
 
     #[test]
+    fn cores_are_held_while_the_trainer_runs_and_advertised_as_free() {
+        let mut s = Slots::new(cap(&[], 64, 3), GpuSharing::Exclusive);
+        let cores = |n| Constraints {
+            cores: n,
+            ..Constraints::default()
+        };
+        assert_eq!(s.free_capability().cores_allocatable, Some(8));
+        s.allocate(&job(1, cores(6))).unwrap();
+        assert_eq!(s.free_capability().cores_allocatable, Some(2));
+        assert_eq!(
+            s.allocate(&job(2, cores(3))),
+            Err(SlotError::NoCores { need: 3, free: 2 })
+        );
+        // A job without `cores` takes none.
+        s.allocate(&job(3, Constraints::default())).unwrap();
+        s.trainer_done(&job(1, cores(6)).id);
+        assert_eq!(s.free_capability().cores_allocatable, Some(8));
+        s.allocate(&job(2, cores(3))).unwrap();
+    }
+
+    #[test]
+    fn a_gpus_job_gets_that_many_whole_gpus() {
+        let mut s = Slots::new(cap(&[24, 24, 24], 64, 3), GpuSharing::Vram);
+        let gpus = |n| Constraints {
+            gpus: n,
+            ..Constraints::default()
+        };
+        let shared = s.allocate(&job(1, cuda(4.0, 0.0))).unwrap();
+        assert_eq!(shared.gpus, [0]);
+        assert_eq!(
+            s.allocate(&job(2, gpus(3))),
+            Err(SlotError::NoGpus { need: 3, free: 2 })
+        );
+        assert_eq!(s.allocate(&job(2, gpus(2))).unwrap().gpus, [1, 2]);
+        assert!(s.allocate(&job(3, cuda(0.0, 0.0))).is_err());
+        let mut cpu = Slots::new(cap(&[], 64, 1), GpuSharing::Exclusive);
+        assert!(matches!(
+            cpu.allocate(&job(4, gpus(1))),
+            Err(SlotError::NoGpus { need: 1, free: 0 })
+        ));
+    }
+
+    #[test]
     fn exclusive_gives_each_cuda_job_its_own_gpu() {
         let mut s = Slots::new(cap(&[24, 24], 64, 3), GpuSharing::Exclusive);
         assert_eq!(

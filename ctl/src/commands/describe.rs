@@ -519,6 +519,25 @@ mod tests {
     }
 
     #[test]
+    fn a_job_page_shows_its_timeout_env_and_node_selector() {
+        let mut j = job('d', JobStatus::Pending);
+        let text = describe_job(&j, None, now(), Terminal::plain());
+        assert!(text.contains("Timeout:        <none>"), "{text}");
+        assert!(!text.contains("Env:"), "{text}");
+        j.timeout_s = Some(3600);
+        j.env = [("OMP_NUM_THREADS".to_string(), "4".to_string())].into();
+        j.constraints.node_selector = [("gpu".to_string(), "rtx-4090".to_string())].into();
+        j.constraints.cores = 4;
+        let text = describe_job(&j, None, now(), Terminal::plain());
+        assert!(text.contains("Timeout:        3600s"), "{text}");
+        assert!(text.contains("Env:\n  OMP_NUM_THREADS=4\n"), "{text}");
+        assert!(
+            text.contains("cores=4") && text.contains("gpu=rtx-4090"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn failed_job_shows_error_exit_code_log_tail_and_events() {
         let j = job('b', JobStatus::Failed);
         let text = describe_job(&j, None, now(), Terminal::plain());
@@ -637,6 +656,11 @@ mod tests {
             "{unknown_text}"
         );
         assert!(text.contains("    0: RTX 4090 (24Gi total"), "{text}");
+        // The merged labels (the agent's and the manifest's [[hosts]] entry's).
+        assert!(
+            text.contains("Labels:") && text.contains("gpu=rtx-4090"),
+            "{text}"
+        );
         assert!(
             text.contains("Running Jobs:\n  aaaaaaaaaaaa  gbt/realistic  running"),
             "{text}"

@@ -464,6 +464,16 @@ mod tests {
             wide.contains("linux/x86_64") && wide.contains("RTX 4090"),
             "{wide}"
         );
+        assert!(
+            wide.lines().next().unwrap().trim_end().ends_with("LABELS")
+                && wide
+                    .lines()
+                    .nth(1)
+                    .unwrap()
+                    .trim_end()
+                    .ends_with("gpu=rtx-4090"),
+            "{wide}"
+        );
     }
 
     #[test]

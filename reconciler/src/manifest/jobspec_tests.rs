@@ -80,9 +80,8 @@ fn a_matrix_takes_the_run_time_fields_like_other_non_identity_fields() {
         jobs(&text).iter().map(|j| (j.seed, j.timeout_s)).collect();
     assert_eq!(limits, [(1, Some(5)), (2, Some(5))]);
     // Like priority: two limits for one job are that job twice (it is not identity).
-    let twice = format!(
-        "{HEAD}[[jobs]]\nmodel = \"m\"\nmode = \"a\"\nmatrix = {{ timeout_s = [5, 9] }}\n"
-    );
+    let twice =
+        format!("{HEAD}[[jobs]]\nmodel = \"m\"\nmode = \"a\"\nmatrix = {{ timeout_s = [5, 9] }}\n");
     let (line, _, message) = one_error(&twice);
     assert_eq!(line, 4);
     assert!(message.contains("yields the same job twice"), "{message}");
@@ -90,7 +89,8 @@ fn a_matrix_takes_the_run_time_fields_like_other_non_identity_fields() {
 
 #[test]
 fn env_merges_the_models_and_the_jobs_per_key() {
-    let text = "version = 1\n[models.m]\ncommand = [\"t\"]\nenv = { A = \"model\", B = \"model\" }\n\
+    let text =
+        "version = 1\n[models.m]\ncommand = [\"t\"]\nenv = { A = \"model\", B = \"model\" }\n\
                 [[jobs]]\nmodel = \"m\"\nmode = \"a\"\nenv = { B = \"job\", C = \"job\" }\n";
     assert_eq!(
         jobs(text)[0].env,
@@ -113,16 +113,56 @@ fn bad_values_are_errors_at_the_value() {
     let job = |line: &str| format!("{HEAD}[[jobs]]\nmodel = \"m\"\nmode = \"a\"\n{line}\n");
     let cases: &[(&str, u32, u32, &str)] = &[
         ("timeout_s = 0", 7, 13, "`timeout_s` must be between 1 and"),
-        ("timeout_s = \"1h\"", 7, 13, "`timeout_s` must be an integer, found string"),
+        (
+            "timeout_s = \"1h\"",
+            7,
+            13,
+            "`timeout_s` must be an integer, found string",
+        ),
         ("cores = -1", 7, 9, "`cores` must be between 0 and"),
         ("gpus = 1.5", 7, 8, "`gpus` must be an integer, found float"),
-        ("node_selector = { gpu = 4090 }", 7, 25, "`gpu` must be a string, found integer"),
-        ("node_selector = [\"gpu\"]", 7, 17, "`node_selector` must be a table"),
-        ("env = { \"1X\" = \"v\" }", 7, 9, "not an environment variable name"),
-        ("env = { CIS490_JOB_ID = \"x\" }", 7, 9, "the agent sets the CIS490_* variables itself"),
-        ("env = { CUDA_VISIBLE_DEVICES = \"0\" }", 7, 9, "ask for GPUs with `gpus`"),
-        ("env = { N = 4 }", 7, 13, "`N` must be a string, found integer"),
-        ("env = { N = \"a\\u0000b\" }", 7, 13, "must not hold a NUL character"),
+        (
+            "node_selector = { gpu = 4090 }",
+            7,
+            25,
+            "`gpu` must be a string, found integer",
+        ),
+        (
+            "node_selector = [\"gpu\"]",
+            7,
+            17,
+            "`node_selector` must be a table",
+        ),
+        (
+            "env = { \"1X\" = \"v\" }",
+            7,
+            9,
+            "not an environment variable name",
+        ),
+        (
+            "env = { CIS490_JOB_ID = \"x\" }",
+            7,
+            9,
+            "the agent sets the CIS490_* variables itself",
+        ),
+        (
+            "env = { CUDA_VISIBLE_DEVICES = \"0\" }",
+            7,
+            9,
+            "ask for GPUs with `gpus`",
+        ),
+        (
+            "env = { N = 4 }",
+            7,
+            13,
+            "`N` must be a string, found integer",
+        ),
+        (
+            "env = { N = \"a\\u0000b\" }",
+            7,
+            13,
+            "must not hold a NUL character",
+        ),
         ("timeout = 3", 7, 1, "did you mean `timeout_s`?"),
     ];
     for (line, want_line, want_column, needle) in cases {
@@ -130,7 +170,8 @@ fn bad_values_are_errors_at_the_value() {
         assert!(message.contains(needle), "{line}: {message}");
         assert_eq!((l, c), (*want_line, *want_column), "{line}: {message}");
     }
-    let (l, _, message) = one_error("version = 1\n[models.m]\ncommand = [\"t\"]\nenv = { \"A-B\" = \"x\" }\n");
+    let (l, _, message) =
+        one_error("version = 1\n[models.m]\ncommand = [\"t\"]\nenv = { \"A-B\" = \"x\" }\n");
     assert_eq!(l, 4);
     assert!(message.contains("env \"A-B\""), "{message}");
     let (l, _, message) = one_error("version = 1\n[defaults]\ntimeout_s = -5\n");

@@ -66,9 +66,18 @@ fn a_node_selector_job_goes_only_to_a_worker_with_every_label() {
     assert!(claim(&q, "half", &labelled(&[("gpu", "rtx-4090")])).is_none());
     assert!(claim(&q, "wrong", &labelled(&[("gpu", "a100"), ("room", "a")])).is_none());
     let why = explained(&q, &job);
-    assert!(why.contains("plain: no label gpu (node_selector wants gpu=rtx-4090)"), "{why}");
-    assert!(why.contains("half: no label room (node_selector wants room=a)"), "{why}");
-    assert!(why.contains("wrong: label gpu=a100, node_selector wants gpu=rtx-4090"), "{why}");
+    assert!(
+        why.contains("plain: no label gpu (node_selector wants gpu=rtx-4090)"),
+        "{why}"
+    );
+    assert!(
+        why.contains("half: no label room (node_selector wants room=a)"),
+        "{why}"
+    );
+    assert!(
+        why.contains("wrong: label gpu=a100, node_selector wants gpu=rtx-4090"),
+        "{why}"
+    );
     let both = labelled(&[("gpu", "rtx-4090"), ("room", "a"), ("extra", "x")]);
     assert_eq!(claim(&q, "both", &both).unwrap().job.id, job.id);
 }
@@ -80,7 +89,10 @@ fn a_node_selector_is_matched_for_pinned_jobs_too() {
     job.constraints.allowed_hosts = vec!["w".to_string()];
     load_hosts(&q, std::slice::from_ref(&job), &[]);
     assert!(claim(&q, "w", &cpu(16)).is_none());
-    assert_eq!(claim(&q, "w", &labelled(&[("gpu", "x")])).unwrap().job.id, job.id);
+    assert_eq!(
+        claim(&q, "w", &labelled(&[("gpu", "x")])).unwrap().job.id,
+        job.id
+    );
 }
 
 #[test]
@@ -125,7 +137,10 @@ fn a_cores_job_waits_until_enough_cores_are_free() {
     assert!(claim(&q, "small", &small).is_none());
     let why = explained(&q, &job);
     assert!(why.contains("w: needs 4 cores, 2 free"), "{why}");
-    assert!(why.contains("small: needs 4 cores, 2 free (it has 2 in all)"), "{why}");
+    assert!(
+        why.contains("small: needs 4 cores, 2 free (it has 2 in all)"),
+        "{why}"
+    );
     let summary = q.explain(&job.id).unwrap().summary;
     assert!(summary.contains("can run later on w"), "{summary}");
     let free = Capability {
@@ -167,5 +182,8 @@ fn a_changed_node_selector_updates_a_pending_job() {
     assert_eq!(pinned.id, job.id, "not identity");
     load_hosts(&q, std::slice::from_ref(&pinned), &[]);
     assert!(claim(&q, "plain", &cpu(16)).is_none());
-    assert_eq!(claim(&q, "x", &labelled(&[("gpu", "x")])).unwrap().job.id, job.id);
+    assert_eq!(
+        claim(&q, "x", &labelled(&[("gpu", "x")])).unwrap().job.id,
+        job.id
+    );
 }
