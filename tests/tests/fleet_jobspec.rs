@@ -70,7 +70,7 @@ fn a_job_past_its_timeout_fails_with_the_reason_and_its_trainer_is_gone() {
         sleeping.is_empty().then_some(())
     });
     assert!(left.is_ok(), "{:?}", processes_under(&work));
-    let described = ctl_ok(&fleet, &["describe", "job", &id.short()]);
+    let described = ctl_ok(&fleet, &["describe", "job", id.short()]);
     assert!(
         described.contains("Timeout:") && described.contains("2s"),
         "{described}"

@@ -167,6 +167,10 @@ fn i_worker_fit(tx: &Tx<'_>, row: &JobRow, k: &Known) -> Result<WorkerFit, Queue
     })
 }
 
+/// What a job ahead asks for, as its claim columns hold it: model, require_cuda,
+/// prefer_cuda, VRAM and RAM (as bits), allowed_hosts and placement (as stored).
+type Needs = (String, bool, bool, u64, u64, String, String);
+
 /// The pending jobs ahead of `row` in queue order: (those that some worker of `able` can
 /// run, those none of them ever can). With no able worker every job ahead counts, as
 /// nothing is known to separate them.
@@ -190,8 +194,7 @@ fn i_jobs_ahead(tx: &Tx<'_>, row: &JobRow, able: &[&Known]) -> Result<(u64, u64)
     ))?;
     let mut rows = stmt.query(params![spec.priority, order, row.spec.id.as_str()])?;
     // Jobs ahead are often alike (a matrix): decide once per distinct needs.
-    let mut competes: HashMap<(String, bool, bool, u64, u64, String, String), bool> =
-        HashMap::new();
+    let mut competes: HashMap<Needs, bool> = HashMap::new();
     let (mut ahead, mut never) = (0u64, 0u64);
     while let Some(r) = rows.next()? {
         let (model, require_cuda, prefer_cuda, vram, ram, hosts, placement): (
