@@ -127,9 +127,16 @@ pub fn trainer_env(
     spec: &JobSpec,
     lease: &Lease,
     attempt: &Attempt,
-    gpu: Option<u32>,
+    gpus: &[u32],
 ) -> Vec<(String, String)> {
-    let mut env = vec![
+    // The manifest's `env` first: the contract's variables below are set after it (the
+    // manifest may not name them, and they would win if it did).
+    let mut env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.extend([
         ("CIS490_JOB_ID".to_string(), spec.id.to_string()),
         ("CIS490_MODEL".to_string(), spec.model.clone()),
         ("CIS490_MODE".to_string(), spec.mode.clone()),
@@ -147,9 +154,10 @@ pub fn trainer_env(
             "CIS490_PROGRESS_FILE".to_string(),
             attempt.progress_path().display().to_string(),
         ),
-    ];
-    if let Some(index) = gpu {
-        env.push(("CUDA_VISIBLE_DEVICES".to_string(), index.to_string()));
+    ]);
+    if !gpus.is_empty() {
+        let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
+        env.push(("CUDA_VISIBLE_DEVICES".to_string(), list.join(",")));
     }
     env
 }
@@ -422,6 +430,8 @@ mod tests {
             retry: Default::default(),
             command: command.iter().map(|s| s.to_string()).collect(),
             labels: Default::default(),
+            timeout_s: None,
+            env: Default::default(),
             manifest_order: 0,
         }
     }
@@ -477,7 +487,7 @@ mod tests {
         let written: JobSpec =
             serde_json::from_slice(&std::fs::read(&again.spec_path).unwrap()).unwrap();
         assert_eq!(written, spec);
-        let env = trainer_env(&spec, &lease(), &again, Some(1));
+        let env = trainer_env(&spec, &lease(), &again, &[1]);
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("CIS490_JOB_ID"), Some(spec.id.as_str()));
         assert_eq!(get("CIS490_MODEL"), Some("gbt"));
@@ -493,8 +503,20 @@ mod tests {
             get("CIS490_OUTPUT_DIR").map(PathBuf::from),
             Some(again.output_dir.clone())
         );
-        let no_gpu = trainer_env(&spec, &lease(), &again, None);
+        let no_gpu = trainer_env(&spec, &lease(), &again, &[]);
         assert!(!no_gpu.iter().any(|(k, _)| k == "CUDA_VISIBLE_DEVICES"));
+    }
+
+    #[test]
+    fn the_manifests_env_comes_first_and_several_gpus_are_listed() {
+        let state = tempfile::tempdir().unwrap();
+        let mut spec = spec(&["true"]);
+        spec.env = [("OMP_NUM_THREADS".to_string(), "4".to_string())].into();
+        let attempt = Attempt::prepare(state.path(), &spec, &lease()).unwrap();
+        let env = trainer_env(&spec, &lease(), &attempt, &[0, 2]);
+        assert_eq!(env[0], ("OMP_NUM_THREADS".to_string(), "4".to_string()));
+        let gpus = env.iter().find(|(k, _)| k == "CUDA_VISIBLE_DEVICES");
+        assert_eq!(gpus.map(|(_, v)| v.as_str()), Some("0,2"));
     }
 
     #[test]
@@ -525,7 +547,7 @@ mod tests {
         let mut hyper = Hyper::new();
         hyper.insert("lr".into(), json!(0.1));
         let argv = trainer_argv(&spec.command, &hyper).unwrap();
-        let env = trainer_env(&spec, &lease(), &attempt, None);
+        let env = trainer_env(&spec, &lease(), &attempt, &[]);
         let mut t = Trainer::spawn(
             &argv,
             &env,

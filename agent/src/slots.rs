@@ -17,11 +17,14 @@ use crate::config::GpuSharing;
 /// What one running job holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {
-    /// NVML index of the GPU given to the job (its CUDA_VISIBLE_DEVICES).
-    pub gpu: Option<u32>,
+    /// NVML indexes of the GPUs given to the job (its CUDA_VISIBLE_DEVICES): one for a
+    /// CUDA job, `gpus` whole ones for a job that asks for a number.
+    pub gpus: Vec<u32>,
     /// VRAM the job declared on that GPU; 0 with a GPU means the GPU is the job's alone.
     pub vram_mib: u64,
     pub ram_mib: u64,
+    /// Cores the job asked for (`cores`), held while its trainer runs.
+    pub cores: u32,
 }
 
 /// Why a claimed job does not fit in what is free (the server raced us or matched wrongly).
@@ -36,6 +39,12 @@ pub enum SlotError {
     /// The job needs more RAM than is unreserved.
     #[error("needs {need} MiB RAM, {free} MiB unreserved")]
     NoRam { need: u64, free: u64 },
+    /// The job asks for more cores than running jobs leave.
+    #[error("needs {need} cores, {free} free")]
+    NoCores { need: u32, free: u32 },
+    /// The job asks for more whole GPUs than are free.
+    #[error("needs {need} whole GPUs, {free} free")]
+    NoGpus { need: u32, free: u32 },
 }
 
 /// The host's advertised capability and what running jobs hold of it.
@@ -94,6 +103,15 @@ impl Slots {
         self.running.values().map(|a| a.ram_mib).sum()
     }
 
+    /// Cores not held by running jobs.
+    fn cores_free(&self) -> u32 {
+        let held: u32 = self.running.values().map(|a| a.cores).sum();
+        self.base
+            .cores_allocatable
+            .unwrap_or(self.base.cores)
+            .saturating_sub(held)
+    }
+
     fn ram_free(&self) -> u64 {
         self.base
             .ram_allocatable_mib
@@ -103,7 +121,7 @@ impl Slots {
     /// VRAM still allocatable on GPU `index`: None when a job holds it whole.
     fn gpu_free(&self, index: u32, total: u64) -> Option<u64> {
         let mut used = 0u64;
-        for a in self.running.values().filter(|a| a.gpu == Some(index)) {
+        for a in self.running.values().filter(|a| a.gpus.contains(&index)) {
             if a.vram_mib == 0 || self.sharing == GpuSharing::Exclusive {
                 return None;
             }
@@ -130,6 +148,7 @@ impl Slots {
     pub fn free_capability(&self) -> Capability {
         let mut cap = self.node_status();
         cap.ram_allocatable_mib = self.ram_free();
+        cap.cores_allocatable = Some(self.cores_free());
         cap.gpus = self
             .base
             .gpus
@@ -162,6 +181,16 @@ impl Slots {
                 free,
             });
         }
+        let free_cores = self.cores_free();
+        if c.cores > free_cores {
+            return Err(SlotError::NoCores {
+                need: c.cores,
+                free: free_cores,
+            });
+        }
+        if c.gpus > 0 {
+            return self.allocate_whole_gpus(spec, ram_mib);
+        }
         let vram_mib = gib_to_mib(c.min_vram_gib);
         let needs_gpu = c.require_cuda || vram_mib > 0;
         let wants_gpu = needs_gpu || (c.prefer_cuda && self.base.cuda);
@@ -184,9 +213,47 @@ impl Slots {
             return Err(SlotError::NoGpu(vram_mib));
         }
         let allocation = Allocation {
-            gpu,
+            gpus: gpu.into_iter().collect(),
             vram_mib: if shares && gpu.is_some() { vram_mib } else { 0 },
             ram_mib,
+            cores: c.cores,
+        };
+        self.running.insert(spec.id.clone(), allocation.clone());
+        Ok(allocation)
+    }
+
+    /// A job that asks for `gpus = N`: the N lowest-numbered GPUs no job holds any part of,
+    /// each the job's alone.
+    fn allocate_whole_gpus(
+        &mut self,
+        spec: &JobSpec,
+        ram_mib: u64,
+    ) -> Result<Allocation, SlotError> {
+        let c = &spec.constraints;
+        let whole: Vec<u32> = if self.base.cuda {
+            self.base
+                .gpus
+                .iter()
+                .filter(|g| {
+                    self.gpu_free(g.index, g.vram_allocatable_mib) == Some(g.vram_allocatable_mib)
+                })
+                .map(|g| g.index)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let need = usize::try_from(c.gpus).unwrap_or(usize::MAX);
+        if whole.len() < need {
+            return Err(SlotError::NoGpus {
+                need: c.gpus,
+                free: u32::try_from(whole.len()).unwrap_or(u32::MAX),
+            });
+        }
+        let allocation = Allocation {
+            gpus: whole.into_iter().take(need).collect(),
+            vram_mib: 0,
+            ram_mib,
+            cores: c.cores,
         };
         self.running.insert(spec.id.clone(), allocation.clone());
         Ok(allocation)
@@ -257,6 +324,8 @@ mod tests {
             retry: Default::default(),
             command: vec!["true".into()],
             labels: Default::default(),
+            timeout_s: None,
+            env: Default::default(),
             manifest_order: 0,
         }
     }
@@ -271,11 +340,68 @@ mod tests {
     }
 
     #[test]
+    fn cores_are_held_while_the_trainer_runs_and_advertised_as_free() {
+        let mut s = Slots::new(cap(&[], 64, 3), GpuSharing::Exclusive);
+        let cores = |n| Constraints {
+            cores: n,
+            ..Constraints::default()
+        };
+        assert_eq!(s.free_capability().cores_allocatable, Some(8));
+        s.allocate(&job(1, cores(6))).unwrap();
+        assert_eq!(s.free_capability().cores_allocatable, Some(2));
+        assert_eq!(
+            s.allocate(&job(2, cores(3))),
+            Err(SlotError::NoCores { need: 3, free: 2 })
+        );
+        // A job without `cores` takes none.
+        s.allocate(&job(3, Constraints::default())).unwrap();
+        s.trainer_done(&job(1, cores(6)).id);
+        assert_eq!(s.free_capability().cores_allocatable, Some(8));
+        s.allocate(&job(2, cores(3))).unwrap();
+    }
+
+    #[test]
+    fn a_gpus_job_gets_that_many_whole_gpus() {
+        let mut s = Slots::new(cap(&[24, 24, 24], 64, 3), GpuSharing::Vram);
+        let gpus = |n| Constraints {
+            gpus: n,
+            ..Constraints::default()
+        };
+        let shared = s.allocate(&job(1, cuda(4.0, 0.0))).unwrap();
+        assert_eq!(shared.gpus, [0]);
+        assert_eq!(
+            s.allocate(&job(2, gpus(3))),
+            Err(SlotError::NoGpus { need: 3, free: 2 })
+        );
+        assert_eq!(s.allocate(&job(2, gpus(2))).unwrap().gpus, [1, 2]);
+        assert!(s.allocate(&job(3, cuda(0.0, 0.0))).is_err());
+        let mut cpu = Slots::new(cap(&[], 64, 1), GpuSharing::Exclusive);
+        assert!(matches!(
+            cpu.allocate(&job(4, gpus(1))),
+            Err(SlotError::NoGpus { need: 1, free: 0 })
+        ));
+    }
+
+    #[test]
     fn exclusive_gives_each_cuda_job_its_own_gpu() {
         let mut s = Slots::new(cap(&[24, 24], 64, 3), GpuSharing::Exclusive);
-        assert_eq!(s.allocate(&job(1, cuda(0.0, 0.0))).unwrap().gpu, Some(0));
+        assert_eq!(
+            s.allocate(&job(1, cuda(0.0, 0.0)))
+                .unwrap()
+                .gpus
+                .first()
+                .copied(),
+            Some(0)
+        );
         assert_eq!(s.free_capability().gpus.len(), 1);
-        assert_eq!(s.allocate(&job(2, cuda(8.0, 0.0))).unwrap().gpu, Some(1));
+        assert_eq!(
+            s.allocate(&job(2, cuda(8.0, 0.0)))
+                .unwrap()
+                .gpus
+                .first()
+                .copied(),
+            Some(1)
+        );
         let free = s.free_capability();
         assert!(free.gpus.is_empty());
         assert_eq!(
@@ -284,7 +410,11 @@ mod tests {
         );
         // A CPU job still fits.
         assert_eq!(
-            s.allocate(&job(4, Constraints::default())).unwrap().gpu,
+            s.allocate(&job(4, Constraints::default()))
+                .unwrap()
+                .gpus
+                .first()
+                .copied(),
             None
         );
         s.release(&job(1, Constraints::default()).id);
@@ -295,11 +425,25 @@ mod tests {
     fn vram_sharing_packs_declared_jobs_while_they_fit() {
         let mut s = Slots::new(cap(&[24], 64, 4), GpuSharing::Vram);
         assert_eq!(s.free_capability().gpus[0].vram_allocated_mib, 0);
-        assert_eq!(s.allocate(&job(1, cuda(10.0, 0.0))).unwrap().gpu, Some(0));
+        assert_eq!(
+            s.allocate(&job(1, cuda(10.0, 0.0)))
+                .unwrap()
+                .gpus
+                .first()
+                .copied(),
+            Some(0)
+        );
         assert_eq!(s.free_capability().gpus[0].vram_allocatable_mib, 14 * 1024);
         // Told to the server, so it hands out no job that needs the GPU whole.
         assert_eq!(s.free_capability().gpus[0].vram_allocated_mib, 10 * 1024);
-        assert_eq!(s.allocate(&job(2, cuda(12.0, 0.0))).unwrap().gpu, Some(0));
+        assert_eq!(
+            s.allocate(&job(2, cuda(12.0, 0.0)))
+                .unwrap()
+                .gpus
+                .first()
+                .copied(),
+            Some(0)
+        );
         assert_eq!(s.free_capability().gpus[0].vram_allocatable_mib, 2 * 1024);
         assert_eq!(
             s.allocate(&job(3, cuda(4.0, 0.0))),
@@ -317,8 +461,22 @@ mod tests {
     #[test]
     fn vram_sharing_picks_the_tightest_fitting_gpu_and_whole_gpu_jobs_block_sharing() {
         let mut s = Slots::new(cap(&[24, 12], 64, 4), GpuSharing::Vram);
-        assert_eq!(s.allocate(&job(1, cuda(6.0, 0.0))).unwrap().gpu, Some(1));
-        assert_eq!(s.allocate(&job(2, cuda(0.0, 0.0))).unwrap().gpu, Some(0));
+        assert_eq!(
+            s.allocate(&job(1, cuda(6.0, 0.0)))
+                .unwrap()
+                .gpus
+                .first()
+                .copied(),
+            Some(1)
+        );
+        assert_eq!(
+            s.allocate(&job(2, cuda(0.0, 0.0)))
+                .unwrap()
+                .gpus
+                .first()
+                .copied(),
+            Some(0)
+        );
         assert_eq!(s.free_capability().gpus.len(), 1);
         assert_eq!(
             s.allocate(&job(3, cuda(7.0, 0.0))),
@@ -384,7 +542,7 @@ mod tests {
         assert_eq!(s.node_status().running_jobs, vec![first.id.clone()]);
         assert_eq!(s.finishing_count(), 1);
         let second = job(2, cuda(0.0, 0.0));
-        assert_eq!(s.allocate(&second).unwrap().gpu, Some(0));
+        assert_eq!(s.allocate(&second).unwrap().gpus.first().copied(), Some(0));
         assert!(!s.has_room());
         s.release(&first.id);
         assert_eq!(s.node_status().running_jobs, vec![second.id.clone()]);
@@ -416,7 +574,17 @@ mod tests {
             prefer_cuda: true,
             ..Constraints::default()
         };
-        assert_eq!(s.allocate(&job(1, prefer.clone())).unwrap().gpu, Some(0));
-        assert_eq!(s.allocate(&job(2, prefer)).unwrap().gpu, None);
+        assert_eq!(
+            s.allocate(&job(1, prefer.clone()))
+                .unwrap()
+                .gpus
+                .first()
+                .copied(),
+            Some(0)
+        );
+        assert_eq!(
+            s.allocate(&job(2, prefer)).unwrap().gpus.first().copied(),
+            None
+        );
     }
 }

@@ -258,6 +258,8 @@ enum RunEvent {
     LogDue,
     /// The heartbeat's answer: `Ok(true)` means cancelled.
     Answer(Result<bool, ClientError>),
+    /// The job's `timeout_s` has passed.
+    TimedOut,
 }
 
 /// The stages of one job.
@@ -383,11 +385,11 @@ impl JobRun {
             Ok(argv) => argv,
             Err(e) => return JobStage::Report(self.fail(e.to_string(), None, false)),
         };
-        let env = runner::trainer_env(&self.spec, &self.lease, &attempt, self.allocation.gpu);
+        let env = runner::trainer_env(&self.spec, &self.lease, &attempt, &self.allocation.gpus);
         let launch = &self.shared.launch;
         match Trainer::spawn(&argv, &env, &cfg.work_dir, &attempt.log_path, launch) {
             Ok(trainer) => {
-                tracing::info!(job = %self.spec.id.short(), pid = trainer.pid(), gpu = ?self.allocation.gpu, "trainer started");
+                tracing::info!(job = %self.spec.id.short(), pid = trainer.pid(), gpus = ?self.allocation.gpus, "trainer started");
                 self.shared.trainers.add(trainer.pid());
                 JobStage::Run(trainer)
             }
@@ -473,12 +475,18 @@ impl JobRun {
         let mut failures = 0u32;
         let mut retry_at: Option<Instant> = None;
         let mut shutdown = self.shutdown.clone();
+        // Counted from here, just after the spawn: the limit is on the trainer's run.
+        let timeout_at = self
+            .spec
+            .timeout_s
+            .map(|s| Instant::now() + Duration::from_secs(s));
         loop {
             // Wait for the next heartbeat, then send it; the trainer's exit and shutdown are
             // watched throughout, so a slow server never delays either.
             let event = tokio::select! {
                 status = trainer.wait() => RunEvent::Exited(status),
                 _ = shutdown_signalled(&mut shutdown) => RunEvent::Shutdown,
+                _ = sleep_until_opt(timeout_at), if timeout_at.is_some() => RunEvent::TimedOut,
                 _ = tick.tick(), if retry_at.is_none() => RunEvent::BeatDue,
                 _ = log_tick.tick(), if retry_at.is_none() => RunEvent::LogDue,
                 _ = sleep_until_opt(retry_at), if retry_at.is_some() => RunEvent::BeatDue,
@@ -494,6 +502,7 @@ impl JobRun {
                 RunEvent::BeatDue => tokio::select! {
                     status = trainer.wait() => RunEvent::Exited(status),
                     _ = shutdown_signalled(&mut shutdown) => RunEvent::Shutdown,
+                    _ = sleep_until_opt(timeout_at), if timeout_at.is_some() => RunEvent::TimedOut,
                     answer = self.heartbeat() => RunEvent::Answer(answer),
                 },
                 other => other,
@@ -520,6 +529,16 @@ impl JobRun {
                     self.stop(&mut trainer).await;
                     self.report_deadline = Some(Instant::now() + SHUTDOWN_REPORT_WINDOW);
                     return JobStage::Report(self.fail(SHUTDOWN_REASON.into(), None, true));
+                }
+                RunEvent::TimedOut => {
+                    let limit = self.spec.timeout_s.unwrap_or_default();
+                    tracing::info!(job = %self.spec.id.short(), "timed out after {limit} s: stopping the trainer");
+                    self.stop(&mut trainer).await;
+                    self.flush_log().await;
+                    self.read_report(false).await;
+                    // A trainer failure: retried only as `retries_on_failure` says (like
+                    // Slurm's TIMEOUT, not retried by default).
+                    return JobStage::Report(self.fail(timeout_reason(limit), None, false));
                 }
                 RunEvent::Answer(Ok(true)) => {
                     tracing::info!(job = %self.spec.id.short(), "cancelled by an operator: stopping the trainer");
@@ -859,6 +878,11 @@ fn is_report_refusal(report: &TrainerReport) -> bool {
 /// Resolves once shutdown has been signalled (holds no borrow of the channel afterwards).
 async fn shutdown_signalled(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
+}
+
+/// The failure reason of an attempt stopped at its `timeout_s`.
+pub fn timeout_reason(limit_s: u64) -> String {
+    format!("timed out after {limit_s} s (timeout_s)")
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -73,6 +73,7 @@ async fn report(State(_): State<Shared>, Json(cap): Json<Capability>) -> Respons
         first_seen: chrono::Utc::now(),
         last_seen: chrono::Utc::now(),
         host_problem: None,
+        labels: Default::default(),
     };
     Json(view).into_response()
 }
@@ -252,6 +253,8 @@ fn job(n: u8, command: Vec<String>) -> JobSpec {
         retry: RetryPolicy::default(),
         command,
         labels: BTreeMap::new(),
+        timeout_s: None,
+        env: BTreeMap::new(),
         manifest_order: 0,
     }
 }

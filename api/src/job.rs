@@ -34,11 +34,27 @@ pub struct Constraints {
     /// When non-empty, only these workers may run the job.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Worker labels the job needs, every pair (`node_selector = { gpu = "rtx-4090" }`):
+    /// the worker's labels are its agent's (`--label`, config `[labels]`) with its
+    /// `[[hosts]]` entry's on top.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// CPU cores the job holds while it runs (0: it claims none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cores: u32,
+    /// Whole GPUs the job holds while it runs (0: none, unless `require_cuda` asks for one).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gpus: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Constraints {
     /// The constraints as short terms for tables and listings, in a fixed order:
-    /// `cuda`, `prefer-cuda`, `vram>=8Gi`, `ram>=16Gi`, `hosts=a|b`; empty when none apply.
+    /// `cuda`, `prefer-cuda`, `vram>=8Gi`, `ram>=16Gi`, `hosts=a|b`, `cores=4`, `gpus=2`, then
+    /// each node_selector pair as `key=value`; empty when none apply.
     pub fn terms(&self) -> Vec<String> {
         let mut terms = Vec::new();
         if self.require_cuda {
@@ -55,6 +71,15 @@ impl Constraints {
         }
         if !self.allowed_hosts.is_empty() {
             terms.push(format!("hosts={}", self.allowed_hosts.join("|")));
+        }
+        if self.cores > 0 {
+            terms.push(format!("cores={}", self.cores));
+        }
+        if self.gpus > 0 {
+            terms.push(format!("gpus={}", self.gpus));
+        }
+        for (key, value) in &self.node_selector {
+            terms.push(format!("{key}={value}"));
         }
         terms
     }
@@ -107,6 +132,13 @@ pub struct JobSpec {
     /// Free-form labels (`-l key=value` filters).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Wall-clock limit of one attempt in seconds: the agent stops the trainer (SIGTERM,
+    /// then SIGKILL) and fails the attempt "timed out after N s (timeout_s)". None: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u64>,
+    /// Extra environment for the trainer (the model's, then the job's per key).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
     /// Position in the expanded manifest: the last tie-breaker of the queue order.
     #[serde(default)]
     pub manifest_order: u64,
@@ -240,6 +272,12 @@ pub struct JobView {
     pub constraints: Constraints,
     pub priority: i32,
     pub labels: BTreeMap<String, String>,
+    /// The spec's wall-clock limit of an attempt, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u64>,
+    /// The spec's extra trainer environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
     pub status: JobStatus,
     /// The worker holding the lease, or the last one that ran the job.
     pub worker: Option<WorkerName>,

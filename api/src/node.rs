@@ -50,6 +50,11 @@ pub struct Capability {
     #[serde(default)]
     pub arch: String,
     pub cores: u32,
+    /// Cores the agent can still hand to a job: `cores` minus what its running jobs asked
+    /// for (`cores` in the manifest). The server matches a job's `cores` against this.
+    /// Absent from older agents (all cores are offered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores_allocatable: Option<u32>,
     pub ram_total_mib: u64,
     /// Available RAM as the OS reports it right now (observation).
     #[serde(default)]
@@ -207,6 +212,10 @@ pub struct WorkerView {
     /// worker next completes a job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_problem: Option<HostProblem>,
+    /// The labels `node_selector` matches: the agent's (`capability.labels`) with the
+    /// manifest's `[[hosts]]` entry's on top.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A failure that was the host's, not the trainer's: `HostProblem` in `get workers`.

@@ -454,9 +454,12 @@ pub mod samples {
                 min_vram_gib: 8.0,
                 min_ram_gib: 16.5,
                 allowed_hosts: vec!["gpu-box".into()],
+                ..Constraints::default()
             },
             priority: 2,
             labels,
+            timeout_s: None,
+            env: BTreeMap::new(),
             status,
             worker: status
                 .is_leased()
@@ -528,6 +531,7 @@ pub mod samples {
             last_seen: now() - chrono::TimeDelta::seconds(4),
             running_jobs: vec![JobId::parse(&id('a')).unwrap()],
             host_problem: None,
+            labels: [("gpu".to_string(), "rtx-4090".to_string())].into(),
         }
     }
 }

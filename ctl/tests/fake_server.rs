@@ -234,6 +234,8 @@ fn sample_job(id: String, status: JobStatus) -> JobView {
         constraints: Constraints::default(),
         priority: 0,
         labels: BTreeMap::new(),
+        timeout_s: None,
+        env: BTreeMap::new(),
         status,
         worker: None,
         attempts: 0,

@@ -120,6 +120,8 @@ pub fn changed_fields(old: &JobSpec, new: &JobSpec) -> Vec<String> {
     check("retry", old.retry != new.retry);
     check("command", old.command != new.command);
     check("labels", old.labels != new.labels);
+    check("timeout_s", old.timeout_s != new.timeout_s);
+    check("env", old.env != new.env);
     check("manifest_order", old.manifest_order != new.manifest_order);
     changed
 }

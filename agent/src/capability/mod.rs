@@ -72,6 +72,7 @@ pub async fn detect(
         os,
         arch: sysinfo::System::cpu_arch(),
         cores,
+        cores_allocatable: None,
         ram_total_mib,
         ram_available_mib: sys.available_memory() / MIB,
         ram_allocatable_mib: ram_total_mib,

@@ -219,6 +219,18 @@ pub fn describe_job(
         "Constraints",
         constraints_summary(&job.constraints),
     );
+    line(
+        &mut out,
+        "Timeout",
+        job.timeout_s
+            .map_or_else(|| "<none>".to_string(), |t| format!("{t}s")),
+    );
+    if !job.env.is_empty() {
+        let _ = writeln!(out, "Env:");
+        for (k, v) in &job.env {
+            let _ = writeln!(out, "  {k}={v}");
+        }
+    }
     line(&mut out, "Worker", or_none(job.worker.as_ref()));
     line(
         &mut out,
@@ -460,7 +472,13 @@ pub fn describe_worker(
             );
         }
     }
-    let labels: Vec<String> = cap.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    // The merged labels from a server that sends them, else the agent's own.
+    let labels = if w.labels.is_empty() {
+        &cap.labels
+    } else {
+        &w.labels
+    };
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     line(
         &mut out,
         "Labels",
@@ -549,6 +567,25 @@ mod tests {
         let text = describe_job(&running, None, now(), Terminal::plain());
         assert!(text.contains("Progress:       3/9\n"), "{text}");
         assert!(!text.contains("Metrics"), "{text}");
+    }
+
+    #[test]
+    fn a_job_page_shows_its_timeout_env_and_node_selector() {
+        let mut j = job('d', JobStatus::Pending);
+        let text = describe_job(&j, None, now(), Terminal::plain());
+        assert!(text.contains("Timeout:        <none>"), "{text}");
+        assert!(!text.contains("Env:"), "{text}");
+        j.timeout_s = Some(3600);
+        j.env = [("OMP_NUM_THREADS".to_string(), "4".to_string())].into();
+        j.constraints.node_selector = [("gpu".to_string(), "rtx-4090".to_string())].into();
+        j.constraints.cores = 4;
+        let text = describe_job(&j, None, now(), Terminal::plain());
+        assert!(text.contains("Timeout:        3600s"), "{text}");
+        assert!(text.contains("Env:\n  OMP_NUM_THREADS=4\n"), "{text}");
+        assert!(
+            text.contains("cores=4") && text.contains("gpu=rtx-4090"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -670,6 +707,11 @@ mod tests {
             "{unknown_text}"
         );
         assert!(text.contains("    0: RTX 4090 (24Gi total"), "{text}");
+        // The merged labels (the agent's and the manifest's [[hosts]] entry's).
+        assert!(
+            text.contains("Labels:") && text.contains("gpu=rtx-4090"),
+            "{text}"
+        );
         assert!(
             text.contains("Running Jobs:\n  aaaaaaaaaaaa  gbt/realistic  running"),
             "{text}"

@@ -239,7 +239,8 @@ pub(crate) fn render_workers(
     })
 }
 
-/// NAME, STATUS, CUDA, GPUS, VRAM, RAM, RUNNING, LAST-SEEN, VERSION (+ OS, CORES, GPU, TORCH).
+/// NAME, STATUS, CUDA, GPUS, VRAM, RAM, RUNNING, LAST-SEEN, VERSION (+ OS, CORES, GPU, TORCH,
+/// LABELS).
 pub fn workers_table(list: &[WorkerView], wide: bool, now: DateTime<Utc>) -> Table {
     let mut columns = vec![
         Column::flex("NAME"),
@@ -257,6 +258,7 @@ pub fn workers_table(list: &[WorkerView], wide: bool, now: DateTime<Utc>) -> Tab
         columns.push(Column::fixed("CORES"));
         columns.push(Column::flex("GPU"));
         columns.push(Column::flex("TORCH"));
+        columns.push(Column::flex("LABELS"));
     }
     let mut table = Table::new(columns);
     for w in list {
@@ -299,6 +301,17 @@ pub fn workers_table(list: &[WorkerView], wide: bool, now: DateTime<Utc>) -> Tab
                 gpus.join(",")
             }));
             row.push(Cell::from(or_none(cap.torch_version.as_ref())));
+            let labels = if w.labels.is_empty() {
+                &cap.labels
+            } else {
+                &w.labels
+            };
+            let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            row.push(Cell::from(if labels.is_empty() {
+                "<none>".to_string()
+            } else {
+                labels.join(",")
+            }));
         }
         table.push(row);
     }
@@ -473,6 +486,16 @@ mod tests {
         let wide = workers_table(&[worker()], true, now()).render(Terminal::plain());
         assert!(
             wide.contains("linux/x86_64") && wide.contains("RTX 4090"),
+            "{wide}"
+        );
+        assert!(
+            wide.lines().next().unwrap().trim_end().ends_with("LABELS")
+                && wide
+                    .lines()
+                    .nth(1)
+                    .unwrap()
+                    .trim_end()
+                    .ends_with("gpu=rtx-4090"),
             "{wide}"
         );
     }

@@ -83,6 +83,7 @@ mod tests {
 
     fn worker(name: &str, state: NodeState) -> WorkerView {
         WorkerView {
+            labels: Default::default(),
             name: WorkerName::parse(name).unwrap(),
             state,
             ready: state == NodeState::Ready,

@@ -87,6 +87,11 @@ struct CheckedJob<'a> {
     min_vram_gib: f64,
     min_ram_gib: f64,
     allowed_hosts: &'a [String],
+    node_selector: &'a BTreeMap<String, String>,
+    cores: u32,
+    gpus: u32,
+    timeout_s: Option<u64>,
+    env: &'a BTreeMap<String, String>,
     priority: i32,
     max_attempts: u32,
     stale_after_s: u64,
@@ -112,6 +117,11 @@ impl<'a> From<&'a JobSpec> for CheckedJob<'a> {
             min_vram_gib: job.constraints.min_vram_gib,
             min_ram_gib: job.constraints.min_ram_gib,
             allowed_hosts: &job.constraints.allowed_hosts,
+            node_selector: &job.constraints.node_selector,
+            cores: job.constraints.cores,
+            gpus: job.constraints.gpus,
+            timeout_s: job.timeout_s,
+            env: &job.env,
             priority: job.priority,
             max_attempts: job.max_attempts,
             stale_after_s: job.stale_after_s,
@@ -217,6 +227,9 @@ fn render_constraints(job: &JobSpec) -> String {
     }
     if job.priority != 0 {
         parts.push(format!("priority={}", job.priority));
+    }
+    if let Some(limit) = job.timeout_s {
+        parts.push(format!("timeout={limit}s"));
     }
     if parts.is_empty() {
         "-".into()

@@ -10,6 +10,9 @@ use super::{job_id, Defaults, HyperType, Manifest, ManifestErrors, ModelDef, SUP
 use crate::policy::HostPolicy;
 use crate::store::{MAX_GROUP_NAME_LEN, MAX_NAME_LEN};
 
+mod job_extras;
+use job_extras::{want_count, want_env, want_node_selector, want_timeout};
+
 pub(super) const TOP_KEYS: &[&str] = &["version", "defaults", "hosts", "models", "jobs"];
 pub(super) const DEFAULTS_KEYS: &[&str] = &[
     "max_attempts",
@@ -17,6 +20,8 @@ pub(super) const DEFAULTS_KEYS: &[&str] = &[
     "command",
     "retries_on_failure",
     "priority",
+    "timeout_s",
+    "node_selector",
 ];
 pub(super) const HOST_KEYS: &[&str] = &[
     "name",
@@ -25,7 +30,7 @@ pub(super) const HOST_KEYS: &[&str] = &[
     "max_concurrent",
     "labels",
 ];
-pub(super) const MODEL_KEYS: &[&str] = &["command", "hyper"];
+pub(super) const MODEL_KEYS: &[&str] = &["command", "hyper", "timeout_s", "env"];
 /// The fields of a `[[jobs]]` entry; a `matrix` may vary any of them.
 pub(super) const JOB_FIELDS: &[&str] = &[
     "model",
@@ -44,6 +49,11 @@ pub(super) const JOB_FIELDS: &[&str] = &[
     "stale_after_s",
     "retries_on_failure",
     "labels",
+    "timeout_s",
+    "env",
+    "node_selector",
+    "cores",
+    "gpus",
 ];
 /// More jobs than this from one `[[jobs]]` entry is surely a mistake in its matrix.
 const MAX_JOBS_PER_ENTRY: usize = 10_000;
@@ -201,6 +211,12 @@ fn read_defaults(d: &mut Diagnostics, entry: &Entry) -> Defaults {
     if let Some(e) = find(entries, "priority") {
         defaults.priority = want_i32(d, e).unwrap_or(0);
     }
+    if let Some(e) = find(entries, "timeout_s") {
+        defaults.timeout_s = want_timeout(d, e);
+    }
+    if let Some(e) = find(entries, "node_selector") {
+        defaults.node_selector = want_node_selector(d, e).unwrap_or_default();
+    }
     defaults
 }
 
@@ -299,6 +315,12 @@ fn read_models(d: &mut Diagnostics, entry: &Entry) -> BTreeMap<String, ModelDef>
         }
         if let Some(e) = find(fields, "hyper") {
             def.hyper = Some(read_schema(d, e));
+        }
+        if let Some(e) = find(fields, "timeout_s") {
+            def.timeout_s = want_timeout(d, e);
+        }
+        if let Some(e) = find(fields, "env") {
+            def.env = want_env(d, e).unwrap_or_default();
         }
         models.insert(model.key.clone(), def);
     }
@@ -699,13 +721,35 @@ fn job_spec(
         }
         None => Vec::new(),
     };
+    let mut node_selector = defaults.node_selector.clone();
+    if let Some(own) = find(entries, "node_selector").and_then(|e| want_node_selector(d, e)) {
+        node_selector.extend(own);
+    }
+    let count = |d: &mut Diagnostics, key: &str| {
+        find(entries, key)
+            .and_then(|e| want_count(d, e))
+            .unwrap_or(0)
+    };
     let constraints = Constraints {
         require_cuda: bool_field(d, entries, "require_cuda"),
         prefer_cuda: bool_field(d, entries, "prefer_cuda"),
         min_vram_gib: gib_field(d, entries, "min_vram_gib"),
         min_ram_gib: gib_field(d, entries, "min_ram_gib"),
         allowed_hosts,
+        node_selector,
+        cores: count(d, "cores"),
+        gpus: count(d, "gpus"),
     };
+    let timeout_s = match find(entries, "timeout_s") {
+        Some(e) => want_timeout(d, e),
+        None => model_def
+            .and_then(|def| def.timeout_s)
+            .or(defaults.timeout_s),
+    };
+    let mut env = model_def.map(|def| def.env.clone()).unwrap_or_default();
+    if let Some(own) = find(entries, "env").and_then(|e| want_env(d, e)) {
+        env.extend(own);
+    }
     let priority = find(entries, "priority")
         .and_then(|e| want_i32(d, e))
         .unwrap_or(defaults.priority);
@@ -751,6 +795,8 @@ fn job_spec(
         retry,
         command,
         labels,
+        timeout_s,
+        env,
         manifest_order: 0,
     })
 }

@@ -55,6 +55,10 @@ pub struct Defaults {
     pub retry: RetryPolicy,
     /// Higher runs first.
     pub priority: i32,
+    /// Wall-clock limit of an attempt, for jobs and models that set none.
+    pub timeout_s: Option<u64>,
+    /// Worker labels every job needs; a job's own `node_selector` wins per key.
+    pub node_selector: BTreeMap<String, String>,
 }
 
 impl Default for Defaults {
@@ -65,6 +69,8 @@ impl Default for Defaults {
             command: None,
             retry: RetryPolicy::default(),
             priority: 0,
+            timeout_s: None,
+            node_selector: BTreeMap::new(),
         }
     }
 }
@@ -77,6 +83,10 @@ pub struct ModelDef {
     /// Hyperparameter schema (key -> type). None accepts any keys; `Some` (even empty)
     /// rejects keys it does not list and values of the wrong type.
     pub hyper: Option<BTreeMap<String, HyperType>>,
+    /// Wall-clock limit of an attempt for this model's jobs (a job's own wins).
+    pub timeout_s: Option<u64>,
+    /// Environment for this model's trainers (a job's `env` wins per key).
+    pub env: BTreeMap<String, String>,
 }
 
 /// The type a hyperparameter schema declares for one key.
@@ -224,5 +234,7 @@ pub fn manifest_text(bytes: Vec<u8>, path: &Path) -> Result<String, ManifestErro
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod jobspec_tests;
 #[cfg(test)]
 mod tests;

@@ -246,6 +246,11 @@ fn the_example_manifest_is_valid_and_shows_every_feature() {
     assert!(count(&|j| j.constraints.prefer_cuda) > 0);
     assert!(count(&|j| j.constraints.min_vram_gib > 0.0) > 0);
     assert_eq!(count(&|j| !j.constraints.allowed_hosts.is_empty()), 1);
+    assert_eq!(count(&|j| !j.constraints.node_selector.is_empty()), 1);
+    assert_eq!(count(&|j| j.constraints.cores > 0), 1);
+    assert_eq!(count(&|j| j.timeout_s == Some(600)), 1);
+    assert!(count(&|j| j.timeout_s == Some(3600)) > 0);
+    assert!(count(&|j| j.env.get("OMP_NUM_THREADS").is_some_and(|v| v == "4")) == 1);
     let negative_lr = |j: &JobSpec| {
         j.hyper
             .get("learning_rate")

@@ -13,6 +13,7 @@ use super::matching::{
     defers_to_cuda, fit_reasons, has_cuda, i_cuda_alternatives, i_worker_blocked,
 };
 use super::nodes::{i_host_policy, i_leased_jobs_of, i_worker_rows, WorkerRow};
+use super::placement::Placement;
 use super::rows::{i_existing_job, JobRow};
 use super::{QueueError, Tx};
 use crate::policy::HostPolicy;
@@ -166,6 +167,10 @@ fn i_worker_fit(tx: &Tx<'_>, row: &JobRow, k: &Known) -> Result<WorkerFit, Queue
     })
 }
 
+/// What a job ahead asks for, as its claim columns hold it: model, require_cuda,
+/// prefer_cuda, VRAM and RAM (as bits), allowed_hosts and placement (as stored).
+type Needs = (String, bool, bool, u64, u64, String, String);
+
 /// The pending jobs ahead of `row` in queue order: (those that some worker of `able` can
 /// run, those none of them ever can). With no able worker every job ahead counts, as
 /// nothing is known to separate them.
@@ -184,20 +189,21 @@ fn i_jobs_ahead(tx: &Tx<'_>, row: &JobRow, able: &[&Known]) -> Result<(u64, u64)
         return Ok((ahead.max(0) as u64, 0));
     }
     let mut stmt = tx.db.prepare(&format!(
-        "SELECT model, require_cuda, prefer_cuda, min_vram_gib, min_ram_gib, allowed_hosts \
-         FROM jobs WHERE {ahead_of}"
+        "SELECT model, require_cuda, prefer_cuda, min_vram_gib, min_ram_gib, allowed_hosts, \
+         placement FROM jobs WHERE {ahead_of}"
     ))?;
     let mut rows = stmt.query(params![spec.priority, order, row.spec.id.as_str()])?;
     // Jobs ahead are often alike (a matrix): decide once per distinct needs.
-    let mut competes: HashMap<(String, bool, bool, u64, u64, String), bool> = HashMap::new();
+    let mut competes: HashMap<Needs, bool> = HashMap::new();
     let (mut ahead, mut never) = (0u64, 0u64);
     while let Some(r) = rows.next()? {
-        let (model, require_cuda, prefer_cuda, vram, ram, hosts): (
+        let (model, require_cuda, prefer_cuda, vram, ram, hosts, placement): (
             String,
             bool,
             bool,
             f64,
             f64,
+            String,
             String,
         ) = (
             r.get(0)?,
@@ -206,6 +212,7 @@ fn i_jobs_ahead(tx: &Tx<'_>, row: &JobRow, able: &[&Known]) -> Result<(u64, u64)
             r.get(3)?,
             r.get(4)?,
             r.get(5)?,
+            r.get(6)?,
         );
         let key = (
             model,
@@ -214,6 +221,7 @@ fn i_jobs_ahead(tx: &Tx<'_>, row: &JobRow, able: &[&Known]) -> Result<(u64, u64)
             vram.to_bits(),
             ram.to_bits(),
             hosts,
+            placement,
         );
         let runs = match competes.get(&key) {
             Some(runs) => *runs,
@@ -224,13 +232,15 @@ fn i_jobs_ahead(tx: &Tx<'_>, row: &JobRow, able: &[&Known]) -> Result<(u64, u64)
                     serde_json::from_str(&key.5)
                         .map_err(|e| QueueError::corrupt(format!("allowed_hosts {}: {e}", key.5)))?
                 };
-                let c = Constraints {
+                let mut c = Constraints {
                     require_cuda,
                     prefer_cuda,
                     min_vram_gib: vram,
                     min_ram_gib: ram,
                     allowed_hosts,
+                    ..Constraints::default()
                 };
+                Placement::from_column(&key.6, &key.0)?.apply(&mut c);
                 let runs = able.iter().any(|k| {
                     fit_reasons(
                         &key.0,

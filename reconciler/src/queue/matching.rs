@@ -2,8 +2,8 @@
 //!
 //! A claim walks pending jobs in queue order (priority, then the prefer_cuda preference,
 //! then manifest order) through an index, with the cheap constraints (status, tombstone,
-//! require_cuda, VRAM, RAM) in SQL and the rest (allowed_hosts, host policy, prefer_cuda
-//! deferral) in Rust. It stops at the first job that fits, so a claim costs an index seek
+//! require_cuda, VRAM, RAM) in SQL and the rest (allowed_hosts, host policy, node_selector,
+//! cores and GPUs (`placement.rs`), prefer_cuda deferral) in Rust. It stops at the first job that fits, so a claim costs an index seek
 //! plus the jobs it has to skip, not a scan of the queue.
 
 use std::collections::HashMap;
@@ -15,6 +15,7 @@ use rusqlite::{params, OptionalExtension};
 use super::events::{i_event, kind};
 use super::failures;
 use super::nodes::{self, WorkerRow};
+use super::placement::{placement_reasons, Placement};
 use super::rows::i_existing_job;
 use super::{QueueError, Tx};
 use crate::policy::HostPolicy;
@@ -119,6 +120,7 @@ pub(crate) fn fit_reasons(
     if let Some(why) = policy.and_then(|p| p.denies_model(model)) {
         reasons.push(Reason::lasting(why));
     }
+    reasons.extend(placement_reasons(c, cap, policy));
     reasons
 }
 
@@ -256,7 +258,7 @@ macro_rules! claim_query {
     ($index:literal, $which:literal, $prefer:literal) => {
         concat!(
             "SELECT id, model, prefer_cuda, allowed_hosts, pending_since, require_cuda, \
-             min_vram_gib, min_ram_gib, priority, manifest_order FROM jobs INDEXED BY ",
+             min_vram_gib, min_ram_gib, priority, manifest_order, placement FROM jobs INDEXED BY ",
             $index,
             " WHERE status = 'pending' AND tombstoned = 0 AND ",
             $which,
@@ -319,6 +321,7 @@ struct Candidate {
     min_ram_gib: f64,
     priority: i64,
     manifest_order: i64,
+    placement: String,
 }
 
 impl Candidate {
@@ -334,6 +337,7 @@ impl Candidate {
             min_ram_gib: r.get(7)?,
             priority: r.get(8)?,
             manifest_order: r.get(9)?,
+            placement: r.get(10)?,
         })
     }
 
@@ -360,13 +364,16 @@ impl Candidate {
             serde_json::from_str(&self.allowed_hosts)
                 .map_err(|e| QueueError::corrupt(format!("allowed_hosts of {}: {e}", self.id)))?
         };
-        Ok(Constraints {
+        let mut c = Constraints {
             require_cuda: self.require_cuda,
             prefer_cuda: self.prefer_cuda,
             min_vram_gib: self.min_vram_gib,
             min_ram_gib: self.min_ram_gib,
             allowed_hosts,
-        })
+            ..Constraints::default()
+        };
+        Placement::from_column(&self.placement, &self.id)?.apply(&mut c);
+        Ok(c)
     }
 }
 
@@ -557,12 +564,13 @@ impl FirstFit<'_, '_> {
                     .insert(i_cuda_alternatives(self.tx, self.worker)?),
             };
             let key = format!(
-                "{}|{}|{}|{}|{}",
+                "{}|{}|{}|{}|{}|{}",
                 cand.model,
                 cand.require_cuda,
                 cand.min_vram_gib,
                 cand.min_ram_gib,
-                cand.allowed_hosts
+                cand.allowed_hosts,
+                cand.placement
             );
             let defer = *self
                 .cuda_could_run

@@ -38,6 +38,7 @@ pub mod listing;
 pub mod logs;
 mod matching;
 mod nodes;
+mod placement;
 mod results;
 mod rows;
 mod schema;
@@ -55,6 +56,8 @@ mod hold_tests;
 mod identity_tests;
 #[cfg(test)]
 mod logs_tests;
+#[cfg(test)]
+mod placement_tests;
 #[cfg(test)]
 mod results_tests;
 #[cfg(test)]

@@ -381,6 +381,8 @@ pub(crate) fn worker_view(tx: &Tx<'_>, row: WorkerRow) -> Result<WorkerView, Que
     let running_jobs = i_leased_jobs_of(tx, &row.name)?;
     let fresh = row.is_fresh(tx);
     let state = node_state(&row, fresh, !running_jobs.is_empty());
+    let policy = i_host_policy(tx, &row.name)?;
+    let labels = super::placement::worker_labels(&row.capability, policy.as_ref());
     Ok(WorkerView {
         name: WorkerName::parse(&row.name).map_err(QueueError::corrupt)?,
         state,
@@ -394,6 +396,7 @@ pub(crate) fn worker_view(tx: &Tx<'_>, row: WorkerRow) -> Result<WorkerView, Que
         last_seen: from_ms(row.last_seen),
         running_jobs,
         host_problem: i_host_problem(tx, &row.name)?,
+        labels,
     })
 }
 

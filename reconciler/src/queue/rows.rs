@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use cis490_api::{ArtifactId, JobError, JobId, JobSpec, JobStatus, JobView, WorkerName};
 use rusqlite::{params, OptionalExtension, Row};
 
+use super::placement::Placement;
 use super::{QueueError, Tx};
 
 /// Milliseconds since the epoch -> time (out-of-range values clamp to the epoch).
@@ -157,8 +158,8 @@ pub(crate) fn i_insert_job(tx: &Tx<'_>, spec: &JobSpec) -> Result<bool, QueueErr
         tx,
         "INSERT INTO jobs (id, spec, status, priority, manifest_order, model, mode, \
          require_cuda, prefer_cuda, min_vram_gib, min_ram_gib, allowed_hosts, created_at, \
-         updated_at, pending_since) \
-         VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12) \
+         updated_at, pending_since, placement) \
+         VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12, ?13) \
          ON CONFLICT (id) DO NOTHING",
         spec,
     )?;
@@ -171,7 +172,8 @@ pub(crate) fn i_write_spec(tx: &Tx<'_>, spec: &JobSpec) -> Result<(), QueueError
         tx,
         "UPDATE jobs SET spec = ?2, priority = ?3, manifest_order = ?4, model = ?5, \
          mode = ?6, require_cuda = ?7, prefer_cuda = ?8, min_vram_gib = ?9, \
-         min_ram_gib = ?10, allowed_hosts = ?11, updated_at = ?12 WHERE id = ?1",
+         min_ram_gib = ?10, allowed_hosts = ?11, updated_at = ?12, placement = ?13 \
+         WHERE id = ?1",
         spec,
     )?;
     Ok(())
@@ -179,12 +181,13 @@ pub(crate) fn i_write_spec(tx: &Tx<'_>, spec: &JobSpec) -> Result<(), QueueError
 
 /// Runs `sql` with a spec's columns bound as ?1 id, ?2 spec JSON, ?3 priority,
 /// ?4 manifest_order, ?5 model, ?6 mode, ?7-?10 the constraints, ?11 allowed_hosts JSON,
-/// ?12 now; the number of rows changed.
+/// ?12 now, ?13 the placement JSON ([`Placement`]); the number of rows changed.
 fn i_execute_with_spec(tx: &Tx<'_>, sql: &str, spec: &JobSpec) -> Result<usize, QueueError> {
     let json = serde_json::to_string(spec).map_err(|e| QueueError::corrupt(e.to_string()))?;
     let allowed = serde_json::to_string(&spec.constraints.allowed_hosts)
         .map_err(|e| QueueError::corrupt(e.to_string()))?;
     let c = &spec.constraints;
+    let placement = Placement::of(c).to_column()?;
     Ok(tx.db.prepare_cached(sql)?.execute(params![
         spec.id.as_str(),
         json,
@@ -198,6 +201,7 @@ fn i_execute_with_spec(tx: &Tx<'_>, sql: &str, spec: &JobSpec) -> Result<usize, 
         c.min_ram_gib,
         allowed,
         tx.now,
+        placement,
     ])?)
 }
 
@@ -233,6 +237,8 @@ impl JobRow {
             constraints: s.constraints.clone(),
             priority: s.priority,
             labels: s.labels.clone(),
+            timeout_s: s.timeout_s,
+            env: s.env.clone(),
             status: self.status,
             worker,
             attempts: self.attempts,

@@ -276,6 +276,35 @@ CREATE TABLE attempt_results (
     r#"
 CREATE INDEX events_worker ON events (worker, seq) WHERE worker IS NOT NULL;
 "#,
+    // 12: what a job asks of the worker beyond the columns of migration 1, copied from its
+    // spec so that a claim reads it without decoding the spec: node_selector, cores and
+    // gpus as a JSON object holding only what the job asks for ('{}' for most jobs, which
+    // the claim then skips without parsing). Jobs stored before have none of these. The
+    // claim indexes of migration 3 are made again with it at the end, so they still cover
+    // the claim (a job the walk steps over costs an index step, not a table lookup).
+    r#"
+ALTER TABLE jobs ADD COLUMN placement TEXT NOT NULL DEFAULT '{}';
+DROP INDEX jobs_claim_cuda;
+DROP INDEX jobs_claim_cpu;
+DROP INDEX jobs_pinned_cuda;
+DROP INDEX jobs_pinned_cpu;
+CREATE INDEX jobs_claim_cuda ON jobs
+    (priority DESC, prefer_cuda DESC, manifest_order, id, require_cuda, min_vram_gib,
+     min_ram_gib, model, allowed_hosts, pending_since, placement)
+    WHERE status = 'pending' AND (tombstoned = 0 AND allowed_hosts = '[]');
+CREATE INDEX jobs_claim_cpu ON jobs
+    (priority DESC, prefer_cuda ASC, manifest_order, id, require_cuda, min_vram_gib,
+     min_ram_gib, model, allowed_hosts, pending_since, placement)
+    WHERE status = 'pending' AND (tombstoned = 0 AND (allowed_hosts = '[]' AND require_cuda = 0));
+CREATE INDEX jobs_pinned_cuda ON jobs
+    (allowed_hosts, priority DESC, prefer_cuda DESC, manifest_order, id, require_cuda,
+     min_vram_gib, min_ram_gib, model, pending_since, placement)
+    WHERE status = 'pending' AND (tombstoned = 0 AND allowed_hosts <> '[]');
+CREATE INDEX jobs_pinned_cpu ON jobs
+    (allowed_hosts, priority DESC, prefer_cuda ASC, manifest_order, id, require_cuda,
+     min_vram_gib, min_ram_gib, model, pending_since, placement)
+    WHERE status = 'pending' AND (tombstoned = 0 AND (allowed_hosts <> '[]' AND require_cuda = 0));
+"#,
 ];
 
 /// Brings the database to the newest schema, each migration in its own transaction.

@@ -28,6 +28,8 @@ pub(crate) fn spec(name: &str) -> JobSpec {
         retry: RetryPolicy::default(),
         command: vec!["train".to_string()],
         labels: BTreeMap::new(),
+        timeout_s: None,
+        env: BTreeMap::new(),
         manifest_order: 0,
     }
 }

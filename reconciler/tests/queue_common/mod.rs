@@ -27,6 +27,8 @@ pub fn jobs(prefix: &str, n: usize) -> Vec<JobSpec> {
                 retry: RetryPolicy::default(),
                 command: vec!["train".to_string()],
                 labels: BTreeMap::new(),
+                timeout_s: None,
+                env: BTreeMap::new(),
                 manifest_order: i as u64,
             }
         })

@@ -1,0 +1,189 @@
+//! Claims and explain with node_selector, cores and gpus (`placement.rs`).
+
+use std::collections::BTreeMap;
+
+use cis490_api::{Capability, ClaimResponse, Gpu, JobSpec};
+
+use super::test_support::{cpu, gpu, spec, worker};
+use super::{ManifestSource, Queue, QueueConfig};
+use crate::plan::plan;
+use crate::policy::HostPolicy;
+
+fn queue() -> Queue {
+    Queue::open_in_memory(QueueConfig::default()).unwrap()
+}
+
+fn load_hosts(q: &Queue, desired: &[JobSpec], hosts: &[HostPolicy]) {
+    let source = ManifestSource {
+        path: "m.toml".to_string(),
+        sha256: "ab".repeat(32),
+        warnings: Vec::new(),
+    };
+    let p = plan(desired, &q.actual().unwrap());
+    q.apply(&p, hosts, &source).unwrap();
+}
+
+fn claim(q: &Queue, w: &str, cap: &Capability) -> Option<ClaimResponse> {
+    q.claim(&worker(w), cap).unwrap()
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn selecting(name: &str, pairs: &[(&str, &str)]) -> JobSpec {
+    let mut job = spec(name);
+    job.constraints.node_selector = labels(pairs);
+    job
+}
+
+fn labelled(pairs: &[(&str, &str)]) -> Capability {
+    Capability {
+        labels: labels(pairs),
+        ..cpu(16)
+    }
+}
+
+/// Every reason explain gives for `job`, one worker a line.
+fn explained(q: &Queue, job: &JobSpec) -> String {
+    let why = q.explain(&job.id).unwrap();
+    why.workers
+        .iter()
+        .map(|w| format!("{}: {}", w.worker, w.reasons.join("; ")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_node_selector_job_goes_only_to_a_worker_with_every_label() {
+    let q = queue();
+    let job = selecting("sel", &[("gpu", "rtx-4090"), ("room", "a")]);
+    load_hosts(&q, std::slice::from_ref(&job), &[]);
+    assert!(claim(&q, "plain", &cpu(16)).is_none());
+    assert!(claim(&q, "half", &labelled(&[("gpu", "rtx-4090")])).is_none());
+    assert!(claim(&q, "wrong", &labelled(&[("gpu", "a100"), ("room", "a")])).is_none());
+    let why = explained(&q, &job);
+    assert!(
+        why.contains("plain: no label gpu (node_selector wants gpu=rtx-4090)"),
+        "{why}"
+    );
+    assert!(
+        why.contains("half: no label room (node_selector wants room=a)"),
+        "{why}"
+    );
+    assert!(
+        why.contains("wrong: label gpu=a100, node_selector wants gpu=rtx-4090"),
+        "{why}"
+    );
+    let both = labelled(&[("gpu", "rtx-4090"), ("room", "a"), ("extra", "x")]);
+    assert_eq!(claim(&q, "both", &both).unwrap().job.id, job.id);
+}
+
+#[test]
+fn a_node_selector_is_matched_for_pinned_jobs_too() {
+    let q = queue();
+    let mut job = selecting("pinned", &[("gpu", "x")]);
+    job.constraints.allowed_hosts = vec!["w".to_string()];
+    load_hosts(&q, std::slice::from_ref(&job), &[]);
+    assert!(claim(&q, "w", &cpu(16)).is_none());
+    assert_eq!(
+        claim(&q, "w", &labelled(&[("gpu", "x")])).unwrap().job.id,
+        job.id
+    );
+}
+
+#[test]
+fn hosts_labels_count_and_win_over_the_agents() {
+    let q = queue();
+    let job = selecting("room", &[("room", "b")]);
+    let host = HostPolicy {
+        name: "h".to_string(),
+        labels: labels(&[("room", "b")]),
+        ..HostPolicy::default()
+    };
+    load_hosts(&q, std::slice::from_ref(&job), &[host]);
+    // The agent says room=a; the manifest's [[hosts]] entry says room=b, and it wins.
+    assert!(claim(&q, "other", &labelled(&[("room", "b2")])).is_none());
+    let claimed = claim(&q, "h", &labelled(&[("room", "a")])).unwrap();
+    assert_eq!(claimed.job.id, job.id);
+    let view = q
+        .workers()
+        .unwrap()
+        .into_iter()
+        .find(|w| w.name.as_str() == "h")
+        .unwrap();
+    assert_eq!(view.labels, labels(&[("room", "b")]));
+    assert_eq!(view.capability.labels, labels(&[("room", "a")]));
+}
+
+#[test]
+fn a_cores_job_waits_until_enough_cores_are_free() {
+    let q = queue();
+    let mut job = spec("cores");
+    job.constraints.cores = 4;
+    load_hosts(&q, std::slice::from_ref(&job), &[]);
+    let busy = Capability {
+        cores_allocatable: Some(2),
+        ..cpu(16)
+    };
+    assert!(claim(&q, "w", &busy).is_none());
+    let small = Capability {
+        cores: 2,
+        ..cpu(16)
+    };
+    assert!(claim(&q, "small", &small).is_none());
+    let why = explained(&q, &job);
+    assert!(why.contains("w: needs 4 cores, 2 free"), "{why}");
+    assert!(
+        why.contains("small: needs 4 cores, 2 free (it has 2 in all)"),
+        "{why}"
+    );
+    let summary = q.explain(&job.id).unwrap().summary;
+    assert!(summary.contains("can run later on w"), "{summary}");
+    let free = Capability {
+        cores_allocatable: Some(4),
+        ..cpu(16)
+    };
+    assert_eq!(claim(&q, "w", &free).unwrap().job.id, job.id);
+}
+
+#[test]
+fn a_gpus_job_needs_that_many_whole_free_gpus() {
+    let q = queue();
+    let mut job = spec("gpus");
+    job.constraints.gpus = 2;
+    load_hosts(&q, std::slice::from_ref(&job), &[]);
+    assert!(claim(&q, "one", &gpu(24)).is_none());
+    assert!(claim(&q, "cpu", &cpu(16)).is_none());
+    let mut two = gpu(24);
+    let second = Gpu {
+        index: 1,
+        ..two.gpus[0].clone()
+    };
+    two.gpus.push(second);
+    let mut shared = two.clone();
+    shared.gpus[1].vram_allocated_mib = 1024;
+    assert!(claim(&q, "shared", &shared).is_none());
+    let why = explained(&q, &job);
+    assert!(why.contains("shared: needs 2 GPUs, 1 free"), "{why}");
+    assert!(why.contains("cpu: needs 2 GPUs, 0 free (no CUDA)"), "{why}");
+    assert_eq!(claim(&q, "two", &two).unwrap().job.id, job.id);
+}
+
+#[test]
+fn a_changed_node_selector_updates_a_pending_job() {
+    let q = queue();
+    let job = spec("moves");
+    load_hosts(&q, std::slice::from_ref(&job), &[]);
+    let pinned = selecting("moves", &[("gpu", "x")]);
+    assert_eq!(pinned.id, job.id, "not identity");
+    load_hosts(&q, std::slice::from_ref(&pinned), &[]);
+    assert!(claim(&q, "plain", &cpu(16)).is_none());
+    assert_eq!(
+        claim(&q, "x", &labelled(&[("gpu", "x")])).unwrap().job.id,
+        job.id
+    );
+}
