@@ -157,6 +157,19 @@ mod tests {
             .unwrap();
         let _ours = TrainerRecord::write(&records, leftover.id(), &ours).unwrap();
         let _theirs = TrainerRecord::write(&records, stranger.id(), &ours).unwrap();
+        // Until a child has exec'd, /proc shows the environment it forked with (ours), not
+        // the one it was given: wait for both, as a previous life's trainers long have.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for pid in [leftover.id(), stranger.id()] {
+            while !std::fs::read(format!("/proc/{pid}/environ"))
+                .unwrap_or_default()
+                .windows(b"CIS490_JOB_ID=".len())
+                .any(|w| w == b"CIS490_JOB_ID=")
+            {
+                assert!(Instant::now() < deadline, "sleep {pid} never started");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
 
         let ended = end_leftovers(&records);
         assert_eq!(
