@@ -77,6 +77,10 @@ pub(crate) struct Waiting {
 #[derive(Default)]
 struct WaitState {
     ops: Vec<(Op, Slot)>,
+    /// The last batch's vector, emptied, for the next batch: a batch holds up to
+    /// [`MAX_BATCH`] operations of a few hundred bytes each, and a fresh one for every
+    /// commit had the allocator fault in fresh pages again and again.
+    spare: Vec<(Op, Slot)>,
     /// A leader is at work or has been chosen; it stays true across a hand-off.
     leading: bool,
 }
@@ -186,16 +190,27 @@ impl Queue {
                     return result;
                 }
             }
-            let batch: Vec<(Op, Slot)> = {
+            let mut batch: Vec<(Op, Slot)> = {
                 let mut state = waiting.lock();
-                let n = state.ops.len().min(MAX_BATCH);
-                state.ops.drain(..n).collect()
+                if state.ops.len() <= MAX_BATCH {
+                    let spare = std::mem::take(&mut state.spare);
+                    std::mem::replace(&mut state.ops, spare)
+                } else {
+                    state.ops.drain(..MAX_BATCH).collect()
+                }
             };
             let turn = EndTurn {
                 waiting,
                 slots: batch.iter().map(|(_, s)| s.clone()).collect(),
             };
             self.lead(&batch);
+            batch.clear();
+            {
+                let mut state = waiting.lock();
+                if batch.capacity() > state.spare.capacity() {
+                    state.spare = batch;
+                }
+            }
             drop(turn);
             if let Some(result) = take(&slot) {
                 return result;
