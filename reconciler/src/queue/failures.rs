@@ -77,10 +77,11 @@ pub(crate) fn i_pending_failed_on(
 ) -> Result<BTreeSet<String>, QueueError> {
     // On every claim. CROSS JOIN keeps the worker's (usually no) failures as the outer
     // loop: left to itself, SQLite (no statistics) walks every pending job in
-    // `jobs_queue` and looks each one up here.
+    // `jobs_queue` and looks each one up here. `+?1`: with a bare `f.worker = ?1` the
+    // statement was compiled again on every claim (see `matching::claim_query`).
     let mut stmt = tx.db.prepare_cached(
         "SELECT f.job_id FROM job_worker_failures f INDEXED BY job_worker_failures_worker \
-         CROSS JOIN jobs j ON j.id = f.job_id WHERE f.worker = ?1 AND j.status = 'pending'",
+         CROSS JOIN jobs j ON j.id = f.job_id WHERE f.worker = +?1 AND j.status = 'pending'",
     )?;
     let rows = stmt.query_map([worker], |r| r.get::<_, String>(0))?;
     Ok(rows.collect::<Result<_, _>>()?)

@@ -446,8 +446,11 @@ pub(crate) fn i_record_upload(
 
 /// Artifacts uploaded for `id` under the lease with `token`, oldest first.
 fn i_uploads_under(tx: &Tx<'_>, id: &JobId, token: &str) -> Result<Vec<String>, QueueError> {
+    // `+?1`, `+?2`: with a bare `column = ?N` this statement was compiled again on every
+    // completion once the queue held jobs (see `matching::claim_query`); the index is
+    // still searched on both columns.
     let mut stmt = tx.db.prepare_cached(
-        "SELECT artifact_id FROM uploads WHERE job_id = ?1 AND lease_token = ?2 ORDER BY rowid",
+        "SELECT artifact_id FROM uploads WHERE job_id = +?1 AND lease_token = +?2 ORDER BY rowid",
     )?;
     let rows = stmt.query_map(params![id.as_str(), token], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
