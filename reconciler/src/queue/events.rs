@@ -73,6 +73,15 @@ pub(crate) fn i_event(
     Ok(())
 }
 
+/// Appends an event a transition decided (see `transitions.rs`).
+pub(crate) fn i_emit(
+    tx: &mut Tx<'_>,
+    job: &JobId,
+    emit: super::transitions::Emit<'_>,
+) -> Result<(), QueueError> {
+    i_event(tx, Some(job), emit.worker, emit.kind, emit.message)
+}
+
 type RawEvent = (i64, i64, Option<String>, Option<String>, String, String);
 
 fn decode((seq, at, job, worker, kind, message): RawEvent) -> Result<Event, QueueError> {

@@ -13,10 +13,11 @@ use std::collections::BTreeSet;
 use cis490_api::{FailRequest, JobId, JobStatus, JobStatusResponse};
 use rusqlite::params;
 
-use super::events::{i_event, kind};
+use super::events::i_emit;
 use super::matching::fit_reasons;
 use super::nodes::{self, i_flag_host_problem};
 use super::rows::JobRow;
+use super::transitions::{self, HostVerdict};
 use super::{QueueError, Tx};
 
 /// Host failures of one job (over all workers) after which it fails for good.
@@ -167,67 +168,30 @@ pub(crate) fn i_host_failure(
     let failed_on = i_host_failed_workers(tx, id)?;
     let failed_names: BTreeSet<&str> = failed_on.iter().map(|(w, _)| w.as_str()).collect();
     let able = i_workers_able_to_run(tx, &row.spec.model, &row.spec.constraints)?;
-    let untried: Vec<&String> = able
+    let untried: Vec<&str> = able
         .iter()
-        .filter(|w| !failed_names.contains(w.as_str()))
+        .map(String::as_str)
+        .filter(|w| !failed_names.contains(w))
         .collect();
-    let where_ = failed_on
-        .iter()
-        .map(|(w, why)| format!("{w} ({why})"))
-        .collect::<Vec<_>>()
-        .join("; ");
-    if untried.is_empty() || host_failures >= MAX_HOST_FAILURES {
-        let why = if untried.is_empty() {
-            format!(
-                "every Ready worker that can run it failed to start its trainer: {where_}; fix \
-                 the hosts, then requeue it"
-            )
-        } else {
-            format!(
-                "{host_failures} host failures (at most {MAX_HOST_FAILURES}): {where_}; fix the \
-                 hosts, then requeue it"
-            )
-        };
-        super::lifecycle::i_set_error(tx, id, &why, None, req.log_tail.as_deref())?;
-        super::lifecycle::i_to_failed(tx, id)?;
-        i_event(
-            tx,
-            Some(id),
-            Some(worker),
-            kind::FAILED,
-            format!(
-                "attempt {} could not start on {worker}: {}; {why}",
-                req.lease.attempt, req.reason
-            ),
-        )?;
-        return Ok(JobStatusResponse {
-            id: id.clone(),
-            status: JobStatus::Failed,
-        });
+    match transitions::host_failure(req, host_failures, &failed_on, &untried) {
+        HostVerdict::Failed { why, event } => {
+            super::lifecycle::i_set_error(tx, id, &why, None, req.log_tail.as_deref())?;
+            super::lifecycle::i_to_failed(tx, id)?;
+            i_emit(tx, id, event)?;
+            Ok(JobStatusResponse {
+                id: id.clone(),
+                status: JobStatus::Failed,
+            })
+        }
+        HostVerdict::Pending { event } => {
+            super::lifecycle::i_to_pending(tx, id)?;
+            i_emit(tx, id, event)?;
+            Ok(JobStatusResponse {
+                id: id.clone(),
+                status: JobStatus::Pending,
+            })
+        }
     }
-    super::lifecycle::i_to_pending(tx, id)?;
-    i_event(
-        tx,
-        Some(id),
-        Some(worker),
-        kind::HOST_PROBLEM,
-        format!(
-            "attempt {} could not start on {worker}: {}; a problem of the host, not the \
-             trainer: the attempt does not count, back to pending for another worker ({} \
-             not tried yet)",
-            req.lease.attempt,
-            req.reason,
-            untried
-                .iter()
-                .map(|w| w.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    )?;
-    Ok(JobStatusResponse {
-        id: id.clone(),
-        status: JobStatus::Pending,
-    })
 }
 
 /// An operator requeued the job: its failures start over.

@@ -4,18 +4,19 @@
 use std::collections::BTreeMap;
 
 use cis490_api::{
-    ArtifactId, CompleteRequest, FailRequest, FailureCause, HeartbeatRequest, HeartbeatResponse,
-    IdPrefix, JobId, JobStatus, JobStatusResponse, JobView, Lease, ManifestError, ManifestStatus,
-    PlanSummary, WorkerName, SHORT_ID_LEN,
+    ArtifactId, CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, IdPrefix, JobId,
+    JobStatus, JobStatusResponse, JobView, Lease, ManifestError, ManifestStatus, PlanSummary,
+    WorkerName, SHORT_ID_LEN,
 };
 use rusqlite::{params, OptionalExtension};
 
-use super::events::{i_event, i_job_events, kind};
+use super::events::{i_emit, i_event, i_job_events, kind};
 use super::failures;
 use super::logs;
 use super::nodes::{i_clear_host_problem as clear_host_problem, i_touch_worker};
 use super::results;
 use super::rows::{from_ms, i_existing_job, i_insert_job, i_job_row, i_write_spec, JobRow};
+use super::transitions::{self, Beat, Expiry, Failure, Job};
 use super::{QueueError, SweepOutcome, Tx};
 use crate::plan::{changed_fields, ActualJob, Plan};
 use crate::policy::HostPolicy;
@@ -28,6 +29,13 @@ pub(crate) fn i_to_pending(tx: &Tx<'_>, id: &JobId) -> Result<(), QueueError> {
              lease_expires_at = NULL, pending_since = ?2, updated_at = ?2 WHERE id = ?1",
         )?
         .execute(params![id.as_str(), tx.now])?;
+    Ok(())
+}
+
+fn i_set_lease_expiries(tx: &Tx<'_>, id: &JobId, expiries: u32) -> Result<(), QueueError> {
+    tx.db
+        .prepare_cached("UPDATE jobs SET lease_expiries = ?2 WHERE id = ?1")?
+        .execute(params![id.as_str(), expiries])?;
     Ok(())
 }
 
@@ -122,57 +130,32 @@ pub(crate) fn i_apply(
         let Some(row) = i_job_row(tx, &spec.id)? else {
             continue;
         };
-        if !row.tombstoned {
+        let job = Job::of(&row)?;
+        let differs = !changed_fields(&row.spec, spec).is_empty();
+        let Some(revival) = transitions::revive(&job, differs) else {
             changed |= i_update_if_allowed(tx, &row, spec)?;
             continue;
-        }
+        };
         tx.db
             .prepare_cached("UPDATE jobs SET tombstoned = 0, updated_at = ?2 WHERE id = ?1")?
             .execute(params![spec.id.as_str(), tx.now])?;
-        let spec_note = if row.status.is_leased() {
-            "; it keeps its current spec while leased"
-        } else if changed_fields(&row.spec, spec).is_empty() {
-            ""
-        } else {
+        if revival.write_spec {
             i_write_spec(tx, spec)?;
-            "; spec updated"
-        };
-        i_event(
-            tx,
-            Some(&spec.id),
-            None,
-            kind::REVIVED,
-            format!(
-                "back in the manifest, revived with its history (status {}){spec_note}",
-                row.status
-            ),
-        )?;
+        }
+        i_emit(tx, &spec.id, revival.event)?;
         changed = true;
     }
     for id in &plan.tombstone {
         let Some(row) = i_job_row(tx, id)? else {
             continue;
         };
-        if row.tombstoned {
+        let Some(event) = transitions::tombstone(&Job::of(&row)?) else {
             continue;
-        }
+        };
         tx.db
             .prepare_cached("UPDATE jobs SET tombstoned = 1, updated_at = ?2 WHERE id = ?1")?
             .execute(params![id.as_str(), tx.now])?;
-        let what = if row.status.is_leased() {
-            "it finishes on its worker and will be marked orphaned"
-        } else if matches!(row.status, JobStatus::Pending | JobStatus::Held) {
-            "no longer claimable"
-        } else {
-            "history and artifacts kept"
-        };
-        i_event(
-            tx,
-            Some(id),
-            None,
-            kind::TOMBSTONED,
-            format!("removed from the manifest ({}): {what}", row.status),
-        )?;
+        i_emit(tx, id, event)?;
         changed = true;
     }
     changed |= i_replace_hosts(tx, hosts)?;
@@ -203,21 +186,16 @@ fn i_update_if_allowed(
     row: &JobRow,
     spec: &cis490_api::JobSpec,
 ) -> Result<bool, QueueError> {
-    if row.status.is_leased() {
+    let job = Job::of(row)?;
+    if job.state.status().is_leased() {
         return Ok(false);
     }
     let changes = changed_fields(&row.spec, spec);
-    if changes.is_empty() {
+    let Some(event) = transitions::update_spec(&job, &changes) else {
         return Ok(false);
-    }
+    };
     i_write_spec(tx, spec)?;
-    i_event(
-        tx,
-        Some(&spec.id),
-        None,
-        kind::UPDATED,
-        format!("manifest changed {}", changes.join(", ")),
-    )?;
+    i_emit(tx, &spec.id, event)?;
     Ok(true)
 }
 
@@ -301,60 +279,17 @@ pub(crate) fn i_manifest_status(tx: &mut Tx<'_>) -> Result<ManifestStatus, Queue
     })
 }
 
-/// The job, when `lease` is its current lease held by `worker`. With `allow_cancelled`, a
-/// job cancelled while leased still matches its old lease (heartbeat learns of the cancel
-/// through it). The bool is true when the job is cancelled.
+/// The job, when `lease` is its current lease held by `worker` (see
+/// [`transitions::check_lease`]).
 pub(crate) fn i_leased_job(
     tx: &Tx<'_>,
     id: &JobId,
     worker: &WorkerName,
     lease: &Lease,
-    allow_cancelled: bool,
-) -> Result<(JobRow, bool), QueueError> {
+) -> Result<JobRow, QueueError> {
     let row = i_existing_job(tx, id)?;
-    let lost = |reason: String| QueueError::LeaseLost {
-        id: id.short().to_string(),
-        reason,
-    };
-    let cancelled = row.status == JobStatus::Cancelled;
-    if !(row.status.is_leased() || (allow_cancelled && cancelled)) {
-        return Err(lost(format!(
-            "the job is {}, not leased",
-            if row.tombstoned && row.status == JobStatus::Pending {
-                "pending (tombstoned)".to_string()
-            } else {
-                row.status.to_string()
-            }
-        )));
-    }
-    let same_lease = row.lease_attempt == Some(lease.attempt)
-        && row.lease_token.as_deref() == Some(lease.token.as_str());
-    if !same_lease && row.lease_attempt == Some(lease.attempt) {
-        // A lease handed back (agent shutdown, cannot fit) or requeued does not use up its
-        // attempt, so the next claim has the same number with a new token.
-        return Err(lost(format!(
-            "this lease ended and the job was leased again, to {}, under the same attempt \
-             number {} (a lease handed back or requeued does not use up an attempt); stop \
-             working on it",
-            row.worker.as_deref().unwrap_or("nobody"),
-            lease.attempt
-        )));
-    }
-    if !same_lease {
-        return Err(lost(format!(
-            "lease attempt {} is not the current lease (attempt {})",
-            lease.attempt,
-            row.lease_attempt
-                .map_or_else(|| "none".to_string(), |a| a.to_string())
-        )));
-    }
-    if row.worker.as_deref() != Some(worker.as_str()) {
-        return Err(lost(format!(
-            "the lease belongs to {}, not {worker}",
-            row.worker.as_deref().unwrap_or("nobody")
-        )));
-    }
-    Ok((row, cancelled))
+    transitions::check_lease(&Job::of(&row)?, worker, lease, false)?;
+    Ok(row)
 }
 
 pub(crate) fn i_heartbeat(
@@ -362,7 +297,8 @@ pub(crate) fn i_heartbeat(
     id: &JobId,
     req: &HeartbeatRequest,
 ) -> Result<HeartbeatResponse, QueueError> {
-    let (row, cancelled) = i_leased_job(tx, id, &req.worker, &req.lease, true)?;
+    let row = i_existing_job(tx, id)?;
+    let beat = transitions::heartbeat(&Job::of(&row)?, &req.worker, &req.lease, tx.now)?;
     i_touch_worker(tx, req.worker.as_str())?;
     if let Some(tail) = &req.log_tail {
         tx.db
@@ -383,34 +319,24 @@ pub(crate) fn i_heartbeat(
     if let Some(point) = &req.progress {
         results::i_record_progress(tx, id, &req.worker, &req.lease, point)?;
     }
-    if cancelled {
+    let Beat::Extend {
+        expires_at,
+        started,
+    } = beat
+    else {
         return Ok(HeartbeatResponse {
             cancel: true,
             log_offset: Some(log_offset),
         });
-    }
-    let expires = tx.now.saturating_add(
-        i64::try_from(row.spec.stale_after_s)
-            .unwrap_or(i64::MAX / 1000)
-            .saturating_mul(1000),
-    );
+    };
     tx.db
         .prepare_cached("UPDATE jobs SET lease_expires_at = ?2, updated_at = ?3 WHERE id = ?1")?
-        .execute(params![id.as_str(), expires, tx.now])?;
-    if row.status == JobStatus::Claimed {
+        .execute(params![id.as_str(), expires_at, tx.now])?;
+    if let Some(started) = started {
         tx.db
             .prepare_cached("UPDATE jobs SET status = 'running', started_at = ?2 WHERE id = ?1")?
             .execute(params![id.as_str(), tx.now])?;
-        i_event(
-            tx,
-            Some(id),
-            Some(req.worker.as_str()),
-            kind::STARTED,
-            format!(
-                "running on {} (attempt {} of {})",
-                req.worker, req.lease.attempt, row.spec.max_attempts
-            ),
-        )?;
+        i_emit(tx, id, started)?;
     }
     Ok(HeartbeatResponse {
         cancel: false,
@@ -426,7 +352,7 @@ pub(crate) fn i_record_upload(
     artifact: &ArtifactId,
     size_bytes: u64,
 ) -> Result<(), QueueError> {
-    i_leased_job(tx, id, worker, lease, false)?;
+    i_leased_job(tx, id, worker, lease)?;
     tx.db
         .prepare_cached(
             "INSERT OR IGNORE INTO uploads (job_id, attempt, lease_token, artifact_id, worker, \
@@ -512,7 +438,13 @@ pub(crate) fn i_complete(
     id: &JobId,
     req: &CompleteRequest,
 ) -> Result<JobStatusResponse, QueueError> {
-    let (row, _) = i_leased_job(tx, id, &req.worker, &req.lease, false)?;
+    let row = i_existing_job(tx, id)?;
+    let events = transitions::complete(
+        &Job::of(&row)?,
+        &req.worker,
+        &req.lease,
+        req.artifact_id.as_ref(),
+    )?;
     i_check_completion_artifact(tx, id, req)?;
     // The worker ran a job to its end: whatever was wrong with its host is not any more.
     clear_host_problem(tx, req.worker.as_str())?;
@@ -537,28 +469,8 @@ pub(crate) fn i_complete(
         &req.report,
         req.artifact_id.as_ref(),
     )?;
-    let artifact = req.artifact_id.as_ref().map_or_else(
-        || "no artifact".to_string(),
-        |a| format!("artifact {}", a.short()),
-    );
-    i_event(
-        tx,
-        Some(id),
-        Some(req.worker.as_str()),
-        kind::COMPLETED,
-        format!(
-            "completed on {} (attempt {}), {artifact}",
-            req.worker, req.lease.attempt
-        ),
-    )?;
-    if row.tombstoned {
-        i_event(
-            tx,
-            Some(id),
-            Some(req.worker.as_str()),
-            kind::ORPHANED,
-            "finished after it was removed from the manifest: orphaned, artifact kept",
-        )?;
+    for event in events {
+        i_emit(tx, id, event)?;
     }
     Ok(JobStatusResponse {
         id: id.clone(),
@@ -571,138 +483,60 @@ pub(crate) fn i_fail(
     id: &JobId,
     req: &FailRequest,
 ) -> Result<JobStatusResponse, QueueError> {
-    let (row, _) = i_leased_job(tx, id, &req.worker, &req.lease, false)?;
-    let worker = req.worker.as_str();
-    let max = row.spec.max_attempts;
-    let exit = req
-        .exit_code
-        .map_or_else(String::new, |c| format!(" (exit code {c})"));
+    let row = i_existing_job(tx, id)?;
+    let failure = transitions::fail(&Job::of(&row)?, req)?;
     if let Some(tail) = &req.log_tail {
         tx.db
             .prepare_cached("UPDATE jobs SET log_tail = ?2 WHERE id = ?1")?
             .execute(params![id.as_str(), tail])?;
     }
-    let ended = if req.retryable || req.cause == FailureCause::Host {
-        results::outcome::RELEASED
-    } else {
-        results::outcome::FAILED
-    };
-    results::i_record_outcome(tx, &row, &req.worker, &req.lease, ended, &req.report, None)?;
-    if req.cause == FailureCause::Host && !req.retryable {
-        return failures::i_host_failure(tx, id, &row, req);
-    }
-    if req.retryable {
-        // Not the job's fault (the agent is shutting down): the attempt is refunded.
-        i_set_attempts(tx, id, row.attempts.saturating_sub(1))?;
-        i_to_pending(tx, id)?;
-        i_event(
-            tx,
-            Some(id),
-            Some(worker),
-            kind::RELEASED,
-            format!(
-                "released by {worker}: {}{exit}; back to pending, the attempt does not count",
-                req.reason
-            ),
-        )?;
-        return Ok(JobStatusResponse {
-            id: id.clone(),
-            status: JobStatus::Pending,
-        });
-    }
-    failures::i_record_failure(tx, id, worker, false, &req.reason)?;
-    let failures = row.trainer_failures.saturating_add(1);
-    tx.db
-        .prepare_cached("UPDATE jobs SET trainer_failures = ?2 WHERE id = ?1")?
-        .execute(params![id.as_str(), failures])?;
-    i_set_error(tx, id, &req.reason, req.exit_code, req.log_tail.as_deref())?;
-    let retries = row.spec.retry.retries_on_failure;
-    if failures <= retries && row.attempts < max {
-        i_to_pending(tx, id)?;
-        i_event(
-            tx,
-            Some(id),
-            Some(worker),
-            kind::RETRYING,
-            format!(
-                "attempt {} of {max} failed on {worker}: {}{exit}; retrying (retry {failures} \
-                 of {retries}){}",
-                req.lease.attempt,
-                req.reason,
-                tail_note(req.log_tail.as_deref())
-            ),
-        )?;
-        return Ok(JobStatusResponse {
-            id: id.clone(),
-            status: JobStatus::Pending,
-        });
-    }
-    i_to_failed(tx, id)?;
-    let why = if failures <= retries {
-        format!("no attempts left ({} of {max} used)", row.attempts)
-    } else if retries == 0 {
-        "the retry policy allows no retries".to_string()
-    } else {
-        format!("all {retries} retries used")
-    };
-    i_event(
+    results::i_record_outcome(
         tx,
-        Some(id),
-        Some(worker),
-        kind::FAILED,
-        format!(
-            "attempt {} of {max} failed on {worker}: {}{exit}; {why}{}",
-            req.lease.attempt,
-            req.reason,
-            tail_note(req.log_tail.as_deref())
-        ),
+        &row,
+        &req.worker,
+        &req.lease,
+        failure.outcome(),
+        &req.report,
+        None,
     )?;
+    let status = failure.status();
+    match failure {
+        Failure::Host => return failures::i_host_failure(tx, id, &row, req),
+        Failure::Released { attempts, event } => {
+            i_set_attempts(tx, id, attempts)?;
+            i_to_pending(tx, id)?;
+            i_emit(tx, id, event)?;
+        }
+        Failure::Retry {
+            trainer_failures,
+            event,
+        }
+        | Failure::Failed {
+            trainer_failures,
+            event,
+        } => {
+            failures::i_record_failure(tx, id, req.worker.as_str(), false, &req.reason)?;
+            tx.db
+                .prepare_cached("UPDATE jobs SET trainer_failures = ?2 WHERE id = ?1")?
+                .execute(params![id.as_str(), trainer_failures])?;
+            i_set_error(tx, id, &req.reason, req.exit_code, req.log_tail.as_deref())?;
+            if status == Some(JobStatus::Failed) {
+                i_to_failed(tx, id)?;
+            } else {
+                i_to_pending(tx, id)?;
+            }
+            i_emit(tx, id, event)?;
+        }
+    }
     Ok(JobStatusResponse {
         id: id.clone(),
-        status: JobStatus::Failed,
+        status: status.unwrap_or(JobStatus::Pending),
     })
-}
-
-/// The end of a failure's log tail for its event, so every failure's output stays in the
-/// job's history even after a later attempt replaces the job's `error`.
-fn tail_note(log_tail: Option<&str>) -> String {
-    const KEEP_LINES: usize = 20;
-    const KEEP_CHARS: usize = 4000;
-    let Some(tail) = log_tail.map(str::trim_end).filter(|t| !t.is_empty()) else {
-        return String::new();
-    };
-    let lines: Vec<&str> = tail.lines().collect();
-    let mut kept = lines[lines.len().saturating_sub(KEEP_LINES)..].join("\n");
-    if kept.chars().count() > KEEP_CHARS {
-        kept = kept
-            .chars()
-            .skip(kept.chars().count() - KEEP_CHARS)
-            .collect();
-    }
-    format!("\n--- log tail ---\n{kept}")
 }
 
 pub(crate) fn i_cancel(tx: &mut Tx<'_>, id: &JobId) -> Result<JobStatusResponse, QueueError> {
     let row = i_existing_job(tx, id)?;
-    let message = match row.status {
-        JobStatus::Pending | JobStatus::Held => {
-            format!("cancelled by an operator while {}", row.status)
-        }
-        JobStatus::Claimed | JobStatus::Running => format!(
-            "cancelled by an operator while {} on {}; the worker stops it at its next heartbeat",
-            row.status,
-            row.worker.as_deref().unwrap_or("?")
-        ),
-        other => {
-            return Err(QueueError::InvalidState {
-                message: format!(
-                    "cannot cancel job {} in state {other} (only pending, held, claimed or running \
-                     jobs can be cancelled)",
-                    id.short()
-                ),
-            })
-        }
-    };
+    let event = transitions::cancel(&Job::of(&row)?)?;
     // The lease columns stay: the old lease may still heartbeat (and hears cancel=true).
     tx.db
         .prepare_cached(
@@ -710,13 +544,7 @@ pub(crate) fn i_cancel(tx: &mut Tx<'_>, id: &JobId) -> Result<JobStatusResponse,
              WHERE id = ?1",
         )?
         .execute(params![id.as_str(), tx.now])?;
-    i_event(
-        tx,
-        Some(id),
-        row.worker.as_deref(),
-        kind::CANCELLED,
-        message,
-    )?;
+    i_emit(tx, id, event)?;
     Ok(JobStatusResponse {
         id: id.clone(),
         status: JobStatus::Cancelled,
@@ -725,26 +553,7 @@ pub(crate) fn i_cancel(tx: &mut Tx<'_>, id: &JobId) -> Result<JobStatusResponse,
 
 pub(crate) fn i_requeue(tx: &mut Tx<'_>, id: &JobId) -> Result<JobStatusResponse, QueueError> {
     let row = i_existing_job(tx, id)?;
-    if row.status == JobStatus::Held {
-        return Err(QueueError::InvalidState {
-            message: format!(
-                "cannot requeue job {}: it is held, not finished; `cis490ctl release {}` \
-                 makes it pending again",
-                id.short(),
-                id.short()
-            ),
-        });
-    }
-    if !row.status.is_terminal() {
-        return Err(QueueError::InvalidState {
-            message: format!(
-                "cannot requeue job {} in state {} (only failed, cancelled or completed jobs \
-                 can be requeued)",
-                id.short(),
-                row.status
-            ),
-        });
-    }
+    let event = transitions::requeue(&Job::of(&row)?)?;
     tx.db
         .prepare_cached(
             "UPDATE jobs SET status = 'pending', attempts = 0, trainer_failures = 0, \
@@ -754,18 +563,8 @@ pub(crate) fn i_requeue(tx: &mut Tx<'_>, id: &JobId) -> Result<JobStatusResponse
              finished_at = NULL, pending_since = ?2, updated_at = ?2 WHERE id = ?1",
         )?
         .execute(params![id.as_str(), tx.now])?;
-    let mut message = format!(
-        "requeued by an operator from {} ({} attempts used before); attempts reset",
-        row.status, row.attempts
-    );
-    if let Some(a) = &row.artifact_id {
-        message.push_str(&format!("; previous artifact {a} kept in the store"));
-    }
-    if let Some(e) = &row.error_reason {
-        message.push_str(&format!("; previous error: {e}"));
-    }
     failures::i_forget_failures(tx, id)?;
-    i_event(tx, Some(id), None, kind::REQUEUED, message)?;
+    i_emit(tx, id, event)?;
     Ok(JobStatusResponse {
         id: id.clone(),
         status: JobStatus::Pending,
@@ -789,45 +588,32 @@ pub(crate) fn i_sweep(tx: &mut Tx<'_>, now: i64) -> Result<SweepOutcome, QueueEr
     for id in expired {
         let id = JobId::parse(&id).map_err(QueueError::corrupt)?;
         let row = i_existing_job(tx, &id)?;
-        let worker = row.worker.clone().unwrap_or_default();
-        let expiries = row.lease_expiries.saturating_add(1);
-        tx.db
-            .prepare_cached("UPDATE jobs SET lease_expiries = ?2 WHERE id = ?1")?
-            .execute(params![id.as_str(), expiries])?;
-        let max = row.spec.max_attempts;
-        if row.attempts < max {
-            i_to_pending(tx, &id)?;
-            i_event(
-                tx,
-                Some(&id),
-                Some(&worker),
-                kind::LEASE_EXPIRED,
-                format!(
-                    "lease of {worker} expired (no heartbeat for {} s; attempt {} of {max} \
-                     used); back to pending",
-                    row.spec.stale_after_s, row.attempts
-                ),
-            )?;
-            out.requeued.push(id);
-        } else {
-            let reason = format!(
-                "lease expired {expiries} time{} (agent vanished)",
-                if expiries == 1 { "" } else { "s" }
-            );
-            i_set_error(tx, &id, &reason, None, row.log_tail.as_deref())?;
-            i_to_failed(tx, &id)?;
-            i_event(
-                tx,
-                Some(&id),
-                Some(&worker),
-                kind::LEASE_EXPIRED,
-                format!(
-                    "lease of {worker} expired on the last attempt ({} of {max}); {reason}",
-                    row.attempts
-                ),
-            )?;
-            i_event(tx, Some(&id), Some(&worker), kind::FAILED, reason)?;
-            out.failed.push(id);
+        let Some(expiry) = transitions::expire_lease(&Job::of(&row)?, now) else {
+            continue;
+        };
+        match expiry {
+            Expiry::Requeue {
+                lease_expiries,
+                event,
+            } => {
+                i_set_lease_expiries(tx, &id, lease_expiries)?;
+                i_to_pending(tx, &id)?;
+                i_emit(tx, &id, event)?;
+                out.requeued.push(id);
+            }
+            Expiry::Fail {
+                lease_expiries,
+                reason,
+                events,
+            } => {
+                i_set_lease_expiries(tx, &id, lease_expiries)?;
+                i_set_error(tx, &id, &reason, None, row.log_tail.as_deref())?;
+                i_to_failed(tx, &id)?;
+                for event in events {
+                    i_emit(tx, &id, event)?;
+                }
+                out.failed.push(id);
+            }
         }
     }
     // Cancelled jobs whose worker never heard of the cancel: drop the dangling lease.

@@ -12,11 +12,12 @@ use cis490_api::{Capability, ClaimResponse, Constraints, JobId, Lease, WorkerNam
 use rand::Rng;
 use rusqlite::{params, OptionalExtension};
 
-use super::events::{i_event, kind};
+use super::events::i_emit;
 use super::failures;
 use super::nodes::{self, WorkerRow};
 use super::placement::{placement_reasons, Placement};
 use super::rows::i_existing_job;
+use super::transitions::{self, Job};
 use super::{QueueError, Tx};
 use crate::policy::HostPolicy;
 
@@ -617,13 +618,9 @@ pub(crate) fn i_lease(
     worker: &WorkerName,
 ) -> Result<ClaimResponse, QueueError> {
     let job = i_existing_job(tx, id)?;
-    let attempt = job.attempts.saturating_add(1);
+    let grant = transitions::grant_lease(&Job::of(&job)?, worker, tx.now)?;
+    let attempt = grant.attempt;
     let token = new_token();
-    let expires = tx.now.saturating_add(
-        i64::try_from(job.spec.stale_after_s)
-            .unwrap_or(i64::MAX / 1000)
-            .saturating_mul(1000),
-    );
     let changed = tx
         .db
         .prepare_cached(
@@ -637,7 +634,7 @@ pub(crate) fn i_lease(
             worker.as_str(),
             attempt,
             token,
-            expires,
+            grant.expires_at,
             tx.now
         ])?;
     if changed != 1 {
@@ -645,16 +642,7 @@ pub(crate) fn i_lease(
             message: format!("job {} is no longer pending", id.short()),
         });
     }
-    i_event(
-        tx,
-        Some(id),
-        Some(worker.as_str()),
-        kind::CLAIMED,
-        format!(
-            "claimed by {worker} (attempt {attempt} of {})",
-            job.spec.max_attempts
-        ),
-    )?;
+    i_emit(tx, id, grant.event)?;
     Ok(ClaimResponse {
         job: job.spec,
         lease: Lease { attempt, token },

@@ -43,6 +43,7 @@ mod results;
 mod rows;
 mod schema;
 pub mod tokens;
+mod transitions;
 
 #[cfg(test)]
 mod events_tests;
@@ -66,6 +67,8 @@ mod selector_tests;
 pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod transitions_tests;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -590,9 +593,7 @@ impl Queue {
         worker: &WorkerName,
         lease: &Lease,
     ) -> Result<JobSpec, QueueError> {
-        self.read(|tx| {
-            lifecycle::i_leased_job(tx, id, worker, lease, false).map(|(row, _)| row.spec)
-        })
+        self.read(|tx| lifecycle::i_leased_job(tx, id, worker, lease).map(|row| row.spec))
     }
 
     /// Records an upload the store accepted for job `id` under `lease`, fenced by the lease:
