@@ -164,7 +164,7 @@ pub(crate) fn i_host_failure(
         .query_row(params![id.as_str(), row.attempts.saturating_sub(1)], |r| {
             r.get(0)
         })?;
-    super::lifecycle::i_set_error(tx, id, &req.reason, req.exit_code, req.log_tail.as_deref())?;
+    super::rows::i_set_error(tx, id, &req.reason, req.exit_code, req.log_tail.as_deref())?;
     let failed_on = i_host_failed_workers(tx, id)?;
     let failed_names: BTreeSet<&str> = failed_on.iter().map(|(w, _)| w.as_str()).collect();
     let able = i_workers_able_to_run(tx, &row.spec.model, &row.spec.constraints)?;
@@ -175,8 +175,8 @@ pub(crate) fn i_host_failure(
         .collect();
     match transitions::host_failure(req, host_failures, &failed_on, &untried) {
         HostVerdict::Failed { why, event } => {
-            super::lifecycle::i_set_error(tx, id, &why, None, req.log_tail.as_deref())?;
-            super::lifecycle::i_to_failed(tx, id)?;
+            super::rows::i_set_error(tx, id, &why, None, req.log_tail.as_deref())?;
+            super::rows::i_to_failed(tx, id)?;
             i_emit(tx, id, event)?;
             Ok(JobStatusResponse {
                 id: id.clone(),
@@ -184,7 +184,7 @@ pub(crate) fn i_host_failure(
             })
         }
         HostVerdict::Pending { event } => {
-            super::lifecycle::i_to_pending(tx, id)?;
+            super::rows::i_to_pending(tx, id)?;
             i_emit(tx, id, event)?;
             Ok(JobStatusResponse {
                 id: id.clone(),

@@ -9,7 +9,7 @@
 //! commit, `batch.rs`): each still runs all-or-nothing (in its own SAVEPOINT) and is
 //! answered only after the commit that holds it.
 //!
-//! Job lifecycle and attempt counting (see `lifecycle.rs`):
+//! Job lifecycle and attempt counting (the rules are in `transitions.rs`):
 //! - `claim` moves pending -> claimed and uses one attempt; the lease is (attempt, token).
 //! - the first `heartbeat` moves claimed -> running. A lease is valid until `sweep` expires
 //!   it, so a heartbeat that arrives late but before the sweep still extends it.
@@ -26,23 +26,33 @@
 //! - `hold` (pending) -> held: never claimed, updated and tombstoned like pending;
 //!   `release` (held) -> pending. `cancel` takes a held job; `requeue` refuses it.
 
+mod apply;
 mod batch;
+mod checkpoint;
+mod error;
+use error::bad_request;
+pub use error::QueueError;
 mod events;
 pub use events::EventFilter;
 mod explain;
 mod failures;
 mod forget_worker;
 mod hold;
-mod lifecycle;
+mod lease;
 pub mod listing;
 pub mod logs;
 mod matching;
 mod nodes;
+mod operator;
 mod placement;
+mod reads;
 mod results;
 mod rows;
 mod schema;
+mod sweep;
 pub mod tokens;
+mod tx;
+pub(crate) use tx::Tx;
 mod transitions;
 
 #[cfg(test)]
@@ -73,7 +83,7 @@ mod transitions_tests;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use cis490_api::{
@@ -82,22 +92,14 @@ use cis490_api::{
     JobView, Lease, LogPage, LogQuery, ManifestError, ManifestStatus, PlanSummary, WorkerName,
     WorkerView,
 };
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 
 use crate::plan::{ActualJob, Plan};
 use crate::policy::HostPolicy;
 
-/// WAL size (in 4 KiB frames, SQLite's own auto-checkpoint size) from which the
-/// checkpoint thread makes the WAL start over (see `Queue::start_checkpointer`).
-const WAL_REWIND_FRAMES: i64 = 4096;
-
 /// Prepared statements each connection keeps (more than the queue has distinct ones, so
 /// none is ever parsed twice).
 const STATEMENT_CACHE_CAPACITY: usize = 256;
-
-/// The checkpoint thread takes the writing connection's lock only once an unlocked pass
-/// copied no more than this many frames, so the stall it causes stays near one fsync.
-const WAL_LOCKED_COPY_FRAMES: i64 = 256;
 
 /// Tunables of the queue that do not come from the manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,92 +146,6 @@ pub struct SweepOutcome {
     pub failed: Vec<JobId>,
 }
 
-/// Why a queue operation failed. `code()` gives the API error code.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    /// No job (or worker) matches the ID, prefix or name.
-    #[error("no {what} matches {key:?}")]
-    NotFound { what: &'static str, key: String },
-    /// An ID prefix matches more than one job.
-    #[error("job ID prefix {prefix:?} is ambiguous: it matches {}", candidates.join(", "))]
-    Ambiguous {
-        prefix: String,
-        /// Short IDs of (some of) the matching jobs.
-        candidates: Vec<String>,
-    },
-    /// The caller's lease is not the job's current lease (expired and reassigned, wrong
-    /// worker, or the job is no longer leased): a fencing refusal.
-    #[error("lease lost for job {id}: {reason}")]
-    LeaseLost { id: String, reason: String },
-    /// The operation is not allowed from the job's (or worker's) current state.
-    #[error("{message}")]
-    InvalidState { message: String },
-    /// Another live agent process (instance) holds the worker name: two agents may not
-    /// share one name.
-    #[error("{message}")]
-    NameInUse { worker: String, message: String },
-    /// A completion names an artifact that was not uploaded under the job's current lease
-    /// (another job's, or one never uploaded).
-    #[error("{message}")]
-    ArtifactNotUploaded { message: String },
-    /// A completion names no artifact although one was uploaded under the job's current
-    /// lease.
-    #[error("{message}")]
-    ArtifactRequired { message: String },
-    /// The request itself is malformed (e.g. a label selector term that is not `key=value`, `key!=value`, `key` or `!key`).
-    #[error("{message}")]
-    BadRequest { message: String },
-    /// SQLite failed.
-    #[error("database error: {0}")]
-    Db(#[from] rusqlite::Error),
-    /// A group commit failed; none of its operations took effect.
-    #[error("the database could not commit: {0}")]
-    Commit(String),
-    /// Creating the database's directory failed.
-    #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
-    /// A stored value could not be read back (bad JSON, bad ID, unknown status).
-    #[error("corrupt queue data: {0}")]
-    Corrupt(String),
-}
-
-impl QueueError {
-    /// The API error code: not_found, ambiguous_id, lease_lost, invalid_state, name_in_use,
-    /// artifact_not_uploaded, artifact_required, bad_request, internal.
-    pub fn code(&self) -> &'static str {
-        match self {
-            QueueError::NotFound { .. } => "not_found",
-            QueueError::Ambiguous { .. } => "ambiguous_id",
-            QueueError::LeaseLost { .. } => "lease_lost",
-            QueueError::InvalidState { .. } => "invalid_state",
-            QueueError::NameInUse { .. } => "name_in_use",
-            QueueError::ArtifactNotUploaded { .. } => "artifact_not_uploaded",
-            QueueError::ArtifactRequired { .. } => "artifact_required",
-            QueueError::BadRequest { .. } => "bad_request",
-            QueueError::Db(_)
-            | QueueError::Commit(_)
-            | QueueError::Io(_)
-            | QueueError::Corrupt(_) => "internal",
-        }
-    }
-
-    pub(crate) fn corrupt(what: impl std::fmt::Display) -> Self {
-        QueueError::Corrupt(what.to_string())
-    }
-
-    pub(crate) fn job_not_found(id: &JobId) -> Self {
-        QueueError::NotFound {
-            what: "job",
-            key: id.to_string(),
-        }
-    }
-}
-
-/// A request refused for what it carries (a trainer report beyond its bounds).
-fn bad_request(message: String) -> QueueError {
-    QueueError::BadRequest { message }
-}
-
 /// The job queue. Cheap to clone (shared state); `Send + Sync`. All methods block on
 /// SQLite: call them from `tokio::task::spawn_blocking` in async code.
 #[derive(Clone)]
@@ -252,16 +168,6 @@ struct Inner {
     /// commit without waiting for the writer, so a request's credential check never queues
     /// behind a group commit.
     auth_reader: Option<Mutex<Connection>>,
-}
-
-/// One open transaction and what it did, passed to every `i_*` helper.
-pub(crate) struct Tx<'c> {
-    pub(crate) db: rusqlite::Transaction<'c>,
-    /// The transaction's notion of now, in ms since the epoch (one instant per transaction).
-    pub(crate) now: i64,
-    pub(crate) config: &'c QueueConfig,
-    /// Seq of the last event this transaction appended.
-    pub(crate) last_event: Option<u64>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -290,89 +196,6 @@ impl Queue {
         }
         queue.start_checkpointer(path)?;
         Ok(queue)
-    }
-
-    /// Moves WAL checkpoints off the commit path: a thread with its own connection runs a
-    /// PASSIVE checkpoint (which never blocks writers) every 100 ms, and the writing
-    /// connection no longer checkpoints inside its commits. Otherwise every ~1000 pages one
-    /// unlucky commit copied the WAL into the database (and fsynced it) while holding the
-    /// write lock, stalling every waiting claim (profile: 10-13% of claim time).
-    /// Durability is the WAL's, unchanged; checkpoints only move committed pages.
-    ///
-    /// A PASSIVE checkpoint alone never lets the WAL start over under a steady stream of
-    /// commits: SQLite rewinds the WAL only when a write transaction begins with every
-    /// frame already copied, and some commit always lands while a checkpoint runs. The WAL
-    /// then grew without bound (2.7 GB while 64 threads drained 100,000 jobs), and every
-    /// frame appended to fresh file space cost the kernel a zeroed page (profile: 17% of
-    /// claim time in `memset` under `ext4_block_write_begin`). So once the WAL holds
-    /// [`WAL_REWIND_FRAMES`], the thread catches up with more unlocked passes, then runs one
-    /// more PASSIVE checkpoint while it holds the writing connection's lock (between two
-    /// transactions, so it copies the few frames left and the next commit rewinds the
-    /// WAL), a stall of about one fsync. (Measured: one locked pass right after the first
-    /// unlocked one had 12-15k frames to copy and stalled commits for 11-21 ms.)
-    fn start_checkpointer(&self, path: &Path) -> Result<(), QueueError> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        // Weak: the thread must not keep the queue alive (it stops when the queue drops).
-        let queue = Arc::downgrade(&self.inner);
-        // (frames in the WAL, frames copied into the database so far) after a checkpoint;
-        // None when it failed, which is retried on the next tick (the WAL keeps every
-        // committed page meanwhile).
-        let checkpoint = move || -> Option<(i64, i64)> {
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get(1)?, r.get(2)?))
-            })
-            .ok()
-        };
-        std::thread::Builder::new()
-            .name("cis490-checkpoint".to_string())
-            .spawn(move || {
-                // Ends when the queue is dropped (its sender with it).
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stop_rx.recv_timeout(std::time::Duration::from_millis(100))
-                {
-                    let Some((frames, mut copied)) = checkpoint() else {
-                        continue;
-                    };
-                    if frames < WAL_REWIND_FRAMES {
-                        continue;
-                    }
-                    // Catch up without the lock first: each pass copies what was committed
-                    // during the one before, so the locked pass has only a little left.
-                    let mut caught_up = false;
-                    for _ in 0..4 {
-                        let Some((_, now_copied)) = checkpoint() else {
-                            break;
-                        };
-                        caught_up = now_copied - copied <= WAL_LOCKED_COPY_FRAMES;
-                        copied = now_copied;
-                        if caught_up {
-                            break;
-                        }
-                    }
-                    if !caught_up {
-                        continue;
-                    }
-                    let Some(inner) = queue.upgrade() else {
-                        break;
-                    };
-                    let writer = inner
-                        .conn
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    checkpoint();
-                    drop(writer);
-                }
-            })?;
-        self.lock().pragma_update(None, "wal_autocheckpoint", 0)?;
-        *self
-            .inner
-            .checkpointer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(stop_tx);
-        Ok(())
     }
 
     /// A queue in memory, for tests and `--dry-run` tools. Nothing survives the process.
@@ -450,79 +273,9 @@ impl Queue {
         Utc::now().timestamp_millis() + self.inner.clock_offset_ms.load(Ordering::SeqCst)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock dropped its transaction, which rolled back, so the
-        // connection is still consistent.
-        self.inner
-            .conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Runs `f` in one IMMEDIATE transaction: commits on Ok, rolls back on Err. Watchers
-    /// of [`Queue::subscribe`] are told after the commit.
-    pub(crate) fn write<T>(
-        &self,
-        f: impl FnOnce(&mut Tx<'_>) -> Result<T, QueueError>,
-    ) -> Result<T, QueueError> {
-        let now = self.now_ms();
-        let (out, last_event) = {
-            let mut conn = self.lock();
-            let db = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut tx = Tx {
-                db,
-                now,
-                config: &self.inner.config,
-                last_event: None,
-            };
-            let out = f(&mut tx)?;
-            let last_event = tx.last_event;
-            tx.db.commit()?;
-            (out, last_event)
-        };
-        if let Some(seq) = last_event {
-            self.inner.last_event.send_replace(seq);
-        }
-        Ok(out)
-    }
-
-    /// Runs one statement's worth of reading on the authentication connection (see
-    /// `Inner::auth_reader`), or on the writer's connection for an in-memory queue.
-    pub(crate) fn auth_read<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, QueueError> {
-        match &self.inner.auth_reader {
-            Some(reader) => {
-                let db = reader
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                Ok(f(&db)?)
-            }
-            None => Ok(f(&self.lock())?),
-        }
-    }
-
-    /// Runs `f` in one read (DEFERRED) transaction, so it sees one consistent snapshot.
-    pub(crate) fn read<T>(
-        &self,
-        f: impl FnOnce(&mut Tx<'_>) -> Result<T, QueueError>,
-    ) -> Result<T, QueueError> {
-        let now = self.now_ms();
-        let mut conn = self.lock();
-        let db = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-        let mut tx = Tx {
-            db,
-            now,
-            config: &self.inner.config,
-            last_event: None,
-        };
-        f(&mut tx)
-    }
-
     /// Every job the queue holds, tombstoned ones included: the planner's `actual`.
     pub fn actual(&self) -> Result<Vec<ActualJob>, QueueError> {
-        self.read(lifecycle::i_actual)
+        self.read(apply::i_actual)
     }
 
     /// Applies a plan made from `actual()` in one transaction. Each job's state is checked
@@ -535,7 +288,7 @@ impl Queue {
         hosts: &[HostPolicy],
         source: &ManifestSource,
     ) -> Result<PlanSummary, QueueError> {
-        self.write(|tx| lifecycle::i_apply(tx, plan, hosts, source))
+        self.write(|tx| apply::i_apply(tx, plan, hosts, source))
     }
 
     /// Records a reload that failed: the last good state stays, the errors are shown in the
@@ -545,12 +298,12 @@ impl Queue {
         path: &str,
         errors: &[ManifestError],
     ) -> Result<(), QueueError> {
-        self.write(|tx| lifecycle::i_record_manifest_errors(tx, path, errors))
+        self.write(|tx| apply::i_record_manifest_errors(tx, path, errors))
     }
 
     /// The manifest status (last applied source, generation, last errors).
     pub fn manifest_status(&self) -> Result<ManifestStatus, QueueError> {
-        self.read(lifecycle::i_manifest_status)
+        self.read(apply::i_manifest_status)
     }
 
     /// Gives `worker` the best pending job it may run, with a new lease, or None. Also
@@ -560,11 +313,8 @@ impl Queue {
         worker: &WorkerName,
         cap: &Capability,
     ) -> Result<Option<ClaimResponse>, QueueError> {
-        match self.batched(batch::Op::Claim(worker.clone(), cap.clone())) {
-            Ok(batch::Done::Claim(claimed)) => Ok(claimed),
-            Ok(_) => Err(QueueError::corrupt("claim answered with another result")),
-            Err(e) => Err(self.noted_refusal(worker, e)),
-        }
+        self.batched(batch::Claim(worker.clone(), cap.clone()))
+            .map_err(|e| self.noted_refusal(worker, e))
     }
 
     /// Extends the lease; the first heartbeat moves claimed -> running. Stores the log tail
@@ -577,12 +327,7 @@ impl Queue {
         if let Some(point) = &req.progress {
             cis490_api::results::check_point(point).map_err(bad_request)?;
         }
-        match self.batched(batch::Op::Heartbeat(id.clone(), req.clone()))? {
-            batch::Done::Heartbeat(answer) => Ok(answer),
-            _ => Err(QueueError::corrupt(
-                "heartbeat answered with another result",
-            )),
-        }
+        self.batched(batch::Heartbeat(id.clone(), req.clone()))
     }
 
     /// For uploads: Ok(spec) when `lease` is the job's current lease held by `worker` and the
@@ -593,7 +338,7 @@ impl Queue {
         worker: &WorkerName,
         lease: &Lease,
     ) -> Result<JobSpec, QueueError> {
-        self.read(|tx| lifecycle::i_leased_job(tx, id, worker, lease).map(|row| row.spec))
+        self.read(|tx| lease::i_leased_job(tx, id, worker, lease).map(|row| row.spec))
     }
 
     /// Records an upload the store accepted for job `id` under `lease`, fenced by the lease:
@@ -607,7 +352,7 @@ impl Queue {
         artifact: &ArtifactId,
         size_bytes: u64,
     ) -> Result<(), QueueError> {
-        self.write(|tx| lifecycle::i_record_upload(tx, id, worker, lease, artifact, size_bytes))
+        self.write(|tx| lease::i_record_upload(tx, id, worker, lease, artifact, size_bytes))
     }
 
     /// Every recorded upload, one row per (job, attempt, artifact) with the worker and
@@ -636,29 +381,23 @@ impl Queue {
         req: &CompleteRequest,
     ) -> Result<JobStatusResponse, QueueError> {
         req.report.check().map_err(bad_request)?;
-        match self.batched(batch::Op::Complete(id.clone(), req.clone()))? {
-            batch::Done::Status(status) => Ok(status),
-            _ => Err(QueueError::corrupt("complete answered with another result")),
-        }
+        self.batched(batch::Complete(id.clone(), req.clone()))
     }
 
     /// Reports a failure; see the module docs for where the job goes.
     pub fn fail(&self, id: &JobId, req: &FailRequest) -> Result<JobStatusResponse, QueueError> {
         req.report.check().map_err(bad_request)?;
-        match self.batched(batch::Op::Fail(id.clone(), req.clone()))? {
-            batch::Done::Status(status) => Ok(status),
-            _ => Err(QueueError::corrupt("fail answered with another result")),
-        }
+        self.batched(batch::Fail(id.clone(), req.clone()))
     }
 
     /// Operator: cancels a pending, claimed or running job.
     pub fn cancel(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
-        self.write(|tx| lifecycle::i_cancel(tx, id))
+        self.write(|tx| operator::i_cancel(tx, id))
     }
 
     /// Operator: sends a failed, cancelled or completed job back to pending (attempts reset).
     pub fn requeue(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
-        self.write(|tx| lifecycle::i_requeue(tx, id))
+        self.write(|tx| operator::i_requeue(tx, id))
     }
 
     /// Operator: sets a pending job aside (status held): kept, never claimed.
@@ -673,17 +412,17 @@ impl Queue {
 
     /// Expires every lease whose time has passed at `now`.
     pub fn sweep(&self, now: DateTime<Utc>) -> Result<SweepOutcome, QueueError> {
-        self.write(|tx| lifecycle::i_sweep(tx, now.timestamp_millis()))
+        self.write(|tx| sweep::i_sweep(tx, now.timestamp_millis()))
     }
 
     /// The one job whose ID starts with `prefix`.
     pub fn resolve(&self, prefix: &IdPrefix) -> Result<JobId, QueueError> {
-        self.read(|tx| lifecycle::i_resolve(tx, prefix))
+        self.read(|tx| reads::i_resolve(tx, prefix))
     }
 
     /// One job with all its events.
     pub fn job(&self, id: &JobId) -> Result<JobView, QueueError> {
-        self.read(|tx| lifecycle::i_job_view(tx, id, true))
+        self.read(|tx| reads::i_job_view(tx, id, true))
     }
 
     /// Jobs matching `filter` in queue order (priority, then manifest order); events empty.
@@ -897,12 +636,12 @@ impl Queue {
     /// Live jobs per status name (every status present) and the number of tombstoned jobs
     /// apart; a tombstoned job that is claimed or running counts as live.
     pub fn live_counts(&self) -> Result<(BTreeMap<String, u64>, u64), QueueError> {
-        self.read(lifecycle::i_live_counts)
+        self.read(reads::i_live_counts)
     }
 
     /// Number of jobs per status name (every status present, tombstoned jobs included).
     pub fn counts(&self) -> Result<BTreeMap<String, u64>, QueueError> {
-        self.read(lifecycle::i_counts)
+        self.read(reads::i_counts)
     }
 
     /// Watches the seq of the last event, bumped after every commit that appended events:

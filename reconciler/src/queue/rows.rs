@@ -262,3 +262,59 @@ impl JobRow {
         })
     }
 }
+
+/// Back to pending: the lease is dropped and the prefer_cuda wait starts again.
+pub(crate) fn i_to_pending(tx: &Tx<'_>, id: &JobId) -> Result<(), QueueError> {
+    tx.db
+        .prepare_cached(
+            "UPDATE jobs SET status = 'pending', lease_attempt = NULL, lease_token = NULL, \
+             lease_expires_at = NULL, pending_since = ?2, updated_at = ?2 WHERE id = ?1",
+        )?
+        .execute(params![id.as_str(), tx.now])?;
+    Ok(())
+}
+
+pub(crate) fn i_set_lease_expiries(
+    tx: &Tx<'_>,
+    id: &JobId,
+    expiries: u32,
+) -> Result<(), QueueError> {
+    tx.db
+        .prepare_cached("UPDATE jobs SET lease_expiries = ?2 WHERE id = ?1")?
+        .execute(params![id.as_str(), expiries])?;
+    Ok(())
+}
+
+pub(crate) fn i_set_attempts(tx: &Tx<'_>, id: &JobId, attempts: u32) -> Result<(), QueueError> {
+    tx.db
+        .prepare_cached("UPDATE jobs SET attempts = ?2 WHERE id = ?1")?
+        .execute(params![id.as_str(), attempts])?;
+    Ok(())
+}
+
+pub(crate) fn i_set_error(
+    tx: &Tx<'_>,
+    id: &JobId,
+    reason: &str,
+    exit_code: Option<i32>,
+    log_tail: Option<&str>,
+) -> Result<(), QueueError> {
+    tx.db
+        .prepare_cached(
+            "UPDATE jobs SET error_reason = ?2, error_exit_code = ?3, error_log_tail = ?4 \
+             WHERE id = ?1",
+        )?
+        .execute(params![id.as_str(), reason, exit_code, log_tail])?;
+    Ok(())
+}
+
+/// Terminal: failed, lease dropped.
+pub(crate) fn i_to_failed(tx: &Tx<'_>, id: &JobId) -> Result<(), QueueError> {
+    tx.db
+        .prepare_cached(
+            "UPDATE jobs SET status = 'failed', lease_attempt = NULL, lease_token = NULL, \
+             lease_expires_at = NULL, finished_at = ?2, updated_at = ?2 WHERE id = ?1",
+        )?
+        .execute(params![id.as_str(), tx.now])?;
+    Ok(())
+}
