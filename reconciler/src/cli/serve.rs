@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::queue::tokens::tokens_issued_in;
-use crate::server::config::{check_listen_with, resolve, FileConfig, Flags};
+use crate::server::config::{check_listen_with, resolve, sqlite_path, FileConfig, Flags};
 use crate::server::Server;
 
 /// Arguments of `serve`.
@@ -25,6 +25,10 @@ pub struct ServeArgs {
     /// [default: /var/lib/cis490]
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The queue's database: sqlite:PATH, the only backend of this build
+    /// [env: CIS490_DATABASE] [default: sqlite:STATE_DIR/queue.db]
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
     /// Address to listen on; port 0 picks a free port [env: CIS490_LISTEN]
     /// [default: 127.0.0.1:8787]
     #[arg(long, value_name = "ADDR")]
@@ -110,6 +114,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         client_ca_file: args.client_ca_file,
     };
     let mut config = resolve(&flags, |k| std::env::var(k).ok(), file)?;
+    if let Some(url) = &args.database {
+        config.database = Some(sqlite_path(url)?);
+    }
     let tokens_issued = tokens_issued_in(&config.database_path())
         .with_context(|| format!("reading {}", config.database_path().display()))?;
     let addrs = check_listen_with(&config, tokens_issued)?;

@@ -33,6 +33,7 @@ pub mod env {
     pub const TLS_CERT_FILE: &str = "CIS490_TLS_CERT_FILE";
     pub const TLS_KEY_FILE: &str = "CIS490_TLS_KEY_FILE";
     pub const CLIENT_CA_FILE: &str = "CIS490_CLIENT_CA_FILE";
+    pub const DATABASE: &str = "CIS490_DATABASE";
 }
 
 /// The server's TLS files (PEM). Read when the server is built (see `server::tls`).
@@ -80,6 +81,9 @@ pub struct ServerConfig {
     pub manifest: PathBuf,
     /// Holds `queue.db` and the artifact store (`models/`).
     pub state_dir: PathBuf,
+    /// The queue's SQLite file when `--database sqlite:PATH` names one; None:
+    /// `state_dir/queue.db`.
+    pub database: Option<PathBuf>,
     /// Where to listen (used by `serve`; tests pass their own listener).
     pub listen: String,
     /// Allow a non-loopback listen address without TLS or without a worker credential.
@@ -125,6 +129,7 @@ impl ServerConfig {
         Self {
             manifest: manifest.into(),
             state_dir: state_dir.into(),
+            database: None,
             listen: DEFAULT_LISTEN.to_string(),
             insecure: false,
             tls: None,
@@ -148,7 +153,9 @@ impl ServerConfig {
 
     /// The queue database.
     pub fn database_path(&self) -> PathBuf {
-        self.state_dir.join("queue.db")
+        self.database
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("queue.db"))
     }
 
     /// The artifact store's root.
@@ -209,6 +216,8 @@ impl SecurityPosture {
 pub struct FileConfig {
     pub manifest: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    /// The queue's database as a URL (`sqlite:PATH`; default `sqlite:STATE_DIR/queue.db`).
+    pub database: Option<String>,
     pub listen: Option<String>,
     /// A file holding the operator token (used when CIS490_OPERATOR_TOKEN is unset).
     pub operator_token_file: Option<PathBuf>,
@@ -294,6 +303,15 @@ pub enum ConfigError {
         cert_env: &'static str,
         key_env: &'static str,
     },
+    /// `--database` names a backend this build does not have.
+    #[error(
+        "database URL {url:?}: the {scheme}: scheme is not supported by this build; only \
+         sqlite: is (e.g. --database sqlite:/var/lib/cis490/queue.db)"
+    )]
+    UnsupportedDatabase { url: String, scheme: String },
+    /// `--database` is not `sqlite:PATH`.
+    #[error("database URL {url:?}: {why} (expected sqlite:PATH)")]
+    BadDatabase { url: String, why: &'static str },
     /// A timeout or cap of the config file that cannot work.
     #[error("config key {key} = {value}: {why}")]
     BadLimit {
@@ -352,6 +370,29 @@ fn read_token_file(path: &Path) -> Result<Option<Secret>, ConfigError> {
     Ok(Secret::new(&config_file::read_text(path)?))
 }
 
+/// The SQLite file a `--database` URL names: `sqlite:PATH` (or `sqlite://PATH`). Any other
+/// scheme is refused, naming it.
+pub fn sqlite_path(url: &str) -> Result<PathBuf, ConfigError> {
+    let bad = |why| ConfigError::BadDatabase {
+        url: url.to_string(),
+        why,
+    };
+    let Some((scheme, rest)) = url.split_once(':') else {
+        return Err(bad("no scheme"));
+    };
+    if scheme != "sqlite" {
+        return Err(ConfigError::UnsupportedDatabase {
+            url: url.to_string(),
+            scheme: scheme.to_string(),
+        });
+    }
+    let path = rest.strip_prefix("//").unwrap_or(rest);
+    if path.is_empty() {
+        return Err(bad("no path"));
+    }
+    Ok(PathBuf::from(path))
+}
+
 /// Merges the sources: flags > environment (`env` looks a variable up) > config file >
 /// defaults.
 pub fn resolve(
@@ -374,6 +415,9 @@ pub fn resolve(
         .or(file.state_dir)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
     let mut config = ServerConfig::new(manifest, state_dir);
+    if let Some(url) = env_nonempty(env::DATABASE).or(file.database) {
+        config.database = Some(sqlite_path(&url)?);
+    }
     config.listen = flags
         .listen
         .clone()
@@ -865,5 +909,35 @@ mod tests {
         assert!(!s.matches("abcd"));
         assert!(!s.matches(""));
         assert!(Secret::new("  ").is_none());
+    }
+
+    #[test]
+    fn the_database_url_names_a_sqlite_file_and_other_schemes_are_refused() {
+        assert_eq!(
+            sqlite_path("sqlite:/srv/q.db").unwrap(),
+            PathBuf::from("/srv/q.db")
+        );
+        assert_eq!(
+            sqlite_path("sqlite:///srv/q.db").unwrap(),
+            PathBuf::from("/srv/q.db")
+        );
+        assert_eq!(sqlite_path("sqlite:q.db").unwrap(), PathBuf::from("q.db"));
+        let refused = sqlite_path("postgres://db.lab/cis490")
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("the postgres: scheme is not supported by this build"));
+        assert!(refused.contains("only sqlite: is"));
+        assert!(matches!(
+            sqlite_path("/srv/q.db"),
+            Err(ConfigError::BadDatabase { .. })
+        ));
+        assert!(matches!(
+            sqlite_path("sqlite:"),
+            Err(ConfigError::BadDatabase { .. })
+        ));
+        let mut config = ServerConfig::new("m.toml", "/state");
+        assert_eq!(config.database_path(), PathBuf::from("/state/queue.db"));
+        config.database = Some(PathBuf::from("/srv/q.db"));
+        assert_eq!(config.database_path(), PathBuf::from("/srv/q.db"));
     }
 }
