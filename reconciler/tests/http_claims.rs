@@ -118,7 +118,7 @@ async fn the_sweeper_requeues_an_expired_lease_and_wakes_a_waiting_claimer() {
     assert!(!waiting.is_finished());
 
     // The lease (90 s by default) runs out: move the queue's clock past it.
-    app.queue.advance_clock(chrono::Duration::seconds(200));
+    app.clock.advance(chrono::Duration::seconds(200));
     let second = tokio::time::timeout(Duration::from_secs(20), waiting)
         .await
         .expect("the sweep woke the waiting claimer")

@@ -335,16 +335,16 @@ async fn an_upload_whose_lease_expires_while_it_streams_is_refused_and_cannot_co
     let id = claimed.job.id.clone();
     let chunk = vec![7u8; 64 * 1024];
     let whole: Vec<u8> = chunk.iter().chain(chunk.iter()).copied().collect();
-    let (queue, anon, job) = (app.queue.clone(), app.anon.clone(), id.clone());
+    let (clock, anon, job) = (app.clock.clone(), app.anon.clone(), id.clone());
     // First chunk, then (while the server reads) the lease expires and is swept, then the
     // last chunk.
     let body = futures_util::stream::unfold(0u32, move |i| {
-        let (queue, anon, job, chunk) = (queue.clone(), anon.clone(), job.clone(), chunk.clone());
+        let (clock, anon, job, chunk) = (clock.clone(), anon.clone(), job.clone(), chunk.clone());
         async move {
             match i {
                 0 => Some((Ok::<_, std::io::Error>(bytes::Bytes::from(chunk)), 1)),
                 1 => {
-                    queue.advance_clock(chrono::Duration::seconds(120));
+                    clock.advance(chrono::Duration::seconds(120));
                     wait_for(Duration::from_secs(20), "the sweep", || async {
                         let status = anon.job(&prefix(job.as_str())).await.ok()?.status;
                         (status == JobStatus::Pending).then_some(())

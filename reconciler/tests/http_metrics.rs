@@ -130,7 +130,7 @@ async fn the_sweeper_counts_the_leases_it_expires() {
         .unwrap()
         .unwrap();
     // No heartbeat: past the lease, the sweeper (every 100 ms here) takes the job back.
-    app.queue.advance_clock(chrono::Duration::seconds(3600));
+    app.clock.advance(chrono::Duration::seconds(3600));
     wait_for(
         std::time::Duration::from_secs(10),
         "a lease expiry in /metrics",

@@ -37,9 +37,10 @@ pub enum QueueError {
     /// The request itself is malformed (e.g. a label selector term that is not `key=value`, `key!=value`, `key` or `!key`).
     #[error("{message}")]
     BadRequest { message: String },
-    /// SQLite failed.
+    /// The database failed; the message is the backend's own (no backend type leaks into
+    /// this error, so every backend answers with the same one).
     #[error("database error: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(String),
     /// A group commit failed; none of its operations took effect.
     #[error("the database could not commit: {0}")]
     Commit(String),
@@ -86,4 +87,10 @@ impl QueueError {
 /// A request refused for what it carries (a trainer report beyond its bounds).
 pub(crate) fn bad_request(message: String) -> QueueError {
     QueueError::BadRequest { message }
+}
+
+impl From<rusqlite::Error> for QueueError {
+    fn from(e: rusqlite::Error) -> Self {
+        QueueError::Db(e.to_string())
+    }
 }

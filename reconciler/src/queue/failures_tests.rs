@@ -6,7 +6,7 @@ use cis490_api::{
     ClaimResponse, FailRequest, FailureCause, JobId, JobSpec, JobStatus, Lease, RetryPolicy,
 };
 
-use super::test_support::{cpu, spec, worker};
+use super::test_support::{cpu, manual_clock, queue_on, spec, worker};
 use super::{ManifestSource, Queue, QueueConfig};
 use crate::plan::plan;
 
@@ -188,14 +188,15 @@ fn the_preference_is_soft_other_jobs_first_then_the_failed_one() {
 
 #[test]
 fn after_retry_elsewhere_wait_the_failed_worker_takes_the_job_again() {
-    let q = queue(QueueConfig::default());
+    let clock = manual_clock();
+    let q = queue_on(&clock, QueueConfig::default());
     let job = retried("a");
     load(&q, std::slice::from_ref(&job));
     q.report_node(&worker("w2"), &cpu(8)).unwrap();
     let first = claim(&q, "w1").unwrap();
     fail(&q, &job.id, "w1", &first.lease, FailureCause::Trainer);
     assert!(claim(&q, "w1").is_none());
-    q.advance_clock(chrono::Duration::seconds(
+    clock.advance(chrono::Duration::seconds(
         QueueConfig::default().retry_elsewhere_wait_s as i64 + 1,
     ));
     // w2 is stale by now too; either way w1 may take it.

@@ -7,7 +7,7 @@ use cis490_api::{
 };
 
 use super::events::kind;
-use super::test_support::{cpu, specs, worker};
+use super::test_support::{cpu, manual_clock, queue_on, specs, worker};
 use super::{ManifestSource, Queue, QueueConfig, QueueError};
 use crate::plan::plan;
 
@@ -136,18 +136,19 @@ fn an_agent_restarted_on_its_state_dir_takes_its_name_over_from_its_previous_lif
 
 #[test]
 fn a_stale_holder_is_taken_over_and_then_refused_itself() {
-    let q = queue();
+    let clock = manual_clock();
+    let q = queue_on(&clock, QueueConfig::default());
     let first = agent("aaaa1111", "box-a");
     let second = agent("bbbb2222", "box-b");
     let gpu1 = worker("gpu-1");
     q.report_node(&gpu1, &first).unwrap();
-    q.advance_clock(Duration::seconds(60));
+    clock.advance(Duration::seconds(60));
     let message = name_in_use(q.report_node(&gpu1, &second));
     assert!(
         message.contains("seen 60 s ago") && message.contains("frees in 30 s"),
         "{message}"
     );
-    q.advance_clock(Duration::seconds(31));
+    clock.advance(Duration::seconds(31));
     q.report_node(&gpu1, &second).unwrap();
     assert!(event_kinds(&q).contains(&kind::INSTANCE_REPLACED.to_string()));
     let message = name_in_use(q.claim(&gpu1, &first));
@@ -156,19 +157,23 @@ fn a_stale_holder_is_taken_over_and_then_refused_itself() {
 
 #[test]
 fn a_holder_with_an_unexpired_lease_keeps_the_name_after_it_goes_stale() {
-    let q = queue_with(QueueConfig {
-        node_stale_after_s: 10,
-        ..QueueConfig::default()
-    });
+    let clock = manual_clock();
+    let q = queue_on(
+        &clock,
+        QueueConfig {
+            node_stale_after_s: 10,
+            ..QueueConfig::default()
+        },
+    );
     load(&q, &specs("j", 1)); // 90 s leases
     let first = agent("aaaa1111", "box-a");
     let second = agent("bbbb2222", "box-b");
     let gpu1 = worker("gpu-1");
     q.claim(&gpu1, &first).unwrap().unwrap();
-    q.advance_clock(Duration::seconds(20));
+    clock.advance(Duration::seconds(20));
     let message = name_in_use(q.claim(&gpu1, &second));
     assert!(message.contains("holds a lease until"), "{message}");
-    q.advance_clock(Duration::seconds(71));
+    clock.advance(Duration::seconds(71));
     // The lease has expired (the sweep has not run yet): the name is free.
     assert!(q.report_node(&gpu1, &second).is_ok());
 }

@@ -29,6 +29,8 @@
 mod apply;
 mod batch;
 mod checkpoint;
+mod clock;
+pub use clock::{Clock, ManualClock, SystemClock};
 mod error;
 use error::bad_request;
 pub use error::QueueError;
@@ -82,7 +84,6 @@ mod transitions_tests;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -156,8 +157,8 @@ pub struct Queue {
 struct Inner {
     conn: Mutex<Connection>,
     config: QueueConfig,
-    /// Milliseconds added to the wall clock (tests and simulations move time forward).
-    clock_offset_ms: AtomicI64,
+    /// The time of each transaction (the wall clock but in tests and simulations).
+    clock: Arc<dyn Clock>,
     last_event: tokio::sync::watch::Sender<u64>,
     /// Worker calls waiting for a group commit (see `batch.rs`).
     waiting: batch::Waiting,
@@ -181,11 +182,20 @@ impl std::fmt::Debug for Queue {
 impl Queue {
     /// Opens (creating if needed) the queue database at `path` and migrates it.
     pub fn open(path: &Path, config: QueueConfig) -> Result<Queue, QueueError> {
+        Self::open_with_clock(path, config, Arc::new(SystemClock))
+    }
+
+    /// [`Queue::open`] on `clock` instead of the wall clock.
+    pub fn open_with_clock(
+        path: &Path,
+        config: QueueConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Queue, QueueError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
         let conn = Connection::open(path)?;
-        let mut queue = Self::with_connection(conn, config, true)?;
+        let mut queue = Self::with_connection(conn, config, true, clock)?;
         let reader = Connection::open(path)?;
         reader.pragma_update(None, "query_only", true)?;
         reader.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -200,14 +210,23 @@ impl Queue {
 
     /// A queue in memory, for tests and `--dry-run` tools. Nothing survives the process.
     pub fn open_in_memory(config: QueueConfig) -> Result<Queue, QueueError> {
+        Self::open_in_memory_with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// [`Queue::open_in_memory`] on `clock` instead of the wall clock.
+    pub fn open_in_memory_with_clock(
+        config: QueueConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Queue, QueueError> {
         let conn = Connection::open_in_memory()?;
-        Self::with_connection(conn, config, false)
+        Self::with_connection(conn, config, false, clock)
     }
 
     fn with_connection(
         mut conn: Connection,
         config: QueueConfig,
         wal: bool,
+        clock: Arc<dyn Clock>,
     ) -> Result<Queue, QueueError> {
         if wal {
             // journal_mode answers with a row, so it is a query, not a plain pragma update.
@@ -242,7 +261,7 @@ impl Queue {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
                 config,
-                clock_offset_ms: AtomicI64::new(0),
+                clock,
                 last_event: sender,
                 waiting: batch::Waiting::default(),
                 checkpointer: Mutex::new(None),
@@ -256,21 +275,13 @@ impl Queue {
         &self.inner.config
     }
 
-    /// The queue's clock: the wall clock plus any offset from [`Queue::advance_clock`].
+    /// The time on the queue's clock.
     pub fn now(&self) -> DateTime<Utc> {
         rows::from_ms(self.now_ms())
     }
 
-    /// Moves this queue's clock forward (tests and simulations: lease expiry, node
-    /// staleness and prefer_cuda waiting without sleeping). Shared by all clones.
-    pub fn advance_clock(&self, by: chrono::Duration) {
-        self.inner
-            .clock_offset_ms
-            .fetch_add(by.num_milliseconds(), Ordering::SeqCst);
-    }
-
     fn now_ms(&self) -> i64 {
-        Utc::now().timestamp_millis() + self.inner.clock_offset_ms.load(Ordering::SeqCst)
+        self.inner.clock.now_ms()
     }
 
     /// Every job the queue holds, tombstoned ones included: the planner's `actual`.

@@ -1,9 +1,22 @@
 //! Builders shared by the planner's and the queue's tests.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use cis490_api::{Capability, Constraints, Gpu, JobId, JobSpec, RetryPolicy, WorkerName};
 use sha2::{Digest, Sha256};
+
+use super::{ManualClock, Queue, QueueConfig};
+
+/// A clock the test moves by hand.
+pub(crate) fn manual_clock() -> Arc<ManualClock> {
+    Arc::default()
+}
+
+/// A queue in memory on `clock`.
+pub(crate) fn queue_on(clock: &Arc<ManualClock>, config: QueueConfig) -> Queue {
+    Queue::open_in_memory_with_clock(config, clock.clone()).expect("an in-memory queue opens")
+}
 
 /// A job ID made by hashing `seed` (tests only need IDs to be unique and valid).
 pub(crate) fn id_of(seed: &str) -> JobId {

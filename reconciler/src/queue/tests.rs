@@ -1,13 +1,16 @@
 //! Queue behaviour: apply, claim and matching, leases, attempts by cause, operator actions,
 //! explain, nodes and events.
 
+use std::sync::Arc;
+
 use chrono::Duration;
 use cis490_api::{
     ArtifactId, Capability, ClaimResponse, CompleteRequest, FailRequest, HeartbeatRequest,
     IdPrefix, JobFilter, JobId, JobSpec, JobStatus, Lease, ManifestError, NodeState, RetryPolicy,
 };
 
-use super::test_support::{cpu, gpu, id_of, spec, specs, worker};
+use super::test_support::{cpu, gpu, id_of, manual_clock, queue_on, spec, specs, worker};
+use super::ManualClock;
 use super::{ManifestSource, Queue, QueueConfig, QueueError};
 use crate::plan::plan;
 use crate::policy::HostPolicy;
@@ -464,11 +467,12 @@ fn cordoned_and_draining_workers_get_nothing() {
 
 #[test]
 fn nodes_turn_not_ready_when_stale() {
-    let q = queue();
+    let clock = manual_clock();
+    let q = queue_on(&clock, QueueConfig::default());
     let view = q.report_node(&worker("a"), &cpu(8)).unwrap();
     assert_eq!(view.state, NodeState::Ready);
     assert!(view.ready);
-    q.advance_clock(Duration::seconds(91));
+    clock.advance(Duration::seconds(91));
     let view = q.worker(&worker("a")).unwrap();
     assert_eq!(view.state, NodeState::NotReady);
     assert!(!view.ready);
@@ -485,7 +489,11 @@ fn nodes_turn_not_ready_when_stale() {
 }
 
 fn prefer_cuda_setup() -> (Queue, JobSpec, JobSpec) {
-    let q = queue();
+    prefer_cuda_setup_on(&manual_clock())
+}
+
+fn prefer_cuda_setup_on(clock: &Arc<ManualClock>) -> (Queue, JobSpec, JobSpec) {
+    let q = queue_on(clock, QueueConfig::default());
     let plain = spec("plain");
     let mut preferring = spec("prefers");
     preferring.constraints.prefer_cuda = true;
@@ -502,7 +510,8 @@ fn prefer_cuda_gives_cuda_workers_the_job_first() {
 
 #[test]
 fn prefer_cuda_jobs_wait_for_a_ready_cuda_worker() {
-    let (q, plain, preferring) = prefer_cuda_setup();
+    let clock = manual_clock();
+    let (q, plain, preferring) = prefer_cuda_setup_on(&clock);
     q.report_node(&worker("gpu"), &gpu(24)).unwrap();
     assert_eq!(claim(&q, "cpu1", &cpu(8)).unwrap().job.id, plain.id);
     assert!(
@@ -516,7 +525,7 @@ fn prefer_cuda_jobs_wait_for_a_ready_cuda_worker() {
         "{why:?}"
     );
     // After prefer_cuda_wait_s (the CUDA worker keeps reporting) a CPU worker may take it.
-    q.advance_clock(Duration::seconds(301));
+    clock.advance(Duration::seconds(301));
     q.report_node(&worker("gpu"), &gpu(24)).unwrap();
     assert_eq!(claim(&q, "cpu2", &cpu(8)).unwrap().job.id, preferring.id);
 }
@@ -529,9 +538,10 @@ fn prefer_cuda_jobs_go_to_cpu_workers_when_no_cuda_worker_could_run_them() {
     assert_eq!(claim(&q, "cpu2", &cpu(8)).unwrap().job.id, preferring.id);
 
     // A CUDA worker that went stale does not hold jobs back either.
-    let (q, _plain, preferring) = prefer_cuda_setup();
+    let clock = manual_clock();
+    let (q, _plain, preferring) = prefer_cuda_setup_on(&clock);
     q.report_node(&worker("gpu"), &gpu(24)).unwrap();
-    q.advance_clock(Duration::seconds(120));
+    clock.advance(Duration::seconds(120));
     claim(&q, "cpu1", &cpu(8)).unwrap();
     assert_eq!(claim(&q, "cpu2", &cpu(8)).unwrap().job.id, preferring.id);
 
@@ -550,7 +560,8 @@ fn prefer_cuda_jobs_go_to_cpu_workers_when_no_cuda_worker_could_run_them() {
 
 #[test]
 fn the_first_heartbeat_starts_the_job_and_extends_the_lease() {
-    let q = queue();
+    let clock = manual_clock();
+    let q = queue_on(&clock, QueueConfig::default());
     let jobs = specs("j", 1);
     load(&q, &jobs);
     let c = claim(&q, "w1", &cpu(8)).unwrap();
@@ -558,7 +569,7 @@ fn the_first_heartbeat_starts_the_job_and_extends_the_lease() {
     assert_eq!(c.lease.token.len(), 32);
     assert_eq!(status(&q, &jobs[0]), JobStatus::Claimed);
     let before = q.job(&c.job.id).unwrap().lease_expires_at.unwrap();
-    q.advance_clock(Duration::seconds(60));
+    clock.advance(Duration::seconds(60));
     let mut req = hb("w1", &c.lease);
     req.log_tail = Some("epoch 1".to_string());
     assert!(!q.heartbeat(&c.job.id, &req).unwrap().cancel);
@@ -969,7 +980,8 @@ fn resolve_accepts_unique_prefixes() {
 
 #[test]
 fn explain_names_each_workers_reasons_and_the_queue_position() {
-    let q = queue();
+    let clock = manual_clock();
+    let q = queue_on(&clock, QueueConfig::default());
     let mut job = spec("big");
     job.model = "gbt".to_string();
     job.constraints.require_cuda = true;
@@ -989,7 +1001,7 @@ fn explain_names_each_workers_reasons_and_the_queue_position() {
     q.report_node(&worker("gone"), &gpu(80)).unwrap();
     q.report_node(&worker("shut"), &gpu(80)).unwrap();
     q.cordon(&worker("shut")).unwrap();
-    q.advance_clock(Duration::seconds(300));
+    clock.advance(Duration::seconds(300));
     for w in ["cpu", "small", "denier", "shut"] {
         let cap = if w == "cpu" {
             cpu(8)

@@ -189,7 +189,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::queue::test_support::worker;
+    use crate::queue::test_support::{manual_clock, queue_on, worker};
     use crate::queue::QueueConfig;
 
     fn queue() -> Queue {
@@ -225,10 +225,11 @@ mod tests {
 
     #[test]
     fn issuing_again_rotates_and_revoking_refuses_at_once() {
-        let q = queue();
+        let clock = manual_clock();
+        let q = queue_on(&clock, QueueConfig::default());
         let first = q.issue_worker_token(&worker("gpu-1")).unwrap();
         let other = q.issue_worker_token(&worker("cpu-1")).unwrap();
-        q.advance_clock(chrono::Duration::seconds(5));
+        clock.advance(chrono::Duration::seconds(5));
         let second = q.issue_worker_token(&worker("gpu-1")).unwrap();
         assert_ne!(first.token, second.token);
         assert!(second.replaced.is_some());

@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq;
 
 use super::limits::RequestCaps;
 use super::listen::ConnectionOptions;
-use crate::queue::QueueConfig;
+use crate::queue::{Clock, QueueConfig, SystemClock};
 
 /// Default `--listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -117,6 +117,8 @@ pub struct ServerConfig {
     /// Watch the manifest's directory (off: only start-up, resync and the reload route).
     pub watch: bool,
     pub queue: QueueConfig,
+    /// The queue's clock (tests move a `ManualClock`).
+    pub clock: std::sync::Arc<dyn Clock>,
     /// Timeouts and the cap on open connections.
     pub connections: ConnectionOptions,
     /// Caps on concurrent uploads and long-polls.
@@ -146,6 +148,7 @@ impl ServerConfig {
             watch_debounce: Duration::from_millis(200),
             watch: true,
             queue: QueueConfig::default(),
+            clock: std::sync::Arc::new(SystemClock),
             connections: ConnectionOptions::default(),
             caps: RequestCaps::default(),
         }

@@ -154,9 +154,11 @@ impl Server {
         )?;
         let db = config.database_path();
         let queue_config = config.queue.clone();
-        let queue = tokio::task::spawn_blocking(move || Queue::open(&db, queue_config))
-            .await
-            .map_err(|e| ServerError::Queue(QueueError::Io(std::io::Error::other(e))))??;
+        let clock = Arc::clone(&config.clock);
+        let queue =
+            tokio::task::spawn_blocking(move || Queue::open_with_clock(&db, queue_config, clock))
+                .await
+                .map_err(|e| ServerError::Queue(QueueError::Io(std::io::Error::other(e))))??;
         let store_root = config.store_root();
         let max_upload = config.max_upload_bytes;
         let (store, recovery) = tokio::task::spawn_blocking(move || {

@@ -5,10 +5,11 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cis490_api::{Capability, ClaimRequest, Client, JobStatus, WorkerName};
-use cis490_reconciler::queue::Queue;
+use cis490_reconciler::queue::{ManualClock, Queue};
 use cis490_reconciler::server::{
     ConnectionOptions, RequestCaps, Secret, Server, ServerConfig, ServerError,
 };
@@ -60,6 +61,8 @@ pub struct TestApp {
     /// Sends no token.
     pub anon: Client,
     pub queue: Queue,
+    /// The queue's clock: tests move it forward instead of sleeping.
+    pub clock: Arc<ManualClock>,
     pub store_root: PathBuf,
     pub manifest: PathBuf,
     pub dir: tempfile::TempDir,
@@ -83,6 +86,8 @@ pub async fn spawn_app(opts: AppOptions) -> TestApp {
     config.protect_reads = opts.protect_reads;
     config.connections = opts.connections;
     config.caps = opts.caps;
+    let clock = Arc::new(ManualClock::default());
+    config.clock = clock.clone();
     let store_root = config.store_root();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -103,6 +108,7 @@ pub async fn spawn_app(opts: AppOptions) -> TestApp {
         client,
         anon,
         queue,
+        clock,
         store_root,
         manifest,
         dir,
