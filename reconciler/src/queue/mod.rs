@@ -702,6 +702,11 @@ impl Queue {
         self.read(|tx| listing::i_jobs_page(tx, filter, after, limit))
     }
 
+    /// The models that have completed jobs, by name.
+    pub fn completed_models(&self) -> Result<Vec<String>, QueueError> {
+        self.read(listing::i_completed_models)
+    }
+
     /// Up to `limit` workers named after `after`, by name.
     pub fn workers_page(
         &self,
