@@ -52,12 +52,18 @@ async fn sign_in(app: &TestApp, token: &str) -> String {
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(res.headers()[LOCATION], "/ui/jobs");
     let set = res.headers()[SET_COOKIE].to_str().unwrap().to_string();
-    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
     set.split(';').next().unwrap().to_string()
 }
 
 fn csrf_of(html: &str) -> String {
-    let at = html.find("name=\"csrf\" value=\"").expect("a form with a CSRF token") + 19;
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
     html[at..].split('"').next().unwrap().to_string()
 }
 
@@ -109,7 +115,10 @@ async fn every_page_renders_the_queue_and_escapes_what_users_wrote() {
     for hostile in ["<script>alert(1)", "<script>alert('log')"] {
         assert!(!job.contains(hostile), "unescaped {hostile}: {job}");
     }
-    assert!(job.contains("&lt;script&gt;alert('log')&lt;/script&gt;"), "{job}");
+    assert!(
+        job.contains("&lt;script&gt;alert('log')&lt;/script&gt;"),
+        "{job}"
+    );
     assert!(job.contains("note=&quot;&lt;script&gt;"), "{job}");
     // No operator buttons before signing in.
     assert!(!job.contains("action-cancel"), "{job}");
@@ -143,7 +152,10 @@ async fn an_invalid_manifest_shows_its_line_on_the_overview_and_the_manifest_pag
     .await;
     assert!(overview.contains("training_manifest.toml:6"), "{overview}");
     let (_, manifest) = page(&app, "/ui/manifest", None).await;
-    assert!(manifest.contains("<span id=\"L6\" class=\"bad\">"), "{manifest}");
+    assert!(
+        manifest.contains("<span id=\"L6\" class=\"bad\">"),
+        "{manifest}"
+    );
     app.shutdown().await.unwrap();
 }
 
@@ -288,7 +300,9 @@ async fn live_streams_hold_a_read_long_poll_place_and_tell_changes() {
     let change = tokio::time::timeout(Duration::from_secs(10), async {
         let mut seen = String::new();
         while !seen.contains("event: change") {
-            seen.push_str(&String::from_utf8_lossy(&first.chunk().await.unwrap().unwrap()));
+            seen.push_str(&String::from_utf8_lossy(
+                &first.chunk().await.unwrap().unwrap(),
+            ));
         }
         seen
     })
@@ -297,14 +311,18 @@ async fn live_streams_hold_a_read_long_poll_place_and_tell_changes() {
     assert!(change.contains("data: "), "{change}");
     // Closing the page frees the place.
     drop(first);
-    wait_for(Duration::from_secs(10), "the place to come free", || async {
-        let res = browser()
-            .get(format!("{}/ui/live", app.url))
-            .send()
-            .await
-            .unwrap();
-        (res.status() == StatusCode::OK).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the place to come free",
+        || async {
+            let res = browser()
+                .get(format!("{}/ui/live", app.url))
+                .send()
+                .await
+                .unwrap();
+            (res.status() == StatusCode::OK).then_some(())
+        },
+    )
     .await;
     app.shutdown().await.unwrap();
 }

@@ -33,7 +33,7 @@ mod explain;
 mod failures;
 mod forget_worker;
 mod hold;
-mod lifecycle;
+pub(crate) mod lifecycle;
 pub mod listing;
 pub mod logs;
 mod matching;
