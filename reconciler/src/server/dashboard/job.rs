@@ -99,7 +99,12 @@ pub async fn page(
             &query,
             viewer.csrf.as_deref().filter(|_| viewer.session.operator),
         );
-        Ok(viewer.page(title, Nav::Jobs, None, main))
+        let active = matches!(data.job.status, JobStatus::Claimed | JobStatus::Running);
+        Ok(if active {
+            viewer.following_page(title, main)
+        } else {
+            viewer.page(title, Nav::Jobs, None, main)
+        })
     };
     viewer.answer(made.await)
 }

@@ -49,6 +49,8 @@ pub struct Page<'a> {
     pub main: Markup,
     /// Whether the script refreshes `main` on changes of the queue.
     pub live: bool,
+    /// Whether it also refreshes on the stream's ticks (a running job's log and progress).
+    pub follow: bool,
 }
 
 impl Page<'_> {
@@ -90,7 +92,7 @@ impl Page<'_> {
                     @if let Some(controls) = self.controls {
                         section.controls { (controls) }
                     }
-                    main #main data-live=[self.live.then_some("1")] { (self.main) }
+                    main #main data-live=[self.live.then_some("1")] data-follow=[self.follow.then_some("1")] { (self.main) }
                     footer { "cis490 " (cis490_api::VERSION) span #live-state {} }
                 }
             }
@@ -133,6 +135,7 @@ pub fn error_page(failure: &ApiFailure, session: &Session, state: &AppState) -> 
             p { a href="/ui/" { "Back to the overview" } }
         },
         live: false,
+        follow: false,
     };
     respond(failure.status, page.render())
 }

@@ -21,7 +21,12 @@
         if (text === null) return;
         var doc = new DOMParser().parseFromString(text, "text/html");
         var fresh = doc.getElementById("main");
-        if (fresh) { main.innerHTML = fresh.innerHTML; document.title = doc.title; follow(); }
+        if (fresh) {
+          main.innerHTML = fresh.innerHTML;
+          main.dataset.follow = fresh.dataset.follow || "";
+          document.title = doc.title;
+          follow();
+        }
       })
       .catch(function () {})
       .then(function () { busy = false; if (again) { again = false; refresh(); } });
@@ -30,6 +35,8 @@
     source = new EventSource("/ui/live");
     source.addEventListener("open", function () { say(" · live"); });
     source.addEventListener("change", refresh);
+    // Ticks matter only to a page that follows a running job (its log grows without events).
+    source.addEventListener("tick", function () { if (main.dataset.follow) refresh(); });
     source.addEventListener("error", function () {
       // A closed source (a 429 when the server's long-poll budget is full) is not retried
       // by the browser itself: wait and connect again.

@@ -26,6 +26,10 @@ pub const STREAM_LIFETIME: Duration = Duration::from_secs(300);
 /// completion cost an open page one fetch).
 const COALESCE: Duration = Duration::from_millis(500);
 
+/// How often a stream says `tick`: a page that follows something the event log does not
+/// record (a running job's log and progress arrive with heartbeats) fetches itself then.
+pub const TICK: Duration = Duration::from_secs(2);
+
 /// How long the browser waits before reconnecting after the stream ends.
 const RECONNECT_MS: u64 = 2000;
 
@@ -34,6 +38,7 @@ struct Live {
     changes: tokio::sync::watch::Receiver<u64>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     deadline: Instant,
+    next_tick: Instant,
     first: bool,
     /// Held until the stream is dropped: the place among the read long-polls.
     _place: OwnedSemaphorePermit,
@@ -50,6 +55,7 @@ pub async fn live(State(state): State<AppState>) -> Response {
         changes,
         shutdown: state.shutdown.clone(),
         deadline: Instant::now() + STREAM_LIFETIME,
+        next_tick: Instant::now() + TICK,
         first: true,
         _place: place,
     };
@@ -78,6 +84,10 @@ fn events(live: Live) -> impl Stream<Item = Result<Event, Infallible>> {
                 tokio::time::sleep_until(batch).await;
                 let seq = *live.changes.borrow_and_update();
                 Some((Ok(Event::default().event("change").data(seq.to_string())), live))
+            }
+            _ = tokio::time::sleep_until(live.next_tick) => {
+                live.next_tick = Instant::now() + TICK;
+                Some((Ok(Event::default().event("tick").data("tick")), live))
             }
             _ = tokio::time::sleep_until(live.deadline) => None,
             _ = live.shutdown.changed() => None,

@@ -104,6 +104,21 @@ impl FromRequestParts<AppState> for Viewer {
 }
 
 impl Viewer {
+    /// A page of this viewer's that follows the stream's ticks too (see [`live::TICK`]).
+    pub fn following_page(&self, title: impl Into<String>, main: Markup) -> Response {
+        let page = Page {
+            title: title.into(),
+            nav: Nav::Jobs,
+            session: &self.session,
+            csrf: self.csrf.clone(),
+            controls: None,
+            main,
+            live: true,
+            follow: true,
+        };
+        layout::respond(StatusCode::OK, page.render())
+    }
+
     /// A page of this viewer's.
     pub fn page(
         &self,
@@ -120,6 +135,7 @@ impl Viewer {
             controls,
             main,
             live: true,
+            follow: false,
         };
         layout::respond(StatusCode::OK, page.render())
     }

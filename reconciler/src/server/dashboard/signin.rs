@@ -76,6 +76,7 @@ fn render(
             }
         },
         live: false,
+        follow: false,
     };
     respond(status, page.render())
 }

@@ -99,7 +99,8 @@ fn ticks(lo: f64, hi: f64) -> Vec<f64> {
     let mut out = Vec::new();
     let mut t = (lo / step).ceil() * step;
     while t <= hi && out.len() < 12 {
-        out.push(t);
+        // No "-0" label where a tick lands on zero.
+        out.push(if t.abs() < step * 1e-9 { 0.0 } else { t });
         t += step;
     }
     out
