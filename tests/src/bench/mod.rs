@@ -49,6 +49,20 @@ impl Ctx {
         Ok(dir)
     }
 
+    /// Removes every figure's directory: a figure's databases and stores are not kept
+    /// after its rows are taken, so the run needs the disk of its largest figure only.
+    pub fn clear(&self) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(&self.work)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Jobs for figures 1 and 2: `--jobs`, else `full` or `quick`.
     pub fn jobs(&self, full: usize, quick: usize) -> usize {
         self.jobs.unwrap_or_else(|| self.size(full, quick))

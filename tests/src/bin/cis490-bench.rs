@@ -139,6 +139,9 @@ async fn run_all(ctx: &Ctx, only: &[String]) -> anyhow::Result<Vec<Row>> {
             eprintln!("  {} | {} | {}", r.figure, r.target, r.measured);
         }
         rows.extend(figure);
+        if let Err(e) = ctx.clear() {
+            eprintln!("  (could not clear {}: {e})", ctx.work.display());
+        }
     };
     if want("1") {
         add(bench::claim_throughput::run_http(ctx, missing).await);
