@@ -33,7 +33,7 @@ mod explain;
 mod failures;
 mod forget_worker;
 mod hold;
-mod lifecycle;
+pub(crate) mod lifecycle;
 pub mod listing;
 pub mod logs;
 mod matching;
@@ -709,6 +709,11 @@ impl Queue {
         limit: usize,
     ) -> Result<cis490_api::Page<JobView>, QueueError> {
         self.read(|tx| listing::i_jobs_page(tx, filter, after, limit))
+    }
+
+    /// The models that have completed jobs, by name.
+    pub fn completed_models(&self) -> Result<Vec<String>, QueueError> {
+        self.read(listing::i_completed_models)
     }
 
     /// Up to `limit` workers named after `after`, by name.
