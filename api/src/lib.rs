@@ -3,8 +3,10 @@
 
 pub mod client;
 pub mod config_file;
+pub mod human;
 pub mod ids;
 pub mod job;
+pub mod leaderboard;
 pub mod node;
 pub mod paging;
 pub mod results;

@@ -392,6 +392,8 @@ pub struct JobFilter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
     /// Label selector, kubectl style: comma-separated terms that must all hold,
     /// `key=value`, `key!=value` (absent counts as different), `key` (present) or `!key`

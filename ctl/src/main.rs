@@ -4,7 +4,6 @@ mod cli;
 mod client_config;
 mod commands;
 mod errors;
-mod leaderboard;
 mod output;
 mod resolve;
 

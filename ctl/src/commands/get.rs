@@ -22,6 +22,7 @@ pub async fn jobs(ctx: &Ctx, args: &GetJobsArgs) -> anyhow::Result<()> {
     let filter = JobFilter {
         status: args.status,
         model: args.model.clone(),
+        mode: None,
         worker: args.worker.clone(),
         label: selector(&args.selector)?,
         all: args.all,

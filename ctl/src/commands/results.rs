@@ -7,10 +7,10 @@ use cis490_api::{Client, ResultRow, ResultsQuery, MAX_PAGE_LIMIT};
 
 use super::Ctx;
 use crate::cli::{ResultsArgs, ResultsFormat};
-use crate::leaderboard::{
+use crate::output::{print, to_json, to_yaml, Cell, Column, Table};
+use cis490_api::leaderboard::{
     csv_line, default_columns, group, parse_sort, sort_groups, Group, Key, Summary,
 };
-use crate::output::{print, to_json, to_yaml, Cell, Column, Table};
 
 /// `results [MODEL]`
 pub async fn run(ctx: &Ctx, args: &ResultsArgs) -> anyhow::Result<()> {

@@ -75,12 +75,13 @@ fn label_selector(filter: &JobFilter) -> Result<Option<LabelSelector>, QueueErro
 }
 
 /// The filters of `GET /v1/jobs` other than the label, as SQL whose parameters start at
-/// `?first`: status, model, worker, and whether tombstoned jobs that no longer run count.
+/// `?first`: status, model, mode, worker, and whether tombstoned jobs that no longer run
+/// count.
 fn job_matches(first: usize) -> String {
-    let [s, m, w, a] = [first, first + 1, first + 2, first + 3];
+    let [s, m, d, w, a] = [first, first + 1, first + 2, first + 3, first + 4];
     format!(
         "(?{s} IS NULL OR status = ?{s}) AND (?{m} IS NULL OR model = ?{m}) \
-         AND (?{w} IS NULL OR worker = ?{w}) \
+         AND (?{d} IS NULL OR mode = ?{d}) AND (?{w} IS NULL OR worker = ?{w}) \
          AND (?{a} OR tombstoned = 0 OR status IN ('claimed', 'running'))"
     )
 }
@@ -94,7 +95,7 @@ pub(crate) fn i_jobs_page(
 ) -> Result<Page<JobView>, QueueError> {
     let label = label_selector(filter)?;
     let status = filter.status.map(|s| s.as_str());
-    let (model, worker, all) = (&filter.model, &filter.worker, filter.all);
+    let (model, mode, worker, all) = (&filter.model, &filter.mode, &filter.worker, filter.all);
     // Each job with its place in the order, for the cursor of the last one.
     let mut items: Vec<(JobCursor, JobView)> = Vec::new();
     // One more than a page is looked for, so that `next` is set only when there is more.
@@ -135,12 +136,13 @@ pub(crate) fn i_jobs_page(
                  ORDER BY manifest_order, id",
                 job_matches(4)
             );
-            let params: [&dyn rusqlite::ToSql; 7] = [
+            let params: [&dyn rusqlite::ToSql; 8] = [
                 &c.priority,
                 &c.manifest_order,
                 &c.id,
                 &status,
                 model,
+                mode,
                 worker,
                 &all,
             ];
@@ -149,7 +151,7 @@ pub(crate) fn i_jobs_page(
         }
     };
     if items.len() < want {
-        let params: [&dyn rusqlite::ToSql; 5] = [&below, &status, model, worker, &all];
+        let params: [&dyn rusqlite::ToSql; 6] = [&below, &status, model, mode, worker, &all];
         scan(&mut items, &lower_priority, &params)?;
     }
     let next = if items.len() > limit {
@@ -160,6 +162,15 @@ pub(crate) fn i_jobs_page(
     };
     let items = items.into_iter().map(|(_, view)| view).collect();
     Ok(Page { items, next })
+}
+
+/// The models of the jobs that have completed, by name (the results page's choice).
+pub(crate) fn i_completed_models(tx: &mut Tx<'_>) -> Result<Vec<String>, QueueError> {
+    let mut stmt = tx.db.prepare_cached(
+        "SELECT DISTINCT model FROM jobs WHERE status = 'completed' ORDER BY model",
+    )?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Up to `limit` workers after the one named `after`, by name.

@@ -47,7 +47,7 @@ mod matching;
 mod nodes;
 mod operator;
 mod placement;
-mod reads;
+pub(crate) mod reads;
 mod results;
 mod rows;
 mod schema;
@@ -460,6 +460,11 @@ impl Queue {
         limit: usize,
     ) -> Result<cis490_api::Page<JobView>, QueueError> {
         self.read(|tx| listing::i_jobs_page(tx, filter, after, limit))
+    }
+
+    /// The models that have completed jobs, by name.
+    pub fn completed_models(&self) -> Result<Vec<String>, QueueError> {
+        self.read(listing::i_completed_models)
     }
 
     /// Up to `limit` workers named after `after`, by name.

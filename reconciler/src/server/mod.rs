@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod claim_handoff;
 pub mod config;
+pub mod dashboard;
 pub mod delete_worker;
 pub mod error;
 pub mod extract;
@@ -60,6 +61,9 @@ pub struct AppState {
     pub budgets: Arc<limits::Budgets>,
     /// Counters and histograms for `/metrics`.
     pub telemetry: Arc<telemetry::Telemetry>,
+    /// The dashboard's secret for CSRF tokens, new at every start (signing in again after a
+    /// restart is the price of keeping no secret on disk).
+    pub dashboard_key: Arc<dashboard::session::SessionKey>,
 }
 
 /// Runs a queue call on the blocking pool (rusqlite blocks).
@@ -209,6 +213,7 @@ impl Server {
                 shutdown,
                 posture,
                 budgets: Arc::new(limits::Budgets::new(config.caps)),
+                dashboard_key: Arc::new(dashboard::session::SessionKey::random()),
                 config,
             },
             stop,

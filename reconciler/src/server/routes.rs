@@ -19,8 +19,8 @@ use axum::response::Response;
 use super::error::ApiFailure;
 use super::limits::{self, refuse};
 use super::{
-    auth, delete_worker, extract, hold, logs, manifest_write, meta, operator, read, results,
-    worker, AppState,
+    auth, dashboard, delete_worker, extract, hold, logs, manifest_write, meta, operator, read,
+    results, worker, AppState,
 };
 
 /// Who may call a route.
@@ -131,16 +131,19 @@ pub fn router(state: AppState) -> Router {
         }
     });
     let max_body = state.config.max_body_bytes;
-    api.layer(from_fn_with_state(
-        state.clone(),
-        extract::refuse_oversized_bodies,
-    ))
-    .fallback(not_found)
-    .method_not_allowed_fallback(method_not_allowed)
-    .layer(Extension(meta::OpenApiJson::new(&doc)))
-    .layer(DefaultBodyLimit::max(max_body))
-    .layer(TraceLayer::new_for_http())
-    .with_state(state)
+    // The dashboard's pages check reads themselves (a cookie, not a header, signs a
+    // browser in) and are not in the document.
+    api.merge(dashboard::router())
+        .layer(from_fn_with_state(
+            state.clone(),
+            extract::refuse_oversized_bodies,
+        ))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(meta::OpenApiJson::new(&doc)))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
 }
 
 /// Refused before any handler: the body is read only as [`refuse`] allows.

@@ -1,5 +1,6 @@
 //! The benchmark harness behind `cis490-bench`: one module per figure of issue 7 (and
-//! `load` and `big_lists` for issue 12's hostile and careless clients, 12a-12f), a shared
+//! `load` and `big_lists` for issue 12's hostile and careless clients, 12a-12f, and `dashboard`
+//! for issue 15's web pages, 15a-15b), a shared
 //! workload generator (`workload`), and the result table.
 //!
 //! Every figure returns [`Row`]s. A row is measured (with its target checked), only "ran"
@@ -9,6 +10,7 @@
 pub mod artifacts;
 pub mod big_lists;
 pub mod claim_throughput;
+pub mod dashboard;
 pub mod dispatch_latency;
 pub mod footprint;
 pub mod full_cycle;

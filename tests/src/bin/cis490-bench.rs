@@ -38,7 +38,7 @@ enum Cmd {
         json: Option<PathBuf>,
         /// Only these figures, comma separated: 1-8 (each with its in-process variant),
         /// 1q / 2q for only the in-process variant of figure 1 or 2, 12a-12f for
-        /// the hostile-client figures (12 for all three).
+        /// the hostile-client figures (12 for all three), 15 for the dashboard.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Job count for figures 1 and 2 (default 20,000 and 10,000), to profile other sizes.
@@ -125,7 +125,8 @@ async fn run_all(ctx: &Ctx, only: &[String]) -> anyhow::Result<Vec<Row>> {
     let needs_server = ["1", "2", "2r", "3", "5", "6", "7"]
         .iter()
         .any(|&n| want(n))
-        || ["12a", "12b", "12c", "12d"].iter().any(|&n| want_12(n));
+        || ["12a", "12b", "12c", "12d"].iter().any(|&n| want_12(n))
+        || want("15");
     let missing = if needs_server {
         bench::server::unavailable(&ctx.dir("probe")?).await
     } else {
@@ -195,6 +196,9 @@ async fn run_all(ctx: &Ctx, only: &[String]) -> anyhow::Result<Vec<Row>> {
     }
     if want_12("12f") {
         add(blocking(ctx, bench::big_lists::run_host_warnings).await);
+    }
+    if want("15") {
+        add(bench::dashboard::run(ctx, missing).await);
     }
     Ok(rows)
 }

@@ -1,12 +1,12 @@
-//! The leaderboard of `cis490ctl results`: which columns a set of results gets (the hyper
-//! keys that vary, the metrics), their cells, and aggregation over seeds (`--group-by`:
-//! mean, sample standard deviation and count per group). Pure functions over
-//! [`ResultRow`]s; `commands::results` fetches and prints.
+//! The leaderboard of `cis490ctl results` and of the dashboard's results page: which
+//! columns a set of results gets (the hyper keys that vary, the metrics), their cells, and
+//! aggregation over seeds (`--group-by`: mean, sample standard deviation and count per
+//! group). Pure functions over [`ResultRow`]s; the callers fetch and print.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cis490_api::results::short_number;
-use cis490_api::{MetricValue, ResultRow};
+use crate::results::short_number;
+use crate::{MetricValue, ResultRow};
 
 /// One column of the leaderboard, named as `--sort`, `--columns` and `--group-by` name it:
 /// a field (`id`, `model`, `mode`, `seed`, `worker`, `attempt`, `duration`, `finished`,
@@ -133,7 +133,7 @@ impl Value {
             (Value::Missing, _) => "<none>".to_string(),
             (Value::Text(id), Key::Id | Key::Artifact) => id.chars().take(12).collect(),
             (Value::Number(d, _), Key::Duration) => {
-                crate::output::human_duration(chrono::TimeDelta::milliseconds((d * 1000.0) as i64))
+                crate::human::human_duration(chrono::TimeDelta::milliseconds((d * 1000.0) as i64))
             }
             (Value::Number(x, _), _) => short_number(*x),
             (Value::Text(s), _) => s.clone(),
@@ -384,11 +384,11 @@ pub fn csv_line<S: AsRef<str>>(fields: impl IntoIterator<Item = S>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cis490_api::results::parse_flat;
+    use crate::results::parse_flat;
 
     fn row(i: u8, seed: i64, lr: f64, metrics: &str) -> ResultRow {
         ResultRow {
-            id: cis490_api::JobId::parse(&format!("{i:02x}").repeat(32)).unwrap(),
+            id: crate::JobId::parse(&format!("{i:02x}").repeat(32)).unwrap(),
             model: "gbt".into(),
             mode: "oracle".into(),
             seed,
