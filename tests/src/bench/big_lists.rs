@@ -19,10 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use cis490_api::Page;
 
-use super::claim_throughput::wait_pending;
 use super::proc_stats::{peak_rss_mib, rss_mib};
 use super::server::BenchServer;
-use super::workload::manifest_text;
 use super::{fmt_value, Ctx, Row};
 
 /// Follows every page of `GET /v1/jobs?limit=LIMIT`; the bytes of the largest page and
@@ -71,15 +69,7 @@ pub async fn run_paging(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
         ];
     }
     let result = async {
-        let dir = ctx.dir("paging")?;
-        let config = format!("max_manifest_jobs = {}\n", jobs + 10);
-        let server = BenchServer::start_with_config(
-            &dir,
-            &manifest_text(jobs, 10_000, &["true"], 0),
-            Some(&config),
-        )?;
-        let client = server.client()?;
-        wait_pending(&client, jobs as u64).await?;
+        let server = BenchServer::start_pending(&ctx.dir("paging")?, jobs).await?;
         let http = reqwest::Client::new();
         let url = server.reconciler.url.clone();
         let started = Instant::now();

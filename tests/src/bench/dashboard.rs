@@ -9,9 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 
-use super::claim_throughput::wait_pending;
 use super::server::BenchServer;
-use super::workload::manifest_text;
 use super::{fmt_value, Ctx, Row};
 
 /// Requests timed for 15a (after one to warm up).
@@ -34,15 +32,7 @@ pub async fn run(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
         ];
     }
     let result = async {
-        let dir = ctx.dir("dashboard")?;
-        let config = format!("max_manifest_jobs = {}\n", jobs + 10);
-        let server = BenchServer::start_with_config(
-            &dir,
-            &manifest_text(jobs, 10_000, &["true"], 0),
-            Some(&config),
-        )?;
-        let client = server.client()?;
-        wait_pending(&client, jobs as u64).await?;
+        let server = BenchServer::start_pending(&ctx.dir("dashboard")?, jobs).await?;
         let http = reqwest::Client::new();
         let url = server.reconciler.url.clone();
         let overview = body(&http, &format!("{url}/ui/")).await?;

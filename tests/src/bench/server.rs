@@ -70,6 +70,19 @@ impl BenchServer {
     }
 
     /// A client with both tokens.
+    /// A server whose queue holds `jobs` pending jobs of the workload (entries of 10,000
+    /// seeds, the manifest cap raised to fit), once every one is pending.
+    pub async fn start_pending(dir: &Path, jobs: usize) -> anyhow::Result<BenchServer> {
+        let config = format!("max_manifest_jobs = {}\n", jobs + 10);
+        let server = BenchServer::start_with_config(
+            dir,
+            &super::workload::manifest_text(jobs, 10_000, &["true"], 0),
+            Some(&config),
+        )?;
+        super::claim_throughput::wait_pending(&server.client()?, jobs as u64).await?;
+        Ok(server)
+    }
+
     pub fn client(&self) -> anyhow::Result<Client> {
         Ok(Client::new(&self.reconciler.url)?
             .with_worker_token(Some(WORKER_TOKEN.to_string()))
