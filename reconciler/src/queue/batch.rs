@@ -430,6 +430,7 @@ mod tests {
     use super::*;
     use crate::plan::plan;
     use crate::queue::test_support::{cpu, specs, worker};
+    use crate::queue::JobQueue;
     use crate::queue::{ManifestSource, QueueConfig};
 
     #[test]

@@ -4,6 +4,7 @@
 use super::test_support::{cpu, spec, worker};
 use super::tests::{claim, load, queue};
 use super::EventFilter;
+use crate::queue::JobQueue;
 
 #[test]
 fn filters_keep_one_job_or_one_worker_and_next_moves_past_dropped_events() {
