@@ -229,11 +229,12 @@ fn succeeding_instance(state_dir: &std::path::Path) -> cis490_api::AgentInstance
     instance
 }
 
-/// Trainers start through this binary's parent-death shim (when it can find itself) and
-/// are recorded under the state dir, where the next start finds what a killed agent left.
+/// Trainers start through the parent-death shim (`cis490-trainer-exec` beside this binary,
+/// else this binary itself, when it can find itself) and are recorded under the state dir,
+/// where the next start finds what a killed agent left.
 fn trainer_launch(cfg: &AgentConfig) -> crate::runner::Launch {
     let shim = match std::env::current_exe() {
-        Ok(exe) => Some(exe),
+        Ok(exe) => Some(crate::exec_trainer::shim_beside(&exe)),
         Err(e) => {
             tracing::warn!("cannot find the agent's own executable ({e}): trainers will not die with the agent");
             None

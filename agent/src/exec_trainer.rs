@@ -30,6 +30,22 @@ pub fn run_if_requested() {
     std::process::exit(code);
 }
 
+/// The small shim binary, installed beside the agent.
+pub const SHIM_BINARY: &str = "cis490-trainer-exec";
+
+/// The program to start trainers through, for an agent running as `agent_exe`: the small
+/// shim binary beside it when there is one (starting it costs a fraction of starting the
+/// agent's own large binary, on every job), else the agent's binary itself. Both take
+/// [`shim_args`].
+pub fn shim_beside(agent_exe: &std::path::Path) -> std::path::PathBuf {
+    let small = agent_exe.with_file_name(format!("{SHIM_BINARY}{}", std::env::consts::EXE_SUFFIX));
+    if small.is_file() {
+        small
+    } else {
+        agent_exe.to_path_buf()
+    }
+}
+
 /// The shim's argv after [`EXEC_TRAINER_ARG`]: the agent's pid, `--`, then the trainer's
 /// argv with the program already resolved to a path.
 pub fn shim_args(agent_pid: u32, program: &std::path::Path, args: &[String]) -> Vec<OsString> {
@@ -106,6 +122,17 @@ fn exec(_args: Vec<OsString>) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_small_shim_beside_the_agent_is_preferred_and_the_agent_itself_is_the_fallback() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("cis490-agent");
+        std::fs::write(&agent, "").unwrap();
+        assert_eq!(shim_beside(&agent), agent);
+        let small = dir.path().join(SHIM_BINARY);
+        std::fs::write(&small, "").unwrap();
+        assert_eq!(shim_beside(&agent), small);
+    }
 
     #[test]
     fn shim_args_put_the_resolved_program_after_the_separator() {

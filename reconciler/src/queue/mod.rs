@@ -363,7 +363,13 @@ impl Queue {
         artifact: &ArtifactId,
         size_bytes: u64,
     ) -> Result<(), QueueError> {
-        self.write(|tx| lease::i_record_upload(tx, id, worker, lease, artifact, size_bytes))
+        self.batched(batch::Upload(
+            id.clone(),
+            worker.clone(),
+            lease.clone(),
+            artifact.clone(),
+            size_bytes,
+        ))
     }
 
     /// Every recorded upload, one row per (job, attempt, artifact) with the worker and
