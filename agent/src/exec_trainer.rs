@@ -1,6 +1,7 @@
-//! The trainer dies with its agent.
+//! The trainer dies with its agent: the fallback for when the trainer guard
+//! (`trainer_guard`) cannot start.
 //!
-//! On Linux the agent does not start a trainer directly: it starts itself as
+//! Then, on Linux, the agent does not start a trainer directly: it starts itself as
 //! `cis490-agent __exec-trainer <agent pid> -- PROGRAM ARGS...`, which asks the kernel for a
 //! parent-death signal (SIGKILL) and then replaces itself with the trainer. So when the agent
 //! dies, even by SIGKILL, the kernel kills the trainer at once instead of leaving it to run
@@ -28,22 +29,6 @@ pub fn run_if_requested() {
     }
     let code = exec(args.collect());
     std::process::exit(code);
-}
-
-/// The small shim binary, installed beside the agent.
-pub const SHIM_BINARY: &str = "cis490-trainer-exec";
-
-/// The program to start trainers through, for an agent running as `agent_exe`: the small
-/// shim binary beside it when there is one (starting it costs a fraction of starting the
-/// agent's own large binary, on every job), else the agent's binary itself. Both take
-/// [`shim_args`].
-pub fn shim_beside(agent_exe: &std::path::Path) -> std::path::PathBuf {
-    let small = agent_exe.with_file_name(format!("{SHIM_BINARY}{}", std::env::consts::EXE_SUFFIX));
-    if small.is_file() {
-        small
-    } else {
-        agent_exe.to_path_buf()
-    }
 }
 
 /// The shim's argv after [`EXEC_TRAINER_ARG`]: the agent's pid, `--`, then the trainer's
@@ -122,17 +107,6 @@ fn exec(_args: Vec<OsString>) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_small_shim_beside_the_agent_is_preferred_and_the_agent_itself_is_the_fallback() {
-        let dir = tempfile::tempdir().unwrap();
-        let agent = dir.path().join("cis490-agent");
-        std::fs::write(&agent, "").unwrap();
-        assert_eq!(shim_beside(&agent), agent);
-        let small = dir.path().join(SHIM_BINARY);
-        std::fs::write(&small, "").unwrap();
-        assert_eq!(shim_beside(&agent), small);
-    }
 
     #[test]
     fn shim_args_put_the_resolved_program_after_the_separator() {
