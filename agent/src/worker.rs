@@ -474,7 +474,8 @@ impl JobRun {
     async fn run(&mut self, mut trainer: Trainer) -> JobStage {
         let period = self.shared.cfg.heartbeat;
         let started = Instant::now();
-        let mut tick = tokio::time::interval_at(started + FIRST_HEARTBEAT_AFTER.min(period), period);
+        let mut tick =
+            tokio::time::interval_at(started + FIRST_HEARTBEAT_AFTER.min(period), period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut log_tick = tokio::time::interval_at(started + LOG_SHIP_INTERVAL, LOG_SHIP_INTERVAL);
         log_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
