@@ -369,7 +369,13 @@ impl JobQueue for Queue {
         artifact: &ArtifactId,
         size_bytes: u64,
     ) -> Result<(), QueueError> {
-        self.write(|tx| lease::i_record_upload(tx, id, worker, lease, artifact, size_bytes))
+        self.batched(batch::Upload(
+            id.clone(),
+            worker.clone(),
+            lease.clone(),
+            artifact.clone(),
+            size_bytes,
+        ))
     }
 
     fn complete(&self, id: &JobId, req: &CompleteRequest) -> Result<JobStatusResponse, QueueError> {
