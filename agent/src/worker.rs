@@ -984,7 +984,7 @@ impl Agent {
         }
     }
 
-    /// Starts trainers this way (the real agent: through its parent-death shim, recorded).
+    /// Starts trainers this way (the real agent: watched by its trainer guard, recorded).
     pub fn with_launch(mut self, launch: runner::Launch) -> Self {
         self.shared.launch = Arc::new(launch);
         self
