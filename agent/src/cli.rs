@@ -229,19 +229,35 @@ fn succeeding_instance(state_dir: &std::path::Path) -> cis490_api::AgentInstance
     instance
 }
 
-/// Trainers start through this binary's parent-death shim (when it can find itself) and
+/// Trainers start watched by the trainer guard (else through the parent-death shim) and
 /// are recorded under the state dir, where the next start finds what a killed agent left.
 fn trainer_launch(cfg: &AgentConfig) -> crate::runner::Launch {
-    let shim = match std::env::current_exe() {
-        Ok(exe) => Some(exe),
+    let records = Some(crate::leftover_trainers::records_dir(&cfg.state_dir));
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
         Err(e) => {
             tracing::warn!("cannot find the agent's own executable ({e}): trainers will not die with the agent");
-            None
+            return crate::runner::Launch {
+                guard: None,
+                shim: None,
+                records,
+            };
         }
     };
-    crate::runner::Launch {
-        shim,
-        records: Some(crate::leftover_trainers::records_dir(&cfg.state_dir)),
+    match crate::trainer_guard::TrainerGuard::start(&exe) {
+        Ok(guard) => crate::runner::Launch {
+            guard: Some(std::sync::Arc::new(guard)),
+            shim: None,
+            records,
+        },
+        Err(e) => {
+            tracing::warn!("cannot start the trainer guard ({e}): trainers start through the parent-death shim");
+            crate::runner::Launch {
+                guard: None,
+                shim: Some(exe),
+                records,
+            }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
-//! The trainer dies with its agent.
+//! The trainer dies with its agent: the fallback for when the trainer guard
+//! (`trainer_guard`) cannot start.
 //!
-//! On Linux the agent does not start a trainer directly: it starts itself as
+//! Then, on Linux, the agent does not start a trainer directly: it starts itself as
 //! `cis490-agent __exec-trainer <agent pid> -- PROGRAM ARGS...`, which asks the kernel for a
 //! parent-death signal (SIGKILL) and then replaces itself with the trainer. So when the agent
 //! dies, even by SIGKILL, the kernel kills the trainer at once instead of leaving it to run

@@ -2,8 +2,9 @@
 //!
 //! Every trainer's process group is recorded as a file `<state_dir>/trainers/<pgid>`
 //! holding its job ID while it runs, and the record is removed once the group is gone. An
-//! agent that was killed cannot remove its records, and whatever its trainers started may
-//! still run (the parent-death signal reaches only the leader). So an agent starting on that
+//! agent that was killed cannot remove its records, and its trainers may still run when
+//! its trainer guard died with it (or, without a guard, the parent-death signal reached only
+//! the leader). So an agent starting on that
 //! state dir ends those groups before it claims anything: a job is never trained twice at
 //! once on one host. A process is ended only when it is still in the recorded group *and*
 //! its environment carries the recorded `CIS490_JOB_ID`, so a reused pid is never hit.

@@ -16,4 +16,5 @@ pub mod pack;
 pub mod progress;
 pub mod runner;
 pub mod slots;
+pub mod trainer_guard;
 pub mod worker;

@@ -4,8 +4,10 @@ use cis490_agent::cli::{self, Cli, Command};
 use clap::Parser;
 
 fn main() {
-    // Before anything else: as the trainer shim this process becomes the trainer.
+    // Before anything else: as the trainer shim this process becomes the trainer, and as
+    // the trainer guard it guards.
     cis490_agent::exec_trainer::run_if_requested();
+    cis490_agent::trainer_guard::run_if_requested();
     agent_main();
 }
 

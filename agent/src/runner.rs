@@ -174,12 +174,15 @@ fn resolve_program(program: &str, work_dir: &Path) -> PathBuf {
     }
 }
 
-/// How trainers are started: through the agent's parent-death shim and with a record of
-/// each group (see `exec_trainer` and `leftover_trainers`), or (tests) plainly.
+/// How trainers are started: watched by the agent's trainer guard (or, when it could not
+/// start, through the parent-death shim) and with a record of each group (see
+/// `trainer_guard`, `exec_trainer` and `leftover_trainers`), or (tests) plainly.
 #[derive(Debug, Clone, Default)]
 pub struct Launch {
-    /// The agent's own executable; on Linux trainers are started through its
-    /// `__exec-trainer` shim, so they die with the agent.
+    /// The guard that ends every trainer's group when the agent dies.
+    pub guard: Option<std::sync::Arc<crate::trainer_guard::TrainerGuard>>,
+    /// Without a guard: the agent's own executable; on Linux trainers are started through
+    /// its `__exec-trainer` shim, so they die with the agent.
     pub shim: Option<PathBuf>,
     /// Where each running trainer's process group is recorded.
     pub records: Option<PathBuf>,
@@ -217,6 +220,8 @@ pub struct Trainer {
     pid: u32,
     status: Option<ExitStatus>,
     record: Option<TrainerRecord>,
+    /// Told when the group is gone.
+    guard: Option<std::sync::Arc<crate::trainer_guard::TrainerGuard>>,
 }
 
 impl Trainer {
@@ -246,7 +251,11 @@ impl Trainer {
             source,
         };
         let program_path = resolve_program(program, work_dir);
-        let mut cmd = match &launch.shim {
+        let shim = match launch.guard {
+            Some(_) => None,
+            None => launch.shim.as_ref(),
+        };
+        let mut cmd = match shim {
             #[cfg(target_os = "linux")]
             Some(shim) => {
                 let resolved = find_program(&program_path).map_err(spawn_error)?;
@@ -273,6 +282,10 @@ impl Trainer {
         cmd.process_group(0);
         let child = cmd.spawn().map_err(spawn_error)?;
         let pid = child.id().unwrap_or(0);
+        let guard = launch.guard.clone().filter(|_| pid > 1);
+        if let Some(guard) = &guard {
+            guard.watch(pid);
+        }
         let job = env
             .iter()
             .find(|(k, _)| k == "CIS490_JOB_ID")
@@ -292,6 +305,7 @@ impl Trainer {
             pid,
             status: None,
             record,
+            guard,
         })
     }
 
@@ -340,6 +354,9 @@ impl Trainer {
     fn forget_group(&mut self) {
         if let Some(record) = self.record.take() {
             record.remove();
+        }
+        if let Some(guard) = self.guard.take() {
+            guard.forget(self.pid);
         }
     }
 }

@@ -44,6 +44,11 @@ pub const SHUTDOWN_REASON: &str = "agent-shutdown";
 /// How often a running trainer's new output is sent (with a heartbeat) when there is any,
 /// so `cis490ctl logs -f` follows it closely.
 const LOG_SHIP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The first heartbeat (which shows the job running) goes out once the trainer has run
+/// this long: a trainer that ends sooner is reported by its completion or failure alone,
+/// which saves the server a request and a commit for each short job.
+const FIRST_HEARTBEAT_AFTER: Duration = Duration::from_millis(500);
 /// How long one API call (other than a long-poll claim or an upload) may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long reports may take once shutdown has stopped the trainers.
@@ -468,9 +473,11 @@ impl JobRun {
 
     async fn run(&mut self, mut trainer: Trainer) -> JobStage {
         let period = self.shared.cfg.heartbeat;
-        let mut tick = tokio::time::interval(period);
+        let started = Instant::now();
+        let mut tick =
+            tokio::time::interval_at(started + FIRST_HEARTBEAT_AFTER.min(period), period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        let mut log_tick = tokio::time::interval(LOG_SHIP_INTERVAL);
+        let mut log_tick = tokio::time::interval_at(started + LOG_SHIP_INTERVAL, LOG_SHIP_INTERVAL);
         log_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut failures = 0u32;
         let mut retry_at: Option<Instant> = None;
@@ -977,7 +984,7 @@ impl Agent {
         }
     }
 
-    /// Starts trainers this way (the real agent: through its parent-death shim, recorded).
+    /// Starts trainers this way (the real agent: watched by its trainer guard, recorded).
     pub fn with_launch(mut self, launch: runner::Launch) -> Self {
         self.shared.launch = Arc::new(launch);
         self

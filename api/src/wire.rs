@@ -374,7 +374,9 @@ pub struct WhoAmI {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventsPage {
     pub events: Vec<crate::job::Event>,
-    /// Pass as `since` on the next call.
+    /// Pass as `since` on the next call. A filtered page may hold no events while `next`
+    /// moves on (a worker filter looks at a bounded part of the log per page): the log is
+    /// read through once `next` stops moving.
     pub next: u64,
 }
 

@@ -6,6 +6,7 @@
 
 mod http_common;
 
+use cis490_reconciler::queue::JobQueue;
 use std::time::Duration;
 
 use cis490_api::{

@@ -3,6 +3,7 @@
 
 mod queue_common;
 
+use cis490_reconciler::queue::JobQueue;
 use std::collections::BTreeSet;
 
 use cis490_api::{JobFilter, JobStatus};

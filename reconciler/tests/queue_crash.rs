@@ -5,6 +5,7 @@
 
 mod queue_common;
 
+use cis490_reconciler::queue::JobQueue;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

@@ -381,8 +381,8 @@ impl Fleet {
             .with_context(|| format!("no agent {name}"))
     }
 
-    /// Kills agent `name` with SIGKILL (the agent alone, as when a host's agent crashes; the
-    /// kernel then kills its trainers' leaders by their parent-death signal) and reaps it.
+    /// Kills agent `name` with SIGKILL (the agent alone, as when a host's agent crashes; its
+    /// trainer guard then kills its trainers' groups) and reaps it.
     pub fn kill_agent(&mut self, name: &str) -> anyhow::Result<()> {
         let agent = self.agent(name)?;
         agent.process.signal("KILL")?;

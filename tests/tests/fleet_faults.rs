@@ -226,7 +226,7 @@ fn reconciler_killed_mid_run_loses_nothing_and_runs_nothing_twice() {
     }
 }
 
-/// The leader records its pid, starts a child in its own process group that records its
+/// The leader records its pid, starts a child (in its process group) that records its
 /// pid, and waits (both bounded, so nothing outlives a failed test for long).
 const FORKING_TRAINER: &str =
     "#!/bin/sh\necho $$ > leader.pid\nsh -c 'echo $$ > child.pid; exec sleep 120' &\nwait\n";
@@ -254,8 +254,7 @@ fn pid_in(fleet: &Fleet, file: &str) -> i32 {
 }
 
 #[cfg(target_os = "linux")]
-#[test]
-fn a_killed_agents_trainer_dies_with_it_and_its_restart_ends_what_the_trainer_left() {
+fn forking_fleet() -> (Fleet, cis490_api::JobId, i32, i32) {
     let mut fleet = Fleet::start(&manifest(
         "stale_after_s = 60",
         "[[jobs]]\nmodel = \"m\"\nmode = \"forks\"\nseed = 1\n",
@@ -268,12 +267,56 @@ fn a_killed_agents_trainer_dies_with_it_and_its_restart_ends_what_the_trainer_le
     let leader = pid_in(&fleet, "leader.pid");
     let child = pid_in(&fleet, "child.pid");
     assert!(running(leader) && running(child));
+    (fleet, id, leader, child)
+}
 
+/// The pid of the trainer guard agent `name` started (its child whose argv[1] is the
+/// guard's argument).
+#[cfg(target_os = "linux")]
+fn guard_of(fleet: &mut Fleet, name: &str) -> i32 {
+    let agent = fleet.agent(name).unwrap().process.pid().to_string();
+    let found = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+        let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid = stat
+            .rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(1)?
+            .to_string();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let argv1 = cmdline.split(|b| *b == 0).nth(1)?.to_vec();
+        (ppid == agent && argv1 == b"__trainer-guard").then_some(pid)
+    });
+    found.expect("the agent's trainer guard")
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_killed_agents_trainer_and_what_it_started_die_with_it() {
+    let (mut fleet, _id, leader, child) = forking_fleet();
     fleet.kill_agent("mortal").unwrap();
-    cis490_tests::wait_until(WAIT, "the trainer's leader to die with its agent", || {
-        (!running(leader)).then_some(())
+    cis490_tests::wait_until(WAIT, "the trainer's group to die with its agent", || {
+        (!running(leader) && !running(child)).then_some(())
     })
     .unwrap();
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_restarted_agent_ends_what_its_killed_lifes_trainer_left() {
+    let (mut fleet, _id, leader, child) = forking_fleet();
+    // The guard dies first (as when the whole host's processes are killed but the
+    // trainers), so nothing ends the trainer when the agent dies.
+    let guard = guard_of(&mut fleet, "mortal");
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &guard.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    fleet.kill_agent("mortal").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(running(leader) && running(child), "nothing ended them yet");
 
     // The same agent again (same name, same state dir): before claiming anything it ends
     // what its previous life's trainer started.
@@ -281,8 +324,8 @@ fn a_killed_agents_trainer_dies_with_it_and_its_restart_ends_what_the_trainer_le
     fleet.start_agent("mortal", &[]).unwrap();
     cis490_tests::wait_until(
         WAIT,
-        "the restarted agent to end the leftover child",
-        || (!running(child)).then_some(()),
+        "the restarted agent to end the leftover trainer",
+        || (!running(leader) && !running(child)).then_some(()),
     )
     .unwrap();
     assert!(

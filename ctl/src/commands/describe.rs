@@ -133,7 +133,9 @@ async fn recent_worker_events(
             .await
             .context("reading the event log")?;
         let next = page.next.max(since);
-        let done = page.events.is_empty() || next == since;
+        // A page may hold no events while `next` moves on (a worker filter looks at one
+        // window of the log per page): the log is read through when `next` stops.
+        let done = next == since;
         for e in page.events {
             if e.worker.as_ref() == Some(name) {
                 if recent.len() == RECENT_EVENTS {

@@ -25,7 +25,9 @@ pub async fn run(ctx: &Ctx, args: &GetEventsArgs) -> anyhow::Result<()> {
             .events_filtered(since, std::time::Duration::ZERO, &filter)
             .await
             .context("reading the event log")?;
-        let done = page.events.is_empty() || page.next <= since;
+        // A page may hold no events while `next` moves on (a worker filter looks at one
+        // window of the log per page): the log is read through when `next` stops.
+        let done = page.next <= since;
         events.extend(page.events);
         since = page.next.max(since);
         if done {

@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use cis490_api::WorkerName;
 
-use crate::queue::{Queue, QueueConfig};
+use crate::queue::{JobQueue, Queue, QueueConfig};
 use crate::server::config::{env, FileConfig, DEFAULT_STATE_DIR};
 
 /// Arguments of `tokens`.

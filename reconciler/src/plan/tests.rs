@@ -1,6 +1,7 @@
 //! Planner tests: a table of cases, and properties (idempotence, order independence,
 //! disjoint categories), both simulated and through the real queue.
 
+use crate::queue::JobQueue;
 use std::collections::{BTreeMap, BTreeSet};
 
 use cis490_api::{JobId, JobSpec, JobStatus};

@@ -1,4 +1,4 @@
-//! Group commit for the hot worker calls (claim, heartbeat, complete, fail).
+//! Group commit for the hot worker calls (claim, heartbeat, upload record, complete, fail).
 //!
 //! With `synchronous=FULL` every commit waits for an fsync, which costs far more than the
 //! work of a claim. So concurrent worker calls share commits: each call queues its
@@ -14,8 +14,8 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use cis490_api::{
-    Capability, ClaimResponse, CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse,
-    JobId, JobStatusResponse, WorkerName,
+    ArtifactId, Capability, ClaimResponse, CompleteRequest, FailRequest, HeartbeatRequest,
+    HeartbeatResponse, JobId, JobStatusResponse, Lease, WorkerName,
 };
 use rusqlite::TransactionBehavior;
 
@@ -36,6 +36,14 @@ pub(crate) struct Claim(pub WorkerName, pub Capability);
 pub(crate) struct Heartbeat(pub JobId, pub HeartbeatRequest);
 pub(crate) struct Complete(pub JobId, pub CompleteRequest);
 pub(crate) struct Fail(pub JobId, pub FailRequest);
+/// An upload the store accepted: (job, worker, lease, artifact, size in bytes).
+pub(crate) struct Upload(
+    pub JobId,
+    pub WorkerName,
+    pub Lease,
+    pub ArtifactId,
+    pub u64,
+);
 
 impl BatchOp for Claim {
     type Reply = Option<ClaimResponse>;
@@ -65,6 +73,13 @@ impl BatchOp for Fail {
     }
 }
 
+impl BatchOp for Upload {
+    type Reply = ();
+    fn queued(self, reply: Arc<Reply<Self::Reply>>) -> Op {
+        Op::Upload(self, reply)
+    }
+}
+
 /// A queued worker call with the reply its caller waits on.
 // Each value is moved once into the waiting list and once out; boxing would cost more.
 #[allow(clippy::large_enum_variant)]
@@ -73,6 +88,7 @@ pub(crate) enum Op {
     Heartbeat(Heartbeat, Arc<Reply<HeartbeatResponse>>),
     Complete(Complete, Arc<Reply<JobStatusResponse>>),
     Fail(Fail, Arc<Reply<JobStatusResponse>>),
+    Upload(Upload, Arc<Reply<()>>),
 }
 
 impl Op {
@@ -83,6 +99,7 @@ impl Op {
             Op::Heartbeat(_, reply) => reply.as_ref(),
             Op::Complete(_, reply) => reply.as_ref(),
             Op::Fail(_, reply) => reply.as_ref(),
+            Op::Upload(_, reply) => reply.as_ref(),
         }
     }
 
@@ -92,6 +109,7 @@ impl Op {
             Op::Heartbeat(_, reply) => reply.clone(),
             Op::Complete(_, reply) => reply.clone(),
             Op::Fail(_, reply) => reply.clone(),
+            Op::Upload(_, reply) => reply.clone(),
         }
     }
 }
@@ -272,6 +290,9 @@ fn run(tx: &mut Tx<'_>, op: &Op) -> bool {
         Op::Heartbeat(Heartbeat(id, req), reply) => reply.stage(lease::i_heartbeat(tx, id, req)),
         Op::Complete(Complete(id, req), reply) => reply.stage(lease::i_complete(tx, id, req)),
         Op::Fail(Fail(id, req), reply) => reply.stage(lease::i_fail(tx, id, req)),
+        Op::Upload(Upload(id, worker, lease, artifact, size), reply) => reply.stage(
+            lease::i_record_upload(tx, id, worker, lease, artifact, *size),
+        ),
     }
 }
 
@@ -430,6 +451,7 @@ mod tests {
     use super::*;
     use crate::plan::plan;
     use crate::queue::test_support::{cpu, specs, worker};
+    use crate::queue::JobQueue;
     use crate::queue::{ManifestSource, QueueConfig};
 
     #[test]

@@ -132,17 +132,37 @@ pub struct EventFilter {
     pub worker: Option<WorkerName>,
 }
 
+/// How many events one page of a worker-only filter looks at, at most.
+///
+/// No index serves that filter: an index on (worker, seq) puts every claim's, heartbeat's
+/// and completion's event in a place of its own per worker, so each group commit wrote a
+/// page of it per worker (the full cycle lost a quarter of its rate to it). The filter
+/// walks the log by seq instead, this many events per page, so a page's cost is bounded
+/// whatever the log holds; a page may then hold no events while `next` moves on.
+pub(crate) const WORKER_FILTER_WINDOW: u64 = 20_000;
+
 /// Up to `limit` events after `since` that `filter` keeps. `next` is the last event seen:
-/// the last one answered when the page is full, else the log's head, so a filtered
-/// follower never reads the same events twice.
+/// the last one answered when the page is full, else the last one the page looked at (the
+/// log's head, or the end of a worker filter's window), so a filtered follower never reads
+/// the same events twice. Keep paging until `next` stops moving.
 pub(crate) fn i_events_since(
     tx: &Tx<'_>,
     since: u64,
     limit: usize,
     filter: &EventFilter,
 ) -> Result<EventsPage, QueueError> {
-    // One statement per filter shape, so each walks its own index (`events_job`,
-    // `events_worker` or the seq itself).
+    i_events_in_window(tx, since, limit, filter, WORKER_FILTER_WINDOW)
+}
+
+/// [`i_events_since`] with a worker-only filter looking at `window` events at most.
+pub(crate) fn i_events_in_window(
+    tx: &Tx<'_>,
+    since: u64,
+    limit: usize,
+    filter: &EventFilter,
+    window: u64,
+) -> Result<EventsPage, QueueError> {
+    // One statement per filter shape: each walks the seq (the table itself) or `events_job`.
     let sql = match (&filter.job, &filter.worker) {
         (None, None) => {
             "SELECT seq, at, job_id, worker, kind, message FROM events WHERE seq > ?1 \
@@ -154,7 +174,7 @@ pub(crate) fn i_events_since(
         }
         (None, Some(_)) => {
             "SELECT seq, at, job_id, worker, kind, message FROM events \
-             WHERE worker = ?4 AND seq > ?1 ORDER BY seq LIMIT ?2"
+             WHERE seq > ?1 AND seq <= ?5 AND worker = ?4 ORDER BY seq LIMIT ?2"
         }
         (Some(_), Some(_)) => {
             "SELECT seq, at, job_id, worker, kind, message FROM events \
@@ -166,12 +186,18 @@ pub(crate) fn i_events_since(
     let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
     let job = filter.job.as_ref().map(JobId::as_str);
     let worker = filter.worker.as_ref().map(WorkerName::as_str);
+    let window_end = since.saturating_add(window);
+    let window_end_i = i64::try_from(window_end).unwrap_or(i64::MAX);
+    let worker_only = filter.job.is_none() && filter.worker.is_some();
     let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&since_i, &limit_i];
     if job.is_some() || worker.is_some() {
         bound.push(&job);
     }
     if worker.is_some() {
         bound.push(&worker);
+    }
+    if worker_only {
+        bound.push(&window_end_i);
     }
     let events = stmt
         .query_map(bound.as_slice(), raw)?
@@ -184,7 +210,12 @@ pub(crate) fn i_events_since(
                 .db
                 .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events")?
                 .query_row([], |r| r.get(0))?;
-            since.max(head.max(0) as u64)
+            let head = since.max(head.max(0) as u64);
+            if worker_only {
+                head.min(window_end)
+            } else {
+                head
+            }
         }
     };
     Ok(EventsPage { events, next })

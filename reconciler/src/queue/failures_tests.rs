@@ -2,6 +2,7 @@
 //! another worker; host failures are bounded; a retried trainer failure prefers a worker
 //! it has not failed on, softly.
 
+use crate::queue::JobQueue;
 use cis490_api::{
     ClaimResponse, FailRequest, FailureCause, JobId, JobSpec, JobStatus, Lease, RetryPolicy,
 };

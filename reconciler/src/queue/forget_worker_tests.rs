@@ -1,5 +1,6 @@
 //! `forget_worker`: any worker without a lease is forgotten; one with a lease is refused.
 
+use crate::queue::JobQueue;
 use cis490_api::NodeState;
 
 use super::test_support::{cpu, spec, worker};

@@ -1,5 +1,6 @@
 //! hold / release: a held job is kept but never claimed, and comes back as pending.
 
+use crate::queue::JobQueue;
 use cis490_api::{JobSpec, JobStatus};
 
 use super::test_support::{cpu, spec};

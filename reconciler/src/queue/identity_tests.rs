@@ -1,5 +1,6 @@
 //! One agent per name (instance IDs) and "complete only what you uploaded".
 
+use crate::queue::JobQueue;
 use chrono::Duration;
 use cis490_api::{
     AgentInstance, ArtifactId, Capability, CompleteRequest, HeartbeatRequest, JobSpec, JobStatus,

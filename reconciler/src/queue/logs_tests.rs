@@ -1,6 +1,7 @@
 //! The log store: appends by offset, resends, the cap and its marker, fencing by the lease,
 //! paging, attempts, crash safety.
 
+use crate::queue::JobQueue;
 use cis490_api::{
     ClaimResponse, FailRequest, HeartbeatRequest, JobId, Lease, LogChunk, LogPage, LogQuery,
 };

@@ -40,6 +40,8 @@ mod explain;
 mod failures;
 mod forget_worker;
 mod hold;
+mod job_queue;
+pub use job_queue::{JobQueue, SharedQueue};
 mod lease;
 pub mod listing;
 pub mod logs;
@@ -270,282 +272,8 @@ impl Queue {
         })
     }
 
-    /// The queue's configuration.
-    pub fn config(&self) -> &QueueConfig {
-        &self.inner.config
-    }
-
-    /// The time on the queue's clock.
-    pub fn now(&self) -> DateTime<Utc> {
-        rows::from_ms(self.now_ms())
-    }
-
     fn now_ms(&self) -> i64 {
         self.inner.clock.now_ms()
-    }
-
-    /// Every job the queue holds, tombstoned ones included: the planner's `actual`.
-    pub fn actual(&self) -> Result<Vec<ActualJob>, QueueError> {
-        self.read(apply::i_actual)
-    }
-
-    /// Applies a plan made from `actual()` in one transaction. Each job's state is checked
-    /// again inside the transaction (a job claimed since planning keeps its spec). Stores
-    /// `hosts` (replacing the previous policy set) and the manifest source. The manifest
-    /// generation increments only when something changed.
-    pub fn apply(
-        &self,
-        plan: &Plan,
-        hosts: &[HostPolicy],
-        source: &ManifestSource,
-    ) -> Result<PlanSummary, QueueError> {
-        self.write(|tx| apply::i_apply(tx, plan, hosts, source))
-    }
-
-    /// Records a reload that failed: the last good state stays, the errors are shown in the
-    /// manifest status.
-    pub fn record_manifest_errors(
-        &self,
-        path: &str,
-        errors: &[ManifestError],
-    ) -> Result<(), QueueError> {
-        self.write(|tx| apply::i_record_manifest_errors(tx, path, errors))
-    }
-
-    /// The manifest status (last applied source, generation, last errors).
-    pub fn manifest_status(&self) -> Result<ManifestStatus, QueueError> {
-        self.read(apply::i_manifest_status)
-    }
-
-    /// Gives `worker` the best pending job it may run, with a new lease, or None. Also
-    /// records `cap` as the worker's node status and refreshes its last_seen.
-    pub fn claim(
-        &self,
-        worker: &WorkerName,
-        cap: &Capability,
-    ) -> Result<Option<ClaimResponse>, QueueError> {
-        self.batched(batch::Claim(worker.clone(), cap.clone()))
-            .map_err(|e| self.noted_refusal(worker, e))
-    }
-
-    /// Extends the lease; the first heartbeat moves claimed -> running. Stores the log tail
-    /// and refreshes the worker's last_seen. Answers `cancel: true` for a cancelled job.
-    pub fn heartbeat(
-        &self,
-        id: &JobId,
-        req: &HeartbeatRequest,
-    ) -> Result<HeartbeatResponse, QueueError> {
-        if let Some(point) = &req.progress {
-            cis490_api::results::check_point(point).map_err(bad_request)?;
-        }
-        self.batched(batch::Heartbeat(id.clone(), req.clone()))
-    }
-
-    /// For uploads: Ok(spec) when `lease` is the job's current lease held by `worker` and the
-    /// job is claimed or running.
-    pub fn check_lease(
-        &self,
-        id: &JobId,
-        worker: &WorkerName,
-        lease: &Lease,
-    ) -> Result<JobSpec, QueueError> {
-        self.read(|tx| lease::i_leased_job(tx, id, worker, lease).map(|row| row.spec))
-    }
-
-    /// Records an upload the store accepted for job `id` under `lease`, fenced by the lease:
-    /// when the lease was lost while the bytes streamed (expired, cancelled, reassigned)
-    /// this is `LeaseLost` and nothing is recorded, so the upload cannot complete the job.
-    pub fn record_upload(
-        &self,
-        id: &JobId,
-        worker: &WorkerName,
-        lease: &Lease,
-        artifact: &ArtifactId,
-        size_bytes: u64,
-    ) -> Result<(), QueueError> {
-        self.write(|tx| lease::i_record_upload(tx, id, worker, lease, artifact, size_bytes))
-    }
-
-    /// Every recorded upload, one row per (job, attempt, artifact) with the worker and
-    /// time of its first upload and the job's model and mode. `size_bytes` is the size
-    /// the upload reported (0 for rows backfilled from jobs completed before uploads were
-    /// recorded); the store's listing puts the stored size in.
-    pub fn uploads(&self) -> Result<Vec<cis490_api::ArtifactView>, QueueError> {
-        let mut out = Vec::new();
-        let mut before = None;
-        loop {
-            let (rows, more) = self.uploads_page(before, cis490_api::MAX_PAGE_LIMIT as usize)?;
-            out.extend(rows);
-            match more {
-                Some(row) => before = Some(row),
-                None => return Ok(out),
-            }
-        }
-    }
-
-    /// Marks the job completed (with its artifact). The artifact must be one uploaded under
-    /// the job's current lease (`ArtifactNotUploaded` otherwise), and a completion without
-    /// one is refused when the lease did upload one (`ArtifactRequired`).
-    pub fn complete(
-        &self,
-        id: &JobId,
-        req: &CompleteRequest,
-    ) -> Result<JobStatusResponse, QueueError> {
-        req.report.check().map_err(bad_request)?;
-        self.batched(batch::Complete(id.clone(), req.clone()))
-    }
-
-    /// Reports a failure; see the module docs for where the job goes.
-    pub fn fail(&self, id: &JobId, req: &FailRequest) -> Result<JobStatusResponse, QueueError> {
-        req.report.check().map_err(bad_request)?;
-        self.batched(batch::Fail(id.clone(), req.clone()))
-    }
-
-    /// Operator: cancels a pending, claimed or running job.
-    pub fn cancel(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
-        self.write(|tx| operator::i_cancel(tx, id))
-    }
-
-    /// Operator: sends a failed, cancelled or completed job back to pending (attempts reset).
-    pub fn requeue(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
-        self.write(|tx| operator::i_requeue(tx, id))
-    }
-
-    /// Operator: sets a pending job aside (status held): kept, never claimed.
-    pub fn hold(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
-        self.write(|tx| hold::i_hold(tx, id))
-    }
-
-    /// Operator: makes a held job pending again.
-    pub fn release(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
-        self.write(|tx| hold::i_release(tx, id))
-    }
-
-    /// Expires every lease whose time has passed at `now`.
-    pub fn sweep(&self, now: DateTime<Utc>) -> Result<SweepOutcome, QueueError> {
-        self.write(|tx| sweep::i_sweep(tx, now.timestamp_millis()))
-    }
-
-    /// The one job whose ID starts with `prefix`.
-    pub fn resolve(&self, prefix: &IdPrefix) -> Result<JobId, QueueError> {
-        self.read(|tx| reads::i_resolve(tx, prefix))
-    }
-
-    /// One job with all its events.
-    pub fn job(&self, id: &JobId) -> Result<JobView, QueueError> {
-        self.read(|tx| reads::i_job_view(tx, id, true))
-    }
-
-    /// Jobs matching `filter` in queue order (priority, then manifest order); events empty.
-    pub fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobView>, QueueError> {
-        let mut out = Vec::new();
-        let mut after: Option<listing::JobCursor> = None;
-        loop {
-            let page =
-                self.jobs_page(filter, after.as_ref(), cis490_api::MAX_PAGE_LIMIT as usize)?;
-            out.extend(page.items);
-            match page.next {
-                Some(next) => after = Some(listing::JobCursor::decode(&next)?),
-                None => return Ok(out),
-            }
-        }
-    }
-
-    /// One page of [`Queue::jobs`]: up to `limit` jobs after `after`, each page read in a
-    /// transaction of its own.
-    pub fn jobs_page(
-        &self,
-        filter: &JobFilter,
-        after: Option<&listing::JobCursor>,
-        limit: usize,
-    ) -> Result<cis490_api::Page<JobView>, QueueError> {
-        self.read(|tx| listing::i_jobs_page(tx, filter, after, limit))
-    }
-
-    /// The models that have completed jobs, by name.
-    pub fn completed_models(&self) -> Result<Vec<String>, QueueError> {
-        self.read(listing::i_completed_models)
-    }
-
-    /// Up to `limit` workers named after `after`, by name.
-    pub fn workers_page(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<cis490_api::Page<WorkerView>, QueueError> {
-        self.read(|tx| listing::i_workers_page(tx, after, limit))
-    }
-
-    /// Up to `limit` recorded uploads, newest first, before the row numbered `before`; the
-    /// row number to continue before, when there are more. One row per (job, attempt,
-    /// artifact), as [`Queue::uploads`].
-    pub fn uploads_page(
-        &self,
-        before: Option<i64>,
-        limit: usize,
-    ) -> Result<(Vec<cis490_api::ArtifactView>, Option<i64>), QueueError> {
-        self.read(|tx| listing::i_uploads_page(tx, before, limit))
-    }
-
-    /// Which of `ids` a recorded upload names.
-    pub fn recorded_artifacts(
-        &self,
-        ids: &[cis490_api::ArtifactId],
-    ) -> Result<std::collections::HashSet<cis490_api::ArtifactId>, QueueError> {
-        self.read(|tx| listing::i_recorded_artifacts(tx, ids))
-    }
-
-    /// One page of an attempt's log (`GET /v1/job/{id}/log`).
-    pub fn job_log(&self, id: &JobId, query: &LogQuery) -> Result<LogPage, QueueError> {
-        self.read(|tx| logs::i_read(tx, id, query))
-    }
-
-    /// One page of completed jobs (or attempts) with their metrics; see
-    /// [`cis490_api::ResultsQuery`].
-    pub fn results_page(
-        &self,
-        query: &cis490_api::ResultsQuery,
-        limit: usize,
-    ) -> Result<cis490_api::Page<cis490_api::ResultRow>, QueueError> {
-        self.read(|tx| results::i_results_page(tx, query, limit))
-    }
-
-    /// The model of job `id` (None when there is no such job), read on the
-    /// authentication connection: never behind the writer (metrics label their counters
-    /// with it).
-    pub fn job_model(&self, id: &JobId) -> Result<Option<String>, QueueError> {
-        use rusqlite::OptionalExtension;
-        self.auth_read(|db| {
-            db.prepare_cached("SELECT model FROM jobs WHERE id = ?1")?
-                .query_row([id.as_str()], |r| r.get(0))
-                .optional()
-        })
-    }
-
-    /// Every attempt of job `id` that reported progress or an outcome, oldest first.
-    pub fn job_progress(&self, id: &JobId) -> Result<cis490_api::JobProgress, QueueError> {
-        self.read(|tx| {
-            let row = rows::i_existing_job(tx, id)?;
-            results::i_job_progress(tx, &row)
-        })
-    }
-
-    /// Why a pending job is not running: per known worker, and its queue position.
-    pub fn explain(&self, id: &JobId) -> Result<Explain, QueueError> {
-        self.read(|tx| explain::i_explain(tx, id))
-    }
-
-    /// Records a worker's node status (first report: `NodeRegistered` event).
-    pub fn report_node(
-        &self,
-        worker: &WorkerName,
-        cap: &Capability,
-    ) -> Result<WorkerView, QueueError> {
-        self.write(|tx| {
-            nodes::i_upsert_worker(tx, worker, cap)?;
-            nodes::i_worker_view(tx, worker)
-        })
-        .map_err(|e| self.noted_refusal(worker, e))
     }
 
     /// A `NameInUse` refusal is rolled back with the claim or report it refused, so it is
@@ -568,11 +296,203 @@ impl Queue {
         }
         err
     }
+}
 
-    /// Records a refused request whose credential proved worker `proven` while the request
-    /// acted as `claimed` (403 `wrong_worker`), on the job when the route names one, so an
-    /// operator sees it in the events and `describe`.
-    pub fn record_wrong_worker(
+impl JobQueue for Queue {
+    fn config(&self) -> &QueueConfig {
+        &self.inner.config
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        rows::from_ms(self.now_ms())
+    }
+
+    fn actual(&self) -> Result<Vec<ActualJob>, QueueError> {
+        self.read(apply::i_actual)
+    }
+
+    fn apply(
+        &self,
+        plan: &Plan,
+        hosts: &[HostPolicy],
+        source: &ManifestSource,
+    ) -> Result<PlanSummary, QueueError> {
+        self.write(|tx| apply::i_apply(tx, plan, hosts, source))
+    }
+
+    fn record_manifest_errors(
+        &self,
+        path: &str,
+        errors: &[ManifestError],
+    ) -> Result<(), QueueError> {
+        self.write(|tx| apply::i_record_manifest_errors(tx, path, errors))
+    }
+
+    fn manifest_status(&self) -> Result<ManifestStatus, QueueError> {
+        self.read(apply::i_manifest_status)
+    }
+
+    fn claim(
+        &self,
+        worker: &WorkerName,
+        cap: &Capability,
+    ) -> Result<Option<ClaimResponse>, QueueError> {
+        self.batched(batch::Claim(worker.clone(), cap.clone()))
+            .map_err(|e| self.noted_refusal(worker, e))
+    }
+
+    fn heartbeat(
+        &self,
+        id: &JobId,
+        req: &HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, QueueError> {
+        if let Some(point) = &req.progress {
+            cis490_api::results::check_point(point).map_err(bad_request)?;
+        }
+        self.batched(batch::Heartbeat(id.clone(), req.clone()))
+    }
+
+    fn check_lease(
+        &self,
+        id: &JobId,
+        worker: &WorkerName,
+        lease: &Lease,
+    ) -> Result<JobSpec, QueueError> {
+        self.read(|tx| lease::i_leased_job(tx, id, worker, lease).map(|row| row.spec))
+    }
+
+    fn record_upload(
+        &self,
+        id: &JobId,
+        worker: &WorkerName,
+        lease: &Lease,
+        artifact: &ArtifactId,
+        size_bytes: u64,
+    ) -> Result<(), QueueError> {
+        self.batched(batch::Upload(
+            id.clone(),
+            worker.clone(),
+            lease.clone(),
+            artifact.clone(),
+            size_bytes,
+        ))
+    }
+
+    fn complete(&self, id: &JobId, req: &CompleteRequest) -> Result<JobStatusResponse, QueueError> {
+        req.report.check().map_err(bad_request)?;
+        self.batched(batch::Complete(id.clone(), req.clone()))
+    }
+
+    fn fail(&self, id: &JobId, req: &FailRequest) -> Result<JobStatusResponse, QueueError> {
+        req.report.check().map_err(bad_request)?;
+        self.batched(batch::Fail(id.clone(), req.clone()))
+    }
+
+    fn cancel(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
+        self.write(|tx| operator::i_cancel(tx, id))
+    }
+
+    fn requeue(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
+        self.write(|tx| operator::i_requeue(tx, id))
+    }
+
+    fn hold(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
+        self.write(|tx| hold::i_hold(tx, id))
+    }
+
+    fn release(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
+        self.write(|tx| hold::i_release(tx, id))
+    }
+
+    fn sweep(&self, now: DateTime<Utc>) -> Result<SweepOutcome, QueueError> {
+        self.write(|tx| sweep::i_sweep(tx, now.timestamp_millis()))
+    }
+
+    fn resolve(&self, prefix: &IdPrefix) -> Result<JobId, QueueError> {
+        self.read(|tx| reads::i_resolve(tx, prefix))
+    }
+
+    fn job(&self, id: &JobId) -> Result<JobView, QueueError> {
+        self.read(|tx| reads::i_job_view(tx, id, true))
+    }
+
+    fn jobs_page(
+        &self,
+        filter: &JobFilter,
+        after: Option<&listing::JobCursor>,
+        limit: usize,
+    ) -> Result<cis490_api::Page<JobView>, QueueError> {
+        self.read(|tx| listing::i_jobs_page(tx, filter, after, limit))
+    }
+
+    fn completed_models(&self) -> Result<Vec<String>, QueueError> {
+        self.read(listing::i_completed_models)
+    }
+
+    fn workers_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<cis490_api::Page<WorkerView>, QueueError> {
+        self.read(|tx| listing::i_workers_page(tx, after, limit))
+    }
+
+    fn uploads_page(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<(Vec<cis490_api::ArtifactView>, Option<i64>), QueueError> {
+        self.read(|tx| listing::i_uploads_page(tx, before, limit))
+    }
+
+    fn recorded_artifacts(
+        &self,
+        ids: &[cis490_api::ArtifactId],
+    ) -> Result<std::collections::HashSet<cis490_api::ArtifactId>, QueueError> {
+        self.read(|tx| listing::i_recorded_artifacts(tx, ids))
+    }
+
+    fn job_log(&self, id: &JobId, query: &LogQuery) -> Result<LogPage, QueueError> {
+        self.read(|tx| logs::i_read(tx, id, query))
+    }
+
+    fn results_page(
+        &self,
+        query: &cis490_api::ResultsQuery,
+        limit: usize,
+    ) -> Result<cis490_api::Page<cis490_api::ResultRow>, QueueError> {
+        self.read(|tx| results::i_results_page(tx, query, limit))
+    }
+
+    fn job_model(&self, id: &JobId) -> Result<Option<String>, QueueError> {
+        use rusqlite::OptionalExtension;
+        self.auth_read(|db| {
+            db.prepare_cached("SELECT model FROM jobs WHERE id = ?1")?
+                .query_row([id.as_str()], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    fn job_progress(&self, id: &JobId) -> Result<cis490_api::JobProgress, QueueError> {
+        self.read(|tx| {
+            let row = rows::i_existing_job(tx, id)?;
+            results::i_job_progress(tx, &row)
+        })
+    }
+
+    fn explain(&self, id: &JobId) -> Result<Explain, QueueError> {
+        self.read(|tx| explain::i_explain(tx, id))
+    }
+
+    fn report_node(&self, worker: &WorkerName, cap: &Capability) -> Result<WorkerView, QueueError> {
+        self.write(|tx| {
+            nodes::i_upsert_worker(tx, worker, cap)?;
+            nodes::i_worker_view(tx, worker)
+        })
+        .map_err(|e| self.noted_refusal(worker, e))
+    }
+
+    fn record_wrong_worker(
         &self,
         job: Option<&JobId>,
         proven: &WorkerName,
@@ -590,8 +510,7 @@ impl Queue {
         })
     }
 
-    /// The `[[hosts]]` policies of the manifest last applied, by name.
-    pub fn host_policies(&self) -> Result<Vec<HostPolicy>, QueueError> {
+    fn host_policies(&self) -> Result<Vec<HostPolicy>, QueueError> {
         self.read(|tx| {
             let mut stmt = tx
                 .db
@@ -604,43 +523,31 @@ impl Queue {
         })
     }
 
-    /// Every known worker, by name.
-    pub fn workers(&self) -> Result<Vec<WorkerView>, QueueError> {
+    fn workers(&self) -> Result<Vec<WorkerView>, QueueError> {
         self.read(nodes::i_workers)
     }
 
-    /// One worker.
-    pub fn worker(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
+    fn worker(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
         self.read(|tx| nodes::i_worker_view(tx, name))
     }
 
-    /// Operator: no new jobs go to the worker.
-    pub fn cordon(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
+    fn cordon(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
         self.write(|tx| nodes::i_set_schedulable(tx, name, nodes::Schedulable::Cordon))
     }
 
-    /// Operator: forgets a worker that holds no lease; answers it as it was.
-    pub fn forget_worker(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
+    fn forget_worker(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
         self.write(|tx| forget_worker::i_forget_worker(tx, name))
     }
 
-    /// Operator: the worker takes new jobs again (clears cordon and drain).
-    pub fn uncordon(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
+    fn uncordon(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
         self.write(|tx| nodes::i_set_schedulable(tx, name, nodes::Schedulable::Uncordon))
     }
 
-    /// Operator: cordon the worker and let its running jobs finish (Draining until then).
-    pub fn drain(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
+    fn drain(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
         self.write(|tx| nodes::i_set_schedulable(tx, name, nodes::Schedulable::Drain))
     }
 
-    /// Up to `limit` events with seq > `since`, oldest first.
-    pub fn events_since(&self, since: u64, limit: usize) -> Result<EventsPage, QueueError> {
-        self.events_filtered(since, limit, &EventFilter::default())
-    }
-
-    /// Up to `limit` events with seq > `since` that `filter` keeps, oldest first.
-    pub fn events_filtered(
+    fn events_filtered(
         &self,
         since: u64,
         limit: usize,
@@ -649,20 +556,35 @@ impl Queue {
         self.read(|tx| events::i_events_since(tx, since, limit, filter))
     }
 
-    /// Live jobs per status name (every status present) and the number of tombstoned jobs
-    /// apart; a tombstoned job that is claimed or running counts as live.
-    pub fn live_counts(&self) -> Result<(BTreeMap<String, u64>, u64), QueueError> {
+    fn live_counts(&self) -> Result<(BTreeMap<String, u64>, u64), QueueError> {
         self.read(reads::i_live_counts)
     }
 
-    /// Number of jobs per status name (every status present, tombstoned jobs included).
-    pub fn counts(&self) -> Result<BTreeMap<String, u64>, QueueError> {
+    fn counts(&self) -> Result<BTreeMap<String, u64>, QueueError> {
         self.read(reads::i_counts)
     }
 
-    /// Watches the seq of the last event, bumped after every commit that appended events:
-    /// long-poll claims and `/v1/events` wait on it.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.last_event.subscribe()
+    }
+
+    fn issue_worker_token(&self, name: &WorkerName) -> Result<tokens::IssuedToken, QueueError> {
+        tokens::issue(self, name)
+    }
+
+    fn revoke_worker_token(&self, name: &WorkerName) -> Result<Option<DateTime<Utc>>, QueueError> {
+        tokens::revoke(self, name)
+    }
+
+    fn worker_tokens(&self) -> Result<Vec<tokens::WorkerTokenInfo>, QueueError> {
+        tokens::list(self)
+    }
+
+    fn worker_for_token(&self, token: &str) -> Result<Option<WorkerName>, QueueError> {
+        tokens::worker_for(self, token)
+    }
+
+    fn worker_tokens_exist(&self) -> Result<bool, QueueError> {
+        tokens::any_issued(self)
     }
 }

@@ -1,5 +1,6 @@
 //! Claims and explain with node_selector, cores and gpus (`placement.rs`).
 
+use crate::queue::JobQueue;
 use std::collections::BTreeMap;
 
 use cis490_api::{Capability, ClaimResponse, Gpu, JobSpec};

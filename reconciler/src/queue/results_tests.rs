@@ -1,6 +1,7 @@
 //! Training results per attempt: progress through heartbeats, metrics and series through
 //! complete and fail, the results listing and the progress read.
 
+use crate::queue::JobQueue;
 use cis490_api::results::parse_flat;
 use cis490_api::{
     CompleteRequest, FailRequest, HeartbeatRequest, IdPrefix, JobSpec, JobStatus, Lease, Metrics,

@@ -1,5 +1,6 @@
 //! `GET /v1/jobs?label=`: a kubectl-style selector applied per row, every term ANDed.
 
+use crate::queue::JobQueue;
 use cis490_api::JobFilter;
 
 use super::test_support::specs;

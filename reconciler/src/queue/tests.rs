@@ -1,6 +1,7 @@
 //! Queue behaviour: apply, claim and matching, leases, attempts by cause, operator actions,
 //! explain, nodes and events.
 
+use crate::queue::JobQueue;
 use std::sync::Arc;
 
 use chrono::Duration;

@@ -77,111 +77,109 @@ pub fn tokens_issued_in(path: &std::path::Path) -> Result<bool, QueueError> {
     )
 }
 
-impl Queue {
-    /// Makes a fresh token for `name`, replacing the one it had.
-    pub fn issue_worker_token(&self, name: &WorkerName) -> Result<IssuedToken, QueueError> {
-        let token = new_token();
-        let hash = token_hash(&token);
-        self.write(|tx| {
-            let replaced: Option<i64> = tx
-                .db
-                .prepare_cached("SELECT created_at FROM worker_tokens WHERE name = ?1")?
-                .query_row([name.as_str()], |r| r.get(0))
-                .optional()?;
-            tx.db
-                .prepare_cached(
-                    "INSERT INTO worker_tokens (name, token_sha256, created_at) \
-                     VALUES (?1, ?2, ?3) ON CONFLICT (name) DO UPDATE SET \
-                     token_sha256 = excluded.token_sha256, created_at = excluded.created_at",
-                )?
-                .execute(params![name.as_str(), hash, tx.now])?;
-            let message = match replaced {
-                Some(at) => format!(
-                    "a new worker token was issued for {name}; the one issued at {} no longer \
-                     works",
-                    from_ms(at).to_rfc3339()
-                ),
-                None => format!("a worker token was issued for {name}"),
-            };
+/// Makes a fresh token for `name`, replacing the one it had.
+pub(super) fn issue(queue: &Queue, name: &WorkerName) -> Result<IssuedToken, QueueError> {
+    let token = new_token();
+    let hash = token_hash(&token);
+    queue.write(|tx| {
+        let replaced: Option<i64> = tx
+            .db
+            .prepare_cached("SELECT created_at FROM worker_tokens WHERE name = ?1")?
+            .query_row([name.as_str()], |r| r.get(0))
+            .optional()?;
+        tx.db
+            .prepare_cached(
+                "INSERT INTO worker_tokens (name, token_sha256, created_at) \
+                 VALUES (?1, ?2, ?3) ON CONFLICT (name) DO UPDATE SET \
+                 token_sha256 = excluded.token_sha256, created_at = excluded.created_at",
+            )?
+            .execute(params![name.as_str(), hash, tx.now])?;
+        let message = match replaced {
+            Some(at) => format!(
+                "a new worker token was issued for {name}; the one issued at {} no longer \
+                 works",
+                from_ms(at).to_rfc3339()
+            ),
+            None => format!("a worker token was issued for {name}"),
+        };
+        i_event(
+            tx,
+            None,
+            Some(name.as_str()),
+            kind::WORKER_TOKEN_ISSUED,
+            message,
+        )?;
+        Ok(IssuedToken {
+            name: name.clone(),
+            token: token.clone(),
+            replaced: replaced.map(from_ms),
+        })
+    })
+}
+
+/// Deletes `name`'s token; answers when it had been issued, or None when it had none.
+pub(super) fn revoke(
+    queue: &Queue,
+    name: &WorkerName,
+) -> Result<Option<DateTime<Utc>>, QueueError> {
+    queue.write(|tx| {
+        let created: Option<i64> = tx
+            .db
+            .prepare_cached("DELETE FROM worker_tokens WHERE name = ?1 RETURNING created_at")?
+            .query_row([name.as_str()], |r| r.get(0))
+            .optional()?;
+        if created.is_some() {
             i_event(
                 tx,
                 None,
                 Some(name.as_str()),
-                kind::WORKER_TOKEN_ISSUED,
-                message,
+                kind::WORKER_TOKEN_REVOKED,
+                format!("the worker token of {name} was revoked"),
             )?;
-            Ok(IssuedToken {
-                name: name.clone(),
-                token: token.clone(),
-                replaced: replaced.map(from_ms),
-            })
-        })
-    }
-
-    /// Deletes `name`'s token; answers when it had been issued, or None when it had none.
-    pub fn revoke_worker_token(
-        &self,
-        name: &WorkerName,
-    ) -> Result<Option<DateTime<Utc>>, QueueError> {
-        self.write(|tx| {
-            let created: Option<i64> = tx
-                .db
-                .prepare_cached("DELETE FROM worker_tokens WHERE name = ?1 RETURNING created_at")?
-                .query_row([name.as_str()], |r| r.get(0))
-                .optional()?;
-            if created.is_some() {
-                i_event(
-                    tx,
-                    None,
-                    Some(name.as_str()),
-                    kind::WORKER_TOKEN_REVOKED,
-                    format!("the worker token of {name} was revoked"),
-                )?;
-            }
-            Ok(created.map(from_ms))
-        })
-    }
-
-    /// Every worker that has a token, by name.
-    pub fn worker_tokens(&self) -> Result<Vec<WorkerTokenInfo>, QueueError> {
-        self.read(|tx| {
-            let mut stmt = tx
-                .db
-                .prepare_cached("SELECT name, created_at FROM worker_tokens ORDER BY name")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-            rows.map(|r| {
-                let (name, created) = r?;
-                Ok(WorkerTokenInfo {
-                    name: WorkerName::parse(&name).map_err(QueueError::corrupt)?,
-                    created_at: from_ms(created),
-                })
-            })
-            .collect()
-        })
-    }
-
-    /// The worker a presented per-worker token belongs to, if it is one.
-    pub fn worker_for_token(&self, token: &str) -> Result<Option<WorkerName>, QueueError> {
-        if !token.starts_with(TOKEN_PREFIX) {
-            return Ok(None);
         }
-        let hash = token_hash(token);
-        let name: Option<String> = self.auth_read(|db| {
-            db.prepare_cached("SELECT name FROM worker_tokens WHERE token_sha256 = ?1")?
-                .query_row([hash.as_str()], |r| r.get(0))
-                .optional()
-        })?;
-        name.map(|n| WorkerName::parse(&n).map_err(QueueError::corrupt))
-            .transpose()
-    }
+        Ok(created.map(from_ms))
+    })
+}
 
-    /// True when at least one per-worker token exists (then worker routes need a token).
-    pub fn worker_tokens_exist(&self) -> Result<bool, QueueError> {
-        self.auth_read(|db| {
-            db.prepare_cached("SELECT EXISTS (SELECT 1 FROM worker_tokens)")?
-                .query_row([], |r| r.get(0))
+/// Every worker that has a token, by name.
+pub(super) fn list(queue: &Queue) -> Result<Vec<WorkerTokenInfo>, QueueError> {
+    queue.read(|tx| {
+        let mut stmt = tx
+            .db
+            .prepare_cached("SELECT name, created_at FROM worker_tokens ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        rows.map(|r| {
+            let (name, created) = r?;
+            Ok(WorkerTokenInfo {
+                name: WorkerName::parse(&name).map_err(QueueError::corrupt)?,
+                created_at: from_ms(created),
+            })
         })
+        .collect()
+    })
+}
+
+/// The worker a presented per-worker token belongs to, if it is one.
+pub(super) fn worker_for(queue: &Queue, token: &str) -> Result<Option<WorkerName>, QueueError> {
+    if !token.starts_with(TOKEN_PREFIX) {
+        return Ok(None);
     }
+    let hash = token_hash(token);
+    let name: Option<String> = queue.auth_read(|db| {
+        db.prepare_cached("SELECT name FROM worker_tokens WHERE token_sha256 = ?1")?
+            .query_row([hash.as_str()], |r| r.get(0))
+            .optional()
+    })?;
+    name.map(|n| WorkerName::parse(&n).map_err(QueueError::corrupt))
+        .transpose()
+}
+
+/// True when at least one per-worker token exists (then worker routes need a token).
+pub(super) fn any_issued(queue: &Queue) -> Result<bool, QueueError> {
+    queue.auth_read(|db| {
+        db.prepare_cached("SELECT EXISTS (SELECT 1 FROM worker_tokens)")?
+            .query_row([], |r| r.get(0))
+    })
 }
 
 #[cfg(test)]
@@ -190,6 +188,7 @@ mod tests {
 
     use super::*;
     use crate::queue::test_support::{manual_clock, queue_on, worker};
+    use crate::queue::JobQueue;
     use crate::queue::QueueConfig;
 
     fn queue() -> Queue {

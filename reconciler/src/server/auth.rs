@@ -21,7 +21,7 @@ use super::error::ApiFailure;
 use super::identity::{ClientCertName, IdentitySource, WorkerIdentity};
 use super::limits::refuse;
 use super::{blocking, AppState};
-use crate::queue::Queue;
+use crate::queue::SharedQueue;
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers
@@ -53,7 +53,7 @@ pub const NO_WORKER_CREDENTIAL: &str =
 /// What the worker credentials configured allow, as warnings for `GET /v1/health`.
 pub async fn worker_credential_warnings(
     config: &ServerConfig,
-    queue: &Queue,
+    queue: &SharedQueue,
 ) -> Result<Vec<String>, ApiFailure> {
     // Client certificates name every worker; neither token kind is used then.
     if config.requires_client_certs() {
@@ -98,7 +98,7 @@ pub async fn check_worker(
     headers: &HeaderMap,
     client_cert: Option<&ClientCertName>,
     config: &ServerConfig,
-    queue: &Queue,
+    queue: &SharedQueue,
 ) -> Result<WorkerIdentity, ApiFailure> {
     if config.requires_client_certs() {
         return match client_cert {
@@ -182,7 +182,7 @@ pub async fn check_reader(
     headers: &HeaderMap,
     client_cert: Option<&ClientCertName>,
     config: &ServerConfig,
-    queue: &Queue,
+    queue: &SharedQueue,
 ) -> Result<(), ApiFailure> {
     if !config.protect_reads || client_cert.is_some() {
         return Ok(());
@@ -270,7 +270,8 @@ mod tests {
 
     use super::super::config::Secret;
     use super::*;
-    use crate::queue::QueueConfig;
+    use crate::queue::{Queue, QueueConfig};
+    use std::sync::Arc;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -290,8 +291,8 @@ mod tests {
         c
     }
 
-    fn queue() -> Queue {
-        Queue::open_in_memory(QueueConfig::default()).unwrap()
+    fn queue() -> SharedQueue {
+        Arc::new(Queue::open_in_memory(QueueConfig::default()).unwrap())
     }
 
     fn name(s: &str) -> WorkerName {

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::error::ApiFailure;
-use crate::queue::{Queue, QueueError};
+use crate::queue::{JobQueue, QueueError, SharedQueue};
 
 /// The reason recorded on the job's `Released` event.
 pub const UNDELIVERED_REASON: &str =
@@ -23,7 +23,7 @@ pub const UNDELIVERED_REASON: &str =
 /// [`Handoff::deliver`] (the requester is gone, whether before the claim committed or while
 /// the answer waited in the channel), it releases the job.
 pub struct Handoff {
-    queue: Queue,
+    queue: SharedQueue,
     worker: WorkerName,
     claimed: Option<ClaimResponse>,
 }
@@ -44,9 +44,10 @@ impl Drop for Handoff {
         // Dropped on an async worker thread: the release's commit goes to the blocking pool.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn_blocking(move || release_undelivered(&queue, &worker, claimed));
+                runtime
+                    .spawn_blocking(move || release_undelivered(queue.as_ref(), &worker, claimed));
             }
-            Err(_) => release_undelivered(&queue, &worker, claimed),
+            Err(_) => release_undelivered(queue.as_ref(), &worker, claimed),
         }
     }
 }
@@ -56,7 +57,7 @@ type Answer = Result<Handoff, QueueError>;
 /// Starts one claim attempt; the receiver yields the queue's answer. The join handle lets
 /// tests wait for the attempt.
 pub fn start_claim(
-    queue: Queue,
+    queue: SharedQueue,
     worker: WorkerName,
     capability: Capability,
 ) -> (oneshot::Receiver<Answer>, JoinHandle<()>) {
@@ -86,7 +87,7 @@ pub async fn claim_answer(
     }
 }
 
-fn release_undelivered(queue: &Queue, worker: &WorkerName, claimed: ClaimResponse) {
+fn release_undelivered(queue: &dyn JobQueue, worker: &WorkerName, claimed: ClaimResponse) {
     let id = claimed.job.id.clone();
     let release = FailRequest {
         worker: worker.clone(),
@@ -115,10 +116,11 @@ mod tests {
     use super::*;
     use crate::plan::plan;
     use crate::queue::test_support::{cpu, spec, worker};
-    use crate::queue::{ManifestSource, QueueConfig};
+    use crate::queue::{ManifestSource, Queue, QueueConfig};
 
-    fn queue_with_one_job() -> (Queue, cis490_api::JobId) {
-        let queue = Queue::open_in_memory(QueueConfig::default()).unwrap();
+    fn queue_with_one_job() -> (SharedQueue, cis490_api::JobId) {
+        let queue: SharedQueue =
+            std::sync::Arc::new(Queue::open_in_memory(QueueConfig::default()).unwrap());
         let job = spec("handoff");
         let source = ManifestSource {
             path: "m.toml".to_string(),
@@ -143,7 +145,7 @@ mod tests {
     }
 
     /// Waits (bounded) until the job is no longer claimed.
-    async fn settled(queue: &Queue, id: &cis490_api::JobId) -> cis490_api::JobView {
+    async fn settled(queue: &dyn JobQueue, id: &cis490_api::JobId) -> cis490_api::JobView {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             let view = queue.job(id).unwrap();
@@ -154,7 +156,7 @@ mod tests {
         }
     }
 
-    fn assert_released(queue: &Queue, view: &cis490_api::JobView) {
+    fn assert_released(queue: &dyn JobQueue, view: &cis490_api::JobView) {
         assert_eq!(view.status, JobStatus::Pending, "{view:?}");
         assert_eq!(view.attempts, 0, "{view:?}");
         let events = queue.events_since(0, 100).unwrap().events;
@@ -173,7 +175,7 @@ mod tests {
         // The request future is gone (axum drops it when the client disconnects).
         drop(answer);
         task.await.unwrap();
-        assert_released(&queue, &settled(&queue, &id).await);
+        assert_released(queue.as_ref(), &settled(queue.as_ref(), &id).await);
         // Another worker gets it at once.
         let again = queue.claim(&worker("w2"), &cpu(8)).unwrap().unwrap();
         assert_eq!(again.job.id, id);
@@ -186,6 +188,6 @@ mod tests {
         task.await.unwrap();
         assert_eq!(queue.job(&id).unwrap().status, JobStatus::Claimed);
         drop(answer);
-        assert_released(&queue, &settled(&queue, &id).await);
+        assert_released(queue.as_ref(), &settled(queue.as_ref(), &id).await);
     }
 }

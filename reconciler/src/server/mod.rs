@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::queue::{Queue, QueueError};
+use crate::queue::{Queue, QueueError, SharedQueue};
 use crate::store::{ArtifactStore, RecoveryReport, StoreError};
 
 pub use config::{Secret, SecurityPosture, ServerConfig, TlsSettings};
@@ -49,7 +49,7 @@ pub use reconcile::{ReconcileError, Reconciler, Trigger};
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    pub queue: Queue,
+    pub queue: SharedQueue,
     pub store: ArtifactStore,
     pub config: Arc<ServerConfig>,
     pub reconciler: Arc<Reconciler>,
@@ -159,10 +159,11 @@ impl Server {
         let db = config.database_path();
         let queue_config = config.queue.clone();
         let clock = Arc::clone(&config.clock);
-        let queue =
-            tokio::task::spawn_blocking(move || Queue::open_with_clock(&db, queue_config, clock))
-                .await
-                .map_err(|e| ServerError::Queue(QueueError::Io(std::io::Error::other(e))))??;
+        let queue: SharedQueue = tokio::task::spawn_blocking(move || {
+            Queue::open_with_clock(&db, queue_config, clock).map(|q| Arc::new(q) as SharedQueue)
+        })
+        .await
+        .map_err(|e| ServerError::Queue(QueueError::Io(std::io::Error::other(e))))??;
         let store_root = config.store_root();
         let max_upload = config.max_upload_bytes;
         let (store, recovery) = tokio::task::spawn_blocking(move || {
@@ -225,7 +226,7 @@ impl Server {
         })
     }
 
-    pub fn queue(&self) -> &Queue {
+    pub fn queue(&self) -> &SharedQueue {
         &self.state.queue
     }
 

@@ -12,7 +12,7 @@ use utoipa::IntoParams;
 use super::extract::{mutating_id_prefix, worker_name, ApiPath, ApiQuery, ApiText};
 use super::reconcile::Trigger;
 use super::{blocking, AppState};
-use crate::queue::{Queue, QueueError};
+use crate::queue::{JobQueue, QueueError};
 
 /// Cancel a job.
 ///
@@ -125,7 +125,7 @@ pub async fn cordon(
     state: State<AppState>,
     raw: ApiPath<String>,
 ) -> Result<Json<WorkerView>, ApiFailure> {
-    set_schedulable(state, raw, Queue::cordon).await
+    set_schedulable(state, raw, |q: &dyn JobQueue, n: &WorkerName| q.cordon(n)).await
 }
 
 /// Uncordon a worker: it takes jobs again.
@@ -139,7 +139,7 @@ pub async fn uncordon(
     state: State<AppState>,
     raw: ApiPath<String>,
 ) -> Result<Json<WorkerView>, ApiFailure> {
-    set_schedulable(state, raw, Queue::uncordon).await
+    set_schedulable(state, raw, |q: &dyn JobQueue, n: &WorkerName| q.uncordon(n)).await
 }
 
 /// Drain a worker: cordon it and let its running jobs finish.
@@ -153,16 +153,18 @@ pub async fn drain(
     state: State<AppState>,
     raw: ApiPath<String>,
 ) -> Result<Json<WorkerView>, ApiFailure> {
-    set_schedulable(state, raw, Queue::drain).await
+    set_schedulable(state, raw, |q: &dyn JobQueue, n: &WorkerName| q.drain(n)).await
 }
 
 /// The one body of cordon, uncordon and drain: which queue operation is the only difference.
 async fn set_schedulable(
     State(state): State<AppState>,
     ApiPath(raw): ApiPath<String>,
-    operation: fn(&Queue, &WorkerName) -> Result<WorkerView, QueueError>,
+    operation: fn(&dyn JobQueue, &WorkerName) -> Result<WorkerView, QueueError>,
 ) -> Result<Json<WorkerView>, ApiFailure> {
     let name = worker_name(&raw)?;
     let queue = state.queue.clone();
-    Ok(Json(blocking(move || operation(&queue, &name)).await?))
+    Ok(Json(
+        blocking(move || operation(queue.as_ref(), &name)).await?,
+    ))
 }

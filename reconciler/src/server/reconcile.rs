@@ -23,7 +23,7 @@ use crate::manifest::{
 use crate::plan::{plan_owned, Plan};
 use crate::policy::host_changes;
 use crate::policy::HostPolicy;
-use crate::queue::{ManifestSource, Queue, QueueError};
+use crate::queue::{JobQueue, ManifestSource, QueueError, SharedQueue};
 
 /// What started a reconcile (for the log only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +65,7 @@ pub enum ReconcileError {
 /// Reconciles one manifest file into one queue.
 #[derive(Debug)]
 pub struct Reconciler {
-    queue: Queue,
+    queue: SharedQueue,
     manifest: PathBuf,
     /// Most jobs the manifest may make.
     max_jobs: usize,
@@ -80,7 +80,7 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(queue: Queue, manifest: PathBuf, max_jobs: usize) -> Arc<Self> {
+    pub fn new(queue: SharedQueue, manifest: PathBuf, max_jobs: usize) -> Arc<Self> {
         Arc::new(Self {
             queue,
             manifest,
@@ -189,7 +189,7 @@ impl Reconciler {
             plan,
             hosts,
             source,
-        } = plan_against(&self.queue, loaded, path)?;
+        } = plan_against(self.queue.as_ref(), loaded, path)?;
         let host_changes = host_changes(&self.queue.host_policies()?, &hosts);
         let mut summary = self.queue.apply(&plan, &hosts, &source)?;
         summary.hosts = host_changes;
@@ -271,7 +271,7 @@ pub struct Planned {
 /// would double the reconcile's peak of memory. Figure 4 of the benchmarks measures this
 /// same function.
 pub fn plan_against(
-    queue: &Queue,
+    queue: &dyn JobQueue,
     loaded: LoadedManifest,
     path: String,
 ) -> Result<Planned, QueueError> {
@@ -298,7 +298,7 @@ pub fn plan_against(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::QueueConfig;
+    use crate::queue::{Queue, QueueConfig};
 
     const ONE_JOB: &str = "version = 1\n\n[defaults]\ncommand = [\"true\"]\n\n[models.gbt]\n\n[[jobs]]\nmodel = \"gbt\"\nmode = \"realistic\"\nseed = 1\n";
     const TWO_JOBS: &str = "version = 1\n\n[defaults]\ncommand = [\"true\"]\n\n[models.gbt]\n\n[[jobs]]\nmodel = \"gbt\"\nmode = \"realistic\"\nmatrix = { seed = [1, 2] }\n";
@@ -307,7 +307,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let manifest = dir.path().join("training_manifest.toml");
         std::fs::write(&manifest, text).unwrap();
-        let queue = Queue::open_in_memory(QueueConfig::default()).unwrap();
+        let queue = Arc::new(Queue::open_in_memory(QueueConfig::default()).unwrap());
         (
             dir,
             Reconciler::new(queue, manifest, crate::manifest::DEFAULT_MAX_MANIFEST_JOBS),

@@ -8,10 +8,10 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 
 use super::telemetry::{FailureCause, Telemetry};
-use crate::queue::{Queue, QueueError, SweepOutcome};
+use crate::queue::{JobQueue, QueueError, SharedQueue, SweepOutcome};
 
 /// One pass: sweeps at the queue's notion of now and logs what moved.
-pub fn sweep_once(queue: &Queue) -> Result<SweepOutcome, QueueError> {
+pub fn sweep_once(queue: &dyn JobQueue) -> Result<SweepOutcome, QueueError> {
     let outcome = queue.sweep(queue.now())?;
     for id in &outcome.requeued {
         tracing::warn!(job = %id.short(), "lease expired; job back to pending");
@@ -23,14 +23,14 @@ pub fn sweep_once(queue: &Queue) -> Result<SweepOutcome, QueueError> {
 }
 
 /// Sweeps every `every` forever; a failed pass is logged and retried at the next tick.
-pub async fn run(queue: Queue, telemetry: Arc<Telemetry>, every: Duration) -> Infallible {
+pub async fn run(queue: SharedQueue, telemetry: Arc<Telemetry>, every: Duration) -> Infallible {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
         let q = queue.clone();
         match tokio::task::spawn_blocking(move || {
-            let outcome = sweep_once(&q)?;
+            let outcome = sweep_once(q.as_ref())?;
             let failed: Vec<String> = outcome
                 .failed
                 .iter()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cis490_api::{Capability, ClaimRequest, Client, JobStatus, WorkerName};
-use cis490_reconciler::queue::{ManualClock, Queue};
+use cis490_reconciler::queue::{ManualClock, SharedQueue};
 use cis490_reconciler::server::{
     ConnectionOptions, RequestCaps, Secret, Server, ServerConfig, ServerError,
 };
@@ -60,7 +60,7 @@ pub struct TestApp {
     pub client: Client,
     /// Sends no token.
     pub anon: Client,
-    pub queue: Queue,
+    pub queue: SharedQueue,
     /// The queue's clock: tests move it forward instead of sleeping.
     pub clock: Arc<ManualClock>,
     pub store_root: PathBuf,

@@ -1,5 +1,6 @@
 //! Builders shared by the queue's integration tests.
 
+use cis490_reconciler::queue::JobQueue;
 use std::collections::BTreeMap;
 
 use cis490_api::{Capability, Constraints, JobId, JobSpec, RetryPolicy, WorkerName};

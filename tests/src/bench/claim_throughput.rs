@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use cis490_api::{ClaimRequest, JobId};
 use cis490_reconciler::manifest::parse_manifest;
 use cis490_reconciler::plan::plan;
-use cis490_reconciler::queue::{ManifestSource, Queue, QueueConfig};
+use cis490_reconciler::queue::{JobQueue, ManifestSource, Queue, QueueConfig};
 
 use super::server::BenchServer;
 use super::workload::{capability, manifest_text, worker};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use cis490_api::results::{parse_flat, MAX_METRICS_BYTES, MAX_PROGRESS_LINE_BYTES};
 use cis490_api::{ClaimRequest, CompleteRequest, HeartbeatRequest, JobId, Metrics, TrainerReport};
-use cis490_reconciler::queue::Queue;
+use cis490_reconciler::queue::{JobQueue, Queue};
 
 use super::claim_throughput::{check_exactly_once, load_queue, wait_pending, AGENTS};
 use super::server::BenchServer;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cis490_reconciler::manifest::load_manifest;
-use cis490_reconciler::queue::{Queue, QueueConfig};
+use cis490_reconciler::queue::{JobQueue, Queue, QueueConfig};
 use cis490_reconciler::server::reconcile::{plan_against, Planned};
 use serde::{Deserialize, Serialize};
 
