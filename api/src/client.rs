@@ -138,6 +138,21 @@ impl ClientError {
     }
 }
 
+/// True when hyper dropped the request before sending any of it (hyper's `Canceled`: the
+/// connection was gone before the request was dispatched on it).
+fn never_sent(err: &reqwest::Error) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
 /// The filters of `GET /v1/events`: one job (an ID or unique prefix) and/or one worker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventsFilter {
@@ -290,11 +305,24 @@ impl Client {
     }
 
     /// Sends a request; turns transport failures and error statuses into `ClientError`.
+    ///
+    /// A request the connection never sent (it died before the request was handed to it)
+    /// is sent once more on a new connection: safe for every method, and it is how a
+    /// refused client certificate is told apart from a plain hang-up. In TLS 1.3 the server
+    /// refuses the certificate after the client's side of the handshake is done, and when
+    /// its alert ends the connection before the request is written, hyper reports only
+    /// "connection was not ready" and drops the TLS error; on the next connection the
+    /// request is usually written first and the alert is read as the answer.
     pub async fn send(&self, rb: RequestBuilder) -> Result<Response, ClientError> {
-        let resp = rb
-            .send()
-            .await
-            .map_err(|source| ClientError::transport(&self.base, source))?;
+        let again = rb.try_clone();
+        let resp = match (rb.send().await, again) {
+            (Ok(resp), _) => resp,
+            (Err(e), Some(again)) if never_sent(&e) => again
+                .send()
+                .await
+                .map_err(|source| ClientError::transport(&self.base, source))?,
+            (Err(source), _) => return Err(ClientError::transport(&self.base, source)),
+        };
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
