@@ -138,6 +138,9 @@ impl ClientError {
     }
 }
 
+/// How many times [`Client::send`] sends again a request hyper never sent.
+const NEVER_SENT_RESENDS: u32 = 2;
+
 /// True when hyper dropped the request before sending any of it (hyper's `Canceled`: the
 /// connection was gone before the request was dispatched on it).
 fn never_sent(err: &reqwest::Error) -> bool {
@@ -307,21 +310,25 @@ impl Client {
     /// Sends a request; turns transport failures and error statuses into `ClientError`.
     ///
     /// A request the connection never sent (it died before the request was handed to it)
-    /// is sent once more on a new connection: safe for every method, and it is how a
+    /// is sent again on a new connection (at most twice): safe for every method, and it is how a
     /// refused client certificate is told apart from a plain hang-up. In TLS 1.3 the server
     /// refuses the certificate after the client's side of the handshake is done, and when
     /// its alert ends the connection before the request is written, hyper reports only
     /// "connection was not ready" and drops the TLS error; on the next connection the
     /// request is usually written first and the alert is read as the answer.
     pub async fn send(&self, rb: RequestBuilder) -> Result<Response, ClientError> {
-        let again = rb.try_clone();
-        let resp = match (rb.send().await, again) {
-            (Ok(resp), _) => resp,
-            (Err(e), Some(again)) if never_sent(&e) => again
-                .send()
-                .await
-                .map_err(|source| ClientError::transport(&self.base, source))?,
-            (Err(source), _) => return Err(ClientError::transport(&self.base, source)),
+        let mut rb = rb;
+        let mut resends = 0;
+        let resp = loop {
+            let again = rb.try_clone();
+            match (rb.send().await, again) {
+                (Ok(resp), _) => break resp,
+                (Err(e), Some(again)) if resends < NEVER_SENT_RESENDS && never_sent(&e) => {
+                    resends += 1;
+                    rb = again;
+                }
+                (Err(source), _) => return Err(ClientError::transport(&self.base, source)),
+            }
         };
         let status = resp.status();
         if status.is_success() {
