@@ -232,29 +232,27 @@ fn succeeding_instance(state_dir: &std::path::Path) -> cis490_api::AgentInstance
 /// Trainers start watched by the trainer guard (else through the parent-death shim) and
 /// are recorded under the state dir, where the next start finds what a killed agent left.
 fn trainer_launch(cfg: &AgentConfig) -> crate::runner::Launch {
+    use crate::runner::DiesWithAgent;
     let records = Some(crate::leftover_trainers::records_dir(&cfg.state_dir));
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
             tracing::warn!("cannot find the agent's own executable ({e}): trainers will not die with the agent");
             return crate::runner::Launch {
-                guard: None,
-                shim: None,
+                death: DiesWithAgent::Not,
                 records,
             };
         }
     };
     match crate::trainer_guard::TrainerGuard::start(&exe) {
         Ok(guard) => crate::runner::Launch {
-            guard: Some(std::sync::Arc::new(guard)),
-            shim: None,
+            death: DiesWithAgent::Guard(std::sync::Arc::new(guard)),
             records,
         },
         Err(e) => {
             tracing::warn!("cannot start the trainer guard ({e}): trainers start through the parent-death shim");
             crate::runner::Launch {
-                guard: None,
-                shim: Some(exe),
+                death: DiesWithAgent::Shim(exe),
                 records,
             }
         }

@@ -179,13 +179,23 @@ fn resolve_program(program: &str, work_dir: &Path) -> PathBuf {
 /// `trainer_guard`, `exec_trainer` and `leftover_trainers`), or (tests) plainly.
 #[derive(Debug, Clone, Default)]
 pub struct Launch {
-    /// The guard that ends every trainer's group when the agent dies.
-    pub guard: Option<std::sync::Arc<crate::trainer_guard::TrainerGuard>>,
-    /// Without a guard: the agent's own executable; on Linux trainers are started through
-    /// its `__exec-trainer` shim, so they die with the agent.
-    pub shim: Option<PathBuf>,
+    /// What ends the trainers when the agent dies.
+    pub death: DiesWithAgent,
     /// Where each running trainer's process group is recorded.
     pub records: Option<PathBuf>,
+}
+
+/// How a trainer is made to die with its agent.
+#[derive(Debug, Clone, Default)]
+pub enum DiesWithAgent {
+    /// The guard ends every trainer's group when the agent dies.
+    Guard(std::sync::Arc<crate::trainer_guard::TrainerGuard>),
+    /// The agent's own executable: on Linux trainers are started through its
+    /// `__exec-trainer` parent-death shim.
+    Shim(PathBuf),
+    /// Nothing (tests, or an agent that cannot find its own executable).
+    #[default]
+    Not,
 }
 
 /// The program as the OS would find it: a path with a separator as it is, a bare name
@@ -251,13 +261,9 @@ impl Trainer {
             source,
         };
         let program_path = resolve_program(program, work_dir);
-        let shim = match launch.guard {
-            Some(_) => None,
-            None => launch.shim.as_ref(),
-        };
-        let mut cmd = match shim {
+        let mut cmd = match &launch.death {
             #[cfg(target_os = "linux")]
-            Some(shim) => {
+            DiesWithAgent::Shim(shim) => {
                 let resolved = find_program(&program_path).map_err(spawn_error)?;
                 let mut cmd = tokio::process::Command::new(shim);
                 cmd.args(crate::exec_trainer::shim_args(
@@ -282,7 +288,10 @@ impl Trainer {
         cmd.process_group(0);
         let child = cmd.spawn().map_err(spawn_error)?;
         let pid = child.id().unwrap_or(0);
-        let guard = launch.guard.clone().filter(|_| pid > 1);
+        let guard = match &launch.death {
+            DiesWithAgent::Guard(guard) if pid > 1 => Some(std::sync::Arc::clone(guard)),
+            _ => None,
+        };
         if let Some(guard) = &guard {
             guard.watch(pid);
         }

@@ -16,7 +16,6 @@
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::Mutex;
 
 /// The hidden first argument that selects the guard's entry point.
 pub const GUARD_ARG: &str = "__trainer-guard";
@@ -58,10 +57,10 @@ fn guard(input: impl BufRead, mut kill: impl FnMut(u32)) {
 /// The agent's end of the guard.
 #[derive(Debug)]
 pub struct TrainerGuard {
-    /// None once the agent closed it.
-    pipe: Mutex<Option<ChildStdin>>,
+    /// None only while dropping (closed first).
+    pipe: Option<ChildStdin>,
     /// Kept so the guard is reaped when the agent drops it.
-    child: Mutex<Child>,
+    child: Child,
 }
 
 impl TrainerGuard {
@@ -85,8 +84,8 @@ impl TrainerGuard {
             .take()
             .ok_or_else(|| std::io::Error::other("the guard's input pipe was not made"))?;
         Ok(TrainerGuard {
-            pipe: Mutex::new(Some(pipe)),
-            child: Mutex::new(child),
+            pipe: Some(pipe),
+            child,
         })
     }
 
@@ -100,13 +99,13 @@ impl TrainerGuard {
         self.send('-', pgid);
     }
 
+    /// One `write` per line: a pipe write under `PIPE_BUF` bytes is atomic, so lines from
+    /// trainers starting and ending at once never interleave (no lock needed).
     fn send(&self, sign: char, pgid: u32) {
-        let mut pipe = match self.pipe.lock() {
-            Ok(p) => p,
-            Err(poisoned) => poisoned.into_inner(),
+        let Some(mut pipe) = self.pipe.as_ref() else {
+            return;
         };
-        let Some(pipe) = pipe.as_mut() else { return };
-        if let Err(e) = writeln!(pipe, "{sign}{pgid}") {
+        if let Err(e) = pipe.write_all(format!("{sign}{pgid}\n").as_bytes()) {
             tracing::warn!(
                 "the trainer guard is gone ({e}): trainers will not die with the agent; \
                  the next agent on this state dir ends what they leave"
@@ -118,16 +117,8 @@ impl TrainerGuard {
 impl Drop for TrainerGuard {
     fn drop(&mut self) {
         // Closing the pipe ends the guard (with nothing left to kill on a clean stop).
-        let pipe = match self.pipe.get_mut() {
-            Ok(p) => p,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        drop(pipe.take());
-        let child = match self.child.get_mut() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let _ = child.wait();
+        drop(self.pipe.take());
+        let _ = self.child.wait();
     }
 }
 

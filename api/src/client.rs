@@ -310,14 +310,13 @@ impl Client {
     /// Sends a request; turns transport failures and error statuses into `ClientError`.
     ///
     /// A request the connection never sent (it died before the request was handed to it)
-    /// is sent again on a new connection (at most twice): safe for every method, and it is how a
-    /// refused client certificate is told apart from a plain hang-up. In TLS 1.3 the server
+    /// is sent again on a new connection (at most twice): safe for every method, and it is
+    /// how a refused client certificate is told apart from a plain hang-up. In TLS 1.3 the server
     /// refuses the certificate after the client's side of the handshake is done, and when
     /// its alert ends the connection before the request is written, hyper reports only
     /// "connection was not ready" and drops the TLS error; on the next connection the
     /// request is usually written first and the alert is read as the answer.
-    pub async fn send(&self, rb: RequestBuilder) -> Result<Response, ClientError> {
-        let mut rb = rb;
+    pub async fn send(&self, mut rb: RequestBuilder) -> Result<Response, ClientError> {
         let mut resends = 0;
         let resp = loop {
             let again = rb.try_clone();
