@@ -41,6 +41,10 @@ pub enum QueueError {
     /// this error, so every backend answers with the same one).
     #[error("database error: {0}")]
     Db(String),
+    /// The database gave up a transaction for a conflict with another one (deadlock,
+    /// serialization failure); running it again may succeed.
+    #[error("database conflict, try again: {0}")]
+    Transient(String),
     /// A group commit failed; none of its operations took effect.
     #[error("the database could not commit: {0}")]
     Commit(String),
@@ -50,6 +54,12 @@ pub enum QueueError {
     /// A stored value could not be read back (bad JSON, bad ID, unknown status).
     #[error("corrupt queue data: {0}")]
     Corrupt(String),
+    /// The backend does not implement this operation yet (the other backend does).
+    #[error("`{what}` is not implemented on the {backend} backend yet")]
+    Unsupported {
+        what: &'static str,
+        backend: &'static str,
+    },
 }
 
 impl QueueError {
@@ -66,9 +76,11 @@ impl QueueError {
             QueueError::ArtifactRequired { .. } => "artifact_required",
             QueueError::BadRequest { .. } => "bad_request",
             QueueError::Db(_)
+            | QueueError::Transient(_)
             | QueueError::Commit(_)
             | QueueError::Io(_)
-            | QueueError::Corrupt(_) => "internal",
+            | QueueError::Corrupt(_)
+            | QueueError::Unsupported { .. } => "internal",
         }
     }
 

@@ -99,10 +99,7 @@ pub(crate) fn i_left_to_others(
     constraints: &cis490_api::Constraints,
     pending_since: i64,
 ) -> Result<bool, QueueError> {
-    let wait_ms = i64::try_from(tx.config.retry_elsewhere_wait_s)
-        .unwrap_or(i64::MAX / 1000)
-        .saturating_mul(1000);
-    if tx.now.saturating_sub(pending_since) >= wait_ms {
+    if waited_for_others(tx.now, tx.config, pending_since) {
         return Ok(false);
     }
     let failed = i_failed_workers(tx, job)?;
@@ -112,6 +109,15 @@ pub(crate) fn i_left_to_others(
     Ok(i_workers_able_to_run(tx, model, constraints)?
         .iter()
         .any(|w| w != worker && !failed.contains(w)))
+}
+
+/// True once a pending job that failed on a worker has waited `retry_elsewhere_wait_s`
+/// for the others: from then on that worker may take it again.
+pub(crate) fn waited_for_others(now: i64, config: &super::QueueConfig, pending_since: i64) -> bool {
+    let wait_ms = i64::try_from(config.retry_elsewhere_wait_s)
+        .unwrap_or(i64::MAX / 1000)
+        .saturating_mul(1000);
+    now.saturating_sub(pending_since) >= wait_ms
 }
 
 /// Ready workers (cordoned ones included: cordon passes) that could run `row`'s job as

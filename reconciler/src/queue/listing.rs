@@ -16,13 +16,13 @@ use super::{QueueError, Tx};
 /// order, then ID. Written `PRIORITY.ORDER.ID`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobCursor {
-    priority: i64,
-    manifest_order: i64,
-    id: String,
+    pub(crate) priority: i64,
+    pub(crate) manifest_order: i64,
+    pub(crate) id: String,
 }
 
 impl JobCursor {
-    fn of(spec: &cis490_api::JobSpec) -> Self {
+    pub(crate) fn of(spec: &cis490_api::JobSpec) -> Self {
         Self {
             priority: i64::from(spec.priority),
             manifest_order: i64::try_from(spec.manifest_order).unwrap_or(i64::MAX),
@@ -30,7 +30,7 @@ impl JobCursor {
         }
     }
 
-    fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         format!("{}.{}.{}", self.priority, self.manifest_order, self.id)
     }
 
@@ -63,7 +63,7 @@ fn shorten(text: &str) -> String {
 
 /// The label selector of `filter` (`team=a,gpu!=none`), parsed; a bad term is a 400 that
 /// names it.
-fn label_selector(filter: &JobFilter) -> Result<Option<LabelSelector>, QueueError> {
+pub(crate) fn label_selector(filter: &JobFilter) -> Result<Option<LabelSelector>, QueueError> {
     filter
         .label
         .as_deref()

@@ -145,6 +145,13 @@ pub(crate) struct CudaAlternative {
     policy: Option<HostPolicy>,
 }
 
+impl CudaAlternative {
+    /// A Ready, schedulable CUDA worker (the caller checked) and its host policy.
+    pub(crate) fn new(row: WorkerRow, policy: Option<HostPolicy>) -> Self {
+        CudaAlternative { row, policy }
+    }
+}
+
 /// Ready (fresh), schedulable CUDA workers other than `except`.
 pub(crate) fn i_cuda_alternatives(
     tx: &Tx<'_>,
@@ -164,10 +171,15 @@ pub(crate) fn i_cuda_alternatives(
 /// True once a job has been pending for `prefer_cuda_wait_s`: from then on any worker that
 /// can run it may take it.
 pub(crate) fn waited_long(tx: &Tx<'_>, pending_since: i64) -> bool {
-    let wait_ms = i64::try_from(tx.config.prefer_cuda_wait_s)
+    waited_long_at(tx.now, tx.config, pending_since)
+}
+
+/// [`waited_long`] at `now` (ms), for backends without a SQLite `Tx`.
+pub(crate) fn waited_long_at(now: i64, config: &super::QueueConfig, pending_since: i64) -> bool {
+    let wait_ms = i64::try_from(config.prefer_cuda_wait_s)
         .unwrap_or(i64::MAX / 1000)
         .saturating_mul(1000);
-    tx.now.saturating_sub(pending_since) >= wait_ms
+    now.saturating_sub(pending_since) >= wait_ms
 }
 
 /// True when some Ready CUDA worker could run a job of `model` with `c`. A CUDA worker's
@@ -414,7 +426,7 @@ pub(crate) fn i_claim(
 
 /// The host policy as the claim query's JSON lists: (denied models, allowed models or `[]`
 /// for all). A `*` in deny_jobs is handled before the query (nothing matches).
-fn policy_lists(policy: Option<&HostPolicy>) -> (String, String) {
+pub(crate) fn policy_lists(policy: Option<&HostPolicy>) -> (String, String) {
     let Some(p) = policy else {
         return ("[]".to_string(), "[]".to_string());
     };
@@ -606,7 +618,7 @@ impl FirstFit<'_, '_> {
 }
 
 /// A fresh lease token: 128 random bits as hex.
-fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     let bytes: [u8; 16] = rand::rng().random();
     hex::encode(bytes)
 }

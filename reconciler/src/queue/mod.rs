@@ -49,6 +49,8 @@ mod matching;
 mod nodes;
 mod operator;
 mod placement;
+pub mod postgres;
+pub use postgres::PgQueue;
 pub(crate) mod reads;
 mod results;
 mod rows;

@@ -25,10 +25,15 @@ pub(crate) struct WorkerRow {
 impl WorkerRow {
     /// Seen within `node_stale_after_s` of the transaction's now.
     pub(crate) fn is_fresh(&self, tx: &Tx<'_>) -> bool {
-        let stale_ms = i64::try_from(tx.config.node_stale_after_s)
+        self.is_fresh_at(tx.now, tx.config)
+    }
+
+    /// [`WorkerRow::is_fresh`] at `now` (ms), for backends without a SQLite `Tx`.
+    pub(crate) fn is_fresh_at(&self, now: i64, config: &super::QueueConfig) -> bool {
+        let stale_ms = i64::try_from(config.node_stale_after_s)
             .unwrap_or(i64::MAX / 1000)
             .saturating_mul(1000);
-        tx.now.saturating_sub(self.last_seen) <= stale_ms
+        now.saturating_sub(self.last_seen) <= stale_ms
     }
 
     /// Takes new jobs at all (cordon and drain both stop new jobs).

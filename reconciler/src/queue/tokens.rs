@@ -43,11 +43,11 @@ pub struct WorkerTokenInfo {
 }
 
 /// The stored form of a token.
-fn token_hash(token: &str) -> String {
+pub(crate) fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     // ThreadRng is a CSPRNG seeded from the OS.
     let bytes: [u8; TOKEN_BYTES] = rand::rng().random();
     format!("{TOKEN_PREFIX}{}", hex::encode(bytes))

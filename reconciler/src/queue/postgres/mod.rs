@@ -1,0 +1,451 @@
+//! The PostgreSQL job queue: the same [`JobQueue`] as the SQLite [`Queue`](super::Queue),
+//! for labs that run several `serve` processes on one database.
+//!
+//! Shape as in SQLite: each public method opens one transaction ([`PgQueue::write`] or
+//! [`PgQueue::read`], `tx.rs`) and calls an `i_*` helper in the file of its caller
+//! (`apply.rs`, `matching.rs`, `lease.rs`, `operator.rs`, `sweep.rs`, `reads.rs`, ...),
+//! and every decision comes from the shared rules in `transitions.rs` and `matching.rs`.
+//! What differs is concurrency: row locks instead of one writer (see `tx.rs` for the
+//! isolation level and the event numbering, `matching.rs` for claims).
+//!
+//! Connections: a small pool of sync `postgres` clients (`pool.rs`), without TLS for now
+//! (a Unix socket or loopback); `synchronous_commit` is forced on for every connection, so
+//! a call returns Ok only once its transaction is durable.
+
+mod apply;
+mod events;
+mod failures;
+mod lease;
+mod matching;
+mod nodes;
+mod operator;
+mod pool;
+mod reads;
+mod results;
+mod rows;
+mod schema;
+mod sweep;
+mod tokens;
+mod tx;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use cis490_api::{
+    ArtifactId, ArtifactView, Capability, ClaimResponse, CompleteRequest, EventsPage, Explain,
+    FailRequest, HeartbeatRequest, HeartbeatResponse, IdPrefix, JobFilter, JobId, JobProgress,
+    JobSpec, JobStatusResponse, JobView, Lease, LogPage, LogQuery, ManifestError, ManifestStatus,
+    Page, PlanSummary, ResultRow, ResultsQuery, WorkerName, WorkerView,
+};
+
+use super::error::bad_request;
+use super::events::{kind, EventFilter};
+use super::listing::JobCursor;
+use super::tokens::{IssuedToken, WorkerTokenInfo};
+use super::{Clock, JobQueue, ManifestSource, QueueConfig, QueueError, SweepOutcome, SystemClock};
+use crate::plan::{ActualJob, Plan};
+use crate::policy::HostPolicy;
+use pool::Pool;
+
+/// Connections one server opens at most (each blocking call holds one while it runs).
+const DEFAULT_MAX_CONNECTIONS: usize = 16;
+
+/// The name these errors give the backend.
+const BACKEND: &str = "postgres";
+
+/// The job queue on PostgreSQL. `Send + Sync`; every method blocks on the database: call
+/// them from `tokio::task::spawn_blocking` in async code (a sync `postgres` client panics
+/// inside an async runtime thread).
+pub struct PgQueue {
+    pool: Pool,
+    config: QueueConfig,
+    clock: Arc<dyn Clock>,
+    /// The seq of the last event this process committed or saw committed.
+    last_event: tokio::sync::watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for PgQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgQueue")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An operation this backend does not have yet.
+fn unsupported<T>(what: &'static str) -> Result<T, QueueError> {
+    Err(QueueError::Unsupported {
+        what,
+        backend: BACKEND,
+    })
+}
+
+impl PgQueue {
+    /// Connects to the database `url` names (`postgres://user@host:port/db`, or a Unix
+    /// socket directory as host, percent-encoded) and migrates it.
+    pub fn open(url: &str, config: QueueConfig) -> Result<PgQueue, QueueError> {
+        Self::open_with_clock(url, config, Arc::new(SystemClock))
+    }
+
+    /// [`PgQueue::open`] on `clock` instead of the wall clock.
+    pub fn open_with_clock(
+        url: &str,
+        config: QueueConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<PgQueue, QueueError> {
+        let mut pg: postgres::Config = url.parse().map_err(|e| QueueError::BadRequest {
+            message: format!("--database: not a PostgreSQL URL: {e}"),
+        })?;
+        // Durable before Ok, whatever the server's default.
+        pg.options("-c synchronous_commit=on");
+        pg.application_name("cis490-reconciler");
+        let pool = Pool::new(pg, DEFAULT_MAX_CONNECTIONS);
+        let last = {
+            let mut conn = pool.get()?;
+            schema::migrate(&mut conn)?;
+            let n: i64 = conn
+                .query_one("SELECT n FROM event_seq WHERE id = 1", &[])?
+                .try_get(0)?;
+            n.max(0) as u64
+        };
+        let (sender, _) = tokio::sync::watch::channel(last);
+        Ok(PgQueue {
+            pool,
+            config,
+            clock,
+            last_event: sender,
+        })
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Tells watchers that events up to `seq` are committed (commits of concurrent
+    /// callers may report out of order: the watch only moves forward).
+    fn notify(&self, seq: u64) {
+        self.last_event.send_if_modified(|last| {
+            let newer = seq > *last;
+            if newer {
+                *last = seq;
+            }
+            newer
+        });
+    }
+
+    /// A `NameInUse` refusal is rolled back with the claim or report it refused, so it is
+    /// recorded in a transaction of its own (as SQLite's `Queue::noted_refusal`).
+    fn noted_refusal(&self, worker: &WorkerName, err: QueueError) -> QueueError {
+        if let QueueError::NameInUse { message, .. } = &err {
+            let recorded = self.write(|tx| {
+                tx.event(
+                    None,
+                    Some(worker.as_str()),
+                    kind::NAME_IN_USE,
+                    format!("refused a second agent: {message}"),
+                );
+                Ok(())
+            });
+            if let Err(e) = recorded {
+                tracing::warn!(error = %e, "could not record a name_in_use refusal");
+            }
+        }
+        err
+    }
+}
+
+impl JobQueue for PgQueue {
+    fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        super::rows::from_ms(self.now_ms())
+    }
+
+    fn actual(&self) -> Result<Vec<ActualJob>, QueueError> {
+        self.read(apply::i_actual)
+    }
+
+    fn apply(
+        &self,
+        plan: &Plan,
+        hosts: &[HostPolicy],
+        source: &ManifestSource,
+    ) -> Result<PlanSummary, QueueError> {
+        self.write(|tx| apply::i_apply(tx, plan, hosts, source))
+    }
+
+    fn record_manifest_errors(
+        &self,
+        path: &str,
+        errors: &[ManifestError],
+    ) -> Result<(), QueueError> {
+        self.write(|tx| apply::i_record_manifest_errors(tx, path, errors))
+    }
+
+    fn manifest_status(&self) -> Result<ManifestStatus, QueueError> {
+        self.read(apply::i_manifest_status)
+    }
+
+    fn host_policies(&self) -> Result<Vec<HostPolicy>, QueueError> {
+        self.read(apply::i_host_policies)
+    }
+
+    fn claim(
+        &self,
+        worker: &WorkerName,
+        cap: &Capability,
+    ) -> Result<Option<ClaimResponse>, QueueError> {
+        self.write(|tx| matching::i_claim(tx, worker, cap))
+            .map_err(|e| self.noted_refusal(worker, e))
+    }
+
+    fn heartbeat(
+        &self,
+        id: &JobId,
+        req: &HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, QueueError> {
+        if let Some(point) = &req.progress {
+            cis490_api::results::check_point(point).map_err(bad_request)?;
+        }
+        self.write(|tx| lease::i_heartbeat(tx, id, req))
+    }
+
+    fn check_lease(
+        &self,
+        id: &JobId,
+        worker: &WorkerName,
+        lease: &Lease,
+    ) -> Result<JobSpec, QueueError> {
+        self.read(|tx| lease::i_check_lease(tx, id, worker, lease))
+    }
+
+    fn record_upload(
+        &self,
+        id: &JobId,
+        worker: &WorkerName,
+        lease: &Lease,
+        artifact: &ArtifactId,
+        size_bytes: u64,
+    ) -> Result<(), QueueError> {
+        self.write(|tx| lease::i_record_upload(tx, id, worker, lease, artifact, size_bytes))
+    }
+
+    fn complete(&self, id: &JobId, req: &CompleteRequest) -> Result<JobStatusResponse, QueueError> {
+        req.report.check().map_err(bad_request)?;
+        self.write(|tx| lease::i_complete(tx, id, req))
+    }
+
+    fn fail(&self, id: &JobId, req: &FailRequest) -> Result<JobStatusResponse, QueueError> {
+        req.report.check().map_err(bad_request)?;
+        self.write(|tx| lease::i_fail(tx, id, req))
+    }
+
+    fn sweep(&self, now: DateTime<Utc>) -> Result<SweepOutcome, QueueError> {
+        self.write(|tx| sweep::i_sweep(tx, now.timestamp_millis()))
+    }
+
+    fn cancel(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
+        self.write(|tx| operator::i_cancel(tx, id))
+    }
+
+    fn requeue(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
+        self.write(|tx| operator::i_requeue(tx, id))
+    }
+
+    fn hold(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
+        self.write(|tx| operator::i_hold(tx, id))
+    }
+
+    fn release(&self, id: &JobId) -> Result<JobStatusResponse, QueueError> {
+        self.write(|tx| operator::i_release(tx, id))
+    }
+
+    fn resolve(&self, prefix: &IdPrefix) -> Result<JobId, QueueError> {
+        self.read(|tx| reads::i_resolve(tx, prefix))
+    }
+
+    fn job(&self, id: &JobId) -> Result<JobView, QueueError> {
+        self.read(|tx| reads::i_job_view(tx, id, true))
+    }
+
+    fn jobs_page(
+        &self,
+        filter: &JobFilter,
+        after: Option<&JobCursor>,
+        limit: usize,
+    ) -> Result<Page<JobView>, QueueError> {
+        self.read(|tx| reads::i_jobs_page(tx, filter, after, limit))
+    }
+
+    fn completed_models(&self) -> Result<Vec<String>, QueueError> {
+        self.read(|tx| {
+            tx.db
+                .query(
+                    "SELECT DISTINCT model FROM jobs WHERE status = 'completed' ORDER BY model",
+                    &[],
+                )?
+                .iter()
+                .map(|r| Ok(r.try_get(0)?))
+                .collect()
+        })
+    }
+
+    fn job_model(&self, id: &JobId) -> Result<Option<String>, QueueError> {
+        self.read(|tx| {
+            match tx
+                .db
+                .query_opt("SELECT model FROM jobs WHERE id = $1", &[&id.as_str()])?
+            {
+                Some(r) => Ok(Some(r.try_get(0)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn job_log(&self, _id: &JobId, _query: &LogQuery) -> Result<LogPage, QueueError> {
+        unsupported("job_log")
+    }
+
+    fn job_progress(&self, _id: &JobId) -> Result<JobProgress, QueueError> {
+        unsupported("job_progress")
+    }
+
+    fn results_page(
+        &self,
+        _query: &ResultsQuery,
+        _limit: usize,
+    ) -> Result<Page<ResultRow>, QueueError> {
+        unsupported("results_page")
+    }
+
+    fn explain(&self, _id: &JobId) -> Result<Explain, QueueError> {
+        unsupported("explain")
+    }
+
+    fn live_counts(&self) -> Result<(BTreeMap<String, u64>, u64), QueueError> {
+        self.read(reads::i_live_counts)
+    }
+
+    fn counts(&self) -> Result<BTreeMap<String, u64>, QueueError> {
+        self.read(reads::i_counts)
+    }
+
+    fn uploads_page(
+        &self,
+        _before: Option<i64>,
+        _limit: usize,
+    ) -> Result<(Vec<ArtifactView>, Option<i64>), QueueError> {
+        unsupported("uploads_page")
+    }
+
+    fn recorded_artifacts(&self, ids: &[ArtifactId]) -> Result<HashSet<ArtifactId>, QueueError> {
+        let wanted: Vec<&str> = ids.iter().map(ArtifactId::as_str).collect();
+        self.read(|tx| {
+            tx.db
+                .query(
+                    "SELECT DISTINCT artifact_id FROM uploads WHERE artifact_id = ANY($1)",
+                    &[&wanted],
+                )?
+                .iter()
+                .map(|r| {
+                    let id: String = r.try_get(0)?;
+                    ArtifactId::parse(&id).map_err(QueueError::corrupt)
+                })
+                .collect()
+        })
+    }
+
+    fn report_node(
+        &self,
+        _worker: &WorkerName,
+        _cap: &Capability,
+    ) -> Result<WorkerView, QueueError> {
+        unsupported("report_node")
+    }
+
+    fn record_wrong_worker(
+        &self,
+        job: Option<&JobId>,
+        proven: &WorkerName,
+        claimed: &WorkerName,
+        refusal: &str,
+    ) -> Result<(), QueueError> {
+        self.write(|tx| {
+            tx.event(
+                job,
+                Some(proven.as_str()),
+                kind::WRONG_WORKER,
+                format!("refused: worker {proven} tried to act as worker {claimed} ({refusal})"),
+            );
+            Ok(())
+        })
+    }
+
+    fn workers(&self) -> Result<Vec<WorkerView>, QueueError> {
+        unsupported("workers")
+    }
+
+    fn workers_page(
+        &self,
+        _after: Option<&str>,
+        _limit: usize,
+    ) -> Result<Page<WorkerView>, QueueError> {
+        unsupported("workers_page")
+    }
+
+    fn worker(&self, _name: &WorkerName) -> Result<WorkerView, QueueError> {
+        unsupported("worker")
+    }
+
+    fn cordon(&self, _name: &WorkerName) -> Result<WorkerView, QueueError> {
+        unsupported("cordon")
+    }
+
+    fn uncordon(&self, _name: &WorkerName) -> Result<WorkerView, QueueError> {
+        unsupported("uncordon")
+    }
+
+    fn drain(&self, _name: &WorkerName) -> Result<WorkerView, QueueError> {
+        unsupported("drain")
+    }
+
+    fn forget_worker(&self, _name: &WorkerName) -> Result<WorkerView, QueueError> {
+        unsupported("forget_worker")
+    }
+
+    fn issue_worker_token(&self, name: &WorkerName) -> Result<IssuedToken, QueueError> {
+        tokens::issue(self, name)
+    }
+
+    fn revoke_worker_token(&self, name: &WorkerName) -> Result<Option<DateTime<Utc>>, QueueError> {
+        tokens::revoke(self, name)
+    }
+
+    fn worker_tokens(&self) -> Result<Vec<WorkerTokenInfo>, QueueError> {
+        tokens::list(self)
+    }
+
+    fn worker_for_token(&self, token: &str) -> Result<Option<WorkerName>, QueueError> {
+        tokens::worker_for(self, token)
+    }
+
+    fn worker_tokens_exist(&self) -> Result<bool, QueueError> {
+        tokens::any_issued(self)
+    }
+
+    fn events_filtered(
+        &self,
+        since: u64,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<EventsPage, QueueError> {
+        self.read(|tx| events::i_events_since(tx, since, limit, filter))
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.last_event.subscribe()
+    }
+}

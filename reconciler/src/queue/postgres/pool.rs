@@ -1,0 +1,140 @@
+//! A small pool of sync PostgreSQL connections: at most `max` open at once, idle ones kept
+//! for the next caller. A connection that broke is dropped, not handed out again.
+//!
+//! `postgres::Client` drives its own single-threaded runtime and blocks the calling thread,
+//! so a pooled connection must only be used from a blocking thread (every `JobQueue` method
+//! already runs on one), never from inside an async task.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use postgres::{Client, Config, NoTls};
+
+use crate::queue::QueueError;
+
+/// How long a caller waits for a connection when all `max` are in use.
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) struct Pool {
+    config: Config,
+    max: usize,
+    state: Mutex<State>,
+    freed: Condvar,
+}
+
+struct State {
+    idle: Vec<Client>,
+    /// Connections open now, idle or checked out.
+    open: usize,
+}
+
+impl Pool {
+    /// A pool for `config` that opens at most `max` connections (at least one).
+    pub(crate) fn new(config: Config, max: usize) -> Pool {
+        Pool {
+            config,
+            max: max.max(1),
+            state: Mutex::new(State {
+                idle: Vec::new(),
+                open: 0,
+            }),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state is a list and a count that every path leaves consistent.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// An idle connection, a new one while fewer than `max` are open, or the next one
+    /// freed (`Db` error after [`CHECKOUT_TIMEOUT`]).
+    pub(crate) fn get(&self) -> Result<Pooled<'_>, QueueError> {
+        let mut state = self.lock();
+        loop {
+            while let Some(client) = state.idle.pop() {
+                if !client.is_closed() {
+                    return Ok(Pooled {
+                        pool: self,
+                        client: Some(client),
+                    });
+                }
+                state.open -= 1;
+            }
+            if state.open < self.max {
+                state.open += 1;
+                drop(state);
+                return match self.config.connect(NoTls) {
+                    Ok(client) => Ok(Pooled {
+                        pool: self,
+                        client: Some(client),
+                    }),
+                    Err(e) => {
+                        self.lock().open -= 1;
+                        self.freed.notify_one();
+                        Err(QueueError::Db(format!("cannot connect to PostgreSQL: {e}")))
+                    }
+                };
+            }
+            let (next, timeout) = self
+                .freed
+                .wait_timeout(state, CHECKOUT_TIMEOUT)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state = next;
+            if timeout.timed_out() && state.idle.is_empty() && state.open >= self.max {
+                return Err(QueueError::Db(format!(
+                    "all {} PostgreSQL connections stayed busy for {} s",
+                    self.max,
+                    CHECKOUT_TIMEOUT.as_secs()
+                )));
+            }
+        }
+    }
+
+    fn put(&self, client: Client) {
+        let mut state = self.lock();
+        if client.is_closed() {
+            state.open -= 1;
+        } else {
+            state.idle.push(client);
+        }
+        drop(state);
+        self.freed.notify_one();
+    }
+}
+
+/// A checked-out connection; back to the pool when dropped.
+pub(crate) struct Pooled<'p> {
+    pool: &'p Pool,
+    client: Option<Client>,
+}
+
+impl std::ops::Deref for Pooled<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        // Some until drop.
+        match &self.client {
+            Some(c) => c,
+            None => unreachable!("a pooled connection is only taken in drop"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for Pooled<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        match &mut self.client {
+            Some(c) => c,
+            None => unreachable!("a pooled connection is only taken in drop"),
+        }
+    }
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            self.pool.put(client);
+        }
+    }
+}
