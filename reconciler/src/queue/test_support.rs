@@ -6,7 +6,7 @@ use std::sync::Arc;
 use cis490_api::{Capability, Constraints, Gpu, JobId, JobSpec, RetryPolicy, WorkerName};
 use sha2::{Digest, Sha256};
 
-use super::{ManualClock, Queue, QueueConfig};
+use super::{JobQueue, ManualClock, Queue, QueueConfig};
 
 /// A clock the test moves by hand.
 pub(crate) fn manual_clock() -> Arc<ManualClock> {
@@ -91,3 +91,157 @@ pub(crate) fn gpu(vram_gib: u64) -> Capability {
         ..cpu(64)
     }
 }
+
+/// The backend a queue test runs on (tests that only use [`JobQueue`] run on both, see
+/// [`on_both_backends`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// An in-memory SQLite queue.
+    Sqlite,
+    /// A fresh database on the PostgreSQL server `CIS490_TEST_POSTGRES` names, dropped
+    /// when the test's queue is.
+    Postgres,
+}
+
+/// The env var naming the PostgreSQL server the postgres variants of the queue tests use,
+/// as a URL of a database to connect to first (`postgresql://user@%2Ftmp%2Fdir/postgres`).
+pub(crate) const POSTGRES_URL_VAR: &str = "CIS490_TEST_POSTGRES";
+/// With it set to 1, a postgres variant without a server fails instead of skipping (CI).
+pub(crate) const REQUIRE_POSTGRES_VAR: &str = "CIS490_REQUIRE_POSTGRES";
+
+/// The PostgreSQL server for tests, or None (printing why) when the test should skip.
+pub(crate) fn postgres_url() -> Option<String> {
+    match std::env::var(POSTGRES_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var(REQUIRE_POSTGRES_VAR).as_deref() != Ok("1"),
+                "{REQUIRE_POSTGRES_VAR}=1 but {POSTGRES_URL_VAR} is not set: start a server \
+                 with `eval \"$(.ci/postgres.sh start)\"`"
+            );
+            eprintln!(
+                "skipped: the postgres variant needs a server ({POSTGRES_URL_VAR}=postgresql://...; \
+                 `eval \"$(.ci/postgres.sh start)\"` starts a private one)"
+            );
+            None
+        }
+    }
+}
+
+/// A queue for a test, on either backend; derefs to the trait.
+pub(crate) struct TestQueue {
+    queue: Option<Box<dyn JobQueue>>,
+    database: Option<TestDatabase>,
+}
+
+impl std::ops::Deref for TestQueue {
+    type Target = dyn JobQueue;
+    fn deref(&self) -> &(dyn JobQueue + 'static) {
+        match &self.queue {
+            Some(q) => q.as_ref(),
+            None => unreachable!("the queue is only taken in drop"),
+        }
+    }
+}
+
+impl Drop for TestQueue {
+    fn drop(&mut self) {
+        // The queue's connections close before its database is dropped.
+        self.queue.take();
+        self.database.take();
+    }
+}
+
+/// A database made for one test (`cis490_test_<random>`), dropped with it.
+struct TestDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    fn create(admin_url: &str) -> (TestDatabase, String) {
+        let name = format!("cis490_test_{}", hex::encode(rand::random::<[u8; 8]>()));
+        let mut admin =
+            postgres::Client::connect(admin_url, postgres::NoTls).expect("the test server answers");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("a test database can be made");
+        // The URL's path is the database: the admin URL with the new name instead.
+        let (base, rest) = match admin_url.split_once('?') {
+            Some((base, query)) => (base, format!("?{query}")),
+            None => (admin_url, String::new()),
+        };
+        let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+        let url = format!("{base}/{name}{rest}");
+        (
+            TestDatabase {
+                admin_url: admin_url.to_string(),
+                name,
+            },
+            url,
+        )
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let dropped =
+            postgres::Client::connect(&self.admin_url, postgres::NoTls).and_then(|mut admin| {
+                admin.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            });
+        if let Err(e) = dropped {
+            eprintln!("could not drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+impl Backend {
+    /// A queue on this backend with the default config and its own manual clock.
+    pub(crate) fn queue(self) -> TestQueue {
+        self.queue_on(&manual_clock(), QueueConfig::default())
+    }
+
+    /// A queue on this backend on `clock`. The postgres variant's caller checked
+    /// [`postgres_url`] (the macro does).
+    pub(crate) fn queue_on(self, clock: &Arc<ManualClock>, config: QueueConfig) -> TestQueue {
+        match self {
+            Backend::Sqlite => TestQueue {
+                queue: Some(Box::new(queue_on(clock, config))),
+                database: None,
+            },
+            Backend::Postgres => {
+                let admin = postgres_url().expect("the caller checked for a server");
+                let (database, url) = TestDatabase::create(&admin);
+                let queue = super::PgQueue::open_with_clock(&url, config, clock.clone())
+                    .expect("a queue opens on the test database");
+                TestQueue {
+                    queue: Some(Box::new(queue)),
+                    database: Some(database),
+                }
+            }
+        }
+    }
+}
+
+/// Instantiates each named `fn name(b: Backend)` twice, as `name::sqlite` and
+/// `name::postgres` (which skips, saying why, without a server; see [`postgres_url`]).
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn sqlite() {
+                    super::$name($crate::queue::test_support::Backend::Sqlite);
+                }
+
+                #[test]
+                fn postgres() {
+                    if $crate::queue::test_support::postgres_url().is_some() {
+                        super::$name($crate::queue::test_support::Backend::Postgres);
+                    }
+                }
+            }
+        )*
+    };
+}
+pub(crate) use on_both_backends;

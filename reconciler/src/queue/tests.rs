@@ -10,7 +10,10 @@ use cis490_api::{
     IdPrefix, JobFilter, JobId, JobSpec, JobStatus, Lease, ManifestError, NodeState, RetryPolicy,
 };
 
-use super::test_support::{cpu, gpu, id_of, manual_clock, queue_on, spec, specs, worker};
+use super::test_support::{
+    cpu, gpu, id_of, manual_clock, on_both_backends, queue_on, spec, specs, worker, Backend,
+    TestQueue,
+};
 use super::ManualClock;
 use super::{ManifestSource, Queue, QueueConfig, QueueError};
 use crate::plan::plan;
@@ -29,16 +32,16 @@ fn source() -> ManifestSource {
 }
 
 /// Plans `desired` against the queue and applies it; returns the new generation.
-fn load_hosts(q: &Queue, desired: &[JobSpec], hosts: &[HostPolicy]) -> u64 {
+fn load_hosts(q: &dyn JobQueue, desired: &[JobSpec], hosts: &[HostPolicy]) -> u64 {
     let p = plan(desired, &q.actual().unwrap());
     q.apply(&p, hosts, &source()).unwrap().generation
 }
 
-pub(super) fn load(q: &Queue, desired: &[JobSpec]) -> u64 {
+pub(super) fn load(q: &dyn JobQueue, desired: &[JobSpec]) -> u64 {
     load_hosts(q, desired, &[])
 }
 
-pub(super) fn claim(q: &Queue, w: &str, cap: &Capability) -> Option<ClaimResponse> {
+pub(super) fn claim(q: &dyn JobQueue, w: &str, cap: &Capability) -> Option<ClaimResponse> {
     q.claim(&worker(w), cap).unwrap()
 }
 
@@ -54,7 +57,7 @@ fn hb(w: &str, lease: &Lease) -> HeartbeatRequest {
 
 /// A completion of `id` with an artifact, which it first records as uploaded under `lease`
 /// (as the upload route does; refused, and so not recorded, when the lease is not current).
-fn done(q: &Queue, id: &JobId, w: &str, lease: &Lease) -> CompleteRequest {
+fn done(q: &dyn JobQueue, id: &JobId, w: &str, lease: &Lease) -> CompleteRequest {
     let artifact = ArtifactId::parse(&"cd".repeat(32)).unwrap();
     let _ = q.record_upload(id, &worker(w), lease, &artifact, 10);
     CompleteRequest {
@@ -91,11 +94,11 @@ fn host(name: &str, deny: &[&str], max_concurrent: Option<u32>) -> HostPolicy {
     }
 }
 
-pub(super) fn status(q: &Queue, spec: &JobSpec) -> JobStatus {
+pub(super) fn status(q: &dyn JobQueue, spec: &JobSpec) -> JobStatus {
     q.job(&spec.id).unwrap().status
 }
 
-pub(super) fn kinds(q: &Queue, spec: &JobSpec) -> Vec<String> {
+pub(super) fn kinds(q: &dyn JobQueue, spec: &JobSpec) -> Vec<String> {
     q.job(&spec.id)
         .unwrap()
         .events
@@ -104,7 +107,7 @@ pub(super) fn kinds(q: &Queue, spec: &JobSpec) -> Vec<String> {
         .collect()
 }
 
-fn past_lease(q: &Queue) -> chrono::DateTime<chrono::Utc> {
+fn past_lease(q: &dyn JobQueue) -> chrono::DateTime<chrono::Utc> {
     q.now() + Duration::seconds(91)
 }
 
@@ -133,11 +136,11 @@ fn a_file_database_is_migrated_once_and_reopens_with_its_jobs() {
     assert_eq!(mode, "wal");
 }
 
-#[test]
-fn applying_the_same_manifest_twice_changes_nothing() {
-    let q = queue();
+fn applying_the_same_manifest_twice_changes_nothing(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let jobs = specs("j", 5);
-    assert_eq!(load(&q, &jobs), 1);
+    assert_eq!(load(q, &jobs), 1);
     let events = q.events_since(0, 1000).unwrap().events.len();
     let p = plan(&jobs, &q.actual().unwrap());
     assert!(p.is_empty());
@@ -147,24 +150,24 @@ fn applying_the_same_manifest_twice_changes_nothing() {
     assert_eq!(summary.generation, 1, "a no-op apply keeps the generation");
     assert_eq!(q.events_since(0, 1000).unwrap().events.len(), events);
     assert_eq!(q.manifest_status().unwrap().generation, 1);
-    assert_eq!(kinds(&q, &jobs[0]), vec!["Created"]);
+    assert_eq!(kinds(q, &jobs[0]), vec!["Created"]);
 }
 
-#[test]
-fn changed_host_policies_count_as_a_change() {
-    let q = queue();
+fn changed_host_policies_count_as_a_change(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let jobs = specs("j", 2);
-    assert_eq!(load(&q, &jobs), 1);
-    assert_eq!(load_hosts(&q, &jobs, &[host("box", &["gbt"], None)]), 2);
-    assert_eq!(load_hosts(&q, &jobs, &[host("box", &["gbt"], None)]), 2);
+    assert_eq!(load(q, &jobs), 1);
+    assert_eq!(load_hosts(q, &jobs, &[host("box", &["gbt"], None)]), 2);
+    assert_eq!(load_hosts(q, &jobs, &[host("box", &["gbt"], None)]), 2);
 }
 
-#[test]
-fn update_changes_a_pending_job_but_not_a_leased_one() {
-    let q = queue();
+fn update_changes_a_pending_job_but_not_a_leased_one(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let mut jobs = specs("j", 2);
-    load(&q, &jobs);
-    let leased = claim(&q, "w1", &cpu(8)).unwrap();
+    load(q, &jobs);
+    let leased = claim(q, "w1", &cpu(8)).unwrap();
     assert_eq!(leased.job.id, jobs[0].id);
     jobs[0].priority = 5;
     jobs[1].priority = 5;
@@ -172,7 +175,7 @@ fn update_changes_a_pending_job_but_not_a_leased_one() {
     let p = plan(&jobs, &q.actual().unwrap());
     assert_eq!(p.update.len(), 1, "the claimed job is kept: {p:?}");
     assert_eq!(p.update[0].1, vec!["constraints", "priority"]);
-    assert_eq!(load(&q, &jobs), 2);
+    assert_eq!(load(q, &jobs), 2);
     assert_eq!(q.job(&jobs[0].id).unwrap().priority, 0);
     assert_eq!(q.job(&jobs[1].id).unwrap().priority, 5);
     let updated = q.job(&jobs[1].id).unwrap().events;
@@ -180,12 +183,12 @@ fn update_changes_a_pending_job_but_not_a_leased_one() {
     assert!(updated[1].message.contains("constraints, priority"));
 }
 
-#[test]
-fn tombstone_and_revive_keep_the_history() {
-    let q = queue();
+fn tombstone_and_revive_keep_the_history(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let jobs = specs("j", 2);
-    load(&q, &jobs);
-    assert_eq!(load(&q, &jobs[1..]), 2);
+    load(q, &jobs);
+    assert_eq!(load(q, &jobs[1..]), 2);
     let gone = q.job(&jobs[0].id).unwrap();
     assert!(gone.tombstoned);
     assert_eq!(q.jobs(&JobFilter::default()).unwrap().len(), 1);
@@ -195,44 +198,41 @@ fn tombstone_and_revive_keep_the_history() {
     };
     assert_eq!(q.jobs(&all).unwrap().len(), 2);
     // A tombstoned pending job is not claimable.
-    let first = claim(&q, "w1", &cpu(8)).unwrap();
+    let first = claim(q, "w1", &cpu(8)).unwrap();
     assert_eq!(first.job.id, jobs[1].id);
-    assert!(claim(&q, "w2", &cpu(8)).is_none());
+    assert!(claim(q, "w2", &cpu(8)).is_none());
     // Back in the manifest: revived with its events, claimable again.
-    assert_eq!(load(&q, &jobs), 3);
-    assert_eq!(
-        kinds(&q, &jobs[0]),
-        vec!["Created", "Tombstoned", "Revived"]
-    );
-    assert_eq!(claim(&q, "w2", &cpu(8)).unwrap().job.id, jobs[0].id);
+    assert_eq!(load(q, &jobs), 3);
+    assert_eq!(kinds(q, &jobs[0]), vec!["Created", "Tombstoned", "Revived"]);
+    assert_eq!(claim(q, "w2", &cpu(8)).unwrap().job.id, jobs[0].id);
 }
 
-#[test]
-fn a_tombstoned_running_job_finishes_as_orphaned() {
-    let q = queue();
+fn a_tombstoned_running_job_finishes_as_orphaned(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let jobs = specs("j", 1);
-    load(&q, &jobs);
-    let c = claim(&q, "w1", &cpu(8)).unwrap();
+    load(q, &jobs);
+    let c = claim(q, "w1", &cpu(8)).unwrap();
     q.heartbeat(&c.job.id, &hb("w1", &c.lease)).unwrap();
-    load(&q, &[]);
+    load(q, &[]);
     assert!(q.job(&c.job.id).unwrap().tombstoned);
     let r = q
-        .complete(&c.job.id, &done(&q, &c.job.id, "w1", &c.lease))
+        .complete(&c.job.id, &done(q, &c.job.id, "w1", &c.lease))
         .unwrap();
     assert_eq!(r.status, JobStatus::Completed);
-    let k = kinds(&q, &jobs[0]);
+    let k = kinds(q, &jobs[0]);
     assert_eq!(k[k.len() - 2..], ["Completed", "Orphaned"]);
 }
 
-#[test]
-fn claims_follow_priority_then_manifest_order() {
-    let q = queue();
+fn claims_follow_priority_then_manifest_order(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let mut jobs = specs("j", 4);
     jobs[3].priority = 10;
     jobs[2].priority = 10;
-    load(&q, &jobs);
+    load(q, &jobs);
     let order: Vec<_> = (0..4)
-        .map(|i| claim(&q, &format!("w{i}"), &cpu(8)).unwrap().job.id)
+        .map(|i| claim(q, &format!("w{i}"), &cpu(8)).unwrap().job.id)
         .collect();
     assert_eq!(
         order,
@@ -243,7 +243,7 @@ fn claims_follow_priority_then_manifest_order() {
             jobs[1].id.clone()
         ]
     );
-    assert!(claim(&q, "w9", &cpu(8)).is_none());
+    assert!(claim(q, "w9", &cpu(8)).is_none());
 }
 
 #[test]
@@ -281,26 +281,26 @@ fn the_claim_walks_an_index_without_sorting() {
     }
 }
 
-#[test]
-fn require_cuda_needs_a_cuda_gpu() {
-    let q = queue();
+fn require_cuda_needs_a_cuda_gpu(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let mut job = spec("cuda");
     job.constraints.require_cuda = true;
-    load(&q, std::slice::from_ref(&job));
-    assert!(claim(&q, "cpu1", &cpu(64)).is_none());
+    load(q, std::slice::from_ref(&job));
+    assert!(claim(q, "cpu1", &cpu(64)).is_none());
     let mut no_gpu_listed = gpu(24);
     no_gpu_listed.gpus.clear();
-    assert!(claim(&q, "cuda0", &no_gpu_listed).is_none());
-    assert_eq!(claim(&q, "gpu1", &gpu(24)).unwrap().job.id, job.id);
+    assert!(claim(q, "cuda0", &no_gpu_listed).is_none());
+    assert_eq!(claim(q, "gpu1", &gpu(24)).unwrap().job.id, job.id);
 }
 
 /// Issue 13, point 7: an agent sharing GPUs by VRAM gives a CUDA job without
 /// `min_vram_gib` a GPU to itself, so a claim whose only GPU is partly held (it lists the
 /// VRAM jobs declared on it) gets the jobs that fit next to them, never that one; a claim
 /// with a GPU no job holds gets it.
-#[test]
-fn a_cuda_job_without_min_vram_is_not_handed_to_a_claim_whose_gpus_are_all_shared() {
-    let q = queue();
+fn a_cuda_job_without_min_vram_is_not_handed_to_a_claim_whose_gpus_are_all_shared(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let mut whole = spec("whole");
     whole.constraints.require_cuda = true;
     let mut declared = JobSpec {
@@ -309,72 +309,72 @@ fn a_cuda_job_without_min_vram_is_not_handed_to_a_claim_whose_gpus_are_all_share
     };
     declared.constraints.require_cuda = true;
     declared.constraints.min_vram_gib = 8.0;
-    load(&q, &[whole.clone(), declared.clone()]);
+    load(q, &[whole.clone(), declared.clone()]);
     let mut shared = gpu(24);
     shared.gpus[0].vram_allocatable_mib = 14 * 1024;
     shared.gpus[0].vram_allocated_mib = 10 * 1024;
     // Pinned walks too: the same rule for a job that names its hosts.
-    assert_eq!(claim(&q, "shared", &shared).unwrap().job.id, declared.id);
-    assert!(claim(&q, "shared", &shared).is_none());
+    assert_eq!(claim(q, "shared", &shared).unwrap().job.id, declared.id);
+    assert!(claim(q, "shared", &shared).is_none());
     let reasons = super::matching::hard_reasons("gbt", &whole.constraints, "shared", &shared, None);
     assert!(reasons[0].contains("no whole GPU free"), "{reasons:?}");
     // A second GPU that no job holds: the whole-GPU job fits.
     let mut two = shared.clone();
     two.gpus.push(gpu(12).gpus[0].clone());
     two.gpus[1].index = 1;
-    assert_eq!(claim(&q, "shared", &two).unwrap().job.id, whole.id);
+    assert_eq!(claim(q, "shared", &two).unwrap().job.id, whole.id);
 }
 
-#[test]
-fn the_whole_gpu_rule_holds_for_pinned_jobs_too() {
-    let q = queue();
+fn the_whole_gpu_rule_holds_for_pinned_jobs_too(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let mut whole = spec("pinned-whole");
     whole.constraints.require_cuda = true;
     whole.constraints.allowed_hosts = vec!["shared".to_string()];
-    load(&q, std::slice::from_ref(&whole));
+    load(q, std::slice::from_ref(&whole));
     let mut shared = gpu(24);
     shared.gpus[0].vram_allocated_mib = 1024;
-    assert!(claim(&q, "shared", &shared).is_none());
+    assert!(claim(q, "shared", &shared).is_none());
     shared.gpus[0].vram_allocated_mib = 0;
-    assert_eq!(claim(&q, "shared", &shared).unwrap().job.id, whole.id);
+    assert_eq!(claim(q, "shared", &shared).unwrap().job.id, whole.id);
 }
 
-#[test]
-fn min_vram_is_matched_per_gpu() {
-    let q = queue();
+fn min_vram_is_matched_per_gpu(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let mut job = spec("big");
     job.constraints.min_vram_gib = 48.0;
-    load(&q, std::slice::from_ref(&job));
+    load(q, std::slice::from_ref(&job));
     let mut two_small = gpu(24);
     two_small.gpus.push(two_small.gpus[0].clone());
-    assert!(claim(&q, "small", &two_small).is_none());
-    assert!(claim(&q, "cpu", &cpu(512)).is_none());
-    assert_eq!(claim(&q, "big", &gpu(80)).unwrap().job.id, job.id);
+    assert!(claim(q, "small", &two_small).is_none());
+    assert!(claim(q, "cpu", &cpu(512)).is_none());
+    assert_eq!(claim(q, "big", &gpu(80)).unwrap().job.id, job.id);
 }
 
-#[test]
-fn min_ram_is_matched_against_allocatable_ram() {
-    let q = queue();
+fn min_ram_is_matched_against_allocatable_ram(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let mut job = spec("ram");
     job.constraints.min_ram_gib = 32.0;
-    load(&q, std::slice::from_ref(&job));
-    assert!(claim(&q, "small", &cpu(16)).is_none());
-    assert_eq!(claim(&q, "large", &cpu(32)).unwrap().job.id, job.id);
+    load(q, std::slice::from_ref(&job));
+    assert!(claim(q, "small", &cpu(16)).is_none());
+    assert_eq!(claim(q, "large", &cpu(32)).unwrap().job.id, job.id);
 }
 
-#[test]
-fn allowed_hosts_pins_a_job() {
-    let q = queue();
+fn allowed_hosts_pins_a_job(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let mut job = spec("pinned");
     job.constraints.allowed_hosts = vec!["lab-a".to_string()];
-    load(&q, std::slice::from_ref(&job));
-    assert!(claim(&q, "lab-b", &cpu(8)).is_none());
-    assert_eq!(claim(&q, "lab-a", &cpu(8)).unwrap().job.id, job.id);
+    load(q, std::slice::from_ref(&job));
+    assert!(claim(q, "lab-b", &cpu(8)).is_none());
+    assert_eq!(claim(q, "lab-a", &cpu(8)).unwrap().job.id, job.id);
 }
 
-#[test]
-fn host_policy_denies_models_and_unlisted_hosts_allow_all() {
-    let q = queue();
+fn host_policy_denies_models_and_unlisted_hosts_allow_all(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let gbt = spec("gbt");
     let mlp = JobSpec {
         model: "mlp".to_string(),
@@ -382,18 +382,18 @@ fn host_policy_denies_models_and_unlisted_hosts_allow_all() {
         ..spec("mlp")
     };
     load_hosts(
-        &q,
+        q,
         &[gbt.clone(), mlp.clone()],
         &[host("pi", &["gbt"], None)],
     );
-    assert_eq!(claim(&q, "pi", &cpu(8)).unwrap().job.id, mlp.id);
-    assert!(claim(&q, "pi", &cpu(8)).is_none());
-    assert_eq!(claim(&q, "other", &cpu(8)).unwrap().job.id, gbt.id);
+    assert_eq!(claim(q, "pi", &cpu(8)).unwrap().job.id, mlp.id);
+    assert!(claim(q, "pi", &cpu(8)).is_none());
+    assert_eq!(claim(q, "other", &cpu(8)).unwrap().job.id, gbt.id);
 }
 
-#[test]
-fn host_allow_lists_and_deny_all() {
-    let q = queue();
+fn host_allow_lists_and_deny_all(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let gbt = spec("gbt");
     let mlp = JobSpec {
         model: "mlp".to_string(),
@@ -411,29 +411,29 @@ fn host_allow_lists_and_deny_all() {
         ..HostPolicy::default()
     };
     load_hosts(
-        &q,
+        q,
         &[gbt.clone(), mlp.clone()],
         &[only_mlp, wildcard, host("none", &["*"], None)],
     );
-    assert!(claim(&q, "none", &cpu(8)).is_none());
-    assert_eq!(claim(&q, "picky", &cpu(8)).unwrap().job.id, mlp.id);
-    assert!(claim(&q, "picky", &cpu(8)).is_none());
-    assert_eq!(claim(&q, "any", &cpu(8)).unwrap().job.id, gbt.id);
+    assert!(claim(q, "none", &cpu(8)).is_none());
+    assert_eq!(claim(q, "picky", &cpu(8)).unwrap().job.id, mlp.id);
+    assert!(claim(q, "picky", &cpu(8)).is_none());
+    assert_eq!(claim(q, "any", &cpu(8)).unwrap().job.id, gbt.id);
 }
 
-#[test]
-fn host_max_concurrent_limits_leased_jobs() {
-    let q = queue();
-    load_hosts(&q, &specs("j", 4), &[host("box", &[], Some(2))]);
-    assert!(claim(&q, "box", &cpu(8)).is_some());
-    let second = claim(&q, "box", &cpu(8)).unwrap();
-    assert!(claim(&q, "box", &cpu(8)).is_none(), "at max_concurrent 2");
+fn host_max_concurrent_limits_leased_jobs(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
+    load_hosts(q, &specs("j", 4), &[host("box", &[], Some(2))]);
+    assert!(claim(q, "box", &cpu(8)).is_some());
+    let second = claim(q, "box", &cpu(8)).unwrap();
+    assert!(claim(q, "box", &cpu(8)).is_none(), "at max_concurrent 2");
     q.complete(
         &second.job.id,
-        &done(&q, &second.job.id, "box", &second.lease),
+        &done(q, &second.job.id, "box", &second.lease),
     )
     .unwrap();
-    assert!(claim(&q, "box", &cpu(8)).is_some());
+    assert!(claim(q, "box", &cpu(8)).is_some());
 }
 
 #[test]
@@ -489,34 +489,35 @@ fn nodes_turn_not_ready_when_stale() {
     assert_eq!(registered, 1, "only the first report registers the node");
 }
 
-fn prefer_cuda_setup() -> (Queue, JobSpec, JobSpec) {
-    prefer_cuda_setup_on(&manual_clock())
+fn prefer_cuda_setup(b: Backend) -> (TestQueue, JobSpec, JobSpec) {
+    prefer_cuda_setup_on(b, &manual_clock())
 }
 
-fn prefer_cuda_setup_on(clock: &Arc<ManualClock>) -> (Queue, JobSpec, JobSpec) {
-    let q = queue_on(clock, QueueConfig::default());
+fn prefer_cuda_setup_on(b: Backend, clock: &Arc<ManualClock>) -> (TestQueue, JobSpec, JobSpec) {
+    let q = b.queue_on(clock, QueueConfig::default());
     let plain = spec("plain");
     let mut preferring = spec("prefers");
     preferring.constraints.prefer_cuda = true;
     preferring.manifest_order = 1;
-    load(&q, &[plain.clone(), preferring.clone()]);
+    load(&*q, &[plain.clone(), preferring.clone()]);
     (q, plain, preferring)
 }
 
-#[test]
-fn prefer_cuda_gives_cuda_workers_the_job_first() {
-    let (q, _plain, preferring) = prefer_cuda_setup();
-    assert_eq!(claim(&q, "gpu", &gpu(24)).unwrap().job.id, preferring.id);
+fn prefer_cuda_gives_cuda_workers_the_job_first(b: Backend) {
+    let (q, _plain, preferring) = prefer_cuda_setup(b);
+    let q = &*q;
+    assert_eq!(claim(q, "gpu", &gpu(24)).unwrap().job.id, preferring.id);
 }
 
 #[test]
 fn prefer_cuda_jobs_wait_for_a_ready_cuda_worker() {
     let clock = manual_clock();
-    let (q, plain, preferring) = prefer_cuda_setup_on(&clock);
+    let (q, plain, preferring) = prefer_cuda_setup_on(Backend::Sqlite, &clock);
+    let q = &*q;
     q.report_node(&worker("gpu"), &gpu(24)).unwrap();
-    assert_eq!(claim(&q, "cpu1", &cpu(8)).unwrap().job.id, plain.id);
+    assert_eq!(claim(q, "cpu1", &cpu(8)).unwrap().job.id, plain.id);
     assert!(
-        claim(&q, "cpu2", &cpu(8)).is_none(),
+        claim(q, "cpu2", &cpu(8)).is_none(),
         "left to the CUDA worker"
     );
     let why = q.explain(&preferring.id).unwrap();
@@ -528,47 +529,45 @@ fn prefer_cuda_jobs_wait_for_a_ready_cuda_worker() {
     // After prefer_cuda_wait_s (the CUDA worker keeps reporting) a CPU worker may take it.
     clock.advance(Duration::seconds(301));
     q.report_node(&worker("gpu"), &gpu(24)).unwrap();
-    assert_eq!(claim(&q, "cpu2", &cpu(8)).unwrap().job.id, preferring.id);
+    assert_eq!(claim(q, "cpu2", &cpu(8)).unwrap().job.id, preferring.id);
 }
 
 #[test]
 fn prefer_cuda_jobs_go_to_cpu_workers_when_no_cuda_worker_could_run_them() {
-    let (q, _plain, preferring) = prefer_cuda_setup();
+    let (q, _plain, preferring) = prefer_cuda_setup(Backend::Sqlite);
+    let q = &*q;
     // No CUDA worker at all.
-    claim(&q, "cpu1", &cpu(8)).unwrap();
-    assert_eq!(claim(&q, "cpu2", &cpu(8)).unwrap().job.id, preferring.id);
+    claim(q, "cpu1", &cpu(8)).unwrap();
+    assert_eq!(claim(q, "cpu2", &cpu(8)).unwrap().job.id, preferring.id);
 
     // A CUDA worker that went stale does not hold jobs back either.
     let clock = manual_clock();
-    let (q, _plain, preferring) = prefer_cuda_setup_on(&clock);
+    let (q, _plain, preferring) = prefer_cuda_setup_on(Backend::Sqlite, &clock);
+    let q = &*q;
     q.report_node(&worker("gpu"), &gpu(24)).unwrap();
     clock.advance(Duration::seconds(120));
-    claim(&q, "cpu1", &cpu(8)).unwrap();
-    assert_eq!(claim(&q, "cpu2", &cpu(8)).unwrap().job.id, preferring.id);
+    claim(q, "cpu1", &cpu(8)).unwrap();
+    assert_eq!(claim(q, "cpu2", &cpu(8)).unwrap().job.id, preferring.id);
 
     // Nor does a CUDA worker whose host policy denies the model.
-    let q = queue();
+    let q = &queue();
     let mut p2 = spec("prefers");
     p2.constraints.prefer_cuda = true;
-    load_hosts(
-        &q,
-        std::slice::from_ref(&p2),
-        &[host("gpu", &["gbt"], None)],
-    );
+    load_hosts(q, std::slice::from_ref(&p2), &[host("gpu", &["gbt"], None)]);
     q.report_node(&worker("gpu"), &gpu(24)).unwrap();
-    assert_eq!(claim(&q, "cpu1", &cpu(8)).unwrap().job.id, p2.id);
+    assert_eq!(claim(q, "cpu1", &cpu(8)).unwrap().job.id, p2.id);
 }
 
-#[test]
-fn the_first_heartbeat_starts_the_job_and_extends_the_lease() {
+fn the_first_heartbeat_starts_the_job_and_extends_the_lease(b: Backend) {
     let clock = manual_clock();
-    let q = queue_on(&clock, QueueConfig::default());
+    let q = b.queue_on(&clock, QueueConfig::default());
+    let q = &*q;
     let jobs = specs("j", 1);
-    load(&q, &jobs);
-    let c = claim(&q, "w1", &cpu(8)).unwrap();
+    load(q, &jobs);
+    let c = claim(q, "w1", &cpu(8)).unwrap();
     assert_eq!(c.lease.attempt, 1);
     assert_eq!(c.lease.token.len(), 32);
-    assert_eq!(status(&q, &jobs[0]), JobStatus::Claimed);
+    assert_eq!(status(q, &jobs[0]), JobStatus::Claimed);
     let before = q.job(&c.job.id).unwrap().lease_expires_at.unwrap();
     clock.advance(Duration::seconds(60));
     let mut req = hb("w1", &c.lease);
@@ -580,14 +579,14 @@ fn the_first_heartbeat_starts_the_job_and_extends_the_lease() {
     assert_eq!(view.log_tail.as_deref(), Some("epoch 1"));
     assert!(view.lease_expires_at.unwrap() > before);
     q.heartbeat(&c.job.id, &hb("w1", &c.lease)).unwrap();
-    assert_eq!(kinds(&q, &jobs[0]), vec!["Created", "Claimed", "Started"]);
+    assert_eq!(kinds(q, &jobs[0]), vec!["Created", "Claimed", "Started"]);
 }
 
-#[test]
-fn a_wrong_lease_worker_or_job_state_is_lease_lost() {
-    let q = queue();
-    load(&q, &specs("j", 1));
-    let c = claim(&q, "w1", &cpu(8)).unwrap();
+fn a_wrong_lease_worker_or_job_state_is_lease_lost(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
+    load(q, &specs("j", 1));
+    let c = claim(q, "w1", &cpu(8)).unwrap();
     let id = &c.job.id;
     let bad_token = Lease {
         attempt: 1,
@@ -602,13 +601,13 @@ fn a_wrong_lease_worker_or_job_state_is_lease_lost() {
         assert_eq!(err.code(), "lease_lost", "{err}");
         assert!(q.check_lease(id, &worker(w), lease).is_err());
         assert!(matches!(
-            q.complete(id, &done(&q, id, w, lease)),
+            q.complete(id, &done(q, id, w, lease)),
             Err(QueueError::LeaseLost { .. })
         ));
     }
     assert_eq!(q.check_lease(id, &worker("w1"), &c.lease).unwrap().id, *id);
-    q.complete(id, &done(&q, id, "w1", &c.lease)).unwrap();
-    let err = q.complete(id, &done(&q, id, "w1", &c.lease)).unwrap_err();
+    q.complete(id, &done(q, id, "w1", &c.lease)).unwrap();
+    let err = q.complete(id, &done(q, id, "w1", &c.lease)).unwrap_err();
     assert!(err.to_string().contains("completed"), "{err}");
     assert!(matches!(
         q.heartbeat(&id_of("unknown"), &hb("w1", &c.lease)),
@@ -616,53 +615,53 @@ fn a_wrong_lease_worker_or_job_state_is_lease_lost() {
     ));
 }
 
-#[test]
-fn sweep_returns_an_expired_job_to_pending_and_fences_the_old_lease() {
-    let q = queue();
+fn sweep_returns_an_expired_job_to_pending_and_fences_the_old_lease(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let jobs = specs("j", 1);
-    load(&q, &jobs);
-    let old = claim(&q, "w1", &cpu(8)).unwrap();
+    load(q, &jobs);
+    let old = claim(q, "w1", &cpu(8)).unwrap();
     q.heartbeat(&old.job.id, &hb("w1", &old.lease)).unwrap();
     assert_eq!(
         q.sweep(q.now()).unwrap().requeued.len(),
         0,
         "not expired yet"
     );
-    let swept = q.sweep(past_lease(&q)).unwrap();
+    let swept = q.sweep(past_lease(q)).unwrap();
     assert_eq!(swept.requeued, vec![jobs[0].id.clone()]);
     let view = q.job(&jobs[0].id).unwrap();
     assert_eq!(view.status, JobStatus::Pending);
     assert_eq!(view.attempts, 1, "an expired lease counts as an attempt");
     assert!(q.heartbeat(&jobs[0].id, &hb("w1", &old.lease)).is_err());
-    let new = claim(&q, "w2", &cpu(8)).unwrap();
+    let new = claim(q, "w2", &cpu(8)).unwrap();
     assert_eq!(new.lease.attempt, 2);
     assert_eq!(q.job(&jobs[0].id).unwrap().attempts, 2);
     for err in [
         q.heartbeat(&jobs[0].id, &hb("w1", &old.lease)).unwrap_err(),
-        q.complete(&jobs[0].id, &done(&q, &jobs[0].id, "w1", &old.lease))
+        q.complete(&jobs[0].id, &done(q, &jobs[0].id, "w1", &old.lease))
             .unwrap_err(),
         q.fail(&jobs[0].id, &failure("w1", &old.lease, false))
             .unwrap_err(),
     ] {
         assert!(matches!(err, QueueError::LeaseLost { .. }), "{err}");
     }
-    q.complete(&jobs[0].id, &done(&q, &jobs[0].id, "w2", &new.lease))
+    q.complete(&jobs[0].id, &done(q, &jobs[0].id, "w2", &new.lease))
         .unwrap();
-    assert!(kinds(&q, &jobs[0]).contains(&"LeaseExpired".to_string()));
+    assert!(kinds(q, &jobs[0]).contains(&"LeaseExpired".to_string()));
 }
 
-#[test]
-fn lease_expiries_past_max_attempts_fail_the_job() {
-    let q = queue();
+fn lease_expiries_past_max_attempts_fail_the_job(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let job = JobSpec {
         max_attempts: 2,
         ..spec("crashy")
     };
-    load(&q, std::slice::from_ref(&job));
+    load(q, std::slice::from_ref(&job));
     for round in 1..=2 {
-        let c = claim(&q, "w1", &cpu(8)).unwrap();
+        let c = claim(q, "w1", &cpu(8)).unwrap();
         assert_eq!(c.lease.attempt, round);
-        let swept = q.sweep(past_lease(&q)).unwrap();
+        let swept = q.sweep(past_lease(q)).unwrap();
         if round == 1 {
             assert_eq!(swept.requeued, vec![job.id.clone()]);
         } else {
@@ -676,39 +675,39 @@ fn lease_expiries_past_max_attempts_fail_the_job() {
         view.error.unwrap().reason,
         "lease expired 2 times (agent vanished)"
     );
-    assert!(claim(&q, "w1", &cpu(8)).is_none());
+    assert!(claim(q, "w1", &cpu(8)).is_none());
 }
 
-#[test]
-fn an_agent_shutdown_release_does_not_use_an_attempt() {
-    let q = queue();
+fn an_agent_shutdown_release_does_not_use_an_attempt(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let job = JobSpec {
         max_attempts: 1,
         ..spec("j")
     };
-    load(&q, std::slice::from_ref(&job));
+    load(q, std::slice::from_ref(&job));
     for _ in 0..5 {
-        let c = claim(&q, "w1", &cpu(8)).unwrap();
+        let c = claim(q, "w1", &cpu(8)).unwrap();
         assert_eq!(c.lease.attempt, 1);
         let r = q.fail(&job.id, &failure("w1", &c.lease, true)).unwrap();
         assert_eq!(r.status, JobStatus::Pending);
         assert_eq!(q.job(&job.id).unwrap().attempts, 0);
         assert!(q.heartbeat(&job.id, &hb("w1", &c.lease)).is_err());
     }
-    assert!(kinds(&q, &job).contains(&"Released".to_string()));
+    assert!(kinds(q, &job).contains(&"Released".to_string()));
 }
 
 /// Issue 13, point 9: a lease handed back (or requeued) and claimed again has the same
 /// attempt number with a new token. The old lease's refusal says that, not "attempt 1 is
 /// not the current lease (attempt 1)".
-#[test]
-fn a_replaced_lease_of_the_same_attempt_number_is_refused_with_what_happened() {
-    let q = queue();
+fn a_replaced_lease_of_the_same_attempt_number_is_refused_with_what_happened(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let job = spec("j");
-    load(&q, std::slice::from_ref(&job));
-    let old = claim(&q, "w1", &cpu(8)).unwrap();
+    load(q, std::slice::from_ref(&job));
+    let old = claim(q, "w1", &cpu(8)).unwrap();
     q.fail(&job.id, &failure("w1", &old.lease, true)).unwrap();
-    let new = claim(&q, "w2", &cpu(8)).unwrap();
+    let new = claim(q, "w2", &cpu(8)).unwrap();
     assert_eq!(new.lease.attempt, old.lease.attempt);
     let err = q.heartbeat(&job.id, &hb("w1", &old.lease)).unwrap_err();
     let text = err.to_string();
@@ -736,12 +735,12 @@ fn a_replaced_lease_of_the_same_attempt_number_is_refused_with_what_happened() {
     );
 }
 
-#[test]
-fn a_trainer_failure_fails_the_job_without_a_retry_policy() {
-    let q = queue();
+fn a_trainer_failure_fails_the_job_without_a_retry_policy(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let job = spec("j");
-    load(&q, std::slice::from_ref(&job));
-    let c = claim(&q, "w1", &cpu(8)).unwrap();
+    load(q, std::slice::from_ref(&job));
+    let c = claim(q, "w1", &cpu(8)).unwrap();
     let r = q.fail(&job.id, &failure("w1", &c.lease, false)).unwrap();
     assert_eq!(r.status, JobStatus::Failed);
     let view = q.job(&job.id).unwrap();
@@ -761,9 +760,9 @@ fn a_trainer_failure_fails_the_job_without_a_retry_policy() {
     );
 }
 
-#[test]
-fn a_retry_policy_retries_trainer_failures_until_retries_or_attempts_run_out() {
-    let q = queue();
+fn a_retry_policy_retries_trainer_failures_until_retries_or_attempts_run_out(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let job = JobSpec {
         retry: RetryPolicy {
             retries_on_failure: 1,
@@ -778,13 +777,13 @@ fn a_retry_policy_retries_trainer_failures_until_retries_or_attempts_run_out() {
         manifest_order: 1,
         ..spec("short")
     };
-    load(&q, &[job.clone(), short.clone()]);
-    let c = claim(&q, "w1", &cpu(8)).unwrap();
+    load(q, &[job.clone(), short.clone()]);
+    let c = claim(q, "w1", &cpu(8)).unwrap();
     assert_eq!(c.job.id, job.id);
     let r = q.fail(&job.id, &failure("w1", &c.lease, false)).unwrap();
     assert_eq!(r.status, JobStatus::Pending);
     // (A retry prefers a worker it has not failed on: each try here is on a new worker.)
-    let c = claim(&q, "w2", &cpu(8)).unwrap();
+    let c = claim(q, "w2", &cpu(8)).unwrap();
     assert_eq!((c.job.id.clone(), c.lease.attempt), (job.id.clone(), 2));
     let r = q.fail(&job.id, &failure("w2", &c.lease, false)).unwrap();
     assert_eq!(r.status, JobStatus::Failed, "one retry only");
@@ -792,7 +791,7 @@ fn a_retry_policy_retries_trainer_failures_until_retries_or_attempts_run_out() {
     // Retries are also bounded by max_attempts.
     for attempt in 1..=2 {
         let w = format!("w{}", attempt + 2);
-        let c = claim(&q, &w, &cpu(8)).unwrap();
+        let c = claim(q, &w, &cpu(8)).unwrap();
         assert_eq!(c.lease.attempt, attempt);
         let r = q.fail(&short.id, &failure(&w, &c.lease, false)).unwrap();
         let want = if attempt == 1 {
@@ -802,11 +801,15 @@ fn a_retry_policy_retries_trainer_failures_until_retries_or_attempts_run_out() {
         };
         assert_eq!(r.status, want);
     }
-    assert!(kinds(&q, &short).contains(&"Retrying".to_string()));
+    assert!(kinds(q, &short).contains(&"Retrying".to_string()));
 }
 
 /// Puts a fresh job into `state` and returns it with the lease it holds, if any.
-pub(super) fn job_in_state(q: &Queue, name: &str, state: JobStatus) -> (JobSpec, Option<Lease>) {
+pub(super) fn job_in_state(
+    q: &dyn JobQueue,
+    name: &str,
+    state: JobStatus,
+) -> (JobSpec, Option<Lease>) {
     let job = spec(name);
     let mut desired: Vec<JobSpec> = q.actual().unwrap().into_iter().map(|a| a.spec).collect();
     desired.push(job.clone());
@@ -845,17 +848,17 @@ pub(super) fn job_in_state(q: &Queue, name: &str, state: JobStatus) -> (JobSpec,
     (job, Some(c.lease))
 }
 
-#[test]
-fn cancel_from_every_state() {
+fn cancel_from_every_state(b: Backend) {
     for state in JobStatus::ALL {
-        let q = queue();
-        let (job, _) = job_in_state(&q, "x", state);
+        let q = b.queue();
+        let q = &*q;
+        let (job, _) = job_in_state(q, "x", state);
         let result = q.cancel(&job.id);
         match state {
             JobStatus::Pending | JobStatus::Held | JobStatus::Claimed | JobStatus::Running => {
                 assert_eq!(result.unwrap().status, JobStatus::Cancelled, "from {state}");
-                assert_eq!(status(&q, &job), JobStatus::Cancelled);
-                assert_eq!(kinds(&q, &job).last().unwrap(), "Cancelled");
+                assert_eq!(status(q, &job), JobStatus::Cancelled);
+                assert_eq!(kinds(q, &job).last().unwrap(), "Cancelled");
             }
             _ => {
                 let err = result.unwrap_err();
@@ -868,39 +871,39 @@ fn cancel_from_every_state() {
                         job.id.short()
                     )
                 );
-                assert_eq!(status(&q, &job), state, "a refused cancel changes nothing");
+                assert_eq!(status(q, &job), state, "a refused cancel changes nothing");
             }
         }
     }
 }
 
-#[test]
-fn a_cancelled_job_tells_its_worker_through_the_old_lease_and_refuses_completion() {
-    let q = queue();
-    let (job, lease) = job_in_state(&q, "x", JobStatus::Running);
+fn a_cancelled_job_tells_its_worker_through_the_old_lease_and_refuses_completion(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
+    let (job, lease) = job_in_state(q, "x", JobStatus::Running);
     let lease = lease.unwrap();
     q.cancel(&job.id).unwrap();
     assert!(q.heartbeat(&job.id, &hb("w-x", &lease)).unwrap().cancel);
     assert!(q.heartbeat(&job.id, &hb("w-other", &lease)).is_err());
     assert!(q.check_lease(&job.id, &worker("w-x"), &lease).is_err());
     for err in [
-        q.complete(&job.id, &done(&q, &job.id, "w-x", &lease))
+        q.complete(&job.id, &done(q, &job.id, "w-x", &lease))
             .unwrap_err(),
         q.fail(&job.id, &failure("w-x", &lease, false)).unwrap_err(),
     ] {
         assert_eq!(err.code(), "lease_lost");
     }
-    assert_eq!(status(&q, &job), JobStatus::Cancelled);
+    assert_eq!(status(q, &job), JobStatus::Cancelled);
     // Requeued: the old lease is dead for heartbeats too.
     q.requeue(&job.id).unwrap();
     assert!(q.heartbeat(&job.id, &hb("w-x", &lease)).is_err());
 }
 
-#[test]
-fn requeue_from_every_state() {
+fn requeue_from_every_state(b: Backend) {
     for state in JobStatus::ALL {
-        let q = queue();
-        let (job, _) = job_in_state(&q, "x", state);
+        let q = b.queue();
+        let q = &*q;
+        let (job, _) = job_in_state(q, "x", state);
         let result = q.requeue(&job.id);
         if state.is_terminal() {
             assert_eq!(result.unwrap().status, JobStatus::Pending, "from {state}");
@@ -910,11 +913,11 @@ fn requeue_from_every_state() {
             assert!(view.error.is_none());
             assert!(view.artifact_id.is_none());
             assert_eq!(view.events.last().unwrap().kind, "Requeued");
-            assert_eq!(claim(&q, "again", &cpu(8)).unwrap().lease.attempt, 1);
+            assert_eq!(claim(q, "again", &cpu(8)).unwrap().lease.attempt, 1);
         } else if state == JobStatus::Held {
             // hold_tests.rs: refused, naming release.
             assert_eq!(result.unwrap_err().code(), "invalid_state");
-            assert_eq!(status(&q, &job), state);
+            assert_eq!(status(q, &job), state);
         } else {
             let err = result.unwrap_err();
             assert_eq!(err.code(), "invalid_state");
@@ -926,7 +929,7 @@ fn requeue_from_every_state() {
                     job.id.short()
                 )
             );
-            assert_eq!(status(&q, &job), state);
+            assert_eq!(status(q, &job), state);
         }
     }
 }
@@ -945,11 +948,11 @@ fn unknown_jobs_are_not_found() {
     }
 }
 
-#[test]
-fn resolve_accepts_unique_prefixes() {
-    let q = queue();
+fn resolve_accepts_unique_prefixes(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let jobs = specs("j", 40);
-    load(&q, &jobs);
+    load(q, &jobs);
     let id = &jobs[7].id;
     assert_eq!(
         q.resolve(&IdPrefix::parse(id.as_str()).unwrap()).unwrap(),
@@ -1253,12 +1256,12 @@ fn explain_reports_max_concurrent() {
     assert_eq!(why.queue_position, Some(1));
 }
 
-#[test]
-fn events_page_by_seq_and_subscribers_hear_commits() {
-    let q = queue();
+fn events_page_by_seq_and_subscribers_hear_commits(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let rx = q.subscribe();
     assert_eq!(*rx.borrow(), 0);
-    load(&q, &specs("j", 3));
+    load(q, &specs("j", 3));
     assert_eq!(*rx.borrow(), 3);
     let page = q.events_since(0, 2).unwrap();
     assert_eq!(page.events.len(), 2);
@@ -1269,7 +1272,7 @@ fn events_page_by_seq_and_subscribers_hear_commits() {
     let none = q.events_since(rest.next, 100).unwrap();
     assert!(none.events.is_empty());
     assert_eq!(none.next, 3);
-    claim(&q, "w1", &cpu(8)).unwrap();
+    claim(q, "w1", &cpu(8)).unwrap();
     // NodeRegistered + Claimed.
     assert_eq!(*rx.borrow(), 5);
     assert!(rx.has_changed().unwrap());
@@ -1295,14 +1298,14 @@ fn events_survive_a_reopen() {
     );
 }
 
-#[test]
-fn counts_and_filters() {
-    let q = queue();
+fn counts_and_filters(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let mut jobs = specs("j", 3);
     jobs[2].model = "mlp".to_string();
     jobs[1].labels.insert("team".to_string(), "a".to_string());
-    load(&q, &jobs);
-    claim(&q, "w1", &cpu(8)).unwrap();
+    load(q, &jobs);
+    claim(q, "w1", &cpu(8)).unwrap();
     let counts = q.counts().unwrap();
     assert_eq!(counts["pending"], 2);
     assert_eq!(counts["claimed"], 1);
@@ -1348,9 +1351,9 @@ fn counts_and_filters() {
     assert_eq!(bad.code(), "bad_request");
 }
 
-#[test]
-fn manifest_errors_are_recorded_and_cleared_by_the_next_apply() {
-    let q = queue();
+fn manifest_errors_are_recorded_and_cleared_by_the_next_apply(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let err = ManifestError {
         path: "m.toml".to_string(),
         line: Some(3),
@@ -1363,7 +1366,7 @@ fn manifest_errors_are_recorded_and_cleared_by_the_next_apply() {
     assert_eq!(st.last_errors, vec![err]);
     assert!(st.last_error_at.is_some());
     assert_eq!(st.generation, 0);
-    load(&q, &specs("j", 1));
+    load(q, &specs("j", 1));
     let st = q.manifest_status().unwrap();
     assert!(st.last_errors.is_empty());
     assert_eq!(st.sha256, Some("ab".repeat(32)));
@@ -1371,15 +1374,15 @@ fn manifest_errors_are_recorded_and_cleared_by_the_next_apply() {
     assert!(st.last_applied_at.is_some());
 }
 
-#[test]
-fn apply_rechecks_jobs_claimed_since_planning() {
-    let q = queue();
+fn apply_rechecks_jobs_claimed_since_planning(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let mut jobs = specs("j", 1);
-    load(&q, &jobs);
+    load(q, &jobs);
     jobs[0].priority = 9;
     let stale_plan = plan(&jobs, &q.actual().unwrap());
     assert_eq!(stale_plan.update.len(), 1);
-    claim(&q, "w1", &cpu(8)).unwrap();
+    claim(q, "w1", &cpu(8)).unwrap();
     let summary = q.apply(&stale_plan, &[], &source()).unwrap();
     assert_eq!(
         summary.generation, 1,
@@ -1497,9 +1500,9 @@ fn the_claim_statements_are_compiled_once() {
     assert_eq!(before, after);
 }
 
-#[test]
-fn a_stale_create_of_a_job_that_exists_updates_it_instead() {
-    let q = queue();
+fn a_stale_create_of_a_job_that_exists_updates_it_instead(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let mut jobs = specs("j", 2);
     let stale_plan_v1 = plan(&jobs, &[]);
     jobs[1].priority = 3;
@@ -1513,8 +1516,8 @@ fn a_stale_create_of_a_job_that_exists_updates_it_instead() {
     let summary = q.apply(&stale_plan_v2, &[], &source()).unwrap();
     assert_eq!(summary.generation, 2);
     assert_eq!(q.job(&jobs[1].id).unwrap().priority, 3);
-    assert_eq!(kinds(&q, &jobs[0]), vec!["Created"]);
-    assert_eq!(kinds(&q, &jobs[1]), vec!["Created", "Updated"]);
+    assert_eq!(kinds(q, &jobs[0]), vec!["Created"]);
+    assert_eq!(kinds(q, &jobs[1]), vec!["Created", "Updated"]);
 }
 
 /// A small deterministic generator, so the mixed-queue test covers many shapes.
@@ -1633,43 +1636,43 @@ fn pinned_and_unpinned_jobs_are_claimed_in_one_queue_order() {
     ));
 }
 
-#[test]
-fn a_pinned_job_leaves_and_rejoins_its_hosts_walk_with_its_state() {
-    let q = queue();
+fn a_pinned_job_leaves_and_rejoins_its_hosts_walk_with_its_state(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let mut job = spec("pinned");
     job.constraints.allowed_hosts = vec!["a".to_string(), "b".to_string()];
     let plain = JobSpec {
         manifest_order: 1,
         ..spec("plain")
     };
-    load(&q, &[job.clone(), plain.clone()]);
+    load(q, &[job.clone(), plain.clone()]);
     // Claimed: gone from both hosts' walks.
-    let lease = claim(&q, "a", &cpu(8)).unwrap();
+    let lease = claim(q, "a", &cpu(8)).unwrap();
     assert_eq!(lease.job.id, job.id);
-    assert_eq!(claim(&q, "b", &cpu(8)).unwrap().job.id, plain.id);
-    assert!(claim(&q, "b", &cpu(8)).is_none());
+    assert_eq!(claim(q, "b", &cpu(8)).unwrap().job.id, plain.id);
+    assert!(claim(q, "b", &cpu(8)).is_none());
     // Released: back, for either host.
     q.fail(&job.id, &failure("a", &lease.lease, true)).unwrap();
-    assert_eq!(claim(&q, "b", &cpu(8)).unwrap().job.id, job.id);
+    assert_eq!(claim(q, "b", &cpu(8)).unwrap().job.id, job.id);
     // Leases expired (both jobs): back again; then the pinned job tombstoned: gone.
-    q.sweep(past_lease(&q)).unwrap();
+    q.sweep(past_lease(q)).unwrap();
     let p = plan(std::slice::from_ref(&plain), &q.actual().unwrap());
     q.apply(&p, &[], &source()).unwrap();
-    assert_eq!(claim(&q, "a", &cpu(8)).unwrap().job.id, plain.id);
-    assert!(claim(&q, "a", &cpu(8)).is_none());
+    assert_eq!(claim(q, "a", &cpu(8)).unwrap().job.id, plain.id);
+    assert!(claim(q, "a", &cpu(8)).is_none());
     // Revived and re-pinned elsewhere by a manifest edit: only the new host sees it.
     let mut moved = job.clone();
     moved.constraints.allowed_hosts = vec!["c".to_string()];
     let p = plan(&[moved, plain], &q.actual().unwrap());
     q.apply(&p, &[], &source()).unwrap();
-    assert!(claim(&q, "a", &cpu(8)).is_none());
-    let lease = claim(&q, "c", &cpu(8)).unwrap();
+    assert!(claim(q, "a", &cpu(8)).is_none());
+    let lease = claim(q, "c", &cpu(8)).unwrap();
     assert_eq!(lease.job.id, job.id);
     // Cancelled and requeued: claimable by its host once more.
     q.cancel(&job.id).unwrap();
     q.requeue(&job.id).unwrap();
-    assert!(claim(&q, "a", &cpu(8)).is_none());
-    assert_eq!(claim(&q, "c", &cpu(8)).unwrap().job.id, job.id);
+    assert!(claim(q, "a", &cpu(8)).is_none());
+    assert_eq!(claim(q, "c", &cpu(8)).unwrap().job.id, job.id);
 }
 
 #[test]
@@ -1747,3 +1750,40 @@ fn a_version_2_database_migrates_with_its_jobs() {
     assert!(claim(&q, "a", &cpu(8)).is_none());
     assert_eq!(claim(&q, "g", &gpu(8)).unwrap().job.id, cuda_only.id);
 }
+
+on_both_backends!(
+    applying_the_same_manifest_twice_changes_nothing,
+    changed_host_policies_count_as_a_change,
+    update_changes_a_pending_job_but_not_a_leased_one,
+    tombstone_and_revive_keep_the_history,
+    a_tombstoned_running_job_finishes_as_orphaned,
+    claims_follow_priority_then_manifest_order,
+    require_cuda_needs_a_cuda_gpu,
+    a_cuda_job_without_min_vram_is_not_handed_to_a_claim_whose_gpus_are_all_shared,
+    the_whole_gpu_rule_holds_for_pinned_jobs_too,
+    min_vram_is_matched_per_gpu,
+    min_ram_is_matched_against_allocatable_ram,
+    allowed_hosts_pins_a_job,
+    host_policy_denies_models_and_unlisted_hosts_allow_all,
+    host_allow_lists_and_deny_all,
+    host_max_concurrent_limits_leased_jobs,
+    prefer_cuda_gives_cuda_workers_the_job_first,
+    the_first_heartbeat_starts_the_job_and_extends_the_lease,
+    a_wrong_lease_worker_or_job_state_is_lease_lost,
+    sweep_returns_an_expired_job_to_pending_and_fences_the_old_lease,
+    lease_expiries_past_max_attempts_fail_the_job,
+    an_agent_shutdown_release_does_not_use_an_attempt,
+    a_replaced_lease_of_the_same_attempt_number_is_refused_with_what_happened,
+    a_trainer_failure_fails_the_job_without_a_retry_policy,
+    a_retry_policy_retries_trainer_failures_until_retries_or_attempts_run_out,
+    cancel_from_every_state,
+    a_cancelled_job_tells_its_worker_through_the_old_lease_and_refuses_completion,
+    requeue_from_every_state,
+    resolve_accepts_unique_prefixes,
+    events_page_by_seq_and_subscribers_hear_commits,
+    counts_and_filters,
+    manifest_errors_are_recorded_and_cleared_by_the_next_apply,
+    apply_rechecks_jobs_claimed_since_planning,
+    a_stale_create_of_a_job_that_exists_updates_it_instead,
+    a_pinned_job_leaves_and_rejoins_its_hosts_walk_with_its_state,
+);
