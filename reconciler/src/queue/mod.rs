@@ -62,6 +62,8 @@ pub(crate) use tx::Tx;
 mod transitions;
 
 #[cfg(test)]
+mod concurrency_tests;
+#[cfg(test)]
 mod events_tests;
 #[cfg(test)]
 mod failures_tests;

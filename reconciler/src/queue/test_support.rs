@@ -132,6 +132,8 @@ pub(crate) fn postgres_url() -> Option<String> {
 pub(crate) struct TestQueue {
     queue: Option<Box<dyn JobQueue>>,
     database: Option<TestDatabase>,
+    /// The postgres variant's database, for a second queue (server) on it.
+    pub(crate) url: Option<String>,
 }
 
 impl std::ops::Deref for TestQueue {
@@ -208,6 +210,7 @@ impl Backend {
             Backend::Sqlite => TestQueue {
                 queue: Some(Box::new(queue_on(clock, config))),
                 database: None,
+                url: None,
             },
             Backend::Postgres => {
                 let admin = postgres_url().expect("the caller checked for a server");
@@ -217,6 +220,7 @@ impl Backend {
                 TestQueue {
                     queue: Some(Box::new(queue)),
                     database: Some(database),
+                    url: Some(url),
                 }
             }
         }
