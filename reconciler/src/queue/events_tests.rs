@@ -2,18 +2,19 @@
 //! filter dropped.
 
 use super::events::i_events_in_window;
+use super::test_support::Backend;
 use super::test_support::{cpu, spec, worker};
 use super::tests::{claim, load, queue};
 use super::EventFilter;
 use crate::queue::JobQueue;
 
-#[test]
-fn filters_keep_one_job_or_one_worker_and_next_moves_past_dropped_events() {
-    let q = queue();
+fn filters_keep_one_job_or_one_worker_and_next_moves_past_dropped_events(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let (a, b) = (spec("a"), spec("b"));
-    load(&q, &[a.clone(), b.clone()]);
-    let first = claim(&q, "w1", &cpu(8)).unwrap().job.id;
-    let second = claim(&q, "w2", &cpu(8)).unwrap().job.id;
+    load(q, &[a.clone(), b.clone()]);
+    let first = claim(q, "w1", &cpu(8)).unwrap().job.id;
+    let second = claim(q, "w2", &cpu(8)).unwrap().job.id;
     let head = q.events_since(0, 1000).unwrap().next;
 
     let of_first = EventFilter {
@@ -114,3 +115,7 @@ fn a_worker_filter_looks_at_one_window_per_page_and_next_moves_through_the_log()
     assert!(expected.iter().any(|e| e.kind == "Claimed"), "{expected:?}");
     assert_eq!(found, expected);
 }
+
+super::test_support::on_both_backends!(
+    filters_keep_one_job_or_one_worker_and_next_moves_past_dropped_events,
+);

@@ -7,7 +7,8 @@ use cis490_api::{
     ClaimResponse, FailRequest, FailureCause, JobId, JobSpec, JobStatus, Lease, RetryPolicy,
 };
 
-use super::test_support::{cpu, manual_clock, queue_on, spec, worker};
+use super::test_support::Backend;
+use super::test_support::{cpu, manual_clock, spec, worker};
 use super::{ManifestSource, Queue, QueueConfig};
 use crate::plan::plan;
 
@@ -15,16 +16,16 @@ fn queue(config: QueueConfig) -> Queue {
     Queue::open_in_memory(config).unwrap()
 }
 
-fn load(q: &Queue, jobs: &[JobSpec]) {
+fn load(q: &dyn JobQueue, jobs: &[JobSpec]) {
     let p = plan(jobs, &q.actual().unwrap());
     q.apply(&p, &[], &ManifestSource::default()).unwrap();
 }
 
-fn claim(q: &Queue, w: &str) -> Option<ClaimResponse> {
+fn claim(q: &dyn JobQueue, w: &str) -> Option<ClaimResponse> {
     q.claim(&worker(w), &cpu(8)).unwrap()
 }
 
-fn fail(q: &Queue, id: &JobId, w: &str, lease: &Lease, cause: FailureCause) -> JobStatus {
+fn fail(q: &dyn JobQueue, id: &JobId, w: &str, lease: &Lease, cause: FailureCause) -> JobStatus {
     q.fail(
         id,
         &FailRequest {
@@ -54,15 +55,15 @@ fn retried(name: &str) -> JobSpec {
     }
 }
 
-#[test]
-fn a_host_failure_uses_no_attempt_flags_the_host_and_goes_to_another_worker() {
-    let q = queue(QueueConfig::default());
+fn a_host_failure_uses_no_attempt_flags_the_host_and_goes_to_another_worker(b: Backend) {
+    let q = b.queue_on(&manual_clock(), QueueConfig::default());
+    let q = &*q;
     let job = spec("a");
-    load(&q, std::slice::from_ref(&job));
+    load(q, std::slice::from_ref(&job));
     q.report_node(&worker("good"), &cpu(8)).unwrap();
-    let first = claim(&q, "bad").unwrap();
+    let first = claim(q, "bad").unwrap();
     assert_eq!(
-        fail(&q, &job.id, "bad", &first.lease, FailureCause::Host),
+        fail(q, &job.id, "bad", &first.lease, FailureCause::Host),
         JobStatus::Pending
     );
     let view = q.job(&job.id).unwrap();
@@ -73,8 +74,8 @@ fn a_host_failure_uses_no_attempt_flags_the_host_and_goes_to_another_worker() {
     assert!(problem.reason.contains("not found"), "{}", problem.reason);
     assert_eq!(problem.job_id, job.id);
     // The bad worker leaves it to the good one, which has not tried it.
-    assert!(claim(&q, "bad").is_none());
-    let second = claim(&q, "good").unwrap();
+    assert!(claim(q, "bad").is_none());
+    let second = claim(q, "good").unwrap();
     assert_eq!(second.lease.attempt, 1);
     q.heartbeat(
         &job.id,
@@ -101,20 +102,20 @@ fn a_host_failure_uses_no_attempt_flags_the_host_and_goes_to_another_worker() {
     assert!(q.worker(&worker("bad")).unwrap().host_problem.is_some());
 }
 
-#[test]
-fn a_job_whose_trainer_no_ready_host_can_start_fails_with_the_hosts_named() {
-    let q = queue(QueueConfig::default());
+fn a_job_whose_trainer_no_ready_host_can_start_fails_with_the_hosts_named(b: Backend) {
+    let q = b.queue_on(&manual_clock(), QueueConfig::default());
+    let q = &*q;
     let job = spec("a");
-    load(&q, std::slice::from_ref(&job));
+    load(q, std::slice::from_ref(&job));
     q.report_node(&worker("w2"), &cpu(8)).unwrap();
-    let first = claim(&q, "w1").unwrap();
+    let first = claim(q, "w1").unwrap();
     assert_eq!(
-        fail(&q, &job.id, "w1", &first.lease, FailureCause::Host),
+        fail(q, &job.id, "w1", &first.lease, FailureCause::Host),
         JobStatus::Pending
     );
-    let second = claim(&q, "w2").unwrap();
+    let second = claim(q, "w2").unwrap();
     assert_eq!(
-        fail(&q, &job.id, "w2", &second.lease, FailureCause::Host),
+        fail(q, &job.id, "w2", &second.lease, FailureCause::Host),
         JobStatus::Failed
     );
     let view = q.job(&job.id).unwrap();
@@ -125,37 +126,40 @@ fn a_job_whose_trainer_no_ready_host_can_start_fails_with_the_hosts_named() {
     );
     // Requeued (the hosts fixed), the job starts over with no failures remembered.
     q.requeue(&job.id).unwrap();
-    assert!(claim(&q, "w1").is_some());
+    assert!(claim(q, "w1").is_some());
 }
 
-#[test]
-fn host_failures_are_capped_even_while_another_worker_never_tries() {
-    let q = queue(QueueConfig {
-        retry_elsewhere_wait_s: 0,
-        ..QueueConfig::default()
-    });
+fn host_failures_are_capped_even_while_another_worker_never_tries(b: Backend) {
+    let q = b.queue_on(
+        &manual_clock(),
+        QueueConfig {
+            retry_elsewhere_wait_s: 0,
+            ..QueueConfig::default()
+        },
+    );
+    let q = &*q;
     let job = spec("a");
-    load(&q, std::slice::from_ref(&job));
+    load(q, std::slice::from_ref(&job));
     q.report_node(&worker("idle"), &cpu(8)).unwrap();
     let mut last = JobStatus::Pending;
     for _ in 0..super::failures::MAX_HOST_FAILURES {
-        let c = claim(&q, "bad").expect("no wait for others: bad takes it again");
-        last = fail(&q, &job.id, "bad", &c.lease, FailureCause::Host);
+        let c = claim(q, "bad").expect("no wait for others: bad takes it again");
+        last = fail(q, &job.id, "bad", &c.lease, FailureCause::Host);
     }
     assert_eq!(last, JobStatus::Failed);
     let reason = q.job(&job.id).unwrap().error.unwrap().reason;
     assert!(reason.contains("host failures"), "{reason}");
 }
 
-#[test]
-fn a_retried_trainer_failure_prefers_a_worker_it_has_not_failed_on() {
-    let q = queue(QueueConfig::default());
+fn a_retried_trainer_failure_prefers_a_worker_it_has_not_failed_on(b: Backend) {
+    let q = b.queue_on(&manual_clock(), QueueConfig::default());
+    let q = &*q;
     let job = retried("a");
-    load(&q, std::slice::from_ref(&job));
+    load(q, std::slice::from_ref(&job));
     q.report_node(&worker("w2"), &cpu(8)).unwrap();
-    let first = claim(&q, "w1").unwrap();
+    let first = claim(q, "w1").unwrap();
     assert_eq!(
-        fail(&q, &job.id, "w1", &first.lease, FailureCause::Trainer),
+        fail(q, &job.id, "w1", &first.lease, FailureCause::Trainer),
         JobStatus::Pending
     );
     assert_eq!(
@@ -163,13 +167,13 @@ fn a_retried_trainer_failure_prefers_a_worker_it_has_not_failed_on() {
         1,
         "a trainer failure counts"
     );
-    assert!(claim(&q, "w1").is_none(), "left to w2, which has not tried");
-    assert_eq!(claim(&q, "w2").unwrap().lease.attempt, 2);
+    assert!(claim(q, "w1").is_none(), "left to w2, which has not tried");
+    assert_eq!(claim(q, "w2").unwrap().lease.attempt, 2);
 }
 
-#[test]
-fn the_preference_is_soft_other_jobs_first_then_the_failed_one() {
-    let q = queue(QueueConfig::default());
+fn the_preference_is_soft_other_jobs_first_then_the_failed_one(b: Backend) {
+    let q = b.queue_on(&manual_clock(), QueueConfig::default());
+    let q = &*q;
     let a = JobSpec {
         manifest_order: 0,
         ..retried("a")
@@ -178,30 +182,30 @@ fn the_preference_is_soft_other_jobs_first_then_the_failed_one() {
         manifest_order: 1,
         ..spec("b")
     };
-    load(&q, &[a.clone(), b.clone()]);
-    let first = claim(&q, "w1").unwrap();
+    load(q, &[a.clone(), b.clone()]);
+    let first = claim(q, "w1").unwrap();
     assert_eq!(first.job.id, a.id);
-    fail(&q, &a.id, "w1", &first.lease, FailureCause::Trainer);
+    fail(q, &a.id, "w1", &first.lease, FailureCause::Trainer);
     // Alone in the fleet: w1 takes b first although a is ahead in the queue, then a.
-    assert_eq!(claim(&q, "w1").unwrap().job.id, b.id);
-    assert_eq!(claim(&q, "w1").unwrap().job.id, a.id);
+    assert_eq!(claim(q, "w1").unwrap().job.id, b.id);
+    assert_eq!(claim(q, "w1").unwrap().job.id, a.id);
 }
 
-#[test]
-fn after_retry_elsewhere_wait_the_failed_worker_takes_the_job_again() {
+fn after_retry_elsewhere_wait_the_failed_worker_takes_the_job_again(b: Backend) {
     let clock = manual_clock();
-    let q = queue_on(&clock, QueueConfig::default());
+    let q = b.queue_on(&clock, QueueConfig::default());
+    let q = &*q;
     let job = retried("a");
-    load(&q, std::slice::from_ref(&job));
+    load(q, std::slice::from_ref(&job));
     q.report_node(&worker("w2"), &cpu(8)).unwrap();
-    let first = claim(&q, "w1").unwrap();
-    fail(&q, &job.id, "w1", &first.lease, FailureCause::Trainer);
-    assert!(claim(&q, "w1").is_none());
+    let first = claim(q, "w1").unwrap();
+    fail(q, &job.id, "w1", &first.lease, FailureCause::Trainer);
+    assert!(claim(q, "w1").is_none());
     clock.advance(chrono::Duration::seconds(
         QueueConfig::default().retry_elsewhere_wait_s as i64 + 1,
     ));
     // w2 is stale by now too; either way w1 may take it.
-    assert!(claim(&q, "w1").is_some());
+    assert!(claim(q, "w1").is_some());
 }
 
 #[test]
@@ -230,3 +234,12 @@ fn explain_says_a_worker_leaves_a_job_it_failed_to_the_others() {
         .unwrap();
     assert!(w2.reasons.is_empty(), "{:?}", w2.reasons);
 }
+
+super::test_support::on_both_backends!(
+    a_host_failure_uses_no_attempt_flags_the_host_and_goes_to_another_worker,
+    a_job_whose_trainer_no_ready_host_can_start_fails_with_the_hosts_named,
+    host_failures_are_capped_even_while_another_worker_never_tries,
+    a_retried_trainer_failure_prefers_a_worker_it_has_not_failed_on,
+    the_preference_is_soft_other_jobs_first_then_the_failed_one,
+    after_retry_elsewhere_wait_the_failed_worker_takes_the_job_again,
+);

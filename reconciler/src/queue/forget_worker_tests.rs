@@ -1,16 +1,16 @@
 //! `forget_worker`: any worker without a lease is forgotten; one with a lease is refused.
 
-use crate::queue::JobQueue;
 use cis490_api::NodeState;
 
+use super::test_support::Backend;
 use super::test_support::{cpu, spec, worker};
-use super::tests::{claim, load, queue};
+use super::tests::{claim, load};
 
-#[test]
-fn a_worker_holding_a_lease_is_refused_and_one_without_is_forgotten() {
-    let q = queue();
-    load(&q, &[spec("a")]);
-    let c = claim(&q, "w1", &cpu(8)).unwrap();
+fn a_worker_holding_a_lease_is_refused_and_one_without_is_forgotten(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
+    load(q, &[spec("a")]);
+    let c = claim(q, "w1", &cpu(8)).unwrap();
     let err = q.forget_worker(&worker("w1")).unwrap_err();
     assert_eq!(err.code(), "invalid_state");
     assert!(err.to_string().contains(c.job.id.short()), "{err}");
@@ -34,3 +34,7 @@ fn a_worker_holding_a_lease_is_refused_and_one_without_is_forgotten() {
     let err = q.forget_worker(&worker("w1")).unwrap_err();
     assert_eq!(err.code(), "not_found");
 }
+
+super::test_support::on_both_backends!(
+    a_worker_holding_a_lease_is_refused_and_one_without_is_forgotten,
+);

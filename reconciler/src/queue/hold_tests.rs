@@ -3,6 +3,7 @@
 use crate::queue::JobQueue;
 use cis490_api::{JobSpec, JobStatus};
 
+use super::test_support::Backend;
 use super::test_support::{cpu, spec};
 use super::tests::{claim, job_in_state, kinds, load, queue, status};
 
@@ -27,11 +28,11 @@ fn a_held_job_is_never_claimed_and_release_makes_it_claimable() {
     assert_eq!(claim(&q, "w", &cpu(8)).unwrap().job.id, job.id);
 }
 
-#[test]
-fn hold_only_pending_and_release_only_held() {
+fn hold_only_pending_and_release_only_held(b: Backend) {
     for state in JobStatus::ALL {
-        let q = queue();
-        let (job, _) = job_in_state(&q, "x", state);
+        let q = b.queue();
+        let q = &*q;
+        let (job, _) = job_in_state(q, "x", state);
         let held = q.hold(&job.id);
         if state == JobStatus::Pending {
             assert_eq!(held.unwrap().status, JobStatus::Held);
@@ -42,11 +43,12 @@ fn hold_only_pending_and_release_only_held() {
                 err.to_string().contains("only pending jobs can be held"),
                 "{err}"
             );
-            assert_eq!(status(&q, &job), state, "a refused hold changes nothing");
+            assert_eq!(status(q, &job), state, "a refused hold changes nothing");
         }
 
-        let q = queue();
-        let (job, _) = job_in_state(&q, "x", state);
+        let q = b.queue();
+        let q = &*q;
+        let (job, _) = job_in_state(q, "x", state);
         let released = q.release(&job.id);
         if state == JobStatus::Held {
             assert_eq!(released.unwrap().status, JobStatus::Pending);
@@ -60,33 +62,33 @@ fn hold_only_pending_and_release_only_held() {
                     job.id.short()
                 )
             );
-            assert_eq!(status(&q, &job), state);
+            assert_eq!(status(q, &job), state);
         }
     }
 }
 
-#[test]
-fn requeue_of_a_held_job_is_refused_and_names_release() {
-    let q = queue();
-    let (job, _) = job_in_state(&q, "x", JobStatus::Held);
+fn requeue_of_a_held_job_is_refused_and_names_release(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
+    let (job, _) = job_in_state(q, "x", JobStatus::Held);
     let err = q.requeue(&job.id).unwrap_err();
     assert_eq!(err.code(), "invalid_state");
     assert!(err.to_string().contains("cis490ctl release"), "{err}");
-    assert_eq!(status(&q, &job), JobStatus::Held);
+    assert_eq!(status(q, &job), JobStatus::Held);
 }
 
-#[test]
-fn a_held_job_takes_manifest_updates_and_tombstones_like_a_pending_one() {
-    let q = queue();
+fn a_held_job_takes_manifest_updates_and_tombstones_like_a_pending_one(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let job = spec("held");
-    load(&q, std::slice::from_ref(&job));
+    load(q, std::slice::from_ref(&job));
     q.hold(&job.id).unwrap();
 
     let raised = JobSpec {
         priority: 7,
         ..job.clone()
     };
-    load(&q, std::slice::from_ref(&raised));
+    load(q, std::slice::from_ref(&raised));
     let view = q.job(&job.id).unwrap();
     assert_eq!(
         view.priority, 7,
@@ -94,7 +96,7 @@ fn a_held_job_takes_manifest_updates_and_tombstones_like_a_pending_one() {
     );
     assert_eq!(view.status, JobStatus::Held, "an update released the job");
 
-    load(&q, &[]);
+    load(q, &[]);
     let view = q.job(&job.id).unwrap();
     assert!(view.tombstoned);
     assert_eq!(view.status, JobStatus::Held);
@@ -108,16 +110,16 @@ fn a_held_job_takes_manifest_updates_and_tombstones_like_a_pending_one() {
 
     // Released while tombstoned: pending, still not claimable.
     q.release(&job.id).unwrap();
-    assert!(claim(&q, "w", &cpu(8)).is_none());
+    assert!(claim(q, "w", &cpu(8)).is_none());
     // Back in the manifest: claimable.
-    load(&q, std::slice::from_ref(&raised));
-    assert_eq!(claim(&q, "w", &cpu(8)).unwrap().job.id, job.id);
+    load(q, std::slice::from_ref(&raised));
+    assert_eq!(claim(q, "w", &cpu(8)).unwrap().job.id, job.id);
 }
 
-#[test]
-fn a_held_job_can_be_cancelled() {
-    let q = queue();
-    let (job, _) = job_in_state(&q, "x", JobStatus::Held);
+fn a_held_job_can_be_cancelled(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
+    let (job, _) = job_in_state(q, "x", JobStatus::Held);
     assert_eq!(q.cancel(&job.id).unwrap().status, JobStatus::Cancelled);
     assert!(q
         .job(&job.id)
@@ -128,3 +130,10 @@ fn a_held_job_can_be_cancelled() {
         .message
         .contains("while held"));
 }
+
+super::test_support::on_both_backends!(
+    hold_only_pending_and_release_only_held,
+    requeue_of_a_held_job_is_refused_and_names_release,
+    a_held_job_takes_manifest_updates_and_tombstones_like_a_pending_one,
+    a_held_job_can_be_cancelled,
+);

@@ -8,7 +8,8 @@ use cis490_api::{
 };
 
 use super::events::kind;
-use super::test_support::{cpu, manual_clock, queue_on, specs, worker};
+use super::test_support::Backend;
+use super::test_support::{cpu, manual_clock, specs, worker};
 use super::{ManifestSource, Queue, QueueConfig, QueueError};
 use crate::plan::plan;
 
@@ -20,7 +21,7 @@ fn queue() -> Queue {
     queue_with(QueueConfig::default())
 }
 
-fn load(q: &Queue, jobs: &[JobSpec]) {
+fn load(q: &dyn JobQueue, jobs: &[JobSpec]) {
     let p = plan(jobs, &q.actual().unwrap());
     q.apply(&p, &[], &ManifestSource::default()).unwrap();
 }
@@ -47,7 +48,7 @@ fn stopping(cap: &Capability) -> Capability {
     cap
 }
 
-fn event_kinds(q: &Queue) -> Vec<String> {
+fn event_kinds(q: &dyn JobQueue) -> Vec<String> {
     q.events_since(0, 1000)
         .unwrap()
         .events
@@ -63,10 +64,10 @@ fn name_in_use(result: Result<impl std::fmt::Debug, QueueError>) -> String {
     }
 }
 
-#[test]
-fn a_second_instance_is_refused_while_the_first_is_live_and_the_first_is_undisturbed() {
-    let q = queue();
-    load(&q, &specs("j", 2));
+fn a_second_instance_is_refused_while_the_first_is_live_and_the_first_is_undisturbed(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
+    load(q, &specs("j", 2));
     let first = agent("aaaa1111", "box-a");
     let second = agent("bbbb2222", "box-b");
     let gpu1 = worker("gpu-1");
@@ -83,7 +84,7 @@ fn a_second_instance_is_refused_while_the_first_is_live_and_the_first_is_undistu
         assert!(message.contains(needed), "{needed:?} missing: {message}");
     }
     name_in_use(q.report_node(&gpu1, &second));
-    assert!(event_kinds(&q).contains(&kind::NAME_IN_USE.to_string()));
+    assert!(event_kinds(q).contains(&kind::NAME_IN_USE.to_string()));
 
     // The first keeps its job, heartbeats and completes.
     let hb = HeartbeatRequest {
@@ -109,10 +110,12 @@ fn a_second_instance_is_refused_while_the_first_is_live_and_the_first_is_undistu
     assert_eq!(q.worker(&gpu1).unwrap().capability.hostname, "box-a");
 }
 
-#[test]
-fn an_agent_restarted_on_its_state_dir_takes_its_name_over_from_its_previous_life_at_once() {
-    let q = queue();
-    load(&q, &specs("j", 2));
+fn an_agent_restarted_on_its_state_dir_takes_its_name_over_from_its_previous_life_at_once(
+    b: Backend,
+) {
+    let q = b.queue();
+    let q = &*q;
+    load(q, &specs("j", 2));
     let gpu1 = worker("gpu-1");
     let dead = agent("aaaa1111", "box-a");
     q.report_node(&gpu1, &dead).unwrap();
@@ -126,7 +129,7 @@ fn an_agent_restarted_on_its_state_dir_takes_its_name_over_from_its_previous_lif
     }
     q.report_node(&gpu1, &successor).unwrap();
     assert!(q.claim(&gpu1, &successor).unwrap().is_some());
-    assert!(event_kinds(&q).contains(&kind::INSTANCE_REPLACED.to_string()));
+    assert!(event_kinds(q).contains(&kind::INSTANCE_REPLACED.to_string()));
     // Naming an instance that does not hold the name proves nothing.
     let mut pretender = agent("dddd4444", "box-b");
     if let Some(i) = pretender.instance.as_mut() {
@@ -135,10 +138,10 @@ fn an_agent_restarted_on_its_state_dir_takes_its_name_over_from_its_previous_lif
     name_in_use(q.report_node(&gpu1, &pretender));
 }
 
-#[test]
-fn a_stale_holder_is_taken_over_and_then_refused_itself() {
+fn a_stale_holder_is_taken_over_and_then_refused_itself(b: Backend) {
     let clock = manual_clock();
-    let q = queue_on(&clock, QueueConfig::default());
+    let q = b.queue_on(&clock, QueueConfig::default());
+    let q = &*q;
     let first = agent("aaaa1111", "box-a");
     let second = agent("bbbb2222", "box-b");
     let gpu1 = worker("gpu-1");
@@ -151,22 +154,22 @@ fn a_stale_holder_is_taken_over_and_then_refused_itself() {
     );
     clock.advance(Duration::seconds(31));
     q.report_node(&gpu1, &second).unwrap();
-    assert!(event_kinds(&q).contains(&kind::INSTANCE_REPLACED.to_string()));
+    assert!(event_kinds(q).contains(&kind::INSTANCE_REPLACED.to_string()));
     let message = name_in_use(q.claim(&gpu1, &first));
     assert!(message.contains("instance bbbb2222"), "{message}");
 }
 
-#[test]
-fn a_holder_with_an_unexpired_lease_keeps_the_name_after_it_goes_stale() {
+fn a_holder_with_an_unexpired_lease_keeps_the_name_after_it_goes_stale(b: Backend) {
     let clock = manual_clock();
-    let q = queue_on(
+    let q = b.queue_on(
         &clock,
         QueueConfig {
             node_stale_after_s: 10,
             ..QueueConfig::default()
         },
     );
-    load(&q, &specs("j", 1)); // 90 s leases
+    let q = &*q;
+    load(q, &specs("j", 1)); // 90 s leases
     let first = agent("aaaa1111", "box-a");
     let second = agent("bbbb2222", "box-b");
     let gpu1 = worker("gpu-1");
@@ -179,9 +182,9 @@ fn a_holder_with_an_unexpired_lease_keeps_the_name_after_it_goes_stale() {
     assert!(q.report_node(&gpu1, &second).is_ok());
 }
 
-#[test]
-fn a_holder_that_signs_off_frees_the_name_at_once() {
-    let q = queue();
+fn a_holder_that_signs_off_frees_the_name_at_once(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let first = agent("aaaa1111", "box-a");
     let second = agent("bbbb2222", "box-b");
     let third = agent("cccc3333", "box-c");
@@ -191,14 +194,14 @@ fn a_holder_that_signs_off_frees_the_name_at_once() {
     q.report_node(&gpu1, &stopping(&second)).unwrap();
     name_in_use(q.report_node(&gpu1, &second));
     q.report_node(&gpu1, &stopping(&first)).unwrap();
-    assert!(event_kinds(&q).contains(&kind::INSTANCE_STOPPED.to_string()));
+    assert!(event_kinds(q).contains(&kind::INSTANCE_STOPPED.to_string()));
     q.report_node(&gpu1, &second).unwrap();
     name_in_use(q.report_node(&gpu1, &third));
 }
 
-#[test]
-fn agents_that_send_no_instance_are_not_checked_and_bad_ids_are_refused() {
-    let q = queue();
+fn agents_that_send_no_instance_are_not_checked_and_bad_ids_are_refused(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let gpu1 = worker("gpu-1");
     q.report_node(&gpu1, &agent("aaaa1111", "box-a")).unwrap();
     assert!(q.report_node(&gpu1, &cpu(8)).is_ok());
@@ -218,7 +221,7 @@ fn artifact(byte: &str) -> ArtifactId {
 }
 
 /// Two running jobs, each claimed by its own worker.
-fn two_running(q: &Queue) -> Vec<(JobSpec, Lease, &'static str)> {
+fn two_running(q: &dyn JobQueue) -> Vec<(JobSpec, Lease, &'static str)> {
     load(q, &specs("j", 2));
     ["w1", "w2"]
         .into_iter()
@@ -238,7 +241,7 @@ fn two_running(q: &Queue) -> Vec<(JobSpec, Lease, &'static str)> {
 }
 
 fn complete(
-    q: &Queue,
+    q: &dyn JobQueue,
     (job, lease, w): &(JobSpec, Lease, &str),
     artifact: Option<ArtifactId>,
 ) -> Result<JobStatus, QueueError> {
@@ -251,20 +254,20 @@ fn complete(
     q.complete(&job.id, &req).map(|r| r.status)
 }
 
-fn status_of(q: &Queue, job: &JobSpec) -> JobStatus {
+fn status_of(q: &dyn JobQueue, job: &JobSpec) -> JobStatus {
     q.job(&job.id).unwrap().status
 }
 
-#[test]
-fn a_completion_may_name_only_an_artifact_its_lease_uploaded() {
-    let q = queue();
-    let jobs = two_running(&q);
+fn a_completion_may_name_only_an_artifact_its_lease_uploaded(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
+    let jobs = two_running(q);
     let (one, two) = (&jobs[0], &jobs[1]);
     q.record_upload(&two.0.id, &worker(two.2), &two.1, &artifact("bb"), 100)
         .unwrap();
 
     // Another job's artifact.
-    let err = complete(&q, one, Some(artifact("bb"))).unwrap_err();
+    let err = complete(q, one, Some(artifact("bb"))).unwrap_err();
     assert!(
         matches!(&err, QueueError::ArtifactNotUploaded { message }
             if message.contains(&format!("uploaded for job {}", two.0.id.short()))),
@@ -272,40 +275,40 @@ fn a_completion_may_name_only_an_artifact_its_lease_uploaded() {
     );
     assert_eq!(err.code(), "artifact_not_uploaded");
     // One never uploaded.
-    let err = complete(&q, one, Some(artifact("ee"))).unwrap_err();
+    let err = complete(q, one, Some(artifact("ee"))).unwrap_err();
     assert!(
         matches!(&err, QueueError::ArtifactNotUploaded { message } if message.contains("never uploaded")),
         "{err}"
     );
-    assert_eq!(status_of(&q, &one.0), JobStatus::Running);
+    assert_eq!(status_of(q, &one.0), JobStatus::Running);
 
     // Having uploaded, job one may not complete without its artifact.
     q.record_upload(&one.0.id, &worker(one.2), &one.1, &artifact("aa"), 100)
         .unwrap();
-    let err = complete(&q, one, None).unwrap_err();
+    let err = complete(q, one, None).unwrap_err();
     assert!(
         matches!(&err, QueueError::ArtifactRequired { message } if message.contains(artifact("aa").as_str())),
         "{err}"
     );
     assert_eq!(err.code(), "artifact_required");
-    assert_eq!(status_of(&q, &one.0), JobStatus::Running);
+    assert_eq!(status_of(q, &one.0), JobStatus::Running);
 
     assert_eq!(
-        complete(&q, one, Some(artifact("aa"))).unwrap(),
+        complete(q, one, Some(artifact("aa"))).unwrap(),
         JobStatus::Completed
     );
     assert_eq!(q.job(&one.0.id).unwrap().artifact_id, Some(artifact("aa")));
     assert_eq!(
-        complete(&q, two, Some(artifact("bb"))).unwrap(),
+        complete(q, two, Some(artifact("bb"))).unwrap(),
         JobStatus::Completed
     );
 }
 
-#[test]
-fn a_completion_without_an_upload_and_without_an_artifact_is_allowed() {
-    let q = queue();
-    let jobs = two_running(&q);
-    assert_eq!(complete(&q, &jobs[0], None).unwrap(), JobStatus::Completed);
+fn a_completion_without_an_upload_and_without_an_artifact_is_allowed(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
+    let jobs = two_running(q);
+    assert_eq!(complete(q, &jobs[0], None).unwrap(), JobStatus::Completed);
 }
 
 #[test]
@@ -455,3 +458,14 @@ fn uploads_repeated_under_one_lease_are_kept_once_after_migration() {
         .unwrap();
     assert_eq!(stored, 1);
 }
+
+super::test_support::on_both_backends!(
+    a_second_instance_is_refused_while_the_first_is_live_and_the_first_is_undisturbed,
+    an_agent_restarted_on_its_state_dir_takes_its_name_over_from_its_previous_life_at_once,
+    a_stale_holder_is_taken_over_and_then_refused_itself,
+    a_holder_with_an_unexpired_lease_keeps_the_name_after_it_goes_stale,
+    a_holder_that_signs_off_frees_the_name_at_once,
+    agents_that_send_no_instance_are_not_checked_and_bad_ids_are_refused,
+    a_completion_may_name_only_an_artifact_its_lease_uploaded,
+    a_completion_without_an_upload_and_without_an_artifact_is_allowed,
+);

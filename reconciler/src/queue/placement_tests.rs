@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use cis490_api::{Capability, ClaimResponse, Gpu, JobSpec};
 
+use super::test_support::Backend;
 use super::test_support::{cpu, gpu, spec, worker};
 use super::{ManifestSource, Queue, QueueConfig};
 use crate::plan::plan;
@@ -14,7 +15,7 @@ fn queue() -> Queue {
     Queue::open_in_memory(QueueConfig::default()).unwrap()
 }
 
-fn load_hosts(q: &Queue, desired: &[JobSpec], hosts: &[HostPolicy]) {
+fn load_hosts(q: &dyn JobQueue, desired: &[JobSpec], hosts: &[HostPolicy]) {
     let source = ManifestSource {
         path: "m.toml".to_string(),
         sha256: "ab".repeat(32),
@@ -24,7 +25,7 @@ fn load_hosts(q: &Queue, desired: &[JobSpec], hosts: &[HostPolicy]) {
     q.apply(&p, hosts, &source).unwrap();
 }
 
-fn claim(q: &Queue, w: &str, cap: &Capability) -> Option<ClaimResponse> {
+fn claim(q: &dyn JobQueue, w: &str, cap: &Capability) -> Option<ClaimResponse> {
     q.claim(&worker(w), cap).unwrap()
 }
 
@@ -49,7 +50,7 @@ fn labelled(pairs: &[(&str, &str)]) -> Capability {
 }
 
 /// Every reason explain gives for `job`, one worker a line.
-fn explained(q: &Queue, job: &JobSpec) -> String {
+fn explained(q: &dyn JobQueue, job: &JobSpec) -> String {
     let why = q.explain(&job.id).unwrap();
     why.workers
         .iter()
@@ -83,32 +84,32 @@ fn a_node_selector_job_goes_only_to_a_worker_with_every_label() {
     assert_eq!(claim(&q, "both", &both).unwrap().job.id, job.id);
 }
 
-#[test]
-fn a_node_selector_is_matched_for_pinned_jobs_too() {
-    let q = queue();
+fn a_node_selector_is_matched_for_pinned_jobs_too(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let mut job = selecting("pinned", &[("gpu", "x")]);
     job.constraints.allowed_hosts = vec!["w".to_string()];
-    load_hosts(&q, std::slice::from_ref(&job), &[]);
-    assert!(claim(&q, "w", &cpu(16)).is_none());
+    load_hosts(q, std::slice::from_ref(&job), &[]);
+    assert!(claim(q, "w", &cpu(16)).is_none());
     assert_eq!(
-        claim(&q, "w", &labelled(&[("gpu", "x")])).unwrap().job.id,
+        claim(q, "w", &labelled(&[("gpu", "x")])).unwrap().job.id,
         job.id
     );
 }
 
-#[test]
-fn hosts_labels_count_and_win_over_the_agents() {
-    let q = queue();
+fn hosts_labels_count_and_win_over_the_agents(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let job = selecting("room", &[("room", "b")]);
     let host = HostPolicy {
         name: "h".to_string(),
         labels: labels(&[("room", "b")]),
         ..HostPolicy::default()
     };
-    load_hosts(&q, std::slice::from_ref(&job), &[host]);
+    load_hosts(q, std::slice::from_ref(&job), &[host]);
     // The agent says room=a; the manifest's [[hosts]] entry says room=b, and it wins.
-    assert!(claim(&q, "other", &labelled(&[("room", "b2")])).is_none());
-    let claimed = claim(&q, "h", &labelled(&[("room", "a")])).unwrap();
+    assert!(claim(q, "other", &labelled(&[("room", "b2")])).is_none());
+    let claimed = claim(q, "h", &labelled(&[("room", "a")])).unwrap();
     assert_eq!(claimed.job.id, job.id);
     let view = q
         .workers()
@@ -174,17 +175,23 @@ fn a_gpus_job_needs_that_many_whole_free_gpus() {
     assert_eq!(claim(&q, "two", &two).unwrap().job.id, job.id);
 }
 
-#[test]
-fn a_changed_node_selector_updates_a_pending_job() {
-    let q = queue();
+fn a_changed_node_selector_updates_a_pending_job(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let job = spec("moves");
-    load_hosts(&q, std::slice::from_ref(&job), &[]);
+    load_hosts(q, std::slice::from_ref(&job), &[]);
     let pinned = selecting("moves", &[("gpu", "x")]);
     assert_eq!(pinned.id, job.id, "not identity");
-    load_hosts(&q, std::slice::from_ref(&pinned), &[]);
-    assert!(claim(&q, "plain", &cpu(16)).is_none());
+    load_hosts(q, std::slice::from_ref(&pinned), &[]);
+    assert!(claim(q, "plain", &cpu(16)).is_none());
     assert_eq!(
-        claim(&q, "x", &labelled(&[("gpu", "x")])).unwrap().job.id,
+        claim(q, "x", &labelled(&[("gpu", "x")])).unwrap().job.id,
         job.id
     );
 }
+
+super::test_support::on_both_backends!(
+    a_node_selector_is_matched_for_pinned_jobs_too,
+    hosts_labels_count_and_win_over_the_agents,
+    a_changed_node_selector_updates_a_pending_job,
+);

@@ -1,14 +1,14 @@
 //! `GET /v1/jobs?label=`: a kubectl-style selector applied per row, every term ANDed.
 
-use crate::queue::JobQueue;
 use cis490_api::JobFilter;
 
 use super::test_support::specs;
-use super::tests::{load, queue};
+use super::test_support::Backend;
+use super::tests::load;
 
-#[test]
-fn several_terms_and_not_equals_select_on_the_server_and_a_bad_term_is_named() {
-    let q = queue();
+fn several_terms_and_not_equals_select_on_the_server_and_a_bad_term_is_named(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let mut jobs = specs("j", 4);
     let put = |labels: &mut std::collections::BTreeMap<String, String>, k: &str, v: &str| {
         labels.insert(k.to_string(), v.to_string());
@@ -19,7 +19,7 @@ fn several_terms_and_not_equals_select_on_the_server_and_a_bad_term_is_named() {
     put(&mut jobs[1].labels, "gpu", "small");
     put(&mut jobs[2].labels, "team", "a");
     put(&mut jobs[3].labels, "team", "b");
-    load(&q, &jobs);
+    load(q, &jobs);
     let ids = |label: &str| -> Vec<String> {
         q.jobs(&JobFilter {
             label: Some(label.to_string()),
@@ -46,3 +46,7 @@ fn several_terms_and_not_equals_select_on_the_server_and_a_bad_term_is_named() {
     assert_eq!(err.code(), "bad_request");
     assert!(err.to_string().contains("\"gpu=\""), "{err}");
 }
+
+super::test_support::on_both_backends!(
+    several_terms_and_not_equals_select_on_the_server_and_a_bad_term_is_named,
+);

@@ -436,20 +436,20 @@ fn host_max_concurrent_limits_leased_jobs(b: Backend) {
     assert!(claim(q, "box", &cpu(8)).is_some());
 }
 
-#[test]
-fn cordoned_and_draining_workers_get_nothing() {
-    let q = queue();
-    load(&q, &specs("j", 3));
+fn cordoned_and_draining_workers_get_nothing(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
+    load(q, &specs("j", 3));
     q.report_node(&worker("a"), &cpu(8)).unwrap();
     q.report_node(&worker("b"), &cpu(8)).unwrap();
-    let held = claim(&q, "b", &cpu(8)).unwrap();
+    let held = claim(q, "b", &cpu(8)).unwrap();
     assert_eq!(q.cordon(&worker("a")).unwrap().state, NodeState::Cordoned);
-    assert!(claim(&q, "a", &cpu(8)).is_none());
+    assert!(claim(q, "a", &cpu(8)).is_none());
     let b = q.drain(&worker("b")).unwrap();
     assert_eq!(b.state, NodeState::Draining);
     assert!(b.cordoned && b.draining);
-    assert!(claim(&q, "b", &cpu(8)).is_none());
-    q.complete(&held.job.id, &done(&q, &held.job.id, "b", &held.lease))
+    assert!(claim(q, "b", &cpu(8)).is_none());
+    q.complete(&held.job.id, &done(q, &held.job.id, "b", &held.lease))
         .unwrap();
     let drained = q.worker(&worker("b")).unwrap();
     assert_eq!(drained.state, NodeState::Cordoned);
@@ -457,19 +457,19 @@ fn cordoned_and_draining_workers_get_nothing() {
         drained.cordoned && !drained.draining,
         "the drain is over once its jobs are done: Cordoned, not Draining"
     );
-    assert!(claim(&q, "b", &cpu(8)).is_none(), "and it stays cordoned");
+    assert!(claim(q, "b", &cpu(8)).is_none(), "and it stays cordoned");
     assert_eq!(q.uncordon(&worker("a")).unwrap().state, NodeState::Ready);
-    assert!(claim(&q, "a", &cpu(8)).is_some());
+    assert!(claim(q, "a", &cpu(8)).is_some());
     assert!(matches!(
         q.cordon(&worker("nobody")),
         Err(QueueError::NotFound { .. })
     ));
 }
 
-#[test]
-fn nodes_turn_not_ready_when_stale() {
+fn nodes_turn_not_ready_when_stale(b: Backend) {
     let clock = manual_clock();
-    let q = queue_on(&clock, QueueConfig::default());
+    let q = b.queue_on(&clock, QueueConfig::default());
+    let q = &*q;
     let view = q.report_node(&worker("a"), &cpu(8)).unwrap();
     assert_eq!(view.state, NodeState::Ready);
     assert!(view.ready);
@@ -532,9 +532,8 @@ fn prefer_cuda_jobs_wait_for_a_ready_cuda_worker() {
     assert_eq!(claim(q, "cpu2", &cpu(8)).unwrap().job.id, preferring.id);
 }
 
-#[test]
-fn prefer_cuda_jobs_go_to_cpu_workers_when_no_cuda_worker_could_run_them() {
-    let (q, _plain, preferring) = prefer_cuda_setup(Backend::Sqlite);
+fn prefer_cuda_jobs_go_to_cpu_workers_when_no_cuda_worker_could_run_them(b: Backend) {
+    let (q, _plain, preferring) = prefer_cuda_setup(b);
     let q = &*q;
     // No CUDA worker at all.
     claim(q, "cpu1", &cpu(8)).unwrap();
@@ -542,7 +541,7 @@ fn prefer_cuda_jobs_go_to_cpu_workers_when_no_cuda_worker_could_run_them() {
 
     // A CUDA worker that went stale does not hold jobs back either.
     let clock = manual_clock();
-    let (q, _plain, preferring) = prefer_cuda_setup_on(Backend::Sqlite, &clock);
+    let (q, _plain, preferring) = prefer_cuda_setup_on(b, &clock);
     let q = &*q;
     q.report_node(&worker("gpu"), &gpu(24)).unwrap();
     clock.advance(Duration::seconds(120));
@@ -550,7 +549,8 @@ fn prefer_cuda_jobs_go_to_cpu_workers_when_no_cuda_worker_could_run_them() {
     assert_eq!(claim(q, "cpu2", &cpu(8)).unwrap().job.id, preferring.id);
 
     // Nor does a CUDA worker whose host policy denies the model.
-    let q = &queue();
+    let q = b.queue();
+    let q = &*q;
     let mut p2 = spec("prefers");
     p2.constraints.prefer_cuda = true;
     load_hosts(q, std::slice::from_ref(&p2), &[host("gpu", &["gbt"], None)]);
@@ -1391,9 +1391,9 @@ fn apply_rechecks_jobs_claimed_since_planning(b: Backend) {
     assert_eq!(q.job(&jobs[0].id).unwrap().priority, 0);
 }
 
-#[test]
-fn a_cpu_worker_skips_deferred_prefer_cuda_jobs_to_reach_others() {
-    let q = queue();
+fn a_cpu_worker_skips_deferred_prefer_cuda_jobs_to_reach_others(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let mut desired: Vec<JobSpec> = specs("pref", 50)
         .into_iter()
         .map(|mut s| {
@@ -1407,11 +1407,11 @@ fn a_cpu_worker_skips_deferred_prefer_cuda_jobs_to_reach_others() {
         ..spec("plain")
     };
     desired.push(plain.clone());
-    load(&q, &desired);
+    load(q, &desired);
     q.report_node(&worker("gpu"), &gpu(24)).unwrap();
-    assert_eq!(claim(&q, "cpu", &cpu(8)).unwrap().job.id, plain.id);
-    assert!(claim(&q, "cpu", &cpu(8)).is_none());
-    assert_eq!(claim(&q, "gpu", &gpu(24)).unwrap().job.id, desired[0].id);
+    assert_eq!(claim(q, "cpu", &cpu(8)).unwrap().job.id, plain.id);
+    assert!(claim(q, "cpu", &cpu(8)).is_none());
+    assert_eq!(claim(q, "gpu", &gpu(24)).unwrap().job.id, desired[0].id);
 }
 
 #[test]
@@ -1786,4 +1786,11 @@ on_both_backends!(
     apply_rechecks_jobs_claimed_since_planning,
     a_stale_create_of_a_job_that_exists_updates_it_instead,
     a_pinned_job_leaves_and_rejoins_its_hosts_walk_with_its_state,
+);
+
+on_both_backends!(
+    cordoned_and_draining_workers_get_nothing,
+    nodes_turn_not_ready_when_stale,
+    prefer_cuda_jobs_go_to_cpu_workers_when_no_cuda_worker_could_run_them,
+    a_cpu_worker_skips_deferred_prefer_cuda_jobs_to_reach_others,
 );

@@ -27,6 +27,7 @@ mod schema;
 mod sweep;
 mod tokens;
 mod tx;
+mod workers;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -42,6 +43,7 @@ use cis490_api::{
 use super::error::bad_request;
 use super::events::{kind, EventFilter};
 use super::listing::JobCursor;
+use super::nodes::Schedulable;
 use super::tokens::{IssuedToken, WorkerTokenInfo};
 use super::{Clock, JobQueue, ManifestSource, QueueConfig, QueueError, SweepOutcome, SystemClock};
 use crate::plan::{ActualJob, Plan};
@@ -358,12 +360,12 @@ impl JobQueue for PgQueue {
         })
     }
 
-    fn report_node(
-        &self,
-        _worker: &WorkerName,
-        _cap: &Capability,
-    ) -> Result<WorkerView, QueueError> {
-        unsupported("report_node")
+    fn report_node(&self, worker: &WorkerName, cap: &Capability) -> Result<WorkerView, QueueError> {
+        self.write(|tx| {
+            nodes::i_upsert_worker(tx, worker, cap)?;
+            workers::i_worker_view(tx, worker)
+        })
+        .map_err(|e| self.noted_refusal(worker, e))
     }
 
     fn record_wrong_worker(
@@ -385,35 +387,35 @@ impl JobQueue for PgQueue {
     }
 
     fn workers(&self) -> Result<Vec<WorkerView>, QueueError> {
-        unsupported("workers")
+        self.read(workers::i_workers)
     }
 
     fn workers_page(
         &self,
-        _after: Option<&str>,
-        _limit: usize,
+        after: Option<&str>,
+        limit: usize,
     ) -> Result<Page<WorkerView>, QueueError> {
-        unsupported("workers_page")
+        self.read(|tx| workers::i_workers_page(tx, after, limit))
     }
 
-    fn worker(&self, _name: &WorkerName) -> Result<WorkerView, QueueError> {
-        unsupported("worker")
+    fn worker(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
+        self.read(|tx| workers::i_worker_view(tx, name))
     }
 
-    fn cordon(&self, _name: &WorkerName) -> Result<WorkerView, QueueError> {
-        unsupported("cordon")
+    fn cordon(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
+        self.write(|tx| workers::i_set_schedulable(tx, name, Schedulable::Cordon))
     }
 
-    fn uncordon(&self, _name: &WorkerName) -> Result<WorkerView, QueueError> {
-        unsupported("uncordon")
+    fn uncordon(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
+        self.write(|tx| workers::i_set_schedulable(tx, name, Schedulable::Uncordon))
     }
 
-    fn drain(&self, _name: &WorkerName) -> Result<WorkerView, QueueError> {
-        unsupported("drain")
+    fn drain(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
+        self.write(|tx| workers::i_set_schedulable(tx, name, Schedulable::Drain))
     }
 
-    fn forget_worker(&self, _name: &WorkerName) -> Result<WorkerView, QueueError> {
-        unsupported("forget_worker")
+    fn forget_worker(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
+        self.write(|tx| workers::i_forget_worker(tx, name))
     }
 
     fn issue_worker_token(&self, name: &WorkerName) -> Result<IssuedToken, QueueError> {

@@ -11,9 +11,10 @@ use crate::queue::events::kind;
 use crate::queue::nodes::WorkerRow;
 use crate::queue::QueueError;
 
-const WORKER_COLUMNS: &str = "name, capability, first_seen, last_seen, cordoned, draining";
+pub(crate) const WORKER_COLUMNS: &str =
+    "name, capability, first_seen, last_seen, cordoned, draining";
 
-fn decode(r: &Row) -> Result<WorkerRow, QueueError> {
+pub(crate) fn decode(r: &Row) -> Result<WorkerRow, QueueError> {
     let name: String = r.try_get(0)?;
     let cap: String = r.try_get(1)?;
     let capability = from_json(&format!("capability of worker {name}"), &cap)?;
