@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::queue::tokens::tokens_issued_in;
-use crate::server::config::{check_listen_with, resolve, sqlite_path, FileConfig, Flags};
+use crate::server::config::{
+    check_listen_with, parse_database, resolve, Database, FileConfig, Flags,
+};
 use crate::server::Server;
 
 /// Arguments of `serve`.
@@ -25,7 +27,8 @@ pub struct ServeArgs {
     /// [default: /var/lib/cis490]
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// The queue's database: sqlite:PATH, the only backend of this build
+    /// The queue's database: sqlite:PATH, or postgres://USER@HOST/DB (no TLS yet: a Unix
+    /// socket or loopback)
     /// [env: CIS490_DATABASE] [default: sqlite:STATE_DIR/queue.db]
     #[arg(long, value_name = "URL")]
     pub database: Option<String>,
@@ -115,10 +118,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
     };
     let mut config = resolve(&flags, |k| std::env::var(k).ok(), file)?;
     if let Some(url) = &args.database {
-        config.database = Some(sqlite_path(url)?);
+        config.database = Some(parse_database(url)?);
     }
-    let tokens_issued = tokens_issued_in(&config.database_path())
-        .with_context(|| format!("reading {}", config.database_path().display()))?;
+    let tokens_issued = match (&config.database, config.database_path()) {
+        (Some(Database::Postgres(url)), _) => {
+            use crate::queue::JobQueue;
+            crate::queue::PgQueue::open(url, config.queue.clone())
+                .and_then(|q| q.worker_tokens_exist())
+                .context("reading the worker tokens on PostgreSQL")?
+        }
+        (_, Some(path)) => {
+            tokens_issued_in(&path).with_context(|| format!("reading {}", path.display()))?
+        }
+        (_, None) => false,
+    };
     let addrs = check_listen_with(&config, tokens_issued)?;
     let exposed = addrs.iter().any(|a| !a.ip().is_loopback());
     // What --insecure exposes is logged once the listener is bound (`Server::run`).

@@ -81,9 +81,9 @@ pub struct ServerConfig {
     pub manifest: PathBuf,
     /// Holds `queue.db` and the artifact store (`models/`).
     pub state_dir: PathBuf,
-    /// The queue's SQLite file when `--database sqlite:PATH` names one; None:
+    /// The queue's database when `--database` names one; None: the SQLite file
     /// `state_dir/queue.db`.
-    pub database: Option<PathBuf>,
+    pub database: Option<Database>,
     /// Where to listen (used by `serve`; tests pass their own listener).
     pub listen: String,
     /// Allow a non-loopback listen address without TLS or without a worker credential.
@@ -154,11 +154,14 @@ impl ServerConfig {
         }
     }
 
-    /// The queue database.
-    pub fn database_path(&self) -> PathBuf {
-        self.database
-            .clone()
-            .unwrap_or_else(|| self.state_dir.join("queue.db"))
+    /// The queue's SQLite file: the one `--database` names, else `state_dir/queue.db`;
+    /// None when the queue is on PostgreSQL.
+    pub fn database_path(&self) -> Option<PathBuf> {
+        match &self.database {
+            None => Some(self.state_dir.join("queue.db")),
+            Some(Database::Sqlite(path)) => Some(path.clone()),
+            Some(Database::Postgres(_)) => None,
+        }
     }
 
     /// The artifact store's root.
@@ -309,7 +312,7 @@ pub enum ConfigError {
     /// `--database` names a backend this build does not have.
     #[error(
         "database URL {url:?}: the {scheme}: scheme is not supported by this build; only \
-         sqlite: is (e.g. --database sqlite:/var/lib/cis490/queue.db)"
+         sqlite: (e.g. --database sqlite:/var/lib/cis490/queue.db) and postgres:// are"
     )]
     UnsupportedDatabase { url: String, scheme: String },
     /// `--database` is not `sqlite:PATH`.
@@ -373,6 +376,34 @@ fn read_token_file(path: &Path) -> Result<Option<Secret>, ConfigError> {
     Ok(Secret::new(&config_file::read_text(path)?))
 }
 
+/// Which database holds the queue.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file (`sqlite:PATH`).
+    Sqlite(PathBuf),
+    /// A PostgreSQL server, as its `postgres://` (or `postgresql://`) URL. The URL may hold
+    /// a password, so `Debug` shows only the scheme.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Database::Postgres(_) => f.write_str("Postgres(<url redacted>)"),
+        }
+    }
+}
+
+/// The database a `--database` URL names: `postgres://...` (or `postgresql://...`), else a
+/// SQLite file ([`sqlite_path`]).
+pub fn parse_database(url: &str) -> Result<Database, ConfigError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Database::Postgres(url.to_string()));
+    }
+    sqlite_path(url).map(Database::Sqlite)
+}
+
 /// The SQLite file a `--database` URL names: `sqlite:PATH` (or `sqlite://PATH`). Any other
 /// scheme is refused, naming it.
 pub fn sqlite_path(url: &str) -> Result<PathBuf, ConfigError> {
@@ -419,7 +450,7 @@ pub fn resolve(
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
     let mut config = ServerConfig::new(manifest, state_dir);
     if let Some(url) = env_nonempty(env::DATABASE).or(file.database) {
-        config.database = Some(sqlite_path(&url)?);
+        config.database = Some(parse_database(&url)?);
     }
     config.listen = flags
         .listen
@@ -915,7 +946,7 @@ mod tests {
     }
 
     #[test]
-    fn the_database_url_names_a_sqlite_file_and_other_schemes_are_refused() {
+    fn the_database_url_names_a_sqlite_file_or_a_postgres_server_and_others_are_refused() {
         assert_eq!(
             sqlite_path("sqlite:/srv/q.db").unwrap(),
             PathBuf::from("/srv/q.db")
@@ -925,11 +956,19 @@ mod tests {
             PathBuf::from("/srv/q.db")
         );
         assert_eq!(sqlite_path("sqlite:q.db").unwrap(), PathBuf::from("q.db"));
-        let refused = sqlite_path("postgres://db.lab/cis490")
+        let url = "postgres://cis490:hunter2@db.lab/cis490";
+        let pg = parse_database(url).unwrap();
+        assert_eq!(pg, Database::Postgres(url.to_string()));
+        assert!(!format!("{pg:?}").contains("hunter2"), "{pg:?}");
+        assert_eq!(
+            parse_database("postgresql://db.lab/q").unwrap(),
+            Database::Postgres("postgresql://db.lab/q".to_string())
+        );
+        let refused = parse_database("mysql://db.lab/cis490")
             .unwrap_err()
             .to_string();
-        assert!(refused.contains("the postgres: scheme is not supported by this build"));
-        assert!(refused.contains("only sqlite: is"));
+        assert!(refused.contains("the mysql: scheme is not supported by this build"));
+        assert!(refused.contains("postgres:// are"), "{refused}");
         assert!(matches!(
             sqlite_path("/srv/q.db"),
             Err(ConfigError::BadDatabase { .. })
@@ -939,8 +978,13 @@ mod tests {
             Err(ConfigError::BadDatabase { .. })
         ));
         let mut config = ServerConfig::new("m.toml", "/state");
-        assert_eq!(config.database_path(), PathBuf::from("/state/queue.db"));
-        config.database = Some(PathBuf::from("/srv/q.db"));
-        assert_eq!(config.database_path(), PathBuf::from("/srv/q.db"));
+        assert_eq!(
+            config.database_path(),
+            Some(PathBuf::from("/state/queue.db"))
+        );
+        config.database = Some(Database::Sqlite(PathBuf::from("/srv/q.db")));
+        assert_eq!(config.database_path(), Some(PathBuf::from("/srv/q.db")));
+        config.database = Some(pg);
+        assert_eq!(config.database_path(), None);
     }
 }

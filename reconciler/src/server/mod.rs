@@ -37,8 +37,9 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::queue::{Queue, QueueError, SharedQueue};
+use crate::queue::{PgQueue, Queue, QueueError, SharedQueue};
 use crate::store::{ArtifactStore, RecoveryReport, StoreError};
+use config::Database;
 
 pub use config::{Secret, SecurityPosture, ServerConfig, TlsSettings};
 pub use error::ApiFailure;
@@ -156,14 +157,23 @@ impl Server {
             "server.lock",
             "cis490-reconciler",
         )?;
-        let db = config.database_path();
+        let database = config.database.clone();
+        let sqlite_file = config.database_path();
         let queue_config = config.queue.clone();
         let clock = Arc::clone(&config.clock);
-        let queue: SharedQueue = tokio::task::spawn_blocking(move || {
-            Queue::open_with_clock(&db, queue_config, clock).map(|q| Arc::new(q) as SharedQueue)
-        })
-        .await
-        .map_err(|e| ServerError::Queue(QueueError::Io(std::io::Error::other(e))))??;
+        // Blocking: the sync PostgreSQL client must not run on an async runtime thread.
+        let queue: SharedQueue =
+            tokio::task::spawn_blocking(move || match (database, sqlite_file) {
+                (Some(Database::Postgres(url)), _) => {
+                    PgQueue::open_with_clock(&url, queue_config, clock)
+                        .map(|q| Arc::new(q) as SharedQueue)
+                }
+                (_, Some(path)) => Queue::open_with_clock(&path, queue_config, clock)
+                    .map(|q| Arc::new(q) as SharedQueue),
+                (_, None) => Err(QueueError::corrupt("no database configured")),
+            })
+            .await
+            .map_err(|e| ServerError::Queue(QueueError::Io(std::io::Error::other(e))))??;
         let store_root = config.store_root();
         let max_upload = config.max_upload_bytes;
         let (store, recovery) = tokio::task::spawn_blocking(move || {

@@ -33,6 +33,8 @@ pub struct AppOptions {
     pub connections: ConnectionOptions,
     /// Caps on uploads and long-polls.
     pub caps: RequestCaps,
+    /// `--database` (None: SQLite in the state dir).
+    pub database: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -49,6 +51,7 @@ impl Default for AppOptions {
             protect_reads: false,
             connections: ConnectionOptions::default(),
             caps: RequestCaps::default(),
+            database: None,
         }
     }
 }
@@ -86,6 +89,9 @@ pub async fn spawn_app(opts: AppOptions) -> TestApp {
     config.protect_reads = opts.protect_reads;
     config.connections = opts.connections;
     config.caps = opts.caps;
+    if let Some(url) = &opts.database {
+        config.database = Some(cis490_reconciler::server::config::parse_database(url).unwrap());
+    }
     let clock = Arc::new(ManualClock::default());
     config.clock = clock.clone();
     let store_root = config.store_root();

@@ -105,6 +105,28 @@ impl Pool {
     }
 }
 
+impl Drop for Pool {
+    /// Closing a `postgres::Client` blocks on its own runtime, which panics on an async
+    /// runtime thread; the last `SharedQueue` of a server may well be dropped on one (at
+    /// shutdown), so the idle connections are closed on a thread of their own there.
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.lock().idle);
+        if idle.is_empty() {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let closed = std::thread::Builder::new()
+                .name("pg-pool-close".into())
+                .spawn(move || drop(idle));
+            if let Ok(handle) = closed {
+                let _ = handle.join();
+            }
+        } else {
+            drop(idle);
+        }
+    }
+}
+
 /// A checked-out connection; back to the pool when dropped.
 pub(crate) struct Pooled<'p> {
     pool: &'p Pool,
