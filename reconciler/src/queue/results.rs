@@ -261,7 +261,7 @@ pub(crate) fn i_job_progress(tx: &Tx<'_>, row: &JobRow) -> Result<JobProgress, Q
 
 /// A key as a JSON path member, quoted; keys with quotes or backslashes are refused
 /// (metric keys are names, and a path must not be able to escape its quotes).
-fn json_member(key: &str, what: &str) -> Result<String, QueueError> {
+pub(crate) fn json_member(key: &str, what: &str) -> Result<String, QueueError> {
     if key.is_empty() || key.contains(['"', '\\']) {
         return Err(QueueError::BadRequest {
             message: format!("{what} {key:?} cannot be empty or hold quotes or backslashes"),
@@ -319,7 +319,7 @@ fn sort_key(sort: Option<&str>) -> Result<Option<SortKey>, QueueError> {
 }
 
 /// The offset a results cursor stands for.
-fn decode_offset(after: Option<&str>) -> Result<u64, QueueError> {
+pub(crate) fn decode_offset(after: Option<&str>) -> Result<u64, QueueError> {
     match after {
         None => Ok(0),
         Some(text) => text.parse().map_err(|_| QueueError::BadRequest {

@@ -8,12 +8,12 @@ use cis490_api::{
     ResultsQuery, TrainerReport,
 };
 
-use super::test_support::{cpu, spec, worker};
+use super::test_support::{cpu, spec, worker, Backend, TestQueue};
 use super::{ManifestSource, Queue, QueueConfig, QueueError};
 use crate::plan::plan;
 
-fn queue_with(specs: &[JobSpec]) -> Queue {
-    let q = Queue::open_in_memory(QueueConfig::default()).unwrap();
+fn queue_with(b: Backend, specs: &[JobSpec]) -> TestQueue {
+    let q = b.queue();
     let p = plan(specs, &q.actual().unwrap());
     q.apply(&p, &[], &ManifestSource::default()).unwrap();
     q
@@ -23,7 +23,7 @@ fn m(json: &str) -> Metrics {
     parse_flat(json.as_bytes(), 10_000).unwrap()
 }
 
-fn beat(q: &Queue, job: &JobSpec, lease: &Lease, progress: Option<Metrics>) {
+fn beat(q: &dyn JobQueue, job: &JobSpec, lease: &Lease, progress: Option<Metrics>) {
     let req = HeartbeatRequest {
         log: Default::default(),
         worker: worker("w1"),
@@ -34,7 +34,7 @@ fn beat(q: &Queue, job: &JobSpec, lease: &Lease, progress: Option<Metrics>) {
     q.heartbeat(&job.id, &req).unwrap();
 }
 
-fn complete(q: &Queue, job: &JobSpec, lease: &Lease, report: TrainerReport) {
+fn complete(q: &dyn JobQueue, job: &JobSpec, lease: &Lease, report: TrainerReport) {
     let req = CompleteRequest {
         worker: worker("w1"),
         lease: lease.clone(),
@@ -45,7 +45,7 @@ fn complete(q: &Queue, job: &JobSpec, lease: &Lease, report: TrainerReport) {
 }
 
 /// Claims the next job on w1 and runs it to completion with `metrics`.
-fn run_one(q: &Queue, metrics: &str) -> JobSpec {
+fn run_one(q: &dyn JobQueue, metrics: &str) -> JobSpec {
     let claimed = q.claim(&worker("w1"), &cpu(16)).unwrap().unwrap();
     beat(q, &claimed.job, &claimed.lease, None);
     let report = TrainerReport {
@@ -71,19 +71,19 @@ fn matrix() -> Vec<JobSpec> {
         .collect()
 }
 
-#[test]
-fn heartbeat_progress_is_the_latest_point_and_grows_the_series() {
-    let q = queue_with(&[spec("a")]);
+fn heartbeat_progress_is_the_latest_point_and_grows_the_series(b: Backend) {
+    let q = queue_with(b, &[spec("a")]);
+    let q = &*q;
     let c = q.claim(&worker("w1"), &cpu(16)).unwrap().unwrap();
     beat(
-        &q,
+        q,
         &c.job,
         &c.lease,
         Some(m(r#"{"step": 1, "of": 3, "loss": 0.9}"#)),
     );
-    beat(&q, &c.job, &c.lease, None);
+    beat(q, &c.job, &c.lease, None);
     beat(
-        &q,
+        q,
         &c.job,
         &c.lease,
         Some(m(r#"{"step": 2, "of": 3, "loss": 0.5}"#)),
@@ -106,7 +106,7 @@ fn heartbeat_progress_is_the_latest_point_and_grows_the_series() {
     // The agent's history replaces the live series at the end; the metrics are kept.
     let history: Vec<Metrics> = (1..=3).map(|i| m(&format!(r#"{{"step": {i}}}"#))).collect();
     complete(
-        &q,
+        q,
         &c.job,
         &c.lease,
         TrainerReport {
@@ -126,18 +126,13 @@ fn heartbeat_progress_is_the_latest_point_and_grows_the_series() {
     assert_eq!(view.metrics, Some(m(r#"{"accuracy": 0.8}"#)));
 }
 
-#[test]
-fn a_live_series_past_its_bound_is_thinned_not_cut() {
-    let q = queue_with(&[spec("a")]);
+fn a_live_series_past_its_bound_is_thinned_not_cut(b: Backend) {
+    let q = queue_with(b, &[spec("a")]);
+    let q = &*q;
     let c = q.claim(&worker("w1"), &cpu(16)).unwrap().unwrap();
     let n = cis490_api::results::MAX_PROGRESS_POINTS + 5;
     for i in 0..n {
-        beat(
-            &q,
-            &c.job,
-            &c.lease,
-            Some(m(&format!(r#"{{"step": {i}}}"#))),
-        );
+        beat(q, &c.job, &c.lease, Some(m(&format!(r#"{{"step": {i}}}"#))));
     }
     let series = q.job_progress(&c.job.id).unwrap().attempts.remove(0).series;
     assert!(series.len() <= 200, "{}", series.len());
@@ -149,9 +144,9 @@ fn a_live_series_past_its_bound_is_thinned_not_cut() {
     );
 }
 
-#[test]
-fn warnings_become_events_and_failures_keep_their_series() {
-    let q = queue_with(&[spec("a")]);
+fn warnings_become_events_and_failures_keep_their_series(b: Backend) {
+    let q = queue_with(b, &[spec("a")]);
+    let q = &*q;
     let c = q.claim(&worker("w1"), &cpu(16)).unwrap().unwrap();
     let req = FailRequest {
         cause: Default::default(),
@@ -188,9 +183,9 @@ fn warnings_become_events_and_failures_keep_their_series() {
         .is_empty());
 }
 
-#[test]
-fn reports_beyond_their_bounds_are_refused_before_anything_changes() {
-    let q = queue_with(&[spec("a")]);
+fn reports_beyond_their_bounds_are_refused_before_anything_changes(b: Backend) {
+    let q = queue_with(b, &[spec("a")]);
+    let q = &*q;
     let c = q.claim(&worker("w1"), &cpu(16)).unwrap().unwrap();
     let fat = m(&format!(r#"{{"note": "{}"}}"#, "x".repeat(5000)));
     let req = HeartbeatRequest {
@@ -216,14 +211,14 @@ fn reports_beyond_their_bounds_are_refused_before_anything_changes() {
     assert_eq!(q.job(&c.job.id).unwrap().status, JobStatus::Claimed);
 }
 
-#[test]
-fn results_filter_sort_and_page() {
-    let q = queue_with(&matrix());
+fn results_filter_sort_and_page(b: Backend) {
+    let q = queue_with(b, &matrix());
+    let q = &*q;
     // job0..job3 in manifest order; accuracy 0.5, 0.9, 0.7, and none.
-    run_one(&q, r#"{"accuracy": 0.5, "loss": 2}"#);
-    run_one(&q, r#"{"accuracy": 0.9, "loss": 1}"#);
-    run_one(&q, r#"{"accuracy": 0.7, "loss": 3}"#);
-    run_one(&q, r#"{"loss": 4}"#);
+    run_one(q, r#"{"accuracy": 0.5, "loss": 2}"#);
+    run_one(q, r#"{"accuracy": 0.9, "loss": 1}"#);
+    run_one(q, r#"{"accuracy": 0.7, "loss": 3}"#);
+    run_one(q, r#"{"loss": 4}"#);
     let page = |query: ResultsQuery, limit| q.results_page(&query, limit).unwrap();
     let accuracies = |p: &cis490_api::Page<cis490_api::ResultRow>| -> Vec<Option<f64>> {
         p.items
@@ -328,10 +323,10 @@ fn results_filter_sort_and_page() {
     }
 }
 
-#[test]
-fn requeued_jobs_keep_each_completed_attempt_for_comparison() {
-    let q = queue_with(&[spec("a")]);
-    let job = run_one(&q, r#"{"accuracy": 0.5}"#);
+fn requeued_jobs_keep_each_completed_attempt_for_comparison(b: Backend) {
+    let q = queue_with(b, &[spec("a")]);
+    let q = &*q;
+    let job = run_one(q, r#"{"accuracy": 0.5}"#);
     q.requeue(&job.id).unwrap();
     let rows = |attempts| {
         q.results_page(
@@ -346,7 +341,7 @@ fn requeued_jobs_keep_each_completed_attempt_for_comparison() {
     };
     assert!(rows(false).is_empty(), "a requeued job has no result yet");
     assert_eq!(rows(true).len(), 1, "its earlier completion is kept");
-    run_one(&q, r#"{"accuracy": 0.6}"#);
+    run_one(q, r#"{"accuracy": 0.6}"#);
     let latest = rows(false);
     assert_eq!(latest.len(), 1);
     assert_eq!(latest[0].metrics["accuracy"].as_f64(), Some(0.6));
@@ -395,9 +390,9 @@ fn jobs_completed_before_results_were_kept_are_listed_after_migration() {
     assert_eq!(row.worker, "w1");
 }
 
-#[test]
-fn a_lease_handed_back_with_nothing_to_report_adds_no_attempt() {
-    let q = queue_with(&[spec("a")]);
+fn a_lease_handed_back_with_nothing_to_report_adds_no_attempt(b: Backend) {
+    let q = queue_with(b, &[spec("a")]);
+    let q = &*q;
     let release = |c: &cis490_api::ClaimResponse| FailRequest {
         cause: Default::default(),
         worker: worker("w1"),
@@ -413,7 +408,7 @@ fn a_lease_handed_back_with_nothing_to_report_adds_no_attempt() {
     assert!(q.job_progress(&c.job.id).unwrap().attempts.is_empty());
     // One that reported progress keeps it, marked released.
     let c = q.claim(&worker("w1"), &cpu(16)).unwrap().unwrap();
-    beat(&q, &c.job, &c.lease, Some(m(r#"{"step": 1}"#)));
+    beat(q, &c.job, &c.lease, Some(m(r#"{"step": 1}"#)));
     q.fail(&c.job.id, &release(&c)).unwrap();
     let attempts = q.job_progress(&c.job.id).unwrap().attempts;
     assert_eq!(attempts.len(), 1);
@@ -423,7 +418,15 @@ fn a_lease_handed_back_with_nothing_to_report_adds_no_attempt() {
 
 #[test]
 fn a_completion_with_nothing_to_report_writes_no_row_and_is_still_a_result() {
-    let q = queue_with(&[spec("a"), spec("b")]);
+    // Reads SQLite's table directly: this one stays on SQLite.
+    let q = Queue::open_in_memory(QueueConfig::default()).unwrap();
+    let jobs = [spec("a"), spec("b")];
+    q.apply(
+        &plan(&jobs, &q.actual().unwrap()),
+        &[],
+        &ManifestSource::default(),
+    )
+    .unwrap();
     let c = q.claim(&worker("w1"), &cpu(16)).unwrap().unwrap();
     beat(&q, &c.job, &c.lease, None);
     complete(&q, &c.job, &c.lease, TrainerReport::default());
@@ -456,3 +459,13 @@ fn a_completion_with_nothing_to_report_writes_no_row_and_is_still_a_result() {
         2
     );
 }
+
+super::test_support::on_both_backends!(
+    heartbeat_progress_is_the_latest_point_and_grows_the_series,
+    a_live_series_past_its_bound_is_thinned_not_cut,
+    warnings_become_events_and_failures_keep_their_series,
+    reports_beyond_their_bounds_are_refused_before_anything_changes,
+    results_filter_sort_and_page,
+    requeued_jobs_keep_each_completed_attempt_for_comparison,
+    a_lease_handed_back_with_nothing_to_report_adds_no_attempt,
+);

@@ -22,11 +22,13 @@ mod operator;
 mod pool;
 mod reads;
 mod results;
+mod results_listing;
 mod rows;
 mod schema;
 mod sweep;
 mod tokens;
 mod tx;
+mod uploads;
 mod workers;
 
 use std::collections::{BTreeMap, HashSet};
@@ -311,16 +313,19 @@ impl JobQueue for PgQueue {
         unsupported("job_log")
     }
 
-    fn job_progress(&self, _id: &JobId) -> Result<JobProgress, QueueError> {
-        unsupported("job_progress")
+    fn job_progress(&self, id: &JobId) -> Result<JobProgress, QueueError> {
+        self.read(|tx| {
+            let row = rows::i_existing_job(tx, id)?;
+            results::i_job_progress(tx, &row)
+        })
     }
 
     fn results_page(
         &self,
-        _query: &ResultsQuery,
-        _limit: usize,
+        query: &ResultsQuery,
+        limit: usize,
     ) -> Result<Page<ResultRow>, QueueError> {
-        unsupported("results_page")
+        self.read(|tx| results_listing::i_results_page(tx, query, limit))
     }
 
     fn explain(&self, _id: &JobId) -> Result<Explain, QueueError> {
@@ -337,10 +342,10 @@ impl JobQueue for PgQueue {
 
     fn uploads_page(
         &self,
-        _before: Option<i64>,
-        _limit: usize,
+        before: Option<i64>,
+        limit: usize,
     ) -> Result<(Vec<ArtifactView>, Option<i64>), QueueError> {
-        unsupported("uploads_page")
+        self.read(|tx| uploads::i_uploads_page(tx, before, limit))
     }
 
     fn recorded_artifacts(&self, ids: &[ArtifactId]) -> Result<HashSet<ArtifactId>, QueueError> {

@@ -164,3 +164,49 @@ pub(crate) fn i_completed_metrics(
     };
     text.map(|t| from_json("metrics", &t)).transpose()
 }
+
+/// Every attempt of `row`'s job that reported anything, oldest first (SQLite's
+/// `results::i_job_progress`).
+pub(crate) fn i_job_progress(
+    tx: &mut PgTx<'_>,
+    row: &JobRow,
+) -> Result<cis490_api::JobProgress, QueueError> {
+    let rows = tx.db.query(
+        "SELECT attempt, lease_token, worker, outcome, progress, series, metrics, warnings, \
+         started_at, finished_at FROM attempt_results WHERE job_id = $1 \
+         ORDER BY COALESCE(started_at, finished_at), lease_token",
+        &[&row.spec.id.as_str()],
+    )?;
+    let mut attempts = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let token: String = r.try_get(1)?;
+        let ended: Option<String> = r.try_get(3)?;
+        let latest: Option<String> = r.try_get(4)?;
+        let series: String = r.try_get(5)?;
+        let metrics: Option<String> = r.try_get(6)?;
+        let warnings: String = r.try_get(7)?;
+        let started: Option<i64> = r.try_get(8)?;
+        let finished: Option<i64> = r.try_get(9)?;
+        let current = row.status.is_leased() && row.lease_token.as_deref() == Some(&token);
+        let outcome = match ended {
+            Some(o) => o,
+            None if current => "running".to_string(),
+            None => "lost".to_string(),
+        };
+        attempts.push(cis490_api::AttemptProgress {
+            attempt: super::rows::count(r.try_get(0)?, "attempt")?,
+            worker: r.try_get(2)?,
+            outcome,
+            latest: latest.map(|t| from_json("progress", &t)).transpose()?,
+            series: from_json("progress series", &series)?,
+            metrics: metrics.map(|t| from_json("metrics", &t)).transpose()?,
+            warnings: from_json("warnings", &warnings)?,
+            started_at: started.map(crate::queue::rows::from_ms),
+            finished_at: finished.map(crate::queue::rows::from_ms),
+        });
+    }
+    Ok(cis490_api::JobProgress {
+        job_id: row.spec.id.clone(),
+        attempts,
+    })
+}
