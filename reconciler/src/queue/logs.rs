@@ -28,10 +28,10 @@ pub const DEFAULT_MAX_LOG_BYTES_PER_ATTEMPT: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_LOG_PAGE_BYTES: u64 = 256 * 1024;
 pub const MAX_LOG_PAGE_BYTES: u64 = 1024 * 1024;
 /// How much of the log's end the job row keeps as `log_tail` (older views show it).
-const LOG_TAIL_BYTES: usize = 4096;
+pub(crate) const LOG_TAIL_BYTES: usize = 4096;
 /// After trimming the front of the kept tail, start at the next line if one starts this
 /// close, so the first kept line is whole.
-const LINE_SNAP_BYTES: usize = 4096;
+pub(crate) const LINE_SNAP_BYTES: usize = 4096;
 
 /// The log row of one (job, attempt).
 struct LogRow {
@@ -70,7 +70,7 @@ fn i_log_row(tx: &Tx<'_>, id: &JobId, attempt: u32) -> Result<Option<LogRow>, Qu
 }
 
 /// The largest char boundary of `s` at or below `at`.
-fn floor_boundary(s: &str, at: usize) -> usize {
+pub(crate) fn floor_boundary(s: &str, at: usize) -> usize {
     let mut at = at.min(s.len());
     while !s.is_char_boundary(at) {
         at -= 1;
@@ -79,7 +79,7 @@ fn floor_boundary(s: &str, at: usize) -> usize {
 }
 
 /// The smallest char boundary of `s` at or above `at`.
-fn ceil_boundary(s: &str, at: usize) -> usize {
+pub(crate) fn ceil_boundary(s: &str, at: usize) -> usize {
     let mut at = at.min(s.len());
     while !s.is_char_boundary(at) {
         at += 1;
@@ -414,7 +414,7 @@ pub(crate) fn i_read(tx: &Tx<'_>, id: &JobId, query: &LogQuery) -> Result<LogPag
     Ok(page)
 }
 
-fn past_the_end(offset: u64, size: u64) -> QueueError {
+pub(crate) fn past_the_end(offset: u64, size: u64) -> QueueError {
     QueueError::BadRequest {
         message: format!("offset {offset} is past the end of the log ({size} bytes)"),
     }

@@ -6,33 +6,35 @@ use cis490_api::{
     ClaimResponse, FailRequest, HeartbeatRequest, JobId, Lease, LogChunk, LogPage, LogQuery,
 };
 
-use super::test_support::{cpu, spec, worker};
+use super::test_support::{cpu, manual_clock, spec, worker, Backend, TestQueue};
 use super::{ManifestSource, Queue, QueueConfig, QueueError};
 use crate::plan::plan;
 
-fn queue_with_cap(cap: u64) -> Queue {
-    Queue::open_in_memory(QueueConfig {
-        max_log_bytes_per_attempt: cap,
-        ..QueueConfig::default()
-    })
-    .unwrap()
+fn queue_with_cap(b: Backend, cap: u64) -> TestQueue {
+    b.queue_on(
+        &manual_clock(),
+        QueueConfig {
+            max_log_bytes_per_attempt: cap,
+            ..QueueConfig::default()
+        },
+    )
 }
 
-fn load_one(q: &Queue, name: &str) -> JobId {
+fn load_one(q: &dyn JobQueue, name: &str) -> JobId {
     let job = spec(name);
     let p = plan(std::slice::from_ref(&job), &q.actual().unwrap());
     q.apply(&p, &[], &ManifestSource::default()).unwrap();
     job.id
 }
 
-fn claim(q: &Queue, w: &str) -> ClaimResponse {
+fn claim(q: &dyn JobQueue, w: &str) -> ClaimResponse {
     q.claim(&worker(w), &cpu(8))
         .unwrap()
         .expect("a job to claim")
 }
 
 /// A heartbeat carrying `text` as the bytes `from..from + len` of the lease's log file.
-fn send(q: &Queue, id: &JobId, w: &str, lease: &Lease, from: u64, text: &str) -> u64 {
+fn send(q: &dyn JobQueue, id: &JobId, w: &str, lease: &Lease, from: u64, text: &str) -> u64 {
     try_send(q, id, w, lease, from, text)
         .unwrap()
         .log_offset
@@ -40,7 +42,7 @@ fn send(q: &Queue, id: &JobId, w: &str, lease: &Lease, from: u64, text: &str) ->
 }
 
 fn try_send(
-    q: &Queue,
+    q: &dyn JobQueue,
     id: &JobId,
     w: &str,
     lease: &Lease,
@@ -63,7 +65,13 @@ fn try_send(
     )
 }
 
-fn read(q: &Queue, id: &JobId, attempt: Option<u32>, offset: u64, limit: Option<u64>) -> LogPage {
+fn read(
+    q: &dyn JobQueue,
+    id: &JobId,
+    attempt: Option<u32>,
+    offset: u64,
+    limit: Option<u64>,
+) -> LogPage {
     q.job_log(
         id,
         &LogQuery {
@@ -76,7 +84,7 @@ fn read(q: &Queue, id: &JobId, attempt: Option<u32>, offset: u64, limit: Option<
 }
 
 /// Everything from offset 0, page by page.
-fn read_all(q: &Queue, id: &JobId, attempt: Option<u32>, limit: Option<u64>) -> String {
+fn read_all(q: &dyn JobQueue, id: &JobId, attempt: Option<u32>, limit: Option<u64>) -> String {
     let mut text = String::new();
     let mut offset = 0;
     loop {
@@ -89,7 +97,7 @@ fn read_all(q: &Queue, id: &JobId, attempt: Option<u32>, limit: Option<u64>) -> 
     }
 }
 
-fn fail(q: &Queue, id: &JobId, w: &str, lease: &Lease) {
+fn fail(q: &dyn JobQueue, id: &JobId, w: &str, lease: &Lease) {
     q.fail(
         id,
         &FailRequest {
@@ -106,12 +114,12 @@ fn fail(q: &Queue, id: &JobId, w: &str, lease: &Lease) {
     .unwrap();
 }
 
-#[test]
-fn chunks_append_in_order_resends_are_ignored_and_pages_follow_offsets() {
-    let q = queue_with_cap(1 << 20);
-    let id = load_one(&q, "a");
-    let c = claim(&q, "w1");
-    let before = read(&q, &id, None, 0, None);
+fn chunks_append_in_order_resends_are_ignored_and_pages_follow_offsets(b: Backend) {
+    let q = queue_with_cap(b, 1 << 20);
+    let q = &*q;
+    let id = load_one(q, "a");
+    let c = claim(q, "w1");
+    let before = read(q, &id, None, 0, None);
     assert_eq!(
         before.attempt,
         Some(1),
@@ -122,19 +130,19 @@ fn chunks_append_in_order_resends_are_ignored_and_pages_follow_offsets() {
         ("", 0, false)
     );
 
-    assert_eq!(send(&q, &id, "w1", &c.lease, 0, "line 1\nline 2\n"), 14);
+    assert_eq!(send(q, &id, "w1", &c.lease, 0, "line 1\nline 2\n"), 14);
     // The answer was lost and the agent sends the same chunk again: kept once.
-    assert_eq!(send(&q, &id, "w1", &c.lease, 0, "line 1\nline 2\n"), 14);
+    assert_eq!(send(q, &id, "w1", &c.lease, 0, "line 1\nline 2\n"), 14);
     // A chunk past what the server holds is not appended; the answer says where to resume.
-    assert_eq!(send(&q, &id, "w1", &c.lease, 20, "later\n"), 14);
-    assert_eq!(send(&q, &id, "w1", &c.lease, 14, "line 3\n"), 21);
-    assert_eq!(read_all(&q, &id, None, None), "line 1\nline 2\nline 3\n");
+    assert_eq!(send(q, &id, "w1", &c.lease, 20, "later\n"), 14);
+    assert_eq!(send(q, &id, "w1", &c.lease, 14, "line 3\n"), 21);
+    assert_eq!(read_all(q, &id, None, None), "line 1\nline 2\nline 3\n");
     // Small pages: every byte once, in order.
     assert_eq!(
-        read_all(&q, &id, Some(1), Some(5)),
+        read_all(q, &id, Some(1), Some(5)),
         "line 1\nline 2\nline 3\n"
     );
-    let page = read(&q, &id, None, 7, Some(7));
+    let page = read(q, &id, None, 7, Some(7));
     assert_eq!((page.text.as_str(), page.next_offset), ("line 2\n", 14));
     assert!(matches!(
         q.job_log(
@@ -153,33 +161,33 @@ fn chunks_append_in_order_resends_are_ignored_and_pages_follow_offsets() {
     );
 }
 
-#[test]
-fn a_page_never_splits_a_character() {
-    let q = queue_with_cap(1 << 20);
-    let id = load_one(&q, "a");
-    let c = claim(&q, "w1");
+fn a_page_never_splits_a_character(b: Backend) {
+    let q = queue_with_cap(b, 1 << 20);
+    let q = &*q;
+    let id = load_one(q, "a");
+    let c = claim(q, "w1");
     let text = "héllo wörld ✓ done\n";
-    send(&q, &id, "w1", &c.lease, 0, text);
+    send(q, &id, "w1", &c.lease, 0, text);
     for limit in 1..8 {
-        assert_eq!(read_all(&q, &id, None, Some(limit)), text, "limit {limit}");
+        assert_eq!(read_all(q, &id, None, Some(limit)), text, "limit {limit}");
     }
 }
 
-#[test]
-fn over_the_cap_the_head_and_the_latest_part_stay_with_one_marker() {
+fn over_the_cap_the_head_and_the_latest_part_stay_with_one_marker(b: Backend) {
     let cap = 1000;
-    let q = queue_with_cap(cap);
-    let id = load_one(&q, "a");
-    let c = claim(&q, "w1");
+    let q = queue_with_cap(b, cap);
+    let q = &*q;
+    let id = load_one(q, "a");
+    let c = claim(q, "w1");
     let mut offset = 0;
     let mut all = String::new();
     for i in 0..400 {
         let line = format!("line {i:04}\n");
         all.push_str(&line);
-        offset = send(&q, &id, "w1", &c.lease, offset, &line);
+        offset = send(q, &id, "w1", &c.lease, offset, &line);
     }
-    let text = read_all(&q, &id, None, Some(97));
-    let page = read(&q, &id, None, 0, None);
+    let text = read_all(q, &id, None, Some(97));
+    let page = read(q, &id, None, 0, None);
     assert!(page.dropped_bytes > 0);
     assert_eq!(page.size, all.len() as u64);
     let kept = page.size - page.dropped_bytes;
@@ -200,7 +208,7 @@ fn over_the_cap_the_head_and_the_latest_part_stay_with_one_marker() {
         "the kept tail starts at a line: {tail:?}"
     );
     // A reader that was inside the part since dropped resumes after the marker.
-    let late = read(&q, &id, None, cap / 2 + 20, None);
+    let late = read(q, &id, None, cap / 2 + 20, None);
     assert!(
         late.text.starts_with("[... truncated: "),
         "{:?}",
@@ -209,26 +217,26 @@ fn over_the_cap_the_head_and_the_latest_part_stay_with_one_marker() {
     assert!(late.text.ends_with("line 0399\n"));
 }
 
-#[test]
-fn a_stale_lease_appends_nothing() {
-    let q = queue_with_cap(1 << 20);
-    let id = load_one(&q, "a");
-    let first = claim(&q, "w1");
-    send(&q, &id, "w1", &first.lease, 0, "first attempt\n");
+fn a_stale_lease_appends_nothing(b: Backend) {
+    let q = queue_with_cap(b, 1 << 20);
+    let q = &*q;
+    let id = load_one(q, "a");
+    let first = claim(q, "w1");
+    send(q, &id, "w1", &first.lease, 0, "first attempt\n");
     q.sweep(q.now() + chrono::Duration::seconds(91)).unwrap();
-    let second = claim(&q, "w2");
-    let err = try_send(&q, &id, "w1", &first.lease, 14, "from the stale lease\n").unwrap_err();
+    let second = claim(q, "w2");
+    let err = try_send(q, &id, "w1", &first.lease, 14, "from the stale lease\n").unwrap_err();
     assert!(matches!(err, QueueError::LeaseLost { .. }), "{err}");
     // Another worker with the current lease's numbers but not its holder: refused too.
-    let err = try_send(&q, &id, "w1", &second.lease, 0, "intruder\n").unwrap_err();
+    let err = try_send(q, &id, "w1", &second.lease, 0, "intruder\n").unwrap_err();
     assert!(matches!(err, QueueError::LeaseLost { .. }), "{err}");
-    assert_eq!(read_all(&q, &id, Some(1), None), "first attempt\n");
-    assert_eq!(read_all(&q, &id, Some(2), None), "");
+    assert_eq!(read_all(q, &id, Some(1), None), "first attempt\n");
+    assert_eq!(read_all(q, &id, Some(2), None), "");
 }
 
-#[test]
-fn each_attempt_keeps_its_own_log_and_finished_follows_the_lease() {
-    let q = queue_with_cap(1 << 20);
+fn each_attempt_keeps_its_own_log_and_finished_follows_the_lease(b: Backend) {
+    let q = queue_with_cap(b, 1 << 20);
+    let q = &*q;
     let job = cis490_api::JobSpec {
         retry: cis490_api::RetryPolicy {
             retries_on_failure: 1,
@@ -238,30 +246,30 @@ fn each_attempt_keeps_its_own_log_and_finished_follows_the_lease() {
     let p = plan(std::slice::from_ref(&job), &q.actual().unwrap());
     q.apply(&p, &[], &ManifestSource::default()).unwrap();
     let id = job.id;
-    let first = claim(&q, "w1");
-    send(&q, &id, "w1", &first.lease, 0, "attempt one\n");
-    fail(&q, &id, "w1", &first.lease);
-    let page = read(&q, &id, None, 0, None);
+    let first = claim(q, "w1");
+    send(q, &id, "w1", &first.lease, 0, "attempt one\n");
+    fail(q, &id, "w1", &first.lease);
+    let page = read(q, &id, None, 0, None);
     assert_eq!((page.attempt, page.finished), (Some(1), true));
-    let second = claim(&q, "w2");
-    send(&q, &id, "w2", &second.lease, 0, "attempt two\n");
-    let page = read(&q, &id, None, 0, None);
+    let second = claim(q, "w2");
+    send(q, &id, "w2", &second.lease, 0, "attempt two\n");
+    let page = read(q, &id, None, 0, None);
     assert_eq!((page.attempt, page.finished), (Some(2), false));
     assert_eq!(page.attempts, vec![1, 2]);
-    assert_eq!(read_all(&q, &id, Some(1), None), "attempt one\n");
-    assert_eq!(read_all(&q, &id, Some(2), None), "attempt two\n");
+    assert_eq!(read_all(q, &id, Some(1), None), "attempt one\n");
+    assert_eq!(read_all(q, &id, Some(2), None), "attempt two\n");
     // Cancelled: the log stays, and the attempt is over.
     q.cancel(&id).unwrap();
-    let page = read(&q, &id, None, 0, None);
+    let page = read(q, &id, None, 0, None);
     assert_eq!((page.text.as_str(), page.finished), ("attempt two\n", true));
 }
 
-#[test]
-fn a_lease_handed_back_and_leased_again_goes_on_after_a_separator() {
-    let q = queue_with_cap(1 << 20);
-    let id = load_one(&q, "a");
-    let first = claim(&q, "w1");
-    send(&q, &id, "w1", &first.lease, 0, "before shutdown\n");
+fn a_lease_handed_back_and_leased_again_goes_on_after_a_separator(b: Backend) {
+    let q = queue_with_cap(b, 1 << 20);
+    let q = &*q;
+    let id = load_one(q, "a");
+    let first = claim(q, "w1");
+    send(q, &id, "w1", &first.lease, 0, "before shutdown\n");
     q.fail(
         &id,
         &FailRequest {
@@ -276,11 +284,11 @@ fn a_lease_handed_back_and_leased_again_goes_on_after_a_separator() {
         },
     )
     .unwrap();
-    let again = claim(&q, "w2");
+    let again = claim(q, "w2");
     assert_eq!(again.lease.attempt, first.lease.attempt);
     // The new lease's file starts at 0.
-    assert_eq!(send(&q, &id, "w2", &again.lease, 0, "after\n"), 6);
-    let text = read_all(&q, &id, None, None);
+    assert_eq!(send(q, &id, "w2", &again.lease, 0, "after\n"), 6);
+    let text = read_all(q, &id, None, None);
     assert!(text.starts_with("before shutdown\n"));
     assert!(text.contains("leased again, to w2"), "{text}");
     assert!(text.ends_with("after\n"));
@@ -300,3 +308,12 @@ fn an_acknowledged_append_survives_a_reopen() {
     let q = Queue::open(&path, QueueConfig::default()).unwrap();
     assert_eq!(read_all(&q, &id, Some(1), None), "acknowledged\n");
 }
+
+super::test_support::on_both_backends!(
+    chunks_append_in_order_resends_are_ignored_and_pages_follow_offsets,
+    a_page_never_splits_a_character,
+    over_the_cap_the_head_and_the_latest_part_stay_with_one_marker,
+    a_stale_lease_appends_nothing,
+    each_attempt_keeps_its_own_log_and_finished_follows_the_lease,
+    a_lease_handed_back_and_leased_again_goes_on_after_a_separator,
+);

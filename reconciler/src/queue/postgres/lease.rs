@@ -43,8 +43,8 @@ fn i_leased_job(
     Ok(row)
 }
 
-/// A heartbeat. Log chunks are not stored on this backend yet: the answer's `log_offset`
-/// is None, which agents read as a server without log streaming (they stop sending).
+/// A heartbeat: extends the lease (the first one starts the job), stores the log chunk
+/// and progress it carries.
 pub(crate) fn i_heartbeat(
     tx: &mut PgTx<'_>,
     id: &JobId,
@@ -59,6 +59,17 @@ pub(crate) fn i_heartbeat(
             &[&id.as_str(), tail],
         )?;
     }
+    let log_offset = match &req.log {
+        Some(chunk) => super::logs::i_append(
+            tx,
+            id,
+            &req.worker,
+            &req.lease,
+            chunk,
+            tx.config.max_log_bytes_per_attempt,
+        )?,
+        None => super::logs::i_source_next(tx, id, &req.lease)?,
+    };
     if let Some(point) = &req.progress {
         i_record_progress(tx, id, &req.worker, &req.lease, point)?;
     }
@@ -69,7 +80,7 @@ pub(crate) fn i_heartbeat(
     else {
         return Ok(HeartbeatResponse {
             cancel: true,
-            log_offset: None,
+            log_offset: Some(log_offset),
         });
     };
     tx.db.execute(
@@ -85,7 +96,7 @@ pub(crate) fn i_heartbeat(
     }
     Ok(HeartbeatResponse {
         cancel: false,
-        log_offset: None,
+        log_offset: Some(log_offset),
     })
 }
 

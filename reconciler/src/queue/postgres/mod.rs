@@ -16,6 +16,7 @@ mod apply;
 mod events;
 mod failures;
 mod lease;
+mod logs;
 mod matching;
 mod nodes;
 mod operator;
@@ -309,8 +310,8 @@ impl JobQueue for PgQueue {
         })
     }
 
-    fn job_log(&self, _id: &JobId, _query: &LogQuery) -> Result<LogPage, QueueError> {
-        unsupported("job_log")
+    fn job_log(&self, id: &JobId, query: &LogQuery) -> Result<LogPage, QueueError> {
+        self.read(|tx| logs::i_read(tx, id, query))
     }
 
     fn job_progress(&self, id: &JobId) -> Result<JobProgress, QueueError> {
