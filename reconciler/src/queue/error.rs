@@ -54,12 +54,6 @@ pub enum QueueError {
     /// A stored value could not be read back (bad JSON, bad ID, unknown status).
     #[error("corrupt queue data: {0}")]
     Corrupt(String),
-    /// The backend does not implement this operation yet (the other backend does).
-    #[error("`{what}` is not implemented on the {backend} backend yet")]
-    Unsupported {
-        what: &'static str,
-        backend: &'static str,
-    },
 }
 
 impl QueueError {
@@ -79,8 +73,7 @@ impl QueueError {
             | QueueError::Transient(_)
             | QueueError::Commit(_)
             | QueueError::Io(_)
-            | QueueError::Corrupt(_)
-            | QueueError::Unsupported { .. } => "internal",
+            | QueueError::Corrupt(_) => "internal",
         }
     }
 

@@ -297,7 +297,12 @@ fn top_reasons<'a>(reasons: impl Iterator<Item = &'a String>) -> String {
 /// One line: who can run it now, who later and why not yet, or why nobody ever can
 /// (lasting reasons first, so a host policy is never hidden behind a cordon); then the
 /// place in the queue.
-fn pending_summary(workers: &[WorkerFit], position: u64, total: u64, never_ahead: u64) -> String {
+pub(crate) fn pending_summary(
+    workers: &[WorkerFit],
+    position: u64,
+    total: u64,
+    never_ahead: u64,
+) -> String {
     let mut place = format!("position {position} of {total} pending");
     if never_ahead > 0 {
         place.push_str(&format!(
@@ -345,7 +350,7 @@ fn pending_summary(workers: &[WorkerFit], position: u64, total: u64, never_ahead
     )
 }
 
-fn not_pending_summary(row: &JobRow) -> String {
+pub(crate) fn not_pending_summary(row: &JobRow) -> String {
     let worker = row.worker.as_deref().unwrap_or("?");
     let max = row.spec.max_attempts;
     match row.status {

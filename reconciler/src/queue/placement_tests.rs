@@ -7,13 +7,9 @@ use cis490_api::{Capability, ClaimResponse, Gpu, JobSpec};
 
 use super::test_support::Backend;
 use super::test_support::{cpu, gpu, spec, worker};
-use super::{ManifestSource, Queue, QueueConfig};
+use super::ManifestSource;
 use crate::plan::plan;
 use crate::policy::HostPolicy;
-
-fn queue() -> Queue {
-    Queue::open_in_memory(QueueConfig::default()).unwrap()
-}
 
 fn load_hosts(q: &dyn JobQueue, desired: &[JobSpec], hosts: &[HostPolicy]) {
     let source = ManifestSource {
@@ -59,15 +55,15 @@ fn explained(q: &dyn JobQueue, job: &JobSpec) -> String {
         .join("\n")
 }
 
-#[test]
-fn a_node_selector_job_goes_only_to_a_worker_with_every_label() {
-    let q = queue();
+fn a_node_selector_job_goes_only_to_a_worker_with_every_label(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let job = selecting("sel", &[("gpu", "rtx-4090"), ("room", "a")]);
-    load_hosts(&q, std::slice::from_ref(&job), &[]);
-    assert!(claim(&q, "plain", &cpu(16)).is_none());
-    assert!(claim(&q, "half", &labelled(&[("gpu", "rtx-4090")])).is_none());
-    assert!(claim(&q, "wrong", &labelled(&[("gpu", "a100"), ("room", "a")])).is_none());
-    let why = explained(&q, &job);
+    load_hosts(q, std::slice::from_ref(&job), &[]);
+    assert!(claim(q, "plain", &cpu(16)).is_none());
+    assert!(claim(q, "half", &labelled(&[("gpu", "rtx-4090")])).is_none());
+    assert!(claim(q, "wrong", &labelled(&[("gpu", "a100"), ("room", "a")])).is_none());
+    let why = explained(q, &job);
     assert!(
         why.contains("plain: no label gpu (node_selector wants gpu=rtx-4090)"),
         "{why}"
@@ -81,7 +77,7 @@ fn a_node_selector_job_goes_only_to_a_worker_with_every_label() {
         "{why}"
     );
     let both = labelled(&[("gpu", "rtx-4090"), ("room", "a"), ("extra", "x")]);
-    assert_eq!(claim(&q, "both", &both).unwrap().job.id, job.id);
+    assert_eq!(claim(q, "both", &both).unwrap().job.id, job.id);
 }
 
 fn a_node_selector_is_matched_for_pinned_jobs_too(b: Backend) {
@@ -121,23 +117,23 @@ fn hosts_labels_count_and_win_over_the_agents(b: Backend) {
     assert_eq!(view.capability.labels, labels(&[("room", "a")]));
 }
 
-#[test]
-fn a_cores_job_waits_until_enough_cores_are_free() {
-    let q = queue();
+fn a_cores_job_waits_until_enough_cores_are_free(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let mut job = spec("cores");
     job.constraints.cores = 4;
-    load_hosts(&q, std::slice::from_ref(&job), &[]);
+    load_hosts(q, std::slice::from_ref(&job), &[]);
     let busy = Capability {
         cores_allocatable: Some(2),
         ..cpu(16)
     };
-    assert!(claim(&q, "w", &busy).is_none());
+    assert!(claim(q, "w", &busy).is_none());
     let small = Capability {
         cores: 2,
         ..cpu(16)
     };
-    assert!(claim(&q, "small", &small).is_none());
-    let why = explained(&q, &job);
+    assert!(claim(q, "small", &small).is_none());
+    let why = explained(q, &job);
     assert!(why.contains("w: needs 4 cores, 2 free"), "{why}");
     assert!(
         why.contains("small: needs 4 cores, 2 free (it has 2 in all)"),
@@ -149,17 +145,17 @@ fn a_cores_job_waits_until_enough_cores_are_free() {
         cores_allocatable: Some(4),
         ..cpu(16)
     };
-    assert_eq!(claim(&q, "w", &free).unwrap().job.id, job.id);
+    assert_eq!(claim(q, "w", &free).unwrap().job.id, job.id);
 }
 
-#[test]
-fn a_gpus_job_needs_that_many_whole_free_gpus() {
-    let q = queue();
+fn a_gpus_job_needs_that_many_whole_free_gpus(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let mut job = spec("gpus");
     job.constraints.gpus = 2;
-    load_hosts(&q, std::slice::from_ref(&job), &[]);
-    assert!(claim(&q, "one", &gpu(24)).is_none());
-    assert!(claim(&q, "cpu", &cpu(16)).is_none());
+    load_hosts(q, std::slice::from_ref(&job), &[]);
+    assert!(claim(q, "one", &gpu(24)).is_none());
+    assert!(claim(q, "cpu", &cpu(16)).is_none());
     let mut two = gpu(24);
     let second = Gpu {
         index: 1,
@@ -168,11 +164,11 @@ fn a_gpus_job_needs_that_many_whole_free_gpus() {
     two.gpus.push(second);
     let mut shared = two.clone();
     shared.gpus[1].vram_allocated_mib = 1024;
-    assert!(claim(&q, "shared", &shared).is_none());
-    let why = explained(&q, &job);
+    assert!(claim(q, "shared", &shared).is_none());
+    let why = explained(q, &job);
     assert!(why.contains("shared: needs 2 GPUs, 1 free"), "{why}");
     assert!(why.contains("cpu: needs 2 GPUs, 0 free (no CUDA)"), "{why}");
-    assert_eq!(claim(&q, "two", &two).unwrap().job.id, job.id);
+    assert_eq!(claim(q, "two", &two).unwrap().job.id, job.id);
 }
 
 fn a_changed_node_selector_updates_a_pending_job(b: Backend) {
@@ -194,4 +190,10 @@ super::test_support::on_both_backends!(
     a_node_selector_is_matched_for_pinned_jobs_too,
     hosts_labels_count_and_win_over_the_agents,
     a_changed_node_selector_updates_a_pending_job,
+);
+
+super::test_support::on_both_backends!(
+    a_node_selector_job_goes_only_to_a_worker_with_every_label,
+    a_cores_job_waits_until_enough_cores_are_free,
+    a_gpus_job_needs_that_many_whole_free_gpus,
 );

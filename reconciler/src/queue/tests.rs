@@ -11,8 +11,7 @@ use cis490_api::{
 };
 
 use super::test_support::{
-    cpu, gpu, id_of, manual_clock, on_both_backends, queue_on, spec, specs, worker, Backend,
-    TestQueue,
+    cpu, gpu, id_of, manual_clock, on_both_backends, spec, specs, worker, Backend, TestQueue,
 };
 use super::ManualClock;
 use super::{ManifestSource, Queue, QueueConfig, QueueError};
@@ -509,10 +508,9 @@ fn prefer_cuda_gives_cuda_workers_the_job_first(b: Backend) {
     assert_eq!(claim(q, "gpu", &gpu(24)).unwrap().job.id, preferring.id);
 }
 
-#[test]
-fn prefer_cuda_jobs_wait_for_a_ready_cuda_worker() {
+fn prefer_cuda_jobs_wait_for_a_ready_cuda_worker(b: Backend) {
     let clock = manual_clock();
-    let (q, plain, preferring) = prefer_cuda_setup_on(Backend::Sqlite, &clock);
+    let (q, plain, preferring) = prefer_cuda_setup_on(b, &clock);
     let q = &*q;
     q.report_node(&worker("gpu"), &gpu(24)).unwrap();
     assert_eq!(claim(q, "cpu1", &cpu(8)).unwrap().job.id, plain.id);
@@ -934,9 +932,9 @@ fn requeue_from_every_state(b: Backend) {
     }
 }
 
-#[test]
-fn unknown_jobs_are_not_found() {
-    let q = queue();
+fn unknown_jobs_are_not_found(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
     let id = id_of("nope");
     for err in [
         q.cancel(&id).unwrap_err(),
@@ -982,10 +980,10 @@ fn resolve_accepts_unique_prefixes(b: Backend) {
     assert_eq!(missing.unwrap_err().code(), "not_found");
 }
 
-#[test]
-fn explain_names_each_workers_reasons_and_the_queue_position() {
+fn explain_names_each_workers_reasons_and_the_queue_position(b: Backend) {
     let clock = manual_clock();
-    let q = queue_on(&clock, QueueConfig::default());
+    let q = b.queue_on(&clock, QueueConfig::default());
+    let q = &*q;
     let mut job = spec("big");
     job.model = "gbt".to_string();
     job.constraints.require_cuda = true;
@@ -995,7 +993,7 @@ fn explain_names_each_workers_reasons_and_the_queue_position() {
     pinned.constraints.allowed_hosts = vec!["lab-z".to_string()];
     pinned.manifest_order = 1;
     load_hosts(
-        &q,
+        q,
         &[spec("first"), pinned, job.clone()],
         &[host("denier", &["gbt"], None)],
     );
@@ -1061,7 +1059,7 @@ fn explain_names_each_workers_reasons_and_the_queue_position() {
         first.summary
     );
 
-    let c = claim(&q, "cpu", &cpu(8)).unwrap();
+    let c = claim(q, "cpu", &cpu(8)).unwrap();
     let running = q.explain(&c.job.id).unwrap();
     assert_eq!(running.queue_position, None);
     assert!(running.workers.is_empty());
@@ -1246,11 +1244,11 @@ fn explain_does_not_mislead() {
     }
 }
 
-#[test]
-fn explain_reports_max_concurrent() {
-    let q = queue();
-    load_hosts(&q, &specs("j", 3), &[host("box", &[], Some(1))]);
-    claim(&q, "box", &cpu(8)).unwrap();
+fn explain_reports_max_concurrent(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
+    load_hosts(q, &specs("j", 3), &[host("box", &[], Some(1))]);
+    claim(q, "box", &cpu(8)).unwrap();
     let why = q.explain(&specs("j", 3)[1].id).unwrap();
     assert_eq!(why.workers[0].reasons, vec!["at max_concurrent 1"]);
     assert_eq!(why.queue_position, Some(1));
@@ -1793,4 +1791,11 @@ on_both_backends!(
     nodes_turn_not_ready_when_stale,
     prefer_cuda_jobs_go_to_cpu_workers_when_no_cuda_worker_could_run_them,
     a_cpu_worker_skips_deferred_prefer_cuda_jobs_to_reach_others,
+);
+
+on_both_backends!(
+    prefer_cuda_jobs_wait_for_a_ready_cuda_worker,
+    unknown_jobs_are_not_found,
+    explain_names_each_workers_reasons_and_the_queue_position,
+    explain_reports_max_concurrent,
 );

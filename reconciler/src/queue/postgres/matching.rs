@@ -22,6 +22,7 @@ use super::tx::PgTx;
 use crate::policy::HostPolicy;
 use crate::queue::matching::{
     any_cuda_could_run, hard_reasons, has_cuda, new_token, waited_long_at, CudaAlternative,
+    Schedulability,
 };
 use crate::queue::rows::JobRow;
 use crate::queue::transitions::{self, Job};
@@ -48,13 +49,13 @@ pub(crate) fn i_claim(
     };
     let (cordoned, draining): (bool, bool) = (flags.try_get(0)?, flags.try_get(1)?);
     let policy = i_host_policy(tx, worker.as_str())?;
-    if cordoned || draining {
+    let me = Schedulability {
+        name: worker.as_str(),
+        cordoned,
+        draining,
+    };
+    if i_worker_blocked(tx, me, policy.as_ref())?.is_some() {
         return Ok(None);
-    }
-    if let Some(max) = policy.as_ref().and_then(|p| p.max_concurrent) {
-        if i_leased_jobs_of(tx, worker.as_str())?.len() >= max as usize {
-            return Ok(None);
-        }
     }
     if policy
         .as_ref()
@@ -66,6 +67,27 @@ pub(crate) fn i_claim(
         return Ok(None);
     };
     i_lease(tx, row, worker).map(Some)
+}
+
+/// SQLite's `matching::i_worker_blocked`: cordon, drain, or host max_concurrent.
+pub(crate) fn i_worker_blocked(
+    tx: &mut PgTx<'_>,
+    worker: Schedulability<'_>,
+    policy: Option<&HostPolicy>,
+) -> Result<Option<String>, QueueError> {
+    if worker.draining {
+        return Ok(Some("draining".to_string()));
+    }
+    if worker.cordoned {
+        return Ok(Some("cordoned".to_string()));
+    }
+    if let Some(max) = policy.and_then(|p| p.max_concurrent) {
+        let held = i_leased_jobs_of(tx, worker.name)?.len();
+        if held >= max as usize {
+            return Ok(Some(format!("at max_concurrent {max}")));
+        }
+    }
+    Ok(None)
 }
 
 /// The walk's query: claimable jobs in the queue order of a CUDA (`$7`) or other worker,
@@ -134,7 +156,7 @@ impl Walk<'_> {
 }
 
 /// Ready, schedulable CUDA workers other than `except`, with their host policies.
-fn i_cuda_alternatives(
+pub(crate) fn i_cuda_alternatives(
     tx: &mut PgTx<'_>,
     except: &str,
 ) -> Result<Vec<CudaAlternative>, QueueError> {

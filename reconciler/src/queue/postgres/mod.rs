@@ -14,6 +14,7 @@
 
 mod apply;
 mod events;
+mod explain;
 mod failures;
 mod lease;
 mod logs;
@@ -56,9 +57,6 @@ use pool::Pool;
 /// Connections one server opens at most (each blocking call holds one while it runs).
 const DEFAULT_MAX_CONNECTIONS: usize = 16;
 
-/// The name these errors give the backend.
-const BACKEND: &str = "postgres";
-
 /// The job queue on PostgreSQL. `Send + Sync`; every method blocks on the database: call
 /// them from `tokio::task::spawn_blocking` in async code (a sync `postgres` client panics
 /// inside an async runtime thread).
@@ -76,14 +74,6 @@ impl std::fmt::Debug for PgQueue {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
-}
-
-/// An operation this backend does not have yet.
-fn unsupported<T>(what: &'static str) -> Result<T, QueueError> {
-    Err(QueueError::Unsupported {
-        what,
-        backend: BACKEND,
-    })
 }
 
 impl PgQueue {
@@ -329,8 +319,8 @@ impl JobQueue for PgQueue {
         self.read(|tx| results_listing::i_results_page(tx, query, limit))
     }
 
-    fn explain(&self, _id: &JobId) -> Result<Explain, QueueError> {
-        unsupported("explain")
+    fn explain(&self, id: &JobId) -> Result<Explain, QueueError> {
+        self.read(|tx| explain::i_explain(tx, id))
     }
 
     fn live_counts(&self) -> Result<(BTreeMap<String, u64>, u64), QueueError> {
