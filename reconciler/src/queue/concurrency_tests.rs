@@ -143,3 +143,28 @@ fn two_postgres_servers_on_one_database_lease_each_job_once() {
     );
     drop(second);
 }
+
+/// A commit on one PostgreSQL server wakes the watchers of another (LISTEN/NOTIFY).
+#[test]
+fn a_commit_on_one_postgres_server_wakes_the_watchers_of_another() {
+    if super::test_support::postgres_url().is_none() {
+        return;
+    }
+    let clock = manual_clock();
+    let first = Backend::Postgres.queue_on(&clock, QueueConfig::default());
+    let url = first.url.clone().unwrap();
+    let second = PgQueue::open_with_clock(&url, QueueConfig::default(), clock.clone()).unwrap();
+    let mut watching = first.subscribe();
+    let before = *watching.borrow_and_update();
+    load(&second, 3);
+    let head = second.events_since(0, 100).unwrap().next;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while *watching.borrow() < head {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first server never heard of the second's commit (watch at {before})"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(second);
+}

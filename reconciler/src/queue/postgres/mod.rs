@@ -17,6 +17,7 @@ mod events;
 mod explain;
 mod failures;
 mod lease;
+mod listen;
 mod logs;
 mod matching;
 mod nodes;
@@ -64,8 +65,8 @@ pub struct PgQueue {
     pool: Pool,
     config: QueueConfig,
     clock: Arc<dyn Clock>,
-    /// The seq of the last event this process committed or saw committed.
-    last_event: tokio::sync::watch::Sender<u64>,
+    /// The seq of the last event this process committed or heard of (`listen.rs`).
+    last_event: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for PgQueue {
@@ -95,7 +96,7 @@ impl PgQueue {
         // Durable before Ok, whatever the server's default.
         pg.options("-c synchronous_commit=on");
         pg.application_name("cis490-reconciler");
-        let pool = Pool::new(pg, DEFAULT_MAX_CONNECTIONS);
+        let pool = Pool::new(pg.clone(), DEFAULT_MAX_CONNECTIONS);
         let last = {
             let mut conn = pool.get()?;
             schema::migrate(&mut conn)?;
@@ -105,11 +106,13 @@ impl PgQueue {
             n.max(0) as u64
         };
         let (sender, _) = tokio::sync::watch::channel(last);
+        let last_event = Arc::new(sender);
+        listen::spawn(pg, &last_event)?;
         Ok(PgQueue {
             pool,
             config,
             clock,
-            last_event: sender,
+            last_event,
         })
     }
 
@@ -120,13 +123,7 @@ impl PgQueue {
     /// Tells watchers that events up to `seq` are committed (commits of concurrent
     /// callers may report out of order: the watch only moves forward).
     fn notify(&self, seq: u64) {
-        self.last_event.send_if_modified(|last| {
-            let newer = seq > *last;
-            if newer {
-                *last = seq;
-            }
-            newer
-        });
+        listen::advance(&self.last_event, seq);
     }
 
     /// A `NameInUse` refusal is rolled back with the claim or report it refused, so it is

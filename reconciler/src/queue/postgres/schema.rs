@@ -2,7 +2,9 @@
 //! order. Never edit a shipped migration: append a new one. Its own history, not SQLite's:
 //! migration 1 is the SQLite schema as of its migration 13, in PostgreSQL's types (BIGINT
 //! for integers and times in ms since the epoch, BOOLEAN flags, JSON kept as TEXT so that
-//! both backends store the same bytes).
+//! both backends store the same bytes). Job IDs and worker names compare bytewise
+//! (`COLLATE "C"`), as SQLite compares them, whatever the database's locale: listings
+//! page in the same order on both backends.
 
 use crate::queue::QueueError;
 
@@ -11,7 +13,7 @@ const MIGRATIONS: &[&str] = &[
     // 1: everything the SQLite queue has after its migration 13.
     r#"
 CREATE TABLE jobs (
-    id               TEXT PRIMARY KEY,
+    id               TEXT COLLATE "C" PRIMARY KEY,
     spec             TEXT NOT NULL,
     status           TEXT NOT NULL,
     tombstoned       BOOLEAN NOT NULL DEFAULT FALSE,
@@ -56,7 +58,7 @@ CREATE INDEX jobs_worker ON jobs (worker, status) WHERE status IN ('claimed', 'r
 CREATE INDEX jobs_status ON jobs (status, tombstoned);
 
 CREATE TABLE workers (
-    name             TEXT PRIMARY KEY,
+    name             TEXT COLLATE "C" PRIMARY KEY,
     capability       TEXT NOT NULL,
     first_seen       BIGINT NOT NULL,
     last_seen        BIGINT NOT NULL,

@@ -91,6 +91,11 @@ impl PgTx<'_> {
                 &[&seq, &self.now, &e.job, &e.worker, &e.kind, &e.message],
             )?;
         }
+        // Delivered to every server's listener when this transaction commits.
+        self.db.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&super::listen::CHANNEL, &last.to_string()],
+        )?;
         Ok(Some(last.max(0) as u64))
     }
 }
