@@ -106,5 +106,8 @@ fn the_overview_counts_walk_an_index_not_the_table() {
         })
         .unwrap();
     assert!(plan.contains("COVERING INDEX"), "{plan}");
-    assert!(!plan.contains("TEMP B-TREE"), "the counts are sorted again: {plan}");
+    assert!(
+        !plan.contains("TEMP B-TREE"),
+        "the counts are sorted again: {plan}"
+    );
 }
