@@ -17,6 +17,7 @@ mod events;
 mod explain;
 mod failures;
 mod lease;
+pub mod leader;
 mod listen;
 mod logs;
 mod matching;
@@ -90,12 +91,7 @@ impl PgQueue {
         config: QueueConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<PgQueue, QueueError> {
-        let mut pg: postgres::Config = url.parse().map_err(|e| QueueError::BadRequest {
-            message: format!("--database: not a PostgreSQL URL: {e}"),
-        })?;
-        // Durable before Ok, whatever the server's default.
-        pg.options("-c synchronous_commit=on");
-        pg.application_name("cis490-reconciler");
+        let pg = connection_config(url)?;
         let pool = Pool::new(pg.clone(), DEFAULT_MAX_CONNECTIONS);
         let last = {
             let mut conn = pool.get()?;
@@ -443,4 +439,15 @@ impl JobQueue for PgQueue {
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.last_event.subscribe()
     }
+}
+
+/// How every connection of this backend is opened: from the `--database` URL, with
+/// commits durable before Ok whatever the server's default.
+pub(crate) fn connection_config(url: &str) -> Result<postgres::Config, QueueError> {
+    let mut pg: postgres::Config = url.parse().map_err(|e| QueueError::BadRequest {
+        message: format!("--database: not a PostgreSQL URL: {e}"),
+    })?;
+    pg.options("-c synchronous_commit=on");
+    pg.application_name("cis490-reconciler");
+    Ok(pg)
 }
