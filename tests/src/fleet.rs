@@ -45,6 +45,8 @@ pub struct Fleet {
     server_starts: usize,
     /// Serve HTTPS with client certificates (see [`Fleet::enable_tls`]).
     tls: bool,
+    /// The servers `ctl` talks to when not the fleet's own (see [`Fleet::use_servers`]).
+    servers_override: Option<String>,
 }
 
 impl Fleet {
@@ -77,6 +79,7 @@ impl Fleet {
             shared_worker_token: true,
             server_starts: 0,
             tls: false,
+            servers_override: None,
         })
     }
 
@@ -230,6 +233,50 @@ impl Fleet {
             .with_operator_token(Some(OPERATOR_TOKEN.into()))
             .with_worker_token(self.shared_worker_token.then(|| WORKER_TOKEN.into()));
         self.server = Some(server);
+        Ok(())
+    }
+
+    /// Starts one more server beside the fleet's own, on `127.0.0.1:0` with its own state
+    /// dir `state_rel` (e.g. a second server on the same PostgreSQL database: give the
+    /// same `--database` and `--store-dir` in `extra`). The caller owns it.
+    pub fn start_another_server(
+        &self,
+        state_rel: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Reconciler> {
+        let state = self.path(state_rel);
+        std::fs::create_dir_all(&state)?;
+        let (manifest, config) = (self.path("manifest.toml"), self.path("server.toml"));
+        let mut args = vec![
+            "--manifest",
+            path_str(&manifest)?,
+            "--state-dir",
+            path_str(&state)?,
+            "--config",
+            path_str(&config)?,
+        ];
+        args.extend_from_slice(extra);
+        let log = self.path(&format!("server-{state_rel}.log"));
+        Reconciler::start_on(
+            "127.0.0.1:0",
+            &args,
+            &[
+                ("CIS490_OPERATOR_TOKEN", OPERATOR_TOKEN),
+                ("CIS490_WORKER_TOKEN", WORKER_TOKEN),
+                ("RUST_LOG", "info"),
+            ],
+            &log,
+        )
+    }
+
+    /// Points the fleet's client (and `ctl`) at `servers`, a comma-separated list.
+    pub fn use_servers(&mut self, servers: &str) -> anyhow::Result<()> {
+        self.client = Client::builder(servers)
+            .tls(self.client_tls(None)?)
+            .build()?
+            .with_operator_token(Some(OPERATOR_TOKEN.into()))
+            .with_worker_token(self.shared_worker_token.then(|| WORKER_TOKEN.into()));
+        self.servers_override = Some(servers.to_string());
         Ok(())
     }
 
@@ -467,8 +514,12 @@ impl Fleet {
             Some(ca) => cmd.env("CIS490_CA_FILE", ca),
             None => cmd.env_remove("CIS490_CA_FILE"),
         };
+        let servers = match &self.servers_override {
+            Some(servers) => servers.clone(),
+            None => self.url()?,
+        };
         cmd.args(args)
-            .env("CIS490_SERVER", self.url()?)
+            .env("CIS490_SERVER", servers)
             .env("CIS490_OPERATOR_TOKEN", OPERATOR_TOKEN)
             .env("NO_COLOR", "1")
             // No client config file of the developer's (~/.config/cis490) applies.
