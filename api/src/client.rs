@@ -1007,7 +1007,11 @@ mod tests {
         let err = client.send(write).await.unwrap_err();
         assert!(err.is_unreachable(), "{err}");
         assert!(err.to_string().contains(&dying), "{err}");
-        assert_eq!(client.base_url(), alive, "the next request goes to the next server");
+        assert_eq!(
+            client.base_url(),
+            alive,
+            "the next request goes to the next server"
+        );
     }
 
     #[tokio::test]

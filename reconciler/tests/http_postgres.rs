@@ -56,7 +56,10 @@ impl Drop for Database {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_job_runs_through_claim_heartbeat_and_complete_on_postgres() {
     // The sync client runs its own runtime: never on an async thread.
-    let Some(db) = tokio::task::spawn_blocking(|| Database::create("one_job")).await.unwrap() else {
+    let Some(db) = tokio::task::spawn_blocking(|| Database::create("one_job"))
+        .await
+        .unwrap()
+    else {
         return;
     };
     let app = spawn_app(AppOptions {
@@ -146,22 +149,34 @@ async fn the_follower_takes_over_reconciling_when_the_leader_stops() {
     assert_eq!(follower.count(JobStatus::Pending).await, 2);
 
     leader.shutdown().await.unwrap();
-    wait_for(std::time::Duration::from_secs(15), "the follower to lead", || {
-        let anon = follower.anon.clone();
-        async move { anon.health().await.unwrap().leader.then_some(()) }
-    })
+    wait_for(
+        std::time::Duration::from_secs(15),
+        "the follower to lead",
+        || {
+            let anon = follower.anon.clone();
+            async move { anon.health().await.unwrap().leader.then_some(()) }
+        },
+    )
     .await;
-    wait_for(std::time::Duration::from_secs(15), "the take-over reconcile", || {
-        let app = &follower;
-        async move { (app.count(JobStatus::Pending).await == 3).then_some(()) }
-    })
+    wait_for(
+        std::time::Duration::from_secs(15),
+        "the take-over reconcile",
+        || {
+            let app = &follower;
+            async move { (app.count(JobStatus::Pending).await == 3).then_some(()) }
+        },
+    )
     .await;
     // The new leader watches its manifest as the old one did.
     follower.write_manifest_by_rename(&jobs_manifest([1, 2, 3, 4]));
-    wait_for(std::time::Duration::from_secs(15), "the file watch's reconcile", || {
-        let app = &follower;
-        async move { (app.count(JobStatus::Pending).await == 4).then_some(()) }
-    })
+    wait_for(
+        std::time::Duration::from_secs(15),
+        "the file watch's reconcile",
+        || {
+            let app = &follower;
+            async move { (app.count(JobStatus::Pending).await == 4).then_some(()) }
+        },
+    )
     .await;
     follower.shutdown().await.unwrap();
     tokio::task::spawn_blocking(move || drop(db)).await.unwrap();

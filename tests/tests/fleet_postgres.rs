@@ -72,14 +72,20 @@ fn killing_the_leading_server_loses_nothing_and_the_other_takes_over() {
     .unwrap();
     let second = fleet.start_another_server("state-b", &shared).unwrap();
     let url_b = second.url.clone();
-    assert_eq!(leads(&fleet.rt, &url_b), Some(false), "B follows while A leads");
+    assert_eq!(
+        leads(&fleet.rt, &url_b),
+        Some(false),
+        "B follows while A leads"
+    );
     let both = format!("{url_a},{url_b}");
     fleet.use_servers(&both).unwrap();
     let all = fleet.wait_jobs(30).unwrap();
 
     // Followers of the event log and of the jobs, both across the kill.
     let events_out = fleet.path("events.out");
-    let mut events_cmd = fleet.ctl_command(&["get", "events", "-w", "-o", "name"]).unwrap();
+    let mut events_cmd = fleet
+        .ctl_command(&["get", "events", "-w", "-o", "name"])
+        .unwrap();
     events_cmd
         .stdout(std::fs::File::create(&events_out).unwrap())
         .stderr(std::fs::File::create(fleet.path("events.err")).unwrap());
@@ -161,14 +167,13 @@ fn killing_the_leading_server_loses_nothing_and_the_other_takes_over() {
     }
     let pulled = fleet.path("pulled.tar.zst");
     let out = fleet
-        .ctl(&[
-            "pull",
-            jobs[0].id.as_str(),
-            "-o",
-            pulled.to_str().unwrap(),
-        ])
+        .ctl(&["pull", jobs[0].id.as_str(), "-o", pulled.to_str().unwrap()])
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The wait that ran across the kill saw all 30 of its jobs complete.
     let status = waiter.wait_exit(WAIT).unwrap();

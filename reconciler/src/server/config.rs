@@ -722,7 +722,10 @@ mod tests {
         let c = resolve(&flags, env_of(&[]), FileConfig::default()).unwrap();
         assert_eq!(c.listen, DEFAULT_LISTEN);
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
-        assert_eq!(c.store_root(), PathBuf::from(DEFAULT_STATE_DIR).join("models"));
+        assert_eq!(
+            c.store_root(),
+            PathBuf::from(DEFAULT_STATE_DIR).join("models")
+        );
     }
 
     #[test]

@@ -126,14 +126,16 @@ mod tests {
     async fn a_sole_server_leads_and_never_takes_over_again() {
         let mut sole = Leadership::sole();
         assert!(sole.is_leader());
-        let waited =
-            tokio::time::timeout(Duration::from_millis(50), sole.took_over()).await;
+        let waited = tokio::time::timeout(Duration::from_millis(50), sole.took_over()).await;
         assert!(waited.is_err(), "a fixed leadership never changes");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_follower_is_told_when_the_leader_goes() {
-        let Some(db) = tokio::task::spawn_blocking(postgres_database).await.unwrap() else {
+        let Some(db) = tokio::task::spawn_blocking(postgres_database)
+            .await
+            .unwrap()
+        else {
             return;
         };
         let url = db.url().to_string();

@@ -56,7 +56,10 @@ impl Trigger {
     /// Background work, which only the leader of several servers does; an operator's
     /// request is served by whichever server it reaches.
     fn is_background(self) -> bool {
-        matches!(self, Trigger::Startup | Trigger::FileChange | Trigger::Resync)
+        matches!(
+            self,
+            Trigger::Startup | Trigger::FileChange | Trigger::Resync
+        )
     }
 }
 

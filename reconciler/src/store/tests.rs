@@ -445,7 +445,10 @@ fn recovery_keeps_a_partial_another_server_is_still_writing() {
 
     drop(writer);
     assert_eq!(store.recover().unwrap().removed_partials, 1);
-    assert!(!live.exists(), "once its writer is gone the partial is a leftover");
+    assert!(
+        !live.exists(),
+        "once its writer is gone the partial is a leftover"
+    );
 }
 
 #[test]
