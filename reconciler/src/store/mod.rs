@@ -314,15 +314,13 @@ impl ArtifactStore {
     /// on the mutex, not on the file).
     fn lock_commit_across_servers(&self) -> Result<std::fs::File, StoreError> {
         let path = self.root().join(COMMIT_LOCK_FILE);
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(StoreError::io(format!("opening {}", path.display())))?;
-        f.lock()
-            .map_err(StoreError::io(format!("locking {}", path.display())))?;
-        Ok(f)
+        open_locked(
+            &path,
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true),
+        )
     }
 
     /// The announced bytes are already stored: hash the body to check it, write nothing.
@@ -586,15 +584,9 @@ impl ArtifactStore {
             source: std::io::Error::other(e),
         })?;
         line.push('\n');
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(StoreError::io(format!("opening {}", path.display())))?;
         // Servers sharing the store append one at a time (on a network file system an
         // append is not atomic); the lock goes with `f`.
-        f.lock()
-            .map_err(StoreError::io(format!("locking {}", path.display())))?;
+        let mut f = open_locked(&path, std::fs::OpenOptions::new().create(true).append(true))?;
         f.write_all(line.as_bytes())
             .and_then(|()| f.sync_all())
             .map_err(StoreError::io(format!("appending to {}", path.display())))
@@ -770,11 +762,21 @@ enum WriterMsg {
 /// A new partial file, locked for as long as it is open: the start-up scan of another
 /// server sharing the store leaves a locked partial alone (its upload is alive).
 fn create_partial(path: &Path) -> Result<std::fs::File, StoreError> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
+    open_locked(
+        path,
+        std::fs::OpenOptions::new().write(true).create_new(true),
+    )
+}
+
+/// Opens `path` with `options` and takes its exclusive lock (flock; on a network file
+/// system, the server's lock), blocking until it is free. Released when the file closes.
+pub(crate) fn open_locked(
+    path: &Path,
+    options: &std::fs::OpenOptions,
+) -> Result<std::fs::File, StoreError> {
+    let file = options
         .open(path)
-        .map_err(StoreError::io(format!("creating {}", path.display())))?;
+        .map_err(StoreError::io(format!("opening {}", path.display())))?;
     file.lock()
         .map_err(StoreError::io(format!("locking {}", path.display())))?;
     Ok(file)

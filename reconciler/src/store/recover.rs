@@ -11,7 +11,8 @@ use std::path::Path;
 use cis490_api::{ArtifactId, ArtifactView};
 
 use super::{
-    read_meta, sync_dir, write_meta, ArtifactStore, StoreError, BUNDLE_FILE, INDEX_FILE, META_FILE,
+    open_locked, read_meta, sync_dir, write_meta, ArtifactStore, StoreError, BUNDLE_FILE,
+    INDEX_FILE, META_FILE,
 };
 
 /// What moving the old layout into `blobs/` did to one old artifact folder.
@@ -170,14 +171,8 @@ impl ArtifactStore {
     /// would glue onto it. Cut it off (the row is restored from meta.json if it mattered).
     fn drop_cut_off_index_tail(&self) -> Result<bool, StoreError> {
         let path = self.root().join(INDEX_FILE);
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(StoreError::io(format!("opening {}", path.display())))?;
         // Under the appenders' lock: a row another server is appending is not cut off.
-        f.lock()
-            .map_err(StoreError::io(format!("locking {}", path.display())))?;
+        let mut f = open_locked(&path, std::fs::OpenOptions::new().read(true).write(true))?;
         let mut bytes = Vec::new();
         f.read_to_end(&mut bytes)
             .map_err(StoreError::io(format!("reading {}", path.display())))?;
