@@ -28,24 +28,48 @@ impl ScratchPostgres {
             eprintln!("skipped: no PostgreSQL server ({POSTGRES_URL_VAR} is not set)");
             return Ok(None);
         };
+        Self::create_on(&admin, tag).map(Some)
+    }
+
+    /// A fresh database on the server whose admin URL is `admin`.
+    pub fn create_on(admin: &str, tag: &str) -> anyhow::Result<ScratchPostgres> {
+        let admin = admin.to_string();
         let name = format!("cis490_test_{tag}_{}", std::process::id());
-        let mut client = postgres::Client::connect(&admin, postgres::NoTls)
-            .with_context(|| format!("connecting to {POSTGRES_URL_VAR}={admin}"))?;
-        client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
-        client.batch_execute(&format!("CREATE DATABASE {name}"))?;
+        admin_sql(
+            &admin,
+            vec![
+                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                format!("CREATE DATABASE {name}"),
+            ],
+        )?;
         let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
         let url = format!("{base}/{name}");
-        Ok(Some(ScratchPostgres { admin, name, url }))
+        Ok(ScratchPostgres { admin, name, url })
     }
 }
 
 impl Drop for ScratchPostgres {
     fn drop(&mut self) {
-        if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
-            let _ = client.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
+        let _ = admin_sql(
+            &self.admin,
+            vec![format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)],
+        );
     }
+}
+
+/// Runs each statement on the admin database (one at a time: `DROP DATABASE` refuses a
+/// transaction, which several statements in one message would share). On a thread of its own: the synchronous client runs
+/// a runtime of its own, which may not start on a thread that drives async code.
+fn admin_sql(admin: &str, statements: Vec<String>) -> anyhow::Result<()> {
+    let admin = admin.to_string();
+    std::thread::spawn(move || -> anyhow::Result<()> {
+        let mut client = postgres::Client::connect(&admin, postgres::NoTls)
+            .with_context(|| format!("connecting to the PostgreSQL server {admin}"))?;
+        for sql in &statements {
+            client.batch_execute(sql)?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the PostgreSQL admin thread panicked"))?
 }

@@ -1,7 +1,8 @@
-//! Two servers on one PostgreSQL database, three agents that know both, and `kill -9` of
+//! Two servers on one PostgreSQL database. Three agents that know both, and `kill -9` of
 //! the leading server mid-run: every job completes exactly once, the other server takes over
 //! reconciling (a manifest edit after the kill applies), and a `wait` and a `get events -w`
-//! that ran across the kill saw every event. Needs a server named by `CIS490_TEST_POSTGRES`
+//! that ran across the kill saw every event. A per-worker token issued with `tokens
+//! --database` works on both servers until it is revoked. Needs a server named by `CIS490_TEST_POSTGRES`
 //! (`eval "$(.ci/postgres.sh start)"`); without one it says so and passes, unless
 //! `CIS490_REQUIRE_POSTGRES=1` (CI).
 #![cfg(unix)]
@@ -190,4 +191,60 @@ fn killing_the_leading_server_loses_nothing_and_the_other_takes_over() {
         std::fs::read_to_string(fleet.path("events.err")).unwrap_or_default()
     );
     drop(second);
+}
+
+#[test]
+fn a_worker_token_issued_on_postgres_works_on_every_server_until_revoked() {
+    let Some(db) = ScratchPostgres::create("fleet_tokens").unwrap() else {
+        return;
+    };
+    let fleet = Fleet::prepare(&manifest(1..=1)).unwrap();
+    let on_db = ["--database", db.url.as_str()];
+    let servers = [
+        fleet.start_another_server("state-a", &on_db).unwrap(),
+        fleet.start_another_server("state-b", &on_db).unwrap(),
+    ];
+    let cli = |args: &[&str]| {
+        let mut all = vec!["tokens"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&on_db);
+        let out = fleet.reconciler_cli(&all).unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string(), said)
+    };
+    let (code, token, said) = cli(&["issue", "lab-1"]);
+    assert_eq!(code, Some(0), "{said}");
+    let token = token.trim().to_string();
+    assert!(token.starts_with("cis490w_"), "{said}");
+    let as_lab1 = |url: &str| {
+        let client = Client::new(url)
+            .unwrap()
+            .with_worker_token(Some(token.clone()));
+        fleet.rt.block_on(client.whoami())
+    };
+    for server in &servers {
+        let me = as_lab1(&server.url).unwrap();
+        assert_eq!(me.worker.unwrap().as_str(), "lab-1", "on {}", server.url);
+    }
+    let (code, listed, said) = cli(&["list", "-o", "json"]);
+    assert_eq!(code, Some(0), "{said}");
+    let list: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(list[0]["name"], "lab-1", "{said}");
+
+    let (code, _, said) = cli(&["revoke", "lab-1"]);
+    assert_eq!(code, Some(0), "{said}");
+    for server in &servers {
+        let err = as_lab1(&server.url).unwrap_err();
+        assert!(
+            err.status().is_some_and(|s| s.is_client_error()),
+            "on {}: {err}",
+            server.url
+        );
+    }
+    let (code, _, said) = cli(&["revoke", "lab-1"]);
+    assert_eq!(code, Some(1), "{said}");
 }
