@@ -1043,7 +1043,11 @@ mod tests {
         let err = answer(&client).await.unwrap_err();
         assert!(err.is_transient(), "{err}");
         assert!(err.to_string().contains(&two), "{err}");
-        assert_eq!(client.base_url(), one, "the next request starts over from the first");
+        assert_eq!(
+            client.base_url(),
+            one,
+            "the next request starts over from the first"
+        );
     }
 
     #[test]

@@ -52,7 +52,10 @@ impl Drop for ScratchPostgres {
     fn drop(&mut self) {
         let _ = admin_sql(
             &self.admin,
-            vec![format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)],
+            vec![format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )],
         );
     }
 }

@@ -214,7 +214,11 @@ fn a_worker_token_issued_on_postgres_works_on_every_server_until_revoked() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string(), said)
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            said,
+        )
     };
     let (code, token, said) = cli(&["issue", "lab-1"]);
     assert_eq!(code, Some(0), "{said}");

@@ -84,7 +84,10 @@ fn state_dir(args: &TokensArgs) -> anyhow::Result<PathBuf> {
 fn database(args: &TokensArgs) -> anyhow::Result<Option<Database>> {
     let url = match &args.database {
         Some(url) => Some(url.clone()),
-        None => match std::env::var(env::DATABASE).ok().filter(|v| !v.trim().is_empty()) {
+        None => match std::env::var(env::DATABASE)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        {
             Some(url) => Some(url),
             None => match &args.config {
                 Some(path) => FileConfig::load(path)?.database,

@@ -288,7 +288,11 @@ pub async fn run_http(
             backend.label()
         )
     } else {
-        format!("1{}. claim over HTTP{}, 64 agents", backend.tag(), backend.label())
+        format!(
+            "1{}. claim over HTTP{}, 64 agents",
+            backend.tag(),
+            backend.label()
+        )
     };
     if let Some(why) = server_missing {
         return vec![Row::not_measured(

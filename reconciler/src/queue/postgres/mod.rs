@@ -29,6 +29,7 @@ mod results;
 mod results_listing;
 mod rows;
 mod schema;
+mod sequencer;
 mod sweep;
 mod tokens;
 mod tx;
@@ -68,6 +69,8 @@ pub struct PgQueue {
     clock: Arc<dyn Clock>,
     /// The seq of the last event this process committed or heard of (`listen.rs`).
     last_event: Arc<tokio::sync::watch::Sender<u64>>,
+    /// This server's event numbering passes (`sequencer.rs`).
+    passes: sequencer::Passes,
 }
 
 impl std::fmt::Debug for PgQueue {
@@ -109,6 +112,7 @@ impl PgQueue {
             config,
             clock,
             last_event,
+            passes: sequencer::Passes::default(),
         })
     }
 
@@ -232,6 +236,8 @@ impl JobQueue for PgQueue {
     }
 
     fn sweep(&self, now: DateTime<Utc>) -> Result<SweepOutcome, QueueError> {
+        // Numbers what a writer that died after its commit left unnumbered.
+        self.number_events()?;
         self.write(|tx| sweep::i_sweep(tx, now.timestamp_millis()))
     }
 
