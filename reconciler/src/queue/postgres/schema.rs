@@ -183,6 +183,11 @@ ALTER TABLE events ADD COLUMN id BIGSERIAL PRIMARY KEY;
 CREATE UNIQUE INDEX events_seq ON events (seq);
 CREATE INDEX events_unnumbered ON events (id) WHERE seq IS NULL;
 "#,
+    // 3: job listings page by a cursor in queue order, `(-priority, manifest_order, id)`:
+    // an index in exactly that order lets a page start at its cursor and stop at its limit.
+    r#"
+CREATE INDEX jobs_listing_cursor ON jobs ((-priority), manifest_order, id);
+"#,
 ];
 
 /// Any constant: the advisory lock that lets one server at a time migrate a database.
