@@ -13,6 +13,7 @@
 //! a call returns Ok only once its transaction is durable.
 
 mod apply;
+mod cached;
 mod events;
 mod explain;
 mod failures;

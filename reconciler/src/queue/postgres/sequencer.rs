@@ -16,6 +16,7 @@
 
 use std::sync::{Mutex, MutexGuard};
 
+use super::cached::CachedTx;
 use super::PgQueue;
 use crate::queue::QueueError;
 
@@ -72,7 +73,8 @@ impl PgQueue {
     /// One pass: the new head seq when it numbered any event.
     fn numbering_pass(&self) -> Result<Option<u64>, QueueError> {
         let mut conn = self.pool.get()?;
-        let mut tx = conn.transaction()?;
+        let (client, statements) = conn.parts();
+        let mut tx = CachedTx::new(client.transaction()?, statements);
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&NUMBERING_LOCK])?;
         // Taken after the lock, so this statement's snapshot holds every event committed
         // before the previous pass of any server ended.

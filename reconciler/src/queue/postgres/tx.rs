@@ -19,6 +19,7 @@
 use postgres::error::SqlState;
 use postgres::IsolationLevel;
 
+use super::cached::CachedTx;
 use super::PgQueue;
 use crate::queue::transitions::Emit;
 use crate::queue::{QueueConfig, QueueError};
@@ -37,7 +38,7 @@ struct PendingEvent {
 
 /// One open transaction and the events it appends.
 pub(crate) struct PgTx<'c> {
-    pub(crate) db: postgres::Transaction<'c>,
+    pub(crate) db: CachedTx<'c>,
     /// The transaction's notion of now, in ms since the epoch (one instant per transaction).
     pub(crate) now: i64,
     pub(crate) config: &'c QueueConfig,
@@ -135,12 +136,13 @@ impl PgQueue {
         let now = self.now_ms();
         let (out, wrote_events) = {
             let mut conn = self.pool.get()?;
-            let db = conn
+            let (client, statements) = conn.parts();
+            let db = client
                 .build_transaction()
                 .isolation_level(IsolationLevel::ReadCommitted)
                 .start()?;
             let mut tx = PgTx {
-                db,
+                db: CachedTx::new(db, statements),
                 now,
                 config: &self.config,
                 events: Vec::new(),
@@ -167,13 +169,14 @@ impl PgQueue {
     ) -> Result<T, QueueError> {
         let now = self.now_ms();
         let mut conn = self.pool.get()?;
-        let db = conn
+        let (client, statements) = conn.parts();
+        let db = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
             .read_only(true)
             .start()?;
         let mut tx = PgTx {
-            db,
+            db: CachedTx::new(db, statements),
             now,
             config: &self.config,
             events: Vec::new(),
