@@ -54,6 +54,16 @@ impl<'c> CachedTx<'c> {
         self.tx.query(&statement, params)
     }
 
+    /// [`CachedTx::query`] without keeping the statement: for SQL texts that carry
+    /// values (a LIMIT the planner must see to plan for it), run rarely.
+    pub(crate) fn query_uncached(
+        &mut self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Vec<Row>, postgres::Error> {
+        self.tx.query(sql, params)
+    }
+
     pub(crate) fn query_one(
         &mut self,
         sql: &str,

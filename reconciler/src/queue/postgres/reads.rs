@@ -121,34 +121,42 @@ pub(crate) fn i_jobs_page(
         Some(c) => (-c.priority, c.manifest_order, c.id.as_str()),
         None => (i64::MIN, i64::MIN, ""),
     };
-    let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM jobs \
-         WHERE (-priority, manifest_order, id) > ($2, $3, $1) \
-         AND ($4::text IS NULL OR status = $4) AND ($5::text IS NULL OR model = $5) \
-         AND ($6::text IS NULL OR mode = $6) AND ($7::text IS NULL OR worker = $7) \
-         AND ($8 OR NOT tombstoned OR status IN ('claimed', 'running')) \
-         ORDER BY (-priority), manifest_order, id LIMIT $9 OFFSET $10"
-    );
+    // LIMIT and OFFSET in the text: a generic plan would not know them (see `walk_sql`).
+    let sql = |limit: i64, offset: i64| {
+        let bound = match limit {
+            i64::MAX => format!("OFFSET {offset}"),
+            limit => format!("LIMIT {limit} OFFSET {offset}"),
+        };
+        format!(
+            "SELECT {JOB_COLUMNS} FROM jobs \
+             WHERE (-priority, manifest_order, id) > ($2, $3, $1) \
+             AND ($4::text IS NULL OR status = $4) AND ($5::text IS NULL OR model = $5) \
+             AND ($6::text IS NULL OR mode = $6) AND ($7::text IS NULL OR worker = $7) \
+             AND ($8 OR NOT tombstoned OR status IN ('claimed', 'running')) \
+             ORDER BY (-priority), manifest_order, id {bound}"
+        )
+    };
     let want = limit + 1;
     let mut items: Vec<(JobCursor, JobView)> = Vec::new();
     // One snapshot (a read transaction): OFFSET resumes exactly where a round stopped.
     let mut seen: i64 = 0;
     'pages: for round in listing_rounds(want) {
-        let batch = tx.db.query(
-            sql.as_str(),
-            &[
-                &id,
-                &neg_priority,
-                &order,
-                &status,
-                &filter.model,
-                &filter.mode,
-                &filter.worker,
-                &filter.all,
-                &round,
-                &seen,
-            ],
-        )?;
+        let params: [&(dyn postgres::types::ToSql + Sync); 8] = [
+            &id,
+            &neg_priority,
+            &order,
+            &status,
+            &filter.model,
+            &filter.mode,
+            &filter.worker,
+            &filter.all,
+        ];
+        // The first round's text depends on the page size only: prepared once.
+        let batch = if seen == 0 {
+            tx.db.query(&sql(round, seen), &params)?
+        } else {
+            tx.db.query_uncached(&sql(round, seen), &params)?
+        };
         let got = i64::try_from(batch.len()).unwrap_or(i64::MAX);
         seen = seen.saturating_add(got);
         for r in &batch {
