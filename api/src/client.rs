@@ -423,7 +423,8 @@ impl Client {
         let mut resends = 0;
         let resp = loop {
             let target = self.server(at);
-            if let Some(from) = &built_at {
+            // One server: the request already names it.
+            if let (Some(from), true) = (&built_at, self.servers.len() > 1) {
                 *req.url_mut() = retarget(&built_for, from, &target.url);
             }
             let again = req.try_clone();
