@@ -301,7 +301,9 @@ pub struct RunFlags {
     /// Config file (TOML, like etc/agent.toml.example).
     #[arg(long, env = "CIS490_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// The reconciler's URL, e.g. http://pi.local:8787.
+    /// The reconciler's URL, e.g. http://pi.local:8787; several servers of one fleet (one
+    /// PostgreSQL database) separated by commas: the agent moves on to the next when the one
+    /// it talks to cannot be reached.
     #[arg(long, env = "CIS490_SERVER")]
     pub server: Option<String>,
     /// Bearer token for worker routes (visible to other users in the process list: prefer

@@ -78,6 +78,7 @@ async fn keep_alive(keep: KeepLease) {
                 tracing::warn!(job = %keep.job.short(), "heartbeat while finishing failed ({e}); trying again next period");
             }
             Err(_) => {
+                keep.client.gave_up_waiting();
                 tracing::warn!(job = %keep.job.short(), "heartbeat while finishing timed out; trying again next period");
             }
         }

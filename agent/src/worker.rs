@@ -157,9 +157,12 @@ impl Shared {
     }
 }
 
+/// The error of a call that took too long; the next call goes to the next server, if any.
 fn timeout_error(client: &Client) -> ClientError {
+    let url = client.base_url().to_string();
+    client.gave_up_waiting();
     ClientError::Protocol {
-        url: client.base_url().to_string(),
+        url,
         message: "no answer in time".into(),
     }
 }

@@ -1,6 +1,8 @@
 //! The typed HTTP client for the reconciler's API, shared by the agent, cis490ctl and tests.
 //! One method per route; every route's path is written here once.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -132,6 +134,11 @@ impl ClientError {
         }
     }
 
+    /// True when the server could not be reached, or the connection broke before its answer.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ClientError::Unreachable { .. })
+    }
+
     /// True when the server refused a call because the caller's lease is stale.
     pub fn is_lease_lost(&self) -> bool {
         self.code() == Some("lease_lost")
@@ -163,13 +170,59 @@ pub struct EventsFilter {
     pub worker: Option<WorkerName>,
 }
 
-/// A client for one reconciler. Cheap to clone.
+/// A client for a reconciler, or for several servers of one fleet (one PostgreSQL
+/// database): built from `http://a:8787,http://b:8787`, it talks to one at a time and moves
+/// on to the next when the one it talks to cannot be reached. Cheap to clone; clones share
+/// which server is current.
 #[derive(Clone, Debug)]
 pub struct Client {
-    base: String,
+    servers: Arc<[Server]>,
+    /// Index into `servers` of the one requests go to.
+    current: Arc<AtomicUsize>,
     http: reqwest::Client,
     worker_token: Option<String>,
     operator_token: Option<String>,
+}
+
+/// One server a [`Client`] may talk to.
+#[derive(Clone, Debug)]
+struct Server {
+    /// As given, without a trailing `/`: named in errors and logs.
+    base: String,
+    url: reqwest::Url,
+}
+
+/// Splits a comma-separated list of server URLs and checks each.
+fn parse_servers(list: &str) -> Result<Vec<Server>, ClientError> {
+    let mut out = Vec::new();
+    for base in list.split(',').map(str::trim) {
+        let trimmed = base.trim_end_matches('/');
+        let url = (trimmed.starts_with("http://") || trimmed.starts_with("https://"))
+            .then(|| reqwest::Url::parse(trimmed).ok())
+            .flatten()
+            .ok_or_else(|| ClientError::BadUrl(base.to_string()))?;
+        out.push(Server {
+            base: trimmed.to_string(),
+            url,
+        });
+    }
+    Ok(out)
+}
+
+/// Methods that change nothing on the server: sent again elsewhere after any failure.
+fn is_read_only(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+}
+
+/// `url`, a request to `from`, sent to `to` instead: the same path below the server's root
+/// and the same query.
+fn retarget(url: &reqwest::Url, from: &reqwest::Url, to: &reqwest::Url) -> reqwest::Url {
+    let root = from.path().trim_end_matches('/');
+    let below = url.path().strip_prefix(root).unwrap_or(url.path());
+    let mut out = to.clone();
+    out.set_path(&format!("{}{below}", to.path().trim_end_matches('/')));
+    out.set_query(url.query());
+    out
 }
 
 /// Builds a [`Client`] with TLS settings: `Client::builder(url).tls(files).build()`.
@@ -205,12 +258,7 @@ impl ClientBuilder {
 
     /// Checks the URL, reads the TLS files and builds the client.
     pub fn build(self) -> Result<Client, ClientError> {
-        let trimmed = self.base.trim_end_matches('/');
-        if !(trimmed.starts_with("http://") || trimmed.starts_with("https://"))
-            || reqwest::Url::parse(trimmed).is_err()
-        {
-            return Err(ClientError::BadUrl(self.base.clone()));
-        }
+        let servers = parse_servers(&self.base)?;
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(POOL_IDLE_TIMEOUT);
@@ -247,7 +295,8 @@ impl ClientBuilder {
             })
         })?;
         Ok(Client {
-            base: trimmed.to_string(),
+            servers: servers.into(),
+            current: Arc::new(AtomicUsize::new(0)),
             http,
             worker_token: None,
             operator_token: None,
@@ -256,7 +305,8 @@ impl ClientBuilder {
 }
 
 impl Client {
-    /// `base` is the server's root URL, e.g. `http://127.0.0.1:8787`; no TLS files.
+    /// `base` is the server's root URL, e.g. `http://127.0.0.1:8787`, or several separated
+    /// by commas (servers of one fleet); no TLS files.
     pub fn new(base: &str) -> Result<Self, ClientError> {
         Client::builder(base).build()
     }
@@ -281,8 +331,41 @@ impl Client {
         self
     }
 
+    /// How many servers the client was given.
+    pub fn server_count(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// The server requests go to now.
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.server(self.current_index()).base
+    }
+
+    fn current_index(&self) -> usize {
+        self.current.load(Ordering::Relaxed) % self.servers.len()
+    }
+
+    fn server(&self, index: usize) -> &Server {
+        &self.servers[index % self.servers.len()]
+    }
+
+    /// The caller stopped waiting for the current server's answer (a timeout of its own,
+    /// which drops the request before this client sees any error): with several servers,
+    /// the next request goes to the next one, as after a timeout seen here.
+    pub fn gave_up_waiting(&self) {
+        if self.servers.len() > 1 {
+            self.move_on_from(self.current_index());
+        }
+    }
+
+    /// Moves on from server `from` to the next one, unless a clone moved on already.
+    fn move_on_from(&self, from: usize) {
+        let _ = self.current.compare_exchange(
+            from,
+            (from + 1) % self.servers.len(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
     pub fn has_operator_token(&self) -> bool {
@@ -290,7 +373,7 @@ impl Client {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
+        format!("{}{}", self.base_url(), path)
     }
 
     /// Every request carries whichever tokens the client has: worker routes check the
@@ -309,6 +392,14 @@ impl Client {
 
     /// Sends a request; turns transport failures and error statuses into `ClientError`.
     ///
+    /// With several servers: a request that could not connect to the current server is
+    /// sent to the next one, and so on once round the list (a connection never made
+    /// delivered nothing, so this is safe for every method; a streamed body cannot be
+    /// sent twice and fails instead). A read (GET, HEAD) that failed after connecting (a
+    /// timeout, a reset: its server died mid-answer) goes to the next server too; a write
+    /// that did is not sent again, since the server may have acted on it, but the next
+    /// request goes to the next server. An HTTP answer, errors included, never moves on.
+    ///
     /// A request the connection never sent (it died before the request was handed to it)
     /// is sent again on a new connection (at most twice): safe for every method, and it is
     /// how a refused client certificate is told apart from a plain hang-up. In TLS 1.3 the server
@@ -316,17 +407,50 @@ impl Client {
     /// its alert ends the connection before the request is written, hyper reports only
     /// "connection was not ready" and drops the TLS error; on the next connection the
     /// request is usually written first and the alert is read as the answer.
-    pub async fn send(&self, mut rb: RequestBuilder) -> Result<Response, ClientError> {
+    pub async fn send(&self, rb: RequestBuilder) -> Result<Response, ClientError> {
+        let mut at = self.current_index();
+        let mut req = rb
+            .build()
+            .map_err(|e| ClientError::transport(self.base_url(), e))?;
+        // Built against the server current then (a clone may have moved on since).
+        let built_for = req.url().clone();
+        let built_at = self
+            .servers
+            .iter()
+            .find(|s| s.url.origin() == built_for.origin())
+            .map(|s| s.url.clone());
+        let mut tried = 0;
         let mut resends = 0;
         let resp = loop {
-            let again = rb.try_clone();
-            match (rb.send().await, again) {
+            let target = self.server(at);
+            // One server: the request already names it.
+            if let (Some(from), true) = (&built_at, self.servers.len() > 1) {
+                *req.url_mut() = retarget(&built_for, from, &target.url);
+            }
+            let again = req.try_clone();
+            match (self.http.execute(req).await, again) {
                 (Ok(resp), _) => break resp,
                 (Err(e), Some(again)) if resends < NEVER_SENT_RESENDS && never_sent(&e) => {
                     resends += 1;
-                    rb = again;
+                    req = again;
                 }
-                (Err(source), _) => return Err(ClientError::transport(&self.base, source)),
+                (Err(e), Some(again))
+                    if (e.is_connect() || is_read_only(again.method()))
+                        && tried + 1 < self.servers.len() =>
+                {
+                    tracing::warn!(server = %target.base, error = %e, "cannot reach the server; trying the next one");
+                    self.move_on_from(at);
+                    at = (at + 1) % self.servers.len();
+                    tried += 1;
+                    resends = 0;
+                    req = again;
+                }
+                (Err(source), _) => {
+                    if self.servers.len() > 1 {
+                        self.move_on_from(at);
+                    }
+                    return Err(ClientError::transport(&target.base, source));
+                }
             }
         };
         let status = resp.status();
@@ -801,6 +925,156 @@ mod tests {
         }
         let err = api(StatusCode::CONFLICT);
         assert!(!err.is_transient() && !err.is_busy());
+    }
+
+    /// A server that answers every request with `status` and its own name as the body.
+    async fn named_server(name: &'static str, status: u16) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
+                        name.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    /// A server that accepts each connection, reads the request and hangs up unanswered
+    /// (as a server killed mid-request).
+    async fn hang_up_server() -> String {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                drop(conn);
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    /// A URL nothing listens on: connection refused.
+    async fn dead_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        format!("http://{addr}")
+    }
+
+    async fn answer(client: &Client) -> Result<String, ClientError> {
+        let resp = client.send(client.request(Method::GET, "/v1/x")).await?;
+        Ok(resp.text().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_connect_goes_to_the_next_server_and_stays_there() {
+        let dead = dead_server().await;
+        let alive = named_server("b", 200).await;
+        let client = Client::new(&format!("{dead}, {alive}/")).unwrap();
+        let clone = client.clone();
+        assert_eq!(client.base_url(), dead);
+        assert_eq!(answer(&client).await.unwrap(), "b");
+        assert_eq!(client.base_url(), alive);
+        assert_eq!(clone.base_url(), alive, "clones share the current server");
+        assert_eq!(answer(&clone).await.unwrap(), "b");
+    }
+
+    #[tokio::test]
+    async fn a_read_cut_off_mid_answer_goes_to_the_next_server_but_a_write_does_not() {
+        let dying = hang_up_server().await;
+        let alive = named_server("b", 200).await;
+        let client = Client::new(&format!("{dying},{alive}")).unwrap();
+        assert_eq!(answer(&client).await.unwrap(), "b");
+
+        let client = Client::new(&format!("{dying},{alive}")).unwrap();
+        let write = client.request(Method::POST, "/v1/x").body("{}");
+        let err = client.send(write).await.unwrap_err();
+        assert!(err.is_unreachable(), "{err}");
+        assert!(err.to_string().contains(&dying), "{err}");
+        assert_eq!(
+            client.base_url(),
+            alive,
+            "the next request goes to the next server"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_first_server_is_used_while_it_answers() {
+        let alive = named_server("a", 200).await;
+        let other = named_server("b", 200).await;
+        let client = Client::new(&format!("{alive},{other}")).unwrap();
+        for _ in 0..3 {
+            assert_eq!(answer(&client).await.unwrap(), "a");
+        }
+        assert_eq!(client.base_url(), alive);
+    }
+
+    #[tokio::test]
+    async fn an_http_error_never_moves_on_to_another_server() {
+        let failing = named_server("a", 500).await;
+        let other = named_server("b", 200).await;
+        let client = Client::new(&format!("{failing},{other}")).unwrap();
+        let err = answer(&client).await.unwrap_err();
+        assert_eq!(err.status(), Some(StatusCode::INTERNAL_SERVER_ERROR));
+        assert_eq!(client.base_url(), failing);
+    }
+
+    #[tokio::test]
+    async fn when_no_server_can_be_reached_the_error_is_transient_and_names_the_last_tried() {
+        let one = dead_server().await;
+        let two = dead_server().await;
+        let client = Client::new(&format!("{one},{two}")).unwrap();
+        let err = answer(&client).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert!(err.to_string().contains(&two), "{err}");
+        assert_eq!(
+            client.base_url(),
+            one,
+            "the next request starts over from the first"
+        );
+    }
+
+    #[test]
+    fn a_list_of_servers_is_checked_url_by_url() {
+        assert!(Client::new("http://a:1, https://b:2/").is_ok());
+        match Client::new("http://a:1,,http://b:2") {
+            Err(ClientError::BadUrl(url)) => assert_eq!(url, ""),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            Client::new("http://a:1,b:2"),
+            Err(ClientError::BadUrl(url)) if url == "b:2"
+        ));
+    }
+
+    #[test]
+    fn retargeting_keeps_the_path_below_the_root_and_the_query() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        let moved = retarget(
+            &url("http://a:1/v1/jobs?status=running"),
+            &url("http://a:1"),
+            &url("https://b:2/fleet"),
+        );
+        assert_eq!(moved.as_str(), "https://b:2/fleet/v1/jobs?status=running");
+        let back = retarget(&moved, &url("https://b:2/fleet"), &url("http://a:1"));
+        assert_eq!(back.as_str(), "http://a:1/v1/jobs?status=running");
     }
 
     #[tokio::test]

@@ -354,6 +354,15 @@ pub struct Health {
     /// (`cis490ctl status` prints them).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// This server leads the servers of its database: it reconciles the manifest on its
+    /// own and sweeps expired leases (always true on SQLite, where a server is alone).
+    #[serde(default = "leads_by_default")]
+    pub leader: bool,
+}
+
+/// A server too old to report leadership was alone on its database.
+fn leads_by_default() -> bool {
+    true
 }
 
 /// `GET /v1/whoami` (a worker route that changes nothing): who the server takes the

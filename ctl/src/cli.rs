@@ -20,8 +20,9 @@ pub const OPERATOR_TOKEN_ENV: &str = "CIS490_OPERATOR_TOKEN";
     after_help = "Examples:\n  cis490ctl get jobs --status running\n  cis490ctl describe job 3fa9\n  cis490ctl --server http://pi.lab:8787 status\n  cis490ctl --server https://pi.lab:8787 --ca-file ca.pem status\n\nOperator verbs (cancel, hold, release, requeue, reload, apply, diff, cordon,\nuncordon, drain, delete) need CIS490_OPERATOR_TOKEN set to the reconciler's operator token."
 )]
 pub struct Cli {
-    /// The reconciler's URL (https:// when it serves TLS); default: the current context's
-    /// server, else http://127.0.0.1:8787.
+    /// The reconciler's URL (https:// when it serves TLS), or several servers of one fleet
+    /// separated by commas (the next is tried when one cannot be reached); default: the
+    /// current context's server, else http://127.0.0.1:8787.
     #[arg(long, global = true, env = SERVER_ENV)]
     pub server: Option<String>,
 

@@ -45,6 +45,8 @@ pub struct Fleet {
     server_starts: usize,
     /// Serve HTTPS with client certificates (see [`Fleet::enable_tls`]).
     tls: bool,
+    /// The servers `ctl` talks to when not the fleet's own (see [`Fleet::use_servers`]).
+    servers_override: Option<String>,
 }
 
 impl Fleet {
@@ -77,6 +79,7 @@ impl Fleet {
             shared_worker_token: true,
             server_starts: 0,
             tls: false,
+            servers_override: None,
         })
     }
 
@@ -191,19 +194,10 @@ impl Fleet {
 
     /// Starts (or restarts) the server on `listen`, with `extra` args (e.g. `--insecure`).
     pub fn start_server_with(&mut self, listen: &str, extra: &[&str]) -> anyhow::Result<()> {
-        let manifest = self.path("manifest.toml");
-        let state = self.path("state");
-        let config = self.path("server.toml");
+        let paths = self.server_paths("state");
         let log = self.path(&format!("server-{}.log", self.server_starts));
         self.server_starts += 1;
-        let mut args = vec![
-            "--manifest",
-            path_str(&manifest)?,
-            "--state-dir",
-            path_str(&state)?,
-            "--config",
-            path_str(&config)?,
-        ];
+        let mut args = server_args(&paths)?;
         let tls_args = [
             ("--tls-cert-file", self.tls_path("server.pem")),
             ("--tls-key-file", self.tls_path("server-key.pem")),
@@ -230,6 +224,51 @@ impl Fleet {
             .with_operator_token(Some(OPERATOR_TOKEN.into()))
             .with_worker_token(self.shared_worker_token.then(|| WORKER_TOKEN.into()));
         self.server = Some(server);
+        Ok(())
+    }
+
+    /// The manifest, state dir and config file of a server with state dir `state_rel`.
+    fn server_paths(&self, state_rel: &str) -> [PathBuf; 3] {
+        [
+            self.path("manifest.toml"),
+            self.path(state_rel),
+            self.path("server.toml"),
+        ]
+    }
+
+    /// Starts one more server beside the fleet's own, on `127.0.0.1:0` with its own state
+    /// dir `state_rel` (e.g. a second server on the same PostgreSQL database: give the
+    /// same `--database` and `--store-dir` in `extra`). The caller owns it.
+    pub fn start_another_server(
+        &self,
+        state_rel: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Reconciler> {
+        let paths = self.server_paths(state_rel);
+        std::fs::create_dir_all(&paths[1])?;
+        let mut args = server_args(&paths)?;
+        args.extend_from_slice(extra);
+        let log = self.path(&format!("server-{state_rel}.log"));
+        Reconciler::start_on(
+            "127.0.0.1:0",
+            &args,
+            &[
+                ("CIS490_OPERATOR_TOKEN", OPERATOR_TOKEN),
+                ("CIS490_WORKER_TOKEN", WORKER_TOKEN),
+                ("RUST_LOG", "info"),
+            ],
+            &log,
+        )
+    }
+
+    /// Points the fleet's client (and `ctl`) at `servers`, a comma-separated list.
+    pub fn use_servers(&mut self, servers: &str) -> anyhow::Result<()> {
+        self.client = Client::builder(servers)
+            .tls(self.client_tls(None)?)
+            .build()?
+            .with_operator_token(Some(OPERATOR_TOKEN.into()))
+            .with_worker_token(self.shared_worker_token.then(|| WORKER_TOKEN.into()));
+        self.servers_override = Some(servers.to_string());
         Ok(())
     }
 
@@ -390,6 +429,27 @@ impl Fleet {
         Ok(())
     }
 
+    /// Checks that every agent still runs and that each of `jobs` ran to completion exactly
+    /// once, as the trainers recorded in `work/runs.log` (one job ID per line, written
+    /// after the output).
+    pub fn assert_each_job_ran_once(&mut self, jobs: &[JobView]) {
+        for agent in &mut self.agents {
+            let exited = agent.process.child.try_wait().ok().flatten();
+            assert!(exited.is_none(), "agent {} died: {exited:?}", agent.name);
+        }
+        let runs = std::fs::read_to_string(self.path("work/runs.log")).unwrap_or_default();
+        let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+        for line in runs.lines() {
+            *counts.entry(line.trim()).or_default() += 1;
+        }
+        let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "jobs run twice: {twice:?}");
+        for job in jobs {
+            assert!(counts.contains_key(job.id.as_str()), "{} never ran", job.id);
+        }
+        assert_eq!(counts.len(), jobs.len(), "runs of jobs not asked about");
+    }
+
     /// What agent `name` logged so far.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
@@ -467,8 +527,12 @@ impl Fleet {
             Some(ca) => cmd.env("CIS490_CA_FILE", ca),
             None => cmd.env_remove("CIS490_CA_FILE"),
         };
+        let servers = match &self.servers_override {
+            Some(servers) => servers.clone(),
+            None => self.url()?,
+        };
         cmd.args(args)
-            .env("CIS490_SERVER", self.url()?)
+            .env("CIS490_SERVER", servers)
             .env("CIS490_OPERATOR_TOKEN", OPERATOR_TOKEN)
             .env("NO_COLOR", "1")
             // No client config file of the developer's (~/.config/cis490) applies.
@@ -519,6 +583,19 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// `serve`'s flags for [`Fleet::server_paths`].
+fn server_args(paths: &[PathBuf; 3]) -> anyhow::Result<Vec<&str>> {
+    let [manifest, state, config] = paths;
+    Ok(vec![
+        "--manifest",
+        path_str(manifest)?,
+        "--state-dir",
+        path_str(state)?,
+        "--config",
+        path_str(config)?,
+    ])
 }
 
 fn path_str(p: &Path) -> anyhow::Result<&str> {

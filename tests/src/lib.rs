@@ -17,6 +17,7 @@ use anyhow::{bail, Context};
 
 pub mod bench;
 pub mod fleet;
+pub mod scratch_postgres;
 
 /// The line prefix `serve` prints once it listens.
 pub const LISTENING_PREFIX: &str = "cis490-reconciler listening on ";

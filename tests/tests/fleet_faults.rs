@@ -4,7 +4,6 @@
 #![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use cis490_api::{ArtifactView, CompleteRequest, HeartbeatRequest, JobStatus, WorkerName};
@@ -166,26 +165,8 @@ fn reconciler_killed_mid_run_loses_nothing_and_runs_nothing_twice() {
             jobs.len() == 30 && jobs.iter().all(|j| j.status == JobStatus::Completed)
         })
         .unwrap();
-    // The agents carried on by themselves.
-    for agent in &mut fleet.agents {
-        assert!(
-            agent.process.child.try_wait().unwrap().is_none(),
-            "agent {} died",
-            agent.name
-        );
-    }
-    // No job lost, none run twice to completion.
-    let runs = std::fs::read_to_string(fleet.path("work/runs.log")).unwrap();
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for line in runs.lines() {
-        *counts.entry(line.trim()).or_default() += 1;
-    }
-    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "jobs run twice: {twice:?}");
-    assert_eq!(counts.len(), 30);
-    for job in &all {
-        assert!(counts.contains_key(job.id.as_str()), "{} never ran", job.id);
-    }
+    // The agents carried on by themselves; no job lost, none run twice to completion.
+    fleet.assert_each_job_ran_once(&all);
 
     // No partial artifact visible: partial files only ever in the incoming folder.
     let store = fleet.store_root();

@@ -161,9 +161,22 @@ pub async fn follow_filtered_events(
                 next: since,
             })
         }
+        // The server followed went away mid-wait; the client has moved on to the next of
+        // its servers, which numbers events the same way (one database).
+        Err(e) if e.is_unreachable() && client.server_count() > 1 => {
+            eprintln!("{e}; following the event log on {}", client.base_url());
+            tokio::time::sleep(FAILOVER_PAUSE).await;
+            Ok(cis490_api::EventsPage {
+                events: Vec::new(),
+                next: since,
+            })
+        }
         Err(e) => Err(e).context("following the event log"),
     }
 }
+
+/// How long a follow waits after its server went away before it asks the next one.
+const FAILOVER_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The event sequence number to follow from: everything up to now is skipped.
 pub async fn events_head(client: &Client) -> anyhow::Result<u64> {

@@ -34,6 +34,13 @@ pub struct Summary {
     /// The server's own warnings (`GET /v1/health`), e.g. open worker routes.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The server leads the servers of its database (always, when it is alone on it).
+    #[serde(default = "leads_by_default")]
+    pub leader: bool,
+}
+
+fn leads_by_default() -> bool {
+    true
 }
 
 pub async fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<()> {
@@ -61,6 +68,7 @@ pub async fn run(ctx: &Ctx, args: &StatusArgs) -> anyhow::Result<()> {
         tls: health.tls,
         client_certs: health.client_certs,
         warnings: health.warnings,
+        leader: health.leader,
     };
     print(&match args.output {
         DataFormat::Text => summary_text(&summary, Utc::now()),
@@ -109,6 +117,13 @@ pub fn summary_text(s: &Summary, now: DateTime<Utc>) -> String {
         (false, _) => "plain HTTP",
     };
     let _ = writeln!(out, "Transport:   {transport}");
+    // A lone server always leads: the line is only news among several servers.
+    if !s.leader {
+        let _ = writeln!(
+            out,
+            "Role:        follower (another server on this database reconciles the manifest and sweeps leases)"
+        );
+    }
     let m = &s.manifest;
     let applied = match m.last_applied_at {
         Some(t) => format!("applied {} ago", age(t, now)),
@@ -185,7 +200,19 @@ mod tests {
                 "plain HTTP on 0.0.0.0:8787 (--insecure): tokens cross the network".into(),
                 "worker routes are open: no worker token configured".into(),
             ],
+            leader: true,
         }
+    }
+
+    #[test]
+    fn a_follower_says_so_and_a_leader_says_nothing() {
+        assert!(!summary_text(&summary(), now()).contains("Role:"));
+        let follower = Summary {
+            leader: false,
+            ..summary()
+        };
+        let text = summary_text(&follower, now());
+        assert!(text.contains("Role:        follower"), "{text}");
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub struct ServeArgs {
     /// [default: /var/lib/cis490]
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The artifact store's root, when not STATE_DIR/models: one directory several servers
+    /// on one PostgreSQL database share (a network file system) [env: CIS490_STORE_DIR]
+    #[arg(long, value_name = "DIR")]
+    pub store_dir: Option<PathBuf>,
     /// The queue's database: sqlite:PATH, or postgres://USER@HOST/DB (no TLS yet: a Unix
     /// socket or loopback)
     /// [env: CIS490_DATABASE] [default: sqlite:STATE_DIR/queue.db]
@@ -110,6 +114,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
     let flags = Flags {
         manifest: args.manifest,
         state_dir: args.state_dir,
+        store_dir: args.store_dir,
         listen: args.listen,
         insecure: args.insecure,
         tls_cert_file: args.tls_cert_file,

@@ -1,9 +1,10 @@
 //! `cis490-reconciler tokens issue|revoke|list`: per-worker tokens, for labs without PKI.
 //!
-//! Each works on the state directory's `queue.db` directly, also while the server runs
-//! (SQLite WAL): the server looks every presented token up, so an issued token works and a
-//! revoked one is refused from the next request on. Run them as the user the server runs
-//! as, so a `queue.db` they create stays writable for the server.
+//! Each works on the server's queue database directly, also while servers run: the state
+//! directory's `queue.db` (SQLite WAL), or the PostgreSQL database of `--database` (every
+//! server on it sees the change). The server looks every presented token up, so an issued
+//! token works and a revoked one is refused from the next request on. On SQLite, run them
+//! as the user the server runs as, so a `queue.db` they create stays writable for it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,8 +13,8 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use cis490_api::WorkerName;
 
-use crate::queue::{JobQueue, Queue, QueueConfig};
-use crate::server::config::{env, FileConfig, DEFAULT_STATE_DIR};
+use crate::queue::{JobQueue, PgQueue, Queue, QueueConfig};
+use crate::server::config::{env, parse_database, Database, FileConfig, DEFAULT_STATE_DIR};
 
 /// Arguments of `tokens`.
 #[derive(Debug, clap::Args)]
@@ -24,9 +25,14 @@ pub struct TokensArgs {
     /// [default: state_dir of --config, else /var/lib/cis490]
     #[arg(long, value_name = "DIR", global = true)]
     pub state_dir: Option<PathBuf>,
-    /// The server's TOML config file, to read its state_dir
+    /// The server's TOML config file, to read its state_dir and database
     #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
+    /// The queue's database, as `serve --database` takes it: postgres://USER@HOST/DB for
+    /// servers on PostgreSQL [env: CIS490_DATABASE]
+    /// [default: database of --config, else sqlite:STATE_DIR/queue.db]
+    #[arg(long, value_name = "URL", global = true)]
+    pub database: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -73,17 +79,48 @@ fn state_dir(args: &TokensArgs) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(DEFAULT_STATE_DIR))
 }
 
-fn open_queue(dir: &Path) -> anyhow::Result<Queue> {
-    if !dir.is_dir() {
-        bail!(
-            "the state directory {} does not exist: pass the server's --state-dir (or set {} \
-             or --config with its state_dir)",
-            dir.display(),
-            env::STATE_DIR
-        );
+/// Flag, then CIS490_DATABASE, then the config file's `database`; None: the state dir's
+/// SQLite file.
+fn database(args: &TokensArgs) -> anyhow::Result<Option<Database>> {
+    let url = match &args.database {
+        Some(url) => Some(url.clone()),
+        None => match std::env::var(env::DATABASE)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        {
+            Some(url) => Some(url),
+            None => match &args.config {
+                Some(path) => FileConfig::load(path)?.database,
+                None => None,
+            },
+        },
+    };
+    Ok(url.map(|u| parse_database(&u)).transpose()?)
+}
+
+fn open_queue(args: &TokensArgs) -> anyhow::Result<Box<dyn JobQueue>> {
+    match database(args)? {
+        Some(Database::Postgres(url)) => Ok(Box::new(
+            PgQueue::open(&url, QueueConfig::default())
+                .context("opening the queue database on PostgreSQL")?,
+        )),
+        Some(Database::Sqlite(path)) => Ok(Box::new(open_sqlite(&path)?)),
+        None => {
+            let dir = state_dir(args)?;
+            if !dir.is_dir() {
+                bail!(
+                    "the state directory {} does not exist: pass the server's --state-dir (or                      set {} or --config with its state_dir), or --database for a server on                      PostgreSQL",
+                    dir.display(),
+                    env::STATE_DIR
+                );
+            }
+            Ok(Box::new(open_sqlite(&dir.join("queue.db"))?))
+        }
     }
-    let db = dir.join("queue.db");
-    Queue::open(&db, QueueConfig::default())
+}
+
+fn open_sqlite(db: &Path) -> anyhow::Result<Queue> {
+    Queue::open(db, QueueConfig::default())
         .with_context(|| format!("opening the queue database {}", db.display()))
 }
 
@@ -93,8 +130,7 @@ fn worker_name(text: &str) -> anyhow::Result<WorkerName> {
 
 /// Runs `tokens ...`; returns the process exit code.
 pub fn run(args: TokensArgs) -> anyhow::Result<i32> {
-    let dir = state_dir(&args)?;
-    let queue = open_queue(&dir)?;
+    let queue = open_queue(&args)?;
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
     match &args.command {

@@ -186,6 +186,73 @@ fn a_changed_node_selector_updates_a_pending_job(b: Backend) {
     );
 }
 
+/// The claim walks the queue in rounds (PostgreSQL: a LIMIT per round): the one job a
+/// worker may run sits past the first round, behind jobs only other workers may run.
+fn a_claim_finds_the_one_fitting_job_far_down_the_queue(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
+    let mut desired: Vec<JobSpec> = (0..150)
+        .map(|i| JobSpec {
+            manifest_order: i,
+            ..selecting(&format!("gpu-only-{i}"), &[("gpu", "a100")])
+        })
+        .collect();
+    let plain = JobSpec {
+        manifest_order: 150,
+        ..spec("plain")
+    };
+    desired.push(plain.clone());
+    load_hosts(q, &desired, &[]);
+    let got = claim(q, "w1", &labelled(&[])).expect("the plain job");
+    assert_eq!(got.job.id, plain.id);
+    assert!(claim(q, "w2", &labelled(&[])).is_none());
+    assert!(claim(q, "a100", &labelled(&[("gpu", "a100")])).is_some());
+}
+
+/// A label filter skips most jobs: each page still holds `limit` matching jobs, in queue
+/// order, and the pages together hold each match once.
+fn a_filtered_listing_pages_through_every_match_once(b: Backend) {
+    let q = b.queue();
+    let q = &*q;
+    let desired: Vec<JobSpec> = (0..300)
+        .map(|i| {
+            let mut job = spec(&format!("job-{i}"));
+            job.manifest_order = i;
+            if i % 50 == 49 {
+                job.labels = labels(&[("team", "vision")]);
+            }
+            job
+        })
+        .collect();
+    load_hosts(q, &desired, &[]);
+    let filter = cis490_api::JobFilter {
+        label: Some("team=vision".into()),
+        ..cis490_api::JobFilter::default()
+    };
+    let vision: Vec<_> = desired
+        .iter()
+        .filter(|j| !j.labels.is_empty())
+        .map(|j| j.id.clone())
+        .collect();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = q.jobs_page(&filter, after.as_ref(), 2).unwrap();
+        assert!(page.items.len() <= 2);
+        seen.extend(page.items.iter().map(|j| j.id.clone()));
+        match page.next {
+            Some(next) => after = Some(crate::queue::listing::JobCursor::decode(&next).unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vision);
+}
+
+super::test_support::on_both_backends!(
+    a_claim_finds_the_one_fitting_job_far_down_the_queue,
+    a_filtered_listing_pages_through_every_match_once,
+);
+
 super::test_support::on_both_backends!(
     a_node_selector_is_matched_for_pinned_jobs_too,
     hosts_labels_count_and_win_over_the_agents,

@@ -154,6 +154,29 @@ impl Drop for TestQueue {
     }
 }
 
+/// A fresh PostgreSQL database for a test that needs more than one queue on it (a leader
+/// lock, a second server), dropped with it.
+pub(crate) struct ScratchDatabase {
+    _database: TestDatabase,
+    url: String,
+}
+
+impl ScratchDatabase {
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// A [`ScratchDatabase`], or None (printing why) when the test should skip.
+pub(crate) fn postgres_database() -> Option<ScratchDatabase> {
+    let admin = postgres_url()?;
+    let (database, url) = TestDatabase::create(&admin);
+    Some(ScratchDatabase {
+        _database: database,
+        url,
+    })
+}
+
 /// A database made for one test (`cis490_test_<random>`), dropped with it.
 struct TestDatabase {
     admin_url: String,

@@ -34,6 +34,7 @@ pub mod env {
     pub const TLS_KEY_FILE: &str = "CIS490_TLS_KEY_FILE";
     pub const CLIENT_CA_FILE: &str = "CIS490_CLIENT_CA_FILE";
     pub const DATABASE: &str = "CIS490_DATABASE";
+    pub const STORE_DIR: &str = "CIS490_STORE_DIR";
 }
 
 /// The server's TLS files (PEM). Read when the server is built (see `server::tls`).
@@ -81,6 +82,9 @@ pub struct ServerConfig {
     pub manifest: PathBuf,
     /// Holds `queue.db` and the artifact store (`models/`).
     pub state_dir: PathBuf,
+    /// The artifact store's root when it is not `state_dir/models`: a directory several
+    /// servers on one PostgreSQL database share.
+    pub store_dir: Option<PathBuf>,
     /// The queue's database when `--database` names one; None: the SQLite file
     /// `state_dir/queue.db`.
     pub database: Option<Database>,
@@ -131,6 +135,7 @@ impl ServerConfig {
         Self {
             manifest: manifest.into(),
             state_dir: state_dir.into(),
+            store_dir: None,
             database: None,
             listen: DEFAULT_LISTEN.to_string(),
             insecure: false,
@@ -164,9 +169,11 @@ impl ServerConfig {
         }
     }
 
-    /// The artifact store's root.
+    /// The artifact store's root: `store_dir`, else `state_dir/models`.
     pub fn store_root(&self) -> PathBuf {
-        self.state_dir.join("models")
+        self.store_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("models"))
     }
 
     /// Worker routes require a TLS client certificate.
@@ -222,6 +229,8 @@ impl SecurityPosture {
 pub struct FileConfig {
     pub manifest: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    /// The artifact store's root (default `STATE_DIR/models`).
+    pub store_dir: Option<PathBuf>,
     /// The queue's database as a URL (`sqlite:PATH`; default `sqlite:STATE_DIR/queue.db`).
     pub database: Option<String>,
     pub listen: Option<String>,
@@ -365,6 +374,7 @@ impl FileConfig {
 pub struct Flags {
     pub manifest: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    pub store_dir: Option<PathBuf>,
     pub listen: Option<String>,
     pub insecure: bool,
     pub tls_cert_file: Option<PathBuf>,
@@ -449,6 +459,11 @@ pub fn resolve(
         .or(file.state_dir)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
     let mut config = ServerConfig::new(manifest, state_dir);
+    config.store_dir = flags
+        .store_dir
+        .clone()
+        .or_else(|| env_nonempty(env::STORE_DIR).map(PathBuf::from))
+        .or(file.store_dir);
     if let Some(url) = env_nonempty(env::DATABASE).or(file.database) {
         config.database = Some(parse_database(&url)?);
     }
@@ -707,6 +722,30 @@ mod tests {
         let c = resolve(&flags, env_of(&[]), FileConfig::default()).unwrap();
         assert_eq!(c.listen, DEFAULT_LISTEN);
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(
+            c.store_root(),
+            PathBuf::from(DEFAULT_STATE_DIR).join("models")
+        );
+    }
+
+    #[test]
+    fn the_store_dir_comes_from_flag_env_or_file_and_defaults_under_the_state_dir() {
+        let file = || FileConfig {
+            manifest: Some("m.toml".into()),
+            store_dir: Some("/file/store".into()),
+            ..FileConfig::default()
+        };
+        let c = resolve(&Flags::default(), env_of(&[]), file()).unwrap();
+        assert_eq!(c.store_root(), PathBuf::from("/file/store"));
+        let env = env_of(&[(env::STORE_DIR, "/env/store")]);
+        let c = resolve(&Flags::default(), &env, file()).unwrap();
+        assert_eq!(c.store_root(), PathBuf::from("/env/store"));
+        let flags = Flags {
+            store_dir: Some("/flag/store".into()),
+            ..Flags::default()
+        };
+        let c = resolve(&flags, &env, file()).unwrap();
+        assert_eq!(c.store_root(), PathBuf::from("/flag/store"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod error;
 pub mod extract;
 pub mod hold;
 pub mod identity;
+pub mod leader;
 pub mod limits;
 pub mod listen;
 pub mod logs;
@@ -37,9 +38,11 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::queue::postgres::leader::LeaderLock;
 use crate::queue::{PgQueue, Queue, QueueError, SharedQueue};
 use crate::store::{ArtifactStore, RecoveryReport, StoreError};
 use config::Database;
+use leader::Leadership;
 
 pub use config::{Secret, SecurityPosture, ServerConfig, TlsSettings};
 pub use error::ApiFailure;
@@ -162,14 +165,16 @@ impl Server {
         let queue_config = config.queue.clone();
         let clock = Arc::clone(&config.clock);
         // Blocking: the sync PostgreSQL client must not run on an async runtime thread.
-        let queue: SharedQueue =
+        let (queue, leadership): (SharedQueue, Leadership) =
             tokio::task::spawn_blocking(move || match (database, sqlite_file) {
                 (Some(Database::Postgres(url)), _) => {
-                    PgQueue::open_with_clock(&url, queue_config, clock)
-                        .map(|q| Arc::new(q) as SharedQueue)
+                    let queue = PgQueue::open_with_clock(&url, queue_config, clock)?;
+                    let lock = LeaderLock::new(&url)?;
+                    let leadership = Leadership::campaign(lock, leader::CAMPAIGN_INTERVAL);
+                    Ok((Arc::new(queue) as SharedQueue, leadership))
                 }
                 (_, Some(path)) => Queue::open_with_clock(&path, queue_config, clock)
-                    .map(|q| Arc::new(q) as SharedQueue),
+                    .map(|q| (Arc::new(q) as SharedQueue, Leadership::sole())),
                 (_, None) => Err(QueueError::corrupt("no database configured")),
             })
             .await
@@ -193,6 +198,7 @@ impl Server {
             queue.clone(),
             config.manifest.clone(),
             config.max_manifest_jobs,
+            leadership,
         );
         // Watch before the first read, so an edit racing the start-up reconcile is seen.
         let watch = if config.watch {
@@ -312,8 +318,16 @@ impl Server {
             _ = watch::resync(Arc::clone(&state.reconciler), config.resync_interval) => {
                 Err(ServerError::LoopStopped("manifest resync"))
             }
-            _ = sweeper::run(state.queue.clone(), Arc::clone(&state.telemetry), config.sweep_interval) => {
+            _ = sweeper::run(
+                state.queue.clone(),
+                Arc::clone(&state.telemetry),
+                state.reconciler.leadership().clone(),
+                config.sweep_interval,
+            ) => {
                 Err(ServerError::LoopStopped("sweeper"))
+            }
+            _ = leader::reconcile_on_takeover(Arc::clone(&state.reconciler)) => {
+                Err(ServerError::LoopStopped("leader campaign"))
             }
         };
         tracing::info!("stopped");

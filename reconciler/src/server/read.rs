@@ -49,6 +49,7 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiFa
         client_certs: posture.client_certs,
         insecure: posture.insecure,
         warnings,
+        leader: state.reconciler.leadership().is_leader(),
     }))
 }
 

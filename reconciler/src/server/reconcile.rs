@@ -1,6 +1,8 @@
 //! The one reconcile function: read the manifest, plan against the queue, apply in one
 //! transaction. Start-up, the file watch, the periodic resync and `POST
 //! /v1/manifest/reload` all call [`Reconciler::reconcile`]; reconciles are serialized.
+//! Of several servers on one database only the leader (`leader.rs`) reconciles on its
+//! own (start-up, file changes, resync); a request to reload or apply is served anywhere.
 //!
 //! Like kube-runtime's `reconcile`, it works from current state only; the one use of the
 //! trigger is that a periodic resync of a file whose sha256 is the last applied one stops
@@ -16,6 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use sha2::{Digest, Sha256};
 
+use super::leader::Leadership;
 use super::telemetry::Label1;
 use crate::manifest::{
     parse_manifest_with_limit, read_manifest_text, LoadedManifest, ManifestErrors,
@@ -34,6 +37,8 @@ pub enum Trigger {
     ReloadRoute,
     /// `PUT /v1/manifest` wrote a new manifest.
     ApplyRoute,
+    /// This server became the leader of its database (another one had led).
+    TookOver,
 }
 
 impl Trigger {
@@ -44,7 +49,17 @@ impl Trigger {
             Trigger::Resync => "periodic resync",
             Trigger::ReloadRoute => "reload request",
             Trigger::ApplyRoute => "apply request",
+            Trigger::TookOver => "leadership taken over",
         }
+    }
+
+    /// Background work, which only the leader of several servers does; an operator's
+    /// request is served by whichever server it reaches.
+    fn is_background(self) -> bool {
+        matches!(
+            self,
+            Trigger::Startup | Trigger::FileChange | Trigger::Resync
+        )
     }
 }
 
@@ -77,10 +92,17 @@ pub struct Reconciler {
     full_reconciles: AtomicU64,
     /// Reconciles by result, for `/metrics`.
     reconciles: Family<Label1, Counter>,
+    /// Whether this server leads the servers of its database.
+    leadership: Leadership,
 }
 
 impl Reconciler {
-    pub fn new(queue: SharedQueue, manifest: PathBuf, max_jobs: usize) -> Arc<Self> {
+    pub fn new(
+        queue: SharedQueue,
+        manifest: PathBuf,
+        max_jobs: usize,
+        leadership: Leadership,
+    ) -> Arc<Self> {
         Arc::new(Self {
             queue,
             manifest,
@@ -88,7 +110,13 @@ impl Reconciler {
             serial: Mutex::new(None),
             full_reconciles: AtomicU64::new(0),
             reconciles: Family::default(),
+            leadership,
         })
+    }
+
+    /// Whether this server leads the servers of its database (always, on SQLite).
+    pub fn leadership(&self) -> &Leadership {
+        &self.leadership
     }
 
     /// Reconciles by result (applied, unchanged, skipped, invalid, error), for `/metrics`.
@@ -153,6 +181,17 @@ impl Reconciler {
     }
 
     fn reconcile_once(&self, trigger: Trigger) -> Result<PlanSummary, ReconcileError> {
+        if trigger.is_background() && !self.leadership.is_leader() {
+            tracing::debug!(
+                trigger = trigger.as_str(),
+                "following: the leader reconciles"
+            );
+            return Ok(PlanSummary {
+                applied: false,
+                generation: self.queue.manifest_status()?.generation,
+                ..PlanSummary::default()
+            });
+        }
         let mut last_applied = self
             .serial
             .lock()
@@ -310,7 +349,12 @@ mod tests {
         let queue = Arc::new(Queue::open_in_memory(QueueConfig::default()).unwrap());
         (
             dir,
-            Reconciler::new(queue, manifest, crate::manifest::DEFAULT_MAX_MANIFEST_JOBS),
+            Reconciler::new(
+                queue,
+                manifest,
+                crate::manifest::DEFAULT_MAX_MANIFEST_JOBS,
+                Leadership::sole(),
+            ),
         )
     }
 

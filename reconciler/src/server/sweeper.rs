@@ -1,5 +1,6 @@
 //! The sweeper: expired leases go back to pending (or to failed at max_attempts). The
-//! sweep appends events, which wakes waiting claimers.
+//! sweep appends events, which wakes waiting claimers. Of several servers on one database,
+//! only the leader sweeps.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
 
+use super::leader::Leadership;
 use super::telemetry::{FailureCause, Telemetry};
 use crate::queue::{JobQueue, QueueError, SharedQueue, SweepOutcome};
 
@@ -22,12 +24,21 @@ pub fn sweep_once(queue: &dyn JobQueue) -> Result<SweepOutcome, QueueError> {
     Ok(outcome)
 }
 
-/// Sweeps every `every` forever; a failed pass is logged and retried at the next tick.
-pub async fn run(queue: SharedQueue, telemetry: Arc<Telemetry>, every: Duration) -> Infallible {
+/// Sweeps every `every` forever while this server leads; a failed pass is logged and
+/// retried at the next tick.
+pub async fn run(
+    queue: SharedQueue,
+    telemetry: Arc<Telemetry>,
+    leadership: Leadership,
+    every: Duration,
+) -> Infallible {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
+        if !leadership.is_leader() {
+            continue;
+        }
         let q = queue.clone();
         match tokio::task::spawn_blocking(move || {
             let outcome = sweep_once(q.as_ref())?;

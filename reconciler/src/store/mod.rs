@@ -21,6 +21,13 @@
 //! that two (model, mode) pairs could share); the start-up scan moves them into `blobs/`
 //! and drops the duplicate copies ([`ArtifactStore::recover`]).
 //!
+//! Several servers may share one store (`store_dir` on a network file system, beside one
+//! PostgreSQL database): each partial is locked while its upload streams, so the start-up
+//! scan of one server removes only partials nobody holds; commits take a store-wide file
+//! lock (`.commit.lock`), so identical bytes committed by two servers at once end as one
+//! bundle and one index row, and the scan removes a bundle-less folder only under it.
+//! Which job uploaded what is in the shared database.
+//!
 //! Commit order (so a crash at any instant is repairable): the bundle is fsynced in
 //! `.incoming/`, `meta.json` is written (temp + fsync + rename), the bundle is renamed into
 //! place, the directories are fsynced, then the index row is appended and fsynced. A bundle
@@ -59,6 +66,9 @@ pub const INDEX_FILE: &str = "index.jsonl";
 pub const BLOBS_DIR: &str = "blobs";
 /// Where uploads stream to before they are verified.
 pub const INCOMING_DIR: &str = ".incoming";
+/// Locked (flock) around each commit, so that servers sharing the store commit one at a
+/// time and the start-up scan never takes a commit in flight for a crash's leftovers.
+pub const COMMIT_LOCK_FILE: &str = ".commit.lock";
 /// Suffix of an upload in flight.
 pub const PARTIAL_SUFFIX: &str = ".partial";
 /// Uploads announced at most this large are received in memory and written in one go.
@@ -299,6 +309,20 @@ impl ArtifactStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The store-wide commit lock other servers sharing the store also take; released when
+    /// the file is dropped. Taken inside [`Self::lock_commit`] (threads of this server queue
+    /// on the mutex, not on the file).
+    fn lock_commit_across_servers(&self) -> Result<std::fs::File, StoreError> {
+        let path = self.root().join(COMMIT_LOCK_FILE);
+        open_locked(
+            &path,
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true),
+        )
+    }
+
     /// The announced bytes are already stored: hash the body to check it, write nothing.
     async fn verify_known<S, E>(
         &self,
@@ -517,6 +541,7 @@ impl ArtifactStore {
         record: &ArtifactView,
     ) -> Result<UploadStatus, StoreError> {
         let _guard = self.lock_commit();
+        let _across_servers = self.lock_commit_across_servers()?;
         let blobs = self.blobs_dir();
         let final_dir = blobs.join(record.artifact_id.as_str());
         let bundle = final_dir.join(BUNDLE_FILE);
@@ -559,11 +584,9 @@ impl ArtifactStore {
             source: std::io::Error::other(e),
         })?;
         line.push('\n');
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(StoreError::io(format!("opening {}", path.display())))?;
+        // Servers sharing the store append one at a time (on a network file system an
+        // append is not atomic); the lock goes with `f`.
+        let mut f = open_locked(&path, std::fs::OpenOptions::new().create(true).append(true))?;
         f.write_all(line.as_bytes())
             .and_then(|()| f.sync_all())
             .map_err(StoreError::io(format!("appending to {}", path.display())))
@@ -736,12 +759,27 @@ enum WriterMsg {
 
 /// Creates an upload's partial file. `create_new`: a name collision is an error, never two
 /// uploads sharing one file.
+/// A new partial file, locked for as long as it is open: the start-up scan of another
+/// server sharing the store leaves a locked partial alone (its upload is alive).
 fn create_partial(path: &Path) -> Result<std::fs::File, StoreError> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
+    open_locked(
+        path,
+        std::fs::OpenOptions::new().write(true).create_new(true),
+    )
+}
+
+/// Opens `path` with `options` and takes its exclusive lock (flock; on a network file
+/// system, the server's lock), blocking until it is free. Released when the file closes.
+pub(crate) fn open_locked(
+    path: &Path,
+    options: &std::fs::OpenOptions,
+) -> Result<std::fs::File, StoreError> {
+    let file = options
         .open(path)
-        .map_err(StoreError::io(format!("creating {}", path.display())))
+        .map_err(StoreError::io(format!("opening {}", path.display())))?;
+    file.lock()
+        .map_err(StoreError::io(format!("locking {}", path.display())))?;
+    Ok(file)
 }
 
 /// The writer thread: writes the chunks it is handed through a large buffer and fsyncs

@@ -1,16 +1,18 @@
 //! The start-up scan: moves a store of the old `<model>_<mode>/<artifact_id>/` layout into
 //! `blobs/`, removes what interrupted uploads left behind and repairs a bundle whose
-//! meta.json or index row a crash cut off. Runs before the server accepts uploads, so
-//! nothing in `.incoming/` can belong to a live upload.
+//! meta.json or index row a crash cut off. Runs before the server accepts uploads; in a
+//! store shared with other servers, a partial whose upload is alive there is locked and
+//! kept.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use cis490_api::{ArtifactId, ArtifactView};
 
 use super::{
-    read_meta, sync_dir, write_meta, ArtifactStore, StoreError, BUNDLE_FILE, INDEX_FILE, META_FILE,
+    open_locked, read_meta, sync_dir, write_meta, ArtifactStore, StoreError, BUNDLE_FILE,
+    INDEX_FILE, META_FILE,
 };
 
 /// What moving the old layout into `blobs/` did to one old artifact folder.
@@ -153,6 +155,10 @@ impl ArtifactStore {
             let entry = entry.map_err(StoreError::io(format!("listing {}", incoming.display())))?;
             if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
                 let path = entry.path();
+                if held_by_a_live_upload(&path)? {
+                    tracing::debug!(partial = %path.display(), "upload in flight on another server; kept");
+                    continue;
+                }
                 std::fs::remove_file(&path)
                     .map_err(StoreError::io(format!("removing {}", path.display())))?;
                 report.removed_partials += 1;
@@ -165,16 +171,15 @@ impl ArtifactStore {
     /// would glue onto it. Cut it off (the row is restored from meta.json if it mattered).
     fn drop_cut_off_index_tail(&self) -> Result<bool, StoreError> {
         let path = self.root().join(INDEX_FILE);
-        let bytes =
-            std::fs::read(&path).map_err(StoreError::io(format!("reading {}", path.display())))?;
+        // Under the appenders' lock: a row another server is appending is not cut off.
+        let mut f = open_locked(&path, std::fs::OpenOptions::new().read(true).write(true))?;
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes)
+            .map_err(StoreError::io(format!("reading {}", path.display())))?;
         if bytes.is_empty() || bytes.ends_with(b"\n") {
             return Ok(false);
         }
         let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(StoreError::io(format!("opening {}", path.display())))?;
         f.set_len(keep as u64)
             .and_then(|()| f.sync_all())
             .map_err(StoreError::io(format!("truncating {}", path.display())))?;
@@ -210,9 +215,13 @@ impl ArtifactStore {
         index: &BTreeMap<ArtifactId, ArtifactView>,
         report: &mut RecoveryReport,
     ) -> Result<(), StoreError> {
-        // A crash between writing meta.json and renaming the bundle leaves its temp file.
-        let _ = std::fs::remove_file(dir.join(format!("{META_FILE}.tmp")));
         if !dir.join(BUNDLE_FILE).is_file() {
+            // Another server sharing the store may be between its meta.json and its
+            // bundle's rename: decide under the commit lock it holds for that span.
+            let _across_servers = self.lock_commit_across_servers()?;
+            if dir.join(BUNDLE_FILE).is_file() {
+                return self.repair_dir(dir, index, report);
+            }
             // Never acknowledged: the upload answered only after the bundle was in place.
             std::fs::remove_dir_all(dir)
                 .map_err(StoreError::io(format!("removing {}", dir.display())))?;
@@ -222,6 +231,9 @@ impl ArtifactStore {
             report.removed_incomplete += 1;
             return Ok(());
         }
+        // Left by a crash mid-way through writing meta.json (nobody writes meta.json once
+        // the bundle is in place).
+        let _ = std::fs::remove_file(dir.join(format!("{META_FILE}.tmp")));
         let Some(id) = dir
             .file_name()
             .and_then(|n| n.to_str())
@@ -250,5 +262,25 @@ impl ArtifactStore {
             report.repaired_index += 1;
         }
         Ok(())
+    }
+}
+
+/// Whether an upload still streams into this partial: its writer holds the file's lock
+/// (taken at creation). A partial whose writer died is unlocked, as is one whose writer
+/// has not locked it yet in the instant after creating it; removing that one fails its
+/// upload, which the agent retries.
+fn held_by_a_live_upload(path: &Path) -> Result<bool, StoreError> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        // Committed or removed by its writer meanwhile.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(StoreError::io(format!("opening {}", path.display()))(e)),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StoreError::io(format!("locking {}", path.display()))(e))
+        }
     }
 }

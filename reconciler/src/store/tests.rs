@@ -429,6 +429,53 @@ async fn recovery_cleans_partials_and_repairs_meta_and_index() {
     assert!(reopened.recover().unwrap().is_clean());
 }
 
+#[test]
+fn recovery_keeps_a_partial_another_server_is_still_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let live = store.incoming_dir().join("live-1.partial");
+    let dead = store.incoming_dir().join("dead-1.partial");
+    let writer = create_partial(&live).unwrap();
+    std::fs::write(&dead, b"left by a crash").unwrap();
+
+    let report = store.recover().unwrap();
+    assert_eq!(report.removed_partials, 1);
+    assert!(live.exists(), "the locked partial of a live upload stays");
+    assert!(!dead.exists());
+
+    drop(writer);
+    assert_eq!(store.recover().unwrap().removed_partials, 1);
+    assert!(
+        !live.exists(),
+        "once its writer is gone the partial is a leftover"
+    );
+}
+
+#[test]
+fn recovery_waits_for_a_commit_in_flight_before_judging_a_folder_without_its_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let body = b"committed by another server";
+    let folder = store.blobs_dir().join(sha(body).as_str());
+    // The other server holds the commit lock, has written meta.json and is about to
+    // rename the bundle into place.
+    let lock = store.lock_commit_across_servers().unwrap();
+    std::fs::create_dir_all(&folder).unwrap();
+    write_meta(&folder, &store.record(&upload_for(body), body.len() as u64)).unwrap();
+    let scan = {
+        let store = store.clone();
+        std::thread::spawn(move || store.recover())
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::write(folder.join(BUNDLE_FILE), body).unwrap();
+    drop(lock);
+
+    let report = scan.join().unwrap().unwrap();
+    assert_eq!(report.removed_incomplete, 0, "{report:?}");
+    assert!(folder.join(BUNDLE_FILE).is_file());
+    assert_eq!(store.list().unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn a_small_announced_upload_is_stored_and_deduped_like_a_streamed_one() {
     let dir = tempfile::tempdir().unwrap();

@@ -16,7 +16,7 @@ use cis490_reconciler::manifest::parse_manifest;
 use cis490_reconciler::plan::plan;
 use cis490_reconciler::queue::{JobQueue, ManifestSource, Queue, QueueConfig};
 
-use super::server::BenchServer;
+use super::server::{Backend, BenchServer};
 use super::workload::{capability, manifest_text, worker};
 use super::{ms, percentile, Ctx, Row};
 
@@ -142,12 +142,17 @@ pub fn profile_main(jobs: usize, threads: usize, dir: &Path) -> anyhow::Result<(
     Ok(())
 }
 
-/// `agents` tokio tasks claim over HTTP until each is answered 204.
-pub async fn drain_http(client: &cis490_api::Client, agents: usize) -> anyhow::Result<Drain> {
+/// `agents` tokio tasks claim over HTTP until each is answered 204; agent `k` talks to
+/// `clients[k % clients.len()]` (several servers of one database: the agents split
+/// between them).
+pub async fn drain_http(clients: &[cis490_api::Client], agents: usize) -> anyhow::Result<Drain> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for k in 0..agents {
-        let client = client.clone();
+        let client = clients
+            .get(k % clients.len().max(1))
+            .context("no client to drain with")?
+            .clone();
         let req = Arc::new(ClaimRequest {
             worker: worker(k)?,
             capability: capability(k),
@@ -267,9 +272,28 @@ pub fn run_queue(ctx: &Ctx) -> Vec<Row> {
     result.unwrap_or_else(|e| vec![Row::error(name, ">= 10000 claims/s", &e)])
 }
 
-/// The figure: through the real server over loopback.
-pub async fn run_http(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
-    let name = "1. claim over HTTP, 64 agents";
+/// The figure: through the real server over loopback, on `backend`'s queue; with
+/// `servers` > 1, that many servers on one database (PostgreSQL), the agents split
+/// between them.
+pub async fn run_http(
+    ctx: &Ctx,
+    server_missing: Option<&str>,
+    backend: &Backend,
+    servers: usize,
+) -> Vec<Row> {
+    let name = &if servers > 1 {
+        format!(
+            "1{}{servers}. claim over HTTP, {servers} servers{}, 64 agents",
+            backend.tag(),
+            backend.label()
+        )
+    } else {
+        format!(
+            "1{}. claim over HTTP{}, 64 agents",
+            backend.tag(),
+            backend.label()
+        )
+    };
     if let Some(why) = server_missing {
         return vec![Row::not_measured(
             name,
@@ -283,10 +307,21 @@ pub async fn run_http(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
         let text = manifest_text(jobs, 10, &["true"], 0);
         let loaded = parse_manifest(&text, Path::new("bench.toml")).map_err(anyhow::Error::msg)?;
         let ids: HashSet<JobId> = loaded.manifest.jobs.iter().map(|j| j.id.clone()).collect();
-        let server = BenchServer::start(&dir, &text)?;
-        let client = server.client()?;
-        wait_pending(&client, jobs as u64).await?;
-        let drain = drain_http(&client, AGENTS).await?;
+        let db = backend.database("claim")?;
+        let url = db.as_ref().map(|d| d.url.as_str());
+        let mut running = Vec::new();
+        for n in 0..servers.max(1) {
+            let instance = if n == 0 { String::new() } else { n.to_string() };
+            running.push(BenchServer::start_on(&dir, &text, None, url, &instance)?);
+        }
+        let clients = running
+            .iter()
+            .map(BenchServer::client)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        wait_pending(&clients[0], jobs as u64).await?;
+        let drain = drain_http(&clients, AGENTS).await?;
+        drop(running);
+        drop(db);
         Ok::<_, anyhow::Error>(drain_rows(ctx, name, drain, &ids))
     }
     .await;

@@ -13,7 +13,7 @@ use cis490_api::{ClaimRequest, CompleteRequest, HeartbeatRequest, JobId, Metrics
 use cis490_reconciler::queue::{JobQueue, Queue};
 
 use super::claim_throughput::{check_exactly_once, load_queue, wait_pending, AGENTS};
-use super::server::BenchServer;
+use super::server::{Backend, BenchServer};
 use super::workload::{capability, manifest_text, worker};
 use super::{Ctx, Row};
 
@@ -120,15 +120,14 @@ fn sample_report() -> anyhow::Result<(Metrics, TrainerReport)> {
     Ok((point(10)?, report))
 }
 
-/// The figure: through the real server over loopback.
-pub async fn run_http(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
-    cycle_http(
-        ctx,
-        server_missing,
-        "2. full cycle over HTTP, 64 agents",
-        false,
-    )
-    .await
+/// The figure: through the real server over loopback, on `backend`'s queue.
+pub async fn run_http(ctx: &Ctx, server_missing: Option<&str>, backend: &Backend) -> Vec<Row> {
+    let name = format!(
+        "2{}. full cycle over HTTP{}, 64 agents",
+        backend.tag(),
+        backend.label()
+    );
+    cycle_http(ctx, server_missing, &name, false, backend).await
 }
 
 /// Figure 2r: figure 2 with results (progress on heartbeats, metrics on completions). Its
@@ -139,7 +138,7 @@ pub async fn run_http_results(
     baseline: Option<f64>,
 ) -> Vec<Row> {
     let name = "2r. full cycle over HTTP with metrics and progress, 64 agents";
-    let mut rows = cycle_http(ctx, server_missing, name, true).await;
+    let mut rows = cycle_http(ctx, server_missing, name, true, &Backend::Sqlite).await;
     if let (Some(base), Some(rate)) = (baseline, rows.first().and_then(|r| r.value)) {
         let ratio = rate / base.max(1e-9);
         rows.push(Row::measured(
@@ -159,6 +158,7 @@ async fn cycle_http(
     server_missing: Option<&str>,
     name: &str,
     with_results: bool,
+    backend: &Backend,
 ) -> Vec<Row> {
     if let Some(why) = server_missing {
         return vec![Row::not_measured(name, TARGET_TEXT, why)];
@@ -173,7 +173,9 @@ async fn cycle_http(
             cis490_reconciler::manifest::parse_manifest(&text, std::path::Path::new("bench.toml"))
                 .map_err(anyhow::Error::msg)?;
         let ids: HashSet<JobId> = loaded.manifest.jobs.iter().map(|j| j.id.clone()).collect();
-        let server = BenchServer::start(&dir, &text)?;
+        let db = backend.database("cycle")?;
+        let url = db.as_ref().map(|d| d.url.as_str());
+        let server = BenchServer::start_on(&dir, &text, None, url, "")?;
         let client = server.client()?;
         wait_pending(&client, jobs as u64).await?;
         let start = Instant::now();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 use super::claim_throughput::wait_pending;
-use super::server::{start_agent, wait_registered, BenchServer};
+use super::server::{start_agent, wait_registered, Backend, BenchServer};
 use super::workload::plain_manifest_text;
 use super::{Ctx, Row};
 
@@ -15,15 +15,17 @@ use super::{Ctx, Row};
 /// which `sh -c` takes as $0.. and ignores.
 const TRAINER: [&str; 3] = ["sh", "-c", "echo done > \"$CIS490_OUTPUT_DIR/result.txt\""];
 
-pub async fn run(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
+pub async fn run(ctx: &Ctx, server_missing: Option<&str>, backend: &Backend) -> Vec<Row> {
     let name = &format!(
-        "7. makespan: {} trivial jobs, one agent, 2 slots",
+        "7{}. makespan{}: {} trivial jobs, one agent, 2 slots",
+        backend.tag(),
+        backend.label(),
         ctx.size(1_000, 50)
     );
     if let Some(why) = server_missing {
         return vec![Row::not_measured(name, ">= 500 jobs/s", why)];
     }
-    match measure(ctx).await {
+    match measure(ctx, backend).await {
         Ok((jobs, elapsed)) => {
             let rate = jobs as f64 / elapsed.as_secs_f64();
             let mut row = Row::measured(ctx, name, ">= 500 jobs/s", rate, "jobs/s", rate >= 500.0);
@@ -39,10 +41,12 @@ pub async fn run(ctx: &Ctx, server_missing: Option<&str>) -> Vec<Row> {
 }
 
 /// Returns (jobs, reload-to-last-completion).
-async fn measure(ctx: &Ctx) -> anyhow::Result<(usize, Duration)> {
+async fn measure(ctx: &Ctx, backend: &Backend) -> anyhow::Result<(usize, Duration)> {
     let jobs = ctx.size(1_000, 50);
     let dir = ctx.dir("makespan")?;
-    let server = BenchServer::start(&dir, &plain_manifest_text(0, &TRAINER))?;
+    let db = backend.database("makespan")?;
+    let url = db.as_ref().map(|d| d.url.as_str());
+    let server = BenchServer::start_on(&dir, &plain_manifest_text(0, &TRAINER), None, url, "")?;
     let client = server.client()?;
     let _agent = start_agent(&server, &dir, "makespan-agent", &["--max-concurrent", "2"])?;
     wait_registered(&client, "makespan-agent").await?;

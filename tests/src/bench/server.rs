@@ -6,7 +6,45 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use cis490_api::Client;
 
+use crate::scratch_postgres::ScratchPostgres;
 use crate::Reconciler;
+
+/// The queue database a figure's servers run on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// `STATE_DIR/queue.db`, the server's default.
+    Sqlite,
+    /// A fresh database per figure on the PostgreSQL server with this admin URL.
+    Postgres { admin: String },
+}
+
+impl Backend {
+    /// What follows the figure's number: "" on SQLite, "pg" on PostgreSQL ("1pg.").
+    pub fn tag(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "",
+            Backend::Postgres { .. } => "pg",
+        }
+    }
+
+    /// What the figure's name says of its backend.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "",
+            Backend::Postgres { .. } => " on PostgreSQL",
+        }
+    }
+
+    /// A fresh database for one figure (none on SQLite); dropped with the value.
+    pub fn database(&self, figure: &str) -> anyhow::Result<Option<ScratchPostgres>> {
+        match self {
+            Backend::Sqlite => Ok(None),
+            Backend::Postgres { admin } => {
+                ScratchPostgres::create_on(admin, &format!("bench_{figure}")).map(Some)
+            }
+        }
+    }
+}
 
 /// The operator token the benchmark's servers use.
 pub const OPERATOR_TOKEN: &str = "bench-operator-token";
@@ -35,15 +73,36 @@ impl BenchServer {
         manifest_text: &str,
         config: Option<&str>,
     ) -> anyhow::Result<BenchServer> {
+        Self::start_on(dir, manifest_text, config, None, "")
+    }
+
+    /// [`BenchServer::start_with_config`] on the queue `database` (a URL; None: SQLite in
+    /// the state dir). `instance` tells several servers in one `dir` apart (their state
+    /// dirs and logs); "" for the first.
+    pub fn start_on(
+        dir: &Path,
+        manifest_text: &str,
+        config: Option<&str>,
+        database: Option<&str>,
+        instance: &str,
+    ) -> anyhow::Result<BenchServer> {
         let manifest = dir.join("training_manifest.toml");
         std::fs::write(&manifest, manifest_text)
             .with_context(|| format!("writing {}", manifest.display()))?;
-        let state_dir = dir.join("state");
+        let suffix = if instance.is_empty() {
+            String::new()
+        } else {
+            format!("-{instance}")
+        };
+        let state_dir = dir.join(format!("state{suffix}"));
         std::fs::create_dir_all(&state_dir)?;
-        let stderr_log = dir.join("reconciler.log");
+        let stderr_log = dir.join(format!("reconciler{suffix}.log"));
         let manifest_arg = manifest.display().to_string();
         let state_arg = state_dir.display().to_string();
         let mut args = vec!["--manifest", &manifest_arg, "--state-dir", &state_arg];
+        if let Some(url) = database {
+            args.extend(["--database", url]);
+        }
         let config_file = dir.join("reconciler.toml");
         let config_arg = config_file.display().to_string();
         if let Some(text) = config {

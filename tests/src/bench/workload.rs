@@ -73,7 +73,7 @@ pub fn manifest_text(
     let argv: Vec<String> = command.iter().map(|a| format!("{a:?}")).collect();
     let _ = write!(
         text,
-        "version = 1\n\n[defaults]\nmax_attempts = 3\nstale_after_s = 90\ncommand = [{}]\n\n\
+        "version = 1\n\n[defaults]\nmax_attempts = 3\nstale_after_s = 900\ncommand = [{}]\n\n\
          [models.gbt]\nhyper = {{ depth = \"int\" }}\n\n[models.mlp]\nhyper = {{ hidden = \"int\" }}\n\n",
         argv.join(", ")
     );

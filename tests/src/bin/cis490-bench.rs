@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use cis490_tests::bench::server::Backend;
 use cis490_tests::bench::{self, Ctx, Machine, Report, Row, Status};
 use clap::{Parser, Subcommand};
 
@@ -38,7 +39,8 @@ enum Cmd {
         json: Option<PathBuf>,
         /// Only these figures, comma separated: 1-8 (each with its in-process variant),
         /// 1q / 2q for only the in-process variant of figure 1 or 2, 12a-12f for
-        /// the hostile-client figures (12 for all three), 15 for the dashboard.
+        /// the hostile-client figures (12 for all three), 15 for the dashboard, 1pg, 1pg2,
+        /// 2pg, 7pg (or pg) for those on PostgreSQL (see --postgres).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Job count for figures 1 and 2 (default 20,000 and 10,000), to profile other sizes.
@@ -47,6 +49,12 @@ enum Cmd {
         /// Scratch directory (on the disk to measure; default: the system temp dir).
         #[arg(long, value_name = "DIR")]
         work_dir: Option<PathBuf>,
+        /// A PostgreSQL server's admin URL (postgres://USER@HOST/postgres): figures 1, 2
+        /// and 7 also run on PostgreSQL (1pg, 2pg, 7pg; `--only pg` for those alone), and
+        /// 1pg2 claims through two servers on one database. Each makes and drops a
+        /// database of its own.
+        #[arg(long, value_name = "URL", env = "CIS490_TEST_POSTGRES")]
+        postgres: Option<String>,
     },
     /// Internal: one reconcile-at-scale run in its own process (for its peak RSS).
     #[command(hide = true)]
@@ -74,6 +82,7 @@ fn main() -> anyhow::Result<()> {
             only,
             jobs,
             work_dir,
+            postgres,
         } => {
             let scratch = match work_dir {
                 Some(d) => tempfile::Builder::new()
@@ -91,7 +100,8 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?;
-            let rows = runtime.block_on(run_all(&ctx, &only))?;
+            let postgres = postgres.map(|admin| Backend::Postgres { admin });
+            let rows = runtime.block_on(run_all(&ctx, &only, postgres.as_ref()))?;
             print!("{}", bench::render_table(&rows));
             if let Some(path) = json {
                 let report = Report {
@@ -116,8 +126,16 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn run_all(ctx: &Ctx, only: &[String]) -> anyhow::Result<Vec<Row>> {
+async fn run_all(
+    ctx: &Ctx,
+    only: &[String],
+    postgres: Option<&Backend>,
+) -> anyhow::Result<Vec<Row>> {
     let want = |n: &str| only.is_empty() || only.iter().any(|o| o == n);
+    // "pg" selects every figure on PostgreSQL; without a server they are left out unless
+    // named.
+    let named = |n: &str| only.iter().any(|o| o == n || o == "pg");
+    let want_pg = |n: &str| (postgres.is_some() && want(n)) || named(n);
     // "1" selects figure 1 and its in-process variant "1q".
     let want_q = |n: &str| want(n) || want(n.trim_end_matches('q'));
     // "12" selects 12a-12f.
@@ -125,6 +143,7 @@ async fn run_all(ctx: &Ctx, only: &[String]) -> anyhow::Result<Vec<Row>> {
     let needs_server = ["1", "2", "2r", "3", "5", "6", "7"]
         .iter()
         .any(|&n| want(n))
+        || ["1pg", "1pg2", "2pg", "7pg"].iter().any(|&n| want_pg(n))
         || ["12a", "12b", "12c", "12d"].iter().any(|&n| want_12(n))
         || want("15");
     let missing = if needs_server {
@@ -144,19 +163,33 @@ async fn run_all(ctx: &Ctx, only: &[String]) -> anyhow::Result<Vec<Row>> {
         }
     };
     if want("1") {
-        add(bench::claim_throughput::run_http(ctx, missing).await);
+        add(bench::claim_throughput::run_http(ctx, missing, &Backend::Sqlite, 1).await);
+    }
+    for (figure, servers) in [("1pg", 1), ("1pg2", 2)] {
+        if want_pg(figure) {
+            add(match postgres {
+                Some(pg) => bench::claim_throughput::run_http(ctx, missing, pg, servers).await,
+                None => vec![no_postgres(figure)],
+            });
+        }
     }
     if want_q("1q") {
         add(blocking(ctx, bench::claim_throughput::run_queue).await);
     }
     let mut figure_2 = None;
     if want("2") {
-        let figure = bench::full_cycle::run_http(ctx, missing).await;
+        let figure = bench::full_cycle::run_http(ctx, missing, &Backend::Sqlite).await;
         figure_2 = figure.first().and_then(|r| r.value);
         add(figure);
     }
     if want("2") || want("2r") {
         add(bench::full_cycle::run_http_results(ctx, missing, figure_2).await);
+    }
+    if want_pg("2pg") {
+        add(match postgres {
+            Some(pg) => bench::full_cycle::run_http(ctx, missing, pg).await,
+            None => vec![no_postgres("2pg")],
+        });
     }
     if want_q("2q") {
         add(blocking(ctx, bench::full_cycle::run_queue).await);
@@ -174,7 +207,13 @@ async fn run_all(ctx: &Ctx, only: &[String]) -> anyhow::Result<Vec<Row>> {
         add(bench::footprint::run(ctx, missing).await);
     }
     if want("7") {
-        add(bench::makespan::run(ctx, missing).await);
+        add(bench::makespan::run(ctx, missing, &Backend::Sqlite).await);
+    }
+    if want_pg("7pg") {
+        add(match postgres {
+            Some(pg) => bench::makespan::run(ctx, missing, pg).await,
+            None => vec![no_postgres("7pg")],
+        });
     }
     if want("8") {
         add(blocking(ctx, bench::growth::run).await);
@@ -201,6 +240,15 @@ async fn run_all(ctx: &Ctx, only: &[String]) -> anyhow::Result<Vec<Row>> {
         add(bench::dashboard::run(ctx, missing).await);
     }
     Ok(rows)
+}
+
+/// The row of a PostgreSQL figure asked for without a server to run it on.
+fn no_postgres(figure: &str) -> Row {
+    Row::not_measured(
+        figure,
+        "as its SQLite figure",
+        "no PostgreSQL server: pass --postgres URL (or set CIS490_TEST_POSTGRES)",
+    )
 }
 
 /// Runs a figure that blocks (threads on the queue, child processes) off the runtime.

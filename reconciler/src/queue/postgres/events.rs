@@ -34,7 +34,11 @@ fn decode(r: &Row) -> Result<Event, QueueError> {
 
 /// All events of one job, oldest first.
 pub(crate) fn i_job_events(tx: &mut PgTx<'_>, id: &JobId) -> Result<Vec<Event>, QueueError> {
-    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE job_id = $1 ORDER BY seq");
+    // Numbered events only, as `events_since` shows them (a writer numbers its own before
+    // it returns).
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE job_id = $1 AND seq IS NOT NULL ORDER BY seq"
+    );
     tx.db
         .query(&sql, &[&id.as_str()])?
         .iter()

@@ -28,8 +28,11 @@ use crate::queue::rows::JobRow;
 use crate::queue::transitions::{self, Job};
 use crate::queue::QueueError;
 
-/// Jobs the walk reads per round trip.
-const WALK_BATCH: i32 = 32;
+/// How many jobs each round of the walk reads: first a few (what nearly every claim
+/// needs), then more, then the rest. With a LIMIT the planner walks the claim index from
+/// its head; without one it plans for every pending job (a scan and a sort of the whole
+/// queue per claim).
+const WALK_ROUNDS: [i64; 3] = [64, 4096, i64::MAX];
 
 /// The claim: records the node status, picks the best job `worker` may run, leases it.
 pub(crate) fn i_claim(
@@ -94,8 +97,9 @@ pub(crate) fn i_worker_blocked(
 /// with the cheap constraints in SQL. `$1` VRAM and `$2` RAM (GiB) the worker can give,
 /// `$3` whether a GPU is free whole, `$4` the worker's name (jobs pinned by allowed_hosts
 /// to lists without it are left out), `$5` models its host policy denies, `$6` models it
-/// allows (empty: all).
-fn walk_sql(cuda: bool) -> String {
+/// allows (empty: all). LIMIT and OFFSET are written into the text: a prepared statement's
+/// generic plan does not know a LIMIT parameter and plans a sort of every pending job.
+fn walk_sql(cuda: bool, limit: i64, offset: i64) -> String {
     format!(
         "SELECT id, pending_since, {JOB_COLUMNS} FROM jobs \
          WHERE status = 'pending' AND NOT tombstoned{} \
@@ -103,9 +107,13 @@ fn walk_sql(cuda: bool) -> String {
          AND ($3 OR NOT require_cuda OR min_vram_gib > 0) \
          AND (allowed_hosts = '[]' OR allowed_hosts::jsonb ? $4) \
          AND NOT (model = ANY($5)) AND (cardinality($6::text[]) = 0 OR model = ANY($6)) \
-         ORDER BY priority DESC, prefer_cuda {}, manifest_order, id",
+         ORDER BY priority DESC, prefer_cuda {}, manifest_order, id{}",
         if cuda { "" } else { " AND NOT require_cuda" },
         if cuda { "DESC" } else { "ASC" },
+        match (limit, offset) {
+            (i64::MAX, offset) => format!(" OFFSET {offset}"),
+            (limit, offset) => format!(" LIMIT {limit} OFFSET {offset}"),
+        },
     )
 }
 
@@ -225,16 +233,23 @@ fn i_pick(
         failed_here: i_pending_failed_on(tx, worker)?,
         fallback: None,
     };
-    let sql = walk_sql(cuda);
-    let portal = tx.db.bind(
-        sql.as_str(),
-        &[&vram, &ram, &whole_gpu, &worker, &denied, &allowed],
-    )?;
-    loop {
-        let batch = tx.db.query_portal(&portal, WALK_BATCH)?;
-        if batch.is_empty() {
-            break;
-        }
+    // Rounds after the first skip the rows read before by OFFSET. Jobs other claims took
+    // meanwhile shift the rest forward, so a later round may step over a few jobs: they
+    // stay pending for the next claim, and a skipped job is only ever passed over, never
+    // taken twice (the lock decides that).
+    let mut seen: i64 = 0;
+    for limit in WALK_ROUNDS {
+        let sql = walk_sql(cuda, limit, seen);
+        let params: [&(dyn postgres::types::ToSql + Sync); 6] =
+            [&vram, &ram, &whole_gpu, &worker, &denied, &allowed];
+        // The first round's text is always the same: prepared once per connection.
+        let batch = if seen == 0 {
+            tx.db.query(&sql, &params)?
+        } else {
+            tx.db.query_uncached(&sql, &params)?
+        };
+        let got = batch.len();
+        seen = seen.saturating_add(i64::try_from(got).unwrap_or(i64::MAX));
         for r in &batch {
             let job = job_from_row(r, 2)?;
             if !walk.fits(tx, &job)? {
@@ -243,6 +258,9 @@ fn i_pick(
             if let Some(locked) = i_try_lock(tx, &job.spec.id, &walk)? {
                 return Ok(Some(locked));
             }
+        }
+        if i64::try_from(got).unwrap_or(i64::MAX) < limit {
+            break;
         }
     }
     match walk.fallback.take() {

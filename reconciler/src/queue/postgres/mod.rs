@@ -13,9 +13,11 @@
 //! a call returns Ok only once its transaction is durable.
 
 mod apply;
+mod cached;
 mod events;
 mod explain;
 mod failures;
+pub mod leader;
 mod lease;
 mod listen;
 mod logs;
@@ -28,6 +30,7 @@ mod results;
 mod results_listing;
 mod rows;
 mod schema;
+mod sequencer;
 mod sweep;
 mod tokens;
 mod tx;
@@ -67,6 +70,8 @@ pub struct PgQueue {
     clock: Arc<dyn Clock>,
     /// The seq of the last event this process committed or heard of (`listen.rs`).
     last_event: Arc<tokio::sync::watch::Sender<u64>>,
+    /// This server's event numbering passes (`sequencer.rs`).
+    passes: sequencer::Passes,
 }
 
 impl std::fmt::Debug for PgQueue {
@@ -90,12 +95,7 @@ impl PgQueue {
         config: QueueConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<PgQueue, QueueError> {
-        let mut pg: postgres::Config = url.parse().map_err(|e| QueueError::BadRequest {
-            message: format!("--database: not a PostgreSQL URL: {e}"),
-        })?;
-        // Durable before Ok, whatever the server's default.
-        pg.options("-c synchronous_commit=on");
-        pg.application_name("cis490-reconciler");
+        let pg = connection_config(url)?;
         let pool = Pool::new(pg.clone(), DEFAULT_MAX_CONNECTIONS);
         let last = {
             let mut conn = pool.get()?;
@@ -113,6 +113,7 @@ impl PgQueue {
             config,
             clock,
             last_event,
+            passes: sequencer::Passes::default(),
         })
     }
 
@@ -236,6 +237,8 @@ impl JobQueue for PgQueue {
     }
 
     fn sweep(&self, now: DateTime<Utc>) -> Result<SweepOutcome, QueueError> {
+        // Numbers what a writer that died after its commit left unnumbered.
+        self.number_events()?;
         self.write(|tx| sweep::i_sweep(tx, now.timestamp_millis()))
     }
 
@@ -443,4 +446,15 @@ impl JobQueue for PgQueue {
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.last_event.subscribe()
     }
+}
+
+/// How every connection of this backend is opened: from the `--database` URL, with
+/// commits durable before Ok whatever the server's default.
+pub(crate) fn connection_config(url: &str) -> Result<postgres::Config, QueueError> {
+    let mut pg: postgres::Config = url.parse().map_err(|e| QueueError::BadRequest {
+        message: format!("--database: not a PostgreSQL URL: {e}"),
+    })?;
+    pg.options("-c synchronous_commit=on");
+    pg.application_name("cis490-reconciler");
+    Ok(pg)
 }

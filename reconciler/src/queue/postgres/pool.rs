@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use postgres::{Client, Config, NoTls};
 
+use super::cached::StatementCache;
 use crate::queue::QueueError;
 
 /// How long a caller waits for a connection when all `max` are in use.
@@ -22,8 +23,14 @@ pub(crate) struct Pool {
     freed: Condvar,
 }
 
+/// A connection and the statements prepared on it.
+pub(crate) struct Connection {
+    pub(crate) client: Client,
+    pub(crate) statements: StatementCache,
+}
+
 struct State {
-    idle: Vec<Client>,
+    idle: Vec<Connection>,
     /// Connections open now, idle or checked out.
     open: usize,
 }
@@ -54,11 +61,11 @@ impl Pool {
     pub(crate) fn get(&self) -> Result<Pooled<'_>, QueueError> {
         let mut state = self.lock();
         loop {
-            while let Some(client) = state.idle.pop() {
-                if !client.is_closed() {
+            while let Some(conn) = state.idle.pop() {
+                if !conn.client.is_closed() {
                     return Ok(Pooled {
                         pool: self,
-                        client: Some(client),
+                        conn: Some(conn),
                     });
                 }
                 state.open -= 1;
@@ -69,7 +76,10 @@ impl Pool {
                 return match self.config.connect(NoTls) {
                     Ok(client) => Ok(Pooled {
                         pool: self,
-                        client: Some(client),
+                        conn: Some(Connection {
+                            client,
+                            statements: StatementCache::default(),
+                        }),
                     }),
                     Err(e) => {
                         self.lock().open -= 1;
@@ -93,12 +103,12 @@ impl Pool {
         }
     }
 
-    fn put(&self, client: Client) {
+    fn put(&self, conn: Connection) {
         let mut state = self.lock();
-        if client.is_closed() {
+        if conn.client.is_closed() {
             state.open -= 1;
         } else {
-            state.idle.push(client);
+            state.idle.push(conn);
         }
         drop(state);
         self.freed.notify_one();
@@ -130,15 +140,30 @@ impl Drop for Pool {
 /// A checked-out connection; back to the pool when dropped.
 pub(crate) struct Pooled<'p> {
     pool: &'p Pool,
-    client: Option<Client>,
+    conn: Option<Connection>,
+}
+
+impl Pooled<'_> {
+    /// The client and its statement cache, borrowed apart (a transaction holds both).
+    pub(crate) fn parts(&mut self) -> (&mut Client, &mut StatementCache) {
+        let conn = self.connection_mut();
+        (&mut conn.client, &mut conn.statements)
+    }
+
+    fn connection_mut(&mut self) -> &mut Connection {
+        match &mut self.conn {
+            Some(c) => c,
+            None => unreachable!("a pooled connection is only taken in drop"),
+        }
+    }
 }
 
 impl std::ops::Deref for Pooled<'_> {
     type Target = Client;
     fn deref(&self) -> &Client {
         // Some until drop.
-        match &self.client {
-            Some(c) => c,
+        match &self.conn {
+            Some(c) => &c.client,
             None => unreachable!("a pooled connection is only taken in drop"),
         }
     }
@@ -146,17 +171,14 @@ impl std::ops::Deref for Pooled<'_> {
 
 impl std::ops::DerefMut for Pooled<'_> {
     fn deref_mut(&mut self) -> &mut Client {
-        match &mut self.client {
-            Some(c) => c,
-            None => unreachable!("a pooled connection is only taken in drop"),
-        }
+        &mut self.connection_mut().client
     }
 }
 
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            self.pool.put(client);
+        if let Some(conn) = self.conn.take() {
+            self.pool.put(conn);
         }
     }
 }

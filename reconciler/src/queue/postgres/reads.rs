@@ -98,8 +98,13 @@ pub(crate) fn i_counts(tx: &mut PgTx<'_>) -> Result<BTreeMap<String, u64>, Queue
     Ok(out)
 }
 
-/// Jobs read per round trip of a listing (label filters may skip many).
-const LISTING_BATCH: i32 = 256;
+/// How many jobs each round of a listing reads past the page's cursor: a page and one
+/// more (all an unfiltered listing needs), then more, then the rest (label filters,
+/// checked here, may skip many). With a LIMIT the planner walks `jobs_listing_cursor` from
+/// the cursor; without one it would sort every job per page.
+fn listing_rounds(want: usize) -> [i64; 3] {
+    [i64::try_from(want).unwrap_or(i64::MAX), 4096, i64::MAX]
+}
 
 /// Up to `limit` jobs that match `filter`, in queue order, after `after`.
 pub(crate) fn i_jobs_page(
@@ -111,23 +116,32 @@ pub(crate) fn i_jobs_page(
     let label = label_selector(filter)?;
     let status = filter.status.map(|s| s.as_str());
     // The cursor as one row comparison in queue order: (-priority, manifest_order, id).
+    // Without one, a cursor before every job (no priority negates to i64::MIN).
     let (neg_priority, order, id) = match after {
-        Some(c) => (-c.priority, c.manifest_order, Some(c.id.as_str())),
-        None => (i64::MIN, i64::MIN, None),
+        Some(c) => (-c.priority, c.manifest_order, c.id.as_str()),
+        None => (i64::MIN, i64::MIN, ""),
     };
-    let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM jobs \
-         WHERE ($1::text IS NULL OR (-priority, manifest_order, id) > ($2, $3, $1)) \
-         AND ($4::text IS NULL OR status = $4) AND ($5::text IS NULL OR model = $5) \
-         AND ($6::text IS NULL OR mode = $6) AND ($7::text IS NULL OR worker = $7) \
-         AND ($8 OR NOT tombstoned OR status IN ('claimed', 'running')) \
-         ORDER BY priority DESC, manifest_order, id"
-    );
+    // LIMIT and OFFSET in the text: a generic plan would not know them (see `walk_sql`).
+    let sql = |limit: i64, offset: i64| {
+        let bound = match limit {
+            i64::MAX => format!("OFFSET {offset}"),
+            limit => format!("LIMIT {limit} OFFSET {offset}"),
+        };
+        format!(
+            "SELECT {JOB_COLUMNS} FROM jobs \
+             WHERE (-priority, manifest_order, id) > ($2, $3, $1) \
+             AND ($4::text IS NULL OR status = $4) AND ($5::text IS NULL OR model = $5) \
+             AND ($6::text IS NULL OR mode = $6) AND ($7::text IS NULL OR worker = $7) \
+             AND ($8 OR NOT tombstoned OR status IN ('claimed', 'running')) \
+             ORDER BY (-priority), manifest_order, id {bound}"
+        )
+    };
     let want = limit + 1;
     let mut items: Vec<(JobCursor, JobView)> = Vec::new();
-    let portal = tx.db.bind(
-        sql.as_str(),
-        &[
+    // One snapshot (a read transaction): OFFSET resumes exactly where a round stopped.
+    let mut seen: i64 = 0;
+    'pages: for round in listing_rounds(want) {
+        let params: [&(dyn postgres::types::ToSql + Sync); 8] = [
             &id,
             &neg_priority,
             &order,
@@ -136,13 +150,15 @@ pub(crate) fn i_jobs_page(
             &filter.mode,
             &filter.worker,
             &filter.all,
-        ],
-    )?;
-    'pages: loop {
-        let batch = tx.db.query_portal(&portal, LISTING_BATCH)?;
-        if batch.is_empty() {
-            break;
-        }
+        ];
+        // The first round's text depends on the page size only: prepared once.
+        let batch = if seen == 0 {
+            tx.db.query(&sql(round, seen), &params)?
+        } else {
+            tx.db.query_uncached(&sql(round, seen), &params)?
+        };
+        let got = i64::try_from(batch.len()).unwrap_or(i64::MAX);
+        seen = seen.saturating_add(got);
         for r in &batch {
             let job = job_from_row(r, 0)?;
             if let Some(selector) = &label {
@@ -156,6 +172,9 @@ pub(crate) fn i_jobs_page(
             if items.len() >= want {
                 break 'pages;
             }
+        }
+        if got < round {
+            break;
         }
     }
     let next = if items.len() > limit {

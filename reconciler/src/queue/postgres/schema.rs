@@ -76,9 +76,9 @@ CREATE TABLE hosts (
     policy  TEXT NOT NULL
 );
 
--- `seq` comes from `event_seq` at commit (see `tx.rs`), never from a sequence: a sequence
--- hands out numbers in the order transactions ask, not the order they commit, so a reader
--- could pass a number whose transaction commits later.
+-- `seq` comes from `event_seq`, never from a sequence: a sequence hands out numbers in the
+-- order transactions ask, not the order they commit, so a reader could pass a number whose
+-- transaction commits later (migration 2 numbers committed events, `sequencer.rs`).
 CREATE TABLE events (
     seq     BIGINT PRIMARY KEY,
     at      BIGINT NOT NULL,
@@ -172,6 +172,21 @@ CREATE TABLE attempt_results (
     finished_at  BIGINT,
     PRIMARY KEY (job_id, lease_token)
 );
+"#,
+    // 2: events are written unnumbered and numbered afterwards in the order they became
+    // visible (`sequencer.rs`), so event writers no longer queue on the counter's row lock
+    // through their commits. `id` is the order of insertion, `seq` the number readers see.
+    r#"
+ALTER TABLE events DROP CONSTRAINT events_pkey;
+ALTER TABLE events ALTER COLUMN seq DROP NOT NULL;
+ALTER TABLE events ADD COLUMN id BIGSERIAL PRIMARY KEY;
+CREATE UNIQUE INDEX events_seq ON events (seq);
+CREATE INDEX events_unnumbered ON events (id) WHERE seq IS NULL;
+"#,
+    // 3: job listings page by a cursor in queue order, `(-priority, manifest_order, id)`:
+    // an index in exactly that order lets a page start at its cursor and stop at its limit.
+    r#"
+CREATE INDEX jobs_listing_cursor ON jobs ((-priority), manifest_order, id);
 "#,
 ];
 

@@ -10,16 +10,16 @@
 //! serialization failure (two writers locking jobs in different orders, e.g. a sweep and an
 //! apply) is retried from the start a few times.
 //!
-//! Events are numbered at commit: each transaction collects its events and, as its last
-//! statement, takes their seqs from the one-row `event_seq` counter (`UPDATE ... RETURNING`).
-//! That row lock serialises event writers between taking their seqs and committing, so seqs
-//! become visible in order with no gaps, and `events_since(seq)` never skips one that
-//! commits later. Taking it last means no transaction waits for another lock while holding
-//! it (no deadlocks through the counter), and it is held only for the commit.
+//! Events are written unnumbered: each transaction collects its events and inserts them
+//! in one statement at its end. Once it has committed, the writer has them numbered
+//! (`sequencer.rs`) before it returns, so a caller reads its own events, and readers only
+//! ever see numbered ones: numbers in the order events became visible, with no gaps, so
+//! `events_since(seq)` never skips one.
 
 use postgres::error::SqlState;
 use postgres::IsolationLevel;
 
+use super::cached::CachedTx;
 use super::PgQueue;
 use crate::queue::transitions::Emit;
 use crate::queue::{QueueConfig, QueueError};
@@ -38,7 +38,7 @@ struct PendingEvent {
 
 /// One open transaction and the events it appends.
 pub(crate) struct PgTx<'c> {
-    pub(crate) db: postgres::Transaction<'c>,
+    pub(crate) db: CachedTx<'c>,
     /// The transaction's notion of now, in ms since the epoch (one instant per transaction).
     pub(crate) now: i64,
     pub(crate) config: &'c QueueConfig,
@@ -67,36 +67,31 @@ impl PgTx<'_> {
         self.event(Some(job), emit.worker, emit.kind, emit.message);
     }
 
-    /// Numbers and writes the collected events; the seq of the last one, if any.
-    fn flush_events(&mut self) -> Result<Option<u64>, QueueError> {
+    /// Writes the collected events, unnumbered; whether there were any.
+    fn flush_events(&mut self) -> Result<bool, QueueError> {
         if self.events.is_empty() {
-            return Ok(None);
+            return Ok(false);
         }
-        let k = i64::try_from(self.events.len()).unwrap_or(i64::MAX);
-        let row = self.db.query_one(
-            "UPDATE event_seq SET n = n + $1 WHERE id = 1 RETURNING n",
-            &[&k],
-        )?;
-        let last: i64 = row.try_get(0)?;
-        let insert = self.db.prepare(
-            "INSERT INTO events (seq, at, job_id, worker, kind, message) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )?;
         let events = std::mem::take(&mut self.events);
-        let mut seq = last - k;
-        for e in &events {
-            seq += 1;
-            self.db.execute(
-                &insert,
-                &[&seq, &self.now, &e.job, &e.worker, &e.kind, &e.message],
-            )?;
+        let mut jobs = Vec::with_capacity(events.len());
+        let mut workers = Vec::with_capacity(events.len());
+        let mut kinds = Vec::with_capacity(events.len());
+        let mut messages = Vec::with_capacity(events.len());
+        for e in events {
+            jobs.push(e.job);
+            workers.push(e.worker);
+            kinds.push(e.kind);
+            messages.push(e.message);
         }
-        // Delivered to every server's listener when this transaction commits.
+        // One statement; `WITH ORDINALITY` keeps the transaction's order in `id`.
         self.db.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&super::listen::CHANNEL, &last.to_string()],
+            "INSERT INTO events (at, job_id, worker, kind, message) \
+             SELECT $1, e.job_id, e.worker, e.kind, e.message \
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) \
+               WITH ORDINALITY AS e(job_id, worker, kind, message, ord) ORDER BY e.ord",
+            &[&self.now, &jobs, &workers, &kinds, &messages],
         )?;
-        Ok(Some(last.max(0) as u64))
+        Ok(true)
     }
 }
 
@@ -139,25 +134,30 @@ impl PgQueue {
         f: &mut impl FnMut(&mut PgTx<'_>) -> Result<T, QueueError>,
     ) -> Result<T, QueueError> {
         let now = self.now_ms();
-        let (out, last_event) = {
+        let (out, wrote_events) = {
             let mut conn = self.pool.get()?;
-            let db = conn
+            let (client, statements) = conn.parts();
+            let db = client
                 .build_transaction()
                 .isolation_level(IsolationLevel::ReadCommitted)
                 .start()?;
             let mut tx = PgTx {
-                db,
+                db: CachedTx::new(db, statements),
                 now,
                 config: &self.config,
                 events: Vec::new(),
             };
             let out = f(&mut tx)?;
-            let last_event = tx.flush_events()?;
+            let wrote_events = tx.flush_events()?;
             tx.db.commit()?;
-            (out, last_event)
+            (out, wrote_events)
         };
-        if let Some(seq) = last_event {
-            self.notify(seq);
+        if wrote_events {
+            // Committed whatever happens here: a pass that fails leaves the events to the
+            // next one (any server's next write, or the leader's sweep).
+            if let Err(e) = self.number_events() {
+                tracing::warn!(error = %e, "numbering events failed; the next write or sweep numbers them");
+            }
         }
         Ok(out)
     }
@@ -169,13 +169,14 @@ impl PgQueue {
     ) -> Result<T, QueueError> {
         let now = self.now_ms();
         let mut conn = self.pool.get()?;
-        let db = conn
+        let (client, statements) = conn.parts();
+        let db = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
             .read_only(true)
             .start()?;
         let mut tx = PgTx {
-            db,
+            db: CachedTx::new(db, statements),
             now,
             config: &self.config,
             events: Vec::new(),
