@@ -7,7 +7,8 @@
 //! working directory, where trainers run), `agent-<name>/` (each agent's state) and
 //! `<name>.log` (each process's stderr); with [`Fleet::enable_tls`], `tls/` (the lab CA,
 //! the server's certificate and one client certificate per agent, made by
-//! `cis490-reconciler certs`).
+//! `cis490-reconciler certs`). With `CIS490_FLEET_POSTGRES=1` the server's queue is a
+//! fresh PostgreSQL database instead of `state/queue.db` (dropped with the fleet).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -16,6 +17,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use cis490_api::{Client, ClientTls, IdPrefix, JobFilter, JobId, JobStatus, JobView, Lease};
 
+use crate::scratch_postgres::{ScratchPostgres, POSTGRES_URL_VAR};
 use crate::{bin, wait_until, workspace_root, ChildGuard, Reconciler};
 
 /// The operator token every fleet's server is given.
@@ -47,7 +49,13 @@ pub struct Fleet {
     tls: bool,
     /// The servers `ctl` talks to when not the fleet's own (see [`Fleet::use_servers`]).
     servers_override: Option<String>,
+    /// The fleet server's queue on PostgreSQL (see [`FLEET_POSTGRES_VAR`]); None: SQLite.
+    pub postgres: Option<ScratchPostgres>,
 }
+
+/// Set to `1` to run every [`Fleet`]'s server on a fresh PostgreSQL database (on the server
+/// `CIS490_TEST_POSTGRES` names) instead of SQLite: CI runs some fleet tests both ways.
+pub const FLEET_POSTGRES_VAR: &str = "CIS490_FLEET_POSTGRES";
 
 impl Fleet {
     /// Writes `manifest` and a server config, and starts the server on `127.0.0.1:0`.
@@ -70,7 +78,25 @@ impl Fleet {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let postgres = if std::env::var(FLEET_POSTGRES_VAR).as_deref() == Ok("1") {
+            let admin = std::env::var(POSTGRES_URL_VAR)
+                .with_context(|| format!("{FLEET_POSTGRES_VAR}=1 needs {POSTGRES_URL_VAR}"))?;
+            // The temp dir's random name tells the fleets of one test binary apart.
+            let tag: String = dir
+                .path()
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("fleet")
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .collect::<String>()
+                .to_ascii_lowercase();
+            Some(ScratchPostgres::create_on(&admin, &tag)?)
+        } else {
+            None
+        };
         Ok(Fleet {
+            postgres,
             client: Client::new("http://127.0.0.1:9")?,
             dir,
             rt,
@@ -208,6 +234,10 @@ impl Fleet {
                 args.push(flag);
                 args.push(path_str(path)?);
             }
+        }
+        if let Some(db) = &self.postgres {
+            args.push("--database");
+            args.push(db.url.as_str());
         }
         args.extend_from_slice(extra);
         let mut envs = vec![
@@ -550,6 +580,9 @@ impl Fleet {
     /// The lease the queue holds for job `id` now, read from the server's database (the
     /// API never shows lease tokens). Used to replay a dead agent's lease.
     pub fn current_lease(&self, id: &JobId) -> anyhow::Result<Lease> {
+        if let Some(db) = &self.postgres {
+            return postgres_lease(&db.url, id);
+        }
         let db = rusqlite::Connection::open_with_flags(
             self.path("state/queue.db"),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -583,6 +616,29 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// [`Fleet::current_lease`] on PostgreSQL (on a thread of its own: the sync client must not
+/// start its runtime inside the fleet's).
+fn postgres_lease(url: &str, id: &JobId) -> anyhow::Result<Lease> {
+    let (url, id) = (url.to_string(), id.clone());
+    std::thread::spawn(move || -> anyhow::Result<Lease> {
+        let mut db = postgres::Client::connect(&url, postgres::NoTls)?;
+        let row = db.query_one(
+            "SELECT lease_attempt, lease_token FROM jobs WHERE id = $1",
+            &[&id.as_str()],
+        )?;
+        let (attempt, token): (Option<i64>, Option<String>) = (row.try_get(0)?, row.try_get(1)?);
+        match (attempt, token) {
+            (Some(attempt), Some(token)) => Ok(Lease {
+                attempt: u32::try_from(attempt)?,
+                token,
+            }),
+            _ => bail!("job {} holds no lease", id.short()),
+        }
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the lease lookup thread panicked"))?
 }
 
 /// `serve`'s flags for [`Fleet::server_paths`].

@@ -11,7 +11,8 @@ use crate::queue::QueueError;
 const EVENT_COLUMNS: &str = "seq, at, job_id, worker, kind, message";
 
 fn decode(r: &Row) -> Result<Event, QueueError> {
-    let seq: i64 = r.try_get(0)?;
+    // NULL: committed, not numbered yet (a job's own events show it; see `i_job_events`).
+    let seq: i64 = r.try_get::<_, Option<i64>>(0)?.unwrap_or(0);
     let job: Option<String> = r.try_get(2)?;
     let worker: Option<String> = r.try_get(3)?;
     Ok(Event {
@@ -34,11 +35,10 @@ fn decode(r: &Row) -> Result<Event, QueueError> {
 
 /// All events of one job, oldest first.
 pub(crate) fn i_job_events(tx: &mut PgTx<'_>, id: &JobId) -> Result<Vec<Event>, QueueError> {
-    // Numbered events only, as `events_since` shows them (a writer numbers its own before
-    // it returns).
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE job_id = $1 AND seq IS NOT NULL ORDER BY seq"
-    );
+    // Committed events not numbered yet too (seq 0, last): the job row a reader sees and
+    // its events come from one snapshot, so a change is never shown without its event.
+    let sql =
+        format!("SELECT {EVENT_COLUMNS} FROM events WHERE job_id = $1 ORDER BY seq NULLS LAST, id");
     tx.db
         .query(&sql, &[&id.as_str()])?
         .iter()
