@@ -412,20 +412,23 @@ impl Client {
         let mut req = rb
             .build()
             .map_err(|e| ClientError::transport(self.base_url(), e))?;
-        // Built against the server current then (a clone may have moved on since).
-        let built_for = req.url().clone();
-        let built_at = self
-            .servers
-            .iter()
-            .find(|s| s.url.origin() == built_for.origin())
-            .map(|s| s.url.clone());
+        // With several servers: the URL as built, and the server it was built against (the
+        // current one then; a clone may have moved on since). One server needs neither.
+        let built = if self.servers.len() > 1 {
+            let url = req.url().clone();
+            self.servers
+                .iter()
+                .find(|s| s.url.origin() == url.origin())
+                .map(|s| (url, s.url.clone()))
+        } else {
+            None
+        };
         let mut tried = 0;
         let mut resends = 0;
         let resp = loop {
             let target = self.server(at);
-            // One server: the request already names it.
-            if let (Some(from), true) = (&built_at, self.servers.len() > 1) {
-                *req.url_mut() = retarget(&built_for, from, &target.url);
+            if let Some((url, from)) = &built {
+                *req.url_mut() = retarget(url, from, &target.url);
             }
             let again = req.try_clone();
             match (self.http.execute(req).await, again) {

@@ -520,6 +520,19 @@ impl Fleet {
         })
     }
 
+    /// Waits until at least `n` jobs are completed; returns how many were.
+    pub fn wait_completed(&self, n: usize) -> anyhow::Result<usize> {
+        let completed = |jobs: &[JobView]| {
+            jobs.iter()
+                .filter(|j| j.status == JobStatus::Completed)
+                .count()
+        };
+        let jobs = self.wait_jobs_until(WAIT, &format!("{n} jobs completed"), |jobs| {
+            completed(jobs) >= n
+        })?;
+        Ok(completed(&jobs))
+    }
+
     /// Waits until `done` holds for the job list, and returns it.
     pub fn wait_jobs_until(
         &self,

@@ -143,20 +143,9 @@ fn reconciler_killed_mid_run_loses_nothing_and_runs_nothing_twice() {
     let all = fleet.wait_jobs(30).unwrap();
     fleet.start_agent("a1", &["--max-concurrent", "2"]).unwrap();
     fleet.start_agent("a2", &["--max-concurrent", "2"]).unwrap();
-    let at_kill = fleet
-        .wait_jobs_until(WAIT, "a few jobs completed", |jobs| {
-            jobs.iter()
-                .filter(|j| j.status == JobStatus::Completed)
-                .count()
-                >= 6
-        })
-        .unwrap();
+    let done_at_kill = fleet.wait_completed(6).unwrap();
     let addr = fleet.server.as_ref().unwrap().addr().to_string();
     fleet.server.take().unwrap().process.kill_now();
-    let done_at_kill = at_kill
-        .iter()
-        .filter(|j| j.status == JobStatus::Completed)
-        .count();
     assert!(done_at_kill < 30, "the run was over before the kill");
     fleet.start_server(&addr).unwrap();
 

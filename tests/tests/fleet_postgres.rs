@@ -111,19 +111,8 @@ fn killing_the_leading_server_loses_nothing_and_the_other_takes_over() {
             .unwrap();
         fleet.spawn_agent(name, cmd).unwrap();
     }
-    let at_kill = fleet
-        .wait_jobs_until(WAIT, "a few jobs completed", |jobs| {
-            jobs.iter()
-                .filter(|j| j.status == JobStatus::Completed)
-                .count()
-                >= 6
-        })
-        .unwrap();
+    let done_at_kill = fleet.wait_completed(6).unwrap();
     first.take().unwrap().process.kill_now();
-    let done_at_kill = at_kill
-        .iter()
-        .filter(|j| j.status == JobStatus::Completed)
-        .count();
     assert!(done_at_kill < 30, "the run was over before the kill");
 
     wait_until(WAIT, "server B to take over", || {

@@ -1,4 +1,4 @@
-//! Reading the event log on PostgreSQL (appending is `PgTx::event`, numbered at commit).
+//! Reading the event log on PostgreSQL (appending is `PgTx::event`; numbering, `sequencer.rs`).
 
 use cis490_api::{Event, EventsPage, JobId, WorkerName};
 use postgres::Row;

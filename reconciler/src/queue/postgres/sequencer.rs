@@ -78,10 +78,13 @@ impl PgQueue {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&NUMBERING_LOCK])?;
         // Taken after the lock, so this statement's snapshot holds every event committed
         // before the previous pass of any server ended.
-        let waiting: i64 = tx
-            .query_one("SELECT count(*) FROM events WHERE seq IS NULL", &[])?
+        let waiting: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE seq IS NULL)",
+                &[],
+            )?
             .try_get(0)?;
-        if waiting == 0 {
+        if !waiting {
             tx.commit()?;
             return Ok(None);
         }
@@ -91,8 +94,8 @@ impl PgQueue {
              c AS (UPDATE event_seq SET n = n + (SELECT count(*) FROM todo) WHERE id = 1 \
                RETURNING n), \
              done AS (UPDATE events e SET seq = c.n - (SELECT count(*) FROM todo) + todo.k \
-               FROM todo, c WHERE e.id = todo.id RETURNING e.seq) \
-             SELECT c.n, (SELECT count(*) FROM done) FROM c",
+               FROM todo, c WHERE e.id = todo.id) \
+             SELECT c.n FROM c",
             &[],
         )?;
         let head: i64 = row.try_get(0)?;

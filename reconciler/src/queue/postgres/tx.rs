@@ -12,9 +12,10 @@
 //!
 //! Events are written unnumbered: each transaction collects its events and inserts them
 //! in one statement at its end. Once it has committed, the writer has them numbered
-//! (`sequencer.rs`) before it returns, so a caller reads its own events, and readers only
-//! ever see numbered ones: numbers in the order events became visible, with no gaps, so
-//! `events_since(seq)` never skips one.
+//! (`sequencer.rs`) before it returns, so a caller reads its own events. The event log
+//! (`events_since`) shows numbered events only: numbers in the order events became
+//! visible, with no gaps, so it never skips one. A job's own events also show those
+//! committed but not numbered yet, so a job is never seen changed without its event.
 
 use postgres::error::SqlState;
 use postgres::IsolationLevel;
@@ -46,7 +47,7 @@ pub(crate) struct PgTx<'c> {
 }
 
 impl PgTx<'_> {
-    /// Appends one event at the transaction's time (numbered at commit).
+    /// Appends one event at the transaction's time (numbered after the commit).
     pub(crate) fn event(
         &mut self,
         job: Option<&JobId>,
