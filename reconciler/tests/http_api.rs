@@ -891,3 +891,49 @@ async fn start_up_removes_partial_uploads_a_crash_left() {
     assert_eq!(server.recovery().removed_partials, 1);
     assert_eq!(std::fs::read_dir(&incoming).unwrap().count(), 0);
 }
+
+/// A store written by a version that kept its index in `index.jsonl` (or one whose server
+/// died between storing bytes and indexing them): the start-up scan puts each blob into
+/// the database's index, so the listing shows it and identical uploads dedupe against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_indexes_stored_artifacts_the_database_lacks() {
+    use cis490_reconciler::server::{Server, ServerConfig};
+    use cis490_reconciler::store::fs::{BLOBS_DIR, BUNDLE_FILE, META_FILE};
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.toml");
+    std::fs::write(&manifest, jobs_manifest([1])).unwrap();
+    let config = ServerConfig::new(&manifest, dir.path().join("state"));
+    let bytes = b"a bundle stored before the index moved into the database";
+    let id = cis490_api::ArtifactId::parse(&sha256_hex(bytes)).unwrap();
+    let blob = config.store_root().join(BLOBS_DIR).join(id.as_str());
+    std::fs::create_dir_all(&blob).unwrap();
+    std::fs::write(blob.join(BUNDLE_FILE), bytes).unwrap();
+    let meta = cis490_api::ArtifactView {
+        artifact_id: id.clone(),
+        job_id: cis490_api::JobId::parse(&"e".repeat(64)).unwrap(),
+        attempt: Some(1),
+        model: "gbt".into(),
+        mode: "realistic".into(),
+        worker: "w1".into(),
+        size_bytes: bytes.len() as u64,
+        received_at: chrono::Utc::now(),
+    };
+    std::fs::write(blob.join(META_FILE), serde_json::to_string(&meta).unwrap()).unwrap();
+
+    let server = Server::build(config.clone()).await.unwrap();
+    assert_eq!(server.recovery().indexed, 1, "{:?}", server.recovery());
+    let (rows, more) = server.queue().unrecorded_artifacts_page(None, 10).unwrap();
+    assert!(!more);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (
+            &rows[0].artifact_id,
+            rows[0].size_bytes,
+            rows[0].job_id.clone()
+        ),
+        (&id, bytes.len() as u64, meta.job_id.clone())
+    );
+    drop(server);
+    let again = Server::build(config).await.unwrap();
+    assert!(again.recovery().is_clean(), "{:?}", again.recovery());
+}

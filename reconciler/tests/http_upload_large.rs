@@ -125,6 +125,11 @@ async fn a_200_mib_upload_streams_with_flat_memory_and_dedupes() {
 }
 
 fn app_store_locate(app: &TestApp, id: &cis490_api::ArtifactId) -> (std::path::PathBuf, u64) {
-    let store = cis490_reconciler::store::ArtifactStore::open(&app.store_root, 0).unwrap();
-    store.locate(id).unwrap()
+    let path = app
+        .store_root
+        .join(cis490_reconciler::store::fs::BLOBS_DIR)
+        .join(id.as_str())
+        .join(cis490_reconciler::store::fs::BUNDLE_FILE);
+    let size = std::fs::metadata(&path).unwrap().len();
+    (path, size)
 }

@@ -562,6 +562,18 @@ impl Fleet {
             .context("running cis490ctl")
     }
 
+    /// The server's artifact listing (`cis490ctl get artifacts -o json`): one row per
+    /// recorded upload of stored bytes, then the stored bytes no upload names.
+    pub fn artifacts(&self) -> anyhow::Result<Vec<cis490_api::ArtifactView>> {
+        let out = self.ctl(&["get", "artifacts", "-o", "json"])?;
+        anyhow::ensure!(
+            out.status.success(),
+            "cis490ctl get artifacts failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).context("parsing `get artifacts -o json`")
+    }
+
     /// The `cis490ctl ARGS` command [`Fleet::ctl`] runs, to start it in the background
     /// (`logs -f`, `get -w`).
     pub fn ctl_command(&self, args: &[&str]) -> anyhow::Result<Command> {

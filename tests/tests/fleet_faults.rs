@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use cis490_api::{ArtifactView, CompleteRequest, HeartbeatRequest, JobStatus, WorkerName};
+use cis490_api::{CompleteRequest, HeartbeatRequest, JobStatus, WorkerName};
 use cis490_tests::fleet::{Fleet, WAIT};
 use cis490_tests::{sha256_file, stored_bundle};
 use reqwest::StatusCode;
@@ -170,12 +170,8 @@ fn reconciler_killed_mid_run_loses_nothing_and_runs_nothing_twice() {
         stray.is_empty(),
         "partial files outside .incoming: {stray:?}"
     );
-    // Every index row points at a whole bundle, and every job's artifact is indexed.
-    let index = std::fs::read_to_string(store.join("index.jsonl")).unwrap();
-    let rows: Vec<ArtifactView> = index
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // Every listed artifact is a whole bundle, and every job's artifact is listed.
+    let rows = fleet.artifacts().unwrap();
     for row in &rows {
         let bundle = stored_bundle(&store, row.artifact_id.as_str());
         assert_eq!(

@@ -129,14 +129,24 @@ fn killing_the_leading_server_loses_nothing_and_the_other_takes_over() {
 
     // The agents carried on by themselves, and every job ran to completion exactly once.
     fleet.assert_each_job_ran_once(&jobs);
-    // Each job's artifact is in the shared store, whichever server received it.
+    // Each job's artifact is in the shared store, whichever server received it, and in
+    // the one index (the database's: no server writes an index file in the store).
+    let listed = fleet.artifacts().unwrap();
     for job in &jobs {
         let artifact = job.artifact_id.as_ref().unwrap();
         assert_eq!(
             sha256_file(&stored_bundle(&store, artifact.as_str())).unwrap(),
             artifact.as_str()
         );
+        assert!(
+            listed
+                .iter()
+                .any(|row| row.job_id == job.id && &row.artifact_id == artifact),
+            "job {} is not in the artifact listing",
+            job.id.short()
+        );
     }
+    assert!(!store.join("index.jsonl").exists());
     let pulled = fleet.path("pulled.tar.zst");
     let out = fleet
         .ctl(&["pull", jobs[0].id.as_str(), "-o", pulled.to_str().unwrap()])

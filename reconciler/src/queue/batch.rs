@@ -1,4 +1,5 @@
-//! Group commit for the hot worker calls (claim, heartbeat, upload record, complete, fail).
+//! Group commit for the hot worker calls (claim, heartbeat, upload record, complete, fail)
+//! and the artifact index rows the store adds as uploads land.
 //!
 //! With `synchronous=FULL` every commit waits for an fsync, which costs far more than the
 //! work of a claim. So concurrent worker calls share commits: each call queues its
@@ -14,12 +15,12 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use cis490_api::{
-    ArtifactId, Capability, ClaimResponse, CompleteRequest, FailRequest, HeartbeatRequest,
-    HeartbeatResponse, JobId, JobStatusResponse, Lease, WorkerName,
+    ArtifactId, ArtifactView, Capability, ClaimResponse, CompleteRequest, FailRequest,
+    HeartbeatRequest, HeartbeatResponse, JobId, JobStatusResponse, Lease, WorkerName,
 };
 use rusqlite::TransactionBehavior;
 
-use super::{lease, matching, Queue, QueueError, Tx};
+use super::{artifact_index, lease, matching, Queue, QueueError, Tx};
 
 /// Most operations one leader commits at once (the rest wait for the next commit).
 const MAX_BATCH: usize = 256;
@@ -44,6 +45,16 @@ pub(crate) struct Upload(
     pub ArtifactId,
     pub u64,
 );
+
+/// Rows for the artifact index (see `artifact_index.rs`).
+pub(crate) struct IndexArtifacts(pub Vec<ArtifactView>);
+
+impl BatchOp for IndexArtifacts {
+    type Reply = usize;
+    fn queued(self, reply: Arc<Reply<Self::Reply>>) -> Op {
+        Op::IndexArtifacts(self, reply)
+    }
+}
 
 impl BatchOp for Claim {
     type Reply = Option<ClaimResponse>;
@@ -89,6 +100,7 @@ pub(crate) enum Op {
     Complete(Complete, Arc<Reply<JobStatusResponse>>),
     Fail(Fail, Arc<Reply<JobStatusResponse>>),
     Upload(Upload, Arc<Reply<()>>),
+    IndexArtifacts(IndexArtifacts, Arc<Reply<usize>>),
 }
 
 impl Op {
@@ -100,6 +112,7 @@ impl Op {
             Op::Complete(_, reply) => reply.as_ref(),
             Op::Fail(_, reply) => reply.as_ref(),
             Op::Upload(_, reply) => reply.as_ref(),
+            Op::IndexArtifacts(_, reply) => reply.as_ref(),
         }
     }
 
@@ -110,6 +123,7 @@ impl Op {
             Op::Complete(_, reply) => reply.clone(),
             Op::Fail(_, reply) => reply.clone(),
             Op::Upload(_, reply) => reply.clone(),
+            Op::IndexArtifacts(_, reply) => reply.clone(),
         }
     }
 }
@@ -293,6 +307,9 @@ fn run(tx: &mut Tx<'_>, op: &Op) -> bool {
         Op::Upload(Upload(id, worker, lease, artifact, size), reply) => reply.stage(
             lease::i_record_upload(tx, id, worker, lease, artifact, *size),
         ),
+        Op::IndexArtifacts(IndexArtifacts(rows), reply) => {
+            reply.stage(artifact_index::i_add(tx, rows))
+        }
     }
 }
 

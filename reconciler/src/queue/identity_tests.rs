@@ -3,8 +3,8 @@
 use crate::queue::JobQueue;
 use chrono::Duration;
 use cis490_api::{
-    AgentInstance, ArtifactId, Capability, CompleteRequest, HeartbeatRequest, JobSpec, JobStatus,
-    Lease,
+    AgentInstance, ArtifactId, ArtifactView, Capability, CompleteRequest, HeartbeatRequest, JobId,
+    JobSpec, JobStatus, Lease,
 };
 
 use super::events::kind;
@@ -220,6 +220,22 @@ fn artifact(byte: &str) -> ArtifactId {
     ArtifactId::parse(&byte.repeat(32)).unwrap()
 }
 
+/// The store's record that it holds `id` (`size` bytes), as an upload or the start-up scan
+/// writes it.
+fn stored(q: &dyn JobQueue, id: &ArtifactId, size: u64) {
+    q.index_artifacts(&[ArtifactView {
+        artifact_id: id.clone(),
+        job_id: JobId::parse(&"f".repeat(64)).unwrap(),
+        attempt: Some(1),
+        model: "first".into(),
+        mode: "upload".into(),
+        worker: "w0".into(),
+        size_bytes: size,
+        received_at: chrono::DateTime::from_timestamp_millis(1_000).unwrap(),
+    }])
+    .unwrap();
+}
+
 /// Two running jobs, each claimed by its own worker.
 fn two_running(q: &dyn JobQueue) -> Vec<(JobSpec, Lease, &'static str)> {
     load(q, &specs("j", 2));
@@ -360,6 +376,7 @@ fn uploads_are_listed_once_per_job_attempt_and_artifact() {
     }
     q.record_upload(&two.0.id, &worker(two.2), &two.1, &artifact("aa"), 100)
         .unwrap();
+    stored(&q, &artifact("aa"), 100);
     let rows = q.uploads().unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
     for (job, _, w) in [one, two] {
@@ -399,6 +416,7 @@ fn jobs_completed_before_uploads_were_recorded_are_listed_after_migration() {
         }
     }
     let q = Queue::open(&path, QueueConfig::default()).unwrap();
+    stored(&q, &artifact("cc"), 9);
     let rows = q.uploads().unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
     for job in &done {
@@ -442,6 +460,7 @@ fn uploads_repeated_under_one_lease_are_kept_once_after_migration() {
         }
     }
     let q = Queue::open(&path, QueueConfig::default()).unwrap();
+    stored(&q, &artifact("dd"), 7);
     let rows = q.uploads().unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(
@@ -459,7 +478,78 @@ fn uploads_repeated_under_one_lease_are_kept_once_after_migration() {
     assert_eq!(stored, 1);
 }
 
+/// The artifact listing reads the index: recorded uploads of indexed bytes (with the
+/// stored size, not the size the upload reported), newest first, then indexed bytes no
+/// upload names, by ID, in pages.
+fn the_artifact_listing_joins_uploads_with_the_index_and_pages_through_unrecorded_bytes(
+    b: Backend,
+) {
+    let q = b.queue();
+    let q = &*q;
+    let jobs = two_running(q);
+    let (one, two) = (&jobs[0], &jobs[1]);
+    q.record_upload(&one.0.id, &worker(one.2), &one.1, &artifact("aa"), 1)
+        .unwrap();
+    q.record_upload(&two.0.id, &worker(two.2), &two.1, &artifact("aa"), 1)
+        .unwrap();
+    // Recorded, but the index does not hold its bytes: not listed.
+    q.record_upload(&one.0.id, &worker(one.2), &one.1, &artifact("bb"), 1)
+        .unwrap();
+    assert!(q.uploads().unwrap().is_empty(), "nothing indexed yet");
+
+    stored(q, &artifact("aa"), 100);
+    stored(q, &artifact("dd"), 4);
+    stored(q, &artifact("cc"), 3);
+    assert_eq!(
+        q.index_artifacts(&[]).unwrap(),
+        0,
+        "an empty batch adds nothing"
+    );
+    assert!(q.artifact_indexed(&artifact("aa")).unwrap());
+    assert!(!q.artifact_indexed(&artifact("bb")).unwrap());
+    let again = ArtifactView {
+        size_bytes: 5,
+        ..q.unrecorded_artifacts_page(None, 1).unwrap().0[0].clone()
+    };
+    assert_eq!(
+        q.index_artifacts(&[again]).unwrap(),
+        0,
+        "a second row for indexed bytes is ignored"
+    );
+
+    let rows = q.uploads().unwrap();
+    let listed: Vec<(&JobId, &ArtifactId, u64)> = rows
+        .iter()
+        .map(|r| (&r.job_id, &r.artifact_id, r.size_bytes))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (&two.0.id, &artifact("aa"), 100),
+            (&one.0.id, &artifact("aa"), 100)
+        ],
+        "newest first, stored sizes"
+    );
+
+    let (page, more) = q.unrecorded_artifacts_page(None, 1).unwrap();
+    assert!(more);
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].artifact_id, artifact("cc"));
+    assert_eq!(page[0].size_bytes, 3, "the first row stays");
+    assert_eq!(
+        (page[0].model.as_str(), page[0].worker.as_str()),
+        ("first", "w0")
+    );
+    let (page, more) = q
+        .unrecorded_artifacts_page(Some(&artifact("cc")), 5)
+        .unwrap();
+    assert!(!more);
+    let ids: Vec<&ArtifactId> = page.iter().map(|r| &r.artifact_id).collect();
+    assert_eq!(ids, [&artifact("dd")]);
+}
+
 super::test_support::on_both_backends!(
+    the_artifact_listing_joins_uploads_with_the_index_and_pages_through_unrecorded_bytes,
     a_second_instance_is_refused_while_the_first_is_live_and_the_first_is_undisturbed,
     an_agent_restarted_on_its_state_dir_takes_its_name_over_from_its_previous_life_at_once,
     a_stale_holder_is_taken_over_and_then_refused_itself,

@@ -8,7 +8,7 @@
 //! `transitions.rs`, shared by every backend; see the module docs of `queue` for the job
 //! lifecycle.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -199,9 +199,8 @@ pub trait JobQueue: std::fmt::Debug + Send + Sync + 'static {
 
     /// Up to `limit` recorded uploads, newest first, before the row numbered `before`; the
     /// row number to continue before, when there are more. One row per (job, attempt,
-    /// artifact) with the worker and time of its first upload and the job's model and mode.
-    /// `size_bytes` is the size the upload reported (0 for rows backfilled from jobs
-    /// completed before uploads were recorded); the store's listing puts the stored size in.
+    /// artifact) whose bytes the artifact index holds, with the worker and time of its
+    /// first upload, the job's model and mode, and the stored size.
     fn uploads_page(
         &self,
         before: Option<i64>,
@@ -222,8 +221,20 @@ pub trait JobQueue: std::fmt::Debug + Send + Sync + 'static {
         }
     }
 
-    /// Which of `ids` a recorded upload names.
-    fn recorded_artifacts(&self, ids: &[ArtifactId]) -> Result<HashSet<ArtifactId>, QueueError>;
+    /// Adds to the artifact index each row whose artifact it does not hold yet (the
+    /// store's record of bytes it made durable); how many were added.
+    fn index_artifacts(&self, rows: &[ArtifactView]) -> Result<usize, QueueError>;
+
+    /// Whether the artifact index holds the artifact.
+    fn artifact_indexed(&self, id: &ArtifactId) -> Result<bool, QueueError>;
+
+    /// Up to `limit` indexed artifacts that no recorded upload names (an upload whose lease
+    /// was lost while it streamed), by artifact ID after `after`, and whether more follow.
+    fn unrecorded_artifacts_page(
+        &self,
+        after: Option<&ArtifactId>,
+        limit: usize,
+    ) -> Result<(Vec<ArtifactView>, bool), QueueError>;
 
     // --- workers ---
 

@@ -192,15 +192,17 @@ pub(crate) fn i_workers_page(
 
 /// Up to `limit` recorded uploads, newest first, from before the upload numbered
 /// `before` (the cursor: an upload's row number). One row per (job, attempt, artifact):
-/// the first upload of each. `size_bytes` is what the upload reported.
+/// the first upload of each, whose bytes the artifact index holds; `size_bytes` is the
+/// stored size.
 pub(crate) fn i_uploads_page(
     tx: &mut Tx<'_>,
     before: Option<i64>,
     limit: usize,
 ) -> Result<(Vec<ArtifactView>, Option<i64>), QueueError> {
     let mut stmt = tx.db.prepare_cached(
-        "SELECT u.rowid, u.artifact_id, u.job_id, u.attempt, u.worker, u.size_bytes, u.at, \
+        "SELECT u.rowid, u.artifact_id, u.job_id, u.attempt, u.worker, a.size_bytes, u.at, \
          j.model, j.mode FROM uploads u JOIN jobs j ON j.id = u.job_id \
+         JOIN artifacts a ON a.artifact_id = u.artifact_id \
          WHERE u.rowid < ?1 AND NOT EXISTS (SELECT 1 FROM uploads e \
            WHERE e.job_id = u.job_id AND e.attempt = u.attempt \
              AND e.artifact_id = u.artifact_id AND e.rowid < u.rowid) \
@@ -240,23 +242,6 @@ pub(crate) fn i_uploads_page(
         last_row = Some(rowid);
     }
     Ok((out, None))
-}
-
-/// Which of `ids` some recorded upload names.
-pub(crate) fn i_recorded_artifacts(
-    tx: &mut Tx<'_>,
-    ids: &[ArtifactId],
-) -> Result<std::collections::HashSet<ArtifactId>, QueueError> {
-    let mut stmt = tx
-        .db
-        .prepare_cached("SELECT 1 FROM uploads WHERE artifact_id = ?1 LIMIT 1")?;
-    let mut out = std::collections::HashSet::new();
-    for id in ids {
-        if stmt.exists([id.as_str()])? {
-            out.insert(id.clone());
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@
 //!   `release` (held) -> pending. `cancel` takes a held job; `requeue` refuses it.
 
 mod apply;
+pub(crate) mod artifact_index;
 mod batch;
 mod checkpoint;
 mod clock;
@@ -449,11 +450,23 @@ impl JobQueue for Queue {
         self.read(|tx| listing::i_uploads_page(tx, before, limit))
     }
 
-    fn recorded_artifacts(
+    fn index_artifacts(&self, rows: &[cis490_api::ArtifactView]) -> Result<usize, QueueError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        self.batched(batch::IndexArtifacts(rows.to_vec()))
+    }
+
+    fn artifact_indexed(&self, id: &cis490_api::ArtifactId) -> Result<bool, QueueError> {
+        self.read(|tx| artifact_index::i_contains(tx, id))
+    }
+
+    fn unrecorded_artifacts_page(
         &self,
-        ids: &[cis490_api::ArtifactId],
-    ) -> Result<std::collections::HashSet<cis490_api::ArtifactId>, QueueError> {
-        self.read(|tx| listing::i_recorded_artifacts(tx, ids))
+        after: Option<&cis490_api::ArtifactId>,
+        limit: usize,
+    ) -> Result<(Vec<cis490_api::ArtifactView>, bool), QueueError> {
+        self.read(|tx| artifact_index::i_unrecorded_page(tx, after, limit))
     }
 
     fn job_log(&self, id: &JobId, query: &LogQuery) -> Result<LogPage, QueueError> {

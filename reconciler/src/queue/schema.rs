@@ -312,6 +312,22 @@ CREATE INDEX jobs_pinned_cpu ON jobs
     r#"
 DROP INDEX events_worker;
 "#,
+    // 14: the artifact index (`artifact_index.rs`): one row per byte sequence the store
+    // holds, with the upload that first stored it, so that servers sharing a store keep one
+    // index (the database) instead of each appending to a file in the store. The store's
+    // start-up scan fills it from the blobs' own metadata.
+    r#"
+CREATE TABLE artifacts (
+    artifact_id  TEXT PRIMARY KEY NOT NULL,
+    size_bytes   INTEGER NOT NULL,
+    job_id       TEXT NOT NULL,
+    attempt      INTEGER,
+    model        TEXT NOT NULL,
+    mode         TEXT NOT NULL,
+    worker       TEXT NOT NULL,
+    stored_at    INTEGER NOT NULL           -- ms since the epoch
+) STRICT, WITHOUT ROWID;
+"#,
 ];
 
 /// Brings the database to the newest schema, each migration in its own transaction.

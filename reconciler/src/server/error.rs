@@ -137,7 +137,8 @@ impl From<StoreError> for ApiFailure {
                 ApiFailure::new(StatusCode::UNPROCESSABLE_ENTITY, "sha_mismatch", message)
             }
             StoreError::BodyRead(_) => ApiFailure::bad_request(message),
-            StoreError::NotFound(_) => ApiFailure::not_found(message),
+            StoreError::NotFound(_) | StoreError::NotHeld(_) => ApiFailure::not_found(message),
+            StoreError::Index(queue) => queue.into(),
             // The detail names the server's files: it goes to the log, not to the client.
             StoreError::Io { .. } => {
                 tracing::error!(error = %message, "artifact store failed");

@@ -40,7 +40,7 @@ use tokio::net::TcpListener;
 
 use crate::queue::postgres::leader::LeaderLock;
 use crate::queue::{PgQueue, Queue, QueueError, SharedQueue};
-use crate::store::{ArtifactStore, RecoveryReport, StoreError};
+use crate::store::{ArtifactStore, FsBlobs, QueueIndex, RecoveryReport, StoreError};
 use config::Database;
 use leader::Leadership;
 
@@ -181,8 +181,10 @@ impl Server {
             .map_err(|e| ServerError::Queue(QueueError::Io(std::io::Error::other(e))))??;
         let store_root = config.store_root();
         let max_upload = config.max_upload_bytes;
+        let index = Arc::new(QueueIndex(queue.clone()));
         let (store, recovery) = tokio::task::spawn_blocking(move || {
-            let store = ArtifactStore::open(&store_root, max_upload)?;
+            let blobs = FsBlobs::open(&store_root, max_upload)?;
+            let store = ArtifactStore::new(Arc::new(blobs), index);
             let report = store.recover()?;
             Ok::<_, StoreError>((store, report))
         })

@@ -295,7 +295,7 @@ pub async fn models(
         .as_deref()
         .map(ArtifactCursor::decode)
         .transpose()?;
-    let (queue, store) = (state.queue.clone(), state.store.clone());
+    let queue = state.queue.clone();
     let page = tokio::task::spawn_blocking(move || -> Result<_, ApiFailure> {
         let (mut items, mut next) = (Vec::new(), None);
         let unrecorded_after = match cursor {
@@ -306,7 +306,7 @@ pub async fn models(
                     _ => None,
                 };
                 let (rows, more) = queue.uploads_page(before, limit)?;
-                items = store.held(rows);
+                items = rows;
                 match more {
                     Some(row) => {
                         next = Some(ArtifactCursor::Upload(row));
@@ -320,9 +320,7 @@ pub async fn models(
         };
         if let Some(after) = unrecorded_after {
             let room = limit - items.len();
-            let (rows, more) = store.unrecorded_page(after.as_ref(), room, |ids| {
-                queue.recorded_artifacts(ids).map_err(ApiFailure::from)
-            })?;
+            let (rows, more) = queue.unrecorded_artifacts_page(after.as_ref(), room)?;
             if more {
                 let last = rows.last().map(|r| r.artifact_id.clone()).or(after);
                 next = Some(ArtifactCursor::Unrecorded(last));
@@ -386,13 +384,9 @@ pub async fn download(
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Response, ApiFailure> {
     let id = artifact_id(&raw)?;
-    let store = state.store.clone();
-    let lookup = id.clone();
-    let (path, size) = tokio::task::spawn_blocking(move || store.locate(&lookup)).await??;
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| ApiFailure::internal(format!("cannot open artifact {}: {e}", id.short())))?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let blob = state.store.open(&id).await?;
+    let size = blob.size_bytes;
+    let body = Body::from_stream(blob.bytes);
     Ok((
         [
             (header::CONTENT_TYPE, "application/zstd".to_string()),

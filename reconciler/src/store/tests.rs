@@ -5,6 +5,11 @@ use cis490_api::{ArtifactId, JobId, UploadStatus};
 use futures_util::stream;
 use sha2::{Digest, Sha256};
 
+use super::fs::{
+    create_partial, read_meta, write_meta, BLOBS_DIR, BUNDLE_FILE, LEGACY_INDEX_FILE, META_FILE,
+    WRITE_BATCH,
+};
+use super::index::MemoryIndex;
 use super::*;
 
 const JOB: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -25,7 +30,15 @@ fn upload_for(bytes: &[u8]) -> Upload {
     }
 }
 
-fn chunks(bytes: &[u8]) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
+/// A store on `dir` with its bytes' handle (for their files) and an index in memory.
+fn open(dir: &Path, max_upload_bytes: u64) -> (ArtifactStore, FsBlobs, Arc<MemoryIndex>) {
+    let blobs = FsBlobs::open(dir, max_upload_bytes).unwrap();
+    let index = Arc::new(MemoryIndex::default());
+    let store = ArtifactStore::new(Arc::new(blobs.clone()), index.clone());
+    (store, blobs, index)
+}
+
+fn chunks(bytes: &[u8]) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
     let parts: Vec<Result<Bytes, std::io::Error>> = bytes
         .chunks(7)
         .map(|c| Ok(Bytes::copy_from_slice(c)))
@@ -47,21 +60,14 @@ fn files_under(dir: &Path) -> Vec<String> {
     out
 }
 
-fn partials(store: &ArtifactStore) -> Vec<String> {
-    files_under(&store.incoming_dir())
-}
-
-fn index_rows(store: &ArtifactStore) -> usize {
-    std::fs::read_to_string(store.root().join(INDEX_FILE))
-        .unwrap()
-        .lines()
-        .count()
+fn partials(blobs: &FsBlobs) -> Vec<String> {
+    files_under(&blobs.incoming_dir())
 }
 
 #[tokio::test]
 async fn stores_streams_and_dedupes_identical_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let (store, blobs, index) = open(dir.path(), 1 << 20);
     let body = b"a model bundle".repeat(100);
     let up = upload_for(&body);
 
@@ -81,13 +87,13 @@ async fn stores_streams_and_dedupes_identical_bytes() {
 
     let second = store.ingest(&up, chunks(&body)).await.unwrap();
     assert_eq!(second.status, UploadStatus::AlreadyPresent);
-    assert_eq!(index_rows(&store), 1, "a dedupe appends no row");
-    assert!(partials(&store).is_empty());
+    assert_eq!(index.all().len(), 1, "a dedupe appends no row");
+    assert!(partials(&blobs).is_empty());
 
-    let listed = store.list().unwrap();
+    let listed = blobs.list().unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].artifact_id, up.expected_sha256);
-    let (path, size) = store.locate(&up.expected_sha256).unwrap();
+    let (path, size) = blobs.locate(&up.expected_sha256).unwrap();
     assert_eq!(path, bundle);
     assert_eq!(size, body.len() as u64);
 }
@@ -95,25 +101,25 @@ async fn stores_streams_and_dedupes_identical_bytes() {
 #[tokio::test]
 async fn sha_mismatch_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let (store, blobs, index) = open(dir.path(), 1 << 20);
     let mut up = upload_for(b"expected");
     up.expected_sha256 = sha(b"something else");
     let err = store.ingest(&up, chunks(b"expected")).await.unwrap_err();
     assert!(matches!(err, StoreError::ShaMismatch { .. }), "{err}");
-    assert!(partials(&store).is_empty());
-    assert!(store.list().unwrap().is_empty());
-    assert_eq!(index_rows(&store), 0);
+    assert!(partials(&blobs).is_empty());
+    assert!(blobs.list().unwrap().is_empty());
+    assert_eq!(index.all().len(), 0);
 }
 
 #[tokio::test]
 async fn over_the_cap_is_refused_announced_or_streamed() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ArtifactStore::open(dir.path(), 100).unwrap();
+    let (store, blobs, index) = open(dir.path(), 100);
     let body = vec![7u8; 101];
     let mut up = upload_for(&body);
     let err = store.ingest(&up, chunks(&body)).await.unwrap_err();
     assert!(matches!(err, StoreError::TooLarge { limit: 100 }), "{err}");
-    assert!(partials(&store).is_empty());
+    assert!(partials(&blobs).is_empty());
 
     up.content_length = Some(1_000);
     let err = store
@@ -121,7 +127,7 @@ async fn over_the_cap_is_refused_announced_or_streamed() {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
-    assert!(partials(&store).is_empty());
+    assert!(partials(&blobs).is_empty());
 
     let exact = vec![1u8; 100];
     let ok = store
@@ -129,12 +135,13 @@ async fn over_the_cap_is_refused_announced_or_streamed() {
         .await
         .unwrap();
     assert_eq!(ok.status, UploadStatus::Stored);
+    assert_eq!(index.all().len(), 1, "refused uploads are not indexed");
 }
 
 #[tokio::test]
 async fn a_body_error_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let (store, blobs, index) = open(dir.path(), 1 << 20);
     let up = upload_for(b"whatever");
     let body = stream::iter(vec![
         Ok(Bytes::from_static(b"some bytes")),
@@ -142,13 +149,14 @@ async fn a_body_error_leaves_nothing() {
     ]);
     let err = store.ingest(&up, body).await.unwrap_err();
     assert!(matches!(err, StoreError::BodyRead(_)), "{err}");
-    assert!(partials(&store).is_empty());
+    assert!(partials(&blobs).is_empty());
+    assert!(index.all().is_empty());
 }
 
 #[tokio::test]
 async fn a_dropped_upload_future_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let (store, blobs, index) = open(dir.path(), 1 << 20);
     let up = upload_for(b"never finishes");
     // One chunk, then a body that never ends: the future is dropped mid-upload, like a
     // request whose client disconnected.
@@ -157,13 +165,14 @@ async fn a_dropped_upload_future_leaves_nothing() {
     let fut = store.ingest(&up, body);
     let timed_out = tokio::time::timeout(std::time::Duration::from_millis(200), fut).await;
     assert!(timed_out.is_err());
-    assert!(partials(&store).is_empty());
+    assert!(partials(&blobs).is_empty());
+    assert!(index.all().is_empty());
 }
 
 #[tokio::test]
 async fn concurrent_uploads_of_one_job_do_not_share_a_partial_file() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let (store, blobs, index) = open(dir.path(), 1 << 20);
     let a = b"first attempt's bundle".to_vec();
     let b = b"second attempt's bundle".to_vec();
     let (up_a, up_b) = (upload_for(&a), upload_for(&b));
@@ -173,8 +182,8 @@ async fn concurrent_uploads_of_one_job_do_not_share_a_partial_file() {
     );
     assert_eq!(ra.unwrap().status, UploadStatus::Stored);
     assert_eq!(rb.unwrap().status, UploadStatus::Stored);
-    assert_eq!(store.list().unwrap().len(), 2);
-    assert_eq!(index_rows(&store), 2);
+    assert_eq!(blobs.list().unwrap().len(), 2);
+    assert_eq!(index.all().len(), 2);
 }
 
 /// Model `a_b` with mode `c` and model `a` with mode `b_c` both made the folder `a_b_c/`
@@ -183,7 +192,7 @@ async fn concurrent_uploads_of_one_job_do_not_share_a_partial_file() {
 #[tokio::test]
 async fn model_and_mode_names_never_share_a_folder_and_equal_bytes_are_stored_once() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let (store, blobs, index) = open(dir.path(), 1 << 20);
     let upload = |model: &str, mode: &str, body: &[u8], job: char| {
         let mut up = upload_for(body);
         up.model = model.into();
@@ -196,16 +205,16 @@ async fn model_and_mode_names_never_share_a_folder_and_equal_bytes_are_stored_on
     for (up, body) in [(&first, &b"first"[..]), (&second, &b"second"[..])] {
         let stored = store.ingest(up, chunks(body)).await.unwrap();
         assert_eq!(stored.status, UploadStatus::Stored);
-        let listed = store.list().unwrap();
+        let listed = blobs.list().unwrap();
         let row = listed
             .iter()
             .find(|a| a.artifact_id == up.expected_sha256)
             .unwrap();
         assert_eq!((&row.model, &row.mode), (&up.model, &up.mode));
-        let (path, _) = store.locate(&up.expected_sha256).unwrap();
+        let (path, _) = blobs.locate(&up.expected_sha256).unwrap();
         assert_eq!(std::fs::read(path).unwrap(), body);
     }
-    assert_eq!(store.list().unwrap().len(), 2);
+    assert_eq!(blobs.list().unwrap().len(), 2);
     // A third pair uploads the first's bytes: no second copy, and no folder per pair.
     let third = upload("other", "mode", b"first", 'c');
     let again = store.ingest(&third, chunks(b"first")).await.unwrap();
@@ -218,80 +227,32 @@ async fn model_and_mode_names_never_share_a_folder_and_equal_bytes_are_stored_on
     let top: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.') && n != INDEX_FILE)
+        .filter(|n| !n.starts_with('.'))
         .collect();
-    assert_eq!(top, [BLOBS_DIR]);
+    assert_eq!(
+        top,
+        [BLOBS_DIR],
+        "no index file in the store: the index is the database's"
+    );
+    assert_eq!(index.all().len(), 2);
 }
 
-/// The listing is the recorded uploads (one row per job and attempt, with the stored size)
-/// plus one row for stored bytes nobody recorded; recorded rows of bytes not stored are
-/// left out.
+/// Bytes stored but not indexed (a crash between the two) get their row back from the
+/// next upload of the same bytes, which answers "already present" without writing them.
 #[tokio::test]
-async fn listing_has_a_row_per_recorded_upload_and_one_for_unrecorded_bytes() {
+async fn an_upload_of_stored_bytes_whose_index_row_was_lost_puts_the_row_back() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
-    let shared = b"shared bytes".to_vec();
-    let lonely = b"uploaded, never recorded".to_vec();
-    store
-        .ingest(&upload_for(&shared), chunks(&shared))
-        .await
-        .unwrap();
-    store
-        .ingest(&upload_for(&lonely), chunks(&lonely))
-        .await
-        .unwrap();
-    let row = |job: char, attempt: u32, artifact: ArtifactId| cis490_api::ArtifactView {
-        artifact_id: artifact,
-        job_id: JobId::parse(&job.to_string().repeat(64)).unwrap(),
-        attempt: Some(attempt),
-        model: "gbt".into(),
-        mode: "realistic".into(),
-        worker: "w1".into(),
-        size_bytes: 0,
-        received_at: chrono::Utc::now(),
-    };
-    let recorded = vec![
-        row('b', 1, sha(&shared)),
-        row('c', 2, sha(&shared)),
-        row('d', 1, sha(b"not stored")),
-    ];
-    let named: std::collections::HashSet<ArtifactId> =
-        recorded.iter().map(|r| r.artifact_id.clone()).collect();
-    let mut listing = store.held(recorded);
-    assert_eq!(
-        listing.len(),
-        2,
-        "the row of bytes not stored is left out: {listing:?}"
-    );
-    let (unrecorded, more) = store
-        .unrecorded_page(None, 10, |ids| {
-            Ok::<_, StoreError>(
-                ids.iter()
-                    .filter(|id| named.contains(*id))
-                    .cloned()
-                    .collect(),
-            )
-        })
-        .unwrap();
-    assert!(!more);
-    listing.extend(unrecorded);
-    assert_eq!(listing.len(), 3, "{listing:?}");
-    let of = |job: char| {
-        listing
-            .iter()
-            .find(|a| a.job_id.as_str().starts_with(job))
-            .unwrap()
-    };
-    assert_eq!(of('b').size_bytes, shared.len() as u64);
-    assert_eq!(
-        (of('c').attempt, of('c').artifact_id.clone()),
-        (Some(2), sha(&shared))
-    );
-    assert_eq!(
-        of('a').artifact_id,
-        sha(&lonely),
-        "the unrecorded bytes' own row"
-    );
+    let (store, _blobs, index) = open(dir.path(), 1 << 20);
+    let body = b"stored, then the server died".to_vec();
+    let up = upload_for(&body);
+    store.ingest(&up, chunks(&body)).await.unwrap();
+    index.forget(&up.expected_sha256);
+    let again = store.ingest(&up, chunks(&body)).await.unwrap();
+    assert_eq!(again.status, UploadStatus::AlreadyPresent);
+    let rows = index.all();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].artifact_id, up.expected_sha256);
+    assert_eq!(rows[0].size_bytes, body.len() as u64);
 }
 
 /// A store written in the old `<model>_<mode>/<artifact_id>/` layout (the same bytes under
@@ -327,7 +288,7 @@ async fn recovery_moves_the_old_layout_into_blobs_and_drops_duplicate_copies() {
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.path().join(INDEX_FILE))
+            .open(dir.path().join(LEGACY_INDEX_FILE))
             .unwrap()
             .write_all(format!("{json}\n").as_bytes())
             .unwrap();
@@ -341,18 +302,18 @@ async fn recovery_moves_the_old_layout_into_blobs_and_drops_duplicate_copies() {
         .join(sha(b"never renamed").as_str());
     std::fs::create_dir_all(never).unwrap();
 
-    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let (store, blobs, _index) = open(dir.path(), 1 << 20);
     let report = store.recover().unwrap();
     assert_eq!(report.migrated_legacy, 2);
     assert_eq!(report.removed_duplicates, 1);
     assert_eq!(report.removed_incomplete, 1);
-    assert_eq!(report.repaired_index, 0);
+    assert_eq!(report.indexed, 2, "both blobs get their index rows");
     for group in ["gbt_realistic", "mlp_oracle", "gbt_oracle"] {
         assert!(!dir.path().join(group).exists(), "{group} left behind");
     }
-    assert_eq!(store.list().unwrap().len(), 2);
+    assert_eq!(blobs.list().unwrap().len(), 2);
     for body in [&same, &other] {
-        let (path, size) = store.locate(&sha(body)).unwrap();
+        let (path, size) = blobs.locate(&sha(body)).unwrap();
         assert_eq!(std::fs::read(path).unwrap(), *body);
         assert_eq!(size, body.len() as u64);
     }
@@ -366,65 +327,57 @@ async fn recovery_moves_the_old_layout_into_blobs_and_drops_duplicate_copies() {
 }
 
 #[tokio::test]
-async fn recovery_cleans_partials_and_repairs_meta_and_index() {
+async fn recovery_cleans_partials_indexes_what_a_crash_left_out_and_repairs_meta() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let (store, blobs, index) = open(dir.path(), 1 << 20);
     let one = b"bundle one".to_vec();
     let two = b"bundle two".to_vec();
     let three = b"bundle three".to_vec();
     for body in [&one, &two, &three] {
         store.ingest(&upload_for(body), chunks(body)).await.unwrap();
     }
-    let group = dir.path().join(BLOBS_DIR);
-    let index_path = dir.path().join(INDEX_FILE);
-    let rows: Vec<String> = std::fs::read_to_string(&index_path)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let blob_dir = |body: &[u8]| blobs.blobs_dir().join(sha(body).as_str());
 
-    // Crash A: bundle one's index row was never appended.
-    // Crash B: bundle two's meta.json is gone (its index row stays).
-    // Crash C: the last append was cut off mid-line (bundle three's row).
-    let cut = &rows[2][..rows[2].len() / 2];
-    std::fs::write(&index_path, format!("{}\n{cut}", rows[1])).unwrap();
-    std::fs::remove_file(group.join(sha(&two).as_str()).join(META_FILE)).unwrap();
-    // Crash D: a partial upload and a directory whose bundle never arrived.
-    std::fs::write(store.incoming_dir().join("abc-1.partial"), b"junk").unwrap();
-    let orphan = group.join(sha(b"never renamed").as_str());
+    // Crash A: bundle one was stored, its index row never written.
+    index.forget(&sha(&one));
+    // Crash B (an older version's store): bundle two's meta.json is gone; that version's
+    // index.jsonl has its row, and a last line a crash cut off.
+    let two_meta = read_meta(&blob_dir(&two)).unwrap();
+    std::fs::remove_file(blob_dir(&two).join(META_FILE)).unwrap();
+    let row = serde_json::to_string(&two_meta).unwrap();
+    std::fs::write(
+        dir.path().join(LEGACY_INDEX_FILE),
+        format!(
+            "{row}
+{}",
+            &row[..row.len() / 2]
+        ),
+    )
+    .unwrap();
+    // Crash C: a partial upload and a directory whose bundle never arrived.
+    std::fs::write(blobs.incoming_dir().join("abc-1.partial"), b"junk").unwrap();
+    let orphan = blobs.blobs_dir().join(sha(b"never renamed").as_str());
     std::fs::create_dir_all(&orphan).unwrap();
     std::fs::write(orphan.join(META_FILE), b"{}").unwrap();
 
-    let reopened = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    // The server starts again: new blob handle, the same database.
+    let reopened_blobs = FsBlobs::open(dir.path(), 1 << 20).unwrap();
+    let reopened = ArtifactStore::new(Arc::new(reopened_blobs.clone()), index.clone());
     let report = reopened.recover().unwrap();
     assert_eq!(report.removed_partials, 1);
     assert_eq!(report.removed_incomplete, 1);
     assert_eq!(report.repaired_meta, 1);
-    assert_eq!(
-        report.repaired_index, 2,
-        "one and three get their rows back"
-    );
-    assert!(report.truncated_index_tail);
+    assert_eq!(report.indexed, 1, "one gets its row back: {report:?}");
     assert!(report.unrepairable.is_empty());
 
-    assert!(partials(&reopened).is_empty());
+    assert!(partials(&reopened_blobs).is_empty());
     assert!(!orphan.exists());
-    assert_eq!(reopened.list().unwrap().len(), 3);
-    let text = std::fs::read_to_string(&index_path).unwrap();
-    assert!(text.ends_with('\n'));
-    let ids: Vec<ArtifactId> = text
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<cis490_api::ArtifactView>(l)
-                .unwrap()
-                .artifact_id
-        })
-        .collect();
-    assert_eq!(ids.len(), 3);
+    assert_eq!(read_meta(&blob_dir(&two)).unwrap(), two_meta);
+    let indexed: Vec<ArtifactId> = index.all().into_iter().map(|r| r.artifact_id).collect();
+    assert_eq!(indexed.len(), 3);
     for body in [&one, &two, &three] {
-        assert!(ids.contains(&sha(body)));
+        assert!(indexed.contains(&sha(body)));
     }
-
     // A second scan finds nothing to do.
     assert!(reopened.recover().unwrap().is_clean());
 }
@@ -432,9 +385,9 @@ async fn recovery_cleans_partials_and_repairs_meta_and_index() {
 #[test]
 fn recovery_keeps_a_partial_another_server_is_still_writing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
-    let live = store.incoming_dir().join("live-1.partial");
-    let dead = store.incoming_dir().join("dead-1.partial");
+    let (store, blobs, _index) = open(dir.path(), 1 << 20);
+    let live = blobs.incoming_dir().join("live-1.partial");
+    let dead = blobs.incoming_dir().join("dead-1.partial");
     let writer = create_partial(&live).unwrap();
     std::fs::write(&dead, b"left by a crash").unwrap();
 
@@ -454,14 +407,14 @@ fn recovery_keeps_a_partial_another_server_is_still_writing() {
 #[test]
 fn recovery_waits_for_a_commit_in_flight_before_judging_a_folder_without_its_bundle() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let (store, blobs, _index) = open(dir.path(), 1 << 20);
     let body = b"committed by another server";
-    let folder = store.blobs_dir().join(sha(body).as_str());
+    let folder = blobs.blobs_dir().join(sha(body).as_str());
     // The other server holds the commit lock, has written meta.json and is about to
     // rename the bundle into place.
-    let lock = store.lock_commit_across_servers().unwrap();
+    let lock = blobs.lock_commit_across_servers().unwrap();
     std::fs::create_dir_all(&folder).unwrap();
-    write_meta(&folder, &store.record(&upload_for(body), body.len() as u64)).unwrap();
+    write_meta(&folder, &upload_for(body).view(body.len() as u64)).unwrap();
     let scan = {
         let store = store.clone();
         std::thread::spawn(move || store.recover())
@@ -473,23 +426,23 @@ fn recovery_waits_for_a_commit_in_flight_before_judging_a_folder_without_its_bun
     let report = scan.join().unwrap().unwrap();
     assert_eq!(report.removed_incomplete, 0, "{report:?}");
     assert!(folder.join(BUNDLE_FILE).is_file());
-    assert_eq!(store.list().unwrap().len(), 1);
+    assert_eq!(blobs.list().unwrap().len(), 1);
 }
 
 #[tokio::test]
 async fn a_small_announced_upload_is_stored_and_deduped_like_a_streamed_one() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let (store, blobs, index) = open(dir.path(), 1 << 20);
     let body = b"tiny bundle".repeat(10);
     let mut up = upload_for(&body);
     up.content_length = Some(body.len() as u64);
     let first = store.ingest(&up, chunks(&body)).await.unwrap();
     assert_eq!(first.status, UploadStatus::Stored);
     assert_eq!(first.size_bytes, body.len() as u64);
-    let (path, size) = store.locate(&up.expected_sha256).unwrap();
+    let (path, size) = blobs.locate(&up.expected_sha256).unwrap();
     assert_eq!(std::fs::read(path).unwrap(), body);
     assert_eq!(size, body.len() as u64);
-    assert_eq!(index_rows(&store), 1);
+    assert_eq!(index.all().len(), 1);
     let meta = read_meta(&dir.path().join(BLOBS_DIR).join(up.expected_sha256.as_str())).unwrap();
     assert_eq!(meta.size_bytes, body.len() as u64);
 
@@ -497,28 +450,28 @@ async fn a_small_announced_upload_is_stored_and_deduped_like_a_streamed_one() {
     up.content_length = None;
     let second = store.ingest(&up, chunks(&body)).await.unwrap();
     assert_eq!(second.status, UploadStatus::AlreadyPresent);
-    assert_eq!(index_rows(&store), 1);
-    assert!(partials(&store).is_empty());
+    assert_eq!(index.all().len(), 1);
+    assert!(partials(&blobs).is_empty());
 }
 
 #[tokio::test]
 async fn a_small_upload_that_grows_past_the_cap_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ArtifactStore::open(dir.path(), 100).unwrap();
+    let (store, blobs, _index) = open(dir.path(), 100);
     let body = vec![3u8; 150];
     let mut up = upload_for(&body);
     // Announced within the cap, but more arrives.
     up.content_length = Some(50);
     let err = store.ingest(&up, chunks(&body)).await.unwrap_err();
     assert!(matches!(err, StoreError::TooLarge { limit: 100 }), "{err}");
-    assert!(partials(&store).is_empty());
-    assert!(store.list().unwrap().is_empty());
+    assert!(partials(&blobs).is_empty());
+    assert!(blobs.list().unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn a_known_artifact_is_still_verified_and_left_untouched() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ArtifactStore::open(dir.path(), 1 << 20).unwrap();
+    let (store, blobs, index) = open(dir.path(), 1 << 20);
     let body = b"the stored bundle".repeat(20);
     let up = upload_for(&body);
     store.ingest(&up, chunks(&body)).await.unwrap();
@@ -535,20 +488,20 @@ async fn a_known_artifact_is_still_verified_and_left_untouched() {
     let err = store.ingest(&up, broken).await.unwrap_err();
     assert!(matches!(err, StoreError::BodyRead(_)), "{err}");
     // Over the cap while only hashing: refused.
-    let small_cap = ArtifactStore::open(dir.path(), 100).unwrap();
+    let (small_cap, _, _) = open(dir.path(), 100);
     let err = small_cap.ingest(&up, chunks(&body)).await.unwrap_err();
     assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
 
-    let (path, _) = store.locate(&up.expected_sha256).unwrap();
+    let (path, _) = blobs.locate(&up.expected_sha256).unwrap();
     assert_eq!(std::fs::read(path).unwrap(), body);
-    assert_eq!(index_rows(&store), 1);
-    assert!(partials(&store).is_empty());
+    assert_eq!(index.all().len(), 1);
+    assert!(partials(&blobs).is_empty());
 }
 
 #[tokio::test]
 async fn a_large_upload_streams_through_the_writer_thread_intact() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ArtifactStore::open(dir.path(), 64 << 20).unwrap();
+    let (store, blobs, _index) = open(dir.path(), 64 << 20);
     // Several writer buffers' worth, in uneven chunks.
     let body: Vec<u8> = (0..(3 * WRITE_BATCH + 4321))
         .map(|i| (i.wrapping_mul(31) % 251) as u8)
@@ -562,7 +515,36 @@ async fn a_large_upload_streams_through_the_writer_thread_intact() {
     let stored = store.ingest(&up, stream::iter(parts)).await.unwrap();
     assert_eq!(stored.status, UploadStatus::Stored);
     assert_eq!(stored.size_bytes, body.len() as u64);
-    let (path, _) = store.locate(&up.expected_sha256).unwrap();
+    let (path, _) = blobs.locate(&up.expected_sha256).unwrap();
     assert_eq!(std::fs::read(path).unwrap(), body);
-    assert!(partials(&store).is_empty());
+    assert!(partials(&blobs).is_empty());
+}
+
+/// An artifact the index has but this store lacks (servers on one database without a
+/// shared store) is refused with a reason that says so; an unknown one is plain not found.
+#[tokio::test]
+async fn opening_indexed_bytes_this_store_lacks_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _blobs, index) = open(dir.path(), 1 << 20);
+    let body = b"received by the other server".to_vec();
+    let elsewhere = upload_for(&body).view(body.len() as u64);
+    index.add(std::slice::from_ref(&elsewhere)).unwrap();
+    let err = store.open(&elsewhere.artifact_id).await.err().unwrap();
+    assert!(matches!(err, StoreError::NotHeld(_)), "{err}");
+    assert!(err.to_string().contains("store_dir"), "{err}");
+    let err = store.open(&sha(b"never stored")).await.err().unwrap();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+
+    store
+        .ingest(&upload_for(&body), chunks(&body))
+        .await
+        .unwrap();
+    let blob = store.open(&elsewhere.artifact_id).await.unwrap();
+    assert_eq!(blob.size_bytes, body.len() as u64);
+    let read: Vec<u8> = blob
+        .bytes
+        .map(|chunk| chunk.unwrap().to_vec())
+        .concat()
+        .await;
+    assert_eq!(read, body);
 }

@@ -13,6 +13,7 @@
 //! a call returns Ok only once its transaction is durable.
 
 mod apply;
+mod artifact_index;
 mod cached;
 mod events;
 mod explain;
@@ -37,7 +38,7 @@ mod tx;
 mod uploads;
 mod workers;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -339,21 +340,23 @@ impl JobQueue for PgQueue {
         self.read(|tx| uploads::i_uploads_page(tx, before, limit))
     }
 
-    fn recorded_artifacts(&self, ids: &[ArtifactId]) -> Result<HashSet<ArtifactId>, QueueError> {
-        let wanted: Vec<&str> = ids.iter().map(ArtifactId::as_str).collect();
-        self.read(|tx| {
-            tx.db
-                .query(
-                    "SELECT DISTINCT artifact_id FROM uploads WHERE artifact_id = ANY($1)",
-                    &[&wanted],
-                )?
-                .iter()
-                .map(|r| {
-                    let id: String = r.try_get(0)?;
-                    ArtifactId::parse(&id).map_err(QueueError::corrupt)
-                })
-                .collect()
-        })
+    fn index_artifacts(&self, rows: &[ArtifactView]) -> Result<usize, QueueError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        self.write(|tx| artifact_index::i_add(tx, rows))
+    }
+
+    fn artifact_indexed(&self, id: &ArtifactId) -> Result<bool, QueueError> {
+        self.read(|tx| artifact_index::i_contains(tx, id))
+    }
+
+    fn unrecorded_artifacts_page(
+        &self,
+        after: Option<&ArtifactId>,
+        limit: usize,
+    ) -> Result<(Vec<ArtifactView>, bool), QueueError> {
+        self.read(|tx| artifact_index::i_unrecorded_page(tx, after, limit))
     }
 
     fn report_node(&self, worker: &WorkerName, cap: &Capability) -> Result<WorkerView, QueueError> {

@@ -188,6 +188,19 @@ CREATE INDEX events_unnumbered ON events (id) WHERE seq IS NULL;
     r#"
 CREATE INDEX jobs_listing_cursor ON jobs ((-priority), manifest_order, id);
 "#,
+    // 4: the artifact index (SQLite's migration 14): one row per stored byte sequence.
+    r#"
+CREATE TABLE artifacts (
+    artifact_id  TEXT PRIMARY KEY,
+    size_bytes   BIGINT NOT NULL,
+    job_id       TEXT NOT NULL,
+    attempt      BIGINT,
+    model        TEXT NOT NULL,
+    mode         TEXT NOT NULL,
+    worker       TEXT NOT NULL,
+    stored_at    BIGINT NOT NULL
+);
+"#,
 ];
 
 /// Any constant: the advisory lock that lets one server at a time migrate a database.

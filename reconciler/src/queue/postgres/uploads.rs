@@ -15,8 +15,9 @@ pub(crate) fn i_uploads_page(
 ) -> Result<(Vec<ArtifactView>, Option<i64>), QueueError> {
     let want = i64::try_from(limit + 1).unwrap_or(i64::MAX);
     let rows = tx.db.query(
-        "SELECT u.id, u.artifact_id, u.job_id, u.attempt, u.worker, u.size_bytes, u.at, \
+        "SELECT u.id, u.artifact_id, u.job_id, u.attempt, u.worker, a.size_bytes, u.at, \
          j.model, j.mode FROM uploads u JOIN jobs j ON j.id = u.job_id \
+         JOIN artifacts a ON a.artifact_id = u.artifact_id \
          WHERE u.id < $1 AND NOT EXISTS (SELECT 1 FROM uploads e \
            WHERE e.job_id = u.job_id AND e.attempt = u.attempt \
              AND e.artifact_id = u.artifact_id AND e.id < u.id) \

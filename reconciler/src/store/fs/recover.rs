@@ -1,19 +1,21 @@
 //! The start-up scan: moves a store of the old `<model>_<mode>/<artifact_id>/` layout into
-//! `blobs/`, removes what interrupted uploads left behind and repairs a bundle whose
-//! meta.json or index row a crash cut off. Runs before the server accepts uploads; in a
-//! store shared with other servers, a partial whose upload is alive there is locked and
-//! kept.
+//! `blobs/`, removes what interrupted uploads left behind, and reads every blob's
+//! meta.json (so the database index can be completed; a lost one is rewritten from the
+//! older versions' index.jsonl where it has the row). Runs before the server accepts
+//! uploads; in a store shared with other servers, a partial whose upload is alive there is
+//! locked and kept.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use cis490_api::{ArtifactId, ArtifactView};
 
 use super::{
-    open_locked, read_meta, sync_dir, write_meta, ArtifactStore, StoreError, BUNDLE_FILE,
-    INDEX_FILE, META_FILE,
+    read_meta, sync_dir, write_meta, FsBlobs, Scan, StoreError, BUNDLE_FILE, LEGACY_INDEX_FILE,
+    META_FILE,
 };
+use crate::store::RecoveryReport;
 
 /// What moving the old layout into `blobs/` did to one old artifact folder.
 enum LegacyMove {
@@ -25,44 +27,16 @@ enum LegacyMove {
     Incomplete,
 }
 
-/// What the start-up scan found and did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RecoveryReport {
-    /// Partial uploads removed from `.incoming/`.
-    pub removed_partials: usize,
-    /// Artifact directories without a bundle (a crash before the rename) removed.
-    pub removed_incomplete: usize,
-    /// meta.json files rewritten from the index.
-    pub repaired_meta: usize,
-    /// Index rows appended from meta.json.
-    pub repaired_index: usize,
-    /// A cut-off last line of index.jsonl was dropped.
-    pub truncated_index_tail: bool,
-    /// Bundles that could not be repaired (no meta.json and no index row), left in place.
-    pub unrepairable: Vec<String>,
-    /// Artifact folders of the old `<model>_<mode>/` layout moved into `blobs/`.
-    pub migrated_legacy: usize,
-    /// Old-layout copies of bytes `blobs/` already held, removed.
-    pub removed_duplicates: usize,
-}
-
-impl RecoveryReport {
-    /// True when the scan found nothing to do.
-    pub fn is_clean(&self) -> bool {
-        *self == RecoveryReport::default()
-    }
-}
-
-impl ArtifactStore {
+impl FsBlobs {
     /// The start-up scan. Call it once before serving uploads.
-    pub fn recover(&self) -> Result<RecoveryReport, StoreError> {
+    pub fn recover(&self) -> Result<Scan, StoreError> {
         let mut report = RecoveryReport::default();
         self.migrate_legacy_layout(&mut report)?;
         self.remove_partials(&mut report)?;
-        report.truncated_index_tail = self.drop_cut_off_index_tail()?;
-        let index = self.read_index()?;
+        let legacy_index = self.read_legacy_index()?;
+        let mut held = Vec::new();
         for dir in self.artifact_dirs()? {
-            self.repair_dir(&dir, &index, &mut report)?;
+            held.extend(self.repair_dir(&dir, &legacy_index, &mut report)?);
         }
         let migrated = report.migrated_legacy + report.removed_duplicates;
         let repaired = RecoveryReport {
@@ -81,14 +55,14 @@ impl ArtifactStore {
         if !repaired.is_clean() {
             tracing::warn!(?report, root = %self.root().display(), "artifact store repaired after an unclean stop");
         }
-        Ok(report)
+        Ok(Scan { report, held })
     }
 
     /// Moves every `<model>_<mode>/<artifact_id>/` folder of the old layout to
     /// `blobs/<artifact_id>/` (one rename each, so a crash midway leaves each folder in one
     /// place or the other, and the next start carries on). A copy of bytes `blobs/` holds
     /// already is removed: its meta.json named only the first job of its (model, mode) to
-    /// upload them, and index.jsonl keeps that row.
+    /// upload them, and the queue's uploads keep every job's row.
     fn migrate_legacy_layout(&self, report: &mut RecoveryReport) -> Result<(), StoreError> {
         let blobs = self.blobs_dir();
         for group in self.legacy_group_dirs()? {
@@ -167,30 +141,15 @@ impl ArtifactStore {
         Ok(())
     }
 
-    /// A crash during an append can leave a last line without its newline; later appends
-    /// would glue onto it. Cut it off (the row is restored from meta.json if it mattered).
-    fn drop_cut_off_index_tail(&self) -> Result<bool, StoreError> {
-        let path = self.root().join(INDEX_FILE);
-        // Under the appenders' lock: a row another server is appending is not cut off.
-        let mut f = open_locked(&path, std::fs::OpenOptions::new().read(true).write(true))?;
-        let mut bytes = Vec::new();
-        f.read_to_end(&mut bytes)
-            .map_err(StoreError::io(format!("reading {}", path.display())))?;
-        if bytes.is_empty() || bytes.ends_with(b"\n") {
-            return Ok(false);
-        }
-        let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        f.set_len(keep as u64)
-            .and_then(|()| f.sync_all())
-            .map_err(StoreError::io(format!("truncating {}", path.display())))?;
-        Ok(true)
-    }
-
-    /// The index rows by artifact (the first row of each artifact wins).
-    fn read_index(&self) -> Result<BTreeMap<ArtifactId, ArtifactView>, StoreError> {
-        let path = self.root().join(INDEX_FILE);
-        let f = std::fs::File::open(&path)
-            .map_err(StoreError::io(format!("opening {}", path.display())))?;
+    /// The rows of an older version's index.jsonl by artifact (the first row of each
+    /// artifact wins; none when the file is absent). A line a crash cut off is skipped.
+    fn read_legacy_index(&self) -> Result<BTreeMap<ArtifactId, ArtifactView>, StoreError> {
+        let path = self.root().join(LEGACY_INDEX_FILE);
+        let f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) => return Err(StoreError::io(format!("opening {}", path.display()))(e)),
+        };
         let mut out = BTreeMap::new();
         for (n, line) in BufReader::new(f).lines().enumerate() {
             let line = line.map_err(StoreError::io(format!("reading {}", path.display())))?;
@@ -202,19 +161,20 @@ impl ArtifactStore {
                     out.entry(row.artifact_id.clone()).or_insert(row);
                 }
                 Err(e) => {
-                    tracing::warn!(line = n + 1, error = %e, "unreadable row in {INDEX_FILE}")
+                    tracing::warn!(line = n + 1, error = %e, "unreadable row in {LEGACY_INDEX_FILE}")
                 }
             }
         }
         Ok(out)
     }
 
+    /// Repairs one blob folder; the metadata of the blob it holds, if any.
     fn repair_dir(
         &self,
         dir: &Path,
         index: &BTreeMap<ArtifactId, ArtifactView>,
         report: &mut RecoveryReport,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<ArtifactView>, StoreError> {
         if !dir.join(BUNDLE_FILE).is_file() {
             // Another server sharing the store may be between its meta.json and its
             // bundle's rename: decide under the commit lock it holds for that span.
@@ -229,7 +189,7 @@ impl ArtifactStore {
                 sync_dir(parent)?;
             }
             report.removed_incomplete += 1;
-            return Ok(());
+            return Ok(None);
         }
         // Left by a crash mid-way through writing meta.json (nobody writes meta.json once
         // the bundle is in place).
@@ -239,7 +199,7 @@ impl ArtifactStore {
             .and_then(|n| n.to_str())
             .and_then(|n| ArtifactId::parse(n).ok())
         else {
-            return Ok(());
+            return Ok(None);
         };
         let meta = match read_meta(dir) {
             Ok(meta) => meta,
@@ -251,17 +211,13 @@ impl ArtifactStore {
                     row.clone()
                 }
                 None => {
-                    tracing::warn!(dir = %dir.display(), "bundle has neither meta.json nor an index row; left in place, not listed");
+                    tracing::warn!(dir = %dir.display(), "bundle has no meta.json (and no row in an old index.jsonl); left in place, not listed");
                     report.unrepairable.push(dir.display().to_string());
-                    return Ok(());
+                    return Ok(None);
                 }
             },
         };
-        if !index.contains_key(&id) {
-            self.append_index(&meta)?;
-            report.repaired_index += 1;
-        }
-        Ok(())
+        Ok(Some(meta))
     }
 }
 
