@@ -15,6 +15,7 @@ mod index;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use chrono::Utc;
 use cis490_api::{ArtifactId, ArtifactView, JobId, UploadStatus};
 use futures_util::{Stream, StreamExt};
@@ -228,8 +229,6 @@ impl ArtifactStore {
         Ok(report)
     }
 }
-
-use bytes::Bytes;
 
 /// Runs store work on the blocking pool.
 pub(crate) async fn blocking<T: Send + 'static>(
