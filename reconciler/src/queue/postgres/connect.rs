@@ -48,12 +48,15 @@ impl Connector {
                 config.ssl_mode(SslMode::Disable);
                 None
             }
-            Plan::Tls { config: tls, warning } => {
+            Plan::Tls {
+                config: tls,
+                warning,
+            } => {
                 if let Some(warning) = warning {
                     tracing::warn!("{warning}");
                 }
                 config.ssl_mode(SslMode::Require);
-                Some(MakeRustlsConnect::new(tls))
+                Some(MakeRustlsConnect::new(*tls))
             }
         };
         Ok(Connector { config, tls })

@@ -80,7 +80,7 @@ pub(crate) enum RootCert {
 pub(crate) enum Plan {
     Plain,
     Tls {
-        config: rustls::ClientConfig,
+        config: Box<rustls::ClientConfig>,
         /// Said once at start-up: a choice that works but that an operator should know of.
         warning: Option<String>,
     },
@@ -241,7 +241,7 @@ pub(crate) fn decide(params: &TlsParams, hosts: &[Endpoint]) -> Result<Plan, Que
          the database. Add sslrootcert=CA.pem and sslmode=verify-full"
             .to_owned()
     });
-    let config = client_config(verify, roots, identity)?;
+    let config = Box::new(client_config(verify, roots, identity)?);
     Ok(Plan::Tls { config, warning })
 }
 
@@ -353,13 +353,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -443,37 +440,44 @@ impl ServerCertVerifier for Unchecked {
 /// A hint for an operator after a failed connection, where the error says what went
 /// wrong in TLS terms only.
 pub(crate) fn explain(error: &str) -> Option<&'static str> {
-    let hints: [(&str, &str); 6] = [
+    // Each hint with the phrases (rustls's Display and Debug forms, PostgreSQL's messages)
+    // that call for it.
+    const HINTS: [(&[&str], &str); 7] = [
         (
-            "UnknownIssuer",
+            &["UnknownIssuer", "unknown issuer"],
             "the database's certificate is not signed by a CA in sslrootcert",
         ),
         (
-            "NotValidForName",
+            &["NotValidForName", "not valid for name"],
             "the database's certificate does not name the host in the URL: connect by a \
              name the certificate holds, or use sslmode=verify-ca",
         ),
         (
-            "Expired",
+            &["Expired", "expired"],
             "the database's certificate has expired (or this machine's clock is wrong)",
         ),
         (
-            "server does not support TLS",
+            &["server does not support TLS"],
             "the database does not offer TLS (ssl = off in postgresql.conf)",
         ),
         (
-            "no encryption",
+            &["no encryption"],
             "the database accepts this client only over TLS: add sslmode=verify-full and \
              sslrootcert to the URL",
         ),
         (
-            "CertificateRequired",
+            &["valid client certificate"],
+            "the database authenticates this role by client certificate: add sslcert and \
+             sslkey: a certificate its ssl_ca_file's CA signed, whose CN is the role",
+        ),
+        (
+            &["CertificateRequired", "certificate required"],
             "the database wants a client certificate: add sslcert and sslkey to the URL",
         ),
     ];
-    hints
+    HINTS
         .iter()
-        .find(|(needle, _)| error.contains(needle))
+        .find(|(needles, _)| needles.iter().any(|n| error.contains(n)))
         .map(|(_, hint)| *hint)
 }
 
