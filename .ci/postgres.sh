@@ -6,6 +6,11 @@
 #   eval "$(.ci/postgres.sh start)"   # exports CIS490_TEST_POSTGRES and CIS490_PG_DIR
 #   .ci/postgres.sh stop "$CIS490_PG_DIR"
 #
+# With CIS490_PG_TLS_CERT and CIS490_PG_TLS_KEY (PEM files) and CIS490_PG_PORT, the cluster
+# also listens on localhost:PORT, TLS only (pg_hba rejects plain TCP), and exports
+# CIS490_TEST_POSTGRES_TLS (the TCP URL, without sslmode). CIS490_PG_TLS_CLIENT_CA (a PEM CA)
+# turns on `cert` authentication: the client certificate's CN must be the role, cis490.
+#
 # Installs Debian's postgresql when no server binaries are found (CI only needs this).
 set -euo pipefail
 
@@ -49,14 +54,49 @@ start() {
   chmod 700 "$dir"
   as_owner "$bin/initdb" -D "$dir/data" -U cis490 --auth=trust --encoding=UTF8 \
     --locale=C >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
+  local listen="-c listen_addresses=''" port="${CIS490_PG_PORT:-5432}"
+  if [ -n "${CIS490_PG_TLS_CERT:-}" ]; then
+    listen="$(tls_setup "$dir" "$port")"
+  fi
   # Durable commits as in production (fsync, synchronous_commit stay on); enough
   # connections for parallel test threads, each with its own small pool.
   as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-c listen_addresses='' -c unix_socket_directories='$dir' -c max_connections=400 \
+    -o "$listen -c port=$port -c unix_socket_directories='$dir' -c max_connections=400 \
         -c shared_buffers=32MB" start >&2 || { cat "$dir/server.log" >&2; exit 1; }
-  local url="postgresql://cis490@${dir//\//%2F}/postgres"
+  local url="postgresql://cis490@${dir//\//%2F}:$port/postgres"
   echo "export CIS490_TEST_POSTGRES='$url'"
+  if [ -n "${CIS490_PG_TLS_CERT:-}" ]; then
+    echo "export CIS490_TEST_POSTGRES_TLS='postgresql://cis490@localhost:$port/postgres'"
+  fi
   echo "export CIS490_PG_DIR='$dir'"
+}
+
+# Copies the TLS files into the cluster's dir (PostgreSQL wants its key owned by itself,
+# mode 0600), writes a pg_hba.conf that takes TCP over TLS only, and prints the options.
+tls_setup() {
+  local dir="$1" port="$2" auth=trust opts
+  install -m 600 "${CIS490_PG_TLS_CERT}" "$dir/server.crt"
+  install -m 600 "${CIS490_PG_TLS_KEY:?CIS490_PG_TLS_CERT needs CIS490_PG_TLS_KEY}" "$dir/server.key"
+  opts="-c listen_addresses=localhost -c ssl=on -c ssl_cert_file='$dir/server.crt' -c ssl_key_file='$dir/server.key'"
+  if [ -n "${CIS490_PG_TLS_CLIENT_CA:-}" ]; then
+    install -m 600 "$CIS490_PG_TLS_CLIENT_CA" "$dir/client-ca.crt"
+    opts="$opts -c ssl_ca_file='$dir/client-ca.crt'"
+    auth=cert
+  fi
+  if [ "$(id -u)" = 0 ]; then
+    chown "$PG_USER" "$dir"/server.crt "$dir"/server.key "$dir"/client-ca.crt 2>/dev/null || true
+  fi
+  cat >"$dir/data/pg_hba.conf" <<HBA
+local     all all               trust
+hostssl   all all 127.0.0.1/32  $auth
+hostssl   all all ::1/128       $auth
+hostnossl all all 0.0.0.0/0     reject
+hostnossl all all ::/0          reject
+HBA
+  if [ "$(id -u)" = 0 ]; then
+    chown "$PG_USER" "$dir/data/pg_hba.conf"
+  fi
+  echo "$opts"
 }
 
 stop() {

@@ -31,8 +31,9 @@ pub struct ServeArgs {
     /// on one PostgreSQL database share (a network file system) [env: CIS490_STORE_DIR]
     #[arg(long, value_name = "DIR")]
     pub store_dir: Option<PathBuf>,
-    /// The queue's database: sqlite:PATH, or postgres://USER@HOST/DB (no TLS yet: a Unix
-    /// socket or loopback)
+    /// The queue's database: sqlite:PATH, or postgres://USER@HOST/DB (TLS:
+    /// ?sslmode=verify-full&sslrootcert=CA.pem[&sslcert=FILE&sslkey=FILE]; plain text
+    /// only to a Unix socket, loopback, or with sslmode=disable)
     /// [env: CIS490_DATABASE] [default: sqlite:STATE_DIR/queue.db]
     #[arg(long, value_name = "URL")]
     pub database: Option<String>,

@@ -11,9 +11,9 @@
 
 use std::time::Duration;
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 
-use super::connection_config;
+use super::connect::Connector;
 use crate::queue::QueueError;
 
 /// The advisory-lock key every server campaigns for ("cis490LD" in ASCII), one per
@@ -30,7 +30,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// One server's claim to leadership: a connection that holds the lock, or tries to.
 /// Blocking: use it from a thread of its own, never on an async runtime thread.
 pub struct LeaderLock {
-    config: postgres::Config,
+    connector: Connector,
     client: Option<Client>,
     held: bool,
 }
@@ -48,13 +48,15 @@ impl LeaderLock {
     /// A lock for the database `url` names; nothing is connected until the first
     /// [`LeaderLock::campaign`].
     pub fn new(url: &str) -> Result<LeaderLock, QueueError> {
-        let mut config = connection_config(url)?;
-        config.application_name("cis490-reconciler leader");
-        config.keepalives(true);
-        config.keepalives_idle(KEEPALIVE_IDLE);
-        config.connect_timeout(CHECK_TIMEOUT);
+        let mut connector = Connector::from_url(url)?;
+        connector
+            .config_mut()
+            .application_name("cis490-reconciler leader")
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .connect_timeout(CHECK_TIMEOUT);
         Ok(LeaderLock {
-            config,
+            connector,
             client: None,
             held: false,
         })
@@ -86,7 +88,7 @@ impl LeaderLock {
     fn try_round(&mut self) -> Result<bool, postgres::Error> {
         let client = match &mut self.client {
             Some(client) => client,
-            None => self.client.insert(self.config.connect(NoTls)?),
+            None => self.client.insert(self.connector.connect()?),
         };
         if self.held {
             client.is_valid(CHECK_TIMEOUT)?;

@@ -12,8 +12,10 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, Config, NoTls};
+use postgres::Client;
 use tokio::sync::watch;
+
+use super::connect::Connector;
 
 /// The channel every server of one database listens on.
 pub(crate) const CHANNEL: &str = "cis490_events";
@@ -33,17 +35,17 @@ pub(crate) fn advance(watch: &watch::Sender<u64>, seq: u64) {
 }
 
 /// Starts the listener thread of a queue whose watch is `watch`.
-pub(crate) fn spawn(config: Config, watch: &Arc<watch::Sender<u64>>) -> std::io::Result<()> {
+pub(crate) fn spawn(connector: Connector, watch: &Arc<watch::Sender<u64>>) -> std::io::Result<()> {
     let watch = Arc::downgrade(watch);
     std::thread::Builder::new()
         .name("pg-listen".into())
-        .spawn(move || run(&config, &watch))
+        .spawn(move || run(&connector, &watch))
         .map(|_| ())
 }
 
-fn run(config: &Config, watch: &Weak<watch::Sender<u64>>) {
+fn run(connector: &Connector, watch: &Weak<watch::Sender<u64>>) {
     while watch.strong_count() > 0 {
-        match listen(config, watch) {
+        match listen(connector, watch) {
             Ok(()) => return,
             Err(e) => {
                 if watch.strong_count() == 0 {
@@ -57,8 +59,8 @@ fn run(config: &Config, watch: &Weak<watch::Sender<u64>>) {
 }
 
 /// Listens until the queue is gone (Ok) or the connection fails (Err).
-fn listen(config: &Config, watch: &Weak<watch::Sender<u64>>) -> Result<(), postgres::Error> {
-    let mut client: Client = config.connect(NoTls)?;
+fn listen(connector: &Connector, watch: &Weak<watch::Sender<u64>>) -> Result<(), postgres::Error> {
+    let mut client: Client = connector.connect()?;
     client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
     let head: i64 = client
         .query_one("SELECT n FROM event_seq WHERE id = 1", &[])?

@@ -15,6 +15,7 @@
 mod apply;
 mod artifact_index;
 mod cached;
+mod connect;
 mod events;
 mod explain;
 mod failures;
@@ -33,6 +34,7 @@ mod rows;
 mod schema;
 mod sequencer;
 mod sweep;
+mod tls;
 mod tokens;
 mod tx;
 mod uploads;
@@ -96,8 +98,8 @@ impl PgQueue {
         config: QueueConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<PgQueue, QueueError> {
-        let pg = connection_config(url)?;
-        let pool = Pool::new(pg.clone(), DEFAULT_MAX_CONNECTIONS);
+        let connector = connect::Connector::from_url(url)?;
+        let pool = Pool::new(connector.clone(), DEFAULT_MAX_CONNECTIONS);
         let last = {
             let mut conn = pool.get()?;
             schema::migrate(&mut conn)?;
@@ -108,7 +110,7 @@ impl PgQueue {
         };
         let (sender, _) = tokio::sync::watch::channel(last);
         let last_event = Arc::new(sender);
-        listen::spawn(pg, &last_event)?;
+        listen::spawn(connector, &last_event)?;
         Ok(PgQueue {
             pool,
             config,
@@ -449,15 +451,4 @@ impl JobQueue for PgQueue {
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.last_event.subscribe()
     }
-}
-
-/// How every connection of this backend is opened: from the `--database` URL, with
-/// commits durable before Ok whatever the server's default.
-pub(crate) fn connection_config(url: &str) -> Result<postgres::Config, QueueError> {
-    let mut pg: postgres::Config = url.parse().map_err(|e| QueueError::BadRequest {
-        message: format!("--database: not a PostgreSQL URL: {e}"),
-    })?;
-    pg.options("-c synchronous_commit=on");
-    pg.application_name("cis490-reconciler");
-    Ok(pg)
 }

@@ -8,16 +8,17 @@
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use postgres::{Client, Config, NoTls};
+use postgres::Client;
 
 use super::cached::StatementCache;
+use super::connect::{connect_error, Connector};
 use crate::queue::QueueError;
 
 /// How long a caller waits for a connection when all `max` are in use.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) struct Pool {
-    config: Config,
+    connector: Connector,
     max: usize,
     state: Mutex<State>,
     freed: Condvar,
@@ -36,10 +37,10 @@ struct State {
 }
 
 impl Pool {
-    /// A pool for `config` that opens at most `max` connections (at least one).
-    pub(crate) fn new(config: Config, max: usize) -> Pool {
+    /// A pool of `connector`'s connections that opens at most `max` (at least one).
+    pub(crate) fn new(connector: Connector, max: usize) -> Pool {
         Pool {
-            config,
+            connector,
             max: max.max(1),
             state: Mutex::new(State {
                 idle: Vec::new(),
@@ -73,7 +74,7 @@ impl Pool {
             if state.open < self.max {
                 state.open += 1;
                 drop(state);
-                return match self.config.connect(NoTls) {
+                return match self.connector.connect() {
                     Ok(client) => Ok(Pooled {
                         pool: self,
                         conn: Some(Connection {
@@ -84,7 +85,7 @@ impl Pool {
                     Err(e) => {
                         self.lock().open -= 1;
                         self.freed.notify_one();
-                        Err(QueueError::Db(format!("cannot connect to PostgreSQL: {e}")))
+                        Err(QueueError::Db(connect_error(&e)))
                     }
                 };
             }
