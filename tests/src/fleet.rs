@@ -18,7 +18,7 @@ use anyhow::{bail, Context};
 use cis490_api::{Client, ClientTls, IdPrefix, JobFilter, JobId, JobStatus, JobView, Lease};
 
 use crate::scratch_postgres::{ScratchPostgres, POSTGRES_URL_VAR};
-use crate::{bin, wait_until, workspace_root, ChildGuard, Reconciler};
+use crate::{bin, command_dying_with_parent, wait_until, workspace_root, ChildGuard, Reconciler};
 
 /// The operator token every fleet's server is given.
 pub const OPERATOR_TOKEN: &str = "fleet-e2e-operator-token";
@@ -352,11 +352,11 @@ impl Fleet {
         let agent = bin("cis490-agent")?;
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
-                let mut cmd = Command::new(program);
+                let mut cmd = command_dying_with_parent(program);
                 cmd.args(args).arg(agent);
                 cmd
             }
-            None => Command::new(agent),
+            None => command_dying_with_parent(agent),
         };
         cmd.arg("run")
             .args(["--server", server_url, "--name", name])
@@ -577,7 +577,7 @@ impl Fleet {
     /// The `cis490ctl ARGS` command [`Fleet::ctl`] runs, to start it in the background
     /// (`logs -f`, `get -w`).
     pub fn ctl_command(&self, args: &[&str]) -> anyhow::Result<Command> {
-        let mut cmd = Command::new(bin("cis490ctl")?);
+        let mut cmd = command_dying_with_parent(bin("cis490ctl")?);
         match self.client_tls(None)?.ca_file {
             Some(ca) => cmd.env("CIS490_CA_FILE", ca),
             None => cmd.env_remove("CIS490_CA_FILE"),

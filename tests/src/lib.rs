@@ -56,6 +56,25 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// A `Command` for `program` that is killed when the thread that starts it ends: on Linux
+/// through util-linux's `setpriv --pdeathsig KILL` (the workspace forbids the `unsafe` a
+/// `pre_exec` would need), elsewhere a plain command. [`ChildGuard`] kills its child on
+/// drop, but nothing runs on drop when a test or `cis490-bench` is itself killed (`kill
+/// -9`, a CI timeout, Ctrl-C: its children are in process groups of their own, out of the
+/// terminal's reach). Every long-lived child of the harness starts through this, so none
+/// outlives it: a server left running would load the machine for the next figure.
+/// Start such a command from the thread that lives as long as the child must.
+pub fn command_dying_with_parent(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    const SETPRIV: &str = "/usr/bin/setpriv";
+    if cfg!(target_os = "linux") && Path::new(SETPRIV).is_file() {
+        let mut cmd = Command::new(SETPRIV);
+        cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
 /// A child process that is killed (with its process group on Unix) when dropped, so a
 /// failing test never leaves processes behind.
 pub struct ChildGuard {
@@ -177,7 +196,7 @@ impl Reconciler {
         envs: &[(&str, &str)],
         stderr_log: &Path,
     ) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(bin("cis490-reconciler")?);
+        let mut cmd = command_dying_with_parent(bin("cis490-reconciler")?);
         cmd.arg("serve")
             .arg("--listen")
             .arg(listen)
@@ -277,5 +296,45 @@ mod tests {
             .unwrap()
             .success();
         assert!(!alive, "process {pid} still alive after drop");
+    }
+
+    /// What keeps a killed harness from leaving its servers behind: the child dies with
+    /// the thread (here: the whole of the parent, to the child) that started it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_child_dies_when_the_thread_that_started_it_ends() {
+        if !Path::new("/usr/bin/setpriv").is_file() {
+            eprintln!("skipped: no /usr/bin/setpriv (util-linux)");
+            return;
+        }
+        let mut child = std::thread::spawn(|| {
+            let mut cmd = command_dying_with_parent("sleep");
+            cmd.arg("30");
+            let child = cmd.spawn().unwrap();
+            // The request for the signal is made before the exec: once the child is
+            // `sleep`, it stands (a parent gone before it would never signal).
+            let comm = format!("/proc/{}/comm", child.id());
+            wait_until(Duration::from_secs(10), "the child to exec", || {
+                let name = std::fs::read_to_string(&comm).unwrap_or_default();
+                (name.trim() == "sleep").then_some(())
+            })
+            .unwrap();
+            child
+        })
+        .join()
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the child outlived its parent thread"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9), "{status:?}");
     }
 }

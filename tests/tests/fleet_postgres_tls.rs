@@ -144,6 +144,10 @@ fn the_queue_reaches_postgres_over_verified_tls_and_refuses_what_is_not() {
     );
     let (ok, err) = open_with(&fleet, &chain_only);
     assert!(ok, "verify-ca by address: {err}");
+    // require without a CA encrypts without checking the certificate (a warning says so).
+    let unchecked = url("127.0.0.1", &format!("sslmode=require&{client_cert}"));
+    let (ok, err) = open_with(&fleet, &unchecked);
+    assert!(ok, "require: {err}");
 
     // A fleet on the verified URL runs its jobs.
     fleet

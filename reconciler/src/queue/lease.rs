@@ -4,7 +4,7 @@
 
 use cis490_api::{
     ArtifactId, CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, JobId,
-    JobStatus, JobStatusResponse, Lease, WorkerName, SHORT_ID_LEN,
+    JobStatus, JobStatusResponse, Lease, WorkerName,
 };
 use rusqlite::{params, OptionalExtension};
 
@@ -120,55 +120,26 @@ fn i_uploads_under(tx: &Tx<'_>, id: &JobId, token: &str) -> Result<Vec<String>, 
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The completion rule: only an artifact uploaded under this lease, and not none when the
-/// lease uploaded one.
+/// The completion rule of [`transitions::completion_artifact`], on this database.
 fn i_check_completion_artifact(
     tx: &Tx<'_>,
     id: &JobId,
     req: &CompleteRequest,
 ) -> Result<(), QueueError> {
     let uploaded = i_uploads_under(tx, id, &req.lease.token)?;
-    let attempt = req.lease.attempt;
-    match &req.artifact_id {
-        Some(artifact) if uploaded.iter().any(|u| u == artifact.as_str()) => Ok(()),
-        Some(artifact) => {
-            let elsewhere: Option<String> = tx
-                .db
-                .prepare_cached(
-                    "SELECT job_id FROM uploads WHERE artifact_id = ?1 AND job_id <> ?2 \
-                     ORDER BY rowid LIMIT 1",
-                )?
-                .query_row(params![artifact.as_str(), id.as_str()], |r| r.get(0))
-                .optional()?;
-            let whose = match elsewhere {
-                Some(other) => format!(
-                    "it was uploaded for job {}",
-                    other.chars().take(SHORT_ID_LEN).collect::<String>()
-                ),
-                None => "it was never uploaded under it".to_string(),
-            };
-            Err(QueueError::ArtifactNotUploaded {
-                message: format!(
-                    "artifact {} was not uploaded under job {}'s current lease (attempt \
-                     {attempt}): {whose}; upload the job's own bundle (PUT /v1/model/{}) and \
-                     complete with the artifact ID that answer gives",
-                    artifact.short(),
-                    id.short(),
-                    id
-                ),
-            })
-        }
-        None => match uploaded.last() {
-            Some(last) => Err(QueueError::ArtifactRequired {
-                message: format!(
-                    "job {} uploaded artifact {last} under this lease (attempt {attempt}); \
-                     complete with it (artifact_id)",
-                    id.short()
-                ),
-            }),
-            None => Ok(()),
-        },
-    }
+    transitions::completion_artifact(id, &req.lease, req.artifact_id.as_ref(), &uploaded, || {
+        let Some(artifact) = &req.artifact_id else {
+            return Ok(None);
+        };
+        Ok(tx
+            .db
+            .prepare_cached(
+                "SELECT job_id FROM uploads WHERE artifact_id = ?1 AND job_id <> ?2 \
+                 ORDER BY rowid LIMIT 1",
+            )?
+            .query_row(params![artifact.as_str(), id.as_str()], |r| r.get(0))
+            .optional()?)
+    })
 }
 
 pub(crate) fn i_complete(

@@ -4,7 +4,7 @@
 //! second backend can share the rules and tests can check them case by case
 //! (`transitions_tests.rs`).
 
-use cis490_api::{FailRequest, FailureCause, JobId, JobStatus, Lease, WorkerName};
+use cis490_api::{FailRequest, FailureCause, JobId, JobStatus, Lease, WorkerName, SHORT_ID_LEN};
 
 use super::events::kind;
 use super::failures::MAX_HOST_FAILURES;
@@ -323,6 +323,52 @@ pub(crate) fn complete<'a>(
         ));
     }
     Ok(events)
+}
+
+/// The completion rule for the artifact named: only one uploaded under this lease, and not
+/// none when the lease uploaded one. `uploaded` is what the lease uploaded, oldest first;
+/// `uploaded_elsewhere` looks up (only when the answer is a refusal) another job that
+/// uploaded the named bytes, to say so.
+pub(crate) fn completion_artifact(
+    id: &JobId,
+    lease: &Lease,
+    artifact: Option<&cis490_api::ArtifactId>,
+    uploaded: &[String],
+    uploaded_elsewhere: impl FnOnce() -> Result<Option<String>, QueueError>,
+) -> Result<(), QueueError> {
+    let attempt = lease.attempt;
+    match artifact {
+        Some(artifact) if uploaded.iter().any(|u| u == artifact.as_str()) => Ok(()),
+        Some(artifact) => {
+            let whose = match uploaded_elsewhere()? {
+                Some(other) => format!(
+                    "it was uploaded for job {}",
+                    other.chars().take(SHORT_ID_LEN).collect::<String>()
+                ),
+                None => "it was never uploaded under it".to_string(),
+            };
+            Err(QueueError::ArtifactNotUploaded {
+                message: format!(
+                    "artifact {} was not uploaded under job {}'s current lease (attempt \
+                     {attempt}): {whose}; upload the job's own bundle (PUT /v1/model/{}) and \
+                     complete with the artifact ID that answer gives",
+                    artifact.short(),
+                    id.short(),
+                    id
+                ),
+            })
+        }
+        None => match uploaded.last() {
+            Some(last) => Err(QueueError::ArtifactRequired {
+                message: format!(
+                    "job {} uploaded artifact {last} under this lease (attempt {attempt}); \
+                     complete with it (artifact_id)",
+                    id.short()
+                ),
+            }),
+            None => Ok(()),
+        },
+    }
 }
 
 /// Where a reported failure sends the job.

@@ -502,3 +502,52 @@ fn a_revived_job_takes_the_new_spec_only_when_not_leased() {
         None
     );
 }
+
+#[test]
+fn a_completion_names_only_an_artifact_its_own_lease_uploaded() {
+    let id = id_of("m-quick");
+    let own = "a".repeat(64);
+    let other = "b".repeat(64);
+    let parse = |s: &str| cis490_api::ArtifactId::parse(s).unwrap();
+    let other_job = "c".repeat(64);
+    // (artifact named, uploaded under the lease, another job uploaded it) -> answer
+    type Case<'a> = (Option<&'a str>, &'a [&'a str], bool, Result<(), &'a str>);
+    let cases: [Case<'_>; 6] = [
+        (Some(&own), &[own.as_str()], false, Ok(())),
+        (None, &[], false, Ok(())),
+        (
+            Some(&other),
+            &[own.as_str()],
+            false,
+            Err("never uploaded under it"),
+        ),
+        (
+            Some(&other),
+            &[],
+            true,
+            Err("it was uploaded for job cccccccc"),
+        ),
+        (None, &[own.as_str()], false, Err("complete with it")),
+        (
+            None,
+            &[other.as_str(), own.as_str()],
+            false,
+            Err(own.as_str()),
+        ),
+    ];
+    for (named, uploaded, elsewhere, want) in cases {
+        let artifact = named.map(parse);
+        let uploaded: Vec<String> = uploaded.iter().map(|s| s.to_string()).collect();
+        let mut looked_up = false;
+        let got =
+            transitions::completion_artifact(&id, &lease(), artifact.as_ref(), &uploaded, || {
+                looked_up = true;
+                Ok(elsewhere.then(|| other_job.clone()))
+            });
+        match (got, want) {
+            (Ok(()), Ok(())) => assert!(!looked_up, "an accepted completion looks nothing up"),
+            (Err(e), Err(says)) => assert!(e.to_string().contains(says), "{named:?}: {e}"),
+            (got, want) => panic!("{named:?} {uploaded:?}: got {got:?}, want {want:?}"),
+        }
+    }
+}

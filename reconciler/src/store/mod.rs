@@ -101,11 +101,14 @@ impl Upload {
 }
 
 /// The result of a successful upload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Stored {
     pub artifact_id: ArtifactId,
     pub status: UploadStatus,
     pub size_bytes: u64,
+    /// This upload's record, as the blob store wrote it beside new bytes: the index row is
+    /// this one, so the two never disagree (on `received_at`, say).
+    pub record: ArtifactView,
 }
 
 /// What the start-up scan found and did.
@@ -183,7 +186,7 @@ impl ArtifactStore {
         let body: UploadBody<'_> = Box::pin(body.map(|chunk| chunk.map_err(|e| e.to_string())));
         let stored = self.blobs.put(upload, body).await?;
         let index = Arc::clone(&self.index);
-        let row = upload.view(stored.size_bytes);
+        let row = stored.record.clone();
         let status = stored.status;
         blocking(move || {
             if status == UploadStatus::AlreadyPresent && index.contains(&row.artifact_id)? {

@@ -84,6 +84,11 @@ async fn stores_streams_and_dedupes_identical_bytes() {
     let meta = read_meta(bundle.parent().unwrap()).unwrap();
     assert_eq!(meta.job_id.as_str(), JOB);
     assert_eq!(meta.worker, "w1");
+    assert_eq!(
+        index.all(),
+        vec![meta],
+        "the index row is the blob's own record, received_at included"
+    );
 
     let second = store.ingest(&up, chunks(&body)).await.unwrap();
     assert_eq!(second.status, UploadStatus::AlreadyPresent);
@@ -96,6 +101,19 @@ async fn stores_streams_and_dedupes_identical_bytes() {
     let (path, size) = blobs.locate(&up.expected_sha256).unwrap();
     assert_eq!(path, bundle);
     assert_eq!(size, body.len() as u64);
+}
+
+#[tokio::test]
+async fn a_small_upload_indexes_the_record_its_blob_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, blobs, index) = open(dir.path(), 1 << 20);
+    let body = b"small".to_vec();
+    let mut up = upload_for(&body);
+    up.content_length = Some(body.len() as u64);
+    store.ingest(&up, chunks(&body)).await.unwrap();
+    let (bundle, _) = blobs.locate(&up.expected_sha256).unwrap();
+    let meta = read_meta(bundle.parent().unwrap()).unwrap();
+    assert_eq!(index.all(), vec![meta]);
 }
 
 #[tokio::test]

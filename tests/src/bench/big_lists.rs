@@ -11,7 +11,6 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -173,7 +172,7 @@ fn matrix_manifest(entries: usize, side: usize) -> String {
 fn check(file: &Path) -> anyhow::Result<(i32, String, Duration, f64)> {
     let started = Instant::now();
     let stderr_file = tempfile::NamedTempFile::new()?;
-    let mut child = Command::new(crate::bin("cis490-reconciler")?)
+    let mut child = crate::command_dying_with_parent(crate::bin("cis490-reconciler")?)
         .arg("check")
         .arg(file)
         .stdout(std::process::Stdio::null())

@@ -191,7 +191,7 @@ pub fn start_agent(
     name: &str,
     extra: &[&str],
 ) -> anyhow::Result<crate::ChildGuard> {
-    let mut cmd = std::process::Command::new(crate::bin("cis490-agent")?);
+    let mut cmd = crate::command_dying_with_parent(crate::bin("cis490-agent")?);
     let work = dir.join(format!("{name}-work"));
     let state = dir.join(format!("{name}-state"));
     std::fs::create_dir_all(&work)?;

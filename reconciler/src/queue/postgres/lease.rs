@@ -4,7 +4,7 @@
 
 use cis490_api::{
     ArtifactId, CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, JobId, JobSpec,
-    JobStatus, JobStatusResponse, Lease, WorkerName, SHORT_ID_LEN,
+    JobStatus, JobStatusResponse, Lease, WorkerName,
 };
 
 use super::failures::{i_host_failure, i_record_failure};
@@ -126,8 +126,7 @@ pub(crate) fn i_record_upload(
     Ok(())
 }
 
-/// SQLite's `lease::i_check_completion_artifact`: only an artifact uploaded under this
-/// lease, and not none when the lease uploaded one.
+/// The completion rule of [`transitions::completion_artifact`], on this database.
 fn i_check_completion_artifact(
     tx: &mut PgTx<'_>,
     id: &JobId,
@@ -142,47 +141,19 @@ fn i_check_completion_artifact(
         .iter()
         .map(|r| Ok(r.try_get(0)?))
         .collect::<Result<_, QueueError>>()?;
-    let attempt = req.lease.attempt;
-    match &req.artifact_id {
-        Some(artifact) if uploaded.iter().any(|u| u == artifact.as_str()) => Ok(()),
-        Some(artifact) => {
-            let elsewhere: Option<String> = match tx.db.query_opt(
-                "SELECT job_id FROM uploads WHERE artifact_id = $1 AND job_id <> $2 \
-                 ORDER BY id LIMIT 1",
-                &[&artifact.as_str(), &id.as_str()],
-            )? {
-                Some(r) => Some(r.try_get(0)?),
-                None => None,
-            };
-            let whose = match elsewhere {
-                Some(other) => format!(
-                    "it was uploaded for job {}",
-                    other.chars().take(SHORT_ID_LEN).collect::<String>()
-                ),
-                None => "it was never uploaded under it".to_string(),
-            };
-            Err(QueueError::ArtifactNotUploaded {
-                message: format!(
-                    "artifact {} was not uploaded under job {}'s current lease (attempt \
-                     {attempt}): {whose}; upload the job's own bundle (PUT /v1/model/{}) and \
-                     complete with the artifact ID that answer gives",
-                    artifact.short(),
-                    id.short(),
-                    id
-                ),
-            })
+    transitions::completion_artifact(id, &req.lease, req.artifact_id.as_ref(), &uploaded, || {
+        let Some(artifact) = &req.artifact_id else {
+            return Ok(None);
+        };
+        match tx.db.query_opt(
+            "SELECT job_id FROM uploads WHERE artifact_id = $1 AND job_id <> $2 \
+             ORDER BY id LIMIT 1",
+            &[&artifact.as_str(), &id.as_str()],
+        )? {
+            Some(r) => Ok(Some(r.try_get(0)?)),
+            None => Ok(None),
         }
-        None => match uploaded.last() {
-            Some(last) => Err(QueueError::ArtifactRequired {
-                message: format!(
-                    "job {} uploaded artifact {last} under this lease (attempt {attempt}); \
-                     complete with it (artifact_id)",
-                    id.short()
-                ),
-            }),
-            None => Ok(()),
-        },
-    }
+    })
 }
 
 pub(crate) fn i_complete(

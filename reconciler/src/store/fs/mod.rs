@@ -287,6 +287,7 @@ impl FsBlobs {
             artifact_id: upload.expected_sha256.clone(),
             status: UploadStatus::AlreadyPresent,
             size_bytes: size,
+            record: upload.view(size),
         })
     }
 
@@ -318,6 +319,7 @@ impl FsBlobs {
         verify_sha(upload, hasher)?;
         let size = bytes.len() as u64;
         let record = upload.view(size);
+        let written = record.clone();
         let partial_path = self.partial_path(upload);
         let store = self.clone();
         let status = blocking(move || {
@@ -332,13 +334,14 @@ impl FsBlobs {
                     partial_path.display()
                 )))?;
             drop(file);
-            store.commit(&mut partial, &record)
+            store.commit(&mut partial, &written)
         })
         .await?;
         Ok(Stored {
             artifact_id: upload.expected_sha256.clone(),
             status,
             size_bytes: size,
+            record,
         })
     }
 
@@ -428,11 +431,12 @@ impl FsBlobs {
         })??;
         verify_sha(upload, hasher)?;
         let record = upload.view(size);
+        let written = record.clone();
         let store = self.clone();
         // The partial guard moves into the blocking task, so a dropped request future
         // cannot remove a file the commit is renaming; the task removes it on error itself.
         let status = blocking(move || {
-            let result = store.commit(&mut partial, &record);
+            let result = store.commit(&mut partial, &written);
             drop(partial);
             result
         })
@@ -441,6 +445,7 @@ impl FsBlobs {
             artifact_id: upload.expected_sha256.clone(),
             status,
             size_bytes: size,
+            record,
         })
     }
 
