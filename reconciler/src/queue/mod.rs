@@ -45,6 +45,7 @@ mod job_queue;
 pub use job_queue::{JobQueue, SharedQueue};
 mod lease;
 pub mod listing;
+mod log_pages;
 pub mod logs;
 mod matching;
 mod nodes;
