@@ -22,8 +22,8 @@ use std::time::Duration;
 use cis490_api::results::MAX_WARNING_CHARS;
 use cis490_api::{
     AgentInstance, ArtifactId, ClaimRequest, ClaimResponse, Client, ClientError, CompleteRequest,
-    FailRequest, FailureCause, HeartbeatRequest, JobId, JobSpec, Lease, TrainerReport, WorkerName,
-    MAX_LOG_CHUNK_BYTES,
+    FailRequest, FailureCause, HeartbeatRequest, JobId, JobSpec, Lease, TrainerReport,
+    UploadReceipt, WorkerName, MAX_LOG_CHUNK_BYTES,
 };
 use rand::Rng;
 use tokio::sync::watch;
@@ -276,7 +276,7 @@ enum JobStage {
     Run(Trainer),
     Pack,
     Upload(Packed),
-    Complete(ArtifactId),
+    Complete(ArtifactId, Option<UploadReceipt>),
     Report(FailRequest),
     Done(JobOutcome),
 }
@@ -339,7 +339,7 @@ impl JobRun {
                 JobStage::Run(trainer) => self.run(trainer).await,
                 JobStage::Pack => self.pack().await,
                 JobStage::Upload(packed) => self.upload(packed).await,
-                JobStage::Complete(artifact) => self.complete(artifact).await,
+                JobStage::Complete(artifact, receipt) => self.complete(artifact, receipt).await,
                 JobStage::Report(req) => self.report(req).await,
                 JobStage::Done(outcome) => {
                     drop(keeper);
@@ -701,7 +701,7 @@ impl JobRun {
                 self.shared.worker().clone(),
                 self.lease.clone(),
             );
-            let upload = client.upload(&id, &worker, &lease, &packed.sha256, body);
+            let upload = client.upload_with_receipt(&id, &worker, &lease, &packed.sha256, body);
             tokio::pin!(upload);
             let mut shutdown = self.shutdown.clone();
             // On shutdown an upload in flight gets the grace period to finish; a slower one
@@ -718,7 +718,7 @@ impl JobRun {
             match result {
                 Ok(resp) if resp.artifact_id.as_str() == packed.sha256 => {
                     tracing::info!(job = %self.spec.id.short(), artifact = %resp.artifact_id.short(), bytes = resp.size_bytes, "uploaded");
-                    return JobStage::Complete(resp.artifact_id);
+                    return JobStage::Complete(resp.artifact_id, resp.receipt);
                 }
                 Ok(resp) => {
                     return JobStage::Report(self.fail(
@@ -744,13 +744,16 @@ impl JobRun {
         }
     }
 
-    async fn complete(&mut self, artifact: ArtifactId) -> JobStage {
+    /// `receipt`: the upload's, when the server gave one (it records the upload with the
+    /// completion).
+    async fn complete(&mut self, artifact: ArtifactId, receipt: Option<UploadReceipt>) -> JobStage {
         // Whatever the lease keeper has not sent yet: once completed, the lease is gone.
         self.flush_log().await;
         let mut req = CompleteRequest {
             worker: self.shared.worker().clone(),
             lease: self.lease.clone(),
             artifact_id: Some(artifact.clone()),
+            upload: receipt,
             report: self.report.clone(),
         };
         let client = self.shared.client.clone();

@@ -169,10 +169,19 @@ async fn upload(
     }
     let size = body.len() as u64;
     m.lock().unwrap().uploads.insert(id, body);
+    // As the real server: a receipt only for an upload that asked for one.
+    let receipt = headers
+        .get(UPLOAD_RECEIPT_HEADER)
+        .is_some_and(|v| v == "requested")
+        .then(|| UploadReceipt {
+            size_bytes: size,
+            mac: format!("mock-{sha}"),
+        });
     Json(UploadResponse {
         artifact_id: ArtifactId::parse(&sha).unwrap(),
         status: UploadStatus::Stored,
         size_bytes: size,
+        receipt,
     })
     .into_response()
 }
@@ -406,6 +415,14 @@ async fn completed_job_uploads_its_output_with_matching_sha256() {
         .unwrap();
     let artifact = done.artifact_id.unwrap();
     assert_eq!(artifact.as_str(), hex::encode(Sha256::digest(&bundle)));
+    assert_eq!(
+        done.upload,
+        Some(UploadReceipt {
+            size_bytes: bundle.len() as u64,
+            mac: format!("mock-{artifact}"),
+        }),
+        "the completion carries the upload's receipt"
+    );
     // Unpack and look at what the trainer wrote.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("b.tar.zst");

@@ -701,7 +701,8 @@ impl Client {
         self.post_json(rb, req).await
     }
 
-    /// `PUT /v1/model/{job_id}`: streams `body` to the artifact store.
+    /// `PUT /v1/model/{job_id}`: streams `body` to the artifact store; the upload records
+    /// itself.
     pub async fn upload(
         &self,
         id: &JobId,
@@ -710,15 +711,43 @@ impl Client {
         sha256: &str,
         body: reqwest::Body,
     ) -> Result<UploadResponse, ClientError> {
-        let rb = self
+        self.upload_as(id, worker, lease, sha256, body, false).await
+    }
+
+    /// [`Client::upload`] that asks for a receipt ([`UPLOAD_RECEIPT_HEADER`]): the upload
+    /// writes nothing in the queue, and the completion, given the answer's `receipt` in
+    /// [`CompleteRequest::upload`], records it. What the agent does.
+    pub async fn upload_with_receipt(
+        &self,
+        id: &JobId,
+        worker: &WorkerName,
+        lease: &Lease,
+        sha256: &str,
+        body: reqwest::Body,
+    ) -> Result<UploadResponse, ClientError> {
+        self.upload_as(id, worker, lease, sha256, body, true).await
+    }
+
+    async fn upload_as(
+        &self,
+        id: &JobId,
+        worker: &WorkerName,
+        lease: &Lease,
+        sha256: &str,
+        body: reqwest::Body,
+        receipt: bool,
+    ) -> Result<UploadResponse, ClientError> {
+        let mut rb = self
             .request(Method::PUT, &format!("/v1/model/{id}"))
             .header(WORKER_HEADER, worker.as_str())
             .header(LEASE_TOKEN_HEADER, &lease.token)
             .header(LEASE_ATTEMPT_HEADER, lease.attempt.to_string())
             .header(CONTENT_SHA256_HEADER, sha256)
-            .header(reqwest::header::CONTENT_TYPE, "application/zstd")
-            .body(body);
-        self.json(rb).await
+            .header(reqwest::header::CONTENT_TYPE, "application/zstd");
+        if receipt {
+            rb = rb.header(UPLOAD_RECEIPT_HEADER, "requested");
+        }
+        self.json(rb.body(body)).await
     }
 
     /// `GET /v1/whoami`: who the server takes this client's worker credential to be

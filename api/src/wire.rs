@@ -18,6 +18,10 @@ pub const LEASE_ATTEMPT_HEADER: &str = "X-Lease-Attempt";
 pub const WORKER_HEADER: &str = "X-Worker";
 /// Header carrying the expected sha256 of an upload.
 pub const CONTENT_SHA256_HEADER: &str = "X-Content-Sha256";
+/// Header of `PUT /v1/model/{job_id}` asking for an [`UploadReceipt`] instead of the
+/// upload's own write: the completion then carries the receipt and records the upload in
+/// its transaction (value: `requested`).
+pub const UPLOAD_RECEIPT_HEADER: &str = "X-Upload-Receipt";
 /// Longest long-poll a claim may ask for (`?wait=`), in seconds.
 pub const MAX_CLAIM_WAIT_S: u64 = 60;
 
@@ -125,6 +129,10 @@ pub struct CompleteRequest {
     pub lease: Lease,
     #[serde(default)]
     pub artifact_id: Option<ArtifactId>,
+    /// The receipt of the upload of `artifact_id` (see [`UPLOAD_RECEIPT_HEADER`]): the
+    /// completion records that upload. None: the upload recorded itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadReceipt>,
     /// The trainer's final metrics and progress series, and what was wrong with them.
     #[serde(
         default,
@@ -183,6 +191,21 @@ pub struct UploadResponse {
     pub artifact_id: ArtifactId,
     pub status: UploadStatus,
     pub size_bytes: u64,
+    /// Given when the upload asked for one ([`UPLOAD_RECEIPT_HEADER`]): pass it back in the
+    /// completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<UploadReceipt>,
+}
+
+/// The server's word that an upload of `size_bytes` bytes was stored under a lease: a MAC
+/// over the job, the lease's token, the artifact and the size, under a key the database
+/// keeps (so any server of it, restarted or not, can check it). Opaque to the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UploadReceipt {
+    pub size_bytes: u64,
+    /// The MAC, hex.
+    pub mac: String,
 }
 
 /// One row of `GET /v1/models`: an upload of stored bytes, one row per (job, attempt,

@@ -329,6 +329,7 @@ async fn the_job_lifecycle_over_http() {
                 worker: worker("w1"),
                 lease: first.lease.clone(),
                 artifact_id: Some(up.artifact_id.clone()),
+                upload: None,
                 report: Default::default(),
             },
         )
@@ -343,6 +344,7 @@ async fn the_job_lifecycle_over_http() {
                 worker: worker("w1"),
                 lease: first.lease.clone(),
                 artifact_id: None,
+                upload: None,
                 report: Default::default(),
             },
         )

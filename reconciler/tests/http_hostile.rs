@@ -554,6 +554,7 @@ async fn a_worker_using_another_workers_lease_changes_nothing() {
         worker: intruder.clone(),
         lease: lease.clone(),
         artifact_id: None,
+        upload: None,
         report: Default::default(),
     };
     assert!(refused(

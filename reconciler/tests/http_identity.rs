@@ -207,6 +207,7 @@ fn completion(name: &str, lease: &Lease, artifact: Option<ArtifactId>) -> Comple
         worker: worker(name),
         lease: lease.clone(),
         artifact_id: artifact,
+        upload: None,
         report: Default::default(),
     }
 }

@@ -52,6 +52,7 @@ async fn counters_and_histograms_follow_claims_completions_failures_and_uploads(
             worker: worker("w1"),
             lease: first.lease.clone(),
             artifact_id: Some(up.artifact_id),
+            upload: None,
             report: Default::default(),
         },
     )

@@ -96,6 +96,7 @@ async fn one_job_runs_through_claim_heartbeat_and_complete_on_postgres() {
                 worker: worker("pg1"),
                 lease: claimed.lease.clone(),
                 artifact_id: None,
+                upload: None,
                 report: Default::default(),
             },
         )

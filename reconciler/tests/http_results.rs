@@ -40,6 +40,7 @@ async fn run(app: &TestApp, name: &str, metrics: Option<Metrics>) -> ClaimRespon
         worker: worker(name),
         lease: claimed.lease.clone(),
         artifact_id: None,
+        upload: None,
         report: TrainerReport {
             metrics,
             progress: vec![m(r#"{"step": 1, "of": 2}"#), m(r#"{"step": 2, "of": 2}"#)],
@@ -185,6 +186,7 @@ async fn a_report_beyond_its_bounds_is_refused_and_the_job_stays_leased() {
         worker: worker("w1"),
         lease: claimed.lease.clone(),
         artifact_id: None,
+        upload: None,
         report: TrainerReport {
             metrics: Some(m(&format!(r#"{{"a": "{}"}}"#, "x".repeat(70_000)))),
             ..Default::default()

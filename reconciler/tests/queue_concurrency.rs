@@ -100,6 +100,7 @@ fn concurrent_workers_and_a_sweeper_run_every_job_to_completion_once() {
                         worker: me.clone(),
                         lease: c.lease,
                         artifact_id: None,
+                        upload: None,
                         report: Default::default(),
                     };
                     q.complete(&c.job.id, &req).unwrap();

@@ -56,6 +56,7 @@ fn crash_child() {
                             worker: me.clone(),
                             lease: c.lease.clone(),
                             artifact_id: None,
+                            upload: None,
                             report: Default::default(),
                         };
                         q.complete(&c.job.id, &req).unwrap();

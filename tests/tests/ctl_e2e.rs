@@ -234,6 +234,7 @@ impl FakeWorker<'_> {
             worker: self.name.clone(),
             lease: claim.lease.clone(),
             artifact_id: Some(up.artifact_id.clone()),
+            upload: None,
             report: Default::default(),
         };
         self.fleet

@@ -72,6 +72,7 @@ fn agent_killed_mid_job_its_job_moves_on_and_its_lease_is_refused() {
             worker: doomed,
             lease: dead_lease,
             artifact_id: done.artifact_id.clone(),
+            upload: None,
             report: Default::default(),
         },
     ));

@@ -202,6 +202,7 @@ fn partitioned_agents_job_is_reassigned_and_its_late_completion_refused() {
             worker: WorkerName::parse("island").unwrap(),
             lease: island_lease,
             artifact_id: done.artifact_id.clone(),
+            upload: None,
             report: Default::default(),
         },
     ));

@@ -47,6 +47,7 @@ fn claim_everything(queues: &[&dyn JobQueue]) -> BTreeMap<JobId, usize> {
                         worker: me.clone(),
                         lease: c.lease,
                         artifact_id: None,
+                        upload: None,
                         report: Default::default(),
                     };
                     q.complete(&c.job.id, &done).unwrap();

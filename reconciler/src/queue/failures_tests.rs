@@ -95,6 +95,7 @@ fn a_host_failure_uses_no_attempt_flags_the_host_and_goes_to_another_worker(b: B
             worker: worker("good"),
             lease: second.lease,
             artifact_id: None,
+            upload: None,
         },
     )
     .unwrap();

@@ -99,6 +99,7 @@ fn a_second_instance_is_refused_while_the_first_is_live_and_the_first_is_undistu
         worker: gpu1.clone(),
         lease: claimed.lease.clone(),
         artifact_id: None,
+        upload: None,
         report: Default::default(),
     };
     assert_eq!(
@@ -265,6 +266,7 @@ fn complete(
         worker: worker(w),
         lease: lease.clone(),
         artifact_id: artifact,
+        upload: None,
         report: Default::default(),
     };
     q.complete(&job.id, &req).map(|r| r.status)
@@ -548,6 +550,84 @@ fn the_artifact_listing_joins_uploads_with_the_index_and_pages_through_unrecorde
     assert_eq!(ids, [&artifact("dd")]);
 }
 
+fn complete_with_receipt(
+    q: &dyn JobQueue,
+    (job, lease, w): &(JobSpec, Lease, &str),
+    artifact: ArtifactId,
+    receipt: cis490_api::UploadReceipt,
+) -> Result<JobStatus, QueueError> {
+    let req = CompleteRequest {
+        worker: worker(w),
+        lease: lease.clone(),
+        artifact_id: Some(artifact),
+        upload: Some(receipt),
+        report: Default::default(),
+    };
+    q.complete(&job.id, &req).map(|r| r.status)
+}
+
+/// An upload that asked for a receipt writes nothing; the completion that carries the
+/// receipt records it, and one that carries a forged receipt, or one made for another job
+/// or artifact, is refused and records nothing.
+fn a_completion_with_its_uploads_receipt_records_the_upload_and_a_forged_one_is_refused(
+    b: Backend,
+) {
+    let q = b.queue();
+    let q = &*q;
+    let jobs = two_running(q);
+    let (one, two) = (&jobs[0], &jobs[1]);
+    stored(q, &artifact("aa"), 100);
+    let receipt = q
+        .receipt_for_upload(&one.0.id, &worker(one.2), &one.1, &artifact("aa"), 100)
+        .unwrap();
+    assert!(q.uploads().unwrap().is_empty(), "a receipt writes no row");
+    let err = complete(q, one, Some(artifact("aa"))).unwrap_err();
+    assert_eq!(
+        err.code(),
+        "artifact_not_uploaded",
+        "without the receipt: {err}"
+    );
+
+    let mut forged = receipt.clone();
+    forged.mac = forged.mac.replace(|c: char| c != '0', "0");
+    let err = complete_with_receipt(q, one, artifact("aa"), forged).unwrap_err();
+    assert_eq!(err.code(), "artifact_not_uploaded", "{err}");
+    let err = complete_with_receipt(q, two, artifact("aa"), receipt.clone()).unwrap_err();
+    assert_eq!(
+        err.code(),
+        "artifact_not_uploaded",
+        "another job's receipt: {err}"
+    );
+    let err = complete_with_receipt(q, one, artifact("bb"), receipt.clone()).unwrap_err();
+    assert_eq!(
+        err.code(),
+        "artifact_not_uploaded",
+        "another artifact: {err}"
+    );
+    assert!(q.uploads().unwrap().is_empty(), "refusals record nothing");
+
+    assert_eq!(
+        complete_with_receipt(q, one, artifact("aa"), receipt).unwrap(),
+        JobStatus::Completed
+    );
+    let rows = q.uploads().unwrap();
+    let listed: Vec<(&JobId, &ArtifactId, Option<u32>)> = rows
+        .iter()
+        .map(|r| (&r.job_id, &r.artifact_id, r.attempt))
+        .collect();
+    assert_eq!(listed, [(&one.0.id, &artifact("aa"), Some(one.1.attempt))]);
+
+    // The fence of an upload with a receipt is the lease, as for one without.
+    let stale = Lease {
+        attempt: two.1.attempt,
+        token: "not-the-token".into(),
+    };
+    let err = q
+        .receipt_for_upload(&two.0.id, &worker(two.2), &stale, &artifact("aa"), 100)
+        .unwrap_err();
+    assert_eq!(err.code(), "lease_lost", "{err}");
+}
+
 super::test_support::on_both_backends!(
     the_artifact_listing_joins_uploads_with_the_index_and_pages_through_unrecorded_bytes,
     a_second_instance_is_refused_while_the_first_is_live_and_the_first_is_undisturbed,
@@ -558,4 +638,57 @@ super::test_support::on_both_backends!(
     agents_that_send_no_instance_are_not_checked_and_bad_ids_are_refused,
     a_completion_may_name_only_an_artifact_its_lease_uploaded,
     a_completion_without_an_upload_and_without_an_artifact_is_allowed,
+    a_completion_with_its_uploads_receipt_records_the_upload_and_a_forged_one_is_refused,
 );
+
+/// A receipt holds after a restart and on every server of one database: the key is the
+/// database's.
+#[test]
+fn a_receipt_holds_after_the_server_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.db");
+    let first = Queue::open(&path, QueueConfig::default()).unwrap();
+    let id = JobId::parse(&"1".repeat(64)).unwrap();
+    let lease = Lease {
+        attempt: 1,
+        token: "t".into(),
+    };
+    let receipt = first.receipt_key().issue(&id, &lease, &artifact("aa"), 7);
+    drop(first);
+    let again = Queue::open(&path, QueueConfig::default()).unwrap();
+    let req = CompleteRequest {
+        worker: worker("w1"),
+        lease,
+        artifact_id: Some(artifact("aa")),
+        upload: Some(receipt),
+        report: Default::default(),
+    };
+    assert!(again.receipt_key().check(&id, &req).unwrap().is_some());
+    let other = Queue::open(&dir.path().join("other.db"), QueueConfig::default()).unwrap();
+    assert!(
+        other.receipt_key().check(&id, &req).is_err(),
+        "another database's key"
+    );
+}
+
+#[test]
+fn a_receipt_from_one_server_holds_on_another_of_the_same_postgres_database() {
+    let Some(db) = super::test_support::postgres_database() else {
+        return;
+    };
+    let a = super::PgQueue::open(db.url(), QueueConfig::default()).unwrap();
+    let b = super::PgQueue::open(db.url(), QueueConfig::default()).unwrap();
+    let id = JobId::parse(&"1".repeat(64)).unwrap();
+    let lease = Lease {
+        attempt: 1,
+        token: "t".into(),
+    };
+    let req = CompleteRequest {
+        worker: worker("w1"),
+        lease: lease.clone(),
+        artifact_id: Some(artifact("aa")),
+        upload: Some(a.receipt_key().issue(&id, &lease, &artifact("aa"), 7)),
+        report: Default::default(),
+    };
+    assert!(b.receipt_key().check(&id, &req).unwrap().is_some());
+}

@@ -16,11 +16,12 @@ use cis490_api::{
     ArtifactId, ArtifactView, Capability, ClaimResponse, CompleteRequest, EventsPage, Explain,
     FailRequest, HeartbeatRequest, HeartbeatResponse, IdPrefix, JobFilter, JobId, JobProgress,
     JobSpec, JobStatusResponse, JobView, Lease, LogPage, LogQuery, ManifestError, ManifestStatus,
-    Page, PlanSummary, ResultRow, ResultsQuery, WorkerName, WorkerView,
+    Page, PlanSummary, ResultRow, ResultsQuery, UploadReceipt, WorkerName, WorkerView,
 };
 
 use super::events::EventFilter;
 use super::listing::JobCursor;
+use super::receipts::ReceiptKey;
 use super::tokens::{IssuedToken, WorkerTokenInfo};
 use super::{ManifestSource, QueueConfig, QueueError, SweepOutcome};
 use crate::plan::{ActualJob, Plan};
@@ -108,9 +109,30 @@ pub trait JobQueue: std::fmt::Debug + Send + Sync + 'static {
         size_bytes: u64,
     ) -> Result<(), QueueError>;
 
+    /// The key of this database's upload receipts (`receipts.rs`).
+    fn receipt_key(&self) -> &ReceiptKey;
+
+    /// Fences an upload that asked for a receipt, as [`JobQueue::record_upload`] does
+    /// (`LeaseLost` when the lease was lost while the bytes streamed), but writes nothing:
+    /// the receipt it answers with lets the completion record the upload.
+    fn receipt_for_upload(
+        &self,
+        id: &JobId,
+        worker: &WorkerName,
+        lease: &Lease,
+        artifact: &ArtifactId,
+        size_bytes: u64,
+    ) -> Result<UploadReceipt, QueueError> {
+        self.check_lease(id, worker, lease)?;
+        Ok(self.receipt_key().issue(id, lease, artifact, size_bytes))
+    }
+
     /// Marks the job completed (with its artifact). The artifact must be one uploaded under
     /// the job's current lease (`ArtifactNotUploaded` otherwise), and a completion without
-    /// one is refused when the lease did upload one (`ArtifactRequired`).
+    /// one is refused when the lease did upload one (`ArtifactRequired`). A completion that
+    /// carries its upload's receipt records that upload in its own transaction; a receipt
+    /// this database's key did not make for this job, lease and artifact is refused
+    /// (`ArtifactNotUploaded`).
     fn complete(&self, id: &JobId, req: &CompleteRequest) -> Result<JobStatusResponse, QueueError>;
 
     /// Reports a failure; see the module docs of `queue` for where the job goes.

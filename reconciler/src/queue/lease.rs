@@ -91,6 +91,18 @@ pub(crate) fn i_record_upload(
     size_bytes: u64,
 ) -> Result<(), QueueError> {
     i_leased_job(tx, id, worker, lease)?;
+    i_insert_upload(tx, id, worker, lease, artifact, size_bytes)
+}
+
+/// The row of an upload under `lease` (once per lease and artifact); the caller fenced it.
+fn i_insert_upload(
+    tx: &mut Tx<'_>,
+    id: &JobId,
+    worker: &WorkerName,
+    lease: &Lease,
+    artifact: &ArtifactId,
+    size_bytes: u64,
+) -> Result<(), QueueError> {
     tx.db
         .prepare_cached(
             "INSERT OR IGNORE INTO uploads (job_id, attempt, lease_token, artifact_id, worker, \
@@ -154,6 +166,17 @@ pub(crate) fn i_complete(
         &req.lease,
         req.artifact_id.as_ref(),
     )?;
+    // A receipt (checked before the transaction, `receipts.rs`) stands for the upload's row.
+    if let (Some(receipt), Some(artifact)) = (&req.upload, &req.artifact_id) {
+        i_insert_upload(
+            tx,
+            id,
+            &req.worker,
+            &req.lease,
+            artifact,
+            receipt.size_bytes,
+        )?;
+    }
     i_check_completion_artifact(tx, id, req)?;
     // The worker ran a job to its end: whatever was wrong with its host is not any more.
     clear_host_problem(tx, req.worker.as_str())?;

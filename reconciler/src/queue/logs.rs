@@ -19,6 +19,7 @@
 use cis490_api::{JobId, Lease, LogChunk, LogPage, LogQuery, WorkerName};
 use rusqlite::{params, OptionalExtension};
 
+use super::log_pages::{self, Page};
 use super::rows::i_existing_job;
 use super::{QueueError, Tx};
 
@@ -333,85 +334,30 @@ fn i_log_attempts(tx: &Tx<'_>, id: &JobId) -> Result<Vec<u32>, QueueError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// One page of an attempt's log (see [`LogPage`]).
+/// One page of an attempt's log (see [`LogPage`] and [`super::log_pages`]).
 pub(crate) fn i_read(tx: &Tx<'_>, id: &JobId, query: &LogQuery) -> Result<LogPage, QueueError> {
     let job = i_existing_job(tx, id)?;
     let attempts = i_log_attempts(tx, id)?;
-    let current = job.lease_attempt.filter(|_| job.status.is_leased());
-    let attempt = query
-        .attempt
-        .or(current)
-        .or_else(|| attempts.last().copied());
-    let limit = query
-        .limit
-        .unwrap_or(DEFAULT_LOG_PAGE_BYTES)
-        .clamp(1, MAX_LOG_PAGE_BYTES);
-    let offset = query.offset.unwrap_or(0);
-    // Only the current lease appends. (An attempt number handed back may be leased again
-    // and go on: a follower that wants the job's whole story follows the job, not one
-    // attempt; see `cis490ctl logs -f`.)
-    let finished = attempt.is_none() || attempt != current;
-    let mut page = LogPage {
-        job_id: id.clone(),
-        attempt,
-        attempts,
-        offset,
-        text: String::new(),
-        next_offset: offset,
-        size: 0,
-        dropped_bytes: 0,
-        finished,
-        job_status: job.status,
+    let start = log_pages::start(id, job.status, job.lease_attempt, attempts, query);
+    let Some(attempt) = start.attempt else {
+        return Ok(start.page);
     };
-    let Some(attempt) = attempt else {
-        return Ok(page);
+    let row = i_log_row(tx, id, attempt)?;
+    let mut fill = match start.with_log(row.map(|r| (r.size, r.dropped)))? {
+        Page::Ready(page) => return Ok(page),
+        Page::Fill(fill) => fill,
     };
-    let Some(row) = i_log_row(tx, id, attempt)? else {
-        if offset > 0 {
-            return Err(past_the_end(offset, 0));
-        }
-        return Ok(page);
-    };
-    page.size = row.size;
-    page.dropped_bytes = row.dropped;
-    if offset > row.size {
-        return Err(past_the_end(offset, row.size));
-    }
     let mut stmt = tx.db.prepare_cached(
         "SELECT start, data FROM job_log_chunks WHERE job_id = ?1 AND attempt = ?2 \
          AND start + length(data) > ?3 ORDER BY start",
     )?;
-    let mut rows = stmt.query(params![id.as_str(), attempt, to_i64(offset)])?;
-    let mut at = offset;
-    let mut budget = usize::try_from(limit).unwrap_or(usize::MAX);
-    while budget > 0 {
-        let Some(r) = rows.next()? else { break };
-        let start = to_u64(r.get(0)?);
-        let data: Vec<u8> = r.get(1)?;
-        let text = String::from_utf8(data)
-            .map_err(|e| QueueError::corrupt(format!("log of job {}: {e}", id.short())))?;
-        if start > at {
-            page.text.push_str(&format!(
-                "[... truncated: {} bytes dropped ...]\n",
-                start - at
-            ));
-            at = start;
-        }
-        let from = ceil_boundary(&text, usize::try_from(at - start).unwrap_or(usize::MAX));
-        let mut to = floor_boundary(&text, from.saturating_add(budget));
-        if to == from && from < text.len() {
-            // Less room than one character: take it anyway, so every page moves on.
-            to = ceil_boundary(&text, from + 1);
-        }
-        page.text.push_str(&text[from..to]);
-        budget = budget.saturating_sub(to - from);
-        at = start + to as u64;
-        if to < text.len() {
+    let mut rows = stmt.query(params![id.as_str(), attempt, to_i64(fill.offset())])?;
+    while let Some(r) = rows.next()? {
+        if !fill.push(to_u64(r.get(0)?), r.get(1)?)? {
             break;
         }
     }
-    page.next_offset = at;
-    Ok(page)
+    Ok(fill.finish())
 }
 
 pub(crate) fn past_the_end(offset: u64, size: u64) -> QueueError {

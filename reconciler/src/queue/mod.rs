@@ -45,12 +45,14 @@ mod job_queue;
 pub use job_queue::{JobQueue, SharedQueue};
 mod lease;
 pub mod listing;
+mod log_pages;
 pub mod logs;
 mod matching;
 mod nodes;
 mod operator;
 mod placement;
 pub mod postgres;
+pub mod receipts;
 pub use postgres::PgQueue;
 pub(crate) mod reads;
 mod results;
@@ -176,6 +178,8 @@ struct Inner {
     /// commit without waiting for the writer, so a request's credential check never queues
     /// behind a group commit.
     auth_reader: Option<Mutex<Connection>>,
+    /// The key of upload receipts (`receipts.rs`), as the database keeps it.
+    receipt_key: receipts::ReceiptKey,
 }
 
 impl std::fmt::Debug for Queue {
@@ -261,6 +265,15 @@ impl Queue {
         // statement that falls out of the cache is parsed and planned again on its next use.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         schema::migrate(&mut conn)?;
+        conn.execute(
+            "INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)",
+            rusqlite::params![receipts::KEY_NAME, receipts::ReceiptKey::generate()],
+        )?;
+        let receipt_key = receipts::ReceiptKey::from_stored(conn.query_row(
+            "SELECT value FROM secrets WHERE name = ?1",
+            [receipts::KEY_NAME],
+            |r| r.get(0),
+        )?)?;
         let last: i64 =
             conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
         let (sender, _) = tokio::sync::watch::channel(last.max(0) as u64);
@@ -273,6 +286,7 @@ impl Queue {
                 waiting: batch::Waiting::default(),
                 checkpointer: Mutex::new(None),
                 auth_reader: None,
+                receipt_key,
             }),
         })
     }
@@ -383,8 +397,13 @@ impl JobQueue for Queue {
         ))
     }
 
+    fn receipt_key(&self) -> &receipts::ReceiptKey {
+        &self.inner.receipt_key
+    }
+
     fn complete(&self, id: &JobId, req: &CompleteRequest) -> Result<JobStatusResponse, QueueError> {
         req.report.check().map_err(bad_request)?;
+        self.inner.receipt_key.check(id, req)?;
         self.batched(batch::Complete(id.clone(), req.clone()))
     }
 

@@ -39,6 +39,7 @@ fn complete(q: &dyn JobQueue, job: &JobSpec, lease: &Lease, report: TrainerRepor
         worker: worker("w1"),
         lease: lease.clone(),
         artifact_id: None,
+        upload: None,
         report,
     };
     q.complete(&job.id, &req).unwrap();
@@ -201,6 +202,7 @@ fn reports_beyond_their_bounds_are_refused_before_anything_changes(b: Backend) {
         worker: worker("w1"),
         lease: c.lease.clone(),
         artifact_id: None,
+        upload: None,
         report: TrainerReport {
             warnings: vec!["w".into(); 100],
             ..Default::default()

@@ -328,6 +328,14 @@ CREATE TABLE artifacts (
     stored_at    INTEGER NOT NULL           -- ms since the epoch
 ) STRICT, WITHOUT ROWID;
 "#,
+    // 15: keys the servers of one database share: the upload receipts' (`receipts.rs`),
+    // made by the first server that opens the database.
+    r#"
+CREATE TABLE secrets (
+    name   TEXT PRIMARY KEY NOT NULL,
+    value  BLOB NOT NULL
+) STRICT, WITHOUT ROWID;
+"#,
 ];
 
 /// Brings the database to the newest schema, each migration in its own transaction.

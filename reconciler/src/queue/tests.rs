@@ -63,6 +63,7 @@ fn done(q: &dyn JobQueue, id: &JobId, w: &str, lease: &Lease) -> CompleteRequest
         worker: worker(w),
         lease: lease.clone(),
         artifact_id: Some(artifact),
+        upload: None,
         report: Default::default(),
     }
 }

@@ -14,7 +14,7 @@ use cis490_api::{
     ApiError, ArtifactId, Capability, ClaimRequest, ClaimResponse, CompleteRequest, FailRequest,
     HeartbeatRequest, HeartbeatResponse, JobId, JobStatusResponse, Lease, UploadResponse, WhoAmI,
     WorkerName, WorkerView, CONTENT_SHA256_HEADER, LEASE_ATTEMPT_HEADER, LEASE_TOKEN_HEADER,
-    MAX_CLAIM_WAIT_S, WORKER_HEADER,
+    MAX_CLAIM_WAIT_S, UPLOAD_RECEIPT_HEADER, WORKER_HEADER,
 };
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -249,6 +249,18 @@ fn upload_headers(headers: &HeaderMap) -> Result<(WorkerName, Lease, ArtifactId)
     Ok((worker, Lease { attempt, token }, sha))
 }
 
+/// Whether the upload asked for a receipt (`X-Upload-Receipt: requested`); another value is
+/// refused before the body is read.
+fn wants_receipt(headers: &HeaderMap) -> Result<bool, ApiFailure> {
+    match headers.get(UPLOAD_RECEIPT_HEADER) {
+        None => Ok(false),
+        Some(v) if v.as_bytes().eq_ignore_ascii_case(b"requested") => Ok(true),
+        Some(_) => Err(ApiFailure::bad_request(format!(
+            "header {UPLOAD_RECEIPT_HEADER}: the only value is \"requested\""
+        ))),
+    }
+}
+
 /// Upload a job's artifact (a tar.zst bundle) under its lease.
 ///
 /// The lease is checked from the headers before the body is read; the body is then
@@ -259,6 +271,7 @@ fn upload_headers(headers: &HeaderMap) -> Result<(WorkerName, Lease, ArtifactId)
     ("X-Lease-Token" = String, Header, description = "The lease's token"),
     ("X-Lease-Attempt" = u32, Header, description = "The lease's attempt number"),
     ("X-Content-Sha256" = ArtifactId, Header, description = "The sha256 of the body, 64 hex digits"),
+    ("X-Upload-Receipt" = Option<String>, Header, description = "`requested`: answer with a receipt for the completion to carry, which records the upload (instead of the upload writing its record)"),
 ), request_body(content = BundleBytes, content_type = "application/octet-stream", description = "The bundle's bytes"), responses(
     (status = 200, description = "Stored, or the same bytes were already stored", body = UploadResponse),
     (status = 404, description = "No job has this ID", body = ApiError),
@@ -307,6 +320,7 @@ async fn store_upload(
 ) -> Result<UploadResponse, ApiFailure> {
     let id = job_id(raw)?;
     let (worker, lease, expected_sha256) = upload_headers(headers)?;
+    let receipt_wanted = wants_receipt(headers)?;
     authorize(state, identity, &worker, Some(&id)).await?;
     let queue = state.queue.clone();
     let (check_id, check_worker, record_id, record_lease) =
@@ -325,15 +339,28 @@ async fn store_upload(
     // Fenced again now that the bytes are in: an upload whose lease was lost while it
     // streamed is refused (409 lease_lost) and cannot complete the job. Its bundle stays
     // in the store, harmless: nothing refers to it.
+    // With a receipt asked for, the fence is a read and the completion writes the upload's
+    // row (`queue/receipts.rs`): one write transaction less per job.
     let queue = state.queue.clone();
     let artifact = stored.artifact_id.clone();
     let size = stored.size_bytes;
-    blocking(move || queue.record_upload(&record_id, &worker, &record_lease, &artifact, size))
-        .await?;
+    let receipt = if receipt_wanted {
+        Some(
+            blocking(move || {
+                queue.receipt_for_upload(&record_id, &worker, &record_lease, &artifact, size)
+            })
+            .await?,
+        )
+    } else {
+        blocking(move || queue.record_upload(&record_id, &worker, &record_lease, &artifact, size))
+            .await?;
+        None
+    };
     Ok(UploadResponse {
         artifact_id: stored.artifact_id,
         status: stored.status,
         size_bytes: stored.size_bytes,
+        receipt,
     })
 }
 

@@ -88,6 +88,7 @@ fn cycle_thread(queue: &Queue, k: usize) -> anyhow::Result<Vec<JobId>> {
             worker: me.clone(),
             lease: c.lease,
             artifact_id: None,
+            upload: None,
             report: Default::default(),
         };
         queue.complete(&c.job.id, &req)?;
@@ -202,6 +203,7 @@ async fn cycle_http(
                         worker: req.worker.clone(),
                         lease: c.lease,
                         artifact_id: None,
+                        upload: None,
                         report: if with_results {
                             (*report).clone()
                         } else {

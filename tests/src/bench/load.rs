@@ -450,6 +450,7 @@ async fn cycles(
             worker: me.clone(),
             lease: claimed.lease,
             artifact_id: None,
+            upload: None,
             report: Default::default(),
         };
         client.complete(&claimed.job.id, &done).await?;

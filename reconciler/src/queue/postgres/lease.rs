@@ -109,6 +109,18 @@ pub(crate) fn i_record_upload(
     size_bytes: u64,
 ) -> Result<(), QueueError> {
     i_leased_job(tx, id, worker, lease)?;
+    i_insert_upload(tx, id, worker, lease, artifact, size_bytes)
+}
+
+/// SQLite's `lease::i_insert_upload`: the row of an upload the caller fenced.
+fn i_insert_upload(
+    tx: &mut PgTx<'_>,
+    id: &JobId,
+    worker: &WorkerName,
+    lease: &Lease,
+    artifact: &ArtifactId,
+    size_bytes: u64,
+) -> Result<(), QueueError> {
     tx.db.execute(
         "INSERT INTO uploads (job_id, attempt, lease_token, artifact_id, worker, size_bytes, at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -168,6 +180,16 @@ pub(crate) fn i_complete(
         &req.lease,
         req.artifact_id.as_ref(),
     )?;
+    if let (Some(receipt), Some(artifact)) = (&req.upload, &req.artifact_id) {
+        i_insert_upload(
+            tx,
+            id,
+            &req.worker,
+            &req.lease,
+            artifact,
+            receipt.size_bytes,
+        )?;
+    }
     i_check_completion_artifact(tx, id, req)?;
     i_clear_host_problem(tx, req.worker.as_str())?;
     tx.db.execute(

@@ -7,10 +7,8 @@ use cis490_api::{JobId, Lease, LogChunk, LogPage, LogQuery, WorkerName};
 
 use super::rows::{big, count, i_existing_job};
 use super::tx::PgTx;
-use crate::queue::logs::{
-    ceil_boundary, floor_boundary, past_the_end, DEFAULT_LOG_PAGE_BYTES, LINE_SNAP_BYTES,
-    LOG_TAIL_BYTES, MAX_LOG_PAGE_BYTES,
-};
+use crate::queue::log_pages::{self, Page};
+use crate::queue::logs::{ceil_boundary, floor_boundary, LINE_SNAP_BYTES, LOG_TAIL_BYTES};
 use crate::queue::QueueError;
 
 struct LogRow {
@@ -273,7 +271,7 @@ fn i_update_tail(tx: &mut PgTx<'_>, id: &JobId, appended: &str) -> Result<(), Qu
     Ok(())
 }
 
-/// One page of an attempt's log (see [`LogPage`] and SQLite's `logs::i_read`).
+/// One page of an attempt's log (see [`LogPage`] and `queue::log_pages`).
 pub(crate) fn i_read(
     tx: &mut PgTx<'_>,
     id: &JobId,
@@ -289,77 +287,24 @@ pub(crate) fn i_read(
         .iter()
         .map(|r| count(r.try_get(0)?, "attempt"))
         .collect::<Result<_, _>>()?;
-    let current = job.lease_attempt.filter(|_| job.status.is_leased());
-    let attempt = query
-        .attempt
-        .or(current)
-        .or_else(|| attempts.last().copied());
-    let limit = query
-        .limit
-        .unwrap_or(DEFAULT_LOG_PAGE_BYTES)
-        .clamp(1, MAX_LOG_PAGE_BYTES);
-    let offset = query.offset.unwrap_or(0);
-    let finished = attempt.is_none() || attempt != current;
-    let mut page = LogPage {
-        job_id: id.clone(),
-        attempt,
-        attempts,
-        offset,
-        text: String::new(),
-        next_offset: offset,
-        size: 0,
-        dropped_bytes: 0,
-        finished,
-        job_status: job.status,
+    let start = log_pages::start(id, job.status, job.lease_attempt, attempts, query);
+    let Some(attempt) = start.attempt else {
+        return Ok(start.page);
     };
-    let Some(attempt) = attempt else {
-        return Ok(page);
+    let row = i_log_row(tx, id, attempt)?;
+    let mut fill = match start.with_log(row.map(|r| (r.size, r.dropped)))? {
+        Page::Ready(page) => return Ok(page),
+        Page::Fill(fill) => fill,
     };
-    let Some(row) = i_log_row(tx, id, attempt)? else {
-        if offset > 0 {
-            return Err(past_the_end(offset, 0));
-        }
-        return Ok(page);
-    };
-    page.size = row.size;
-    page.dropped_bytes = row.dropped;
-    if offset > row.size {
-        return Err(past_the_end(offset, row.size));
-    }
     let rows = tx.db.query(
         "SELECT start, data FROM job_log_chunks WHERE job_id = $1 AND attempt = $2 \
          AND start + length(data) > $3 ORDER BY start",
-        &[&id.as_str(), &i64::from(attempt), &big(offset)],
+        &[&id.as_str(), &i64::from(attempt), &big(fill.offset())],
     )?;
-    let mut at = offset;
-    let mut budget = usize::try_from(limit).unwrap_or(usize::MAX);
     for r in &rows {
-        if budget == 0 {
-            break;
-        }
-        let start = to_u64(r.try_get(0)?);
-        let data: Vec<u8> = r.try_get(1)?;
-        let text = String::from_utf8(data)
-            .map_err(|e| QueueError::corrupt(format!("log of job {}: {e}", id.short())))?;
-        if start > at {
-            page.text.push_str(&format!(
-                "[... truncated: {} bytes dropped ...]\n",
-                start - at
-            ));
-            at = start;
-        }
-        let from = ceil_boundary(&text, usize::try_from(at - start).unwrap_or(usize::MAX));
-        let mut to = floor_boundary(&text, from.saturating_add(budget));
-        if to == from && from < text.len() {
-            to = ceil_boundary(&text, from + 1);
-        }
-        page.text.push_str(&text[from..to]);
-        budget = budget.saturating_sub(to - from);
-        at = start + to as u64;
-        if to < text.len() {
+        if !fill.push(to_u64(r.try_get(0)?), r.try_get(1)?)? {
             break;
         }
     }
-    page.next_offset = at;
-    Ok(page)
+    Ok(fill.finish())
 }

@@ -55,6 +55,7 @@ use super::error::bad_request;
 use super::events::{kind, EventFilter};
 use super::listing::JobCursor;
 use super::nodes::Schedulable;
+use super::receipts;
 use super::tokens::{IssuedToken, WorkerTokenInfo};
 use super::{Clock, JobQueue, ManifestSource, QueueConfig, QueueError, SweepOutcome, SystemClock};
 use crate::plan::{ActualJob, Plan};
@@ -75,6 +76,8 @@ pub struct PgQueue {
     last_event: Arc<tokio::sync::watch::Sender<u64>>,
     /// This server's event numbering passes (`sequencer.rs`).
     passes: sequencer::Passes,
+    /// The key of upload receipts, as the database keeps it (`queue/receipts.rs`).
+    receipt_key: receipts::ReceiptKey,
 }
 
 impl std::fmt::Debug for PgQueue {
@@ -100,9 +103,21 @@ impl PgQueue {
     ) -> Result<PgQueue, QueueError> {
         let connector = connect::Connector::from_url(url)?;
         let pool = Pool::new(connector.clone(), DEFAULT_MAX_CONNECTIONS);
+        let receipt_key;
         let last = {
             let mut conn = pool.get()?;
             schema::migrate(&mut conn)?;
+            conn.execute(
+                "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                &[&receipts::KEY_NAME, &receipts::ReceiptKey::generate()],
+            )?;
+            let key: Vec<u8> = conn
+                .query_one(
+                    "SELECT value FROM secrets WHERE name = $1",
+                    &[&receipts::KEY_NAME],
+                )?
+                .try_get(0)?;
+            receipt_key = receipts::ReceiptKey::from_stored(key)?;
             let n: i64 = conn
                 .query_one("SELECT n FROM event_seq WHERE id = 1", &[])?
                 .try_get(0)?;
@@ -117,6 +132,7 @@ impl PgQueue {
             clock,
             last_event,
             passes: sequencer::Passes::default(),
+            receipt_key,
         })
     }
 
@@ -229,8 +245,13 @@ impl JobQueue for PgQueue {
         self.write(|tx| lease::i_record_upload(tx, id, worker, lease, artifact, size_bytes))
     }
 
+    fn receipt_key(&self) -> &receipts::ReceiptKey {
+        &self.receipt_key
+    }
+
     fn complete(&self, id: &JobId, req: &CompleteRequest) -> Result<JobStatusResponse, QueueError> {
         req.report.check().map_err(bad_request)?;
+        self.receipt_key.check(id, req)?;
         self.write(|tx| lease::i_complete(tx, id, req))
     }
 

@@ -201,6 +201,13 @@ CREATE TABLE artifacts (
     stored_at    BIGINT NOT NULL
 );
 "#,
+    // 5: keys the servers of one database share (SQLite's migration 15).
+    r#"
+CREATE TABLE secrets (
+    name   TEXT PRIMARY KEY,
+    value  BYTEA NOT NULL
+);
+"#,
 ];
 
 /// Any constant: the advisory lock that lets one server at a time migrate a database.
