@@ -10,12 +10,13 @@ use rusqlite::params;
 
 use super::failures;
 use super::matching::{
-    defers_to_cuda, fit_reasons, has_cuda, i_cuda_alternatives, i_worker_blocked,
+    any_cuda_could_run, fit_reasons, has_cuda, i_cuda_alternatives, i_worker_blocked,
+    waited_long_at, CudaAlternative,
 };
 use super::nodes::{i_host_policy, i_leased_jobs_of, i_worker_rows, WorkerRow};
 use super::placement::Placement;
 use super::rows::{i_existing_job, JobRow};
-use super::{QueueError, Tx};
+use super::{QueueConfig, QueueError, Tx};
 use crate::policy::HostPolicy;
 
 /// "42s", "5m", "3h", "2d": how long ago, for humans.
@@ -30,19 +31,44 @@ pub(crate) fn ago(ms: i64) -> String {
 }
 
 /// One known worker as explain sees it.
-struct Known {
-    row: WorkerRow,
-    policy: Option<HostPolicy>,
+pub(crate) struct Known {
+    pub(crate) row: WorkerRow,
+    pub(crate) policy: Option<HostPolicy>,
 }
 
-pub(crate) fn i_explain(tx: &mut Tx<'_>, id: &JobId) -> Result<Explain, QueueError> {
-    let row = i_existing_job(tx, id)?;
-    let pending_total: i64 = tx.db.query_row(
-        "SELECT COUNT(*) FROM jobs WHERE status = 'pending' AND tombstoned = 0",
-        [],
-        |r| r.get(0),
-    )?;
-    let pending_total = pending_total.max(0) as u64;
+/// What `explain` reads, in one transaction of a backend; the rules that turn it into
+/// reasons and a summary are below, the same for every backend.
+pub(crate) trait ExplainReads {
+    fn now(&self) -> i64;
+    fn config(&self) -> &QueueConfig;
+    /// Pending jobs not tombstoned.
+    fn pending_total(&mut self) -> Result<u64, QueueError>;
+    fn workers(&mut self) -> Result<Vec<WorkerRow>, QueueError>;
+    fn host_policy(&mut self, worker: &str) -> Result<Option<HostPolicy>, QueueError>;
+    /// Why `w` takes no job now (cordoned, draining, flagged), if it does not.
+    fn blocked(
+        &mut self,
+        w: &WorkerRow,
+        policy: Option<&HostPolicy>,
+    ) -> Result<Option<String>, QueueError>;
+    /// How many jobs `worker` holds a lease on.
+    fn leases_held(&mut self, worker: &str) -> Result<usize, QueueError>;
+    fn cuda_alternatives(&mut self, worker: &str) -> Result<Vec<CudaAlternative>, QueueError>;
+    /// Whether the retry rule leaves `row` to workers that have not failed it.
+    fn left_to_others(&mut self, row: &JobRow, worker: &str) -> Result<bool, QueueError>;
+    /// The pending jobs ahead of `row` in queue order: (those that some worker of `able`
+    /// can run, those none of them ever can). With no able worker every job ahead counts,
+    /// as nothing is known to separate them.
+    fn jobs_ahead(&mut self, row: &JobRow, able: &[&Known]) -> Result<(u64, u64), QueueError>;
+}
+
+/// Why the job of `row` (job `id`) is where it is, from what `reads` sees.
+pub(crate) fn explain(
+    reads: &mut impl ExplainReads,
+    id: &JobId,
+    row: &JobRow,
+) -> Result<Explain, QueueError> {
+    let pending_total = reads.pending_total()?;
     if row.status != JobStatus::Pending || row.tombstoned {
         return Ok(Explain {
             job_id: id.clone(),
@@ -50,12 +76,12 @@ pub(crate) fn i_explain(tx: &mut Tx<'_>, id: &JobId) -> Result<Explain, QueueErr
             pending_total,
             never_runnable_ahead: 0,
             workers: Vec::new(),
-            summary: not_pending_summary(&row),
+            summary: not_pending_summary(row),
         });
     }
     let mut known = Vec::new();
-    for w in i_worker_rows(tx)? {
-        let policy = i_host_policy(tx, &w.name)?;
+    for w in reads.workers()? {
+        let policy = reads.host_policy(&w.name)?;
         known.push(Known { row: w, policy });
     }
     let mut workers = Vec::new();
@@ -63,13 +89,13 @@ pub(crate) fn i_explain(tx: &mut Tx<'_>, id: &JobId) -> Result<Explain, QueueErr
     // ones that hold it back.
     let mut able: Vec<&Known> = Vec::new();
     for k in &known {
-        let fit = i_worker_fit(tx, &row, k)?;
+        let fit = worker_fit(reads, row, k)?;
         if fit.lasting_reasons == 0 {
             able.push(k);
         }
         workers.push(fit);
     }
-    let (ahead, never_ahead) = i_jobs_ahead(tx, &row, &able)?;
+    let (ahead, never_ahead) = reads.jobs_ahead(row, &able)?;
     let position = ahead + 1;
     let summary = pending_summary(&workers, position, pending_total, never_ahead);
     Ok(Explain {
@@ -85,22 +111,34 @@ pub(crate) fn i_explain(tx: &mut Tx<'_>, id: &JobId) -> Result<Explain, QueueErr
 /// Why worker `k` does not take the pending job `row` now: lasting reasons first (its
 /// hardware, allowed_hosts, host policy), then passing ones (not Ready, cordoned or
 /// draining, every slot busy, a GPU or RAM in use, a prefer_cuda deferral).
-fn i_worker_fit(tx: &Tx<'_>, row: &JobRow, k: &Known) -> Result<WorkerFit, QueueError> {
+fn worker_fit(
+    reads: &mut impl ExplainReads,
+    row: &JobRow,
+    k: &Known,
+) -> Result<WorkerFit, QueueError> {
     let spec = &row.spec;
     let w = &k.row;
     let policy = k.policy.as_ref();
+    let (now, prefer_cuda_wait_s, retry_elsewhere_wait_s) = {
+        let config = reads.config();
+        (
+            reads.now(),
+            config.prefer_cuda_wait_s,
+            config.retry_elsewhere_wait_s,
+        )
+    };
     let mut lasting = Vec::new();
     let mut passing = Vec::new();
-    if !w.is_fresh(tx) {
+    if !w.is_fresh_at(now, reads.config()) {
         passing.push(format!(
             "not Ready (last seen {} ago)",
-            ago(tx.now - w.last_seen)
+            ago(now - w.last_seen)
         ));
     }
-    match i_worker_blocked(tx, w.into(), policy)? {
+    match reads.blocked(w, policy)? {
         Some(blocked) => passing.push(blocked),
         None => {
-            let held = i_leased_jobs_of(tx, &w.name)?.len();
+            let held = reads.leases_held(&w.name)?;
             let slots = w.capability.max_concurrent.max(1) as usize;
             if held >= slots {
                 passing.push(format!("busy: all {slots} slots hold jobs"));
@@ -125,37 +163,22 @@ fn i_worker_fit(tx: &Tx<'_>, row: &JobRow, k: &Known) -> Result<WorkerFit, Queue
         && spec.constraints.prefer_cuda
         && !has_cuda(&w.capability)
     {
-        let alternatives = i_cuda_alternatives(tx, &w.name)?;
-        if defers_to_cuda(
-            tx,
-            &spec.model,
-            &spec.constraints,
-            row.pending_since,
-            &alternatives,
-        ) {
-            let waited = (tx.now - row.pending_since).max(0) / 1000;
+        let alternatives = reads.cuda_alternatives(&w.name)?;
+        if !waited_long_at(now, reads.config(), row.pending_since)
+            && any_cuda_could_run(&spec.model, &spec.constraints, &alternatives)
+        {
+            let waited = (now - row.pending_since).max(0) / 1000;
             passing.push(format!(
-                "prefer_cuda: left to a Ready CUDA worker (waited {waited}s of {}s)",
-                tx.config.prefer_cuda_wait_s
+                "prefer_cuda: left to a Ready CUDA worker (waited {waited}s of \
+                 {prefer_cuda_wait_s}s)"
             ));
         }
     }
-    if lasting.is_empty()
-        && passing.is_empty()
-        && failures::i_left_to_others(
-            tx,
-            spec.id.as_str(),
-            &w.name,
-            &spec.model,
-            &spec.constraints,
-            row.pending_since,
-        )?
-    {
-        let waited = (tx.now - row.pending_since).max(0) / 1000;
+    if lasting.is_empty() && passing.is_empty() && reads.left_to_others(row, &w.name)? {
+        let waited = (now - row.pending_since).max(0) / 1000;
         passing.push(format!(
             "failed it before: left to a Ready worker that has not tried it (waited {waited}s \
-             of {}s)",
-            tx.config.retry_elsewhere_wait_s
+             of {retry_elsewhere_wait_s}s)"
         ));
     }
     let lasting_reasons = lasting.len();
@@ -167,13 +190,74 @@ fn i_worker_fit(tx: &Tx<'_>, row: &JobRow, k: &Known) -> Result<WorkerFit, Queue
     })
 }
 
+pub(crate) fn i_explain(tx: &mut Tx<'_>, id: &JobId) -> Result<Explain, QueueError> {
+    let row = i_existing_job(tx, id)?;
+    explain(tx, id, &row)
+}
+
+impl ExplainReads for Tx<'_> {
+    fn now(&self) -> i64 {
+        self.now
+    }
+
+    fn config(&self) -> &QueueConfig {
+        self.config
+    }
+
+    fn pending_total(&mut self) -> Result<u64, QueueError> {
+        let n: i64 = self.db.query_row(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'pending' AND tombstoned = 0",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as u64)
+    }
+
+    fn workers(&mut self) -> Result<Vec<WorkerRow>, QueueError> {
+        i_worker_rows(self)
+    }
+
+    fn host_policy(&mut self, worker: &str) -> Result<Option<HostPolicy>, QueueError> {
+        i_host_policy(self, worker)
+    }
+
+    fn blocked(
+        &mut self,
+        w: &WorkerRow,
+        policy: Option<&HostPolicy>,
+    ) -> Result<Option<String>, QueueError> {
+        i_worker_blocked(self, w.into(), policy)
+    }
+
+    fn leases_held(&mut self, worker: &str) -> Result<usize, QueueError> {
+        Ok(i_leased_jobs_of(self, worker)?.len())
+    }
+
+    fn cuda_alternatives(&mut self, worker: &str) -> Result<Vec<CudaAlternative>, QueueError> {
+        i_cuda_alternatives(self, worker)
+    }
+
+    fn left_to_others(&mut self, row: &JobRow, worker: &str) -> Result<bool, QueueError> {
+        failures::i_left_to_others(
+            self,
+            row.spec.id.as_str(),
+            worker,
+            &row.spec.model,
+            &row.spec.constraints,
+            row.pending_since,
+        )
+    }
+
+    fn jobs_ahead(&mut self, row: &JobRow, able: &[&Known]) -> Result<(u64, u64), QueueError> {
+        i_jobs_ahead(self, row, able)
+    }
+}
+
 /// What a job ahead asks for, as its claim columns hold it: model, require_cuda,
 /// prefer_cuda, VRAM and RAM (as bits), allowed_hosts and placement (as stored).
 type Needs = (String, bool, bool, u64, u64, String, String);
 
-/// The pending jobs ahead of `row` in queue order: (those that some worker of `able` can
-/// run, those none of them ever can). With no able worker every job ahead counts, as
-/// nothing is known to separate them.
+/// [`ExplainReads::jobs_ahead`] on SQLite: the claim columns of the jobs ahead.
 fn i_jobs_ahead(tx: &Tx<'_>, row: &JobRow, able: &[&Known]) -> Result<(u64, u64), QueueError> {
     let spec = &row.spec;
     let order = i64::try_from(spec.manifest_order).unwrap_or(i64::MAX);

@@ -202,18 +202,6 @@ pub(crate) fn any_cuda_could_run(
     })
 }
 
-/// True when a non-CUDA worker must leave this prefer_cuda job to a CUDA worker: it has
-/// not waited `prefer_cuda_wait_s` yet and some Ready CUDA worker could run it.
-pub(crate) fn defers_to_cuda(
-    tx: &Tx<'_>,
-    model: &str,
-    c: &Constraints,
-    pending_since: i64,
-    alternatives: &[CudaAlternative],
-) -> bool {
-    !waited_long(tx, pending_since) && any_cuda_could_run(model, c, alternatives)
-}
-
 /// A worker's schedulability: what `i_worker_blocked` looks at.
 pub(crate) struct Schedulability<'a> {
     pub name: &'a str,
