@@ -1,7 +1,7 @@
 //! `explain(job)`: why a pending job is not running, like HTCondor's
 //! `condor_q -better-analyze`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use std::collections::HashMap;
 
@@ -16,6 +16,7 @@ use super::matching::{
 use super::nodes::{i_host_policy, i_leased_jobs_of, i_worker_rows, WorkerRow};
 use super::placement::Placement;
 use super::rows::{i_existing_job, JobRow};
+use super::rule_reads::RuleReads;
 use super::{QueueConfig, QueueError, Tx};
 use crate::policy::HostPolicy;
 
@@ -38,13 +39,9 @@ pub(crate) struct Known {
 
 /// What `explain` reads, in one transaction of a backend; the rules that turn it into
 /// reasons and a summary are below, the same for every backend.
-pub(crate) trait ExplainReads {
-    fn now(&self) -> i64;
-    fn config(&self) -> &QueueConfig;
+pub(crate) trait ExplainReads: RuleReads {
     /// Pending jobs not tombstoned.
     fn pending_total(&mut self) -> Result<u64, QueueError>;
-    fn workers(&mut self) -> Result<Vec<WorkerRow>, QueueError>;
-    fn host_policy(&mut self, worker: &str) -> Result<Option<HostPolicy>, QueueError>;
     /// Why `w` takes no job now (cordoned, draining, flagged), if it does not.
     fn blocked(
         &mut self,
@@ -54,8 +51,6 @@ pub(crate) trait ExplainReads {
     /// How many jobs `worker` holds a lease on.
     fn leases_held(&mut self, worker: &str) -> Result<usize, QueueError>;
     fn cuda_alternatives(&mut self, worker: &str) -> Result<Vec<CudaAlternative>, QueueError>;
-    /// Whether the retry rule leaves `row` to workers that have not failed it.
-    fn left_to_others(&mut self, row: &JobRow, worker: &str) -> Result<bool, QueueError>;
     /// The pending jobs ahead of `row` in queue order: (those that some worker of `able`
     /// can run, those none of them ever can). With no able worker every job ahead counts,
     /// as nothing is known to separate them.
@@ -174,7 +169,17 @@ fn worker_fit(
             ));
         }
     }
-    if lasting.is_empty() && passing.is_empty() && reads.left_to_others(row, &w.name)? {
+    if lasting.is_empty()
+        && passing.is_empty()
+        && failures::left_to_others(
+            reads,
+            row.spec.id.as_str(),
+            &w.name,
+            &spec.model,
+            &spec.constraints,
+            row.pending_since,
+        )?
+    {
         let waited = (now - row.pending_since).max(0) / 1000;
         passing.push(format!(
             "failed it before: left to a Ready worker that has not tried it (waited {waited}s \
@@ -192,10 +197,10 @@ fn worker_fit(
 
 pub(crate) fn i_explain(tx: &mut Tx<'_>, id: &JobId) -> Result<Explain, QueueError> {
     let row = i_existing_job(tx, id)?;
-    explain(tx, id, &row)
+    explain(&mut &*tx, id, &row)
 }
 
-impl ExplainReads for Tx<'_> {
+impl RuleReads for &Tx<'_> {
     fn now(&self) -> i64 {
         self.now
     }
@@ -204,6 +209,20 @@ impl ExplainReads for Tx<'_> {
         self.config
     }
 
+    fn workers(&mut self) -> Result<Vec<WorkerRow>, QueueError> {
+        i_worker_rows(self)
+    }
+
+    fn host_policy(&mut self, worker: &str) -> Result<Option<HostPolicy>, QueueError> {
+        i_host_policy(self, worker)
+    }
+
+    fn failed_workers(&mut self, job: &str) -> Result<BTreeSet<String>, QueueError> {
+        failures::i_failed_workers(self, job)
+    }
+}
+
+impl ExplainReads for &Tx<'_> {
     fn pending_total(&mut self) -> Result<u64, QueueError> {
         let n: i64 = self.db.query_row(
             "SELECT COUNT(*) FROM jobs WHERE status = 'pending' AND tombstoned = 0",
@@ -211,14 +230,6 @@ impl ExplainReads for Tx<'_> {
             |r| r.get(0),
         )?;
         Ok(n.max(0) as u64)
-    }
-
-    fn workers(&mut self) -> Result<Vec<WorkerRow>, QueueError> {
-        i_worker_rows(self)
-    }
-
-    fn host_policy(&mut self, worker: &str) -> Result<Option<HostPolicy>, QueueError> {
-        i_host_policy(self, worker)
     }
 
     fn blocked(
@@ -235,17 +246,6 @@ impl ExplainReads for Tx<'_> {
 
     fn cuda_alternatives(&mut self, worker: &str) -> Result<Vec<CudaAlternative>, QueueError> {
         i_cuda_alternatives(self, worker)
-    }
-
-    fn left_to_others(&mut self, row: &JobRow, worker: &str) -> Result<bool, QueueError> {
-        failures::i_left_to_others(
-            self,
-            row.spec.id.as_str(),
-            worker,
-            &row.spec.model,
-            &row.spec.constraints,
-            row.pending_since,
-        )
     }
 
     fn jobs_ahead(&mut self, row: &JobRow, able: &[&Known]) -> Result<(u64, u64), QueueError> {

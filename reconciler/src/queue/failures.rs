@@ -15,8 +15,9 @@ use rusqlite::params;
 
 use super::events::i_emit;
 use super::matching::fit_reasons;
-use super::nodes::{self, i_flag_host_problem};
+use super::nodes::i_flag_host_problem;
 use super::rows::JobRow;
+use super::rule_reads::RuleReads;
 use super::transitions::{self, HostVerdict};
 use super::{QueueError, Tx};
 
@@ -91,6 +92,27 @@ pub(crate) fn i_pending_failed_on(
 /// True while a pending job that failed on `worker` waits for another Ready worker that
 /// could run it and has not failed it (for at most `retry_elsewhere_wait_s` since it went
 /// back to pending): until then `worker` does not take it.
+pub(crate) fn left_to_others(
+    reads: &mut impl RuleReads,
+    job: &str,
+    worker: &str,
+    model: &str,
+    constraints: &cis490_api::Constraints,
+    pending_since: i64,
+) -> Result<bool, QueueError> {
+    if waited_for_others(reads.now(), reads.config(), pending_since) {
+        return Ok(false);
+    }
+    let failed = reads.failed_workers(job)?;
+    if !failed.contains(worker) {
+        return Ok(false);
+    }
+    Ok(workers_able_to_run(reads, model, constraints)?
+        .iter()
+        .any(|w| w != worker && !failed.contains(w)))
+}
+
+/// [`left_to_others`] in a SQLite transaction.
 pub(crate) fn i_left_to_others(
     tx: &Tx<'_>,
     job: &str,
@@ -99,16 +121,7 @@ pub(crate) fn i_left_to_others(
     constraints: &cis490_api::Constraints,
     pending_since: i64,
 ) -> Result<bool, QueueError> {
-    if waited_for_others(tx.now, tx.config, pending_since) {
-        return Ok(false);
-    }
-    let failed = i_failed_workers(tx, job)?;
-    if !failed.contains(worker) {
-        return Ok(false);
-    }
-    Ok(i_workers_able_to_run(tx, model, constraints)?
-        .iter()
-        .any(|w| w != worker && !failed.contains(w)))
+    left_to_others(&mut { tx }, job, worker, model, constraints, pending_since)
 }
 
 /// True once a pending job that failed on a worker has waited `retry_elsewhere_wait_s`
@@ -120,28 +133,22 @@ pub(crate) fn waited_for_others(now: i64, config: &super::QueueConfig, pending_s
     now.saturating_sub(pending_since) >= wait_ms
 }
 
-/// Ready workers (cordoned ones included: cordon passes) that could run `row`'s job as
-/// far as lasting reasons go.
-pub(crate) fn i_workers_able_to_run(
-    tx: &Tx<'_>,
-    row_model: &str,
+/// Ready workers (cordoned ones included: cordon passes) that could run a job of `model`
+/// with `constraints` as far as lasting reasons go.
+pub(crate) fn workers_able_to_run(
+    reads: &mut impl RuleReads,
+    model: &str,
     constraints: &cis490_api::Constraints,
 ) -> Result<Vec<String>, QueueError> {
     let mut out = Vec::new();
-    for w in nodes::i_worker_rows(tx)? {
-        if !w.is_fresh(tx) {
+    for w in reads.workers()? {
+        if !w.is_fresh_at(reads.now(), reads.config()) {
             continue;
         }
-        let policy = nodes::i_host_policy(tx, &w.name)?;
-        let lasting = fit_reasons(
-            row_model,
-            constraints,
-            &w.name,
-            &w.capability,
-            policy.as_ref(),
-        )
-        .into_iter()
-        .any(|r| r.lasting);
+        let policy = reads.host_policy(&w.name)?;
+        let lasting = fit_reasons(model, constraints, &w.name, &w.capability, policy.as_ref())
+            .into_iter()
+            .any(|r| r.lasting);
         if !lasting {
             out.push(w.name);
         }
@@ -173,7 +180,7 @@ pub(crate) fn i_host_failure(
     super::rows::i_set_error(tx, id, &req.reason, req.exit_code, req.log_tail.as_deref())?;
     let failed_on = i_host_failed_workers(tx, id)?;
     let failed_names: BTreeSet<&str> = failed_on.iter().map(|(w, _)| w.as_str()).collect();
-    let able = i_workers_able_to_run(tx, &row.spec.model, &row.spec.constraints)?;
+    let able = workers_able_to_run(&mut &*tx, &row.spec.model, &row.spec.constraints)?;
     let untried: Vec<&str> = able
         .iter()
         .map(String::as_str)

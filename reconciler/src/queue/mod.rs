@@ -53,6 +53,7 @@ mod operator;
 mod placement;
 pub mod postgres;
 pub mod receipts;
+mod rule_reads;
 pub use postgres::PgQueue;
 pub(crate) mod reads;
 mod results;

@@ -1,11 +1,11 @@
 //! `explain(job)` on PostgreSQL: the rules are `queue::explain`'s; this file gives them
 //! the rows they read ([`ExplainReads`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use cis490_api::{Constraints, Explain, JobId};
 
-use super::failures::i_left_to_others;
+use super::failures::i_failed_workers;
 use super::matching::{i_cuda_alternatives, i_worker_blocked};
 use super::nodes::{i_host_policy, i_leased_jobs_of, i_worker_rows};
 use super::rows::i_existing_job;
@@ -15,6 +15,7 @@ use crate::queue::explain::{explain, ExplainReads, Known};
 use crate::queue::matching::{fit_reasons, CudaAlternative};
 use crate::queue::nodes::WorkerRow;
 use crate::queue::rows::JobRow;
+use crate::queue::rule_reads::RuleReads;
 use crate::queue::{QueueConfig, QueueError};
 
 pub(crate) fn i_explain(tx: &mut PgTx<'_>, id: &JobId) -> Result<Explain, QueueError> {
@@ -22,7 +23,7 @@ pub(crate) fn i_explain(tx: &mut PgTx<'_>, id: &JobId) -> Result<Explain, QueueE
     explain(tx, id, &row)
 }
 
-impl ExplainReads for PgTx<'_> {
+impl RuleReads for PgTx<'_> {
     fn now(&self) -> i64 {
         self.now
     }
@@ -31,6 +32,20 @@ impl ExplainReads for PgTx<'_> {
         self.config
     }
 
+    fn workers(&mut self) -> Result<Vec<WorkerRow>, QueueError> {
+        i_worker_rows(self)
+    }
+
+    fn host_policy(&mut self, worker: &str) -> Result<Option<HostPolicy>, QueueError> {
+        i_host_policy(self, worker)
+    }
+
+    fn failed_workers(&mut self, job: &str) -> Result<BTreeSet<String>, QueueError> {
+        i_failed_workers(self, job)
+    }
+}
+
+impl ExplainReads for PgTx<'_> {
     fn pending_total(&mut self) -> Result<u64, QueueError> {
         let n: i64 = self
             .db
@@ -40,14 +55,6 @@ impl ExplainReads for PgTx<'_> {
             )?
             .try_get(0)?;
         Ok(n.max(0) as u64)
-    }
-
-    fn workers(&mut self) -> Result<Vec<WorkerRow>, QueueError> {
-        i_worker_rows(self)
-    }
-
-    fn host_policy(&mut self, worker: &str) -> Result<Option<HostPolicy>, QueueError> {
-        i_host_policy(self, worker)
     }
 
     fn blocked(
@@ -64,17 +71,6 @@ impl ExplainReads for PgTx<'_> {
 
     fn cuda_alternatives(&mut self, worker: &str) -> Result<Vec<CudaAlternative>, QueueError> {
         i_cuda_alternatives(self, worker)
-    }
-
-    fn left_to_others(&mut self, row: &JobRow, worker: &str) -> Result<bool, QueueError> {
-        i_left_to_others(
-            self,
-            row.spec.id.as_str(),
-            worker,
-            &row.spec.model,
-            &row.spec.constraints,
-            row.pending_since,
-        )
     }
 
     fn jobs_ahead(&mut self, row: &JobRow, able: &[&Known]) -> Result<(u64, u64), QueueError> {

@@ -5,11 +5,10 @@ use std::collections::BTreeSet;
 
 use cis490_api::{FailRequest, JobId, JobStatus, JobStatusResponse};
 
-use super::nodes::{i_flag_host_problem, i_host_policy, i_worker_rows};
+use super::nodes::i_flag_host_problem;
 use super::rows::{count, i_set_error, i_to_failed, i_to_pending};
 use super::tx::PgTx;
-use crate::queue::failures::waited_for_others;
-use crate::queue::matching::fit_reasons;
+use crate::queue::failures::{left_to_others, workers_able_to_run};
 use crate::queue::rows::JobRow;
 use crate::queue::transitions::{self, HostVerdict};
 use crate::queue::QueueError;
@@ -75,31 +74,7 @@ pub(crate) fn i_pending_failed_on(
     )
 }
 
-/// Ready workers (cordoned ones included) that could run a job of `model` with
-/// `constraints` as far as lasting reasons go.
-pub(crate) fn i_workers_able_to_run(
-    tx: &mut PgTx<'_>,
-    model: &str,
-    constraints: &cis490_api::Constraints,
-) -> Result<Vec<String>, QueueError> {
-    let mut out = Vec::new();
-    for w in i_worker_rows(tx)? {
-        if !w.is_fresh_at(tx.now, tx.config) {
-            continue;
-        }
-        let policy = i_host_policy(tx, &w.name)?;
-        let lasting = fit_reasons(model, constraints, &w.name, &w.capability, policy.as_ref())
-            .into_iter()
-            .any(|r| r.lasting);
-        if !lasting {
-            out.push(w.name);
-        }
-    }
-    Ok(out)
-}
-
-/// SQLite's `failures::i_left_to_others`: true while a pending job that failed on `worker`
-/// waits for another Ready worker that could run it and has not failed it.
+/// `failures::left_to_others` in a PostgreSQL transaction.
 pub(crate) fn i_left_to_others(
     tx: &mut PgTx<'_>,
     job: &str,
@@ -108,16 +83,7 @@ pub(crate) fn i_left_to_others(
     constraints: &cis490_api::Constraints,
     pending_since: i64,
 ) -> Result<bool, QueueError> {
-    if waited_for_others(tx.now, tx.config, pending_since) {
-        return Ok(false);
-    }
-    let failed = i_failed_workers(tx, job)?;
-    if !failed.contains(worker) {
-        return Ok(false);
-    }
-    Ok(i_workers_able_to_run(tx, model, constraints)?
-        .iter()
-        .any(|w| w != worker && !failed.contains(w)))
+    left_to_others(tx, job, worker, model, constraints, pending_since)
 }
 
 /// The host could not start the trainer (see SQLite's `failures::i_host_failure`).
@@ -152,7 +118,7 @@ pub(crate) fn i_host_failure(
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .collect::<Result<_, QueueError>>()?;
     let failed_names: BTreeSet<&str> = failed_on.iter().map(|(w, _)| w.as_str()).collect();
-    let able = i_workers_able_to_run(tx, &row.spec.model, &row.spec.constraints)?;
+    let able = workers_able_to_run(tx, &row.spec.model, &row.spec.constraints)?;
     let untried: Vec<&str> = able
         .iter()
         .map(String::as_str)
