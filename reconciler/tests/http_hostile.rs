@@ -303,6 +303,17 @@ async fn oversized_bodies_are_413_and_leave_nothing_behind() {
             StatusCode::PAYLOAD_TOO_LARGE,
             "chunked {method} {path}"
         );
+        // The rest of that body is never read, so the server closes the connection after
+        // its answer, and says so: a client that pooled it would send its next request into
+        // a closing socket and see no answer at all.
+        assert_eq!(
+            chunked
+                .headers()
+                .get(reqwest::header::CONNECTION)
+                .map(|v| v.as_bytes()),
+            Some(&b"close"[..]),
+            "chunked {method} {path}"
+        );
     }
 
     // An announced length far over the cap is refused before the body arrives.

@@ -93,13 +93,34 @@ pub async fn refuse_oversized_bodies(
             // A body a little over the cap is read and dropped so that the client gets the
             // 413 rather than a reset (see [`drain_body`]); a far larger one is not read.
             let bound = limit.saturating_mul(4);
-            if n <= bound {
-                drain_body(&mut req.into_body().into_data_stream(), bound).await;
+            let drained =
+                n <= bound && drain_body(&mut req.into_body().into_data_stream(), bound).await;
+            let mut response = refusal.into_response();
+            if !drained {
+                close_after(&mut response);
             }
-            refusal.into_response()
+            response
         }
-        _ => next.run(req).await,
+        _ => {
+            let mut response = next.run(req).await;
+            // A body refused as too large on its way in (chunked, or an upload over its cap)
+            // was not read to its end: hyper closes such a connection after the answer.
+            if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                close_after(&mut response);
+            }
+            response
+        }
     }
+}
+
+/// Says `Connection: close` on an answer after which the server drops the connection (a
+/// request body left unread), so that no client pools it and sends its next request into
+/// a closing socket, which it would see as a reset with no answer.
+fn close_after(response: &mut Response) {
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
 }
 
 /// A UTF-8 text body (a manifest for `diff`), size-capped like JSON.
