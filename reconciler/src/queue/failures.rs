@@ -112,18 +112,6 @@ pub(crate) fn left_to_others(
         .any(|w| w != worker && !failed.contains(w)))
 }
 
-/// [`left_to_others`] in a SQLite transaction.
-pub(crate) fn i_left_to_others(
-    tx: &Tx<'_>,
-    job: &str,
-    worker: &str,
-    model: &str,
-    constraints: &cis490_api::Constraints,
-    pending_since: i64,
-) -> Result<bool, QueueError> {
-    left_to_others(&mut { tx }, job, worker, model, constraints, pending_since)
-}
-
 /// True once a pending job that failed on a worker has waited `retry_elsewhere_wait_s`
 /// for the others: from then on that worker may take it again.
 pub(crate) fn waited_for_others(now: i64, config: &super::QueueConfig, pending_since: i64) -> bool {

@@ -582,8 +582,8 @@ impl FirstFit<'_, '_> {
             }
         }
         if self.failed_here.contains(&cand.id) {
-            let left = failures::i_left_to_others(
-                self.tx,
+            let left = failures::left_to_others(
+                &mut { self.tx },
                 &cand.id,
                 self.worker,
                 &cand.model,

@@ -22,9 +22,9 @@ pub(crate) const KEY_NAME: &str = "upload_receipt";
 /// Bytes of a new key.
 pub(crate) const KEY_LEN: usize = 32;
 
-/// The key receipts are made and checked with.
+/// The key receipts are made and checked with: HMAC-SHA256 keyed once, cloned per receipt.
 #[derive(Clone)]
-pub struct ReceiptKey(Vec<u8>);
+pub struct ReceiptKey(Hmac<Sha256>);
 
 impl std::fmt::Debug for ReceiptKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -41,7 +41,9 @@ impl ReceiptKey {
                 bytes.len()
             )));
         }
-        Ok(ReceiptKey(bytes))
+        let keyed = <Hmac<Sha256> as Mac>::new_from_slice(&bytes)
+            .map_err(|e| QueueError::corrupt(format!("the upload receipt key: {e}")))?;
+        Ok(ReceiptKey(keyed))
     }
 
     /// A fresh random key, for a database that has none yet.
@@ -59,9 +61,7 @@ impl ReceiptKey {
         artifact: &ArtifactId,
         size_bytes: u64,
     ) -> Hmac<Sha256> {
-        // The key is at least KEY_LEN bytes (checked when loaded); HMAC takes any length.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
-            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        let mut mac = self.0.clone();
         // Fields of fixed or self-delimiting form, then the one of free form last, so no
         // two tuples make the same message.
         mac.update(id.as_str().as_bytes());

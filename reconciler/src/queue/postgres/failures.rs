@@ -8,7 +8,7 @@ use cis490_api::{FailRequest, JobId, JobStatus, JobStatusResponse};
 use super::nodes::i_flag_host_problem;
 use super::rows::{count, i_set_error, i_to_failed, i_to_pending};
 use super::tx::PgTx;
-use crate::queue::failures::{left_to_others, workers_able_to_run};
+use crate::queue::failures::workers_able_to_run;
 use crate::queue::rows::JobRow;
 use crate::queue::transitions::{self, HostVerdict};
 use crate::queue::QueueError;
@@ -72,18 +72,6 @@ pub(crate) fn i_pending_failed_on(
          WHERE f.worker = $1 AND j.status = 'pending'",
         worker,
     )
-}
-
-/// `failures::left_to_others` in a PostgreSQL transaction.
-pub(crate) fn i_left_to_others(
-    tx: &mut PgTx<'_>,
-    job: &str,
-    worker: &str,
-    model: &str,
-    constraints: &cis490_api::Constraints,
-    pending_since: i64,
-) -> Result<bool, QueueError> {
-    left_to_others(tx, job, worker, model, constraints, pending_since)
 }
 
 /// The host could not start the trainer (see SQLite's `failures::i_host_failure`).

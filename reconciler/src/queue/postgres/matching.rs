@@ -15,11 +15,12 @@ use std::collections::{BTreeSet, HashMap};
 
 use cis490_api::{Capability, ClaimResponse, JobId, Lease, WorkerName};
 
-use super::failures::{i_left_to_others, i_pending_failed_on};
+use super::failures::i_pending_failed_on;
 use super::nodes::{i_host_policy, i_leased_jobs_of, i_upsert_worker, i_worker_rows};
 use super::rows::{job_from_row, JOB_COLUMNS};
 use super::tx::PgTx;
 use crate::policy::HostPolicy;
+use crate::queue::failures::left_to_others;
 use crate::queue::matching::{
     any_cuda_could_run, hard_reasons, has_cuda, new_token, waited_long_at, CudaAlternative,
     Schedulability,
@@ -153,7 +154,7 @@ impl Walk<'_> {
         }
         let id = job.spec.id.as_str();
         if self.failed_here.contains(id) {
-            let left = i_left_to_others(tx, id, self.worker, model, c, job.pending_since)?;
+            let left = left_to_others(tx, id, self.worker, model, c, job.pending_since)?;
             if !left && self.fallback.is_none() {
                 self.fallback = Some(job.spec.id.clone());
             }
