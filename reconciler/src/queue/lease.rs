@@ -2,6 +2,7 @@
 //! each fenced by the lease (`transitions::check_lease`). Claims are in `matching.rs`.
 //! Each `i_*` runs inside the caller's transaction.
 
+use crate::queue::job_queue::Finished;
 use cis490_api::{
     ArtifactId, CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, JobId,
     JobStatus, JobStatusResponse, Lease, WorkerName,
@@ -13,21 +14,22 @@ use super::failures;
 use super::logs;
 use super::nodes::{i_clear_host_problem as clear_host_problem, i_touch_worker};
 use super::results;
-use super::rows::{i_existing_job, i_set_attempts, i_set_error, i_to_failed, i_to_pending, JobRow};
+use super::rows::{
+    i_existing_job, i_fence_columns, i_set_attempts, i_set_error, i_to_failed, i_to_pending,
+    LeasedJob,
+};
 use super::transitions::{self, Beat, Failure, Job};
 use super::{QueueError, Tx};
 
-/// The job, when `lease` is its current lease held by `worker` (see
+/// The job's fence columns, when `lease` is its current lease held by `worker` (see
 /// [`transitions::check_lease`]).
 pub(crate) fn i_leased_job(
     tx: &Tx<'_>,
     id: &JobId,
     worker: &WorkerName,
     lease: &Lease,
-) -> Result<JobRow, QueueError> {
-    let row = i_existing_job(tx, id)?;
-    transitions::check_lease(&Job::of(&row)?, worker, lease, false)?;
-    Ok(row)
+) -> Result<LeasedJob, QueueError> {
+    i_fence_columns(tx, id)?.checked(worker, lease)
 }
 
 pub(crate) fn i_heartbeat(
@@ -158,7 +160,7 @@ pub(crate) fn i_complete(
     tx: &mut Tx<'_>,
     id: &JobId,
     req: &CompleteRequest,
-) -> Result<JobStatusResponse, QueueError> {
+) -> Result<Finished, QueueError> {
     let row = i_existing_job(tx, id)?;
     let events = transitions::complete(
         &Job::of(&row)?,
@@ -204,9 +206,12 @@ pub(crate) fn i_complete(
     for event in events {
         i_emit(tx, id, event)?;
     }
-    Ok(JobStatusResponse {
-        id: id.clone(),
-        status: JobStatus::Completed,
+    Ok(Finished {
+        answer: JobStatusResponse {
+            id: id.clone(),
+            status: JobStatus::Completed,
+        },
+        model: row.spec.model,
     })
 }
 
@@ -214,7 +219,7 @@ pub(crate) fn i_fail(
     tx: &mut Tx<'_>,
     id: &JobId,
     req: &FailRequest,
-) -> Result<JobStatusResponse, QueueError> {
+) -> Result<Finished, QueueError> {
     let row = i_existing_job(tx, id)?;
     let failure = transitions::fail(&Job::of(&row)?, req)?;
     if let Some(tail) = &req.log_tail {
@@ -233,7 +238,13 @@ pub(crate) fn i_fail(
     )?;
     let status = failure.status();
     match failure {
-        Failure::Host => return failures::i_host_failure(tx, id, &row, req),
+        Failure::Host => {
+            let answer = failures::i_host_failure(tx, id, &row, req)?;
+            return Ok(Finished {
+                answer,
+                model: row.spec.model,
+            });
+        }
         Failure::Released { attempts, event } => {
             i_set_attempts(tx, id, attempts)?;
             i_to_pending(tx, id)?;
@@ -260,8 +271,11 @@ pub(crate) fn i_fail(
             i_emit(tx, id, event)?;
         }
     }
-    Ok(JobStatusResponse {
-        id: id.clone(),
-        status: status.unwrap_or(JobStatus::Pending),
+    Ok(Finished {
+        answer: JobStatusResponse {
+            id: id.clone(),
+            status: status.unwrap_or(JobStatus::Pending),
+        },
+        model: row.spec.model,
     })
 }

@@ -42,7 +42,7 @@ mod failures;
 mod forget_worker;
 mod hold;
 mod job_queue;
-pub use job_queue::{JobQueue, SharedQueue};
+pub use job_queue::{Finished, JobQueue, SharedQueue};
 mod lease;
 pub mod listing;
 mod log_pages;
@@ -58,6 +58,7 @@ pub use postgres::PgQueue;
 pub(crate) mod reads;
 mod results;
 mod rows;
+pub use rows::LeasedJob;
 mod schema;
 mod sweep;
 pub mod tokens;
@@ -99,9 +100,8 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use cis490_api::{
     ArtifactId, Capability, ClaimResponse, CompleteRequest, EventsPage, Explain, FailRequest,
-    HeartbeatRequest, HeartbeatResponse, IdPrefix, JobFilter, JobId, JobSpec, JobStatusResponse,
-    JobView, Lease, LogPage, LogQuery, ManifestError, ManifestStatus, PlanSummary, WorkerName,
-    WorkerView,
+    HeartbeatRequest, HeartbeatResponse, IdPrefix, JobFilter, JobId, JobStatusResponse, JobView,
+    Lease, LogPage, LogQuery, ManifestError, ManifestStatus, PlanSummary, WorkerName, WorkerView,
 };
 use rusqlite::Connection;
 
@@ -377,8 +377,8 @@ impl JobQueue for Queue {
         id: &JobId,
         worker: &WorkerName,
         lease: &Lease,
-    ) -> Result<JobSpec, QueueError> {
-        self.read(|tx| lease::i_leased_job(tx, id, worker, lease).map(|row| row.spec))
+    ) -> Result<LeasedJob, QueueError> {
+        self.read(|tx| lease::i_leased_job(tx, id, worker, lease))
     }
 
     fn record_upload(
@@ -402,13 +402,21 @@ impl JobQueue for Queue {
         &self.inner.receipt_key
     }
 
-    fn complete(&self, id: &JobId, req: &CompleteRequest) -> Result<JobStatusResponse, QueueError> {
+    fn complete_with_model(
+        &self,
+        id: &JobId,
+        req: &CompleteRequest,
+    ) -> Result<crate::queue::Finished, QueueError> {
         req.report.check().map_err(bad_request)?;
         self.inner.receipt_key.check(id, req)?;
         self.batched(batch::Complete(id.clone(), req.clone()))
     }
 
-    fn fail(&self, id: &JobId, req: &FailRequest) -> Result<JobStatusResponse, QueueError> {
+    fn fail_with_model(
+        &self,
+        id: &JobId,
+        req: &FailRequest,
+    ) -> Result<crate::queue::Finished, QueueError> {
         req.report.check().map_err(bad_request)?;
         self.batched(batch::Fail(id.clone(), req.clone()))
     }

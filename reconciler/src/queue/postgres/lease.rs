@@ -2,8 +2,9 @@
 //! records. Each locks the job's row (`FOR UPDATE`) and is fenced by its lease
 //! (`transitions::check_lease`) before it writes.
 
+use crate::queue::job_queue::Finished;
 use cis490_api::{
-    ArtifactId, CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, JobId, JobSpec,
+    ArtifactId, CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, JobId,
     JobStatus, JobStatusResponse, Lease, WorkerName,
 };
 
@@ -11,36 +12,23 @@ use super::failures::{i_host_failure, i_record_failure};
 use super::nodes::{i_clear_host_problem, i_touch_worker};
 use super::results::{i_record_outcome, i_record_progress};
 use super::rows::{
-    big, i_existing_job, i_locked_job, i_set_count, i_set_error, i_to_failed, i_to_pending,
+    big, i_fence_columns, i_locked_job, i_set_count, i_set_error, i_to_failed, i_to_pending,
 };
 use super::tx::PgTx;
-use crate::queue::rows::JobRow;
+use crate::queue::rows::LeasedJob;
 use crate::queue::transitions::{self, Beat, Failure, Job};
 use crate::queue::QueueError;
 
-/// The job's spec, when `lease` is its current lease held by `worker` (a read: uploads
-/// check before they stream, and [`i_record_upload`] checks again under the row lock).
+/// The job's fence columns, when `lease` is its current lease held by `worker` (a read:
+/// uploads check before they stream, and [`i_record_upload`] checks again under the row
+/// lock).
 pub(crate) fn i_check_lease(
     tx: &mut PgTx<'_>,
     id: &JobId,
     worker: &WorkerName,
     lease: &Lease,
-) -> Result<JobSpec, QueueError> {
-    let row = i_existing_job(tx, id)?;
-    transitions::check_lease(&Job::of(&row)?, worker, lease, false)?;
-    Ok(row.spec)
-}
-
-/// The job, row-locked, when `lease` is its current lease held by `worker`.
-fn i_leased_job(
-    tx: &mut PgTx<'_>,
-    id: &JobId,
-    worker: &WorkerName,
-    lease: &Lease,
-) -> Result<JobRow, QueueError> {
-    let row = i_locked_job(tx, id)?;
-    transitions::check_lease(&Job::of(&row)?, worker, lease, false)?;
-    Ok(row)
+) -> Result<LeasedJob, QueueError> {
+    i_fence_columns(tx, id, false)?.checked(worker, lease)
 }
 
 /// A heartbeat: extends the lease (the first one starts the job), stores the log chunk
@@ -108,7 +96,7 @@ pub(crate) fn i_record_upload(
     artifact: &ArtifactId,
     size_bytes: u64,
 ) -> Result<(), QueueError> {
-    i_leased_job(tx, id, worker, lease)?;
+    i_fence_columns(tx, id, true)?.checked(worker, lease)?;
     i_insert_upload(tx, id, worker, lease, artifact, size_bytes)
 }
 
@@ -172,7 +160,7 @@ pub(crate) fn i_complete(
     tx: &mut PgTx<'_>,
     id: &JobId,
     req: &CompleteRequest,
-) -> Result<JobStatusResponse, QueueError> {
+) -> Result<Finished, QueueError> {
     let row = i_locked_job(tx, id)?;
     let events = transitions::complete(
         &Job::of(&row)?,
@@ -215,9 +203,12 @@ pub(crate) fn i_complete(
     for event in events {
         tx.emit(id, event);
     }
-    Ok(JobStatusResponse {
-        id: id.clone(),
-        status: JobStatus::Completed,
+    Ok(Finished {
+        answer: JobStatusResponse {
+            id: id.clone(),
+            status: JobStatus::Completed,
+        },
+        model: row.spec.model,
     })
 }
 
@@ -225,7 +216,7 @@ pub(crate) fn i_fail(
     tx: &mut PgTx<'_>,
     id: &JobId,
     req: &FailRequest,
-) -> Result<JobStatusResponse, QueueError> {
+) -> Result<Finished, QueueError> {
     let row = i_locked_job(tx, id)?;
     let failure = transitions::fail(&Job::of(&row)?, req)?;
     if let Some(tail) = &req.log_tail {
@@ -245,7 +236,13 @@ pub(crate) fn i_fail(
     )?;
     let status = failure.status();
     match failure {
-        Failure::Host => return i_host_failure(tx, id, &row, req),
+        Failure::Host => {
+            let answer = i_host_failure(tx, id, &row, req)?;
+            return Ok(Finished {
+                answer,
+                model: row.spec.model,
+            });
+        }
         Failure::Released { attempts, event } => {
             i_set_count(tx, id, "attempts", attempts)?;
             i_to_pending(tx, id)?;
@@ -270,8 +267,11 @@ pub(crate) fn i_fail(
             tx.emit(id, event);
         }
     }
-    Ok(JobStatusResponse {
-        id: id.clone(),
-        status: status.unwrap_or(JobStatus::Pending),
+    Ok(Finished {
+        answer: JobStatusResponse {
+            id: id.clone(),
+            status: status.unwrap_or(JobStatus::Pending),
+        },
+        model: row.spec.model,
     })
 }

@@ -47,8 +47,8 @@ use chrono::{DateTime, Utc};
 use cis490_api::{
     ArtifactId, ArtifactView, Capability, ClaimResponse, CompleteRequest, EventsPage, Explain,
     FailRequest, HeartbeatRequest, HeartbeatResponse, IdPrefix, JobFilter, JobId, JobProgress,
-    JobSpec, JobStatusResponse, JobView, Lease, LogPage, LogQuery, ManifestError, ManifestStatus,
-    Page, PlanSummary, ResultRow, ResultsQuery, WorkerName, WorkerView,
+    JobStatusResponse, JobView, Lease, LogPage, LogQuery, ManifestError, ManifestStatus, Page,
+    PlanSummary, ResultRow, ResultsQuery, WorkerName, WorkerView,
 };
 
 use super::error::bad_request;
@@ -230,7 +230,7 @@ impl JobQueue for PgQueue {
         id: &JobId,
         worker: &WorkerName,
         lease: &Lease,
-    ) -> Result<JobSpec, QueueError> {
+    ) -> Result<crate::queue::LeasedJob, QueueError> {
         self.read(|tx| lease::i_check_lease(tx, id, worker, lease))
     }
 
@@ -249,13 +249,21 @@ impl JobQueue for PgQueue {
         &self.receipt_key
     }
 
-    fn complete(&self, id: &JobId, req: &CompleteRequest) -> Result<JobStatusResponse, QueueError> {
+    fn complete_with_model(
+        &self,
+        id: &JobId,
+        req: &CompleteRequest,
+    ) -> Result<crate::queue::Finished, QueueError> {
         req.report.check().map_err(bad_request)?;
         self.receipt_key.check(id, req)?;
         self.write(|tx| lease::i_complete(tx, id, req))
     }
 
-    fn fail(&self, id: &JobId, req: &FailRequest) -> Result<JobStatusResponse, QueueError> {
+    fn fail_with_model(
+        &self,
+        id: &JobId,
+        req: &FailRequest,
+    ) -> Result<crate::queue::Finished, QueueError> {
         req.report.check().map_err(bad_request)?;
         self.write(|tx| lease::i_fail(tx, id, req))
     }
