@@ -43,7 +43,8 @@ mod forget_worker;
 mod hold;
 mod job_queue;
 pub use job_queue::{Finished, JobQueue, SharedQueue};
-mod lease;
+pub(crate) mod lease;
+mod lease_writes;
 pub mod listing;
 mod log_pages;
 pub mod logs;
@@ -378,7 +379,7 @@ impl JobQueue for Queue {
         worker: &WorkerName,
         lease: &Lease,
     ) -> Result<LeasedJob, QueueError> {
-        self.read(|tx| lease::i_leased_job(tx, id, worker, lease))
+        self.read(|tx| lease_writes::i_leased_job(tx, id, worker, lease))
     }
 
     fn record_upload(

@@ -222,7 +222,7 @@ impl JobQueue for PgQueue {
         if let Some(point) = &req.progress {
             cis490_api::results::check_point(point).map_err(bad_request)?;
         }
-        self.write(|tx| lease::i_heartbeat(tx, id, req))
+        self.write(|tx| crate::queue::lease::i_heartbeat(tx, id, req))
     }
 
     fn check_lease(
@@ -242,7 +242,9 @@ impl JobQueue for PgQueue {
         artifact: &ArtifactId,
         size_bytes: u64,
     ) -> Result<(), QueueError> {
-        self.write(|tx| lease::i_record_upload(tx, id, worker, lease, artifact, size_bytes))
+        self.write(|tx| {
+            crate::queue::lease::i_record_upload(tx, id, worker, lease, artifact, size_bytes)
+        })
     }
 
     fn receipt_key(&self) -> &receipts::ReceiptKey {
@@ -256,7 +258,7 @@ impl JobQueue for PgQueue {
     ) -> Result<crate::queue::Finished, QueueError> {
         req.report.check().map_err(bad_request)?;
         self.receipt_key.check(id, req)?;
-        self.write(|tx| lease::i_complete(tx, id, req))
+        self.write(|tx| crate::queue::lease::i_complete(tx, id, req))
     }
 
     fn fail_with_model(
@@ -265,7 +267,7 @@ impl JobQueue for PgQueue {
         req: &FailRequest,
     ) -> Result<crate::queue::Finished, QueueError> {
         req.report.check().map_err(bad_request)?;
-        self.write(|tx| lease::i_fail(tx, id, req))
+        self.write(|tx| crate::queue::lease::i_fail(tx, id, req))
     }
 
     fn sweep(&self, now: DateTime<Utc>) -> Result<SweepOutcome, QueueError> {
