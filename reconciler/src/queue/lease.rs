@@ -8,20 +8,19 @@
 
 use cis490_api::{
     ArtifactId, CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, JobId,
-    JobStatus, JobStatusResponse, Lease, LogChunk, Metrics, TrainerReport, WorkerName,
+    JobStatus, JobStatusResponse, Lease, Metrics, TrainerReport, WorkerName,
 };
 
 use super::job_queue::Finished;
+use super::logs::{self, LogRows};
 use super::rows::{JobRow, LeasedJob};
 use super::transitions::{self, Beat, Emit, Failure, Job};
+use super::tx::TxContext;
 use super::QueueError;
 
-/// The rows the worker's calls read and write, in one transaction of one backend.
-pub(crate) trait LeaseWrites {
-    /// The transaction's now, in ms since the epoch.
-    fn now_ms(&self) -> i64;
-    /// `QueueConfig::max_log_bytes_per_attempt`.
-    fn log_cap(&self) -> u64;
+/// The rows the worker's calls read and write, in one transaction of one backend (the
+/// logs' rows among them).
+pub(crate) trait LeaseWrites: LogRows + TxContext {
     /// The job's row for a transition (locked for the rest of the transaction where the
     /// database locks rows), or NotFound.
     fn job_for_transition(&mut self, id: &JobId) -> Result<JobRow, QueueError>;
@@ -29,19 +28,6 @@ pub(crate) trait LeaseWrites {
     fn fence_for_write(&mut self, id: &JobId) -> Result<LeasedJob, QueueError>;
     /// The worker was heard from now.
     fn touch_worker(&mut self, worker: &str) -> Result<(), QueueError>;
-    fn set_log_tail(&mut self, id: &JobId, tail: &str) -> Result<(), QueueError>;
-    /// Appends a piece of the attempt's log (at most `cap` bytes an attempt are kept);
-    /// answers the offset the agent sends next.
-    fn append_log(
-        &mut self,
-        id: &JobId,
-        worker: &WorkerName,
-        lease: &Lease,
-        chunk: &LogChunk,
-        cap: u64,
-    ) -> Result<u64, QueueError>;
-    /// The offset the attempt's log continues at.
-    fn log_next_offset(&mut self, id: &JobId, lease: &Lease) -> Result<u64, QueueError>;
     fn record_progress(
         &mut self,
         id: &JobId,
@@ -129,14 +115,14 @@ pub(crate) fn i_heartbeat<T: LeaseWrites + ?Sized>(
     let beat = transitions::heartbeat(&Job::of(&row)?, &req.worker, &req.lease, tx.now_ms())?;
     tx.touch_worker(req.worker.as_str())?;
     if let Some(tail) = &req.log_tail {
-        tx.set_log_tail(id, tail)?;
+        tx.set_job_log_tail(id, tail)?;
     }
     let log_offset = match &req.log {
         Some(chunk) => {
-            let cap = tx.log_cap();
-            tx.append_log(id, &req.worker, &req.lease, chunk, cap)?
+            let cap = tx.queue_config().max_log_bytes_per_attempt;
+            logs::i_append(tx, id, &req.worker, &req.lease, chunk, cap)?
         }
-        None => tx.log_next_offset(id, &req.lease)?,
+        None => logs::i_source_next(tx, id, &req.lease)?,
     };
     if let Some(point) = &req.progress {
         tx.record_progress(id, &req.worker, &req.lease, point)?;
@@ -238,7 +224,7 @@ pub(crate) fn i_fail<T: LeaseWrites + ?Sized>(
     let row = tx.job_for_transition(id)?;
     let failure = transitions::fail(&Job::of(&row)?, req)?;
     if let Some(tail) = &req.log_tail {
-        tx.set_log_tail(id, tail)?;
+        tx.set_job_log_tail(id, tail)?;
     }
     tx.record_outcome(
         &row,

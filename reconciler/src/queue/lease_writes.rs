@@ -3,8 +3,7 @@
 //! row needs no lock of its own.
 
 use cis490_api::{
-    ArtifactId, FailRequest, JobId, JobStatusResponse, Lease, LogChunk, Metrics, TrainerReport,
-    WorkerName,
+    ArtifactId, FailRequest, JobId, JobStatusResponse, Lease, Metrics, TrainerReport, WorkerName,
 };
 use rusqlite::{params, OptionalExtension};
 
@@ -15,7 +14,7 @@ use super::rows::{
     JobRow, LeasedJob,
 };
 use super::transitions::Emit;
-use super::{failures, logs, nodes, results, QueueError, Tx};
+use super::{failures, nodes, results, QueueError, Tx};
 
 /// The job's fence columns, when `lease` is its current lease held by `worker` (see
 /// [`super::transitions::check_lease`]); a read.
@@ -29,14 +28,6 @@ pub(crate) fn i_leased_job(
 }
 
 impl LeaseWrites for Tx<'_> {
-    fn now_ms(&self) -> i64 {
-        self.now
-    }
-
-    fn log_cap(&self) -> u64 {
-        self.config.max_log_bytes_per_attempt
-    }
-
     fn job_for_transition(&mut self, id: &JobId) -> Result<JobRow, QueueError> {
         i_existing_job(self, id)
     }
@@ -47,28 +38,6 @@ impl LeaseWrites for Tx<'_> {
 
     fn touch_worker(&mut self, worker: &str) -> Result<(), QueueError> {
         nodes::i_touch_worker(self, worker)
-    }
-
-    fn set_log_tail(&mut self, id: &JobId, tail: &str) -> Result<(), QueueError> {
-        self.db
-            .prepare_cached("UPDATE jobs SET log_tail = ?2 WHERE id = ?1")?
-            .execute(params![id.as_str(), tail])?;
-        Ok(())
-    }
-
-    fn append_log(
-        &mut self,
-        id: &JobId,
-        worker: &WorkerName,
-        lease: &Lease,
-        chunk: &LogChunk,
-        cap: u64,
-    ) -> Result<u64, QueueError> {
-        logs::i_append(self, id, worker, lease, chunk, cap)
-    }
-
-    fn log_next_offset(&mut self, id: &JobId, lease: &Lease) -> Result<u64, QueueError> {
-        logs::i_source_next(self, id, lease)
     }
 
     fn record_progress(

@@ -47,6 +47,7 @@ pub(crate) mod lease;
 mod lease_writes;
 pub mod listing;
 mod log_pages;
+mod log_rows;
 pub mod logs;
 mod matching;
 mod nodes;
@@ -64,6 +65,7 @@ mod schema;
 mod sweep;
 pub mod tokens;
 mod tx;
+mod worker_names;
 pub(crate) use tx::Tx;
 mod transitions;
 
@@ -499,7 +501,7 @@ impl JobQueue for Queue {
     }
 
     fn job_log(&self, id: &JobId, query: &LogQuery) -> Result<LogPage, QueueError> {
-        self.read(|tx| logs::i_read(tx, id, query))
+        self.read(|tx| log_rows::i_read(tx, id, query))
     }
 
     fn results_page(
@@ -532,7 +534,7 @@ impl JobQueue for Queue {
 
     fn report_node(&self, worker: &WorkerName, cap: &Capability) -> Result<WorkerView, QueueError> {
         self.write(|tx| {
-            nodes::i_upsert_worker(tx, worker, cap)?;
+            worker_names::i_upsert_worker(tx, worker, cap)?;
             nodes::i_worker_view(tx, worker)
         })
         .map_err(|e| self.noted_refusal(worker, e))

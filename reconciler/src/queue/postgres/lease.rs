@@ -3,8 +3,7 @@
 //! server changes it before the transaction ends.
 
 use cis490_api::{
-    ArtifactId, FailRequest, JobId, JobStatusResponse, Lease, LogChunk, Metrics, TrainerReport,
-    WorkerName,
+    ArtifactId, FailRequest, JobId, JobStatusResponse, Lease, Metrics, TrainerReport, WorkerName,
 };
 
 use super::failures::{i_host_failure, i_record_failure};
@@ -32,14 +31,6 @@ pub(crate) fn i_check_lease(
 }
 
 impl LeaseWrites for PgTx<'_> {
-    fn now_ms(&self) -> i64 {
-        self.now
-    }
-
-    fn log_cap(&self) -> u64 {
-        self.config.max_log_bytes_per_attempt
-    }
-
     fn job_for_transition(&mut self, id: &JobId) -> Result<JobRow, QueueError> {
         i_locked_job(self, id)
     }
@@ -50,29 +41,6 @@ impl LeaseWrites for PgTx<'_> {
 
     fn touch_worker(&mut self, worker: &str) -> Result<(), QueueError> {
         i_touch_worker(self, worker)
-    }
-
-    fn set_log_tail(&mut self, id: &JobId, tail: &str) -> Result<(), QueueError> {
-        self.db.execute(
-            "UPDATE jobs SET log_tail = $2 WHERE id = $1",
-            &[&id.as_str(), &tail],
-        )?;
-        Ok(())
-    }
-
-    fn append_log(
-        &mut self,
-        id: &JobId,
-        worker: &WorkerName,
-        lease: &Lease,
-        chunk: &LogChunk,
-        cap: u64,
-    ) -> Result<u64, QueueError> {
-        super::logs::i_append(self, id, worker, lease, chunk, cap)
-    }
-
-    fn log_next_offset(&mut self, id: &JobId, lease: &Lease) -> Result<u64, QueueError> {
-        super::logs::i_source_next(self, id, lease)
     }
 
     fn record_progress(

@@ -394,7 +394,7 @@ impl JobQueue for PgQueue {
 
     fn report_node(&self, worker: &WorkerName, cap: &Capability) -> Result<WorkerView, QueueError> {
         self.write(|tx| {
-            nodes::i_upsert_worker(tx, worker, cap)?;
+            crate::queue::worker_names::i_upsert_worker(tx, worker, cap)?;
             workers::i_worker_view(tx, worker)
         })
         .map_err(|e| self.noted_refusal(worker, e))
