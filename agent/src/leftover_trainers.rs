@@ -28,9 +28,16 @@ pub struct TrainerRecord {
 impl TrainerRecord {
     /// Writes `<dir>/<pgid>` with the job ID.
     pub fn write(dir: &Path, pgid: u32, job: &JobId) -> std::io::Result<TrainerRecord> {
-        std::fs::create_dir_all(dir)?;
         let path = dir.join(pgid.to_string());
-        std::fs::write(&path, format!("{job}\n"))?;
+        let line = format!("{job}\n");
+        // The directory is made once, by the first record (not checked for every job).
+        match std::fs::write(&path, &line) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir)?;
+                std::fs::write(&path, &line)?;
+            }
+            other => other?,
+        }
         Ok(TrainerRecord { path })
     }
 

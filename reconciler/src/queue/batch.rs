@@ -14,9 +14,10 @@
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use super::job_queue::Finished;
 use cis490_api::{
     ArtifactId, ArtifactView, Capability, ClaimResponse, CompleteRequest, FailRequest,
-    HeartbeatRequest, HeartbeatResponse, JobId, JobStatusResponse, Lease, WorkerName,
+    HeartbeatRequest, HeartbeatResponse, JobId, Lease, WorkerName,
 };
 use rusqlite::TransactionBehavior;
 
@@ -71,14 +72,14 @@ impl BatchOp for Heartbeat {
 }
 
 impl BatchOp for Complete {
-    type Reply = JobStatusResponse;
+    type Reply = Finished;
     fn queued(self, reply: Arc<Reply<Self::Reply>>) -> Op {
         Op::Complete(self, reply)
     }
 }
 
 impl BatchOp for Fail {
-    type Reply = JobStatusResponse;
+    type Reply = Finished;
     fn queued(self, reply: Arc<Reply<Self::Reply>>) -> Op {
         Op::Fail(self, reply)
     }
@@ -97,8 +98,8 @@ impl BatchOp for Upload {
 pub(crate) enum Op {
     Claim(Claim, Arc<Reply<Option<ClaimResponse>>>),
     Heartbeat(Heartbeat, Arc<Reply<HeartbeatResponse>>),
-    Complete(Complete, Arc<Reply<JobStatusResponse>>),
-    Fail(Fail, Arc<Reply<JobStatusResponse>>),
+    Complete(Complete, Arc<Reply<Finished>>),
+    Fail(Fail, Arc<Reply<Finished>>),
     Upload(Upload, Arc<Reply<()>>),
     IndexArtifacts(IndexArtifacts, Arc<Reply<usize>>),
 }

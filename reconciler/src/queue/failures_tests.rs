@@ -25,25 +25,29 @@ fn claim(q: &dyn JobQueue, w: &str) -> Option<ClaimResponse> {
     q.claim(&worker(w), &cpu(8)).unwrap()
 }
 
+/// Fails the attempt and answers the job's new status (checking the model answered with it,
+/// on every branch of the failure rules).
 fn fail(q: &dyn JobQueue, id: &JobId, w: &str, lease: &Lease, cause: FailureCause) -> JobStatus {
-    q.fail(
-        id,
-        &FailRequest {
-            report: Default::default(),
-            worker: worker(w),
-            lease: lease.clone(),
-            reason: match cause {
-                FailureCause::Host => "cannot start trainer \"./train.sh\": not found".into(),
-                FailureCause::Trainer => "trainer exited with code 1".into(),
+    let done = q
+        .fail_with_model(
+            id,
+            &FailRequest {
+                report: Default::default(),
+                worker: worker(w),
+                lease: lease.clone(),
+                reason: match cause {
+                    FailureCause::Host => "cannot start trainer \"./train.sh\": not found".into(),
+                    FailureCause::Trainer => "trainer exited with code 1".into(),
+                },
+                exit_code: None,
+                log_tail: None,
+                retryable: false,
+                cause,
             },
-            exit_code: None,
-            log_tail: None,
-            retryable: false,
-            cause,
-        },
-    )
-    .unwrap()
-    .status
+        )
+        .unwrap();
+    assert_eq!(done.model, q.job(id).unwrap().model);
+    done.answer.status
 }
 
 fn retried(name: &str) -> JobSpec {

@@ -15,20 +15,27 @@ use chrono::{DateTime, Utc};
 use cis490_api::{
     ArtifactId, ArtifactView, Capability, ClaimResponse, CompleteRequest, EventsPage, Explain,
     FailRequest, HeartbeatRequest, HeartbeatResponse, IdPrefix, JobFilter, JobId, JobProgress,
-    JobSpec, JobStatusResponse, JobView, Lease, LogPage, LogQuery, ManifestError, ManifestStatus,
-    Page, PlanSummary, ResultRow, ResultsQuery, UploadReceipt, WorkerName, WorkerView,
+    JobStatusResponse, JobView, Lease, LogPage, LogQuery, ManifestError, ManifestStatus, Page,
+    PlanSummary, ResultRow, ResultsQuery, UploadReceipt, WorkerName, WorkerView,
 };
 
 use super::events::EventFilter;
 use super::listing::JobCursor;
 use super::receipts::ReceiptKey;
 use super::tokens::{IssuedToken, WorkerTokenInfo};
-use super::{ManifestSource, QueueConfig, QueueError, SweepOutcome};
+use super::{LeasedJob, ManifestSource, QueueConfig, QueueError, SweepOutcome};
 use crate::plan::{ActualJob, Plan};
 use crate::policy::HostPolicy;
 
 /// The queue behind the server, shared by every handler and background loop.
 pub type SharedQueue = Arc<dyn JobQueue>;
+
+/// Where a completed or failed job now stands, and its model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub answer: JobStatusResponse,
+    pub model: String,
+}
 
 /// A job queue backend. `Send + Sync`: one value serves every request at once.
 pub trait JobQueue: std::fmt::Debug + Send + Sync + 'static {
@@ -87,14 +94,14 @@ pub trait JobQueue: std::fmt::Debug + Send + Sync + 'static {
         req: &HeartbeatRequest,
     ) -> Result<HeartbeatResponse, QueueError>;
 
-    /// For uploads: Ok(spec) when `lease` is the job's current lease held by `worker` and
-    /// the job is claimed or running.
+    /// For uploads: Ok(the job's model and mode) when `lease` is the job's current lease
+    /// held by `worker` and the job is claimed or running.
     fn check_lease(
         &self,
         id: &JobId,
         worker: &WorkerName,
         lease: &Lease,
-    ) -> Result<JobSpec, QueueError>;
+    ) -> Result<LeasedJob, QueueError>;
 
     /// Records an upload the store accepted for job `id` under `lease`, fenced by the
     /// lease: when the lease was lost while the bytes streamed (expired, cancelled,
@@ -133,10 +140,25 @@ pub trait JobQueue: std::fmt::Debug + Send + Sync + 'static {
     /// carries its upload's receipt records that upload in its own transaction; a receipt
     /// this database's key did not make for this job, lease and artifact is refused
     /// (`ArtifactNotUploaded`).
-    fn complete(&self, id: &JobId, req: &CompleteRequest) -> Result<JobStatusResponse, QueueError>;
+    fn complete(&self, id: &JobId, req: &CompleteRequest) -> Result<JobStatusResponse, QueueError> {
+        self.complete_with_model(id, req).map(|done| done.answer)
+    }
+
+    /// [`JobQueue::complete`], answering the job's model too (from the row the transition
+    /// read: metrics label their counters with it).
+    fn complete_with_model(
+        &self,
+        id: &JobId,
+        req: &CompleteRequest,
+    ) -> Result<Finished, QueueError>;
 
     /// Reports a failure; see the module docs of `queue` for where the job goes.
-    fn fail(&self, id: &JobId, req: &FailRequest) -> Result<JobStatusResponse, QueueError>;
+    fn fail(&self, id: &JobId, req: &FailRequest) -> Result<JobStatusResponse, QueueError> {
+        self.fail_with_model(id, req).map(|done| done.answer)
+    }
+
+    /// [`JobQueue::fail`], answering the job's model too.
+    fn fail_with_model(&self, id: &JobId, req: &FailRequest) -> Result<Finished, QueueError>;
 
     /// Expires every lease whose time has passed at `now`.
     fn sweep(&self, now: DateTime<Utc>) -> Result<SweepOutcome, QueueError>;

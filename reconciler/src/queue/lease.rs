@@ -1,61 +1,131 @@
-//! The worker's calls on a leased job: heartbeat, complete, fail and upload records,
-//! each fenced by the lease (`transitions::check_lease`). Claims are in `matching.rs`.
-//! Each `i_*` runs inside the caller's transaction.
+//! The worker's calls on a leased job: heartbeat, complete, fail and upload records, each
+//! fenced by the lease (`transitions::check_lease`). Claims are in `matching.rs`.
+//!
+//! Each call is written once, over [`LeaseWrites`]: the rows it reads and writes, which
+//! each backend implements with its own SQL (SQLite's in `lease_writes.rs`, PostgreSQL's in
+//! `postgres/lease.rs`, where the job's row is locked `FOR UPDATE`). What each call decides
+//! is in `transitions.rs`. Every function runs inside the caller's transaction.
 
 use cis490_api::{
     ArtifactId, CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, JobId,
-    JobStatus, JobStatusResponse, Lease, WorkerName,
+    JobStatus, JobStatusResponse, Lease, Metrics, TrainerReport, WorkerName,
 };
-use rusqlite::{params, OptionalExtension};
 
-use super::events::i_emit;
-use super::failures;
-use super::logs;
-use super::nodes::{i_clear_host_problem as clear_host_problem, i_touch_worker};
-use super::results;
-use super::rows::{i_existing_job, i_set_attempts, i_set_error, i_to_failed, i_to_pending, JobRow};
-use super::transitions::{self, Beat, Failure, Job};
-use super::{QueueError, Tx};
+use super::job_queue::Finished;
+use super::logs::{self, LogRows};
+use super::rows::{JobRow, LeasedJob};
+use super::transitions::{self, Beat, Emit, Failure, Job};
+use super::tx::TxContext;
+use super::QueueError;
 
-/// The job, when `lease` is its current lease held by `worker` (see
-/// [`transitions::check_lease`]).
-pub(crate) fn i_leased_job(
-    tx: &Tx<'_>,
-    id: &JobId,
-    worker: &WorkerName,
-    lease: &Lease,
-) -> Result<JobRow, QueueError> {
-    let row = i_existing_job(tx, id)?;
-    transitions::check_lease(&Job::of(&row)?, worker, lease, false)?;
-    Ok(row)
+/// The rows the worker's calls read and write, in one transaction of one backend (the
+/// logs' rows among them).
+pub(crate) trait LeaseWrites: LogRows + TxContext {
+    /// The job's row for a transition (locked for the rest of the transaction where the
+    /// database locks rows), or NotFound.
+    fn job_for_transition(&mut self, id: &JobId) -> Result<JobRow, QueueError>;
+    /// The job's fence columns for a write (locked likewise), or NotFound.
+    fn fence_for_write(&mut self, id: &JobId) -> Result<LeasedJob, QueueError>;
+    /// The worker was heard from now.
+    fn touch_worker(&mut self, worker: &str) -> Result<(), QueueError>;
+    fn record_progress(
+        &mut self,
+        id: &JobId,
+        worker: &WorkerName,
+        lease: &Lease,
+        point: &Metrics,
+    ) -> Result<(), QueueError>;
+    fn extend_lease(&mut self, id: &JobId, expires_at: i64) -> Result<(), QueueError>;
+    /// claimed -> running, started now.
+    fn mark_running(&mut self, id: &JobId) -> Result<(), QueueError>;
+    fn emit(&mut self, id: &JobId, event: Emit<'_>) -> Result<(), QueueError>;
+    /// The row of an upload under `lease` (once per lease and artifact); the caller fenced
+    /// it.
+    fn insert_upload(
+        &mut self,
+        id: &JobId,
+        worker: &WorkerName,
+        lease: &Lease,
+        artifact: &ArtifactId,
+        size_bytes: u64,
+    ) -> Result<(), QueueError>;
+    /// Artifacts uploaded for `id` under the lease with `token`, oldest first.
+    fn uploads_under(&mut self, id: &JobId, token: &str) -> Result<Vec<String>, QueueError>;
+    /// The first other job that uploaded `artifact`.
+    fn other_uploader(
+        &mut self,
+        artifact: &ArtifactId,
+        id: &JobId,
+    ) -> Result<Option<String>, QueueError>;
+    fn clear_host_problem(&mut self, worker: &str) -> Result<(), QueueError>;
+    /// leased -> completed with `artifact`, the lease and the last error cleared.
+    fn mark_completed(
+        &mut self,
+        id: &JobId,
+        artifact: Option<&ArtifactId>,
+    ) -> Result<(), QueueError>;
+    /// The attempt's row of the results (`results.rs`).
+    #[allow(clippy::too_many_arguments)]
+    fn record_outcome(
+        &mut self,
+        row: &JobRow,
+        worker: &WorkerName,
+        lease: &Lease,
+        outcome: &str,
+        report: &TrainerReport,
+        artifact: Option<&ArtifactId>,
+    ) -> Result<(), QueueError>;
+    /// A failure of the host, not the trainer (`failures.rs`).
+    fn host_failure(
+        &mut self,
+        id: &JobId,
+        row: &JobRow,
+        req: &FailRequest,
+    ) -> Result<JobStatusResponse, QueueError>;
+    /// The trainer failed on `worker` (the retry-elsewhere rule reads these).
+    fn record_trainer_failure(
+        &mut self,
+        id: &JobId,
+        worker: &str,
+        reason: &str,
+    ) -> Result<(), QueueError>;
+    fn set_attempts(&mut self, id: &JobId, attempts: u32) -> Result<(), QueueError>;
+    fn set_trainer_failures(&mut self, id: &JobId, failures: u32) -> Result<(), QueueError>;
+    fn set_error(
+        &mut self,
+        id: &JobId,
+        reason: &str,
+        exit_code: Option<i32>,
+        log_tail: Option<&str>,
+    ) -> Result<(), QueueError>;
+    /// -> pending, the lease dropped.
+    fn to_pending(&mut self, id: &JobId) -> Result<(), QueueError>;
+    /// -> failed, the lease dropped.
+    fn to_failed(&mut self, id: &JobId) -> Result<(), QueueError>;
 }
 
-pub(crate) fn i_heartbeat(
-    tx: &mut Tx<'_>,
+/// A heartbeat: extends the lease (the first one starts the job), stores the log piece
+/// and progress it carries, and answers `cancel` for a job cancelled while leased.
+pub(crate) fn i_heartbeat<T: LeaseWrites + ?Sized>(
+    tx: &mut T,
     id: &JobId,
     req: &HeartbeatRequest,
 ) -> Result<HeartbeatResponse, QueueError> {
-    let row = i_existing_job(tx, id)?;
-    let beat = transitions::heartbeat(&Job::of(&row)?, &req.worker, &req.lease, tx.now)?;
-    i_touch_worker(tx, req.worker.as_str())?;
+    let row = tx.job_for_transition(id)?;
+    let beat = transitions::heartbeat(&Job::of(&row)?, &req.worker, &req.lease, tx.now_ms())?;
+    tx.touch_worker(req.worker.as_str())?;
     if let Some(tail) = &req.log_tail {
-        tx.db
-            .prepare_cached("UPDATE jobs SET log_tail = ?2 WHERE id = ?1")?
-            .execute(params![id.as_str(), tail])?;
+        tx.set_job_log_tail(id, tail)?;
     }
     let log_offset = match &req.log {
-        Some(chunk) => logs::i_append(
-            tx,
-            id,
-            &req.worker,
-            &req.lease,
-            chunk,
-            tx.config.max_log_bytes_per_attempt,
-        )?,
+        Some(chunk) => {
+            let cap = tx.queue_config().max_log_bytes_per_attempt;
+            logs::i_append(tx, id, &req.worker, &req.lease, chunk, cap)?
+        }
         None => logs::i_source_next(tx, id, &req.lease)?,
     };
     if let Some(point) = &req.progress {
-        results::i_record_progress(tx, id, &req.worker, &req.lease, point)?;
+        tx.record_progress(id, &req.worker, &req.lease, point)?;
     }
     let Beat::Extend {
         expires_at,
@@ -67,14 +137,10 @@ pub(crate) fn i_heartbeat(
             log_offset: Some(log_offset),
         });
     };
-    tx.db
-        .prepare_cached("UPDATE jobs SET lease_expires_at = ?2, updated_at = ?3 WHERE id = ?1")?
-        .execute(params![id.as_str(), expires_at, tx.now])?;
+    tx.extend_lease(id, expires_at)?;
     if let Some(started) = started {
-        tx.db
-            .prepare_cached("UPDATE jobs SET status = 'running', started_at = ?2 WHERE id = ?1")?
-            .execute(params![id.as_str(), tx.now])?;
-        i_emit(tx, id, started)?;
+        tx.mark_running(id)?;
+        tx.emit(id, started)?;
     }
     Ok(HeartbeatResponse {
         cancel: false,
@@ -82,84 +148,40 @@ pub(crate) fn i_heartbeat(
     })
 }
 
-pub(crate) fn i_record_upload(
-    tx: &mut Tx<'_>,
+/// Records an upload the store accepted, fenced by its lease.
+pub(crate) fn i_record_upload<T: LeaseWrites + ?Sized>(
+    tx: &mut T,
     id: &JobId,
     worker: &WorkerName,
     lease: &Lease,
     artifact: &ArtifactId,
     size_bytes: u64,
 ) -> Result<(), QueueError> {
-    i_leased_job(tx, id, worker, lease)?;
-    i_insert_upload(tx, id, worker, lease, artifact, size_bytes)
+    tx.fence_for_write(id)?.checked(worker, lease)?;
+    tx.insert_upload(id, worker, lease, artifact, size_bytes)
 }
 
-/// The row of an upload under `lease` (once per lease and artifact); the caller fenced it.
-fn i_insert_upload(
-    tx: &mut Tx<'_>,
-    id: &JobId,
-    worker: &WorkerName,
-    lease: &Lease,
-    artifact: &ArtifactId,
-    size_bytes: u64,
-) -> Result<(), QueueError> {
-    tx.db
-        .prepare_cached(
-            "INSERT OR IGNORE INTO uploads (job_id, attempt, lease_token, artifact_id, worker, \
-             size_bytes, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![
-            id.as_str(),
-            lease.attempt,
-            lease.token,
-            artifact.as_str(),
-            worker.as_str(),
-            i64::try_from(size_bytes).unwrap_or(i64::MAX),
-            tx.now
-        ])?;
-    Ok(())
-}
-
-/// Artifacts uploaded for `id` under the lease with `token`, oldest first.
-fn i_uploads_under(tx: &Tx<'_>, id: &JobId, token: &str) -> Result<Vec<String>, QueueError> {
-    // `+?1`, `+?2`: with a bare `column = ?N` this statement was compiled again on every
-    // completion once the queue held jobs (see `matching::claim_query`); the index is
-    // still searched on both columns.
-    let mut stmt = tx.db.prepare_cached(
-        "SELECT artifact_id FROM uploads WHERE job_id = +?1 AND lease_token = +?2 ORDER BY rowid",
-    )?;
-    let rows = stmt.query_map(params![id.as_str(), token], |r| r.get(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// The completion rule of [`transitions::completion_artifact`], on this database.
-fn i_check_completion_artifact(
-    tx: &Tx<'_>,
+/// The completion rule of [`transitions::completion_artifact`].
+fn i_check_completion_artifact<T: LeaseWrites + ?Sized>(
+    tx: &mut T,
     id: &JobId,
     req: &CompleteRequest,
 ) -> Result<(), QueueError> {
-    let uploaded = i_uploads_under(tx, id, &req.lease.token)?;
+    let uploaded = tx.uploads_under(id, &req.lease.token)?;
     transitions::completion_artifact(id, &req.lease, req.artifact_id.as_ref(), &uploaded, || {
-        let Some(artifact) = &req.artifact_id else {
-            return Ok(None);
-        };
-        Ok(tx
-            .db
-            .prepare_cached(
-                "SELECT job_id FROM uploads WHERE artifact_id = ?1 AND job_id <> ?2 \
-                 ORDER BY rowid LIMIT 1",
-            )?
-            .query_row(params![artifact.as_str(), id.as_str()], |r| r.get(0))
-            .optional()?)
+        match &req.artifact_id {
+            Some(artifact) => tx.other_uploader(artifact, id),
+            None => Ok(None),
+        }
     })
 }
 
-pub(crate) fn i_complete(
-    tx: &mut Tx<'_>,
+pub(crate) fn i_complete<T: LeaseWrites + ?Sized>(
+    tx: &mut T,
     id: &JobId,
     req: &CompleteRequest,
-) -> Result<JobStatusResponse, QueueError> {
-    let row = i_existing_job(tx, id)?;
+) -> Result<Finished, QueueError> {
+    let row = tx.job_for_transition(id)?;
     let events = transitions::complete(
         &Job::of(&row)?,
         &req.worker,
@@ -168,62 +190,43 @@ pub(crate) fn i_complete(
     )?;
     // A receipt (checked before the transaction, `receipts.rs`) stands for the upload's row.
     if let (Some(receipt), Some(artifact)) = (&req.upload, &req.artifact_id) {
-        i_insert_upload(
-            tx,
-            id,
-            &req.worker,
-            &req.lease,
-            artifact,
-            receipt.size_bytes,
-        )?;
+        tx.insert_upload(id, &req.worker, &req.lease, artifact, receipt.size_bytes)?;
     }
     i_check_completion_artifact(tx, id, req)?;
     // The worker ran a job to its end: whatever was wrong with its host is not any more.
-    clear_host_problem(tx, req.worker.as_str())?;
-    tx.db
-        .prepare_cached(
-            "UPDATE jobs SET status = 'completed', artifact_id = ?2, lease_attempt = NULL, \
-             lease_token = NULL, lease_expires_at = NULL, error_reason = NULL, \
-             error_exit_code = NULL, error_log_tail = NULL, finished_at = ?3, updated_at = ?3 \
-             WHERE id = ?1",
-        )?
-        .execute(params![
-            id.as_str(),
-            req.artifact_id.as_ref().map(|a| a.as_str()),
-            tx.now
-        ])?;
-    results::i_record_outcome(
-        tx,
+    tx.clear_host_problem(req.worker.as_str())?;
+    tx.mark_completed(id, req.artifact_id.as_ref())?;
+    tx.record_outcome(
         &row,
         &req.worker,
         &req.lease,
-        results::outcome::COMPLETED,
+        super::results::outcome::COMPLETED,
         &req.report,
         req.artifact_id.as_ref(),
     )?;
     for event in events {
-        i_emit(tx, id, event)?;
+        tx.emit(id, event)?;
     }
-    Ok(JobStatusResponse {
-        id: id.clone(),
-        status: JobStatus::Completed,
+    Ok(Finished {
+        answer: JobStatusResponse {
+            id: id.clone(),
+            status: JobStatus::Completed,
+        },
+        model: row.spec.model,
     })
 }
 
-pub(crate) fn i_fail(
-    tx: &mut Tx<'_>,
+pub(crate) fn i_fail<T: LeaseWrites + ?Sized>(
+    tx: &mut T,
     id: &JobId,
     req: &FailRequest,
-) -> Result<JobStatusResponse, QueueError> {
-    let row = i_existing_job(tx, id)?;
+) -> Result<Finished, QueueError> {
+    let row = tx.job_for_transition(id)?;
     let failure = transitions::fail(&Job::of(&row)?, req)?;
     if let Some(tail) = &req.log_tail {
-        tx.db
-            .prepare_cached("UPDATE jobs SET log_tail = ?2 WHERE id = ?1")?
-            .execute(params![id.as_str(), tail])?;
+        tx.set_job_log_tail(id, tail)?;
     }
-    results::i_record_outcome(
-        tx,
+    tx.record_outcome(
         &row,
         &req.worker,
         &req.lease,
@@ -232,12 +235,16 @@ pub(crate) fn i_fail(
         None,
     )?;
     let status = failure.status();
-    match failure {
-        Failure::Host => return failures::i_host_failure(tx, id, &row, req),
+    let answer = match failure {
+        Failure::Host => tx.host_failure(id, &row, req)?,
         Failure::Released { attempts, event } => {
-            i_set_attempts(tx, id, attempts)?;
-            i_to_pending(tx, id)?;
-            i_emit(tx, id, event)?;
+            tx.set_attempts(id, attempts)?;
+            tx.to_pending(id)?;
+            tx.emit(id, event)?;
+            JobStatusResponse {
+                id: id.clone(),
+                status: JobStatus::Pending,
+            }
         }
         Failure::Retry {
             trainer_failures,
@@ -247,21 +254,23 @@ pub(crate) fn i_fail(
             trainer_failures,
             event,
         } => {
-            failures::i_record_failure(tx, id, req.worker.as_str(), false, &req.reason)?;
-            tx.db
-                .prepare_cached("UPDATE jobs SET trainer_failures = ?2 WHERE id = ?1")?
-                .execute(params![id.as_str(), trainer_failures])?;
-            i_set_error(tx, id, &req.reason, req.exit_code, req.log_tail.as_deref())?;
+            tx.record_trainer_failure(id, req.worker.as_str(), &req.reason)?;
+            tx.set_trainer_failures(id, trainer_failures)?;
+            tx.set_error(id, &req.reason, req.exit_code, req.log_tail.as_deref())?;
             if status == Some(JobStatus::Failed) {
-                i_to_failed(tx, id)?;
+                tx.to_failed(id)?;
             } else {
-                i_to_pending(tx, id)?;
+                tx.to_pending(id)?;
             }
-            i_emit(tx, id, event)?;
+            tx.emit(id, event)?;
+            JobStatusResponse {
+                id: id.clone(),
+                status: status.unwrap_or(JobStatus::Pending),
+            }
         }
-    }
-    Ok(JobStatusResponse {
-        id: id.clone(),
-        status: status.unwrap_or(JobStatus::Pending),
+    };
+    Ok(Finished {
+        answer,
+        model: row.spec.model,
     })
 }

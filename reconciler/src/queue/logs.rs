@@ -15,13 +15,14 @@
 //! offsets (`source_next`) only serve the acknowledgements. When an attempt number is
 //! leased again (a lease handed back, or a requeued job) the new lease's log goes on after
 //! a separator line.
+//!
+//! These rules are written once, over [`LogRows`] (SQLite's rows in `log_rows.rs`,
+//! PostgreSQL's in `postgres/logs.rs`); each backend reads its pages itself, through the
+//! shared page rules of `log_pages.rs`.
 
-use cis490_api::{JobId, Lease, LogChunk, LogPage, LogQuery, WorkerName};
-use rusqlite::{params, OptionalExtension};
+use cis490_api::{JobId, Lease, LogChunk, WorkerName};
 
-use super::log_pages::{self, Page};
-use super::rows::i_existing_job;
-use super::{QueueError, Tx};
+use super::QueueError;
 
 /// Default cap of one attempt's log.
 pub const DEFAULT_MAX_LOG_BYTES_PER_ATTEMPT: u64 = 16 * 1024 * 1024;
@@ -35,39 +36,71 @@ pub(crate) const LOG_TAIL_BYTES: usize = 4096;
 pub(crate) const LINE_SNAP_BYTES: usize = 4096;
 
 /// The log row of one (job, attempt).
-struct LogRow {
-    lease_token: String,
-    source_next: u64,
-    size: u64,
-    kept: u64,
-    dropped: u64,
+#[derive(Debug, Clone)]
+pub(crate) struct LogRow {
+    pub lease_token: String,
+    /// Where the lease's next chunk of its log file must start.
+    pub source_next: u64,
+    /// Bytes of the log as kept plus those dropped: where the next text goes.
+    pub size: u64,
+    pub kept: u64,
+    pub dropped: u64,
 }
 
-fn to_i64(v: u64) -> i64 {
+/// The rows of the logs, in one transaction of one backend. Chunks are keyed by the
+/// offset (`start`) of their first byte.
+pub(crate) trait LogRows {
+    fn log_row(&mut self, id: &JobId, attempt: u32) -> Result<Option<LogRow>, QueueError>;
+    /// A new, empty log row of `lease`'s attempt.
+    fn insert_log_row(
+        &mut self,
+        id: &JobId,
+        attempt: u32,
+        worker: &WorkerName,
+        lease_token: &str,
+    ) -> Result<(), QueueError>;
+    fn update_log_row(
+        &mut self,
+        id: &JobId,
+        attempt: u32,
+        worker: &WorkerName,
+        row: &LogRow,
+    ) -> Result<(), QueueError>;
+    fn insert_chunk(
+        &mut self,
+        id: &JobId,
+        attempt: u32,
+        start: u64,
+        text: &str,
+    ) -> Result<(), QueueError>;
+    /// The chunks that end past `offset`, by start.
+    fn chunks_ending_past(
+        &mut self,
+        id: &JobId,
+        attempt: u32,
+        offset: u64,
+    ) -> Result<Vec<(i64, Vec<u8>)>, QueueError>;
+    fn delete_chunk(&mut self, id: &JobId, attempt: u32, start: i64) -> Result<(), QueueError>;
+    /// Replaces the chunk at `start` with `rest`, its end, starting at `new_start`.
+    fn cut_chunk(
+        &mut self,
+        id: &JobId,
+        attempt: u32,
+        start: i64,
+        new_start: i64,
+        rest: &[u8],
+    ) -> Result<(), QueueError>;
+    /// The job row's `log_tail`.
+    fn job_log_tail(&mut self, id: &JobId) -> Result<Option<String>, QueueError>;
+    fn set_job_log_tail(&mut self, id: &JobId, tail: &str) -> Result<(), QueueError>;
+}
+
+pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn to_u64(v: i64) -> u64 {
+pub(crate) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
-}
-
-fn i_log_row(tx: &Tx<'_>, id: &JobId, attempt: u32) -> Result<Option<LogRow>, QueueError> {
-    Ok(tx
-        .db
-        .prepare_cached(
-            "SELECT lease_token, source_next, size, kept_bytes, dropped FROM job_logs \
-             WHERE job_id = ?1 AND attempt = ?2",
-        )?
-        .query_row(params![id.as_str(), attempt], |r| {
-            Ok(LogRow {
-                lease_token: r.get(0)?,
-                source_next: to_u64(r.get(1)?),
-                size: to_u64(r.get(2)?),
-                kept: to_u64(r.get(3)?),
-                dropped: to_u64(r.get(4)?),
-            })
-        })
-        .optional()?)
 }
 
 /// The largest char boundary of `s` at or below `at`.
@@ -89,8 +122,12 @@ pub(crate) fn ceil_boundary(s: &str, at: usize) -> usize {
 }
 
 /// How far the server holds this lease's log file: where its next chunk must start.
-pub(crate) fn i_source_next(tx: &Tx<'_>, id: &JobId, lease: &Lease) -> Result<u64, QueueError> {
-    Ok(match i_log_row(tx, id, lease.attempt)? {
+pub(crate) fn i_source_next<T: LogRows + ?Sized>(
+    tx: &mut T,
+    id: &JobId,
+    lease: &Lease,
+) -> Result<u64, QueueError> {
+    Ok(match tx.log_row(id, lease.attempt)? {
         Some(row) if row.lease_token == lease.token => row.source_next,
         _ => 0,
     })
@@ -98,8 +135,8 @@ pub(crate) fn i_source_next(tx: &Tx<'_>, id: &JobId, lease: &Lease) -> Result<u6
 
 /// Appends `chunk` of `lease`'s log (the caller has checked the lease in this
 /// transaction) and answers how far the server now holds the lease's log file.
-pub(crate) fn i_append(
-    tx: &Tx<'_>,
+pub(crate) fn i_append<T: LogRows + ?Sized>(
+    tx: &mut T,
     id: &JobId,
     worker: &WorkerName,
     lease: &Lease,
@@ -114,21 +151,10 @@ pub(crate) fn i_append(
             ),
         });
     }
-    let mut row = match i_log_row(tx, id, lease.attempt)? {
+    let mut row = match tx.log_row(id, lease.attempt)? {
         Some(row) => row,
         None => {
-            tx.db
-                .prepare_cached(
-                    "INSERT INTO job_logs (job_id, attempt, worker, lease_token, source_next, \
-                     size, kept_bytes, dropped, updated_at) VALUES (?1, ?2, ?3, ?4, 0, 0, 0, 0, ?5)",
-                )?
-                .execute(params![
-                    id.as_str(),
-                    lease.attempt,
-                    worker.as_str(),
-                    lease.token,
-                    tx.now
-                ])?;
+            tx.insert_log_row(id, lease.attempt, worker, &lease.token)?;
             LogRow {
                 lease_token: lease.token.clone(),
                 source_next: 0,
@@ -160,53 +186,18 @@ pub(crate) fn i_append(
         text.push_str(&chunk.text);
         row.source_next = chunk.to;
     }
-    i_append_text(tx, id, lease.attempt, &mut row, &text, cap)?;
-    tx.db
-        .prepare_cached(
-            "UPDATE job_logs SET worker = ?3, lease_token = ?4, source_next = ?5, size = ?6, \
-             kept_bytes = ?7, dropped = ?8, updated_at = ?9 WHERE job_id = ?1 AND attempt = ?2",
-        )?
-        .execute(params![
-            id.as_str(),
-            lease.attempt,
-            worker.as_str(),
-            row.lease_token,
-            to_i64(row.source_next),
-            to_i64(row.size),
-            to_i64(row.kept),
-            to_i64(row.dropped),
-            tx.now
-        ])?;
+    append_text(tx, id, lease.attempt, &mut row, &text, cap)?;
+    tx.update_log_row(id, lease.attempt, worker, &row)?;
     if !text.is_empty() {
-        i_update_tail(tx, id, &text)?;
+        update_tail(tx, id, &text)?;
     }
     Ok(row.source_next)
 }
 
-fn i_insert_chunk(
-    tx: &Tx<'_>,
-    id: &JobId,
-    attempt: u32,
-    start: u64,
-    text: &str,
-) -> Result<(), QueueError> {
-    tx.db
-        .prepare_cached(
-            "INSERT INTO job_log_chunks (job_id, attempt, start, data) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![
-            id.as_str(),
-            attempt,
-            to_i64(start),
-            text.as_bytes()
-        ])?;
-    Ok(())
-}
-
 /// Stores `text` at the log's end, then drops the oldest part past the first half of the
 /// cap until what is kept fits the cap.
-fn i_append_text(
-    tx: &Tx<'_>,
+fn append_text<T: LogRows + ?Sized>(
+    tx: &mut T,
     id: &JobId,
     attempt: u32,
     row: &mut LogRow,
@@ -223,54 +214,40 @@ fn i_append_text(
         let room = usize::try_from(head_limit - row.size).unwrap_or(usize::MAX);
         let cut = floor_boundary(rest, room);
         if cut > 0 {
-            i_insert_chunk(tx, id, attempt, row.size, &rest[..cut])?;
+            tx.insert_chunk(id, attempt, row.size, &rest[..cut])?;
             row.size += cut as u64;
             row.kept += cut as u64;
             rest = &rest[cut..];
         }
     }
     if !rest.is_empty() {
-        i_insert_chunk(tx, id, attempt, row.size, rest)?;
+        tx.insert_chunk(id, attempt, row.size, rest)?;
         row.size += rest.len() as u64;
         row.kept += rest.len() as u64;
     }
     if row.kept > cap {
-        i_trim_tail(tx, id, attempt, row, head_limit, row.kept - cap)?;
+        trim_tail(tx, id, attempt, row, head_limit, row.kept - cap)?;
     }
     Ok(())
 }
 
 /// Drops `need` bytes (rounded up to a char, then to the next line when one starts soon)
 /// from the front of the kept tail: the chunks that end past `head_limit`.
-fn i_trim_tail(
-    tx: &Tx<'_>,
+fn trim_tail<T: LogRows + ?Sized>(
+    tx: &mut T,
     id: &JobId,
     attempt: u32,
     row: &mut LogRow,
     head_limit: u64,
     mut need: u64,
 ) -> Result<(), QueueError> {
-    let chunks: Vec<(i64, Vec<u8>)> = {
-        let mut stmt = tx.db.prepare_cached(
-            "SELECT start, data FROM job_log_chunks WHERE job_id = ?1 AND attempt = ?2 \
-             AND start + length(data) > ?3 ORDER BY start",
-        )?;
-        let rows = stmt.query_map(params![id.as_str(), attempt, to_i64(head_limit)], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
-        rows.collect::<Result<_, _>>()?
-    };
-    for (start, data) in chunks {
+    for (start, data) in tx.chunks_ending_past(id, attempt, head_limit)? {
         if need == 0 {
             break;
         }
         let len = data.len() as u64;
         if len <= need {
-            tx.db
-                .prepare_cached(
-                    "DELETE FROM job_log_chunks WHERE job_id = ?1 AND attempt = ?2 AND start = ?3",
-                )?
-                .execute(params![id.as_str(), attempt, start])?;
+            tx.delete_chunk(id, attempt, start)?;
             need -= len;
             row.kept -= len;
             row.dropped += len;
@@ -284,18 +261,13 @@ fn i_trim_tail(
                 cut += nl + 1;
             }
         }
-        tx.db
-            .prepare_cached(
-                "UPDATE job_log_chunks SET start = ?4, data = ?5 \
-                 WHERE job_id = ?1 AND attempt = ?2 AND start = ?3",
-            )?
-            .execute(params![
-                id.as_str(),
-                attempt,
-                start,
-                start.saturating_add(cut as i64),
-                &text.as_bytes()[cut..]
-            ])?;
+        tx.cut_chunk(
+            id,
+            attempt,
+            start,
+            start.saturating_add(cut as i64),
+            &text.as_bytes()[cut..],
+        )?;
         row.kept -= cut as u64;
         row.dropped += cut as u64;
         need = 0;
@@ -304,12 +276,12 @@ fn i_trim_tail(
 }
 
 /// Keeps the job row's `log_tail` (what older views show) at the end of the log.
-fn i_update_tail(tx: &Tx<'_>, id: &JobId, appended: &str) -> Result<(), QueueError> {
-    let old: Option<String> = tx
-        .db
-        .prepare_cached("SELECT log_tail FROM jobs WHERE id = ?1")?
-        .query_row([id.as_str()], |r| r.get(0))?;
-    let mut tail = old.unwrap_or_default();
+fn update_tail<T: LogRows + ?Sized>(
+    tx: &mut T,
+    id: &JobId,
+    appended: &str,
+) -> Result<(), QueueError> {
+    let mut tail = tx.job_log_tail(id)?.unwrap_or_default();
     tail.push_str(appended);
     if tail.len() > LOG_TAIL_BYTES {
         let start = ceil_boundary(&tail, tail.len() - LOG_TAIL_BYTES);
@@ -319,45 +291,7 @@ fn i_update_tail(tx: &Tx<'_>, id: &JobId, appended: &str) -> Result<(), QueueErr
         };
         tail.drain(..start);
     }
-    tx.db
-        .prepare_cached("UPDATE jobs SET log_tail = ?2 WHERE id = ?1")?
-        .execute(params![id.as_str(), tail])?;
-    Ok(())
-}
-
-/// The attempts of `id` that have a log, oldest first.
-fn i_log_attempts(tx: &Tx<'_>, id: &JobId) -> Result<Vec<u32>, QueueError> {
-    let mut stmt = tx
-        .db
-        .prepare_cached("SELECT attempt FROM job_logs WHERE job_id = ?1 ORDER BY attempt")?;
-    let rows = stmt.query_map([id.as_str()], |r| r.get::<_, u32>(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// One page of an attempt's log (see [`LogPage`] and [`super::log_pages`]).
-pub(crate) fn i_read(tx: &Tx<'_>, id: &JobId, query: &LogQuery) -> Result<LogPage, QueueError> {
-    let job = i_existing_job(tx, id)?;
-    let attempts = i_log_attempts(tx, id)?;
-    let start = log_pages::start(id, job.status, job.lease_attempt, attempts, query);
-    let Some(attempt) = start.attempt else {
-        return Ok(start.page);
-    };
-    let row = i_log_row(tx, id, attempt)?;
-    let mut fill = match start.with_log(row.map(|r| (r.size, r.dropped)))? {
-        Page::Ready(page) => return Ok(page),
-        Page::Fill(fill) => fill,
-    };
-    let mut stmt = tx.db.prepare_cached(
-        "SELECT start, data FROM job_log_chunks WHERE job_id = ?1 AND attempt = ?2 \
-         AND start + length(data) > ?3 ORDER BY start",
-    )?;
-    let mut rows = stmt.query(params![id.as_str(), attempt, to_i64(fill.offset())])?;
-    while let Some(r) = rows.next()? {
-        if !fill.push(to_u64(r.get(0)?), r.get(1)?)? {
-            break;
-        }
-    }
-    Ok(fill.finish())
+    tx.set_job_log_tail(id, &tail)
 }
 
 pub(crate) fn past_the_end(offset: u64, size: u64) -> QueueError {

@@ -18,7 +18,7 @@ use super::nodes::{self, WorkerRow};
 use super::placement::{placement_reasons, Placement};
 use super::rows::i_existing_job;
 use super::transitions::{self, Job};
-use super::{QueueError, Tx};
+use super::{worker_names, QueueError, Tx};
 use crate::policy::HostPolicy;
 
 /// CUDA jobs can run here: CUDA reported and at least one GPU to hand out.
@@ -384,7 +384,7 @@ pub(crate) fn i_claim(
     worker: &WorkerName,
     cap: &Capability,
 ) -> Result<Option<ClaimResponse>, QueueError> {
-    nodes::i_upsert_worker(tx, worker, cap)?;
+    worker_names::i_upsert_worker(tx, worker, cap)?;
     // Only the flags: the worker's row also holds its capability as JSON, which the claim
     // has in hand (decoding it again was 6% of a claim's instructions).
     let Some((cordoned, draining)) = tx

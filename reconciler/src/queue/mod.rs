@@ -42,10 +42,12 @@ mod failures;
 mod forget_worker;
 mod hold;
 mod job_queue;
-pub use job_queue::{JobQueue, SharedQueue};
-mod lease;
+pub use job_queue::{Finished, JobQueue, SharedQueue};
+pub(crate) mod lease;
+mod lease_writes;
 pub mod listing;
 mod log_pages;
+mod log_rows;
 pub mod logs;
 mod matching;
 mod nodes;
@@ -58,10 +60,12 @@ pub use postgres::PgQueue;
 pub(crate) mod reads;
 mod results;
 mod rows;
+pub use rows::LeasedJob;
 mod schema;
 mod sweep;
 pub mod tokens;
 mod tx;
+mod worker_names;
 pub(crate) use tx::Tx;
 mod transitions;
 
@@ -99,9 +103,8 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use cis490_api::{
     ArtifactId, Capability, ClaimResponse, CompleteRequest, EventsPage, Explain, FailRequest,
-    HeartbeatRequest, HeartbeatResponse, IdPrefix, JobFilter, JobId, JobSpec, JobStatusResponse,
-    JobView, Lease, LogPage, LogQuery, ManifestError, ManifestStatus, PlanSummary, WorkerName,
-    WorkerView,
+    HeartbeatRequest, HeartbeatResponse, IdPrefix, JobFilter, JobId, JobStatusResponse, JobView,
+    Lease, LogPage, LogQuery, ManifestError, ManifestStatus, PlanSummary, WorkerName, WorkerView,
 };
 use rusqlite::Connection;
 
@@ -377,8 +380,8 @@ impl JobQueue for Queue {
         id: &JobId,
         worker: &WorkerName,
         lease: &Lease,
-    ) -> Result<JobSpec, QueueError> {
-        self.read(|tx| lease::i_leased_job(tx, id, worker, lease).map(|row| row.spec))
+    ) -> Result<LeasedJob, QueueError> {
+        self.read(|tx| lease_writes::i_leased_job(tx, id, worker, lease))
     }
 
     fn record_upload(
@@ -402,13 +405,21 @@ impl JobQueue for Queue {
         &self.inner.receipt_key
     }
 
-    fn complete(&self, id: &JobId, req: &CompleteRequest) -> Result<JobStatusResponse, QueueError> {
+    fn complete_with_model(
+        &self,
+        id: &JobId,
+        req: &CompleteRequest,
+    ) -> Result<crate::queue::Finished, QueueError> {
         req.report.check().map_err(bad_request)?;
         self.inner.receipt_key.check(id, req)?;
         self.batched(batch::Complete(id.clone(), req.clone()))
     }
 
-    fn fail(&self, id: &JobId, req: &FailRequest) -> Result<JobStatusResponse, QueueError> {
+    fn fail_with_model(
+        &self,
+        id: &JobId,
+        req: &FailRequest,
+    ) -> Result<crate::queue::Finished, QueueError> {
         req.report.check().map_err(bad_request)?;
         self.batched(batch::Fail(id.clone(), req.clone()))
     }
@@ -490,7 +501,7 @@ impl JobQueue for Queue {
     }
 
     fn job_log(&self, id: &JobId, query: &LogQuery) -> Result<LogPage, QueueError> {
-        self.read(|tx| logs::i_read(tx, id, query))
+        self.read(|tx| log_rows::i_read(tx, id, query))
     }
 
     fn results_page(
@@ -523,7 +534,7 @@ impl JobQueue for Queue {
 
     fn report_node(&self, worker: &WorkerName, cap: &Capability) -> Result<WorkerView, QueueError> {
         self.write(|tx| {
-            nodes::i_upsert_worker(tx, worker, cap)?;
+            worker_names::i_upsert_worker(tx, worker, cap)?;
             nodes::i_worker_view(tx, worker)
         })
         .map_err(|e| self.noted_refusal(worker, e))

@@ -1,13 +1,12 @@
 //! Workers (nodes): their last reported capability, freshness, cordon and drain, and the
 //! host policy the manifest gives them.
 
-use cis490_api::{
-    AgentInstance, Capability, HostProblem, JobId, NodeState, WorkerName, WorkerView,
-};
+use cis490_api::{Capability, HostProblem, JobId, NodeState, WorkerName, WorkerView};
 use rusqlite::{params, OptionalExtension};
 
 use super::events::{i_event, kind};
 use super::rows::from_ms;
+use super::worker_names::{Holder, NodeRows};
 use super::{QueueError, Tx};
 use crate::policy::HostPolicy;
 
@@ -103,53 +102,78 @@ pub(crate) fn i_worker_rows_after(
     rows.map(|r| decode(r?)).collect()
 }
 
-/// Records `cap` as the worker's node status and marks it seen now. The first report of a
-/// worker appends a `NodeRegistered` event.
-///
-/// One agent per name: a report (or claim) that carries an instance ID different from the
-/// one holding the name is refused with `NameInUse` while the holder is live (seen within
-/// `node_stale_after_s`, or holding a lease that has not expired), and takes the name over
-/// once it is not. A report from the holder marked `stopping` frees the name at once.
-/// Reports without an instance (agents older than instance IDs) are not checked.
-pub(crate) fn i_upsert_worker(
-    tx: &mut Tx<'_>,
-    worker: &WorkerName,
-    cap: &Capability,
-) -> Result<(), QueueError> {
-    if let Some(instance) = &cap.instance {
-        if let Some(problem) = std::iter::once(instance.id.as_str())
-            .chain(instance.replaces.as_deref())
-            .find_map(AgentInstance::id_problem)
-        {
-            return Err(QueueError::BadRequest { message: problem });
-        }
-        if instance.stopping {
-            return i_sign_off(tx, worker, instance);
-        }
-        i_take_name(tx, worker, instance)?;
+impl NodeRows for Tx<'_> {
+    fn lock_worker(&mut self, _worker: &WorkerName) -> Result<(), QueueError> {
+        // SQLite's write transaction excludes every other writer already.
+        Ok(())
     }
-    let json = serde_json::to_string(cap).map_err(|e| QueueError::corrupt(e.to_string()))?;
-    let (instance_id, instance_pid) = match &cap.instance {
-        Some(i) => (Some(i.id.as_str()), i.pid),
-        None => (None, None),
-    };
-    let updated = tx
-        .db
-        .prepare_cached(
-            "UPDATE workers SET capability = ?2, last_seen = ?3, \
-             instance_id = COALESCE(?4, instance_id), \
-             instance_pid = CASE WHEN ?4 IS NULL THEN instance_pid ELSE ?5 END \
-             WHERE name = ?1",
-        )?
-        .execute(params![
-            worker.as_str(),
-            json,
-            tx.now,
-            instance_id,
-            instance_pid
-        ])?;
-    if updated == 0 {
-        tx.db
+
+    fn holder(&mut self, worker: &WorkerName) -> Result<Option<Holder>, QueueError> {
+        let row: Option<(Option<String>, Option<i64>, i64)> = self
+            .db
+            .prepare_cached(
+                "SELECT instance_id, instance_pid, last_seen FROM workers WHERE name = ?1",
+            )?
+            .query_row([worker.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        Ok(row.and_then(|(id, pid, last_seen)| id.map(|id| Holder { id, pid, last_seen })))
+    }
+
+    fn latest_lease_expiry(&mut self, worker: &WorkerName) -> Result<Option<i64>, QueueError> {
+        // Named: without statistics SQLite would rather walk every claimed job in
+        // `jobs_queue`.
+        Ok(self
+            .db
+            .prepare_cached(
+                "SELECT MAX(lease_expires_at) FROM jobs INDEXED BY jobs_worker \
+                 WHERE worker = ?1 AND status IN ('claimed', 'running')",
+            )?
+            .query_row([worker.as_str()], |r| r.get(0))?)
+    }
+
+    fn reported_hostname(&mut self, worker: &WorkerName) -> Option<String> {
+        i_worker_row(self, worker.as_str())
+            .ok()
+            .flatten()
+            .map(|row| row.capability.hostname)
+    }
+
+    fn free_name(&mut self, worker: &WorkerName, instance_id: &str) -> Result<bool, QueueError> {
+        let freed = self
+            .db
+            .prepare_cached(
+                "UPDATE workers SET instance_id = NULL, instance_pid = NULL \
+                 WHERE name = ?1 AND instance_id = ?2",
+            )?
+            .execute(params![worker.as_str(), instance_id])?;
+        Ok(freed > 0)
+    }
+
+    fn store_report(&mut self, worker: &WorkerName, cap: &Capability) -> Result<bool, QueueError> {
+        let json = serde_json::to_string(cap).map_err(|e| QueueError::corrupt(e.to_string()))?;
+        let (instance_id, instance_pid) = match &cap.instance {
+            Some(i) => (Some(i.id.as_str()), i.pid),
+            None => (None, None),
+        };
+        let updated = self
+            .db
+            .prepare_cached(
+                "UPDATE workers SET capability = ?2, last_seen = ?3, \
+                 instance_id = COALESCE(?4, instance_id), \
+                 instance_pid = CASE WHEN ?4 IS NULL THEN instance_pid ELSE ?5 END \
+                 WHERE name = ?1",
+            )?
+            .execute(params![
+                worker.as_str(),
+                json,
+                self.now,
+                instance_id,
+                instance_pid
+            ])?;
+        if updated > 0 {
+            return Ok(false);
+        }
+        self.db
             .prepare_cached(
                 "INSERT INTO workers (name, capability, first_seen, last_seen, instance_id, \
                  instance_pid) VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
@@ -157,182 +181,21 @@ pub(crate) fn i_upsert_worker(
             .execute(params![
                 worker.as_str(),
                 json,
-                tx.now,
+                self.now,
                 instance_id,
                 instance_pid
             ])?;
-        let gpus = if cap.gpus.is_empty() {
-            "no GPU".to_string()
-        } else {
-            cap.gpus
-                .iter()
-                .map(|g| format!("{} ({} MiB)", g.name, g.vram_total_mib))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let message = format!(
-            "node {worker} registered: {} cores, {} MiB RAM, {gpus}{}",
-            cap.cores,
-            cap.ram_total_mib,
-            if cap.cuda { ", CUDA" } else { "" }
-        );
-        i_event(
-            tx,
-            None,
-            Some(worker.as_str()),
-            kind::NODE_REGISTERED,
-            message,
-        )?;
+        Ok(true)
     }
-    Ok(())
-}
 
-/// The agent process holding a name, as stored.
-struct Holder {
-    id: String,
-    pid: Option<u32>,
-    last_seen: i64,
-}
-
-/// Every claim asks this, so it reads only the instance columns; the host name for a
-/// refusal's message is looked up by [`i_describe_holder`] only when there is one.
-fn i_holder(tx: &Tx<'_>, worker: &WorkerName) -> Result<Option<Holder>, QueueError> {
-    let row: Option<(Option<String>, Option<u32>, i64)> = tx
-        .db
-        .prepare_cached("SELECT instance_id, instance_pid, last_seen FROM workers WHERE name = ?1")?
-        .query_row([worker.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
-    Ok(row.and_then(|(id, pid, last_seen)| id.map(|id| Holder { id, pid, last_seen })))
-}
-
-/// Latest expiry of the leases `worker` holds, when any is still running.
-fn i_latest_lease_expiry(tx: &Tx<'_>, worker: &WorkerName) -> Result<Option<i64>, QueueError> {
-    // Named: without statistics SQLite would rather walk every claimed job in `jobs_queue`.
-    Ok(tx
-        .db
-        .prepare_cached(
-            "SELECT MAX(lease_expires_at) FROM jobs INDEXED BY jobs_worker \
-             WHERE worker = ?1 AND status IN ('claimed', 'running')",
-        )?
-        .query_row([worker.as_str()], |r| r.get(0))?)
-}
-
-/// Refuses `instance` the name while another live instance holds it; records a takeover
-/// from a stale one.
-fn i_take_name(
-    tx: &mut Tx<'_>,
-    worker: &WorkerName,
-    instance: &AgentInstance,
-) -> Result<(), QueueError> {
-    let Some(holder) = i_holder(tx, worker)? else {
-        return Ok(());
-    };
-    if holder.id == instance.id {
-        return Ok(());
+    fn worker_event(
+        &mut self,
+        worker: &WorkerName,
+        kind: &str,
+        message: String,
+    ) -> Result<(), QueueError> {
+        i_event(self, None, Some(worker.as_str()), kind, message)
     }
-    if instance.replaces.as_deref() == Some(holder.id.as_str()) {
-        let who = i_describe_holder(tx, worker, &holder);
-        return i_event(
-            tx,
-            None,
-            Some(worker.as_str()),
-            kind::INSTANCE_REPLACED,
-            format!(
-                "agent instance {} took worker name {worker} over from its own previous life \
-                 on the same state dir ({who})",
-                instance.id
-            ),
-        );
-    }
-    let stale_ms = i64::try_from(tx.config.node_stale_after_s)
-        .unwrap_or(i64::MAX / 1000)
-        .saturating_mul(1000);
-    let seen_ago_s = tx.now.saturating_sub(holder.last_seen).max(0) / 1000;
-    let fresh_until = holder.last_seen.saturating_add(stale_ms);
-    let lease_until = i_latest_lease_expiry(tx, worker)?.filter(|&at| at > tx.now);
-    let frees_at = fresh_until.max(lease_until.unwrap_or(i64::MIN));
-    let who = i_describe_holder(tx, worker, &holder);
-    if frees_at >= tx.now {
-        let frees_in_s = (frees_at - tx.now + 999) / 1000;
-        let why = match lease_until {
-            Some(at) if at >= fresh_until => format!(
-                "it holds a lease until {}",
-                super::rows::from_ms(at).to_rfc3339()
-            ),
-            _ => format!(
-                "a worker counts as live for node_stale_after_s = {} s after it was last seen",
-                tx.config.node_stale_after_s
-            ),
-        };
-        return Err(QueueError::NameInUse {
-            worker: worker.to_string(),
-            message: format!(
-                "another agent ({who}) holds worker name {worker}; it was seen {seen_ago_s} s \
-                 ago, so the name frees in {frees_in_s} s if it has stopped ({why}); stop it or \
-                 give this agent another --name"
-            ),
-        });
-    }
-    let pid = instance
-        .pid
-        .map_or_else(String::new, |p| format!(", pid {p}"));
-    i_event(
-        tx,
-        None,
-        Some(worker.as_str()),
-        kind::INSTANCE_REPLACED,
-        format!(
-            "agent instance {}{pid} took worker name {worker} over from {who}, last seen \
-             {seen_ago_s} s ago",
-            instance.id
-        ),
-    )
-}
-
-/// "instance ID, pid N on host H", as far as known.
-fn i_describe_holder(tx: &Tx<'_>, worker: &WorkerName, holder: &Holder) -> String {
-    let mut who = format!("instance {}", holder.id);
-    if let Some(pid) = holder.pid {
-        who.push_str(&format!(", pid {pid}"));
-    }
-    let host = i_worker_row(tx, worker.as_str())
-        .ok()
-        .flatten()
-        .map(|row| row.capability.hostname)
-        .filter(|h| !h.is_empty());
-    if let Some(host) = host {
-        who.push_str(&format!(" on host {host}"));
-    }
-    who
-}
-
-/// The holder's last report: the name is free from now on. A stopping report from any
-/// other instance changes nothing.
-fn i_sign_off(
-    tx: &mut Tx<'_>,
-    worker: &WorkerName,
-    instance: &AgentInstance,
-) -> Result<(), QueueError> {
-    let freed = tx
-        .db
-        .prepare_cached(
-            "UPDATE workers SET instance_id = NULL, instance_pid = NULL \
-             WHERE name = ?1 AND instance_id = ?2",
-        )?
-        .execute(params![worker.as_str(), instance.id])?;
-    if freed > 0 {
-        i_event(
-            tx,
-            None,
-            Some(worker.as_str()),
-            kind::INSTANCE_STOPPED,
-            format!(
-                "agent instance {} of {worker} stopped; the name is free",
-                instance.id
-            ),
-        )?;
-    }
-    Ok(())
 }
 
 /// Marks a worker seen now (heartbeats), if it is known.

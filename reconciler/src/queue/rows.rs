@@ -1,10 +1,11 @@
 //! Reading and writing job rows: the one place that knows the `jobs` columns.
 
 use chrono::{DateTime, Utc};
-use cis490_api::{ArtifactId, JobError, JobId, JobSpec, JobStatus, JobView, WorkerName};
+use cis490_api::{ArtifactId, JobError, JobId, JobSpec, JobStatus, JobView, Lease, WorkerName};
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::placement::Placement;
+use super::transitions::{self, Fence, State};
 use super::{QueueError, Tx};
 
 /// Milliseconds since the epoch -> time (out-of-range values clamp to the epoch).
@@ -132,6 +133,96 @@ impl RawJob {
             finished_at: r.finished_at,
         })
     }
+}
+
+/// What a lease fence reads of a job, and where its bundle is filed: an upload's checks
+/// read these columns alone (the whole row decodes the spec).
+#[derive(Debug, Clone)]
+pub struct LeasedJob {
+    pub id: JobId,
+    pub model: String,
+    pub mode: String,
+    pub(crate) status: JobStatus,
+    pub(crate) tombstoned: bool,
+    pub(crate) worker: Option<String>,
+    pub(crate) lease_attempt: Option<u32>,
+    pub(crate) lease_token: Option<String>,
+}
+
+/// The columns [`LeasedJob::decode`] reads, in order.
+pub(crate) const LEASED_COLUMNS: &str =
+    "status, tombstoned, worker, lease_attempt, lease_token, model, mode";
+
+impl LeasedJob {
+    /// The job from its [`LEASED_COLUMNS`] (`status` as stored).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn decode(
+        id: &JobId,
+        status: &str,
+        tombstoned: bool,
+        worker: Option<String>,
+        lease_attempt: Option<u32>,
+        lease_token: Option<String>,
+        model: String,
+        mode: String,
+    ) -> Result<LeasedJob, QueueError> {
+        let status = status
+            .parse()
+            .map_err(|e| QueueError::corrupt(format!("job {id}: {e}")))?;
+        Ok(LeasedJob {
+            id: id.clone(),
+            model,
+            mode,
+            status,
+            tombstoned,
+            worker,
+            lease_attempt,
+            lease_token,
+        })
+    }
+
+    /// Ok(self) when `lease` is the job's current lease held by `worker` and the job is
+    /// claimed or running (`transitions::check_fence`).
+    pub(crate) fn checked(self, worker: &WorkerName, lease: &Lease) -> Result<Self, QueueError> {
+        let state = State::of(
+            &self.id,
+            self.status,
+            self.worker.as_deref(),
+            self.lease_attempt,
+            self.lease_token.as_deref(),
+            None,
+        )?;
+        let fence = Fence {
+            id: &self.id,
+            state,
+            tombstoned: self.tombstoned,
+        };
+        transitions::check_fence(&fence, worker, lease, false)?;
+        Ok(self)
+    }
+}
+
+/// The fence columns of job `id`, or NotFound.
+pub(crate) fn i_fence_columns(tx: &Tx<'_>, id: &JobId) -> Result<LeasedJob, QueueError> {
+    let sql = format!("SELECT {LEASED_COLUMNS} FROM jobs WHERE id = ?1");
+    let raw = tx
+        .db
+        .prepare_cached(&sql)?
+        .query_row([id.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })
+        .optional()?;
+    let (status, tombstoned, worker, attempt, token, model, mode) =
+        raw.ok_or_else(|| QueueError::job_not_found(id))?;
+    LeasedJob::decode(id, &status, tombstoned, worker, attempt, token, model, mode)
 }
 
 /// The job `id`, or None.

@@ -604,10 +604,26 @@ fn a_wrong_lease_worker_or_job_state_is_lease_lost(b: Backend) {
             Err(QueueError::LeaseLost { .. })
         ));
     }
-    assert_eq!(q.check_lease(id, &worker("w1"), &c.lease).unwrap().id, *id);
-    q.complete(id, &done(q, id, "w1", &c.lease)).unwrap();
+    // The fence reads the lease columns alone, and answers where the bundle is filed.
+    let leased = q.check_lease(id, &worker("w1"), &c.lease).unwrap();
+    assert_eq!(
+        (&leased.id, &leased.model, &leased.mode),
+        (id, &c.job.model, &c.job.mode)
+    );
+    let finished = q
+        .complete_with_model(id, &done(q, id, "w1", &c.lease))
+        .unwrap();
+    assert_eq!(finished.model, c.job.model);
+    assert_eq!(finished.answer.status, JobStatus::Completed);
     let err = q.complete(id, &done(q, id, "w1", &c.lease)).unwrap_err();
     assert!(err.to_string().contains("completed"), "{err}");
+    let err = q.check_lease(id, &worker("w1"), &c.lease).unwrap_err();
+    assert_eq!(err.code(), "lease_lost", "{err}");
+    assert!(err.to_string().contains("completed, not leased"), "{err}");
+    assert!(matches!(
+        q.check_lease(&id_of("unknown"), &worker("w1"), &c.lease),
+        Err(QueueError::NotFound { .. })
+    ));
     assert!(matches!(
         q.heartbeat(&id_of("unknown"), &hb("w1", &c.lease)),
         Err(QueueError::NotFound { .. })

@@ -48,6 +48,40 @@ impl<'r> State<'r> {
         }
     }
 
+    /// The typed state of stored columns. A claimed or running row without its lease
+    /// columns is corrupt.
+    pub(crate) fn of(
+        id: &JobId,
+        status: JobStatus,
+        worker: Option<&'r str>,
+        lease_attempt: Option<u32>,
+        lease_token: Option<&'r str>,
+        lease_expires_at: Option<i64>,
+    ) -> Result<State<'r>, QueueError> {
+        let lease = match (lease_attempt, lease_token) {
+            (Some(attempt), Some(token)) => Some(HeldLease {
+                attempt,
+                token,
+                worker: worker.unwrap_or(""),
+                expires_at: lease_expires_at,
+            }),
+            _ => None,
+        };
+        let leased = || {
+            lease
+                .ok_or_else(|| QueueError::corrupt(format!("job {id} is {status} without a lease")))
+        };
+        Ok(match status {
+            JobStatus::Pending => State::Pending,
+            JobStatus::Held => State::Held,
+            JobStatus::Claimed => State::Claimed(leased()?),
+            JobStatus::Running => State::Running(leased()?),
+            JobStatus::Completed => State::Completed,
+            JobStatus::Failed => State::Failed,
+            JobStatus::Cancelled => State::Cancelled(lease),
+        })
+    }
+
     /// The lease of a claimed or running job.
     fn live_lease(&self) -> Option<&HeldLease<'r>> {
         match self {
@@ -80,32 +114,14 @@ impl<'r> Job<'r> {
     /// The typed view of a stored row. A claimed or running row without its lease columns
     /// is corrupt.
     pub(crate) fn of(row: &'r JobRow) -> Result<Job<'r>, QueueError> {
-        let lease = match (row.lease_attempt, row.lease_token.as_deref()) {
-            (Some(attempt), Some(token)) => Some(HeldLease {
-                attempt,
-                token,
-                worker: row.worker.as_deref().unwrap_or(""),
-                expires_at: row.lease_expires_at,
-            }),
-            _ => None,
-        };
-        let leased = || {
-            lease.ok_or_else(|| {
-                QueueError::corrupt(format!(
-                    "job {} is {} without a lease",
-                    row.spec.id, row.status
-                ))
-            })
-        };
-        let state = match row.status {
-            JobStatus::Pending => State::Pending,
-            JobStatus::Held => State::Held,
-            JobStatus::Claimed => State::Claimed(leased()?),
-            JobStatus::Running => State::Running(leased()?),
-            JobStatus::Completed => State::Completed,
-            JobStatus::Failed => State::Failed,
-            JobStatus::Cancelled => State::Cancelled(lease),
-        };
+        let state = State::of(
+            &row.spec.id,
+            row.status,
+            row.worker.as_deref(),
+            row.lease_attempt,
+            row.lease_token.as_deref(),
+            row.lease_expires_at,
+        )?;
         Ok(Job {
             id: &row.spec.id,
             state,
@@ -120,6 +136,14 @@ impl<'r> Job<'r> {
             artifact_id: row.artifact_id.as_deref(),
             error_reason: row.error_reason.as_deref(),
         })
+    }
+
+    fn fence(&self) -> Fence<'r> {
+        Fence {
+            id: self.id,
+            state: self.state,
+            tombstoned: self.tombstoned,
+        }
     }
 
     /// When a lease granted or extended at `now` expires.
@@ -159,6 +183,25 @@ fn invalid(message: String) -> QueueError {
 /// learns of the cancel through it).
 pub(crate) fn check_lease(
     job: &Job<'_>,
+    worker: &WorkerName,
+    lease: &Lease,
+    allow_cancelled: bool,
+) -> Result<(), QueueError> {
+    check_fence(&job.fence(), worker, lease, allow_cancelled)
+}
+
+/// What the lease fence reads of a job: an upload's fence reads these columns alone
+/// (`rows::LeaseColumns`), not the whole row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fence<'r> {
+    pub id: &'r JobId,
+    pub state: State<'r>,
+    pub tombstoned: bool,
+}
+
+/// [`check_lease`] over the fence's columns.
+pub(crate) fn check_fence(
+    job: &Fence<'_>,
     worker: &WorkerName,
     lease: &Lease,
     allow_cancelled: bool,

@@ -17,6 +17,23 @@ pub(crate) struct Tx<'c> {
     pub(crate) last_event: Option<u64>,
 }
 
+/// What every shared rule over a transaction reads of it, on either backend.
+pub(crate) trait TxContext {
+    /// The transaction's now, in ms since the epoch.
+    fn now_ms(&self) -> i64;
+    fn queue_config(&self) -> &QueueConfig;
+}
+
+impl TxContext for Tx<'_> {
+    fn now_ms(&self) -> i64 {
+        self.now
+    }
+
+    fn queue_config(&self) -> &QueueConfig {
+        self.config
+    }
+}
+
 impl Queue {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock dropped its transaction, which rolled back, so the

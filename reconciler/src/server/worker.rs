@@ -178,15 +178,9 @@ pub async fn complete(
     let id = job_id(&raw)?;
     authorize(&state, &identity, &req.worker, Some(&id)).await?;
     let queue = state.queue.clone();
-    let (answer, model) = blocking(move || {
-        let answer = queue.complete(&id, &req)?;
-        Ok((answer, queue.job_model(&id)?))
-    })
-    .await?;
-    state
-        .telemetry
-        .completed(model.as_deref().unwrap_or_default());
-    Ok(Json(answer))
+    let done = blocking(move || queue.complete_with_model(&id, &req)).await?;
+    state.telemetry.completed(&done.model);
+    Ok(Json(done.answer))
 }
 
 /// Fail a job: reason, exit code, log tail, and whether to retry.
@@ -214,15 +208,9 @@ pub async fn fail(
     } else {
         FailureCause::Trainer
     };
-    let (answer, model) = blocking(move || {
-        let answer = queue.fail(&id, &req)?;
-        Ok((answer, queue.job_model(&id)?))
-    })
-    .await?;
-    state
-        .telemetry
-        .failed(model.as_deref().unwrap_or_default(), cause);
-    Ok(Json(answer))
+    let done = blocking(move || queue.fail_with_model(&id, &req)).await?;
+    state.telemetry.failed(&done.model, cause);
+    Ok(Json(done.answer))
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, ApiFailure> {
@@ -325,11 +313,11 @@ async fn store_upload(
     let queue = state.queue.clone();
     let (check_id, check_worker, record_id, record_lease) =
         (id.clone(), worker.clone(), id.clone(), lease.clone());
-    let spec = blocking(move || queue.check_lease(&check_id, &check_worker, &lease)).await?;
+    let leased = blocking(move || queue.check_lease(&check_id, &check_worker, &lease)).await?;
     let upload = Upload {
         job_id: id,
-        model: spec.model,
-        mode: spec.mode,
+        model: leased.model,
+        mode: leased.mode,
         worker: worker.to_string(),
         attempt: Some(record_lease.attempt),
         expected_sha256,

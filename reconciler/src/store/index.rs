@@ -34,6 +34,7 @@ impl ArtifactIndex for QueueIndex {
 #[derive(Debug, Default)]
 pub struct MemoryIndex {
     rows: std::sync::Mutex<std::collections::BTreeMap<ArtifactId, ArtifactView>>,
+    lookups: std::sync::atomic::AtomicUsize,
 }
 
 #[cfg(test)]
@@ -47,6 +48,11 @@ impl MemoryIndex {
     /// Every row, by artifact ID.
     pub fn all(&self) -> Vec<ArtifactView> {
         self.rows().values().cloned().collect()
+    }
+
+    /// How many times `contains` was asked.
+    pub fn lookups(&self) -> usize {
+        self.lookups.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Forgets a row (as a crash between a put and its index row would).
@@ -68,6 +74,8 @@ impl ArtifactIndex for MemoryIndex {
     }
 
     fn contains(&self, id: &ArtifactId) -> Result<bool, QueueError> {
+        self.lookups
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(self.rows().contains_key(id))
     }
 }

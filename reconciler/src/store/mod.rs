@@ -157,17 +157,35 @@ pub fn is_safe_component(s: &str) -> bool {
 /// Index rows the start-up scan adds per transaction.
 const INDEX_BATCH: usize = 512;
 
+/// How many artifacts [`ArtifactStore`] remembers as indexed before it starts over.
+const KNOWN_INDEXED_CAP: usize = 4096;
+
 /// The artifact store: its bytes and its index. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ArtifactStore {
     blobs: Arc<dyn BlobStore>,
     index: Arc<dyn ArtifactIndex>,
+    /// Artifacts the index answered as indexed: index rows are never removed, so a
+    /// deduplicated upload of one of these needs no lookup (many jobs of a lab make the
+    /// same bytes). Only lookups fill it, so an index row lost to a crash is still put back
+    /// by the next upload of those bytes.
+    known_indexed: Arc<std::sync::Mutex<std::collections::HashSet<ArtifactId>>>,
 }
 
 impl ArtifactStore {
     /// A store of `blobs` indexed in `index`. Call [`ArtifactStore::recover`] before serving.
     pub fn new(blobs: Arc<dyn BlobStore>, index: Arc<dyn ArtifactIndex>) -> Self {
-        Self { blobs, index }
+        Self {
+            blobs,
+            index,
+            known_indexed: Arc::default(),
+        }
+    }
+
+    fn known_indexed(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<ArtifactId>> {
+        self.known_indexed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The largest upload accepted, in bytes.
@@ -185,17 +203,27 @@ impl ArtifactStore {
     {
         let body: UploadBody<'_> = Box::pin(body.map(|chunk| chunk.map_err(|e| e.to_string())));
         let stored = self.blobs.put(upload, body).await?;
+        let present = stored.status == UploadStatus::AlreadyPresent;
+        if present && self.known_indexed().contains(&stored.artifact_id) {
+            return Ok(stored);
+        }
         let index = Arc::clone(&self.index);
         let row = stored.record.clone();
-        let status = stored.status;
-        blocking(move || {
-            if status == UploadStatus::AlreadyPresent && index.contains(&row.artifact_id)? {
-                return Ok(());
+        let was_indexed = blocking(move || {
+            if present && index.contains(&row.artifact_id)? {
+                return Ok(true);
             }
             index.add(std::slice::from_ref(&row))?;
-            Ok(())
+            Ok(false)
         })
         .await?;
+        if was_indexed {
+            let mut known = self.known_indexed();
+            if known.len() >= KNOWN_INDEXED_CAP {
+                known.clear();
+            }
+            known.insert(stored.artifact_id.clone());
+        }
         Ok(stored)
     }
 

@@ -273,6 +273,24 @@ async fn an_upload_of_stored_bytes_whose_index_row_was_lost_puts_the_row_back() 
     assert_eq!(rows[0].size_bytes, body.len() as u64);
 }
 
+/// Bytes the index answered for once are remembered: later uploads of them ask the index
+/// no more (index rows are never removed).
+#[tokio::test]
+async fn bytes_found_indexed_once_are_not_looked_up_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _blobs, index) = open(dir.path(), 1 << 20);
+    let body = b"the same bytes from many jobs".to_vec();
+    let up = upload_for(&body);
+    store.ingest(&up, chunks(&body)).await.unwrap();
+    assert_eq!(index.lookups(), 0, "new bytes are added, not looked up");
+    for _ in 0..3 {
+        let again = store.ingest(&up, chunks(&body)).await.unwrap();
+        assert_eq!(again.status, UploadStatus::AlreadyPresent);
+    }
+    assert_eq!(index.lookups(), 1);
+    assert_eq!(index.all().len(), 1);
+}
+
 /// A store written in the old `<model>_<mode>/<artifact_id>/` layout (the same bytes under
 /// two pairs, one folder whose bundle never arrived) is moved into `blobs/` at start-up:
 /// every artifact is found and listed again, stored once.

@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 use cis490_api::{Capability, ClaimResponse, JobId, Lease, WorkerName};
 
 use super::failures::i_pending_failed_on;
-use super::nodes::{i_host_policy, i_leased_jobs_of, i_upsert_worker, i_worker_rows};
+use super::nodes::{i_host_policy, i_leased_jobs_of, i_worker_rows};
 use super::rows::{job_from_row, JOB_COLUMNS};
 use super::tx::PgTx;
 use crate::policy::HostPolicy;
@@ -41,7 +41,7 @@ pub(crate) fn i_claim(
     worker: &WorkerName,
     cap: &Capability,
 ) -> Result<Option<ClaimResponse>, QueueError> {
-    i_upsert_worker(tx, worker, cap)?;
+    crate::queue::worker_names::i_upsert_worker(tx, worker, cap)?;
     let Some(flags) = tx.db.query_opt(
         "SELECT cordoned, draining FROM workers WHERE name = $1",
         &[&worker.as_str()],

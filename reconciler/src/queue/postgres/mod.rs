@@ -47,8 +47,8 @@ use chrono::{DateTime, Utc};
 use cis490_api::{
     ArtifactId, ArtifactView, Capability, ClaimResponse, CompleteRequest, EventsPage, Explain,
     FailRequest, HeartbeatRequest, HeartbeatResponse, IdPrefix, JobFilter, JobId, JobProgress,
-    JobSpec, JobStatusResponse, JobView, Lease, LogPage, LogQuery, ManifestError, ManifestStatus,
-    Page, PlanSummary, ResultRow, ResultsQuery, WorkerName, WorkerView,
+    JobStatusResponse, JobView, Lease, LogPage, LogQuery, ManifestError, ManifestStatus, Page,
+    PlanSummary, ResultRow, ResultsQuery, WorkerName, WorkerView,
 };
 
 use super::error::bad_request;
@@ -222,7 +222,7 @@ impl JobQueue for PgQueue {
         if let Some(point) = &req.progress {
             cis490_api::results::check_point(point).map_err(bad_request)?;
         }
-        self.write(|tx| lease::i_heartbeat(tx, id, req))
+        self.write(|tx| crate::queue::lease::i_heartbeat(tx, id, req))
     }
 
     fn check_lease(
@@ -230,7 +230,7 @@ impl JobQueue for PgQueue {
         id: &JobId,
         worker: &WorkerName,
         lease: &Lease,
-    ) -> Result<JobSpec, QueueError> {
+    ) -> Result<crate::queue::LeasedJob, QueueError> {
         self.read(|tx| lease::i_check_lease(tx, id, worker, lease))
     }
 
@@ -242,22 +242,32 @@ impl JobQueue for PgQueue {
         artifact: &ArtifactId,
         size_bytes: u64,
     ) -> Result<(), QueueError> {
-        self.write(|tx| lease::i_record_upload(tx, id, worker, lease, artifact, size_bytes))
+        self.write(|tx| {
+            crate::queue::lease::i_record_upload(tx, id, worker, lease, artifact, size_bytes)
+        })
     }
 
     fn receipt_key(&self) -> &receipts::ReceiptKey {
         &self.receipt_key
     }
 
-    fn complete(&self, id: &JobId, req: &CompleteRequest) -> Result<JobStatusResponse, QueueError> {
+    fn complete_with_model(
+        &self,
+        id: &JobId,
+        req: &CompleteRequest,
+    ) -> Result<crate::queue::Finished, QueueError> {
         req.report.check().map_err(bad_request)?;
         self.receipt_key.check(id, req)?;
-        self.write(|tx| lease::i_complete(tx, id, req))
+        self.write(|tx| crate::queue::lease::i_complete(tx, id, req))
     }
 
-    fn fail(&self, id: &JobId, req: &FailRequest) -> Result<JobStatusResponse, QueueError> {
+    fn fail_with_model(
+        &self,
+        id: &JobId,
+        req: &FailRequest,
+    ) -> Result<crate::queue::Finished, QueueError> {
         req.report.check().map_err(bad_request)?;
-        self.write(|tx| lease::i_fail(tx, id, req))
+        self.write(|tx| crate::queue::lease::i_fail(tx, id, req))
     }
 
     fn sweep(&self, now: DateTime<Utc>) -> Result<SweepOutcome, QueueError> {
@@ -384,7 +394,7 @@ impl JobQueue for PgQueue {
 
     fn report_node(&self, worker: &WorkerName, cap: &Capability) -> Result<WorkerView, QueueError> {
         self.write(|tx| {
-            nodes::i_upsert_worker(tx, worker, cap)?;
+            crate::queue::worker_names::i_upsert_worker(tx, worker, cap)?;
             workers::i_worker_view(tx, worker)
         })
         .map_err(|e| self.noted_refusal(worker, e))

@@ -1,14 +1,15 @@
 //! Workers (nodes) on PostgreSQL: node reports as upserts, one agent per name, freshness
-//! and host policies. The rules of one agent per name are SQLite's `nodes.rs`, step by step.
+//! and host policies. The rules of node reports and one agent per name are
+//! `queue/worker_names.rs`, over [`NodeRows`].
 
-use cis490_api::{AgentInstance, Capability, JobId, WorkerName};
+use cis490_api::{Capability, JobId, WorkerName};
 use postgres::Row;
 
 use super::rows::from_json;
 use super::tx::PgTx;
 use crate::policy::HostPolicy;
-use crate::queue::events::kind;
 use crate::queue::nodes::WorkerRow;
+use crate::queue::worker_names::{Holder, NodeRows};
 use crate::queue::QueueError;
 
 pub(crate) const WORKER_COLUMNS: &str =
@@ -81,218 +82,94 @@ pub(crate) fn i_touch_worker(tx: &mut PgTx<'_>, worker: &str) -> Result<(), Queu
     Ok(())
 }
 
-/// Records `cap` as the worker's node status and marks it seen now; see SQLite's
-/// `nodes::i_upsert_worker` for the rules (first report: `NodeRegistered`; one agent per
-/// name). The worker's row stays locked until the transaction ends, so two claims of one
-/// worker (and their `max_concurrent` counts) take turns.
-pub(crate) fn i_upsert_worker(
-    tx: &mut PgTx<'_>,
-    worker: &WorkerName,
-    cap: &Capability,
-) -> Result<(), QueueError> {
-    if let Some(instance) = &cap.instance {
-        if let Some(problem) = std::iter::once(instance.id.as_str())
-            .chain(instance.replaces.as_deref())
-            .find_map(AgentInstance::id_problem)
-        {
-            return Err(QueueError::BadRequest { message: problem });
-        }
-        // Locks the row (if any) before the name is judged.
-        tx.db.execute(
+impl NodeRows for PgTx<'_> {
+    fn lock_worker(&mut self, worker: &WorkerName) -> Result<(), QueueError> {
+        // The row (if any) stays locked until the transaction ends, so two reports or
+        // claims of one worker (and their `max_concurrent` counts) take turns.
+        self.db.execute(
             "SELECT 1 FROM workers WHERE name = $1 FOR UPDATE",
             &[&worker.as_str()],
         )?;
-        if instance.stopping {
-            return i_sign_off(tx, worker, instance);
-        }
-        i_take_name(tx, worker, instance)?;
+        Ok(())
     }
-    let json = super::rows::to_json(cap)?;
-    let (instance_id, instance_pid) = match &cap.instance {
-        Some(i) => (Some(i.id.as_str()), i.pid.map(i64::from)),
-        None => (None, None),
-    };
-    // `xmax = 0` only on a row this statement inserted.
-    let inserted: bool = tx
-        .db
-        .query_one(
-            "INSERT INTO workers (name, capability, first_seen, last_seen, instance_id, \
-             instance_pid) VALUES ($1, $2, $3, $3, $4, $5) \
-             ON CONFLICT (name) DO UPDATE SET capability = EXCLUDED.capability, \
-             last_seen = EXCLUDED.last_seen, \
-             instance_id = COALESCE(EXCLUDED.instance_id, workers.instance_id), \
-             instance_pid = CASE WHEN EXCLUDED.instance_id IS NULL THEN workers.instance_pid \
-                            ELSE EXCLUDED.instance_pid END \
-             RETURNING (xmax = 0)",
-            &[
-                &worker.as_str(),
-                &json,
-                &tx.now,
-                &instance_id,
-                &instance_pid,
-            ],
-        )?
-        .try_get(0)?;
-    if inserted {
-        let gpus = if cap.gpus.is_empty() {
-            "no GPU".to_string()
-        } else {
-            cap.gpus
-                .iter()
-                .map(|g| format!("{} ({} MiB)", g.name, g.vram_total_mib))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let message = format!(
-            "node {worker} registered: {} cores, {} MiB RAM, {gpus}{}",
-            cap.cores,
-            cap.ram_total_mib,
-            if cap.cuda { ", CUDA" } else { "" }
-        );
-        tx.event(None, Some(worker.as_str()), kind::NODE_REGISTERED, message);
-    }
-    Ok(())
-}
 
-struct Holder {
-    id: String,
-    pid: Option<i64>,
-    last_seen: i64,
-}
-
-fn i_holder(tx: &mut PgTx<'_>, worker: &WorkerName) -> Result<Option<Holder>, QueueError> {
-    let row = tx.db.query_opt(
-        "SELECT instance_id, instance_pid, last_seen FROM workers WHERE name = $1",
-        &[&worker.as_str()],
-    )?;
-    let Some(r) = row else { return Ok(None) };
-    let id: Option<String> = r.try_get(0)?;
-    Ok(match id {
-        Some(id) => Some(Holder {
-            id,
-            pid: r.try_get(1)?,
-            last_seen: r.try_get(2)?,
-        }),
-        None => None,
-    })
-}
-
-fn i_describe_holder(tx: &mut PgTx<'_>, worker: &WorkerName, holder: &Holder) -> String {
-    let mut who = format!("instance {}", holder.id);
-    if let Some(pid) = holder.pid {
-        who.push_str(&format!(", pid {pid}"));
-    }
-    let host = i_worker_row(tx, worker.as_str())
-        .ok()
-        .flatten()
-        .map(|row| row.capability.hostname)
-        .filter(|h| !h.is_empty());
-    if let Some(host) = host {
-        who.push_str(&format!(" on host {host}"));
-    }
-    who
-}
-
-fn i_take_name(
-    tx: &mut PgTx<'_>,
-    worker: &WorkerName,
-    instance: &AgentInstance,
-) -> Result<(), QueueError> {
-    let Some(holder) = i_holder(tx, worker)? else {
-        return Ok(());
-    };
-    if holder.id == instance.id {
-        return Ok(());
-    }
-    if instance.replaces.as_deref() == Some(holder.id.as_str()) {
-        let who = i_describe_holder(tx, worker, &holder);
-        tx.event(
-            None,
-            Some(worker.as_str()),
-            kind::INSTANCE_REPLACED,
-            format!(
-                "agent instance {} took worker name {worker} over from its own previous life \
-                 on the same state dir ({who})",
-                instance.id
-            ),
-        );
-        return Ok(());
-    }
-    let stale_ms = i64::try_from(tx.config.node_stale_after_s)
-        .unwrap_or(i64::MAX / 1000)
-        .saturating_mul(1000);
-    let seen_ago_s = tx.now.saturating_sub(holder.last_seen).max(0) / 1000;
-    let fresh_until = holder.last_seen.saturating_add(stale_ms);
-    let latest: Option<i64> = tx
-        .db
-        .query_one(
-            "SELECT MAX(lease_expires_at) FROM jobs \
-             WHERE worker = $1 AND status IN ('claimed', 'running')",
+    fn holder(&mut self, worker: &WorkerName) -> Result<Option<Holder>, QueueError> {
+        let row = self.db.query_opt(
+            "SELECT instance_id, instance_pid, last_seen FROM workers WHERE name = $1",
             &[&worker.as_str()],
-        )?
-        .try_get(0)?;
-    let lease_until = latest.filter(|&at| at > tx.now);
-    let frees_at = fresh_until.max(lease_until.unwrap_or(i64::MIN));
-    let who = i_describe_holder(tx, worker, &holder);
-    if frees_at >= tx.now {
-        let frees_in_s = (frees_at - tx.now + 999) / 1000;
-        let why = match lease_until {
-            Some(at) if at >= fresh_until => format!(
-                "it holds a lease until {}",
-                crate::queue::rows::from_ms(at).to_rfc3339()
-            ),
-            _ => format!(
-                "a worker counts as live for node_stale_after_s = {} s after it was last seen",
-                tx.config.node_stale_after_s
-            ),
-        };
-        return Err(QueueError::NameInUse {
-            worker: worker.to_string(),
-            message: format!(
-                "another agent ({who}) holds worker name {worker}; it was seen {seen_ago_s} s \
-                 ago, so the name frees in {frees_in_s} s if it has stopped ({why}); stop it or \
-                 give this agent another --name"
-            ),
-        });
+        )?;
+        let Some(r) = row else { return Ok(None) };
+        let id: Option<String> = r.try_get(0)?;
+        Ok(match id {
+            Some(id) => Some(Holder {
+                id,
+                pid: r.try_get(1)?,
+                last_seen: r.try_get(2)?,
+            }),
+            None => None,
+        })
     }
-    let pid = instance
-        .pid
-        .map_or_else(String::new, |p| format!(", pid {p}"));
-    tx.event(
-        None,
-        Some(worker.as_str()),
-        kind::INSTANCE_REPLACED,
-        format!(
-            "agent instance {}{pid} took worker name {worker} over from {who}, last seen \
-             {seen_ago_s} s ago",
-            instance.id
-        ),
-    );
-    Ok(())
-}
 
-fn i_sign_off(
-    tx: &mut PgTx<'_>,
-    worker: &WorkerName,
-    instance: &AgentInstance,
-) -> Result<(), QueueError> {
-    let freed = tx.db.execute(
-        "UPDATE workers SET instance_id = NULL, instance_pid = NULL \
-         WHERE name = $1 AND instance_id = $2",
-        &[&worker.as_str(), &instance.id],
-    )?;
-    if freed > 0 {
-        tx.event(
-            None,
-            Some(worker.as_str()),
-            kind::INSTANCE_STOPPED,
-            format!(
-                "agent instance {} of {worker} stopped; the name is free",
-                instance.id
-            ),
-        );
+    fn latest_lease_expiry(&mut self, worker: &WorkerName) -> Result<Option<i64>, QueueError> {
+        Ok(self
+            .db
+            .query_one(
+                "SELECT MAX(lease_expires_at) FROM jobs \
+                 WHERE worker = $1 AND status IN ('claimed', 'running')",
+                &[&worker.as_str()],
+            )?
+            .try_get(0)?)
     }
-    Ok(())
+
+    fn reported_hostname(&mut self, worker: &WorkerName) -> Option<String> {
+        i_worker_row(self, worker.as_str())
+            .ok()
+            .flatten()
+            .map(|row| row.capability.hostname)
+    }
+
+    fn free_name(&mut self, worker: &WorkerName, instance_id: &str) -> Result<bool, QueueError> {
+        let freed = self.db.execute(
+            "UPDATE workers SET instance_id = NULL, instance_pid = NULL \
+             WHERE name = $1 AND instance_id = $2",
+            &[&worker.as_str(), &instance_id],
+        )?;
+        Ok(freed > 0)
+    }
+
+    fn store_report(&mut self, worker: &WorkerName, cap: &Capability) -> Result<bool, QueueError> {
+        let json = super::rows::to_json(cap)?;
+        let (instance_id, instance_pid) = match &cap.instance {
+            Some(i) => (Some(i.id.as_str()), i.pid.map(i64::from)),
+            None => (None, None),
+        };
+        let now = self.now;
+        // `xmax = 0` only on a row this statement inserted.
+        Ok(self
+            .db
+            .query_one(
+                "INSERT INTO workers (name, capability, first_seen, last_seen, instance_id, \
+                 instance_pid) VALUES ($1, $2, $3, $3, $4, $5) \
+                 ON CONFLICT (name) DO UPDATE SET capability = EXCLUDED.capability, \
+                 last_seen = EXCLUDED.last_seen, \
+                 instance_id = COALESCE(EXCLUDED.instance_id, workers.instance_id), \
+                 instance_pid = CASE WHEN EXCLUDED.instance_id IS NULL THEN workers.instance_pid \
+                                ELSE EXCLUDED.instance_pid END \
+                 RETURNING (xmax = 0)",
+                &[&worker.as_str(), &json, &now, &instance_id, &instance_pid],
+            )?
+            .try_get(0)?)
+    }
+
+    fn worker_event(
+        &mut self,
+        worker: &WorkerName,
+        kind: &str,
+        message: String,
+    ) -> Result<(), QueueError> {
+        self.event(None, Some(worker.as_str()), kind, message);
+        Ok(())
+    }
 }
 
 /// Flags `worker`'s host: a trainer of `job` could not start there.

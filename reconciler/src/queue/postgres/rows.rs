@@ -6,7 +6,7 @@ use postgres::Row;
 
 use super::tx::PgTx;
 use crate::queue::placement::Placement;
-use crate::queue::rows::JobRow;
+use crate::queue::rows::{JobRow, LeasedJob, LEASED_COLUMNS};
 use crate::queue::QueueError;
 
 /// The columns [`job_from_row`] reads, in order (the same as SQLite's `JOB_COLUMNS`).
@@ -75,6 +75,34 @@ pub(crate) fn i_job_row(
     );
     let row = tx.db.query_opt(&sql, &[&id.as_str()])?;
     row.map(|r| job_from_row(&r, 0)).transpose()
+}
+
+/// The fence columns of job `id` (`lock`: with its row lock), or NotFound.
+pub(crate) fn i_fence_columns(
+    tx: &mut PgTx<'_>,
+    id: &JobId,
+    lock: bool,
+) -> Result<LeasedJob, QueueError> {
+    let sql = format!(
+        "SELECT {LEASED_COLUMNS} FROM jobs WHERE id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let row = tx
+        .db
+        .query_opt(&sql, &[&id.as_str()])?
+        .ok_or_else(|| QueueError::job_not_found(id))?;
+    let status: String = row.try_get(0)?;
+    let attempt: Option<i64> = row.try_get(3)?;
+    LeasedJob::decode(
+        id,
+        &status,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        attempt.map(|v| count(v, "lease_attempt")).transpose()?,
+        row.try_get(4)?,
+        row.try_get(5)?,
+        row.try_get(6)?,
+    )
 }
 
 /// The job `id`, row-locked for a transition, or NotFound.

@@ -46,6 +46,16 @@ pub(crate) struct PgTx<'c> {
     events: Vec<PendingEvent>,
 }
 
+impl crate::queue::tx::TxContext for PgTx<'_> {
+    fn now_ms(&self) -> i64 {
+        self.now
+    }
+
+    fn queue_config(&self) -> &QueueConfig {
+        self.config
+    }
+}
+
 impl PgTx<'_> {
     /// Appends one event at the transaction's time (numbered after the commit).
     pub(crate) fn event(
