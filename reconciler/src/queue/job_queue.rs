@@ -47,7 +47,8 @@ pub trait JobQueue: std::fmt::Debug + Send + Sync + 'static {
 
     // --- the manifest (the reconciler) ---
 
-    /// Every job the queue holds, tombstoned ones included: the planner's `actual`.
+    /// Every job the queue holds, tombstoned ones included, in no particular order (the
+    /// planner sorts): the planner's `actual`.
     fn actual(&self) -> Result<Vec<ActualJob>, QueueError>;
 
     /// Applies a plan made from `actual()` in one transaction. Each job's state is checked

@@ -16,7 +16,7 @@ use crate::queue::{ManifestSource, QueueError};
 
 pub(crate) fn i_actual(tx: &mut PgTx<'_>) -> Result<Vec<ActualJob>, QueueError> {
     tx.db
-        .query("SELECT spec, status, tombstoned FROM jobs ORDER BY id", &[])?
+        .query("SELECT spec, status, tombstoned FROM jobs", &[])?
         .iter()
         .map(|r| {
             let spec: String = r.try_get(0)?;
