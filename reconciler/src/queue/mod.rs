@@ -39,7 +39,6 @@ mod events;
 pub use events::EventFilter;
 mod explain;
 mod failures;
-mod forget_worker;
 mod hold;
 mod job_queue;
 pub use job_queue::{Finished, JobQueue, SharedQueue};
@@ -66,7 +65,9 @@ mod sweep;
 pub mod tokens;
 mod tx;
 mod worker_names;
+mod worker_ops;
 pub(crate) use tx::Tx;
+use worker_ops::Schedulable;
 mod transitions;
 
 #[cfg(test)]
@@ -580,19 +581,19 @@ impl JobQueue for Queue {
     }
 
     fn cordon(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
-        self.write(|tx| nodes::i_set_schedulable(tx, name, nodes::Schedulable::Cordon))
+        self.write(|tx| worker_ops::i_set_schedulable(tx, name, Schedulable::Cordon))
     }
 
     fn forget_worker(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
-        self.write(|tx| forget_worker::i_forget_worker(tx, name))
+        self.write(|tx| worker_ops::i_forget_worker(tx, name))
     }
 
     fn uncordon(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
-        self.write(|tx| nodes::i_set_schedulable(tx, name, nodes::Schedulable::Uncordon))
+        self.write(|tx| worker_ops::i_set_schedulable(tx, name, Schedulable::Uncordon))
     }
 
     fn drain(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
-        self.write(|tx| nodes::i_set_schedulable(tx, name, nodes::Schedulable::Drain))
+        self.write(|tx| worker_ops::i_set_schedulable(tx, name, Schedulable::Drain))
     }
 
     fn events_filtered(

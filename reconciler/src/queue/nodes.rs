@@ -4,7 +4,7 @@
 use cis490_api::{Capability, HostProblem, JobId, NodeState, WorkerName, WorkerView};
 use rusqlite::{params, OptionalExtension};
 
-use super::events::{i_event, kind};
+use super::events::i_event;
 use super::rows::from_ms;
 use super::worker_names::{Holder, NodeRows};
 use super::{QueueError, Tx};
@@ -131,11 +131,35 @@ impl NodeRows for Tx<'_> {
             .query_row([worker.as_str()], |r| r.get(0))?)
     }
 
-    fn reported_hostname(&mut self, worker: &WorkerName) -> Option<String> {
-        i_worker_row(self, worker.as_str())
-            .ok()
-            .flatten()
-            .map(|row| row.capability.hostname)
+    fn worker_row(&mut self, name: &str) -> Result<Option<WorkerRow>, QueueError> {
+        i_worker_row(self, name)
+    }
+
+    fn worker_view(&mut self, name: &WorkerName) -> Result<WorkerView, QueueError> {
+        i_worker_view(self, name)
+    }
+
+    fn leased_jobs_of(&mut self, name: &str) -> Result<Vec<JobId>, QueueError> {
+        i_leased_jobs_of(self, name)
+    }
+
+    fn set_schedulable_flags(
+        &mut self,
+        name: &WorkerName,
+        cordoned: bool,
+        draining: bool,
+    ) -> Result<(), QueueError> {
+        self.db
+            .prepare_cached("UPDATE workers SET cordoned = ?2, draining = ?3 WHERE name = ?1")?
+            .execute(params![name.as_str(), cordoned, draining])?;
+        Ok(())
+    }
+
+    fn delete_worker_row(&mut self, name: &WorkerName) -> Result<(), QueueError> {
+        self.db
+            .prepare_cached("DELETE FROM workers WHERE name = ?1")?
+            .execute(params![name.as_str()])?;
+        Ok(())
     }
 
     fn free_name(&mut self, worker: &WorkerName, instance_id: &str) -> Result<bool, QueueError> {
@@ -325,50 +349,4 @@ pub(crate) fn i_workers(tx: &mut Tx<'_>) -> Result<Vec<WorkerView>, QueueError> 
         .into_iter()
         .map(|row| worker_view(tx, row))
         .collect()
-}
-
-/// What an operator does to a worker's schedulability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Schedulable {
-    Cordon,
-    Uncordon,
-    Drain,
-}
-
-pub(crate) fn i_set_schedulable(
-    tx: &mut Tx<'_>,
-    name: &WorkerName,
-    to: Schedulable,
-) -> Result<WorkerView, QueueError> {
-    let row = i_worker_row(tx, name.as_str())?.ok_or_else(|| QueueError::NotFound {
-        what: "worker",
-        key: name.to_string(),
-    })?;
-    let (cordoned, draining, event, message) = match to {
-        Schedulable::Cordon => (
-            true,
-            false,
-            kind::CORDONED,
-            format!("node {name} cordoned: no new jobs"),
-        ),
-        Schedulable::Uncordon => (
-            false,
-            false,
-            kind::UNCORDONED,
-            format!("node {name} uncordoned: takes new jobs again"),
-        ),
-        Schedulable::Drain => (
-            true,
-            true,
-            kind::DRAINING,
-            format!("node {name} draining: no new jobs, running jobs finish"),
-        ),
-    };
-    if (row.cordoned, row.draining) != (cordoned, draining) {
-        tx.db
-            .prepare_cached("UPDATE workers SET cordoned = ?2, draining = ?3 WHERE name = ?1")?
-            .execute(params![name.as_str(), cordoned, draining])?;
-        i_event(tx, None, Some(name.as_str()), event, message)?;
-    }
-    i_worker_view(tx, name)
 }

@@ -1,5 +1,6 @@
 //! Node reports and one agent per worker name, written once over [`NodeRows`] (SQLite's
-//! rows in `nodes.rs`, PostgreSQL's in `postgres/nodes.rs`).
+//! rows in `nodes.rs`, PostgreSQL's in `postgres/nodes.rs`; the operator's actions on a
+//! worker over the same rows are `worker_ops.rs`).
 //!
 //! A report records the worker's capability and marks it seen now; the first report of a
 //! worker appends a `NodeRegistered` event. A report (or claim) that carries an instance
@@ -9,9 +10,10 @@
 //! name at once. Reports without an instance (agents older than instance IDs) are not
 //! checked.
 
-use cis490_api::{AgentInstance, Capability, WorkerName};
+use cis490_api::{AgentInstance, Capability, JobId, WorkerName, WorkerView};
 
 use super::events::kind;
+use super::nodes::WorkerRow;
 use super::tx::TxContext;
 use super::QueueError;
 
@@ -32,8 +34,25 @@ pub(crate) trait NodeRows: TxContext {
     fn holder(&mut self, worker: &WorkerName) -> Result<Option<Holder>, QueueError>;
     /// Latest expiry of the leases `worker` holds on claimed or running jobs.
     fn latest_lease_expiry(&mut self, worker: &WorkerName) -> Result<Option<i64>, QueueError>;
+    fn worker_row(&mut self, name: &str) -> Result<Option<WorkerRow>, QueueError>;
+    /// The worker as the API shows it, or NotFound.
+    fn worker_view(&mut self, name: &WorkerName) -> Result<WorkerView, QueueError>;
+    /// The jobs whose lease `name` holds.
+    fn leased_jobs_of(&mut self, name: &str) -> Result<Vec<JobId>, QueueError>;
+    fn set_schedulable_flags(
+        &mut self,
+        name: &WorkerName,
+        cordoned: bool,
+        draining: bool,
+    ) -> Result<(), QueueError>;
+    fn delete_worker_row(&mut self, name: &WorkerName) -> Result<(), QueueError>;
     /// The host name the worker last reported, if any.
-    fn reported_hostname(&mut self, worker: &WorkerName) -> Option<String>;
+    fn reported_hostname(&mut self, worker: &WorkerName) -> Option<String> {
+        self.worker_row(worker.as_str())
+            .ok()
+            .flatten()
+            .map(|row| row.capability.hostname)
+    }
     /// Frees the name when `instance_id` holds it; whether it did.
     fn free_name(&mut self, worker: &WorkerName, instance_id: &str) -> Result<bool, QueueError>;
     /// Stores `cap`, seen now (the instance columns only where `cap` names an instance);

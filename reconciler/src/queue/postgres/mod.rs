@@ -54,9 +54,9 @@ use cis490_api::{
 use super::error::bad_request;
 use super::events::{kind, EventFilter};
 use super::listing::JobCursor;
-use super::nodes::Schedulable;
 use super::receipts;
 use super::tokens::{IssuedToken, WorkerTokenInfo};
+use super::worker_ops::{self, Schedulable};
 use super::{Clock, JobQueue, ManifestSource, QueueConfig, QueueError, SweepOutcome, SystemClock};
 use crate::plan::{ActualJob, Plan};
 use crate::policy::HostPolicy;
@@ -435,19 +435,19 @@ impl JobQueue for PgQueue {
     }
 
     fn cordon(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
-        self.write(|tx| workers::i_set_schedulable(tx, name, Schedulable::Cordon))
+        self.write(|tx| worker_ops::i_set_schedulable(tx, name, Schedulable::Cordon))
     }
 
     fn uncordon(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
-        self.write(|tx| workers::i_set_schedulable(tx, name, Schedulable::Uncordon))
+        self.write(|tx| worker_ops::i_set_schedulable(tx, name, Schedulable::Uncordon))
     }
 
     fn drain(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
-        self.write(|tx| workers::i_set_schedulable(tx, name, Schedulable::Drain))
+        self.write(|tx| worker_ops::i_set_schedulable(tx, name, Schedulable::Drain))
     }
 
     fn forget_worker(&self, name: &WorkerName) -> Result<WorkerView, QueueError> {
-        self.write(|tx| workers::i_forget_worker(tx, name))
+        self.write(|tx| worker_ops::i_forget_worker(tx, name))
     }
 
     fn issue_worker_token(&self, name: &WorkerName) -> Result<IssuedToken, QueueError> {

@@ -2,7 +2,7 @@
 //! and host policies. The rules of node reports and one agent per name are
 //! `queue/worker_names.rs`, over [`NodeRows`].
 
-use cis490_api::{Capability, JobId, WorkerName};
+use cis490_api::{Capability, JobId, WorkerName, WorkerView};
 use postgres::Row;
 
 use super::rows::from_json;
@@ -121,11 +121,35 @@ impl NodeRows for PgTx<'_> {
             .try_get(0)?)
     }
 
-    fn reported_hostname(&mut self, worker: &WorkerName) -> Option<String> {
-        i_worker_row(self, worker.as_str())
-            .ok()
-            .flatten()
-            .map(|row| row.capability.hostname)
+    fn worker_row(&mut self, name: &str) -> Result<Option<WorkerRow>, QueueError> {
+        i_worker_row(self, name)
+    }
+
+    fn worker_view(&mut self, name: &WorkerName) -> Result<WorkerView, QueueError> {
+        super::workers::i_worker_view(self, name)
+    }
+
+    fn leased_jobs_of(&mut self, name: &str) -> Result<Vec<JobId>, QueueError> {
+        i_leased_jobs_of(self, name)
+    }
+
+    fn set_schedulable_flags(
+        &mut self,
+        name: &WorkerName,
+        cordoned: bool,
+        draining: bool,
+    ) -> Result<(), QueueError> {
+        self.db.execute(
+            "UPDATE workers SET cordoned = $2, draining = $3 WHERE name = $1",
+            &[&name.as_str(), &cordoned, &draining],
+        )?;
+        Ok(())
+    }
+
+    fn delete_worker_row(&mut self, name: &WorkerName) -> Result<(), QueueError> {
+        self.db
+            .execute("DELETE FROM workers WHERE name = $1", &[&name.as_str()])?;
+        Ok(())
     }
 
     fn free_name(&mut self, worker: &WorkerName, instance_id: &str) -> Result<bool, QueueError> {

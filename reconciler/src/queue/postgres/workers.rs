@@ -1,13 +1,12 @@
-//! Workers as the operator sees them on PostgreSQL: views, paging, cordon / uncordon /
-//! drain and forgetting one. The state rules are shared (`nodes::node_state`,
-//! `placement::worker_labels`); only reading and writing the rows is this backend's.
+//! Workers as the operator sees them on PostgreSQL: views and paging. The state rules are
+//! shared (`nodes::node_state`, `placement::worker_labels`; cordon, drain and delete in
+//! `worker_ops.rs`); only reading the rows is this backend's.
 
 use cis490_api::{HostProblem, JobId, Page, WorkerName, WorkerView};
 
 use super::nodes::{i_host_policy, i_leased_jobs_of, i_worker_row, WORKER_COLUMNS};
 use super::tx::PgTx;
-use crate::queue::events::kind;
-use crate::queue::nodes::{node_state, Schedulable, WorkerRow};
+use crate::queue::nodes::{node_state, WorkerRow};
 use crate::queue::rows::from_ms;
 use crate::queue::QueueError;
 
@@ -100,85 +99,4 @@ pub(crate) fn i_workers(tx: &mut PgTx<'_>) -> Result<Vec<WorkerView>, QueueError
         .into_iter()
         .map(|row| i_view(tx, row))
         .collect()
-}
-
-/// Cordon, uncordon or drain, as SQLite's `nodes::i_set_schedulable` (the row locked).
-pub(crate) fn i_set_schedulable(
-    tx: &mut PgTx<'_>,
-    name: &WorkerName,
-    to: Schedulable,
-) -> Result<WorkerView, QueueError> {
-    tx.db.execute(
-        "SELECT 1 FROM workers WHERE name = $1 FOR UPDATE",
-        &[&name.as_str()],
-    )?;
-    let row = i_worker_row(tx, name.as_str())?.ok_or_else(|| not_found(name))?;
-    let (cordoned, draining, event, message) = match to {
-        Schedulable::Cordon => (
-            true,
-            false,
-            kind::CORDONED,
-            format!("node {name} cordoned: no new jobs"),
-        ),
-        Schedulable::Uncordon => (
-            false,
-            false,
-            kind::UNCORDONED,
-            format!("node {name} uncordoned: takes new jobs again"),
-        ),
-        Schedulable::Drain => (
-            true,
-            true,
-            kind::DRAINING,
-            format!("node {name} draining: no new jobs, running jobs finish"),
-        ),
-    };
-    if (row.cordoned, row.draining) != (cordoned, draining) {
-        tx.db.execute(
-            "UPDATE workers SET cordoned = $2, draining = $3 WHERE name = $1",
-            &[&name.as_str(), &cordoned, &draining],
-        )?;
-        tx.event(None, Some(name.as_str()), event, message);
-    }
-    i_worker_view(tx, name)
-}
-
-/// SQLite's `forget_worker::i_forget_worker`: refused while the worker holds a lease.
-pub(crate) fn i_forget_worker(
-    tx: &mut PgTx<'_>,
-    name: &WorkerName,
-) -> Result<WorkerView, QueueError> {
-    tx.db.execute(
-        "SELECT 1 FROM workers WHERE name = $1 FOR UPDATE",
-        &[&name.as_str()],
-    )?;
-    let view = i_worker_view(tx, name)?;
-    let leased = i_leased_jobs_of(tx, name.as_str())?;
-    if !leased.is_empty() {
-        let ids: Vec<&str> = leased.iter().map(|id| id.short()).collect();
-        return Err(QueueError::InvalidState {
-            message: format!(
-                "cannot delete worker {name}: it holds the lease of {} job{} ({}); drain it \
-                 and wait for them to finish, or cancel them (a vanished worker's leases \
-                 expire on their own)",
-                ids.len(),
-                if ids.len() == 1 { "" } else { "s" },
-                ids.join(", ")
-            ),
-        });
-    }
-    tx.db
-        .execute("DELETE FROM workers WHERE name = $1", &[&name.as_str()])?;
-    let note = if view.ready {
-        " (it was still reporting: a running agent registers again at its next report)"
-    } else {
-        ""
-    };
-    tx.event(
-        None,
-        Some(name.as_str()),
-        kind::WORKER_DELETED,
-        format!("deleted by an operator, last seen {}{note}", view.last_seen),
-    );
-    Ok(view)
 }
