@@ -52,7 +52,7 @@ impl Connector {
                 config: tls,
                 warning,
             } => {
-                if let Some(warning) = warning {
+                if let Some(warning) = warning.filter(|w| first_time(w)) {
                     tracing::warn!("{warning}");
                 }
                 config.ssl_mode(SslMode::Require);
@@ -76,6 +76,20 @@ impl Connector {
     }
 }
 
+/// Whether `warning` is said for the first time in this process: the pool, the listener
+/// and the leader lock each build a connector from one URL, and its warning is one.
+fn first_time(warning: &str) -> bool {
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if said.iter().any(|w| w == warning) {
+        return false;
+    }
+    said.push(warning.to_string());
+    true
+}
+
 /// What an operator reads when a connection fails: the client's error (with its cause, which
 /// holds the TLS detail) and a hint where one applies.
 pub(crate) fn connect_error(e: &postgres::Error) -> String {
@@ -95,4 +109,17 @@ pub(crate) fn connect_error(e: &postgres::Error) -> String {
         message.push(')');
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_time;
+
+    #[test]
+    fn a_warning_is_said_once_per_process_and_another_one_still_is() {
+        let warning = "sslmode=require without a CA: a test's own warning";
+        assert!(first_time(warning));
+        assert!(!first_time(warning));
+        assert!(first_time("sslmode=require without a CA: another one"));
+    }
 }
