@@ -17,7 +17,7 @@ use super::nodes::{i_host_policy, i_leased_jobs_of, i_worker_rows, WorkerRow};
 use super::placement::Placement;
 use super::rows::{i_existing_job, JobRow};
 use super::rule_reads::RuleReads;
-use super::{QueueConfig, QueueError, Tx};
+use super::{QueueError, Tx};
 use crate::policy::HostPolicy;
 
 /// "42s", "5m", "3h", "2d": how long ago, for humans.
@@ -115,16 +115,16 @@ fn worker_fit(
     let w = &k.row;
     let policy = k.policy.as_ref();
     let (now, prefer_cuda_wait_s, retry_elsewhere_wait_s) = {
-        let config = reads.config();
+        let config = reads.queue_config();
         (
-            reads.now(),
+            reads.now_ms(),
             config.prefer_cuda_wait_s,
             config.retry_elsewhere_wait_s,
         )
     };
     let mut lasting = Vec::new();
     let mut passing = Vec::new();
-    if !w.is_fresh_at(now, reads.config()) {
+    if !w.is_fresh_at(now, reads.queue_config()) {
         passing.push(format!(
             "not Ready (last seen {} ago)",
             ago(now - w.last_seen)
@@ -159,7 +159,7 @@ fn worker_fit(
         && !has_cuda(&w.capability)
     {
         let alternatives = reads.cuda_alternatives(&w.name)?;
-        if !waited_long_at(now, reads.config(), row.pending_since)
+        if !waited_long_at(now, reads.queue_config(), row.pending_since)
             && any_cuda_could_run(&spec.model, &spec.constraints, &alternatives)
         {
             let waited = (now - row.pending_since).max(0) / 1000;
@@ -201,14 +201,6 @@ pub(crate) fn i_explain(tx: &mut Tx<'_>, id: &JobId) -> Result<Explain, QueueErr
 }
 
 impl RuleReads for &Tx<'_> {
-    fn now(&self) -> i64 {
-        self.now
-    }
-
-    fn config(&self) -> &QueueConfig {
-        self.config
-    }
-
     fn workers(&mut self) -> Result<Vec<WorkerRow>, QueueError> {
         i_worker_rows(self)
     }

@@ -100,7 +100,7 @@ pub(crate) fn left_to_others(
     constraints: &cis490_api::Constraints,
     pending_since: i64,
 ) -> Result<bool, QueueError> {
-    if waited_for_others(reads.now(), reads.config(), pending_since) {
+    if waited_for_others(reads.now_ms(), reads.queue_config(), pending_since) {
         return Ok(false);
     }
     let failed = reads.failed_workers(job)?;
@@ -130,7 +130,7 @@ pub(crate) fn workers_able_to_run(
 ) -> Result<Vec<String>, QueueError> {
     let mut out = Vec::new();
     for w in reads.workers()? {
-        if !w.is_fresh_at(reads.now(), reads.config()) {
+        if !w.is_fresh_at(reads.now_ms(), reads.queue_config()) {
             continue;
         }
         let policy = reads.host_policy(&w.name)?;

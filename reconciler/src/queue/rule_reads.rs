@@ -5,13 +5,11 @@
 use std::collections::BTreeSet;
 
 use super::nodes::WorkerRow;
-use super::{QueueConfig, QueueError};
+use super::tx::TxContext;
+use super::QueueError;
 use crate::policy::HostPolicy;
 
-pub(crate) trait RuleReads {
-    /// The transaction's now, in ms since the epoch.
-    fn now(&self) -> i64;
-    fn config(&self) -> &QueueConfig;
+pub(crate) trait RuleReads: TxContext {
     /// Every known worker.
     fn workers(&mut self) -> Result<Vec<WorkerRow>, QueueError>;
     fn host_policy(&mut self, worker: &str) -> Result<Option<HostPolicy>, QueueError>;

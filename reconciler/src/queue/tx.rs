@@ -34,6 +34,17 @@ impl TxContext for Tx<'_> {
     }
 }
 
+/// Reads that hold the transaction by reference (`matching.rs` walks candidates with one).
+impl TxContext for &Tx<'_> {
+    fn now_ms(&self) -> i64 {
+        self.now
+    }
+
+    fn queue_config(&self) -> &QueueConfig {
+        self.config
+    }
+}
+
 impl Queue {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock dropped its transaction, which rolled back, so the

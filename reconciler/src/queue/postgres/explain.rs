@@ -16,7 +16,7 @@ use crate::queue::matching::{fit_reasons, CudaAlternative};
 use crate::queue::nodes::WorkerRow;
 use crate::queue::rows::JobRow;
 use crate::queue::rule_reads::RuleReads;
-use crate::queue::{QueueConfig, QueueError};
+use crate::queue::QueueError;
 
 pub(crate) fn i_explain(tx: &mut PgTx<'_>, id: &JobId) -> Result<Explain, QueueError> {
     let row = i_existing_job(tx, id)?;
@@ -24,14 +24,6 @@ pub(crate) fn i_explain(tx: &mut PgTx<'_>, id: &JobId) -> Result<Explain, QueueE
 }
 
 impl RuleReads for PgTx<'_> {
-    fn now(&self) -> i64 {
-        self.now
-    }
-
-    fn config(&self) -> &QueueConfig {
-        self.config
-    }
-
     fn workers(&mut self) -> Result<Vec<WorkerRow>, QueueError> {
         i_worker_rows(self)
     }
